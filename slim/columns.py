@@ -1,0 +1,47 @@
+"""Every column and file name that crosses a stage boundary, in one place."""
+
+# users.parquet: one row per user, items in chronological order (leave-one-out: [..., valid, test])
+USER_ID = "user_id"  # int64, contiguous 0..U-1
+RAW_USER_ID = "raw_user_id"  # str, id in the source data
+ITEM_IDS = "item_ids"  # list<int32>, item indices 1..N (0 is padding)
+TIMESTAMPS = "timestamps"  # list<int64>, seconds (or source order when the source has no time)
+HISTORY_LEN = "history_len"  # int32, len(item_ids)
+VALID_ITEM = "valid_item"  # int32, item_ids[-2]
+TEST_ITEM = "test_item"  # int32, item_ids[-1]
+
+# items.parquet: one row per item
+ITEM_ID = "item_id"  # int32 1..N
+RAW_ITEM_ID = "raw_item_id"  # str
+TITLE = "title"
+CATEGORY = "category"
+BRAND = "brand"
+TEXT = "text"  # title/category/brand assembled for the encoder and prompts
+POPULARITY = "popularity"  # int64, interactions in training prefixes
+
+# candidates.parquet: target + 100 sampled negatives per (user, split, protocol)
+SPLIT = "split"  # "valid" | "test"
+PROTOCOL = "protocol"  # "uni100" | "pop100"
+TARGET = "target"  # int32
+NEGATIVES = "negatives"  # list<int32>[100]
+
+# rationales (teacher/ and rationales/)
+PROMPT = "prompt"
+RATIONALE = "rationale"
+STEP1, STEP2, STEP3 = "step1", "step2", "step3"
+MODEL = "model"
+TOKENS_IN, TOKENS_OUT = "tokens_in", "tokens_out"
+COST_USD = "cost_usd"
+STATUS = "status"  # "ok" | "malformed" | "failed"
+ERROR = "error"
+ATTEMPTS = "attempts"
+
+# files in the run directory
+DATA_DIR = "data"
+USERS_FILE = "data/users.parquet"
+ITEMS_FILE = "data/items.parquet"
+CANDIDATES_DIR = "data/candidates"
+MANIFEST = "manifest.json"
+
+SPLITS = ("valid", "test")
+PROTOCOLS = ("uni100", "pop100")
+NUM_NEGATIVES = 100

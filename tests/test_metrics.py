@@ -1,0 +1,43 @@
+import math
+
+import numpy as np
+import pytest
+
+from slim import metrics as M
+
+
+def test_ranks_and_pessimistic_ties():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1], [1.0, 1.0, 1.0]])
+    assert M.target_rank(scores).tolist() == [0, 1, 2]  # constant scorer: the target ranks last
+
+
+def test_metrics_hand_computed():
+    ranks = np.array([0, 1, 9, 10, 25])
+    m = M.metrics_from_ranks(ranks)
+    ndcg10 = (1 + 1 / math.log2(3) + 1 / math.log2(11)) / 5
+    assert m["NDCG@10"] == pytest.approx(100 * ndcg10)
+    assert m["Hit@10"] == pytest.approx(60.0)
+    assert m["Hit@20"] == pytest.approx(80.0)
+    assert m["MRR"] == pytest.approx(100 * (1 + 1 / 2 + 1 / 10 + 1 / 11 + 1 / 26) / 5)
+
+
+def test_chance_uni100_matches_design():
+    c = M.chance_for("uni100", num_items=10_000)
+    assert round(c["NDCG@10"], 2) == 4.50
+    assert round(c["Hit@10"], 2) == 9.90
+    assert round(c["Hit@20"], 2) == 19.80
+
+
+def test_random_scores_reach_chance():
+    rng = np.random.default_rng(0)
+    ranks = M.target_rank(rng.random((200_000, 101)))
+    m, c = M.metrics_from_ranks(ranks), M.chance(101)
+    for k in ("NDCG@10", "Hit@10", "Hit@20"):
+        assert m[k] == pytest.approx(c[k], abs=0.3)
+
+
+def test_full_rank_excludes_history_but_not_target():
+    scores = np.array([[9.0, 0.5, 0.9, 0.8, 0.1]])  # column 0 is padding, never ranked
+    assert M.full_rank(scores, np.array([3])).tolist() == [1]  # item 2 scores higher
+    assert M.full_rank(scores, np.array([3]), exclude=[[2, 3]]).tolist() == [0]
+    assert M.full_rank(np.ones((1, 5)), np.array([1])).tolist() == [3]  # ties count against the target
