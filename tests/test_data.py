@@ -125,7 +125,7 @@ def test_amazon_raw_kcore_and_text(tmp_path, ray_local):
             for i in range(150)}
     rp, mp = write_amazon_raw(tmp_path / "src", reviews, meta)
     cfg = DataConfig(run_dir=str(tmp_path / "run"), source="amazon-raw", reviews=str(rp), meta=str(mp),
-                     min_user_interactions=5, min_item_interactions=5)
+                     min_user_interactions=5, min_item_interactions=5, num_negatives=20)
     m = prepare.run(cfg)
     users = pq.read_table(tmp_path / "run" / C.USERS_FILE).to_pandas()
     items = pq.read_table(tmp_path / "run" / C.ITEMS_FILE).to_pandas()
