@@ -1,0 +1,65 @@
+"""Prompts built from a user's history, shared by the teacher, distillation and student inference.
+
+Templates are data: the defaults below are the paper's (zero-shot chain of thought, three steps), and every
+stage config may replace them. A prompt only ever sees the training prefix (item_ids[:-2]), so neither the
+validation nor the test target leaks into a rationale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TEACHER_SYSTEM = "You are a helpful shopping assistant who reasons step by step."
+
+# The paper's zero-shot CoT prompt for the teacher (SLIM, Sec. 3.1), in our words.
+TEACHER_TEMPLATE = (
+    "A user bought the following items, oldest first:\n{history}\n\n"
+    "Think step by step and answer in exactly three steps.\n"
+    "Step 1: Summarize the user's preferences from the items above.\n"
+    "Step 2: Based on the preferences, recommend 5 categories or brands the user may like.\n"
+    "Step 3: Under each of the 5 categories or brands, recommend 5 specific products.\n"
+    "Start the three parts with 'Step 1:', 'Step 2:' and 'Step 3:'."
+)
+
+# The simplified student prompt (SLIM, Sec. 3.2): the student learns the steps, so the prompt need not spell them out.
+STUDENT_TEMPLATE = (
+    "A user bought the following items, oldest first:\n{history}\n\n"
+    "Summarize the user's preferences, recommend categories or brands, and products under each, step by step."
+)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Embedded in the teacher, distill and student configs under `prompt:`."""
+
+    teacher_system: str = TEACHER_SYSTEM
+    teacher_template: str = TEACHER_TEMPLATE
+    student_template: str = STUDENT_TEMPLATE
+    max_history_items: int = 20  # most recent items of the training prefix
+    max_title_chars: int = 120
+
+
+def training_prefix(item_ids) -> list[int]:
+    """Leave-one-out: the last two items are the validation and test targets."""
+    return list(item_ids)[:-2]
+
+
+def history_text(item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:
+    """Numbered lines of item text for the most recent `max_history_items` items of the training prefix."""
+    recent = training_prefix(item_ids)[-pc.max_history_items :]
+    lines = []
+    for n, i in enumerate(recent, 1):
+        text = item_text.get(int(i), f"item {int(i)}")
+        lines.append(f"{n}. {text[: pc.max_title_chars]}")
+    return "\n".join(lines)
+
+
+def teacher_messages(item_ids, item_text: dict[int, str], pc: PromptConfig) -> list[dict]:
+    """OpenAI chat messages for the teacher."""
+    user = pc.teacher_template.format(history=history_text(item_ids, item_text, pc))
+    return [{"role": "system", "content": pc.teacher_system}, {"role": "user", "content": user}]
+
+
+def student_prompt(item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:
+    """The user turn of the student's chat; the chat template of the base model is applied by the caller."""
+    return pc.student_template.format(history=history_text(item_ids, item_text, pc))
