@@ -45,3 +45,16 @@ MANIFEST = "manifest.json"
 SPLITS = ("valid", "test")
 PROTOCOLS = ("uni100", "pop100")
 NUM_NEGATIVES = 100
+
+# embeddings/ (encode stage): float16, L2-normalised
+EMBEDDINGS_DIR = "embeddings"
+ITEM_EMB_FILE = "embeddings/items.npy"  # [N+1, D] float16, row i = item_id i, row 0 (padding) zeros
+USER_EMB_FILE = "embeddings/users_{field}.parquet"  # user_id, embedding (list<float16>[D]); field below
+USER_EMB_FIELDS = ("rationale", "step1", "step2", "step3")
+EMBEDDING = "embedding"
+
+# teacher/ and rationales/ (student) row shards
+TEACHER_SHARDS = "teacher/rationales"  # *.parquet, columns PROMPT..ERROR above
+STUDENT_SHARDS = "rationales"  # *.parquet
+STUDENT_ADAPTER = "student/adapter"
+STUDENT_MERGED = "student/merged"
