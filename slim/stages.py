@@ -19,8 +19,12 @@ REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
 }
 
 
+# The pipeline's order; a stage appears here once it is registered above.
+ORDER = ("data", "teacher", "distill", "student", "encode", "train", "evaluate", "serve")
+
+
 def names() -> list[str]:
-    return list(REGISTRY)
+    return [n for n in ORDER if n in REGISTRY] + [n for n in REGISTRY if n not in ORDER]
 
 
 def load(stage: str, raw: dict) -> Any:

@@ -1,0 +1,8 @@
+"""The whole pipeline, or some stages: python jobs/pipeline.py --config configs/tiny.yaml [--stages data,train]"""
+
+import sys
+
+from slim.pipeline import main
+
+if __name__ == "__main__":
+    sys.exit(main())
