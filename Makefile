@@ -1,5 +1,6 @@
 # README's two commands: `make demo` and `make test`. Both create the environment on first use.
 VENV ?= .venv
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
@@ -11,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
-	python3.11 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first: the CPU wheel on this machine; later calls are pinned to it by constraints.txt
 	$(PIP) install -q torch==2.13.0
