@@ -63,3 +63,10 @@ def teacher_messages(item_ids, item_text: dict[int, str], pc: PromptConfig) -> l
 def student_prompt(item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:
     """The user turn of the student's chat; the chat template of the base model is applied by the caller."""
     return pc.student_template.format(history=history_text(item_ids, item_text, pc))
+
+
+def student_chat_text(tokenizer, item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:
+    """The exact prompt text the student sees in distillation and inference: the user turn in the base model's chat
+    template, ending with the assistant header (add_generation_prompt=True), so generation starts the answer."""
+    messages = [{"role": "user", "content": student_prompt(item_ids, item_text, pc)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
