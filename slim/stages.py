@@ -14,8 +14,15 @@ def _data():
     return prepare.DataConfig, prepare.run
 
 
+def _teacher():
+    from slim.teacher import job
+
+    return job.TeacherConfig, job.run
+
+
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     "data": _data,
+    "teacher": _teacher,
 }
 
 

