@@ -87,7 +87,9 @@ def sample_negatives(
     """[B, n] distinct items in 1..num_items, none in the user's history; uniform, or popularity-weighted
     when `cdf` is given. Row b holds the first n acceptable draws of user b's own stream."""
     out = np.zeros((len(uids), n), np.int32)
-    todo, k = np.arange(len(uids)), 3 * n
+    # Short first prefix: most rows need barely more than n draws. Rows that fall short redraw a longer prefix of
+    # the same stream, so the result does not depend on k.
+    todo, k = np.arange(len(uids)), n + n // 4 + 16
     while len(todo):
         B, stride = len(todo), num_items + 1
         u = uniforms(seed, uids[todo], stream, 0, k)  # [B, k]
