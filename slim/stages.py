@@ -20,8 +20,15 @@ def _teacher():
     return job.TeacherConfig, job.run
 
 
+def _distill():
+    from slim.student import distill
+
+    return distill.DistillConfig, distill.run
+
+
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     "data": _data,
+    "distill": _distill,
     "teacher": _teacher,
 }
 

@@ -1,0 +1,9 @@
+"""Distil the teacher's rationales into a LoRA student in Ray Train:
+python jobs/distill_student.py --config configs/tiny.yaml [distill.strategy=deepspeed]"""
+
+import sys
+
+from slim.cli import main_stage
+
+if __name__ == "__main__":
+    sys.exit(main_stage("distill"))
