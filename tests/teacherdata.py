@@ -34,7 +34,8 @@ def write_data_stage(root: Path, num_users: int, num_items: int = 60, seed: int 
     texts = [". ".join(p for p in (t, f"Category: {c}" if c else "", f"Brand: {b}" if b else "") if p)
              for t, c, b in zip(titles, cats, brands)]
     items = pa.table({
-        C.ITEM_ID: pa.array(np.arange(1, num_items + 1, dtype=np.int32)), C.RAW_ITEM_ID: [str(i) for i in range(num_items)],
+        C.ITEM_ID: pa.array(np.arange(1, num_items + 1, dtype=np.int32)),
+        C.RAW_ITEM_ID: [str(i) for i in range(num_items)],
         C.TITLE: titles, C.CATEGORY: cats, C.BRAND: brands, C.TEXT: texts,
         C.POPULARITY: pa.array(np.ones(num_items, dtype=np.int64)),
     })

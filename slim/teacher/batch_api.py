@@ -34,7 +34,7 @@ def _submit(client, cfg, todo: list[dict], work: Path) -> dict:
     with open(jsonl, "w") as f:
         for r in todo:
             body = {"model": cfg.model, "messages": r["messages"], "max_tokens": cfg.max_tokens,
-                    "temperature": cfg.temperature}
+                    "temperature": cfg.temperature, **cfg.extra_body}
             f.write(json.dumps({"custom_id": str(r[C.USER_ID]), "method": "POST", "url": "/v1/chat/completions",
                                 "body": body}) + "\n")
     with open(jsonl, "rb") as f:

