@@ -14,6 +14,18 @@ def _data():
     return prepare.DataConfig, prepare.run
 
 
+def _student():
+    from slim.student import generate
+
+    return generate.StudentConfig, generate.run
+
+
+def _encode():
+    from slim import encode
+
+    return encode.EncodeConfig, encode.run
+
+
 def _teacher():
     from slim.teacher import job
 
@@ -30,6 +42,8 @@ REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     "data": _data,
     "distill": _distill,
     "teacher": _teacher,
+    "student": _student,
+    "encode": _encode,
 }
 
 

@@ -1,0 +1,8 @@
+"""Encode item text and user rationales (sentence-transformers on Ray Data): python jobs/encode.py --config configs/games.yaml"""
+
+import sys
+
+from slim.cli import main_stage
+
+if __name__ == "__main__":
+    sys.exit(main_stage("encode"))

