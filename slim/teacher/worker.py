@@ -98,7 +98,10 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(
         TeacherWorker, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.actor_num_cpus,
-        compute=ActorPoolStrategy(size=min(cfg.num_actors, n_blocks)),
+        # Two batches per actor at once (sharing its thread pool): the next batch's requests start while the
+        # previous batch's stragglers finish and its shard is written, so the rate limit never sits idle.
+        compute=ActorPoolStrategy(size=min(cfg.num_actors, n_blocks), max_concurrent_calls_per_actor=2,
+                                  enable_true_multi_threading=True),
         fn_constructor_kwargs={"settings": settings, "base_url": base_url, "key": Secret(api_key(cfg.api_key_env)),
                                "limiter": limiter, "shard_dir": shard_dir, "threads": cfg.threads_per_actor,
                                "timeout_s": cfg.request_timeout_s},
