@@ -38,8 +38,22 @@ def _distill():
     return distill.DistillConfig, distill.run
 
 
+def _train():
+    from slim.recsys import job
+
+    return job.TrainConfig, job.run
+
+
+def _evaluate():
+    from slim.recsys import evaluate
+
+    return evaluate.EvaluateConfig, evaluate.run
+
+
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     "data": _data,
+    "train": _train,
+    "evaluate": _evaluate,
     "distill": _distill,
     "teacher": _teacher,
     "student": _student,

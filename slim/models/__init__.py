@@ -1,0 +1,72 @@
+"""Sequential recommenders: backbones (GRU4Rec, SASRec, SRGNN) composed with item/user representations.
+
+`Recommender.encode(items, lengths, user_text=None) -> [B, H]` is the shared signature: every backbone, every
+item variant (id / id_text / text) and the optional SLIM user-text fusion go through it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from slim.models.gru4rec import GRU4Rec, GRU4RecConfig
+from slim.models.item_repr import VARIANTS, Fusion, ItemRepr
+from slim.models.sasrec import SASRec, SASRecConfig
+from slim.models.srgnn import SRGNN, SRGNNConfig
+
+# name -> (backbone class, its config class)
+REGISTRY: dict[str, tuple[type, type]] = {
+    "gru4rec": (GRU4Rec, GRU4RecConfig),
+    "sasrec": (SASRec, SASRecConfig),
+    "srgnn": (SRGNN, SRGNNConfig),
+}
+
+
+class Recommender(nn.Module):
+    """item representation -> backbone -> (optional user-text fusion) -> dot-product scores over items."""
+
+    def __init__(self, backbone: str, num_items: int, hidden: int, backbone_cfg=None, variant: str = "id",
+                 item_text: Optional[np.ndarray] = None, user_text_dim: int = 0, max_len: int = 50):
+        super().__init__()
+        if backbone not in REGISTRY:
+            raise ValueError(f"unknown backbone {backbone!r}; backbones: {', '.join(REGISTRY)}")
+        cls, cfg_cls = REGISTRY[backbone]
+        self.items = ItemRepr(num_items, hidden, variant, item_text)
+        self.backbone = cls(hidden, backbone_cfg or cfg_cls(), max_len)
+        # SLIM: s_u = g_f([g_l(s_text); s_seq]) with the same plain linear/ReLU layers as the item side.
+        self.user_fusion = Fusion(user_text_dim, hidden) if user_text_dim else None
+        self.per_position = cls.per_position
+
+    def states(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None) -> torch.Tensor:
+        """items: [B, L] right-padded -> [B, L, H] per-position states (per_position backbones only)."""
+        h = self.backbone(self.items(items), items, lengths)
+        if self.user_fusion is not None and user_text is not None:
+            h = self.user_fusion(user_text[:, None].expand(-1, h.shape[1], -1), h)
+        return h
+
+    def encode(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None) -> torch.Tensor:
+        """items: [B, L] right-padded, lengths: [B] >= 1, user_text: [B, Du] or None -> [B, H]."""
+        h = self.backbone(self.items(items), items, lengths)
+        if self.per_position:
+            h = h[torch.arange(len(h), device=h.device), lengths - 1]
+        if self.user_fusion is not None and user_text is not None:
+            h = self.user_fusion(user_text, h)
+        return h
+
+    def score_all(self, s: torch.Tensor) -> torch.Tensor:
+        """s: [B, H] -> [B, N+1] scores for every item id (column 0 = padding)."""
+        return s @ self.items.table().T
+
+    def score(self, s: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """s: [..., H], cand: [..., C] item ids -> [..., C]."""
+        return (self.items(cand) * s.unsqueeze(-2)).sum(-1)
+
+
+def build(backbone: str, num_items: int, hidden: int = 64, backbone_cfg=None, **kw) -> Recommender:
+    return Recommender(backbone, num_items, hidden, backbone_cfg, **kw)
+
+
+__all__ = ["REGISTRY", "VARIANTS", "Recommender", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]

@@ -1,0 +1,62 @@
+"""SASRec (Kang & McAuley 2018): causal self-attention over right-padded sequences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    ffn_mult: int = 4  # inner size = ffn_mult * hidden (RecBole: inner_size 256 for hidden 64)
+
+
+class _Block(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float, ffn_mult: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.ln1 = nn.LayerNorm(hidden)
+        self.ln2 = nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn_mult * hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(ffn_mult * hidden, hidden))
+        self.drop = nn.Dropout(dropout)
+        self.p = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, l, h = x.shape
+        q, k, v = self.qkv(x).view(b, l, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)  # 3x[B, nh, L, dh]
+        # Causal mask: position t attends to 0..t only. With right padding every valid position sees only valid
+        # positions, so no key-padding mask is needed and a padded row can never produce NaN.
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
+        a = a.transpose(1, 2).reshape(b, l, h)
+        x = self.ln1(x + self.drop(self.proj(a)))  # post-LN, as in SASRec/RecBole
+        return self.ln2(x + self.drop(self.ffn(x)))
+
+
+class SASRec(nn.Module):
+    per_position = True
+
+    def __init__(self, hidden: int, cfg: SASRecConfig = SASRecConfig(), max_len: int = 50):
+        super().__init__()
+        if hidden % cfg.heads:
+            raise ValueError(f"sasrec: hidden {hidden} is not divisible by heads {cfg.heads}")
+        self.pos = nn.Embedding(max_len, hidden)
+        self.ln = nn.LayerNorm(hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(_Block(hidden, cfg.heads, cfg.dropout, cfg.ffn_mult) for _ in range(cfg.layers))
+
+    def forward(self, x: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # x: [B, L, H] right-padded -> [B, L, H]; positions count from the first (oldest) kept item.
+        pos = torch.arange(x.shape[1], device=x.device)
+        h = self.drop(self.ln(x + self.pos(pos)[None]))
+        for blk in self.blocks:
+            h = blk(h)
+        return h

@@ -1,0 +1,125 @@
+"""Sequences from data/users.parquet with the leave-one-out split, as padded tensors.
+
+train: next-item targets inside item_ids[:-2]; valid: input item_ids[:-2] -> valid_item;
+test: input item_ids[:-1] -> test_item. Sequences are right-padded with 0 and keep the most recent max_len items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from slim import columns as C
+
+
+class RecDataError(ValueError):
+    """Input tables are missing or inconsistent; the message names the file and field."""
+
+
+@dataclass
+class SeqData:
+    user_ids: np.ndarray  # [U] int64, ids in users.parquet
+    seqs: list  # U arrays of int64 item ids (full history, chronological)
+    num_items: int
+    candidates: dict  # (split, protocol) -> [U, 1 + negatives] int64, target in column 0
+
+    def inputs(self, split: str) -> list:
+        cut = {"valid": 2, "test": 1}[split]
+        return [s[:-cut] for s in self.seqs]
+
+    def targets(self, split: str) -> np.ndarray:
+        cut = {"valid": 2, "test": 1}[split]
+        return np.array([s[-cut] for s in self.seqs], dtype=np.int64)
+
+
+def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
+    root = Path(run_dir)
+    up, ip, cp = root / C.USERS_FILE, root / C.ITEMS_FILE, root / C.CANDIDATES_DIR
+    for p in (up, ip, cp):
+        if not p.exists():
+            raise RecDataError(f"{p} not found: run the data stage first (jobs/prepare_data.py)")
+    users = pq.read_table(up, columns=[C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM])
+    num_items = pq.read_metadata(ip).num_rows
+    if max_users and users.num_rows > max_users:  # fixed-seed subsample for reduced benchmarks
+        pick = np.sort(np.random.default_rng(seed).choice(users.num_rows, max_users, replace=False))
+        users = users.take(pick)
+    uid = users.column(C.USER_ID).to_numpy()
+    lists = users.column(C.ITEM_IDS).combine_chunks()
+    flat = lists.values.to_numpy().astype(np.int64)
+    off = lists.offsets.to_numpy()
+    seqs = [flat[off[i]:off[i + 1]] for i in range(len(uid))]
+    short = np.flatnonzero(np.diff(off) < 3)
+    if len(short):
+        raise RecDataError(f"{up}: user_id {uid[short[0]]} has fewer than 3 items in {C.ITEM_IDS}")
+    if flat.min() < 1 or flat.max() > num_items:
+        raise RecDataError(f"{up}: {C.ITEM_IDS} outside 1..{num_items} (items.parquet rows)")
+    for col, cut in ((C.VALID_ITEM, 2), (C.TEST_ITEM, 1)):
+        got = users.column(col).to_numpy()
+        want = np.array([s[-cut] for s in seqs])
+        if not np.array_equal(got, want):
+            bad = np.flatnonzero(got != want)[0]
+            raise RecDataError(f"{up}: user_id {uid[bad]}: {col} != {C.ITEM_IDS}[-{cut}]")
+    return SeqData(uid, seqs, num_items, _candidates(cp, uid))
+
+
+def _candidates(path: Path, uid: np.ndarray) -> dict:
+    t = pq.read_table(path, columns=[C.USER_ID, C.SPLIT, C.PROTOCOL, C.TARGET, C.NEGATIVES])
+    t = t.filter(pc.is_in(t.column(C.USER_ID), value_set=__import__("pyarrow").array(uid)))
+    out = {}
+    pos = {u: i for i, u in enumerate(uid.tolist())}
+    for split in C.SPLITS:
+        for proto in C.PROTOCOLS:
+            part = t.filter(pc.and_(pc.equal(t.column(C.SPLIT), split), pc.equal(t.column(C.PROTOCOL), proto)))
+            if part.num_rows != len(uid):
+                raise RecDataError(f"{path}: {part.num_rows} rows for split={split} protocol={proto}, "
+                                   f"expected one per user ({len(uid)})")
+            rows = np.array([pos[u] for u in part.column(C.USER_ID).to_numpy().tolist()])
+            neg = np.stack(part.column(C.NEGATIVES).to_numpy(zero_copy_only=False)).astype(np.int64)
+            cand = np.empty((len(uid), 1 + neg.shape[1]), dtype=np.int64)
+            cand[rows, 0] = part.column(C.TARGET).to_numpy()
+            cand[rows, 1:] = neg
+            out[(split, proto)] = cand
+    return out
+
+
+def pad_right(seqs: list, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the last max_len items of each sequence; -> items [B, L] int64 (0-padded), lengths [B]."""
+    lens = np.array([min(len(s), max_len) for s in seqs], dtype=np.int64)
+    out = np.zeros((len(seqs), max(1, int(lens.max(initial=1)))), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        if lens[i]:
+            out[i, :lens[i]] = s[len(s) - lens[i]:]
+    return out, lens
+
+
+def train_windows(seqs: list, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-position training examples from item_ids[:-2]: windows of max_len+1 items cut from the end, so
+    every next-item target is trained exactly once. -> inputs [E, L], targets [E, L] (0 = none), lengths [E]."""
+    xs, ys = [], []
+    for s in seqs:
+        t = s[:-2]
+        end = len(t)
+        while end >= 2:
+            w = t[max(0, end - max_len - 1):end]
+            xs.append(w[:-1])
+            ys.append(w[1:])
+            end -= max_len  # the next window ends where this one's first input is
+    x, lens = pad_right(xs, max_len)
+    y, _ = pad_right(ys, max_len)
+    return x, y, lens
+
+
+def train_prefixes(seqs: list, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One example per prefix of item_ids[:-2] (session models). -> inputs [P, L], targets [P], lengths [P]."""
+    xs, ys = [], []
+    for s in seqs:
+        t = s[:-2]
+        for k in range(1, len(t)):
+            xs.append(t[max(0, k - max_len):k])
+            ys.append(t[k])
+    x, lens = pad_right(xs, max_len)
+    return x, np.asarray(ys, dtype=np.int64), lens

@@ -1,0 +1,126 @@
+"""One large run on Ray Train `TorchTrainer`: DDP (gloo on CPU, nccl on GPU) or DeepSpeed ZeRO-2.
+
+Each worker trains on its shard of the training examples; rank 0 evaluates the validation split after every
+epoch and broadcasts the early-stopping decision, and at the end writes the best weights + metrics.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class _Step(nn.Module):
+    """The loss as a module forward, so DDP/DeepSpeed see one forward per step (gradient sync hooks)."""
+
+    def __init__(self, model, spec):
+        super().__init__()
+        self.model, self.spec = model, spec
+
+    def forward(self, x, y, lens, gen):
+        from slim.recsys.train import batch_loss
+
+        return batch_loss(self.model, self.spec, x, y, lens, gen)
+
+
+def _wrap(step: _Step, spec, strategy: str):
+    """-> (callable step, backward fn, optimizer step fn)."""
+    if strategy == "deepspeed":
+        import deepspeed  # heavy; only here
+
+        ds_cfg = {"train_micro_batch_size_per_gpu": spec.batch_size, "gradient_accumulation_steps": 1,
+                  "zero_optimization": {"stage": 2}, "gradient_clipping": 0.0}
+        opt = torch.optim.Adam(step.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)  # no CPUAdam build
+        engine, _, _, _ = deepspeed.initialize(model=step, optimizer=opt, config=ds_cfg)
+        return engine, engine.backward, engine.step
+    import ray.train.torch
+
+    ddp = ray.train.torch.prepare_model(step, move_to_device=False)
+    opt = torch.optim.Adam(ddp.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+
+    def opt_step():
+        opt.step()
+        opt.zero_grad()
+
+    return ddp, (lambda loss: loss.backward()), opt_step
+
+
+def _loop(conf: dict) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    from slim.recsys.job import save_run
+    from slim.recsys.train import build_model, evaluate, examples
+
+    spec, d, text = conf["spec"], conf["data"], conf["text"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(spec.seed)  # same init on every rank
+    torch.set_num_threads(spec.threads)
+    model = build_model(spec, d.num_items, text)
+    fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])
+    x, y, lens = examples(model, d, spec.max_len)
+    gen = torch.Generator().manual_seed(spec.seed)
+    best, best_state, bad, history, n_targets, t_train = -1.0, None, 0, [], 0, 0.0
+    for epoch in range(spec.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(x), generator=gen)  # same permutation everywhere; each rank takes a stride
+        mine = order[rank::world]
+        steps = len(order) // (world * spec.batch_size) + 1  # equal step counts keep the collectives in step
+        for i in range(steps):
+            idx = mine[i * spec.batch_size:(i + 1) * spec.batch_size]
+            if len(idx) == 0:
+                idx = mine[:1]
+            L = int(lens[idx].max())
+            loss, n = fwd(x[idx, :L], y[idx, :L] if y.dim() == 2 else y[idx], lens[idx], gen)
+            backward(loss)
+            opt_step()
+            n_targets += n * world  # targets per second of the whole group
+        t_train += time.perf_counter() - t0
+        stop = torch.zeros(1)
+        if rank == 0:
+            val = evaluate(model, d, "valid", (conf["valid_protocol"],), spec.max_len)[conf["valid_protocol"]]
+            history.append({"epoch": epoch, "loss": float(loss.detach()), "valid_ndcg10": val["NDCG@10"]})
+            if val["NDCG@10"] > best:
+                best, best_state, bad = val["NDCG@10"], copy.deepcopy(model.state_dict()), 0
+            else:
+                bad += 1
+            stop[0] = float(bad >= spec.patience)
+        dist.broadcast(stop, src=0)
+        ray.train.report({"epoch": epoch, "valid_ndcg10": history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
+        if stop.item():
+            break
+    if rank == 0:
+        model.load_state_dict(best_state)
+        rec = {"run": spec.name, "backbone": spec.backbone, "variant": spec.variant, "seed": spec.seed,
+               "strategy": conf["strategy"], "workers": world, "best_valid_ndcg10": best,
+               "best_epoch": max(range(len(history)), key=lambda e: history[e]["valid_ndcg10"]),
+               "epochs_run": len(history), "history": history, "train_targets": n_targets,
+               "train_seconds": t_train, "targets_per_s": n_targets / max(t_train, 1e-9),
+               "valid": evaluate(model, d, "valid", conf["test_protocols"], spec.max_len),
+               "test": evaluate(model, d, "test", conf["test_protocols"], spec.max_len)}
+        save_run(Path(conf["out"]), model, spec, d.num_items, rec, conf["fp"])
+
+
+def train_distributed(spec, d, text, out: Path, fp: str, cfg) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from slim.raycluster import init_ray
+
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    conf = {"spec": spec, "data": d, "text": text, "out": str(out), "fp": fp, "strategy": cfg.strategy,
+            "valid_protocol": cfg.valid_protocol, "test_protocols": tuple(cfg.test_protocols)}
+    trainer = TorchTrainer(
+        _loop, train_loop_config=conf,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
+                                     resources_per_worker={"CPU": cfg.cpus_per_run}),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(Path(out).parent.resolve() / "_ray")),
+    )
+    trainer.fit()
