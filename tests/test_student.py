@@ -132,3 +132,14 @@ def test_hf_job_killed_then_rerun_has_no_duplicates(run_dir, cache_dir):
     assert set(t[C.STATUS]) <= {"ok", "malformed", "failed"}
     assert t.loc[t[C.USER_ID] == LONG_USER, C.ERROR].iloc[0].startswith("prompt too long")
     assert (t.loc[t[C.STATUS] != "failed", C.TOKENS_OUT] > 0).all()
+
+
+@pytest.mark.gpu
+def test_vllm_job_on_gpu(run_dir, cache_dir, ray_local):
+    """One vLLM engine per GPU (bf16); the same schema and failure handling as on CPU."""
+    cfg = _cfg(run_dir, cache_dir, engine="vllm", num_gpus_per_engine=1.0, dtype="bfloat16", batch_size=8,
+               shard_rows=8, max_users=12)
+    m = run(cfg, force=True)
+    t = _shards(run_dir)
+    assert list(t[C.USER_ID]) == list(range(12)) and m.counts["failed"] == 1
+    assert (t.loc[t[C.STATUS] != "failed", C.TOKENS_OUT] > 0).all()
