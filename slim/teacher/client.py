@@ -18,7 +18,7 @@ from slim import rationale
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 429}  # plus every 5xx
+RETRY_STATUS = {408, 429}  # plus every 5xx; 408 is a timeout. Other 4xx: a failed row, no retry.
 
 
 @dataclass(frozen=True)
