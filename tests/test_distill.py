@@ -85,7 +85,8 @@ def test_truncation_cuts_history_never_the_rationale(run_dir, tok):
 
     users = pq.read_table(d / C.USERS_FILE).to_pandas().set_index(C.USER_ID)
     items = pq.read_table(d / C.ITEMS_FILE).to_pandas()
-    one = student_chat_text(tok, users.loc[int(full.user_id[0]), C.ITEM_IDS], dict(zip(items[C.ITEM_ID], items[C.TEXT])),
+    text = dict(zip(items[C.ITEM_ID], items[C.TEXT]))
+    one = student_chat_text(tok, users.loc[int(full.user_id[0]), C.ITEM_IDS], text,
                             dataclasses.replace(PC, max_history_items=1))
     # room for the chat header and about one history item beside a median rationale: some fit, some cannot
     limit = int(rat_len.median()) + len(tok(one)["input_ids"]) + 5
@@ -154,31 +155,39 @@ def _job(run_dir, address, extra=()):
                             start_new_session=True)
 
 
-def test_ddp_two_workers_resume_after_kill(run_dir, ray_local):
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("deepspeed", marks=pytest.mark.slow)])
+def test_two_workers_resume_after_kill(run_dir, ray_local, tmp_path, strategy):
     """Kill the job after its first checkpoint; the same command continues from it, finishes, and loss fell."""
-    d, _ = run_dir
+    import shutil
+
+    src, _ = run_dir
+    d = tmp_path / "run"
+    for sub in ("data", "teacher"):
+        shutil.copytree(src / sub, d / sub)
     address = ray_local.get_runtime_context().gcs_address
-    p = _job(d, address)
+    p = _job(d, address, [f"distill.strategy={strategy}"])
     deadline = time.time() + 420
-    while not list((d / D.RAY_DIR).glob("*/checkpoint_*/train_state.json")) and p.poll() is None:
+    # Ray Train lists a checkpoint in its snapshot once it is whole in storage; that is what a rerun resumes from.
+    while not list((d / D.RAY_DIR).glob("*/checkpoint_manager_snapshot.json")) and p.poll() is None:
         assert time.time() < deadline, "no checkpoint within 7 minutes"
         time.sleep(0.5)
     assert p.poll() is None, p.stdout.read()[-3000:]
     os.killpg(p.pid, signal.SIGKILL)  # the driver and its children, mid-training
     p.wait()
     assert not (d / "student" / "manifest.json").exists()
-    p = _job(d, address)
+    p = _job(d, address, [f"distill.strategy={strategy}"])
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
     m = json.loads((d / D.TRAIN_METRICS).read_text())
     assert m["sessions"][0] == 0 and len(m["sessions"]) == 2 and 1 <= m["sessions"][1] < 4  # resumed, not restarted
     assert [t["step"] for t in m["train"]] == [1, 2, 3, 4] and m["steps"] == 4
-    assert m["num_workers"] == 2 and m["strategy"] == "ddp"
+    assert m["num_workers"] == 2 and m["strategy"] == strategy
     assert m["val_loss_after"] < m["val_loss_before"]
     assert m["train"][-1]["loss"] < m["train"][0]["loss"]
     assert (d / C.STUDENT_ADAPTER / "adapter_config.json").exists()
     assert m["examples"]["unparsable"] == 2 and m["examples"]["empty"] == 1
-    p = _job(d, address)  # same command again: the manifest matches, nothing reruns
+    # the same command again: the manifest matches, nothing reruns
+    p = _job(d, address, [f"distill.strategy={strategy}"])
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0 and "skipping" in out
 

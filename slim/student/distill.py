@@ -131,8 +131,9 @@ def build_examples(cfg: DistillConfig, base_path: str, rd: RunDir) -> dict:
 
 def loop_config(cfg: DistillConfig, base_path: str, rd: RunDir) -> dict:
     conf = dataclasses.asdict(cfg)
-    conf.update(base_path=base_path, bf16=cfg.use_gpu, train_path=str(rd.path(EXAMPLES_DIR).resolve() / "train.parquet"),
-                val_path=str(rd.path(EXAMPLES_DIR).resolve() / "val.parquet"))
+    ex = rd.path(EXAMPLES_DIR).resolve()  # workers read the examples from the (shared) run dir
+    conf.update(base_path=base_path, bf16=cfg.use_gpu, train_path=str(ex / "train.parquet"),
+                val_path=str(ex / "val.parquet"))
     return conf
 
 
