@@ -54,7 +54,7 @@ def _loop(conf: dict) -> None:
     import torch.distributed as dist
 
     from slim.recsys.job import save_run
-    from slim.recsys.train import build_model, evaluate, examples
+    from slim.recsys.train import build_model, evaluate, examples, rows_per_batch
 
     spec, d, text = conf["spec"], conf["data"], conf["text"]
     ctx = ray.train.get_context()
@@ -64,6 +64,7 @@ def _loop(conf: dict) -> None:
     model = build_model(spec, d.num_items, text)
     fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])
     x, y, lens = examples(model, d, spec.max_len)
+    bs = rows_per_batch(spec, y)
     gen = torch.Generator().manual_seed(spec.seed)
     best, best_state, bad, history, n_targets, t_train = -1.0, None, 0, [], 0, 0.0
     for epoch in range(spec.epochs):
@@ -71,9 +72,9 @@ def _loop(conf: dict) -> None:
         t0 = time.perf_counter()
         order = torch.randperm(len(x), generator=gen)  # same permutation everywhere; each rank takes a stride
         mine = order[rank::world]
-        steps = len(order) // (world * spec.batch_size) + 1  # equal step counts keep the collectives in step
+        steps = len(order) // (world * bs) + 1  # equal step counts keep the collectives in step
         for i in range(steps):
-            idx = mine[i * spec.batch_size:(i + 1) * spec.batch_size]
+            idx = mine[i * bs:(i + 1) * bs]
             if len(idx) == 0:
                 idx = mine[:1]
             L = int(lens[idx].max())

@@ -54,6 +54,15 @@ def examples(model: Recommender, d: D.SeqData, max_len: int):
     return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(lens)
 
 
+def rows_per_batch(spec: RunSpec, y: torch.Tensor) -> int:
+    """batch_size counts next-item targets (as a RecBole row is one target): a window of a per-position model
+    holds several targets, so fewer windows go in a batch and an epoch takes as many optimizer steps."""
+    if y.dim() == 1:
+        return spec.batch_size
+    per_row = float((y > 0).sum()) / max(1, len(y))
+    return max(1, round(spec.batch_size / max(per_row, 1.0)))
+
+
 def batch_loss(model: Recommender, spec: RunSpec, x, y, lens, gen: torch.Generator) -> tuple[torch.Tensor, int]:
     """Loss of one batch and its number of next-item targets."""
     if model.per_position:
@@ -115,13 +124,14 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
     model = build_model(spec, d.num_items, item_text)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     x, y, lens = examples(model, d, spec.max_len)
+    bs = rows_per_batch(spec, y)
     best, best_state, bad, history, n_targets, t_train = -1.0, None, 0, [], 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), spec.batch_size):
-            idx = order[i:i + spec.batch_size]
+        for i in range(0, len(x), bs):
+            idx = order[i:i + bs]
             L = int(lens[idx].max())  # trim padding columns: shorter batches cost less
             loss, n = batch_loss(model, spec, x[idx, :L], y[idx, :L] if y.dim() == 2 else y[idx], lens[idx], gen)
             opt.zero_grad()
