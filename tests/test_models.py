@@ -1,5 +1,7 @@
 """Backbones: shapes, SASRec causality, padding invariance, overfitting a tiny batch."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -80,7 +82,9 @@ def test_srgnn_graph_dedupes_nodes_and_edges():
 def test_overfits_tiny_batch(bb, loss):
     """A few sequences with fixed next items: training drives the loss down and ranks the targets first."""
     spec = RunSpec(bb, "id", 0, hidden=H, max_len=10, loss=loss, num_negatives=4)
-    m = _model(bb)
+    _, cfg_cls = REGISTRY[bb]
+    no_drop = {"dropout": 0.0} if "dropout" in {f.name for f in dataclasses.fields(cfg_cls)} else {}
+    m = _model(bb, backbone_cfg=cfg_cls(**no_drop))  # dropout fights memorisation; this checks capacity + loss
     m.train()
     rng = np.random.default_rng(0)
     seqs = torch.from_numpy(rng.integers(1, N + 1, (8, 6)))
@@ -95,7 +99,7 @@ def test_overfits_tiny_batch(bb, loss):
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
     first = None
-    for _ in range(100):
+    for _ in range(200):
         loss_v, _ = batch_loss(m, spec, seqs, y, lens, gen)
         first = first if first is not None else float(loss_v.detach())
         opt.zero_grad()
@@ -106,7 +110,8 @@ def test_overfits_tiny_batch(bb, loss):
         sc = m.score_all(m.encode(seqs, lens))
         sc[:, 0] = -1e9
     assert float(loss_v.detach()) < 0.3 * first
-    assert (sc.argmax(1) == targets).float().mean() >= 0.75
+    acc = float((sc.argmax(1) == targets).float().mean())
+    assert acc >= 0.75
 
 
 def test_unknown_backbone_and_variant():
