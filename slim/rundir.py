@@ -77,6 +77,11 @@ class Manifest:
 
 class RunDir:
     def __init__(self, root: str | Path):
+        if "://" in str(root):
+            # Stages write with plain file I/O (atomic renames, appended shards); an object store has neither.
+            raise ValueError(f"run_dir {str(root)!r}: object-store URIs are not supported; use a local path, or on a "
+                             "multi-node cluster a shared filesystem mounted at the same path on every node (NFS, "
+                             "a FUSE mount of the bucket)")
         self.root = Path(root)
 
     def stage_dir(self, stage: str) -> Path:

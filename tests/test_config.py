@@ -57,3 +57,12 @@ def test_overrides_and_shared_keys(tmp_path):
 def test_missing_config_file_named():
     with pytest.raises(config.ConfigError, match="nope.yaml"):
         config.load_raw("nope.yaml")
+
+
+def test_object_store_run_dir_refused_with_reason(tmp_path):
+    from slim.rundir import RunDir
+
+    with pytest.raises(ValueError, match=r"run_dir 's3://bucket/runs'.*not supported"):
+        RunDir("s3://bucket/runs")
+    rd = RunDir(tmp_path / "run")
+    assert rd.stage_dir("data") == tmp_path / "run" / "data" and (tmp_path / "run" / "data").is_dir()
