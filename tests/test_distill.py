@@ -77,6 +77,17 @@ def test_examples_mask_prompt_and_count_bad_rows(run_dir, tok):
     assert tok.decode(r.input_ids[: r.prompt_len]) == want
 
 
+def test_keep_unstructured_keeps_answers_as_written(run_dir, tok):
+    """The demo's toy-teacher switch: answers without the three steps are kept verbatim and counted; failed and
+    empty rows are still dropped."""
+    d, expect = run_dir
+    df, rep = E.build(d, tok, PC, max_seq_len=4096, keep_unstructured=True)
+    assert (rep.unparsable, rep.kept_unstructured, rep.empty, rep.not_ok_status) == (0, 2, 1, 1)
+    assert rep.examples == len(df) == expect["good"] + 2
+    kept = df[df[C.USER_ID] == 1].iloc[0]
+    assert tok.decode(kept.input_ids[kept.prompt_len:]).startswith("I cannot say much about this user.")
+
+
 def test_truncation_cuts_history_never_the_rationale(run_dir, tok):
     d, _ = run_dir
     full, _ = E.build(d, tok, PC, max_seq_len=4096)

@@ -41,6 +41,7 @@ class BuildReport:
     not_ok_status: int = 0  # status malformed/failed
     empty: int = 0  # status ok but no text
     unparsable: int = 0  # status ok but not three non-empty steps in order
+    kept_unstructured: int = 0  # not three steps but kept as written (keep_unstructured, toy teachers only)
     no_user: int = 0  # user_id not in data/users.parquet
     history_truncated: int = 0  # examples whose history was shortened to fit max_seq_len
     history_items_cut: int = 0  # items removed from those histories in total
@@ -83,9 +84,12 @@ def target_text(rationale: str) -> str | None:
     return f"Step 1: {p.step1}\n\nStep 2: {p.step2}\n\nStep 3: {p.step3}"
 
 
-def clean_rationales(df: pd.DataFrame, report: BuildReport) -> pd.DataFrame:
-    """Keep status-ok rows with a three-step rationale; count the rest by reason. Adds column `target`."""
-    ok = df[C.STATUS] == "ok"
+def clean_rationales(df: pd.DataFrame, report: BuildReport, keep_unstructured: bool = False) -> pd.DataFrame:
+    """Keep status-ok rows with a three-step rationale; count the rest by reason. Adds column `target`.
+
+    keep_unstructured also keeps non-empty answers that miss the three steps (status malformed included), as
+    written: only for a teacher too small to follow the format (the offline demo), so the stages downstream run."""
+    ok = df[C.STATUS].isin(["ok", "malformed"] if keep_unstructured else ["ok"])
     report.not_ok_status = int((~ok).sum())
     keep = []
     for uid, text in zip(df.loc[ok, C.USER_ID], df.loc[ok, C.RATIONALE]):
@@ -94,7 +98,10 @@ def clean_rationales(df: pd.DataFrame, report: BuildReport) -> pd.DataFrame:
             report.note(uid, "empty rationale")
             continue
         tgt = target_text(text)
-        if tgt is None:
+        if tgt is None and keep_unstructured:
+            report.kept_unstructured += 1
+            tgt = text.strip()
+        elif tgt is None:
             report.unparsable += 1
             report.note(uid, parse(text).problem)
             continue
@@ -143,11 +150,11 @@ def encode(tokenizer, item_ids, item_text: dict[int, str], target: str, pc: Prom
 
 
 def build(run_dir: str | Path, tokenizer, pc: PromptConfig, max_seq_len: int,
-          max_examples: int = 0) -> tuple[pd.DataFrame, BuildReport]:
+          max_examples: int = 0, keep_unstructured: bool = False) -> tuple[pd.DataFrame, BuildReport]:
     """Teacher shards + data stage tables -> one row per example (user_id, input_ids, labels, prompt_len, ...)."""
     run_dir = Path(run_dir)
     report = BuildReport()
-    df = clean_rationales(read_teacher(run_dir / C.TEACHER_SHARDS, report), report)
+    df = clean_rationales(read_teacher(run_dir / C.TEACHER_SHARDS, report), report, keep_unstructured)
     users = pq.read_table(run_dir / C.USERS_FILE, columns=[C.USER_ID, C.ITEM_IDS]).to_pandas()
     items = pq.read_table(run_dir / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TEXT]).to_pandas()
     item_text = dict(zip(items[C.ITEM_ID].astype(int), items[C.TEXT]))
