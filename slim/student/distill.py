@@ -250,7 +250,8 @@ def print_summary(metrics: dict, rd: RunDir) -> None:
         f"sessions started at steps {metrics['sessions']}",
         f"  examples: {ex['train_examples']} train / {ex['val_examples']} val from {ex['rows']} teacher rows; "
         f"dropped: {ex['not_ok_status']} not ok, {ex['empty']} empty, {ex['unparsable']} unparsable, "
-        f"{ex['dropped_too_long']} too long; {ex['history_truncated']} histories shortened",
+        f"{ex['dropped_too_long']} too long; {ex['history_truncated']} histories shortened"
+        + (f"; {ex['kept_unstructured']} kept without the three steps" if ex.get("kept_unstructured") else ""),
         f"  train loss {tr[0]['loss']:.4f} -> {tr[-1]['loss']:.4f}" if tr else "  no training steps",
         f"  val loss {metrics['val_loss_before']} -> {metrics['val_loss_after']}",
         f"  {metrics['tokens_per_s']:.0f} tokens/s over {metrics['train_seconds']:.1f} s of training",
