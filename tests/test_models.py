@@ -99,7 +99,7 @@ def test_overfits_tiny_batch(bb, loss):
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
     first = None
-    for _ in range(200):
+    for _ in range(400):
         loss_v, _ = batch_loss(m, spec, seqs, y, lens, gen)
         first = first if first is not None else float(loss_v.detach())
         opt.zero_grad()

@@ -49,6 +49,7 @@ class SASRec(nn.Module):
         if hidden % cfg.heads:
             raise ValueError(f"sasrec: hidden {hidden} is not divisible by heads {cfg.heads}")
         self.pos = nn.Embedding(max_len, hidden)
+        nn.init.normal_(self.pos.weight, std=0.02)  # N(0, 1) by default: positions would drown the item vectors
         self.ln = nn.LayerNorm(hidden)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(hidden, cfg.heads, cfg.dropout, cfg.ffn_mult) for _ in range(cfg.layers))
