@@ -3,6 +3,13 @@
 run(cfg): pick users (stratified, fixed seed) -> build the paper's prompts -> skip users already done (rows in
 shards whose prompt and model match) -> dry-run estimate -> online (Ray Data + global rate limit) or Batch API
 -> compact shards to one row per user -> cost.json, manifest.json, summary.
+
+Why not ray.data.llm's HTTP request processor (Ray 2.60, HttpRequestProcessorConfig): its `qps` limit is per
+actor, with no tokens/min limit, so N actors send N times the limit; it retries 408/429/502-504 with plain
+exponential backoff (no jitter, Retry-After ignored, 500 not retried); a row that runs out of retries raises and
+fails the whole dataset instead of becoming a failed row; it keeps no usage, so no cost. We keep Ray Data for
+sharding and an actor pool (TeacherWorker) and put our own client behind it: one rate-limiter actor shared by all
+workers (requests/min and tokens/min), retries per the issue, failed rows recorded, usage and cost per row.
 """
 
 from __future__ import annotations
