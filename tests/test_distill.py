@@ -161,7 +161,8 @@ def _job(run_dir, address, extra=()):
     args = [sys.executable, "jobs/distill_student.py", "--config", "configs/tiny.yaml", f"run_dir={run_dir}",
             f"ray_address={address}", "distill.max_examples=16", "distill.max_seq_len=256", "distill.batch_size=1",
             "distill.grad_accum=1", "distill.lr=0.001", "distill.max_steps=4", "distill.checkpoint_every=1",
-            "distill.val_fraction=0.25", "distill.prompt.max_history_items=6", *extra]
+            "distill.val_fraction=0.25", "distill.prompt.max_history_items=6",
+            "distill.keep_unstructured=false", *extra]  # tiny.yaml keeps them for its toy teacher; tests drop them
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
