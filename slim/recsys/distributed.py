@@ -6,7 +6,6 @@ epoch and broadcasts the early-stopping decision, and at the end writes the best
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def _loop(conf: dict) -> None:
     import torch.distributed as dist
 
     from slim.recsys.job import save_run
-    from slim.recsys.train import build_model, evaluate, examples, rows_per_batch
+    from slim.recsys.train import EarlyStop, build_model, evaluate, examples, rows_per_batch
 
     spec, d, text = conf["spec"], conf["data"], conf["text"]
     ctx = ray.train.get_context()
@@ -66,10 +65,10 @@ def _loop(conf: dict) -> None:
     x, y, lens = examples(model, d, spec.max_len)
     bs = rows_per_batch(spec, y)
     gen = torch.Generator().manual_seed(spec.seed)
-    best, best_state, bad, history, n_targets, t_train = -1.0, None, 0, [], 0, 0.0
+    stopper, n_targets, t_train = EarlyStop(spec.patience), 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
-        t0 = time.perf_counter()
+        t0, total, count = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(x), generator=gen)  # same permutation everywhere; each rank takes a stride
         mine = order[rank::world]
         steps = len(order) // (world * bs) + 1  # equal step counts keep the collectives in step
@@ -81,31 +80,22 @@ def _loop(conf: dict) -> None:
             loss, n = fwd(x[idx, :L], y[idx, :L] if y.dim() == 2 else y[idx], lens[idx], gen)
             backward(loss)
             opt_step()
-            n_targets += n * world  # targets per second of the whole group
+            total += float(loss.detach()) * n
+            count += n
         t_train += time.perf_counter() - t0
+        n_targets += count * world  # targets per second of the whole group
         stop = torch.zeros(1)
-        if rank == 0:
+        if rank == 0:  # rank 0's mean loss stands for the group's
             val = evaluate(model, d, "valid", (conf["valid_protocol"],), spec.max_len)[conf["valid_protocol"]]
-            history.append({"epoch": epoch, "loss": float(loss.detach()), "valid_ndcg10": val["NDCG@10"]})
-            if val["NDCG@10"] > best:
-                best, best_state, bad = val["NDCG@10"], copy.deepcopy(model.state_dict()), 0
-            else:
-                bad += 1
-            stop[0] = float(bad >= spec.patience)
+            stop[0] = float(stopper.update(model, epoch, total / max(1, count), val["NDCG@10"]))
         dist.broadcast(stop, src=0)
-        ray.train.report({"epoch": epoch, "valid_ndcg10": history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
+        ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
         if stop.item():
             break
     if rank == 0:
-        model.load_state_dict(best_state)
-        rec = {"run": spec.name, "backbone": spec.backbone, "variant": spec.variant, "seed": spec.seed,
-               "strategy": conf["strategy"], "workers": world, "best_valid_ndcg10": best,
-               "best_epoch": max(range(len(history)), key=lambda e: history[e]["valid_ndcg10"]),
-               "epochs_run": len(history), "history": history, "train_targets": n_targets,
-               "train_seconds": t_train, "targets_per_s": n_targets / max(t_train, 1e-9),
-               "valid": evaluate(model, d, "valid", conf["test_protocols"], spec.max_len),
-               "test": evaluate(model, d, "test", conf["test_protocols"], spec.max_len)}
-        save_run(Path(conf["out"]), model, spec, d.num_items, rec, conf["fp"])
+        rec = stopper.record(model, spec, d, conf["test_protocols"], n_targets, t_train)
+        save_run(Path(conf["out"]), model, spec, d.num_items,
+                 {**rec, "strategy": conf["strategy"], "workers": world}, conf["fp"])
 
 
 def train_distributed(spec, d, text, out: Path, fp: str, cfg) -> None:

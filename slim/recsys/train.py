@@ -115,6 +115,37 @@ def evaluate(model: Recommender, d: D.SeqData, split: str, protocols, max_len: i
     return res
 
 
+class EarlyStop:
+    """Per-epoch history, the best weights by valid NDCG@10, and the stop decision; shared by `fit` and the Ray
+    Train loop so both write the same record."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_state, self.bad, self.history = patience, -1.0, None, 0, []
+
+    def update(self, model: Recommender, epoch: int, loss: float, ndcg10: float) -> bool:
+        """Record one epoch; True when `patience` epochs in a row did not improve."""
+        self.history.append({"epoch": epoch, "loss": loss, "valid_ndcg10": ndcg10})
+        if ndcg10 > self.best:
+            self.best, self.best_state, self.bad = ndcg10, copy.deepcopy(model.state_dict()), 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def record(self, model: Recommender, spec: RunSpec, d: D.SeqData, protocols, n_targets: int,
+               t_train: float) -> dict:
+        """Loads the best weights into `model`; its metrics record (valid and test on `protocols`)."""
+        model.load_state_dict(self.best_state)
+        return {
+            "run": spec.name, "backbone": spec.backbone, "variant": spec.variant, "seed": spec.seed,
+            "best_valid_ndcg10": self.best,
+            "best_epoch": int(np.argmax([h["valid_ndcg10"] for h in self.history])),
+            "epochs_run": len(self.history), "history": self.history,
+            "train_targets": n_targets, "train_seconds": t_train, "targets_per_s": n_targets / max(t_train, 1e-9),
+            "valid": evaluate(model, d, "valid", protocols, spec.max_len),
+            "test": evaluate(model, d, "test", protocols, spec.max_len),
+        }
+
+
 def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, valid_protocol: str = "uni100",
         test_protocols=("uni100", "pop100", "full"), progress=None) -> tuple[Recommender, dict]:
     """Train with early stopping on valid NDCG@10; returns the best model and its metrics record."""
@@ -125,7 +156,7 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     x, y, lens = examples(model, d, spec.max_len)
     bs = rows_per_batch(spec, y)
-    best, best_state, bad, history, n_targets, t_train = -1.0, None, 0, [], 0, 0.0
+    stopper, n_targets, t_train = EarlyStop(spec.patience), 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
@@ -142,22 +173,9 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
         t_train += time.perf_counter() - t0
         n_targets += count
         val = evaluate(model, d, "valid", (valid_protocol,), spec.max_len)[valid_protocol]
-        history.append({"epoch": epoch, "loss": total / max(1, count), "valid_ndcg10": val["NDCG@10"]})
+        stop = stopper.update(model, epoch, total / max(1, count), val["NDCG@10"])
         if progress:
-            progress(f"{spec.name} epoch {epoch} loss {history[-1]['loss']:.4f} valid NDCG@10 {val['NDCG@10']:.2f}")
-        if val["NDCG@10"] > best:
-            best, best_state, bad = val["NDCG@10"], copy.deepcopy(model.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= spec.patience:
-                break
-    model.load_state_dict(best_state)
-    rec = {
-        "run": spec.name, "backbone": spec.backbone, "variant": spec.variant, "seed": spec.seed,
-        "best_valid_ndcg10": best, "best_epoch": int(np.argmax([h["valid_ndcg10"] for h in history])),
-        "epochs_run": len(history), "history": history,
-        "train_targets": n_targets, "train_seconds": t_train, "targets_per_s": n_targets / max(t_train, 1e-9),
-        "valid": evaluate(model, d, "valid", test_protocols, spec.max_len),
-        "test": evaluate(model, d, "test", test_protocols, spec.max_len),
-    }
-    return model, rec
+            progress(f"{spec.name} epoch {epoch} loss {total / max(1, count):.4f} valid NDCG@10 {val['NDCG@10']:.2f}")
+        if stop:
+            break
+    return model, stopper.record(model, spec, d, test_protocols, n_targets, t_train)
