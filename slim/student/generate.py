@@ -54,7 +54,9 @@ class StudentConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_model_len: int = 2048  # prompt tokens must be below this, else the row fails
     dtype: str = "float32"  # vLLM dtype; on GPUs use bfloat16
-    batch_size: int = 16  # rows per engine call
+    batch_size: int = 16  # rows per engine call (and the engine's max_num_seqs)
+    max_num_batched_tokens: int = 4096  # tokens per engine step: vLLM's offline default on CPU. Set because
+    #   ray.data.llm runs an async engine, whose default is half (2048 on CPU); raise it on GPUs (e.g. 16384)
     shard_rows: int = 256  # rows per output shard (the unit of resumption)
     block_kib: int = 64  # Ray Data block target: a task hands rows on once this many KiB are ready, so shards
     #                      appear while the engine works (and a kill loses at most a few blocks)
@@ -70,8 +72,9 @@ class StudentConfig:
     num_cpus: Optional[int] = None
 
 
-RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "batch_size", "shard_rows", "num_engines",
-                "engine_cpus", "num_gpus_per_engine", "block_kib", "kv_cache_gib", "hf_threads")
+RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "batch_size", "max_num_batched_tokens",
+                "shard_rows", "num_engines", "engine_cpus", "num_gpus_per_engine", "block_kib", "kv_cache_gib",
+                "hf_threads")
 
 SCHEMA = pa.schema([
     (C.USER_ID, pa.int64()), (C.PROMPT, pa.string()), (C.RATIONALE, pa.string()), (C.STEP1, pa.string()),
