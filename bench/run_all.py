@@ -1,0 +1,78 @@
+"""`make bench`: rerun every benchmark with the command recorded in its results file (bench/results/<name>.md,
+the first line starting "Command: `...`"), one after another, so the figures there can be reproduced as a set.
+
+  .venv/bin/python bench/run_all.py --list            # what would run
+  .venv/bin/python bench/run_all.py --only student encode
+
+Benchmarks time their baselines in the same process, so run them on an otherwise idle machine; the
+recommenders bench needs the Games run directory (`runs/games`, from ../shared), and is skipped without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NEEDS = {"recommenders": ROOT / "runs" / "games"}  # inputs a benchmark cannot generate itself
+
+
+def recorded_commands() -> dict[str, str]:
+    out = {}
+    for md in sorted((ROOT / "bench" / "results").glob("*.md")):
+        m = re.search(r"^Command: `([^`]+)`", md.read_text(), re.M)
+        if m:
+            out[md.stem] = m.group(1)
+    return out
+
+
+def to_argv(cmd: str) -> list[str]:
+    """`[nice] [PYTHONPATH=.] [.venv/bin/python] bench/x.py args` -> argv with this interpreter."""
+    words = [w for w in shlex.split(cmd) if not w.startswith("PYTHONPATH=")]
+    if words[0] == "nice":
+        return ["nice", *to_argv(" ".join(shlex.quote(w) for w in words[1:]))]
+    if words[0].endswith("python"):
+        words = words[1:]
+    return [sys.executable, *words]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--only", nargs="*", help="names of bench/results/<name>.md to rerun")
+    p.add_argument("--list", action="store_true")
+    a = p.parse_args()
+    cmds = recorded_commands()
+    unknown = set(a.only or []) - set(cmds)
+    if unknown:
+        raise SystemExit(f"no recorded command for {sorted(unknown)}; known: {sorted(cmds)}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    failed = []
+    for name, cmd in cmds.items():
+        if a.only and name not in a.only:
+            continue
+        argv = to_argv(cmd)
+        if a.list:
+            print(f"{name}: {' '.join(argv)}")
+            continue
+        if name in NEEDS and not NEEDS[name].exists():
+            print(f"== {name}: skipped, needs {NEEDS[name]}")
+            continue
+        print(f"== {name}: {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(argv, cwd=ROOT, env=env)
+        print(f"== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+        if rc:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
