@@ -37,10 +37,9 @@ def direct_vllm(model: str, prompt_sets: list[list[str]], cfg) -> dict:
     t0 = time.perf_counter()
     from vllm import LLM, SamplingParams
 
-    from slim.student.engines import sampling_dict
+    from slim.student.engines import engine_args, sampling_dict
 
-    llm = LLM(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len, enforce_eager=True,
-              max_num_seqs=cfg.batch_size)
+    llm = LLM(model=model, **engine_args(cfg))  # the job's engine arguments
     out = {"init_s": time.perf_counter() - t0, "gen_s": [], "tokens": [], "n": []}
     for prompts in prompt_sets:
         t1 = time.perf_counter()
@@ -103,7 +102,7 @@ def main() -> None:
             m = run(cfg, force=True)
         ray.shutdown()
         jobs.append({"total_s": m.timings["total_s"], "tokens": m.counts["new_tokens_out"], "n": m.counts["new"],
-                     "peak_mb": mem.peak_mb, "base_mb": mem.base / 2**20})
+                     "peak_mb": mem.peak_mb, "base_mb": mem.base / 2**20, "cpu_s": mem.cpu_by_title()})
         files = sorted(glob.glob(str(d / C.STUDENT_SHARDS / "part-*.parquet")))
         t = pq.ParquetDataset(files).read(columns=[C.USER_ID, C.PROMPT]).sort_by(C.USER_ID)
         prompt_sets.append(t.column(C.PROMPT).to_pylist())
@@ -156,11 +155,17 @@ def report(a, jobs: list, v: dict, h: dict) -> None:
         f"{(v['tokens'][-1] / v['gen_s'][-1]) / (h['tokens'] / h['gen_s']):.2f}x.",
         f"- Peak RSS of driver + Ray workers: {j1['peak_mb']:,.0f} MB at {j1['n']} users, {j2['peak_mb']:,.0f} MB at "
         f"{j2['n']} (before: {j2['base_mb']:,.0f} MB); the driver holds one shard (shard_rows) at a time.",
+        f"- CPU seconds by process during the {j1['n']}- and {j2['n']}-user jobs (top 8; the difference is what "
+        f"{dn} more users cost; 2 cores): "
+        + "; ".join(f"{k} {j1['cpu_s'].get(k, 0):.0f} / {x:.0f}" for k, x in list(j2["cpu_s"].items())[:8]) + ".",
         f"- Projection for {a.total_users:,} users at the job's marginal rate ({job_row:.2f} s/user, {a.max_tokens} "
         f"max tokens): {job_row * a.total_users / 3600:,.0f} h on this 2-core box; divide by the number of engines "
         "(one per GPU) on a cluster.",
     ]
     Path(a.out).write_text("\n".join(lines) + "\n")
+    Path(a.out).with_suffix(".json").write_text(json.dumps({  # read by bench_student_scale.py's projection
+        "job_s_per_user": job_row, "engine_s_per_user": eng_row, "max_tokens": a.max_tokens, "jobs": jobs,
+        "vllm_direct": v, "hf_direct": h}, indent=1))
     print("\n".join(lines))
 
 
