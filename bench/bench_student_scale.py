@@ -97,8 +97,11 @@ def main() -> None:
 def report(a, m, mem: PeakRSS) -> None:
     series = [(n, rss / 2**20) for _, rss, n in mem.samples]  # (rows written, MB)
     n = a.slice
-    fifths = [max((mb for rows, mb in series if lo * n / 5 <= rows < (lo + 1) * n / 5 or
-                   (lo == 4 and rows >= n)), default=float("nan")) for lo in range(5)]
+    peaks: dict[int, float] = {}  # fifth of the slice being written -> peak MB
+    for rows, mb in series:
+        k = min(4, rows * 5 // n)
+        peaks[k] = max(peaks.get(k, 0.0), mb)
+    fifths = [peaks.get(k, float("nan")) for k in range(5)]
     total_s = m.timings["total_s"]
     marginal = (total_s - m.timings["to_first_shard_s"]) / max(n - a.shard_rows, 1)  # s/user once streaming
     real = json.loads(Path(a.real).read_text()) if Path(a.real).exists() else None
