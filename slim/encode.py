@@ -46,13 +46,16 @@ class EncodeConfig:
     num_actors: int = 1
     actor_cpus: float = 0.5  # fractional: whole-CPU actors starve the read tasks on 2 cores
     num_gpus_per_actor: float = 0.0
-    threads: int = 0  # torch threads per actor; 0 = torch's default
+    threads: int = 0  # torch threads per actor; 0 = Ray's OMP_NUM_THREADS, floor(actor_cpus) and at least 1. On
+    #                   a CPU node set it to the cores an actor may use (bench_encode.py: 2 threads = 0.93x plain)
+    block_kib: int = 512  # Ray Data block target: an actor hands embeddings on once this many KiB are ready, so
+    #                       the driver writes while the actor works and memory does not follow the shard size
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 
 
 RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "batch_size", "num_actors", "actor_cpus",
-                "num_gpus_per_actor", "threads")
+                "num_gpus_per_actor", "threads", "block_kib")
 FIELDS = C.USER_EMB_FIELDS  # rationale, step1, step2, step3
 
 
@@ -137,10 +140,10 @@ def _pool(cfg: EncodeConfig, fields: tuple):
 
 def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     """items.parquet -> items.npy [N+1, D]; rows are written by item_id as batches arrive."""
-    import ray
+    from slim.raycluster import read_parquet
 
     n = pq.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
-    ds = ray.data.read_parquet(str(rd.path(C.ITEMS_FILE)), columns=[C.ITEM_ID, C.TEXT])
+    ds = read_parquet(str(rd.path(C.ITEMS_FILE)), [C.ITEM_ID, C.TEXT], cfg.block_kib)
     tmp, arr, seen, counts = out / ".items.npy.tmp", None, 0, {"item_truncated": 0, "item_empty": 0}
     for b in ds.map_batches(Encoder, **_pool(cfg, (C.TEXT,))).iter_batches(batch_format="numpy", batch_size=None):
         e = b[f"emb_{C.TEXT}"]  # [B, D]
@@ -176,10 +179,10 @@ def _emb_array(e: np.ndarray) -> pa.Array:
 
 
 def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
-    import ray
+    from slim.raycluster import read_parquet
 
     cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3]
-    ds = ray.data.read_parquet(source_files(cfg, rd), columns=cols)
+    ds = read_parquet(source_files(cfg, rd), cols, cfg.block_kib)
     schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
     tmps = {f: out / f".users_{f}.parquet.tmp" for f in FIELDS}
     writers = {f: pq.ParquetWriter(tmps[f], schema) for f in FIELDS}

@@ -23,3 +23,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     n = num_cpus or max(4, 2 * (os.cpu_count() or 2))
     ray.init(address="local", num_cpus=n, include_dashboard=False, log_to_driver=True)
     log.info("started a local Ray cluster with %d logical CPUs", n)
+
+
+def read_parquet(paths, columns: list[str], block_kib: int):
+    """`ray.data.read_parquet` for a pipeline that hands rows on in blocks of about `block_kib` KiB instead of
+    Ray Data's 128 MiB default, so every operator after it streams at that grain: a task's output reaches the
+    driver while the task still runs, and memory follows the block, not the input file. A Dataset seals the
+    DataContext when it is created, so the small target applies to this pipeline only."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    default, ctx.target_max_block_size = ctx.target_max_block_size, block_kib * 1024
+    try:
+        return ray.data.read_parquet(paths, columns=columns)
+    finally:
+        ctx.target_max_block_size = default

@@ -89,3 +89,23 @@ def test_encode_shapes_norms_and_determinism(run_dir, ray_local):
     assert np.array_equal(items, items2)
     for f in users:
         assert np.array_equal(np.stack(users[f][C.EMBEDDING].to_numpy()), np.stack(users2[f][C.EMBEDDING].to_numpy()))
+
+
+def test_small_block_pipeline_streams(tmp_path, ray_local):
+    """read_parquet's block target reaches the operators after it: a 2,000-row file written as one row group
+    comes out of a map in many small blocks (Ray Data's 128 MiB default gives one), and the context is restored."""
+    import ray
+
+    from slim.raycluster import read_parquet
+
+    path = tmp_path / "one_group.parquet"
+    pq.write_table(pa.table({C.USER_ID: np.arange(2000), C.RATIONALE: ["x" * 1000] * 2000}), path,
+                   row_group_size=2000)  # ~2 MB in a single row group
+    default = ray.data.DataContext.get_current().target_max_block_size
+    ds = read_parquet(str(path), [C.USER_ID, C.RATIONALE], block_kib=64)
+    assert ray.data.DataContext.get_current().target_max_block_size == default
+    sizes = [len(b[C.USER_ID]) for b in ds.map_batches(lambda b: b, batch_size=16, batch_format="numpy")
+             .iter_batches(batch_size=None, batch_format="numpy")]
+    assert sum(sizes) == 2000 and len(sizes) >= 20, sizes  # ~64 rows (64 KiB) per block
+    whole = ray.data.read_parquet(str(path)).map_batches(lambda b: b, batch_size=16, batch_format="numpy")
+    assert len(list(whole.iter_batches(batch_size=None))) <= 2  # the default: one block for the file

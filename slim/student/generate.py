@@ -167,7 +167,7 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     import ray
 
     from slim import llm_models
-    from slim.raycluster import init_ray
+    from slim.raycluster import init_ray, read_parquet
     from slim.student import engines
 
     rd = RunDir(cfg.run_dir)
@@ -183,12 +183,7 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     init_ray(cfg.ray_address, cfg.num_cpus)
     done = done_users(out)
     engine = (engines.vllm_stage if cfg.engine == "vllm" else engines.hf_stage)(cfg, model_path)
-    ctx = ray.data.DataContext.get_current()
-    default_block, ctx.target_max_block_size = ctx.target_max_block_size, cfg.block_kib * 1024
-    try:  # a Dataset seals the context at creation: small blocks for this pipeline only
-        ds = ray.data.read_parquet(str(rd.path(C.USERS_FILE)), columns=[C.USER_ID, C.ITEM_IDS])
-    finally:
-        ctx.target_max_block_size = default_block
+    ds = read_parquet(str(rd.path(C.USERS_FILE)), [C.USER_ID, C.ITEM_IDS], cfg.block_kib)
     ds = ds.map_batches(_todo_filter, fn_kwargs={"done": done, "max_users": cfg.max_users}, batch_format="numpy",
                         num_cpus=0.1)
     ds = ds.map_batches(PromptBuilder, batch_size=64, batch_format="numpy", num_cpus=0.25,
