@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from bench.memwatch import PeakRSS  # noqa: E402
+from bench.memwatch import PeakRSS, peaks_by_fifth, plot_rss  # noqa: E402
 from slim import columns as C  # noqa: E402
 
 
@@ -95,17 +95,13 @@ def main() -> None:
 
 
 def report(a, m, mem: PeakRSS) -> None:
-    series = [(n, rss / 2**20) for _, rss, n in mem.samples]  # (rows written, MB)
     n = a.slice
-    peaks: dict[int, float] = {}  # fifth of the slice being written -> peak MB
-    for rows, mb in series:
-        k = min(4, rows * 5 // n)
-        peaks[k] = max(peaks.get(k, 0.0), mb)
-    fifths = [peaks.get(k, float("nan")) for k in range(5)]
+    fifths = peaks_by_fifth(mem.samples, n)
     total_s = m.timings["total_s"]
     marginal = (total_s - m.timings["to_first_shard_s"]) / max(n - a.shard_rows, 1)  # s/user once streaming
     real = json.loads(Path(a.real).read_text()) if Path(a.real).exists() else None
-    png = plot(series, Path(a.out).with_suffix(".png"), n)
+    png = plot_rss(mem.samples, Path(a.out).with_suffix(".png"), n, "rationales written",
+                   "student job: memory against users")
     lines = [
         "# Student job at scale: memory over a 50,000-user slice", "",
         f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_student_scale.py --slice {n} --total-users "
@@ -122,6 +118,8 @@ def report(a, m, mem: PeakRSS) -> None:
         + ", ".join(f"{x:,.0f}" for x in fifths)
         + f". Last fifth / first fifth: {fifths[-1] / fifths[0]:.2f}.",
         f"- Plot: `{png.name}` (RSS against rationales written).",
+        "- Mean RSS by process, first fifth -> last fifth (MB; the largest changes): " + "; ".join(
+            f"{k} {x:,.0f} -> {y:,.0f}" for k, x, y in mem.rss_change_by_title((0, n / 5), (4 * n / 5, n + 1))) + ".",
     ]
     if real:
         s = real["job_s_per_user"]
@@ -131,25 +129,6 @@ def report(a, m, mem: PeakRSS) -> None:
                      f"({marginal * a.total_users / 3600:.1f} h for 1M users) is what a fast engine could approach.")
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def plot(series: list, out: Path, n: int) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r for r, _ in series], [mb for _, mb in series], lw=1)
-    ax.set_xlabel("rationales written")
-    ax.set_ylabel("RSS, driver + Ray (MB)")
-    ax.set_xlim(0, n)
-    ax.set_ylim(0, None)
-    ax.set_title("student job: memory against users")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
 
 
 if __name__ == "__main__":

@@ -25,22 +25,38 @@ class PeakRSS:
     def __init__(self, interval: float = 0.2, progress: Optional[Callable[[], float]] = None):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
         self.progress, self.samples = progress, []
+        self.titles: list[dict[str, int]] = []  # RSS bytes by process title, one dict per kept sample
+        self._last_titles: dict[str, int] = {}
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (process title, CPU seconds), last seen
         self._t = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> int:
         me = psutil.Process()
-        total = me.memory_info().rss
+        rss = me.memory_info().rss
+        by_title = {"driver (this process)": rss}
         t = me.cpu_times()
         self.cpu[me.pid] = "driver (this process)", t.user + t.system
         for c in me.children(recursive=True):
             try:
-                total += c.memory_info().rss
-                t = c.cpu_times()
-                self.cpu[c.pid] = _title(c), t.user + t.system  # Ray retitles a worker per task
+                r, title, t = c.memory_info().rss, _title(c), c.cpu_times()
             except psutil.Error:
-                pass
-        return total
+                continue
+            by_title[title] = by_title.get(title, 0) + r
+            self.cpu[c.pid] = title, t.user + t.system  # Ray retitles a worker per task
+        self._last_titles = by_title
+        return sum(by_title.values())
+
+    def rss_change_by_title(self, lo: tuple[float, float], hi: tuple[float, float], top: int = 5) -> list:
+        """Mean RSS (MB) by process title over the samples whose progress lies in `lo`, then in `hi`: the
+        titles whose memory changed most between the two, as (title, MB in lo, MB in hi)."""
+        def mean(rng):
+            picked = [d for (_, _, p), d in zip(self.samples, self.titles) if rng[0] <= p < rng[1]]
+            keys = {k for d in picked for k in d}
+            return {k: sum(d.get(k, 0) for d in picked) / max(len(picked), 1) / 2**20 for k in keys}
+
+        a, b = mean(lo), mean(hi)
+        rows = [(k, a.get(k, 0.0), b.get(k, 0.0)) for k in set(a) | set(b)]
+        return sorted(rows, key=lambda r: -abs(r[2] - r[1]))[:top]
 
     def cpu_by_title(self) -> dict[str, float]:
         """CPU seconds spent inside the `with` block by this process and its descendants, summed by process title
@@ -58,6 +74,7 @@ class PeakRSS:
             if self.progress is not None:
                 try:
                     self.samples.append((time.perf_counter() - t0, rss, self.progress()))
+                    self.titles.append(self._last_titles)
                 except OSError:  # a file vanished between listing and reading: next sample
                     pass
             time.sleep(self.interval)
@@ -76,3 +93,32 @@ class PeakRSS:
     @property
     def peak_mb(self) -> float:
         return self.peak / 2**20
+
+
+def peaks_by_fifth(samples: list, n: int) -> list[float]:
+    """samples (t, bytes, progress out of n) -> peak MB while each fifth of the n units was in progress."""
+    peaks: dict[int, float] = {}
+    for _, rss, done in samples:
+        k = min(4, int(done) * 5 // max(n, 1))
+        peaks[k] = max(peaks.get(k, 0.0), rss / 2**20)
+    return [peaks.get(k, float("nan")) for k in range(5)]
+
+
+def plot_rss(samples: list, out, n: int, xlabel: str, title: str):
+    """RSS (MB) against progress, as a PNG at `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([done for _, _, done in samples], [rss / 2**20 for _, rss, _ in samples], lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("RSS, driver + Ray (MB)")
+    ax.set_xlim(0, n)
+    ax.set_ylim(0, None)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
