@@ -1,4 +1,5 @@
-"""Connect to Ray: a given address (or RAY_ADDRESS, set by `ray job submit`), else a private local cluster."""
+"""Connect to Ray: a given address (or RAY_ADDRESS, set by `ray job submit`), else a private local cluster; and
+read Parquet into a pipeline that streams in small blocks."""
 
 from __future__ import annotations
 
