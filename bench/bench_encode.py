@@ -104,9 +104,8 @@ def main() -> None:
         f"same process: {plain_tps:.1f} texts/s. The job per extra text (difference of the two slices, so Ray start, "
         f"model load and the items cancel): {job_tps:.1f} texts/s. **Job / plain: {job_tps / plain_tps:.2f}**. "
         f"Whole job at {a.users[0]:,} users, fixed costs included: {rows[0][2]:.1f} texts/s.", "",
-        f"Projection to 1,000,000 users at the {n_big:,}-user rate: {proj_h:.1f} h on this machine with one actor; "
-        "peak memory is flat in the number of users (bounded by batch size x actors: the driver streams batches "
-        "into a memmap / ParquetWriters).",
+        f"Projection to 1,000,000 users at the {n_big:,}-user rate: {proj_h:.1f} h on this machine with one actor. "
+        "Memory over a 50,000-user slice: encode_scale.md.",
     ]
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -4,8 +4,8 @@ sampled against users encoded, so "memory is bounded by the batch and the number
   PYTHONPATH=. .venv/bin/python bench/bench_encode_scale.py --users 50000 --out bench/results/encode_scale.md
 
 The encoder is a 2-layer, 64-wide BERT with all-MiniLM-L6-v2's tokenizer, random weights, mean pooling and
-normalisation, saved as a sentence-transformers model: the real MiniLM encodes ~20 texts/s in this job here
-(bench_encode.py), i.e. ~3 hours for this slice, while everything else (reading the shards, the real tokenizer and
+normalisation, saved as a sentence-transformers model: the real MiniLM encodes 22-32 texts/s in this job here
+(bench_encode.py), i.e. 2-3 hours for this slice, while everything else (reading the shards, the real tokenizer and
 the step-3-preserving truncation, the actor pool, the memmap and Parquet writers) is the same. The projected time
 for 1,000,000 users with MiniLM comes from bench_encode.py's rate.
 """

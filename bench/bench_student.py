@@ -61,7 +61,7 @@ def shard_slope(out: Path, burst_s: float = 5.0) -> dict:
     files = sorted(glob.glob(str(out / "part-*.parquet")), key=os.path.getmtime)
     t = np.array([os.path.getmtime(f) for f in files])
     rows = np.cumsum([pq.read_metadata(f).num_rows for f in files])
-    keep = np.arange(len(files))[1:][t[1:] < t[-1] - burst_s]
+    keep = np.flatnonzero(t < t[-1] - burst_s)[1:]  # before the final burst, first shard dropped
     if len(keep) < 3:
         return {"s_per_user": float("nan"), "shards": len(files), "shards_in_fit": len(keep)}
     slope = np.polyfit(rows[keep], t[keep], 1)[0]  # seconds per row
