@@ -128,10 +128,12 @@ def _pool(cfg: EncodeConfig, fields: tuple):
     import ray
 
     from slim.llm_models import resolve_encoder
+    from slim.raycluster import work_actor_env
 
     return dict(
         batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.actor_cpus,
         num_gpus=cfg.num_gpus_per_actor or None, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        runtime_env=work_actor_env(),  # the encoder at the driver's priority: see slim.raycluster
         fn_constructor_kwargs={"model_path": resolve_encoder(cfg.model), "fields": fields,
                                "max_seq_length": cfg.max_seq_length, "step3_share": cfg.step3_share,
                                "threads": cfg.threads, "device": "cuda" if cfg.num_gpus_per_actor else "cpu"},

@@ -1,5 +1,5 @@
-"""Connect to Ray: a given address (or RAY_ADDRESS, set by `ray job submit`), else a private local cluster; and
-read Parquet into a pipeline that streams in small blocks."""
+"""Connect to Ray: a given address (or RAY_ADDRESS, set by `ray job submit`), else a private local cluster; read
+Parquet into a pipeline that streams in small blocks; and the runtime_env of the actors that do a stage's work."""
 
 from __future__ import annotations
 
@@ -7,6 +7,19 @@ import logging
 import os
 
 log = logging.getLogger(__name__)
+
+# Ray starts every worker process at niceness 15, so that raylet and GCS win the CPU from it. An actor that does
+# the stage's work (a vLLM engine, whose EngineCore and model worker are forked from the actor and inherit its
+# niceness; a generate or encode actor) then loses each time slice to the driver and every other nice-0 process:
+# on 2 cores that cost the student job ~30% of its speed (bench/results/student.md). Such actors run at 0, as the
+# same work started by hand would; the rest of the pipeline stays at 15 and yields to them. Ray's job manager
+# sets the same variable to run job drivers at 0.
+WORK_ACTOR_ENV = {"RAY_worker_niceness": "0"}
+
+
+def work_actor_env(extra: dict | None = None) -> dict:
+    """runtime_env for an actor that does a stage's work: its env_vars (plus `extra`) at the driver's priority."""
+    return {"env_vars": {**WORK_ACTOR_ENV, **(extra or {})}}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from slim import columns as C
+from slim.raycluster import work_actor_env
 from slim.student import engines
 from slim.student.generate import SamplingConfig, StudentConfig, done_users, run
 from tests.student_data import write_run_data
@@ -91,6 +92,20 @@ def test_vllm_job_generates_with_the_adapter(run_dir, cache_dir, ray_local):
     assert same >= len(good) - 1, list(zip(ref["generated_text"], good[C.RATIONALE]))
     # rerun: the manifest matches and nothing is regenerated
     assert run(cfg).created == m.created
+
+
+def test_engine_actors_run_at_the_drivers_priority(ray_local):
+    """Ray starts workers at niceness 15; an engine actor's runtime_env keeps it (and what vLLM forks from it) at the
+    driver's, so the rest of the pipeline yields the CPU to the engine (bench/results/student.md)."""
+    ray = ray_local
+
+    @ray.remote(num_cpus=0.1)
+    def niceness():
+        return os.nice(0)  # the increment 0 reads the current value
+
+    plain = ray.get(niceness.remote())
+    engine = ray.get(niceness.options(runtime_env=work_actor_env({"VLLM_CPU_KVCACHE_SPACE": "1"})).remote())
+    assert engine == os.nice(0) < plain, (engine, plain)
 
 
 def _job(run_dir, cache_dir, *extra):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from slim import columns as C
+from slim.raycluster import work_actor_env
 from slim.rundir import file_fingerprint
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def vllm_stage(cfg, model_path: str):
         batch_size=cfg.batch_size,
         concurrency=cfg.num_engines,
         placement_group_config={"bundles": [bundle]},
-        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}},
+        runtime_env=work_actor_env({"VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}),
         should_continue_on_error=True,  # a too-long prompt fails its row, not the job
         chat_template_stage=False,  # our prompt is the exact distillation text (slim.prompts.student_chat_text)
         tokenize_stage=False,  # the engine tokenizes; saves two actor pools
@@ -216,6 +217,7 @@ def hf_stage(cfg, model_path: str):
         return ds.map_batches(
             HFGenerator, batch_size=cfg.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=cfg.num_engines), num_cpus=cfg.engine_cpus,
+            runtime_env=work_actor_env(),
             fn_constructor_kwargs={"model_path": model_path, "max_model_len": cfg.max_model_len,
                                    "sampling": sampling_dict(cfg.sampling), "threads": cfg.hf_threads},
         )
