@@ -121,6 +121,8 @@ def main() -> None:
         ray.shutdown()
         jobs.append({"total_s": m.timings["total_s"], "tokens": m.counts["new_tokens_out"], "n": m.counts["new"],
                      "peak_mb": mem.peak_mb, "base_mb": mem.base / 2**20, "cpu_s": mem.cpu_by_title(),
+                     "peak_by_title_mb": {k: v / 2**20 for k, v in
+                                          sorted(mem.peak_titles.items(), key=lambda kv: -kv[1])},
                      "steady": shard_slope(d / C.STUDENT_SHARDS)})
         files = sorted(glob.glob(str(d / C.STUDENT_SHARDS / "part-*.parquet")))
         t = pq.ParquetDataset(files).read(columns=[C.USER_ID, C.PROMPT]).sort_by(C.USER_ID)
@@ -179,7 +181,9 @@ def report(a, jobs: list, v: dict, h: dict) -> None:
         f"- vLLM / hf engine, generate-only tokens/s on {h['n']} prompts: "
         f"{(v['tokens'][-1] / v['gen_s'][-1]) / (h['tokens'] / h['gen_s']):.2f}x.",
         f"- Peak RSS of driver + Ray workers: {j1['peak_mb']:,.0f} MB at {j1['n']} users, {j2['peak_mb']:,.0f} MB at "
-        f"{j2['n']} (before: {j2['base_mb']:,.0f} MB); the driver holds one shard (shard_rows) at a time.",
+        f"{j2['n']} (before: {j2['base_mb']:,.0f} MB); the driver holds one shard (shard_rows) at a time. At the "
+        f"{j2['n']}-user peak, by process (MB, top 6; RSS counts shared pages in each process): "
+        + "; ".join(f"{k} {x:,.0f}" for k, x in list(j2.get("peak_by_title_mb", {}).items())[:6]) + ".",
         f"- CPU seconds by process during the {j1['n']}- and {j2['n']}-user jobs (top 8; the difference is what "
         f"{dn} more users cost; 2 cores): "
         + "; ".join(f"{k} {j1['cpu_s'].get(k, 0):.0f} / {x:.0f}" for k, x in list(j2["cpu_s"].items())[:8]) + ".",

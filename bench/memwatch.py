@@ -24,6 +24,7 @@ def _title(p: psutil.Process) -> str:
 class PeakRSS:
     def __init__(self, interval: float = 0.2, progress: Optional[Callable[[], float]] = None):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.peak_titles: dict[str, int] = {}  # RSS bytes by process title at the peak sample
         self.progress, self.samples = progress, []
         self.titles: list[dict[str, int]] = []  # RSS bytes by process title, one dict per kept sample
         self._last_titles: dict[str, int] = {}
@@ -70,7 +71,8 @@ class PeakRSS:
         t0 = time.perf_counter()
         while not self._stop.is_set():
             rss = self._sample()
-            self.peak = max(self.peak, rss)
+            if rss > self.peak:
+                self.peak, self.peak_titles = rss, self._last_titles
             if self.progress is not None:
                 try:
                     self.samples.append((time.perf_counter() - t0, rss, self.progress()))

@@ -11,9 +11,9 @@ log = logging.getLogger(__name__)
 # Ray starts every worker process at niceness 15, so that raylet and GCS win the CPU from it. An actor that does
 # the stage's work (a vLLM engine, whose EngineCore and model worker are forked from the actor and inherit its
 # niceness; a generate or encode actor) then loses each time slice to the driver and every other nice-0 process:
-# on 2 cores that cost the student job ~30% of its speed (bench/results/student.md). Such actors run at 0, as the
-# same work started by hand would; the rest of the pipeline stays at 15 and yields to them. Ray's job manager
-# sets the same variable to run job drivers at 0.
+# on 2 cores a 192-user student job took 557 s that way and 367 s without (bench/results/student.md). Such actors
+# run at 0, as the same work started by hand would; the rest of the pipeline stays at 15 and yields to them.
+# Ray's job manager sets the same variable to run job drivers at 0.
 WORK_ACTOR_ENV = {"RAY_worker_niceness": "0"}
 
 
