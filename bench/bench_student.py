@@ -183,7 +183,7 @@ def report(a, jobs: list, v: dict, h: dict) -> None:
         f"- Peak RSS of driver + Ray workers: {j1['peak_mb']:,.0f} MB at {j1['n']} users, {j2['peak_mb']:,.0f} MB at "
         f"{j2['n']} (before: {j2['base_mb']:,.0f} MB); the driver holds one shard (shard_rows) at a time. At the "
         f"{j2['n']}-user peak, by process (MB, top 6; RSS counts shared pages in each process): "
-        + "; ".join(f"{k} {x:,.0f}" for k, x in list(j2.get("peak_by_title_mb", {}).items())[:6]) + ".",
+        + "; ".join(f"{k} {x:,.0f}" for k, x in list(j2["peak_by_title_mb"].items())[:6]) + ".",
         f"- CPU seconds by process during the {j1['n']}- and {j2['n']}-user jobs (top 8; the difference is what "
         f"{dn} more users cost; 2 cores): "
         + "; ".join(f"{k} {j1['cpu_s'].get(k, 0):.0f} / {x:.0f}" for k, x in list(j2["cpu_s"].items())[:8]) + ".",
