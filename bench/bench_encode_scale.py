@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_encode import write_rationales  # noqa: E402
-from bench.memwatch import PeakRSS, peaks_by_fifth, plot_rss  # noqa: E402
+from bench.memwatch import PeakMem, peaks_by_fifth, plot_mem  # noqa: E402
 from slim import columns as C  # noqa: E402
 
 
@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--users", type=int, default=50_000)
     p.add_argument("--items", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--object-store-mib", type=int, default=None, help="encode.object_store_mib (default: the config's)")
     p.add_argument("--root", default="/tmp/slim-bench-encode-scale")
     p.add_argument("--real", default="bench/results/encode.md", help="bench_encode.py's results (projection)")
     p.add_argument("--out", default="bench/results/encode_scale.md")
@@ -87,12 +88,14 @@ def main() -> None:
     log.setLevel(logging.INFO)
     log.addHandler(done)
     init_ray(None, 6)
-    cfg = EncodeConfig(run_dir=str(d), model=str(model), batch_size=a.batch_size, num_actors=1, actor_cpus=0.5)
-    with PeakRSS(interval=0.5, progress=lambda: done.n) as mem:
+    budget = {} if a.object_store_mib is None else {"object_store_mib": a.object_store_mib}
+    cfg = EncodeConfig(run_dir=str(d), model=str(model), batch_size=a.batch_size, num_actors=1, actor_cpus=0.5,
+                       **budget)
+    with PeakMem(interval=0.5, progress=lambda: done.n) as mem:
         m = run(cfg, force=True)
     ray.shutdown()
     assert m.counts["users"] == a.users, m.counts
-    report(a, m, mem)
+    report(a, cfg, m, mem)
 
 
 def real_rate(md: Path) -> float | None:
@@ -101,34 +104,41 @@ def real_rate(md: Path) -> float | None:
     return float(rows[-1]) if rows else None
 
 
-def report(a, m, mem: PeakRSS) -> None:
+def report(a, cfg, m, mem: PeakMem) -> None:
     n, t = a.users, m.timings
     users = [x for x in mem.samples if x[2] > 0]  # from the first users batch on (the items pass comes before)
     fifths = peaks_by_fifth(users, n)
     (t0, _, u0), (t1, _, u1) = users[0], users[-1]
     streaming = (u1 - u0) / max(t1 - t0, 1e-9)  # users/s once the actor is up and batches flow
-    png = plot_rss(mem.samples, Path(a.out).with_suffix(".png"), n, "users encoded (x 4 fields)",
+    png = plot_mem(mem, Path(a.out).with_suffix(".png"), n, "users encoded (x 4 fields)",
                    "encode job: memory against users")
+    lo, hi = (1, n / 5), (4 * n / 5, n + 1)
     texts = 4 * n + a.items
     rate = real_rate(Path(a.real))
     lines = [
         "# Encode job at scale: memory over a 50,000-user slice", "",
         f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_encode_scale.py --users {n} --items {a.items} "
-        f"--batch-size {a.batch_size}`", "",
+        f"--batch-size {a.batch_size}" + ("" if a.object_store_mib is None else f" --object-store-mib "
+                                          f"{a.object_store_mib}") + "`", "",
         f"Input: {n:,} generated rationales (whole + 3 steps, ~180 word pieces each) and {a.items:,} items. Encoder: a "
         "random 2-layer BERT with all-MiniLM-L6-v2's tokenizer (see the module docstring for why); one actor, "
-        "0.5 logical CPU. 2 CPU cores; peak RSS of the driver and every Ray process, sampled every 0.5 s.", "",
+        f"0.5 logical CPU; object-store budget {cfg.object_store_mib} MiB (0: Ray Data's default). 2 CPU cores; "
+        "memory of the driver and every Ray process, sampled every 0.5 s: PSS summed (shared pages counted once) and "
+        "RSS summed (shared pages counted in every process that maps them; bench/memwatch.py).", "",
         f"- {texts:,} texts in {t['total_s']:.0f} s (items {t['items_s']:.0f} s, users {t['users_s']:.0f} s). Once "
         f"batches flow: {streaming:.0f} users/s ({4 * streaming:.0f} texts/s), the job's ceiling here with a near-free "
         "encoder.",
         "- Truncated: " + ", ".join(f"{f} {m.counts[f + '_truncated']:,}" for f in C.USER_EMB_FIELDS) + ".",
-        f"- Peak RSS over the whole run: {mem.peak_mb:,.0f} MB (before the job: {mem.base / 2**20:,.0f} MB).",
-        "- Peak RSS while each fifth of the users was being encoded (MB; the items pass before it is in the whole-run "
+        f"- Peak over the whole run: PSS {mem.peak_mb:,.0f} MB, RSS summed {mem.peak_rss_mb:,.0f} MB (before the job: "
+        f"{mem.base / 2**20:,.0f} and {mem.base_rss / 2**20:,.0f} MB).",
+        "- Peak PSS while each fifth of the users was being encoded (MB; the items pass before it is in the whole-run "
         "peak only): " + ", ".join(f"{x:,.0f}" for x in fifths)
         + f". Last fifth / first fifth: {fifths[-1] / fifths[0]:.2f}.",
-        f"- Plot: `{png.name}` (RSS against users encoded).",
-        "- Mean RSS by process, first fifth -> last fifth (MB; the largest changes): " + "; ".join(
-            f"{k} {x:,.0f} -> {y:,.0f}" for k, x, y in mem.rss_change_by_title((1, n / 5), (4 * n / 5, n + 1))) + ".",
+        f"- Plot: `{png.name}` (PSS and summed RSS against users encoded).",
+        "- Mean PSS by process, first fifth -> last fifth (MB; the largest changes): " + "; ".join(
+            f"{k} {x:,.0f} -> {y:,.0f}" for k, x, y in mem.change_by_title(lo, hi)) + ".",
+        "- Mean anonymous memory (the process's own heap) by process, same fifths (MB): " + "; ".join(
+            f"{k} {x:,.0f} -> {y:,.0f}" for k, x, y in mem.change_by_title(lo, hi, anon=True)) + ".",
     ]
     if rate:
         lines.append(f"- Projection for 1,000,000 users with all-MiniLM-L6-v2 at bench_encode.py's job rate "

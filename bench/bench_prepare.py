@@ -16,18 +16,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.memwatch import PeakRSS  # noqa: E402
+from bench.memwatch import PeakMem  # noqa: E402
 from slim.data import DataConfig, prepare  # noqa: E402
 from slim.raycluster import init_ray  # noqa: E402
 from tests.datagen import write_seqrec  # noqa: E402
 
 
 def one(name: str, cfg: DataConfig) -> dict:
-    with PeakRSS() as mem:
+    with PeakMem() as mem:
         t0 = time.perf_counter()
         m = prepare.run(cfg, force=True)
         wall = time.perf_counter() - t0
-    row = {"input": name, **m.counts, "wall_s": round(wall, 1), "peak_rss_mb": round(mem.peak_mb),
+    row = {"input": name, **m.counts, "wall_s": round(wall, 1), "peak_rss_mb": round(mem.peak_rss_mb),
            **{k: round(v, 1) for k, v in m.timings.items()}}
     print(json.dumps(row), flush=True)
     return row

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from bench.memwatch import PeakRSS  # noqa: E402
+from bench.memwatch import PeakMem  # noqa: E402
 from slim import columns as C  # noqa: E402
 
 
@@ -116,11 +116,12 @@ def main() -> None:
         cfg = StudentConfig(run_dir=str(d), engine="vllm", max_users=n, batch_size=a.batch_size, shard_rows=a.shard_rows,
                             sampling=SamplingConfig(max_tokens=a.max_tokens))
         init_ray(None, 6)
-        with PeakRSS() as mem:
+        with PeakMem() as mem:
             m = run(cfg, force=True)
         ray.shutdown()
         jobs.append({"total_s": m.timings["total_s"], "tokens": m.counts["new_tokens_out"], "n": m.counts["new"],
-                     "peak_mb": mem.peak_mb, "base_mb": mem.base / 2**20, "cpu_s": mem.cpu_by_title(),
+                     "peak_mb": mem.peak_mb, "base_mb": mem.base / 2**20, "peak_rss_mb": mem.peak_rss_mb,
+                     "cpu_s": mem.cpu_by_title(),
                      "peak_by_title_mb": {k: v / 2**20 for k, v in
                                           sorted(mem.peak_titles.items(), key=lambda kv: -kv[1])},
                      "steady": shard_slope(d / C.STUDENT_SHARDS)})
@@ -180,9 +181,10 @@ def report(a, jobs: list, v: dict, h: dict) -> None:
         f"part ({j2['total_s'] - job_row * j2['n']:.0f} s) is paid once per job, not per user.",
         f"- vLLM / hf engine, generate-only tokens/s on {h['n']} prompts: "
         f"{(v['tokens'][-1] / v['gen_s'][-1]) / (h['tokens'] / h['gen_s']):.2f}x.",
-        f"- Peak RSS of driver + Ray workers: {j1['peak_mb']:,.0f} MB at {j1['n']} users, {j2['peak_mb']:,.0f} MB at "
-        f"{j2['n']} (before: {j2['base_mb']:,.0f} MB); the driver holds one shard (shard_rows) at a time. At the "
-        f"{j2['n']}-user peak, by process (MB, top 6; RSS counts shared pages in each process): "
+        f"- Peak memory of driver + Ray workers, PSS (shared pages once): {j1['peak_mb']:,.0f} MB at {j1['n']} users, "
+        f"{j2['peak_mb']:,.0f} MB at {j2['n']} (before: {j2['base_mb']:,.0f} MB; summed RSS, which counts shared "
+        f"pages in every process: {j1['peak_rss_mb']:,.0f} and {j2['peak_rss_mb']:,.0f} MB); the driver holds one "
+        f"shard (shard_rows) at a time. At the {j2['n']}-user peak, PSS by process (MB, top 6): "
         + "; ".join(f"{k} {x:,.0f}" for k, x in list(j2["peak_by_title_mb"].items())[:6]) + ".",
         f"- CPU seconds by process during the {j1['n']}- and {j2['n']}-user jobs (top 8; the difference is what "
         f"{dn} more users cost; 2 cores): "

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from bench.memwatch import PeakRSS, peaks_by_fifth, plot_rss  # noqa: E402
+from bench.memwatch import PeakMem, peaks_by_fifth, plot_mem  # noqa: E402
 from slim import columns as C  # noqa: E402
 
 
@@ -87,39 +87,43 @@ def main() -> None:
                         batch_size=a.batch_size, shard_rows=a.shard_rows,
                         sampling=SamplingConfig(max_tokens=a.max_tokens))
     init_ray(None, 6)
-    with PeakRSS(interval=0.5, progress=rows_done) as mem:
+    with PeakMem(interval=0.5, progress=rows_done) as mem:
         m = run(cfg, force=True)
     ray.shutdown()
     assert m.counts["users"] == a.slice, m.counts
     report(a, m, mem)
 
 
-def report(a, m, mem: PeakRSS) -> None:
+def report(a, m, mem: PeakMem) -> None:
     n = a.slice
     fifths = peaks_by_fifth(mem.samples, n)
     total_s = m.timings["total_s"]
     marginal = (total_s - m.timings["to_first_shard_s"]) / max(n - a.shard_rows, 1)  # s/user once streaming
     real = json.loads(Path(a.real).read_text()) if Path(a.real).exists() else None
-    png = plot_rss(mem.samples, Path(a.out).with_suffix(".png"), n, "rationales written",
-                   "student job: memory against users")
+    png = plot_mem(mem, Path(a.out).with_suffix(".png"), n, "rationales written", "student job: memory against users")
+    lo, hi = (0, n / 5), (4 * n / 5, n + 1)
     lines = [
         "# Student job at scale: memory over a 50,000-user slice", "",
         f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_student_scale.py --slice {n} --total-users "
         f"{a.total_users} --max-tokens {a.max_tokens} --batch-size {a.batch_size} --shard-rows {a.shard_rows}`", "",
         f"Input: a generated {a.total_users:,}-user users.parquet (the job scans all of it and generates for "
         f"user_id < {n:,}). Engine: vllm-cpu over a random 2-layer Llama with SmolLM2's tokenizer, {a.max_tokens} "
-        "tokens per user (see the module docstring for why). 2 CPU cores; peak RSS of the driver and every Ray "
-        "process, sampled every 0.5 s.", "",
+        "tokens per user (see the module docstring for why). 2 CPU cores; memory of the driver and every Ray "
+        "process, sampled every 0.5 s: PSS summed (shared pages counted once) and RSS summed (shared pages counted in "
+        "every process that maps them; bench/memwatch.py).", "",
         f"- {m.counts['users']:,} rationales ({m.counts['new_tokens_out']:,} tokens) in {total_s:.0f} s; first "
         f"shard after {m.timings['to_first_shard_s']:.0f} s; then {1 / marginal:.0f} users/s "
         f"({marginal * 1e3:.1f} ms/user): the job's ceiling on this box with a near-free engine.",
-        f"- Peak RSS over the whole run: {mem.peak_mb:,.0f} MB (before the job: {mem.base / 2**20:,.0f} MB).",
-        "- Peak RSS while each fifth of the slice was being written (MB): "
+        f"- Peak over the whole run: PSS {mem.peak_mb:,.0f} MB, RSS summed {mem.peak_rss_mb:,.0f} MB (before the job: "
+        f"{mem.base / 2**20:,.0f} and {mem.base_rss / 2**20:,.0f} MB).",
+        "- Peak PSS while each fifth of the slice was being written (MB): "
         + ", ".join(f"{x:,.0f}" for x in fifths)
         + f". Last fifth / first fifth: {fifths[-1] / fifths[0]:.2f}.",
-        f"- Plot: `{png.name}` (RSS against rationales written).",
-        "- Mean RSS by process, first fifth -> last fifth (MB; the largest changes): " + "; ".join(
-            f"{k} {x:,.0f} -> {y:,.0f}" for k, x, y in mem.rss_change_by_title((0, n / 5), (4 * n / 5, n + 1))) + ".",
+        f"- Plot: `{png.name}` (PSS and summed RSS against rationales written).",
+        "- Mean PSS by process, first fifth -> last fifth (MB; the largest changes): " + "; ".join(
+            f"{k} {x:,.0f} -> {y:,.0f}" for k, x, y in mem.change_by_title(lo, hi)) + ".",
+        "- Mean anonymous memory (the process's own heap) by process, same fifths (MB): " + "; ".join(
+            f"{k} {x:,.0f} -> {y:,.0f}" for k, x, y in mem.change_by_title(lo, hi, anon=True)) + ".",
     ]
     if real:
         s = real["job_s_per_user"]

@@ -1,7 +1,16 @@
-"""Peak resident memory of this process and all its descendants (Ray's raylet and workers included).
+"""Peak memory of this process and all its descendants (Ray's raylet and workers included).
+
+Two sums over the processes, sampled together:
+- PSS (proportional set size, from /proc/PID/smaps_rollup): each shared page is split among the processes that
+  map it, so the sum counts it once. This is the memory the job holds, and the figure the benches report first.
+- RSS: each process's resident pages, shared ones included. Summed over Ray's processes it counts the same pages
+  many times: every worker maps torch's libraries, and every worker that touches the object store (a shared-memory
+  file) keeps those store pages in its own RSS. A Ray actor's RSS therefore rises as it touches store pages it had
+  not touched before, while the store itself does not grow (bench/results/encode_scale.md).
+Per process title we also keep `Anonymous` (the process's own heap, mostly private) to tell a leak from sharing.
 
 With `progress` (a callable returning a number, e.g. rows written so far), every sample is kept as
-(seconds since start, bytes, progress), so memory can be plotted against work done.
+(seconds since start, PSS bytes, progress), so memory can be plotted against work done.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from typing import Callable, Optional
 
 import psutil
 
+DRIVER = "driver (this process)"
+
 
 def _title(p: psutil.Process) -> str:
     cmd = p.cmdline()
@@ -21,37 +32,58 @@ def _title(p: psutil.Process) -> str:
     return p.name()[:40]
 
 
-class PeakRSS:
+def _mem(p: psutil.Process) -> tuple[int, int, int]:
+    """(RSS, PSS, anonymous) bytes; where smaps_rollup cannot be read (not Linux, no permission), PSS and
+    anonymous fall back to RSS and RSS minus its shared pages."""
+    try:
+        with open(f"/proc/{p.pid}/smaps_rollup") as f:
+            kb = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.split(":")[0] in ("Rss", "Pss", "Anonymous")}
+        return kb["Rss"] * 1024, kb["Pss"] * 1024, kb["Anonymous"] * 1024
+    except (OSError, KeyError, ValueError):
+        mi = p.memory_info()
+        return mi.rss, mi.rss, mi.rss - mi.shared
+
+
+class PeakMem:
     def __init__(self, interval: float = 0.2, progress: Optional[Callable[[], float]] = None):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self.peak_titles: dict[str, int] = {}  # RSS bytes by process title at the peak sample
+        self.interval, self._stop = interval, threading.Event()
+        self.peak = self.peak_rss = 0  # bytes: summed PSS, summed RSS (each at its own peak sample)
+        self.peak_titles: dict[str, int] = {}  # PSS bytes by process title at the PSS peak
         self.progress, self.samples = progress, []
-        self.titles: list[dict[str, int]] = []  # RSS bytes by process title, one dict per kept sample
-        self._last_titles: dict[str, int] = {}
+        self.titles: list[dict[str, int]] = []  # PSS bytes by process title, one dict per kept sample
+        self.anon_titles: list[dict[str, int]] = []  # anonymous bytes by process title, same samples
+        self.rss_samples: list[int] = []  # summed RSS, same samples
+        self._last: tuple = (0, {}, {})  # (summed RSS, PSS by title, anonymous by title)
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (process title, CPU seconds), last seen
         self._t = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> int:
+        """Summed PSS now; the summed RSS and the split by title are kept in self._last."""
         me = psutil.Process()
-        rss = me.memory_info().rss
-        by_title = {"driver (this process)": rss}
+        rss, pss, anon = _mem(me)
+        pss_by, anon_by = {DRIVER: pss}, {DRIVER: anon}
         t = me.cpu_times()
-        self.cpu[me.pid] = "driver (this process)", t.user + t.system
+        self.cpu[me.pid] = DRIVER, t.user + t.system
         for c in me.children(recursive=True):
             try:
-                r, title, t = c.memory_info().rss, _title(c), c.cpu_times()
+                (r, s, a), title, t = _mem(c), _title(c), c.cpu_times()
             except psutil.Error:
                 continue
-            by_title[title] = by_title.get(title, 0) + r
+            rss += r
+            pss_by[title] = pss_by.get(title, 0) + s
+            anon_by[title] = anon_by.get(title, 0) + a
             self.cpu[c.pid] = title, t.user + t.system  # Ray retitles a worker per task
-        self._last_titles = by_title
-        return sum(by_title.values())
+        self._last = rss, pss_by, anon_by
+        return sum(pss_by.values())
 
-    def rss_change_by_title(self, lo: tuple[float, float], hi: tuple[float, float], top: int = 5) -> list:
-        """Mean RSS (MB) by process title over the samples whose progress lies in `lo`, then in `hi`: the
-        titles whose memory changed most between the two, as (title, MB in lo, MB in hi)."""
+    def change_by_title(self, lo: tuple[float, float], hi: tuple[float, float], top: int = 5,
+                        anon: bool = False) -> list:
+        """Mean PSS (or, with `anon`, anonymous memory) in MB by process title over the samples whose progress lies
+        in `lo`, then in `hi`: the titles whose memory changed most between the two, as (title, MB lo, MB hi)."""
+        kept = self.anon_titles if anon else self.titles
+
         def mean(rng):
-            picked = [d for (_, _, p), d in zip(self.samples, self.titles) if rng[0] <= p < rng[1]]
+            picked = [d for (_, _, p), d in zip(self.samples, kept) if rng[0] <= p < rng[1]]
             keys = {k for d in picked for k in d}
             return {k: sum(d.get(k, 0) for d in picked) / max(len(picked), 1) / 2**20 for k in keys}
 
@@ -70,19 +102,24 @@ class PeakRSS:
     def _loop(self):
         t0 = time.perf_counter()
         while not self._stop.is_set():
-            rss = self._sample()
-            if rss > self.peak:
-                self.peak, self.peak_titles = rss, self._last_titles
+            pss = self._sample()
+            rss, pss_by, anon_by = self._last
+            self.peak_rss = max(self.peak_rss, rss)
+            if pss > self.peak:
+                self.peak, self.peak_titles = pss, pss_by
             if self.progress is not None:
                 try:
-                    self.samples.append((time.perf_counter() - t0, rss, self.progress()))
-                    self.titles.append(self._last_titles)
+                    self.samples.append((time.perf_counter() - t0, pss, self.progress()))
+                    self.titles.append(pss_by)
+                    self.anon_titles.append(anon_by)
+                    self.rss_samples.append(rss)
                 except OSError:  # a file vanished between listing and reading: next sample
                     pass
             time.sleep(self.interval)
 
     def __enter__(self):
         self.base = self._sample()
+        self.base_rss = self._last[0]
         self.cpu0 = dict(self.cpu)
         self._t.start()
         return self
@@ -94,31 +131,40 @@ class PeakRSS:
 
     @property
     def peak_mb(self) -> float:
+        """Peak summed PSS: shared pages counted once."""
         return self.peak / 2**20
+
+    @property
+    def peak_rss_mb(self) -> float:
+        """Peak summed RSS: shared pages counted in every process that maps them (the figure earlier reports gave)."""
+        return self.peak_rss / 2**20
 
 
 def peaks_by_fifth(samples: list, n: int) -> list[float]:
     """samples (t, bytes, progress out of n) -> peak MB while each fifth of the n units was in progress."""
     peaks: dict[int, float] = {}
-    for _, rss, done in samples:
+    for _, b, done in samples:
         k = min(4, int(done) * 5 // max(n, 1))
-        peaks[k] = max(peaks.get(k, 0.0), rss / 2**20)
+        peaks[k] = max(peaks.get(k, 0.0), b / 2**20)
     return [peaks.get(k, float("nan")) for k in range(5)]
 
 
-def plot_rss(samples: list, out, n: int, xlabel: str, title: str):
-    """RSS (MB) against progress, as a PNG at `out`."""
+def plot_mem(mem: PeakMem, out, n: int, xlabel: str, title: str):
+    """Summed PSS and summed RSS (MB) against progress, as a PNG at `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    done = [d for _, _, d in mem.samples]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([done for _, _, done in samples], [rss / 2**20 for _, rss, _ in samples], lw=1)
+    ax.plot(done, [b / 2**20 for _, b, _ in mem.samples], lw=1, label="PSS (shared pages once)")
+    ax.plot(done, [b / 2**20 for b in mem.rss_samples], lw=1, ls="--", label="RSS summed (shared pages per process)")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("RSS, driver + Ray (MB)")
+    ax.set_ylabel("driver + Ray processes (MB)")
     ax.set_xlim(0, n)
     ax.set_ylim(0, None)
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
