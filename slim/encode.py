@@ -50,12 +50,14 @@ class EncodeConfig:
     #                   a CPU node set it to the cores an actor may use (bench_encode.py: 2 threads = 0.93x plain)
     block_kib: int = 512  # Ray Data block target: an actor hands embeddings on once this many KiB are ready, so
     #                       the driver writes while the actor works and memory does not follow the shard size
+    object_store_mib: int = 64  # object-store budget of the pipeline: reading runs this far ahead of the actors,
+    #                             not to the end of the input (slim.raycluster.read_parquet); 0 = Ray Data's default
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 
 
 RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "batch_size", "num_actors", "actor_cpus",
-                "num_gpus_per_actor", "threads", "block_kib")
+                "num_gpus_per_actor", "threads", "block_kib", "object_store_mib")
 FIELDS = C.USER_EMB_FIELDS  # rationale, step1, step2, step3
 
 
@@ -145,7 +147,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     from slim.raycluster import read_parquet
 
     n = pq.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
-    ds = read_parquet(str(rd.path(C.ITEMS_FILE)), [C.ITEM_ID, C.TEXT], cfg.block_kib)
+    ds = read_parquet(str(rd.path(C.ITEMS_FILE)), [C.ITEM_ID, C.TEXT], cfg.block_kib, cfg.object_store_mib)
     tmp, arr, seen, counts = out / ".items.npy.tmp", None, 0, {"item_truncated": 0, "item_empty": 0}
     for b in ds.map_batches(Encoder, **_pool(cfg, (C.TEXT,))).iter_batches(batch_format="numpy", batch_size=None):
         e = b[f"emb_{C.TEXT}"]  # [B, D]
@@ -184,7 +186,7 @@ def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     from slim.raycluster import read_parquet
 
     cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3]
-    ds = read_parquet(source_files(cfg, rd), cols, cfg.block_kib)
+    ds = read_parquet(source_files(cfg, rd), cols, cfg.block_kib, cfg.object_store_mib)
     schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
     tmps = {f: out / f".users_{f}.parquet.tmp" for f in FIELDS}
     writers = {f: pq.ParquetWriter(tmps[f], schema) for f in FIELDS}

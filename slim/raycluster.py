@@ -1,8 +1,10 @@
 """Connect to Ray: a given address (or RAY_ADDRESS, set by `ray job submit`), else a private local cluster; read
-Parquet into a pipeline that streams in small blocks; and the runtime_env of the actors that do a stage's work."""
+Parquet into a pipeline that streams in small blocks within a memory budget; and the runtime_env of the actors
+that do a stage's work."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -39,16 +41,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     log.info("started a local Ray cluster with %d logical CPUs", n)
 
 
-def read_parquet(paths, columns: list[str], block_kib: int):
-    """`ray.data.read_parquet` for a pipeline that hands rows on in blocks of about `block_kib` KiB instead of
-    Ray Data's 128 MiB default, so every operator after it streams at that grain: a task's output reaches the
-    driver while the task still runs, and memory follows the block, not the input file. A Dataset seals the
-    DataContext when it is created, so the small target applies to this pipeline only."""
+def read_parquet(paths, columns: list[str], block_kib: int, object_store_mib: int = 0):
+    """`ray.data.read_parquet` for a pipeline that streams in small blocks within a fixed object-store budget.
+
+    Blocks of about `block_kib` KiB instead of Ray Data's 128 MiB default, so every operator after it streams at
+    that grain: a task's output reaches the driver while the task still runs, and memory follows the block, not
+    the input file. `object_store_mib` (0: Ray Data's default, half of the cluster's object store) caps the
+    object-store memory the whole pipeline may hold: reading runs ahead of the slow actors (encoder, engine) only
+    until queued blocks fill it, then waits. Without the cap a 150,000-user encode read all its input into the
+    store within the first minute (bench/results/encode_scale.md), so memory followed the number of users up to
+    half the store. A Dataset seals the DataContext when it is created, so both settings apply to this pipeline
+    (and the operators chained on it) only."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
     default, ctx.target_max_block_size = ctx.target_max_block_size, block_kib * 1024
+    options = ctx.execution_options
+    if object_store_mib:
+        ctx.execution_options = copy.deepcopy(options)
+        limits = ctx.execution_options.resource_limits
+        ctx.execution_options.resource_limits = limits.copy(object_store_memory=object_store_mib * 2**20)
     try:
         return ray.data.read_parquet(paths, columns=columns)
     finally:
-        ctx.target_max_block_size = default
+        ctx.target_max_block_size, ctx.execution_options = default, options

@@ -60,6 +60,8 @@ class StudentConfig:
     shard_rows: int = 256  # rows per output shard (the unit of resumption)
     block_kib: int = 64  # Ray Data block target: a task hands rows on once this many KiB are ready, so shards
     #                      appear while the engine works (and a kill loses at most a few blocks)
+    object_store_mib: int = 64  # object-store budget of the pipeline: prompts are built this far ahead of the
+    #                             engines, not for all users at once (slim.raycluster.read_parquet); 0 = Ray's
     num_engines: int = 1  # one per GPU on a cluster
     engine_cpus: float = 1.0  # CPU bundle per vLLM engine / num_cpus per hf actor
     num_gpus_per_engine: float = 0.0
@@ -74,7 +76,7 @@ class StudentConfig:
 
 RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "batch_size", "max_num_batched_tokens",
                 "shard_rows", "num_engines", "engine_cpus", "num_gpus_per_engine", "block_kib", "kv_cache_gib",
-                "hf_threads")
+                "hf_threads", "object_store_mib")
 
 SCHEMA = pa.schema([
     (C.USER_ID, pa.int64()), (C.PROMPT, pa.string()), (C.RATIONALE, pa.string()), (C.STEP1, pa.string()),
@@ -183,7 +185,7 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     init_ray(cfg.ray_address, cfg.num_cpus)
     done = done_users(out)
     engine = (engines.vllm_stage if cfg.engine == "vllm" else engines.hf_stage)(cfg, model_path)
-    ds = read_parquet(str(rd.path(C.USERS_FILE)), [C.USER_ID, C.ITEM_IDS], cfg.block_kib)
+    ds = read_parquet(str(rd.path(C.USERS_FILE)), [C.USER_ID, C.ITEM_IDS], cfg.block_kib, cfg.object_store_mib)
     ds = ds.map_batches(_todo_filter, fn_kwargs={"done": done, "max_users": cfg.max_users}, batch_format="numpy",
                         num_cpus=0.1)
     ds = ds.map_batches(PromptBuilder, batch_size=64, batch_format="numpy", num_cpus=0.25,
