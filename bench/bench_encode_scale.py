@@ -1,5 +1,6 @@
-"""Encode job at scale: a 50,000-user slice (200,000 rationale texts + 20,000 items), with the job's resident memory
-sampled against users encoded, so "memory is bounded by the batch and the number of actors" is a measured curve.
+"""Encode job at scale: a 50,000-user slice (200,000 rationale texts + 20,000 items), with the job's memory (PSS,
+and summed RSS) sampled against users encoded, so "memory is bounded by the batch and the number of actors" is a
+measured curve.
 
   PYTHONPATH=. .venv/bin/python bench/bench_encode_scale.py --users 50000 --out bench/results/encode_scale.md
 

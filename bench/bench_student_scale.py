@@ -1,6 +1,6 @@
-"""Student job at scale: a 50,000-user slice of a generated 1,000,000-user input, with the job's resident memory
-sampled all along, so "memory is bounded by the batch and the number of actors, not by the number of users" is a
-measured curve rather than a claim.
+"""Student job at scale: a 50,000-user slice of a generated 1,000,000-user input, with the job's memory (PSS, and
+summed RSS) sampled all along, so "memory is bounded by the batch and the number of actors, not by the number of
+users" is a measured curve rather than a claim.
 
   PYTHONPATH=. .venv/bin/python bench/bench_student_scale.py --slice 50000 --out bench/results/student_scale.md
 

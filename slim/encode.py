@@ -3,9 +3,10 @@
 Outputs (slim/columns.py), float16 and L2-normalised: embeddings/items.npy [N+1, D] (row i = item_id i, row 0
 zeros) and embeddings/users_<field>.parquet (user_id, embedding list<float16>[D]) for the whole rationale and
 each step. An empty text (a failed or malformed rationale missing a step) gets a zero vector, counted in the
-manifest. The driver streams batches into the output files (a memmap for items, a ParquetWriter per field), so
-memory is bounded by the batch size and the number of actors, not by the number of users. Files are written
-under temporary names and renamed at the end: a killed run leaves no partial output and simply reruns.
+manifest. The driver streams batches into the output files (a memmap for items, a ParquetWriter per field), and
+reading runs at most `object_store_mib` ahead of the actors, so memory is bounded by the batch size, the number of
+actors and that budget, not by the number of users. Files are written under temporary names and renamed at the
+end: a killed run leaves no partial output and simply reruns.
 
 Truncation: the encoder sees at most `max_seq_length` word pieces (all-MiniLM-L6-v2: 256, [CLS]/[SEP]
 included). Steps are encoded separately, each cut at its head when longer. The whole rationale is cut head+tail
