@@ -111,9 +111,12 @@ def test_small_block_pipeline_streams(tmp_path, ray_local):
     assert len(list(whole.iter_batches(batch_size=None))) <= 2  # the default: one block for the file
 
 
-def _rows_read_ahead(path, folder, object_store_mib: int, until: int) -> int:
+ROWS = 6000
+
+
+def _rows_read_ahead(path, folder, object_store_mib: int) -> int:
     """Rows through the first map while the consumer stalls after one batch: polled each second until the count
-    reaches `until` or holds still for 3 s (at most 40 s)."""
+    reaches all ROWS or holds still for 3 s (at most 40 s)."""
     import time
     import uuid
     from pathlib import Path
@@ -130,11 +133,11 @@ def _rows_read_ahead(path, folder, object_store_mib: int, until: int) -> int:
               .iter_batches(batch_size=None, batch_format="numpy"))
     first = len(next(it)[C.USER_ID])
     n, still, t0 = -1, 0, time.monotonic()
-    while n < until and still < 3 and time.monotonic() - t0 < 40:
+    while n < ROWS and still < 3 and time.monotonic() - t0 < 40:
         time.sleep(1)
         m = sum(int(f.name.split("_")[1]) for f in folder.iterdir())
         n, still = m, (still + 1 if m == n else 0)
-    assert first + sum(len(b[C.USER_ID]) for b in it) == 6000  # and the capped pipeline still delivers every row
+    assert first + sum(len(b[C.USER_ID]) for b in it) == ROWS  # and the capped pipeline still delivers every row
     return n
 
 
@@ -144,10 +147,10 @@ def test_object_store_budget_holds_reading_back(tmp_path, ray_local):
     import ray
 
     path = tmp_path / "in.parquet"
-    pq.write_table(pa.table({C.USER_ID: np.arange(6000), C.RATIONALE: ["x" * 1000] * 6000}), path,
+    pq.write_table(pa.table({C.USER_ID: np.arange(ROWS), C.RATIONALE: ["x" * 1000] * ROWS}), path,
                    row_group_size=500)  # ~6 MB in 12 row groups
     options = ray.data.DataContext.get_current().execution_options
-    capped = _rows_read_ahead(path, tmp_path / "capped", object_store_mib=2, until=6000)
+    capped = _rows_read_ahead(path, tmp_path / "capped", object_store_mib=2)
     assert ray.data.DataContext.get_current().execution_options is options
     assert capped <= 3000, capped  # ~2 MB of 1 KB rows (2,195 when measured), not the whole 6 MB
-    assert _rows_read_ahead(path, tmp_path / "default", object_store_mib=0, until=6000) == 6000
+    assert _rows_read_ahead(path, tmp_path / "default", object_store_mib=0) == ROWS
