@@ -12,9 +12,9 @@ log = logging.getLogger(__name__)
 
 
 def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None) -> dict:
-    """raw: the merged YAML mapping. only: stage names to run (default: all registered, in order)."""
+    """raw: the merged YAML mapping. only: stage names to run (default: all but the on-demand ones, in order)."""
     cfgs = stages.load_all(raw)
-    wanted = only or stages.names()
+    wanted = only or stages.default_names()
     unknown = [s for s in wanted if s not in cfgs]
     if unknown:
         raise config.ConfigError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(stages.names())}")
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description="Run the SLIM pipeline (all stages, or --stages a,b)")
     p.add_argument("--config", required=True)
-    p.add_argument("--stages", default="", help="comma-separated stage names (default: all)")
+    p.add_argument("--stages", default="", help="comma-separated stage names (default: all but serve)")
     p.add_argument("--force", default="", help="comma-separated stages to rerun, or 'all'")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)

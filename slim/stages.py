@@ -50,6 +50,12 @@ def _evaluate():
     return evaluate.EvaluateConfig, evaluate.run
 
 
+def _serve():
+    from slim.serve import settings
+
+    return settings.ServeConfig, settings.run
+
+
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     "data": _data,
     "train": _train,
@@ -58,6 +64,7 @@ REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     "teacher": _teacher,
     "student": _student,
     "encode": _encode,
+    "serve": _serve,
 }
 
 
@@ -65,8 +72,17 @@ REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
 ORDER = ("data", "teacher", "distill", "student", "encode", "train", "evaluate", "serve")
 
 
+# Stages the pipeline runs only when named: `serve` starts a server that runs until interrupted.
+ON_DEMAND = ("serve",)
+
+
 def names() -> list[str]:
     return [n for n in ORDER if n in REGISTRY] + [n for n in REGISTRY if n not in ORDER]
+
+
+def default_names() -> list[str]:
+    """What `jobs/pipeline.py` runs without --stages."""
+    return [n for n in names() if n not in ON_DEMAND]
 
 
 def load(stage: str, raw: dict) -> Any:

@@ -1,0 +1,12 @@
+"""Ray Serve: a trained recommender from a finished run directory behind an HTTP endpoint.
+
+settings.py  ServeConfig (the `serve:` config section) and `run`, the stage entry that starts the app and blocks
+model.py     everything that reads the run directory and calls the model (one place to swap for the library's
+             explanation function when it lands)
+app.py       the FastAPI ingress + Serve deployment, `build_app` (a builder for `serve run` / `serve deploy`)
+page.py      the HTML page at `/`
+"""
+
+from slim.serve.settings import ServeConfig
+
+__all__ = ["ServeConfig"]

@@ -1,0 +1,217 @@
+"""The Serve application: a FastAPI ingress over one `Ranker` per replica, with request batching.
+
+From Python: `build(ServeConfig(...))` -> Application for `serve.run`. From the Serve CLI, with the project's config
+file (any `serve.key=value` override may follow):
+    serve run slim.serve.app:build_app config=configs/tiny.yaml
+or in a `serve deploy` config: `import_path: slim.serve.app:build_app`, `args: {config: configs/tiny.yaml}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Optional
+
+from fastapi import FastAPI, Query as Q, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+
+from slim import __version__
+from slim.serve import schemas as S
+from slim.serve.model import Ranker, pick_run
+from slim.serve.page import PAGE
+from slim.serve.settings import STAGE, Secret, ServeConfig, check, read_token
+
+OPEN_PATHS = ("/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
+
+
+def _guard() -> dict:
+    """The replica's limits, set by its deployment instance (one per process). Imported at call time: Serve ships
+    the FastAPI app (and so this module's functions) by value, with a copy of this module's globals, so a global
+    here would not be the one the instance sets."""
+    from slim.serve import settings
+
+    return settings.GUARD
+
+
+def _error(status: int, field: str, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+class Guard:
+    """ASGI middleware in front of every route: bodies over max_body_bytes get 413 (checked on the declared length
+    and again on the bytes received, so a chunked upload cannot pass it), and when a token is configured, requests
+    other than the page, health and schema need `Authorization: Bearer <token>` (401 otherwise)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refused = self._auth(scope, headers)
+        if refused is None:
+            refused, receive = await self._body(headers, receive)
+        if refused is not None:
+            return await refused(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _auth(self, scope, headers: dict) -> Optional[JSONResponse]:
+        token: Optional[Secret] = _guard()["token"]
+        path, root = scope["path"], scope.get("root_path", "")
+        path = (path[len(root):] if root and path.startswith(root) else path) or "/"
+        if token is None or path in OPEN_PATHS:
+            return None
+        scheme, _, presented = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.matches(presented.strip()):
+            return None
+        return _error(401, "authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+    async def _body(self, headers: dict, receive):
+        limit = _guard()["max_body_bytes"]
+        too_big = _error(413, "body", f"request body over {limit} bytes (serve.max_body_bytes)")
+        if int(headers.get("content-length", "0") or 0) > limit:
+            return too_big, receive
+        messages, size, more = [], 0, True
+        while more:
+            m = await receive()
+            messages.append(m)
+            size += len(m.get("body", b""))
+            more = m.get("more_body", False) and m["type"] == "http.request"
+            if size > limit:
+                return too_big, receive
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return None, replay
+
+
+api = FastAPI(title="SLIM recommender", version=__version__,
+              description="Top-k items from a trained sequential recommender, with the user's stored rationale.")
+api.add_middleware(Guard)
+
+
+def _field(loc) -> str:
+    """("body", "history", 0, "int") -> "history[0]": where the error is, without pydantic's union-member tags."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "int", "str")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError):
+    e = exc.errors()[0]
+    field = "body" if e.get("type") == "json_invalid" else _field(e.get("loc", ()))
+    return _error(422, field, e.get("msg", "invalid"))
+
+
+@api.exception_handler(S.FieldError)
+async def _bad_field(request: Request, exc: S.FieldError):
+    return _error(exc.status, exc.field, exc.message)
+
+
+ERRORS = {s: {"model": S.ErrorBody} for s in (401, 404, 413, 422)}
+
+
+@serve.deployment(name="recommender")
+@serve.ingress(api)
+class RecommenderApp:
+    def __init__(self, cfg: dict, model_dir: str, token: Optional[Secret]):
+        self.cfg = ServeConfig(**cfg)
+        self.ranker = Ranker(model_dir, self.cfg.run_dir, self.cfg.torch_threads)
+        _guard().update(max_body_bytes=self.cfg.max_body_bytes, token=token)
+        self._batched.set_max_batch_size(self.cfg.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batched(self, queries: list) -> list:
+        # In a thread: the event loop keeps accepting requests (the next batch) while torch computes.
+        return await asyncio.to_thread(self.ranker.rank, queries)
+
+    async def _rank(self, q):
+        if self.cfg.max_batch_size == 1:  # batching off: every request is its own forward pass
+            return (await asyncio.to_thread(self.ranker.rank, [q]))[0]
+        return await self._batched(q)
+
+    def _items(self, ids, scores=None) -> list:
+        r = self.ranker
+        if scores is None:
+            return [{"item_id": int(i), "title": r.title(int(i))} for i in ids]
+        return [{"item_id": int(i), "title": r.title(int(i)), "score": float(s)} for i, s in zip(ids, scores)]
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self):
+        return PAGE
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        r = self.ranker
+        return {"status": "ok", "run": r.run_name, "backbone": r.spec.backbone, "variant": r.spec.variant,
+                "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
+                "max_batch_size": self.cfg.max_batch_size, "auth": _guard()["token"] is not None}
+
+    @api.get("/items", response_model=list[S.Item], responses=ERRORS)
+    async def search(self, q: str = Q("", max_length=200), limit: int = Q(20, ge=1, le=100)):
+        """Items whose title contains q (case-insensitive), for picking a history."""
+        q, r = q.lower(), self.ranker
+        hits = [i for i, t in enumerate(r.titles, start=1) if q in t.lower()][:limit]
+        return self._items(hits)
+
+    @api.get("/items/{item_id}", response_model=S.ItemDetail, responses=ERRORS)
+    async def item(self, item_id: int):
+        r = self.ranker
+        if not 1 <= item_id <= r.num_items:
+            raise S.FieldError("item_id", f"unknown item id {item_id} (ids are 1..{r.num_items})", 404)
+        return {"item_id": item_id, "title": r.title(item_id), "text": r.texts[item_id - 1]}
+
+    @api.post("/recommend", response_model=S.RecommendResponse, responses=ERRORS)
+    async def recommend(self, req: S.RecommendRequest):
+        r = self.ranker
+        q = S.recommend_query(r, req)
+        ids, scores = await self._rank(q)
+        return {"run": r.run_name, "user_id": q.user_id, "history": self._items(q.history),
+                "items": self._items(ids, scores), "rationale": r.explain(q.user_id),
+                "fallback": r.user_text(q)[1]}
+
+    @api.post("/score", response_model=S.ScoreResponse, responses=ERRORS)
+    async def score(self, req: S.ScoreRequest):
+        q = S.score_query(self.ranker, req)
+        ids, scores = await self._rank(q)
+        return {"run": self.ranker.run_name, "scores": self._items(ids, scores)}
+
+
+def build(cfg: ServeConfig):
+    """The Application for `cfg`. Resolves the run and the token here, in the caller: a run directory without a
+    trained model or a missing token variable fails before any replica starts."""
+    from slim.raycluster import work_actor_env
+
+    check(cfg)
+    model_dir = pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)
+    token = read_token(cfg)
+    # Replicas do the work: at the driver's priority, not Ray's niceness 15 (see slim/raycluster.py).
+    opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": cfg.replica_cpus, "runtime_env": work_actor_env()}}
+    if cfg.max_replicas:
+        opts["autoscaling_config"] = {"min_replicas": cfg.num_replicas, "max_replicas": cfg.max_replicas,
+                                      "target_ongoing_requests": cfg.target_ongoing_requests}
+    else:
+        opts["num_replicas"] = cfg.num_replicas
+    return RecommenderApp.options(**opts).bind(dataclasses.asdict(cfg), str(model_dir), token)
+
+
+def build_app(args: dict):
+    """Builder for `serve run` / `serve deploy`: args = {config: path, "serve.key": value, ...}."""
+    from slim import config
+
+    args = dict(args)
+    path = args.pop("config", None)
+    raw = config.load_raw(path, [f"{k}={v}" for k, v in args.items()])
+    return build(config.section(raw, STAGE, ServeConfig))
+
+
+__all__ = ["api", "build", "build_app", "RecommenderApp"]

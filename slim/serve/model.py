@@ -1,0 +1,203 @@
+"""Everything the server reads from a run directory and every call into the model, in one place.
+
+A replica builds one `Ranker` at start: the chosen run's weights, the item table (ids, titles), users' histories,
+the stored student rationales, and every item's vector (precomputed, so a request costs one encoder pass plus one
+matrix product). When the SLIM issue's explanation function lands, `Ranker.explain` and `user_text` are what it
+replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from slim import columns as C
+
+log = logging.getLogger(__name__)
+
+SLIM_VARIANTS = ("slim", "slim_teacher")  # variants whose encoder takes the user's rationale vector
+STEPS = (C.STEP1, C.STEP2, C.STEP3)
+
+
+class NoModelError(RuntimeError):
+    """The run directory holds no trained model matching the config; the message says what was looked for."""
+
+
+@dataclass
+class Query:
+    """One request after validation: item ids only, all in 1..N."""
+
+    history: np.ndarray  # int64, chronological
+    k: int  # 0 = score every candidate, in the given order
+    user_id: Optional[int] = None
+    candidates: Optional[np.ndarray] = None  # int64; None = rank every item
+    exclude_history: bool = True
+
+
+def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: Optional[int] = None) -> Path:
+    """models/<run>/ with the best valid NDCG@10 among finished runs matching the filters."""
+    root = Path(run_dir) / "models"
+    want = {"backbone": backbone, "variant": variant, "seed": seed}
+    found = []
+    for m in sorted(root.glob("*/metrics.json")):
+        rec = json.loads(m.read_text())
+        if (m.parent / "model.pt").exists() and all(v in ("", None) or rec.get(k) == v for k, v in want.items()):
+            found.append((rec.get("best_valid_ndcg10", float("-inf")), m.parent.name, m.parent))
+    if not found:
+        asked = ", ".join(f"{k}={v}" for k, v in want.items() if v not in ("", None)) or "any run"
+        raise NoModelError(f"{root}: no trained model ({asked}; a run is models/<run>/model.pt + metrics.json): "
+                           f"run the train stage first (jobs/train_recommender.py)")
+    found.sort(key=lambda t: (-t[0], t[1]))  # best first; ties by name, so the choice is stable
+    return found[0][2]
+
+
+def _items(root: Path) -> tuple[np.ndarray, list, list]:
+    p = root / C.ITEMS_FILE
+    if not p.exists():
+        raise NoModelError(f"{p} not found: the run directory has no item table (run the data stage)")
+    names = pq.read_schema(p).names
+    t = pq.read_table(p, columns=[c for c in (C.ITEM_ID, C.TITLE, C.TEXT) if c in names])
+    ids = t.column(C.ITEM_ID).to_numpy().astype(np.int64)
+    text = t.column(C.TEXT).to_pylist() if C.TEXT in names else [""] * len(ids)
+    titles = t.column(C.TITLE).to_pylist() if C.TITLE in names else text
+    return ids, titles, text
+
+
+def _users(root: Path) -> dict:
+    p = root / C.USERS_FILE
+    if not p.exists():
+        return {}
+    t = pq.read_table(p, columns=[C.USER_ID, C.ITEM_IDS])
+    return {int(u): np.asarray(s, dtype=np.int64) for u, s in
+            zip(t.column(C.USER_ID).to_pylist(), t.column(C.ITEM_IDS).to_pylist())}
+
+
+def _rationales(root: Path) -> dict:
+    """user_id -> {rationale, steps} from the student's shards (status ok only); {} when the stage has not run."""
+    files = sorted((root / C.STUDENT_SHARDS).glob("*.parquet"))
+    out = {}
+    for f in files:
+        t = pq.read_table(f).to_pylist()
+        for r in t:
+            if r.get(C.STATUS, "ok") == "ok" and r.get(C.RATIONALE):
+                out[int(r[C.USER_ID])] = {"text": r[C.RATIONALE], "steps": [r.get(s) or "" for s in STEPS]}
+    return out
+
+
+def _user_vectors(root: Path, field: str) -> dict:
+    p = root / C.USER_EMB_FILE.format(field=field)
+    if not p.exists():
+        return {}
+    t = pq.read_table(p, columns=[C.USER_ID, C.EMBEDDING])
+    return {int(u): np.asarray(e, dtype=np.float32) for u, e in
+            zip(t.column(C.USER_ID).to_pylist(), t.column(C.EMBEDDING).to_pylist())}
+
+
+class Ranker:
+    """The model and tables of one replica; `rank` scores a batch of queries in one encoder pass."""
+
+    def __init__(self, model_dir: str | Path, run_dir: str | Path, threads: int = 1, model=None, spec=None):
+        import torch
+
+        from slim.recsys.job import load_model
+
+        torch.set_num_threads(threads)
+        root = Path(run_dir)
+        self.model_dir = Path(model_dir)
+        self.model, self.spec = (model, spec) if model is not None else load_model(self.model_dir)
+        self.model.eval()
+        self.item_ids, self.titles, self.texts = _items(root)
+        self.num_items = len(self.item_ids)
+        if not np.array_equal(self.item_ids, np.arange(1, self.num_items + 1)):
+            raise NoModelError(f"{root / C.ITEMS_FILE}: {C.ITEM_ID} must be 1..N in order")
+        self.by_title = {}
+        for i, t in enumerate(self.titles, start=1):
+            self.by_title.setdefault(t, []).append(i)
+        self.users = _users(root)
+        self.rationales = _rationales(root)
+        self.slim = self.spec.variant in SLIM_VARIANTS
+        field = getattr(self.spec, "user_text_field", C.RATIONALE)
+        self.user_vecs = _user_vectors(root, field) if self.slim else {}
+        with torch.no_grad():  # every item's vector once: a request is then one encode + one matmul
+            self.table = self.model.items.table() if hasattr(self.model, "items") else None
+        log.info("serving %s: %d items, %d users, %d rationales", self.model_dir.name, self.num_items,
+                 len(self.users), len(self.rationales))
+
+    @property
+    def run_name(self) -> str:
+        return self.model_dir.name
+
+    def title(self, item_id: int) -> str:
+        return self.titles[item_id - 1]
+
+    def explain(self, user_id: Optional[int]) -> Optional[dict]:
+        """The stored rationale of a known user split into its steps, else None."""
+        return self.rationales.get(user_id) if user_id is not None else None
+
+    def user_text(self, q: Query) -> tuple[Optional[np.ndarray], Optional[str]]:
+        """(the user's rationale vector or None, why the request fell back to the non-SLIM path or None)."""
+        if not self.slim:
+            return None, None
+        v = self.user_vecs.get(q.user_id) if q.user_id is not None else None
+        if v is None:
+            return None, "no stored rationale for this user: scored without one (non-SLIM path)"
+        return v, None
+
+    def _encode(self, queries: list) -> "torch.Tensor":
+        import torch
+
+        from slim.recsys.data import pad_right
+
+        x, lens = pad_right([q.history for q in queries], self.spec.max_len)
+        vecs = [self.user_text(q)[0] for q in queries]
+        if self.slim and all(v is not None for v in vecs):
+            return self.model.encode(torch.from_numpy(x), torch.from_numpy(lens),
+                                     user_text=torch.from_numpy(np.stack(vecs)))
+        return self.model.encode(torch.from_numpy(x), torch.from_numpy(lens))
+
+    def encode(self, queries: list) -> "torch.Tensor":
+        """[B, H] user states; a batch mixing users with and without a rationale vector is encoded in two parts."""
+        import torch
+
+        with_text = [i for i, q in enumerate(queries) if self.user_text(q)[0] is not None]
+        if not with_text or len(with_text) == len(queries):
+            return self._encode(queries)
+        rows = [None] * len(queries)
+        for part in (with_text, [i for i in range(len(queries)) if i not in set(with_text)]):
+            for i, r in zip(part, self._encode([queries[i] for i in part])):
+                rows[i] = r
+        return torch.stack(rows)
+
+    def rank(self, queries: list) -> list:
+        """One (item ids, scores) per query: the top k, best first, ties by item id; k == 0: every candidate in
+        the given order (scoring, not ranking)."""
+        import torch
+
+        with torch.no_grad():
+            s = self.encode(queries)
+            out = []
+            for q, su in zip(queries, s):
+                ids = (q.candidates if q.candidates is not None
+                       else np.arange(1, self.num_items + 1, dtype=np.int64))
+                if q.exclude_history:
+                    ids = ids[~np.isin(ids, q.history)]
+                sc = self._scores(su, ids)
+                if q.k:
+                    order = np.lexsort((ids, -sc))[:q.k]
+                    ids, sc = ids[order], sc[order]
+                out.append((ids, sc))
+        return out
+
+    def _scores(self, s, ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        cand = torch.from_numpy(ids)
+        if self.table is not None:
+            return (self.table[cand] @ s).numpy()
+        return self.model.score(s[None], cand[None])[0].numpy()

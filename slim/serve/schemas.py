@@ -1,0 +1,125 @@
+"""Request and response bodies of the HTTP API, and the checks of a request against the served tables.
+
+Types are strict (a string where a number belongs is a 422, not coerced) and unknown fields are refused, so a
+client's typo is reported rather than ignored. Every error names the field, e.g. `history[2]`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from slim.serve.model import Query, Ranker
+from slim.serve.settings import MAX_K
+
+
+class FieldError(ValueError):
+    """A request field is wrong; becomes a 4xx whose body names the field."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(Strict):
+    user_id: Optional[StrictInt] = Field(None, description="a known user (their whole history is the input)")
+    history: Optional[list[Union[StrictInt, StrictStr]]] = Field(
+        None, description="item ids or exact titles, oldest first (instead of user_id)")
+    k: StrictInt = Field(10, ge=1, le=MAX_K)
+    candidates: Optional[list[StrictInt]] = Field(None, description="rank only these item ids (default: all)")
+    exclude_history: StrictBool = Field(True, description="leave the input history out of the ranking")
+
+
+class ScoreRequest(Strict):
+    user_id: Optional[StrictInt] = None
+    history: Optional[list[Union[StrictInt, StrictStr]]] = None
+    candidates: list[StrictInt] = Field(..., description="item ids to score, answered in this order")
+
+
+class Item(BaseModel):
+    item_id: int
+    title: str
+
+
+class ScoredItem(Item):
+    score: float
+
+
+class Rationale(BaseModel):
+    text: str
+    steps: list[str]
+
+
+class RecommendResponse(BaseModel):
+    run: str
+    user_id: Optional[int]
+    history: list[Item]
+    items: list[ScoredItem]
+    rationale: Optional[Rationale] = Field(None, description="the stored student rationale of a known user")
+    fallback: Optional[str] = Field(None, description="set when a SLIM model scored without the user's rationale")
+
+
+class ScoreResponse(BaseModel):
+    run: str
+    scores: list[ScoredItem]
+
+
+class ItemDetail(Item):
+    text: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    field: str
+
+
+def _item_id(r: Ranker, v, field: str) -> int:
+    if isinstance(v, str):
+        ids = r.by_title.get(v)
+        if not ids:
+            raise FieldError(field, f"no item titled {v!r} (titles must match exactly; or send the item id)")
+        if len(ids) > 1:
+            raise FieldError(field, f"title {v!r} names several items {ids[:10]}: send the item id")
+        return ids[0]
+    if not 1 <= v <= r.num_items:
+        raise FieldError(field, f"unknown item id {v} (ids are 1..{r.num_items})")
+    return v
+
+
+def _history(r: Ranker, req) -> tuple[np.ndarray, Optional[int]]:
+    if (req.user_id is None) == (req.history is None):
+        raise FieldError("user_id", "send exactly one of user_id and history")
+    if req.user_id is not None:
+        if req.user_id not in r.users:
+            raise FieldError("user_id", f"unknown user {req.user_id}; send a history for a new user", 404)
+        return r.users[req.user_id], req.user_id
+    if not req.history:
+        raise FieldError("history", "empty: send at least one item id or title")
+    return np.array([_item_id(r, v, f"history[{i}]") for i, v in enumerate(req.history)], np.int64), None
+
+
+def _candidates(r: Ranker, cand: Optional[list]) -> Optional[np.ndarray]:
+    if cand is None:
+        return None
+    if not cand:
+        raise FieldError("candidates", "empty: leave it out to rank every item")
+    return np.array([_item_id(r, v, f"candidates[{i}]") for i, v in enumerate(cand)], np.int64)
+
+
+def recommend_query(r: Ranker, req: RecommendRequest) -> Query:
+    hist, uid = _history(r, req)
+    cand = _candidates(r, req.candidates)
+    if cand is not None:
+        cand = cand[np.sort(np.unique(cand, return_index=True)[1])]  # duplicates once, first place kept
+    return Query(hist, req.k, uid, cand, req.exclude_history)
+
+
+def score_query(r: Ranker, req: ScoreRequest) -> Query:
+    hist, uid = _history(r, req)
+    return Query(hist, 0, uid, _candidates(r, req.candidates), exclude_history=False)

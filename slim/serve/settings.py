@@ -1,0 +1,134 @@
+"""The `serve:` config section and the stage entry point.
+
+`serve` is an on-demand stage: `jobs/pipeline.py` runs it only when named (`--stages ...,serve`), since it starts
+a server that runs until interrupted; `jobs/serve.py` starts it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+STAGE = "serve"
+MAX_K = 1000  # the API's upper bound on k
+# A replica's request guard (slim/serve/app.py): body limit and token, set once by the replica at start.
+GUARD: dict = {"max_body_bytes": 65536, "token": None}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    run_dir: str = "runs/default"
+    # Which trained run: the best by valid NDCG@10 among models/* matching the filters ("" / None = any).
+    backbone: str = ""
+    variant: str = ""
+    seed: Optional[int] = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "slim"
+    route_prefix: str = "/"
+    # Replicas: a fixed count, or autoscaling between num_replicas and max_replicas when max_replicas > 0.
+    num_replicas: int = 1
+    max_replicas: int = 0
+    target_ongoing_requests: float = 8.0
+    replica_cpus: float = 0.5  # fractional: on 2 cores whole CPUs per replica starve everything else
+    torch_threads: int = 1
+    # Batching: requests waiting at most batch_wait_timeout_s are scored in one forward pass of up to
+    # max_batch_size (1 = no batching: each request is scored alone). max_ongoing_requests bounds the requests a
+    # replica accepts at once and so the largest batch it can form; keep it >= max_batch_size.
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+    max_ongoing_requests: int = 64
+    max_body_bytes: int = 65536  # larger request bodies get 413
+    # Name of an environment variable holding a bearer token; "" = no auth. The token itself is never in configs.
+    auth_token_env: str = ""
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = None
+
+
+def check(cfg: ServeConfig) -> None:
+    """Values the dataclass types cannot express; the message names the key."""
+    from slim.config import ConfigError
+
+    if cfg.max_batch_size < 1:
+        raise ConfigError(f"serve.max_batch_size: must be >= 1, got {cfg.max_batch_size}")
+    if cfg.max_ongoing_requests < cfg.max_batch_size:
+        raise ConfigError(f"serve.max_ongoing_requests ({cfg.max_ongoing_requests}) must be >= "
+                          f"serve.max_batch_size ({cfg.max_batch_size}), else no batch can fill")
+    if cfg.num_replicas < 1 or (cfg.max_replicas and cfg.max_replicas < cfg.num_replicas):
+        raise ConfigError("serve.num_replicas must be >= 1 and serve.max_replicas 0 or >= num_replicas")
+    if cfg.batch_wait_timeout_s < 0 or cfg.max_body_bytes < 1024:
+        raise ConfigError("serve.batch_wait_timeout_s must be >= 0 and serve.max_body_bytes >= 1024")
+
+
+def start(cfg: ServeConfig):
+    """Start Ray (private local unless an address is given), Serve's HTTP proxy on host:port, and the app.
+    Returns the app's handle once every replica is ready; a run directory without a trained model raises first."""
+    from ray import serve
+
+    from slim.raycluster import init_ray
+    from slim.serve.app import build
+
+    check(cfg)
+    application = build(cfg)  # resolves the run and the token before any Ray work: errors come early
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    handle = serve.run(application, name=cfg.app_name, route_prefix=cfg.route_prefix)
+    log.info("serving at http://%s:%d%s", cfg.host, cfg.port, cfg.route_prefix)
+    return handle
+
+
+def run(cfg: ServeConfig, force: bool = False):
+    """The stage entry: start the app and block until interrupted (force has nothing to redo here)."""
+    import time
+
+    import sys
+
+    from ray import serve
+
+    from slim.serve.model import NoModelError
+
+    try:
+        start(cfg)
+    except NoModelError as e:
+        print(f"serve: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"serving http://{cfg.host}:{cfg.port}{cfg.route_prefix} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+class Secret:
+    """A bearer token in memory. Its repr never shows the value, so logging the object (or a config holding it)
+    cannot leak it; `matches` compares in constant time."""
+
+    def __init__(self, value: str):
+        self._value = value.encode()
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    def matches(self, presented: str) -> bool:
+        import hmac
+
+        return hmac.compare_digest(self._value, presented.encode())
+
+
+def read_token(cfg: ServeConfig) -> Optional[Secret]:
+    """The token from the environment variable named by serve.auth_token_env; None when auth is off."""
+    import os
+
+    from slim.config import ConfigError
+
+    if not cfg.auth_token_env:
+        return None
+    value = os.environ.get(cfg.auth_token_env, "")
+    if not value:
+        raise ConfigError(f"serve.auth_token_env: environment variable {cfg.auth_token_env} is not set or empty "
+                          f"(set it, or set serve.auth_token_env to \"\" to serve without auth)")
+    return Secret(value)

@@ -1,0 +1,269 @@
+"""The Serve app over real HTTP on 127.0.0.1: rankings equal to the offline evaluation, every bad input a 4xx naming
+its field, bearer auth on and off, and the HTML page rendered by headless Chromium.
+
+One Serve instance for the module (starting Serve costs ~11 s) with two apps of one replica each: `open` at `/`
+and `auth` at `/auth` (token from an environment variable).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from slim import columns as C
+from slim.config import ConfigError
+from slim.serve import ServeConfig
+from tests.test_recsys import N, _write_run
+
+TOKEN_ENV = "SLIM_TEST_SERVE_TOKEN"
+TOKEN = "t0k-" + os.urandom(12).hex()
+STEPS = ("likes consecutive games", "recently played the 40s", "next: the following ids")
+
+
+def _titles(root: Path) -> list:
+    """The generated items get titles (one duplicated, to test ambiguous titles)."""
+    t = pq.read_table(root / C.ITEMS_FILE)
+    titles = [f"Game {i}: Saga {i // 10}" for i in range(1, N + 1)]
+    titles[N - 1] = titles[N - 2]  # items N-1 and N share a title
+    pq.write_table(t.append_column(C.TITLE, pa.array(titles)), root / C.ITEMS_FILE)
+    return titles
+
+
+def _rationales(root: Path) -> None:
+    (root / C.STUDENT_SHARDS).mkdir()
+    pq.write_table(pa.Table.from_pylist([
+        {C.USER_ID: 3, C.RATIONALE: " ".join(STEPS), C.STEP1: STEPS[0], C.STEP2: STEPS[1], C.STEP3: STEPS[2],
+         C.STATUS: "ok"},
+        {C.USER_ID: 4, C.RATIONALE: "garbled", C.STEP1: "", C.STEP2: "", C.STEP3: "", C.STATUS: "malformed"},
+    ]), root / C.STUDENT_SHARDS / "part-0.parquet")
+
+
+def _train(root: Path):
+    """Two tiny runs (seconds); SASRec is trained longer so it is the best by valid NDCG@10."""
+    from slim.recsys import data as D
+    from slim.recsys.job import save_run
+    from slim.recsys.train import RunSpec, fit
+
+    d = D.load(root)
+    for spec in (RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3),
+                 RunSpec("gru4rec", "id", 0, hidden=16, max_len=10, epochs=1, batch_size=32, lr=1e-4)):
+        model, rec = fit(spec, d, None, test_protocols=("uni100",))
+        save_run(root / "models" / spec.name, model, spec, d.num_items, rec, "test")
+    return d
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, ray_local):
+    from ray import serve
+
+    from slim.serve.app import build
+
+    root = tmp_path_factory.mktemp("serve")
+    seqs = _write_run(root)
+    titles = _titles(root)
+    _rationales(root)
+    d = _train(root)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = dict(run_dir=str(root), replica_cpus=0.25, max_batch_size=16, batch_wait_timeout_s=0.01,
+                max_ongoing_requests=32, max_body_bytes=4096)
+    os.environ[TOKEN_ENV] = TOKEN
+    try:
+        serve.run(build(ServeConfig(**base)), name="open", route_prefix="/")
+        serve.run(build(ServeConfig(**base, auth_token_env=TOKEN_ENV)), name="auth", route_prefix="/auth")
+    finally:
+        del os.environ[TOKEN_ENV]
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield {"client": client, "root": root, "seqs": seqs, "titles": titles, "data": d, "port": port}
+    serve.shutdown()
+
+
+def _offline(root: Path, seqs: list, cand):
+    from slim.recsys.job import load_model
+    from slim.recsys.train import scores
+
+    model, spec = load_model(root / "models" / "sasrec-id-s0")
+    return scores(model, seqs, spec.max_len, cand)
+
+
+def test_rankings_equal_offline_evaluation(app):
+    """Test inputs and uni100 candidates of 24 users, sent at once (so they are batched): the same ids in the same
+    order as the offline evaluation's scores, scores within 1e-5; /score answers in the candidates' order."""
+    c, d = app["client"], app["data"]
+    users = list(range(24))
+    inputs, cand = d.inputs("test"), d.candidates[("test", "uni100")]
+    want = _offline(app["root"], [inputs[u] for u in users], cand[users])
+
+    def ask(u):
+        body = {"history": inputs[u].tolist(), "candidates": cand[u].tolist(), "k": 101, "exclude_history": False}
+        return c.post("/recommend", json=body)
+
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(ask, users))
+    assert c.get("/healthz").json()["run"] == "sasrec-id-s0"  # the best by valid NDCG@10
+    for i, u in enumerate(users):
+        assert got[i].status_code == 200, got[i].text
+        items = got[i].json()["items"]
+        order = np.lexsort((cand[u], -want[i]))
+        assert [it["item_id"] for it in items] == cand[u][order].tolist()
+        np.testing.assert_allclose([it["score"] for it in items], want[i][order], atol=1e-5)
+    sc = c.post("/score", json={"history": inputs[5].tolist(), "candidates": cand[5].tolist()}).json()["scores"]
+    assert [s["item_id"] for s in sc] == cand[5].tolist()
+    np.testing.assert_allclose([s["score"] for s in sc], want[5], atol=1e-5)
+
+
+def test_known_user_full_ranking_titles_and_rationale(app):
+    c, seqs, titles = app["client"], app["seqs"], app["titles"]
+    full = _offline(app["root"], [np.asarray(seqs[3], np.int64)], None)[0]
+    full[0] = -np.inf
+    full[seqs[3]] = -np.inf  # exclude_history (the default)
+    r = c.post("/recommend", json={"user_id": 3, "k": 15}).json()
+    top = np.lexsort((np.arange(N + 1), -full))[:15]
+    assert [it["item_id"] for it in r["items"]] == top.tolist()
+    assert not set(seqs[3].tolist()) & {it["item_id"] for it in r["items"]}
+    assert [h["item_id"] for h in r["history"]] == seqs[3].tolist()
+    assert r["rationale"]["steps"] == list(STEPS) and r["fallback"] is None
+    assert c.post("/recommend", json={"user_id": 4}).json()["rationale"] is None  # malformed rationale not shown
+    # a new user by exact titles gets the same ranking as by ids
+    hist = [int(i) for i in seqs[7][:5] if i < N - 1]  # items N-1 and N share a title
+    by_id = c.post("/recommend", json={"history": hist, "k": 5}).json()
+    by_title = c.post("/recommend", json={"history": [titles[i - 1] for i in hist], "k": 5}).json()
+    assert by_title["items"] == by_id["items"] and by_id["user_id"] is None and by_id["rationale"] is None
+    assert c.get("/items/7").json() == {"item_id": 7, "title": titles[6], "text": "game 7 series 0"}
+    assert [it["item_id"] for it in c.get("/items", params={"q": "game 12", "limit": 3}).json()] == [12, 120, 121]
+    schema = c.get("/openapi.json").json()
+    assert {"/recommend", "/score", "/items/{item_id}", "/healthz"} <= set(schema["paths"])
+    assert "RecommendRequest" in schema["components"]["schemas"]
+
+
+BAD = [  # (path, body, status, field)
+    ("/recommend", {"user_id": 99999}, 404, "user_id"),
+    ("/recommend", {}, 422, "user_id"),
+    ("/recommend", {"user_id": 1, "history": [1]}, 422, "user_id"),
+    ("/recommend", {"history": []}, 422, "history"),
+    ("/recommend", {"history": [1, N + 1]}, 422, "history[1]"),
+    ("/recommend", {"history": [0]}, 422, "history[0]"),
+    ("/recommend", {"history": ["No Such Game"]}, 422, "history[0]"),
+    ("/recommend", {"history": [f"Game {N - 1}: Saga {(N - 1) // 10}"]}, 422, "history[0]"),  # ambiguous title
+    ("/recommend", {"history": [1], "k": 0}, 422, "k"),
+    ("/recommend", {"history": [1], "k": 1001}, 422, "k"),
+    ("/recommend", {"history": [1], "k": "5"}, 422, "k"),
+    ("/recommend", {"history": [1], "k": 2.5}, 422, "k"),
+    ("/recommend", {"history": [1], "candidates": [2, -3]}, 422, "candidates[1]"),
+    ("/recommend", {"history": [1], "candidates": []}, 422, "candidates"),
+    ("/recommend", {"history": [1], "exclude_history": "no"}, 422, "exclude_history"),
+    ("/recommend", {"history": [[1]]}, 422, "history[0]"),
+    ("/recommend", {"history": 5}, 422, "history"),
+    ("/recommend", {"user_id": "3"}, 422, "user_id"),
+    ("/recommend", {"user_id": 3, "top": 5}, 422, "top"),
+    ("/recommend", [1, 2], 422, "body"),
+    ("/recommend", "not json", 422, "body"),
+    ("/recommend", {"history": list(range(1, 100)) * 20}, 413, "body"),
+    ("/score", {"history": [1]}, 422, "candidates"),
+    ("/score", {"history": [1], "candidates": [N + 5]}, 422, "candidates[0]"),
+]
+
+
+def test_bad_inputs_get_4xx_naming_the_field(app):
+    c = app["client"]
+    for path, body, status, field in BAD:
+        content = body if isinstance(body, str) else None
+        r = c.post(path, content=content, json=None if content else body,
+                   headers={"Content-Type": "application/json"})
+        assert (r.status_code, r.json()["field"]) == (status, field), (body, r.text)
+        assert r.json()["error"]
+    chunks = iter([b'{"history": ['] + [b"1," * 500] * 6 + [b"1]}"])  # no Content-Length: sent chunked
+    r = c.post("/recommend", content=chunks, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert c.get("/items/0").status_code == 404 and c.get("/items/x").json()["field"] == "item_id"
+    assert c.get("/items", params={"limit": 0}).json()["field"] == "limit"
+    assert c.get("/healthz").json()["status"] == "ok"  # the replica survived all of it
+    assert c.post("/recommend", json={"history": [1, 2], "k": 3}).status_code == 200
+
+
+def test_auth_enforced_when_configured_and_absent_otherwise(app):
+    c = app["client"]
+    body = {"history": [1, 2, 3], "k": 3}
+    assert c.post("/auth/recommend", json=body).status_code == 401
+    r = c.post("/auth/recommend", json=body, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and TOKEN not in r.text
+    assert c.get("/auth/items/3", headers={"Authorization": TOKEN}).status_code == 401  # no scheme
+    ok = c.post("/auth/recommend", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["items"] == c.post("/recommend", json=body).json()["items"]
+    assert c.get("/auth/healthz").json()["auth"] is True and c.get("/auth/").status_code == 200
+    assert c.get("/healthz").json()["auth"] is False
+    assert c.get("/items/3").status_code == 200  # the open app asks for nothing
+
+
+def test_token_never_logged(app):
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    leaked = [p for p in logs.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert logs.exists() and not leaked
+
+
+def test_no_trained_model_or_token_is_a_clear_error_at_start(tmp_path, monkeypatch):
+    from slim.serve.app import build
+    from slim.serve.model import NoModelError
+
+    with pytest.raises(NoModelError, match="no trained model .*run the train stage"):
+        build(ServeConfig(run_dir=str(tmp_path)))
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.raises(ConfigError, match=f"serve.auth_token_env: environment variable {TOKEN_ENV}"):
+        from slim.serve.settings import read_token
+
+        read_token(ServeConfig(auth_token_env=TOKEN_ENV))
+    with pytest.raises(ConfigError, match="max_ongoing_requests"):
+        build(ServeConfig(run_dir=str(tmp_path), max_batch_size=64, max_ongoing_requests=8))
+
+
+def test_pipeline_runs_serve_only_when_named():
+    from slim import stages
+
+    assert "serve" in stages.names() and "serve" not in stages.default_names()
+    assert stages.default_names() == [n for n in stages.names() if n != "serve"]
+
+
+def _chromium() -> str:
+    """Debian's chromium; installed here when absent and apt can (the Makefile's test target does the same)."""
+    exe = shutil.which("chromium")
+    if exe is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+                       capture_output=True, timeout=600)
+        exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
+    return exe
+
+
+def test_page_renders_a_recommendation_in_headless_chromium(app, tmp_path):
+    exe = _chromium()
+    url = f"http://127.0.0.1:{app['port']}/?user_id=3&k=5"
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--window-size=1000,1200"]
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    top = app["client"].post("/recommend", json={"user_id": 3, "k": 5}).json()
+    assert top["items"][0]["title"] in dom and STEPS[1] in dom
+    assert f"<td>{top['items'][0]['score']:.4f}</td>" in dom
+    shot = Path(os.environ.get("SLIM_SCREENSHOT_DIR", tmp_path)) / "serve_page.png"  # kept when the var is set
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(flags + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    from matplotlib.image import imread
+
+    img = imread(shot)
+    assert img.shape[:2] == (1200, 1000) and img.std() > 0.05  # a real page, not a blank frame
