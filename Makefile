@@ -8,7 +8,7 @@ export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: env demo test test-slow bench clean
+.PHONY: env browser demo test test-slow bench clean
 env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -25,7 +25,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) jobs/pipeline.py --config configs/tiny.yaml
 
-test: $(STAMP)
+# tests/test_serve.py renders the serve page in Debian's headless chromium: installed here when absent and apt can
+# (root); otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends chromium || \
+	    { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; }; } || \
+	  echo "chromium not installed: the serve page test will skip"
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 test-slow: $(STAMP)

@@ -267,3 +267,51 @@ def test_page_renders_a_recommendation_in_headless_chromium(app, tmp_path):
 
     img = imread(shot)
     assert img.shape[:2] == (1200, 1000) and img.std() > 0.05  # a real page, not a blank frame
+
+
+def test_slim_model_uses_the_stored_rationale_vector_else_falls_back(app):
+    """A model with user-text fusion (a SLIM run) gets the user's stored rationale vector; a new user is scored
+    without one and the answer says so. Same numbers alone or in a mixed batch."""
+    import torch
+
+    from slim.models import Recommender
+    from slim.recsys.data import pad_right
+    from slim.recsys.train import RunSpec
+    from slim.serve.model import Query, Ranker
+
+    root, seqs = app["root"], app["seqs"]
+    (root / C.EMBEDDINGS_DIR).mkdir(exist_ok=True)
+    vec = np.random.default_rng(0).normal(size=8).astype(np.float16)
+    pq.write_table(pa.table({C.USER_ID: [3], C.EMBEDDING: [vec.tolist()]}),
+                   root / C.USER_EMB_FILE.format(field="rationale"))
+    torch.manual_seed(0)
+    model = Recommender("gru4rec", N, 16, variant="id", user_text_dim=8, max_len=10).eval()
+    r = Ranker(root / "models" / "sasrec-id-s0", root, model=model, spec=RunSpec("gru4rec", "slim", 0, max_len=10))
+    known, new = Query(seqs[3].astype(np.int64), 5, user_id=3), Query(seqs[3].astype(np.int64), 5)
+    assert r.user_text(known)[1] is None and "non-SLIM path" in r.user_text(new)[1]
+    x, lens = (torch.from_numpy(a) for a in pad_right([seqs[3]], 10))
+    with torch.no_grad():
+        want_known = model.score_all(model.encode(x, lens, user_text=torch.tensor(vec[None], dtype=torch.float32)))[0]
+        want_new = model.score_all(model.encode(x, lens))[0]
+    (ki, ks), (ni, ns) = r.rank([known, new])
+    np.testing.assert_allclose(ks, want_known[ki].numpy(), atol=1e-5)
+    np.testing.assert_allclose(ns, want_new[ni].numpy(), atol=1e-5)
+    assert not np.allclose(ks[:3], want_new[ki[:3]].numpy())  # the rationale changed the scores
+    assert [a.tolist() for a in r.rank([known])[0]] == [ki.tolist(), ks.tolist()]
+
+
+def test_serve_cli_builder_and_deploy_config(tmp_path):
+    """`serve run slim.serve.app:build_app config=...` and cluster/serve_deploy.yaml build the same kind of app."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from slim.serve.app import build_app
+    from slim.serve.model import NoModelError
+
+    repo = Path(__file__).parent.parent
+    deploy = ServeDeploySchema.model_validate(yaml.safe_load((repo / "cluster" / "serve_deploy.yaml").read_text()))
+    assert deploy.applications[0].import_path == "slim.serve.app:build_app"
+    with pytest.raises(NoModelError, match=str(tmp_path)):
+        build_app({"config": str(repo / "configs" / "tiny.yaml"), "serve.run_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="serve.prot"):
+        build_app({"config": str(repo / "configs" / "tiny.yaml"), "serve.prot": "1"})
