@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from typing import Optional
 
 from fastapi import FastAPI, Query as Q, Request
@@ -153,7 +154,8 @@ class RecommenderApp:
         r = self.ranker
         return {"status": "ok", "run": r.run_name, "backbone": r.spec.backbone, "variant": r.spec.variant,
                 "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
-                "max_batch_size": self.cfg.max_batch_size, "auth": _guard()["token"] is not None}
+                "max_batch_size": self.cfg.max_batch_size, "auth": _guard()["token"] is not None,
+                "pid": os.getpid()}
 
     @api.get("/items", response_model=list[S.Item], responses=ERRORS)
     async def search(self, q: str = Q("", max_length=200), limit: int = Q(20, ge=1, le=100)):
@@ -195,6 +197,7 @@ def build(cfg: ServeConfig):
     token = read_token(cfg)
     # Replicas do the work: at the driver's priority, not Ray's niceness 15 (see slim/raycluster.py).
     opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
+            "logging_config": {"enable_access_log": cfg.access_log},
             "ray_actor_options": {"num_cpus": cfg.replica_cpus, "runtime_env": work_actor_env()}}
     if cfg.max_replicas:
         opts["autoscaling_config"] = {"min_replicas": cfg.num_replicas, "max_replicas": cfg.max_replicas,

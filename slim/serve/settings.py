@@ -42,6 +42,7 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.005
     max_ongoing_requests: int = 64
     max_body_bytes: int = 65536  # larger request bodies get 413
+    access_log: bool = True  # one log line per request (method, path, status, ms; never headers or bodies)
     # Name of an environment variable holding a bearer token; "" = no auth. The token itself is never in configs.
     auth_token_env: str = ""
     ray_address: Optional[str] = None
