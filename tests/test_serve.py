@@ -230,6 +230,12 @@ def test_no_trained_model_or_token_is_a_clear_error_at_start(tmp_path, monkeypat
         read_token(ServeConfig(auth_token_env=TOKEN_ENV))
     with pytest.raises(ConfigError, match="max_ongoing_requests"):
         build(ServeConfig(run_dir=str(tmp_path), max_batch_size=64, max_ongoing_requests=8))
+    import sys
+
+    job = Path(__file__).parent.parent / "jobs" / "serve.py"
+    out = subprocess.run([sys.executable, str(job), f"serve.run_dir={tmp_path}"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(job.parent.parent)})
+    assert out.returncode == 2 and f"{tmp_path}/models: no trained model" in out.stderr
 
 
 def test_pipeline_runs_serve_only_when_named():
