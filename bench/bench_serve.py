@@ -205,6 +205,13 @@ def write(a, base: dict, floor: dict, res: dict, mem: dict, load: tuple) -> None
         budget = 1e3 * np.percentile(base[1], 99) + floor["p99_ms"]
         lines.append(f"| {m} | {c} | {r['n']} | {r['errors']} | {r['rps']:.1f} | {r['p50_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {ip_rps:.1f} | {r['rps'] / ip_rps:.2f} | {r['p99_ms'] / budget:.2f} |")
+    on1, on32 = res[("on", 1)], res[("on", LEVELS[-1])]
+    budget = 2 * (1e3 * np.percentile(base[1], 99) + floor["p99_ms"])
+    share = on32["rps"] / (LEVELS[-1] / np.median(base[LEVELS[-1]]))
+    lines += ["", "Goals (issue 16), batching on: p99 at 1 client under 2x (in-process p99 + network floor p99): "
+              f"{on1['p99_ms']:.1f} vs {budget:.1f} ms, **{'met' if on1['p99_ms'] < budget else 'not met'}**; "
+              f"throughput at {LEVELS[-1]} clients at least 50% of in-process: {100 * share:.0f}%, "
+              f"**{'met' if share >= 0.5 else 'not met'}**."]
     lines += ["", "Memory per replica: " + "; ".join(
         f"batching {m}: PSS {v['pss_mb']:.0f} MB, RSS {v['rss_mb']:.0f} MB" for m, v in mem.items()) + ".", ""]
     Path(a.out).write_text("\n".join(lines))

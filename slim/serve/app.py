@@ -73,7 +73,10 @@ class Guard:
     async def _body(self, headers: dict, receive):
         limit = _guard()["max_body_bytes"]
         too_big = _error(413, "body", f"request body over {limit} bytes (serve.max_body_bytes)")
-        if int(headers.get("content-length", "0") or 0) > limit:
+        declared = headers.get("content-length", "0")
+        if not declared.isdigit():
+            return _error(400, "content-length", f"not a byte count: {declared[:40]!r}"), receive
+        if int(declared) > limit:
             return too_big, receive
         messages, size, more = [], 0, True
         while more:
