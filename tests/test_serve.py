@@ -114,7 +114,9 @@ def test_rankings_equal_offline_evaluation(app):
 
     with ThreadPoolExecutor(12) as pool:
         got = list(pool.map(ask, users))
-    assert c.get("/healthz").json()["run"] == "sasrec-id-s0"  # the best by valid NDCG@10
+    health = c.get("/healthz").json()
+    assert health["run"] == "sasrec-id-s0"  # the best by valid NDCG@10
+    assert 1 < health["largest_batch"] <= 16 and health["encoder_passes"] < len(users)  # @serve.batch at work
     for i, u in enumerate(users):
         assert got[i].status_code == 200, got[i].text
         items = got[i].json()["items"]

@@ -157,7 +157,8 @@ class RecommenderApp:
         r = self.ranker
         return {"status": "ok", "run": r.run_name, "backbone": r.spec.backbone, "variant": r.spec.variant,
                 "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
-                "max_batch_size": self.cfg.max_batch_size, "auth": _guard()["token"] is not None,
+                "max_batch_size": self.cfg.max_batch_size, "encoder_passes": r.passes,
+                "largest_batch": r.largest_batch, "auth": _guard()["token"] is not None,
                 "pid": os.getpid()}
 
     @api.get("/items", response_model=list[S.Item], responses=ERRORS)

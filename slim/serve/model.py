@@ -124,6 +124,7 @@ class Ranker:
         self.slim = self.spec.variant in SLIM_VARIANTS
         field = getattr(self.spec, "user_text_field", C.RATIONALE)
         self.user_vecs = _user_vectors(root, field) if self.slim else {}
+        self.passes, self.largest_batch = 0, 0  # encoder passes and the most requests in one (batching at work)
         with torch.no_grad():  # every item's vector once: a request is then one encode + one matmul
             self.table = self.model.items.table() if hasattr(self.model, "items") else None
         log.info("serving %s: %d items, %d users, %d rationales", self.model_dir.name, self.num_items,
@@ -179,6 +180,7 @@ class Ranker:
         the given order (scoring, not ranking)."""
         import torch
 
+        self.passes, self.largest_batch = self.passes + 1, max(self.largest_batch, len(queries))
         with torch.no_grad():
             s = self.encode(queries)
             out = []
