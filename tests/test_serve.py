@@ -323,3 +323,13 @@ def test_serve_cli_builder_and_deploy_config(tmp_path):
         build_app({"config": str(repo / "configs" / "tiny.yaml"), "serve.run_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="serve.prot"):
         build_app({"config": str(repo / "configs" / "tiny.yaml"), "serve.prot": "1"})
+
+
+def test_model_and_item_table_must_agree(app):
+    from slim.models import Recommender
+    from slim.recsys.train import RunSpec
+    from slim.serve.model import NoModelError, Ranker
+
+    other = Recommender("gru4rec", N + 5, 8, variant="id", max_len=10)
+    with pytest.raises(NoModelError, match=f"trained on {N + 5} items but .*items.parquet has {N}"):
+        Ranker(app["root"] / "models" / "x", app["root"], model=other, spec=RunSpec("gru4rec", "id", 0))

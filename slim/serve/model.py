@@ -64,9 +64,9 @@ def _items(root: Path) -> tuple[np.ndarray, list, list]:
     names = pq.read_schema(p).names
     t = pq.read_table(p, columns=[c for c in (C.ITEM_ID, C.TITLE, C.TEXT) if c in names])
     ids = t.column(C.ITEM_ID).to_numpy().astype(np.int64)
-    text = t.column(C.TEXT).to_pylist() if C.TEXT in names else [""] * len(ids)
+    text = [x or "" for x in t.column(C.TEXT).to_pylist()] if C.TEXT in names else [""] * len(ids)
     titles = t.column(C.TITLE).to_pylist() if C.TITLE in names else text
-    return ids, titles, text
+    return ids, [ti or te for ti, te in zip(titles, text)], text  # an item without a title shows its text
 
 
 def _users(root: Path) -> dict:
@@ -127,6 +127,9 @@ class Ranker:
         self.passes, self.largest_batch = 0, 0  # encoder passes and the most requests in one (batching at work)
         with torch.no_grad():  # every item's vector once: a request is then one encode + one matmul
             self.table = self.model.items.table() if hasattr(self.model, "items") else None
+        if self.table is not None and self.table.shape[0] != self.num_items + 1:
+            raise NoModelError(f"{self.model_dir} was trained on {self.table.shape[0] - 1} items but "
+                               f"{root / C.ITEMS_FILE} has {self.num_items}: serve it with its own run directory")
         log.info("serving %s: %d items, %d users, %d rationales", self.model_dir.name, self.num_items,
                  len(self.users), len(self.rationales))
 
