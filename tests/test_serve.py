@@ -268,6 +268,11 @@ def test_page_renders_a_recommendation_in_headless_chromium(app, tmp_path):
     top = app["client"].post("/recommend", json={"user_id": 3, "k": 5}).json()
     assert top["items"][0]["title"] in dom and STEPS[1] in dom
     assert f"<td>{top['items'][0]['score']:.4f}</td>" in dom
+    # picked items (a new user): the history is shown with titles, and no rationale exists
+    dom = subprocess.run(flags + ["--dump-dom", url.replace("user_id=3", "history=21,22,23")], capture_output=True,
+                         text=True, timeout=120).stdout
+    new = app["client"].post("/recommend", json={"history": [21, 22, 23], "k": 5}).json()
+    assert f"{app['titles'][21]} (22)" in dom and new["items"][0]["title"] in dom and "No stored rationale" in dom
     shot = Path(os.environ.get("SLIM_SCREENSHOT_DIR", tmp_path)) / "serve_page.png"  # kept when the var is set
     shot.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(flags + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
