@@ -32,7 +32,7 @@ def file_fingerprint(path: str | Path) -> str:
     if p.is_dir():
         return fingerprint([file_fingerprint(f) for f in sorted(p.rglob("*")) if f.is_file()])
     st = p.stat()
-    return fingerprint([p.name, st.st_size, int(st.st_mtime)])
+    return fingerprint([p.name, st.st_size, st.st_mtime_ns])
 
 
 def versions() -> dict:
@@ -114,13 +114,16 @@ class RunDir:
         return m is not None and m.key() == Manifest(stage, config, inputs).key()
 
     def upstream(self, stage: str) -> str:
-        """Fingerprint of a finished upstream stage, for a downstream manifest's inputs."""
+        """Fingerprint of a finished upstream stage, for a downstream manifest's inputs: its key, its counts and
+        its output files (name, size, mtime). The key alone is not enough: a teacher rerun that retries failed
+        rows, or a student `--force`, keeps config and inputs (so the key) but rewrites the outputs."""
         m = self.read_manifest(stage)
         if m is None:
             raise FileNotFoundError(
                 f"stage '{stage}' has not finished in {self.root} (no {stage}/{MANIFEST}); run it first"
             )
-        return m.key()
+        files = {o: file_fingerprint(self.root / o) if (self.root / o).exists() else "missing" for o in m.outputs}
+        return fingerprint({"key": m.key(), "counts": m.counts, "outputs": files})
 
     def invalidate(self, stage: str) -> None:
         p = self.manifest_path(stage)
