@@ -50,6 +50,7 @@ NUM_NEGATIVES = 100
 EMBEDDINGS_DIR = "embeddings"
 ITEM_EMB_FILE = "embeddings/items.npy"  # [N+1, D] float16, row i = item_id i, row 0 (padding) zeros
 USER_EMB_FILE = "embeddings/users_{field}.parquet"  # user_id, embedding (list<float16>[D]); field below
+TEACHER_USER_EMB_FILE = "embeddings/teacher_users_{field}.parquet"  # the same for the teacher's rationales
 USER_EMB_FIELDS = ("rationale", "step1", "step2", "step3")
 EMBEDDING = "embedding"
 

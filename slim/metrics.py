@@ -92,3 +92,16 @@ def chance_for(protocol: str, num_items: int, num_negatives: int = 100) -> dict[
     """Chance level of a protocol from its candidate count alone: 1 + num_negatives sampled candidates, or all
     items (full ranking with nothing excluded; `chance_mean(full_sizes(...))` is the per-user figure)."""
     return chance(num_items if protocol.startswith("full") else num_negatives + 1)
+
+
+def top_items(scores: np.ndarray, exclude: list, k: int) -> np.ndarray:
+    """[B, N+1] scores -> [B, k] best item ids, best first, never padding or an excluded (history) item."""
+    s = _nan_up(np.array(scores, dtype=np.float64, copy=True))
+    s[np.isinf(s) & (s > 0)] = -np.inf  # a NaN score is no recommendation
+    s[:, 0] = -np.inf
+    for b, items in enumerate(exclude):
+        s[b, np.asarray(items, dtype=np.int64)] = -np.inf
+    k = min(k, s.shape[1] - 1)
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)

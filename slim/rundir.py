@@ -35,6 +35,16 @@ def file_fingerprint(path: str | Path) -> str:
     return fingerprint([p.name, st.st_size, st.st_mtime_ns])
 
 
+def content_fingerprint(path: str | Path) -> str:
+    """Hash of a file's bytes: for inputs that are rewritten with the same content (item vectors when the encode
+    stage reruns for new rationales), where size + mtime would retrain what did not change."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def versions() -> dict:
     out = {"slim": __version__, "python": platform.python_version()}
     for mod in ("torch", "ray", "pyarrow", "transformers", "peft", "vllm", "deepspeed"):

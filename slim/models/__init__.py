@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from slim.models.gru4rec import GRU4Rec, GRU4RecConfig
-from slim.models.item_repr import VARIANTS, Fusion, ItemRepr
+from slim.models.item_repr import USER_TEXT_VARIANTS, VARIANTS, ItemRepr, item_variant
 from slim.models.sasrec import SASRec, SASRecConfig
 from slim.models.srgnn import SRGNN, SRGNNConfig
+from slim.models.user_repr import TextMatch, UserFusion
 
 # name -> (backbone class, its config class)
 REGISTRY: dict[str, tuple[type, type]] = {
@@ -34,26 +35,29 @@ class Recommender(nn.Module):
         if backbone not in REGISTRY:
             raise ValueError(f"unknown backbone {backbone!r}; backbones: {', '.join(REGISTRY)}")
         cls, cfg_cls = REGISTRY[backbone]
-        self.items = ItemRepr(num_items, hidden, variant, item_text)
+        self.items = ItemRepr(num_items, hidden, item_variant(variant), item_text)
         self.backbone = cls(hidden, backbone_cfg or cfg_cls(), max_len)
-        # SLIM: s_u = g_f([g_l(s_text); s_seq]) with the same plain linear/ReLU layers as the item side.
-        self.user_fusion = Fusion(user_text_dim, hidden) if user_text_dim else None
+        # SLIM: s_u = g_f([g_l(r_u); s_seq]) with the same plain linear/ReLU layers as the item side.
+        self.user_fusion = UserFusion(user_text_dim, hidden) if user_text_dim else None
         self.per_position = cls.per_position
+        self.num_items = num_items
 
-    def states(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None) -> torch.Tensor:
-        """items: [B, L] right-padded -> [B, L, H] per-position states (per_position backbones only)."""
+    def states(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None, use=None) -> torch.Tensor:
+        """items: [B, L] right-padded, user_text: [B, Du] or None, use: [B, L] bool (where the rationale may be
+        fused; elsewhere the learned missing vector) -> [B, L, H] per-position states (per_position backbones)."""
         h = self.backbone(self.items(items), items, lengths)
-        if self.user_fusion is not None and user_text is not None:
-            h = self.user_fusion(user_text[:, None].expand(-1, h.shape[1], -1), h)
+        if self.user_fusion is not None:
+            h = self.user_fusion(h, user_text, use)
         return h
 
-    def encode(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None) -> torch.Tensor:
-        """items: [B, L] right-padded, lengths: [B] >= 1, user_text: [B, Du] or None -> [B, H]."""
+    def encode(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None, use=None) -> torch.Tensor:
+        """items: [B, L] right-padded, lengths: [B] >= 1, user_text: [B, Du] or None, use: [B] bool -> [B, H].
+        A SLIM model given no user_text uses its missing vector (a user without a rationale)."""
         h = self.backbone(self.items(items), items, lengths)
         if self.per_position:
             h = h[torch.arange(len(h), device=h.device), lengths - 1]
-        if self.user_fusion is not None and user_text is not None:
-            h = self.user_fusion(user_text, h)
+        if self.user_fusion is not None:
+            h = self.user_fusion(h, user_text, use)
         return h
 
     def score_all(self, s: torch.Tensor) -> torch.Tensor:
@@ -69,4 +73,4 @@ def build(backbone: str, num_items: int, hidden: int = 64, backbone_cfg=None, **
     return Recommender(backbone, num_items, hidden, backbone_cfg, **kw)
 
 
-__all__ = ["REGISTRY", "VARIANTS", "Recommender", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]
+__all__ = ["REGISTRY", "VARIANTS", "USER_TEXT_VARIANTS", "item_variant", "Recommender", "TextMatch", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim.rundir import file_fingerprint
+from slim.rundir import content_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -56,4 +56,4 @@ def item_text(run_dir: str | Path, encoder: str = "all-MiniLM-L6-v2", batch_size
 
 def fingerprint(run_dir: str | Path) -> str:
     p = item_text_path(run_dir)
-    return file_fingerprint(p) if p.exists() else "missing"
+    return content_fingerprint(p) if p.exists() else "missing"
