@@ -36,6 +36,7 @@ def write(root, shuffle_rationales: bool = False, seed: int = 0) -> dict:
     rd = RunDir(root)
     _data(rd, seqs, rng)
     _embeddings(rd, item_vec, user_vec)
+    _rationales(rd, user_cluster)
     return {"seqs": seqs, "user_cluster": user_cluster, "item_cluster": item_cluster}
 
 
@@ -84,3 +85,13 @@ def _embeddings(rd: RunDir, item_vec: np.ndarray, user_vec: np.ndarray) -> None:
     for stage in ("rationales", "teacher"):  # the stages that wrote the rationales, from item_ids[:-3]
         rd.write_manifest(Manifest(stage, {"history_cut": 3}))
     rd.write_manifest(Manifest("embeddings", {"generated": True}, outputs=[C.ITEM_EMB_FILE] + files))
+
+
+def _rationales(rd: RunDir, user_cluster: np.ndarray) -> None:
+    rd.stage_dir(C.STUDENT_SHARDS)
+    steps = [[f"likes cluster {c}", f"cluster {c}", f"items of cluster {c}"] for c in user_cluster]
+    pq.write_table(pa.table({
+        C.USER_ID: pa.array(np.arange(U, dtype=np.int64)),
+        C.RATIONALE: ["\n".join(f"Step {n}: {t}" for n, t in enumerate(s, 1)) for s in steps],
+        C.STEP1: [s[0] for s in steps], C.STEP2: [s[1] for s in steps], C.STEP3: [s[2] for s in steps],
+        C.STATUS: ["ok"] * U}), rd.path(C.STUDENT_SHARDS) / "part-0.parquet")

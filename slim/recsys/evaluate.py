@@ -114,6 +114,7 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
            "gains": R.gains(per_user(rk), cfg.protocols),
            "users_without_rationale": tm.extra.get("users_without_rationale", {})}
     res.update(teacher_subset(rd, d, recs, rk, cfg.protocols))
+    res["student_model"] = student_model(rd)
     rep = rd.path("reports")
     (rep / "plots").mkdir(parents=True, exist_ok=True)
     res["plots"] = write_plots(rep / "plots", d, rd, res, rk, top, cfg)
@@ -145,6 +146,17 @@ def teacher_subset(rd: RunDir, d, recs: list, rk: dict, protocols) -> dict:
     return {"teacher_users": int(mask.sum()), "teacher_rows": R.aggregate(sub, protocols),
             "teacher_gains": [g for g in R.gains(per_user(rk, mask), protocols) if "slim" in (g["model"], g["baseline"])
                               or g["model"] == "slim_teacher"]}
+
+
+def student_model(rd: RunDir) -> Optional[dict]:
+    """Which student wrote the rationales; cross_domain when it was distilled in another run directory."""
+    m = rd.read_manifest("rationales")
+    if m is None or "model" not in m.extra:
+        return None
+    info = dict(m.extra["model"])
+    path = Path(info.get("path", "")).resolve()
+    info["cross_domain"] = info.get("kind") != "base" and rd.root.resolve() not in path.parents
+    return info
 
 
 def write_plots(out: Path, d, rd: RunDir, res: dict, rk: dict, top: dict, cfg: EvaluateConfig) -> list:

@@ -18,6 +18,10 @@ def markdown(res: dict, protocols) -> str:
              "Mean ± std over seeds, in percent; losses side by side (bce: sampled negatives, the paper's; ce: full "
              "softmax). Chance is computed from the candidates each user actually ranks.", ""]
     lines += [f"- `{p}`: {PROTOCOL_NOTES.get(p, p)}" for p in order] + [""]
+    sm = res.get("student_model")
+    if sm:
+        lines += [f"Rationales (`slim`, `text_match`) written by the student `{sm.get('path')}` ({sm.get('kind')}"
+                  + ("; cross-domain: distilled in another run directory" if sm.get("cross_domain") else "") + ").", ""]
     lines += ["## All users", ""] + R.table(res["rows"], order, res["chance"])
     lines += R.gains_table(res["gains"], "Gains with paired tests over users")
     if res.get("teacher_rows"):
