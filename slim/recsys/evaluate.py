@@ -10,11 +10,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
 from slim import metrics as M
+from slim.columns import EVAL_PROTOCOLS, SPLITS
 from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ SHOWN = ("NDCG@10", "Hit@10", "Hit@20")
 @dataclass(frozen=True)
 class EvaluateConfig:
     run_dir: str = "runs/default"
-    protocols: tuple[str, ...] = ("uni100", "pop100", "full")
-    split: str = "test"
+    protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = ("uni100", "pop100", "full")  # checked at load
+    split: Literal[SPLITS] = "test"
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 
