@@ -58,6 +58,10 @@ def _vllm_version() -> str:
     raise PackageNotFoundError("vllm")
 
 
+class StageNotFinished(FileNotFoundError):
+    """A stage's input is the output of an upstream stage that has not finished in the run directory."""
+
+
 @dataclass
 class Manifest:
     stage: str
@@ -117,7 +121,7 @@ class RunDir:
         """Fingerprint of a finished upstream stage, for a downstream manifest's inputs."""
         m = self.read_manifest(stage)
         if m is None:
-            raise FileNotFoundError(
+            raise StageNotFinished(
                 f"stage '{stage}' has not finished in {self.root} (no {stage}/{MANIFEST}); run it first"
             )
         return m.key()
