@@ -147,15 +147,25 @@ def test_submit_usage_run_dir_is_accepted():
 
 def test_training_fanout_runs_at_most_one_run_per_core(tmp_path, ray_local):
     """The local cluster declares more logical CPUs than cores; single-threaded runs must not share a core."""
+    from dataclasses import replace
+
+    from slim import check
     from slim.data import DataConfig, prepare
     from slim.recsys import job
 
     src = write_seqrec(tmp_path / "src", 300, 150, mean_len=12)
-    prepare.run(DataConfig(run_dir=str(tmp_path), source="amazon2018-games", path=str(src)))
+    data = DataConfig(run_dir=str(tmp_path), source="amazon2018-games", path=str(src))
+    prepare.run(data)
     seeds = tuple(range(2 * (os.cpu_count() or 1)))
-    job.run(job.TrainConfig(run_dir=str(tmp_path), backbones=("gru4rec",), variants=("id",), seeds=seeds,
+    train = job.TrainConfig(run_dir=str(tmp_path), backbones=("gru4rec",), variants=("id",), seeds=seeds,
                             hidden=64, max_len=20, epochs=4, patience=4, batch_size=32, test_protocols=("uni100",),
-                            cpus_per_run=1.0, threads_per_run=1))
+                            cpus_per_run=1.0, threads_per_run=1)
+    job.run(train)
+    # --check's plan agrees with the stages' own skip logic, and names what changed
+    lines, problems = check.plan({"data": data, "train": train}, ["data", "train"], [])
+    assert [ln.split()[1] for ln in lines if not ln.startswith(" ")] == ["skip", "skip"] and not problems
+    lines, _ = check.plan({"data": data, "train": replace(train, epochs=5)}, ["data", "train"], [])
+    assert "config changed: train.epochs" in lines[-1]
     spans = []
     for s in seeds:
         p = tmp_path / "models" / f"gru4rec-id-s{s}" / "metrics.json"
