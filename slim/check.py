@@ -97,8 +97,8 @@ def _student_model_fingerprint(cfg: Any, root: Path) -> str | None:
 
         base = cfg.base_model
         return str(Path(cfg.cache_dir).expanduser() / "models" / SMOLLM2) if base == SMOLLM2 else base
-    src = [root / C.STUDENT_MERGED, root / C.STUDENT_ADAPTER] if cfg.adapter == "auto" else [Path(cfg.adapter).expanduser()]
-    for p in src:
+    auto = [root / C.STUDENT_MERGED, root / C.STUDENT_ADAPTER]
+    for p in auto if cfg.adapter == "auto" else [Path(cfg.adapter).expanduser()]:
         if is_model(p) or (p / "adapter_config.json").exists():
             return file_fingerprint(p)
     return None

@@ -35,7 +35,8 @@ def report(e: Exception) -> int:
     from slim.config import ConfigError
     from slim.rundir import StageNotFinished
 
-    kind = "config error" if isinstance(e, ConfigError) else "error" if isinstance(e, StageNotFinished) else "data error"
+    kind = "config error" if isinstance(e, ConfigError) else "data error"
+    kind = "error" if isinstance(e, StageNotFinished) else kind
     print(f"{kind}: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
 

@@ -46,12 +46,14 @@ def test_every_config_file_passes_check_without_ray(path, tmp_path):
 
 def test_dry_run_alias_and_missing_paths_named(tmp_path):
     r = _job("jobs/pipeline.py", "--config", "configs/games.yaml", "--dry-run", f"run_dir={tmp_path}",
-             "data.path=/nonexistent/seqrec", "distill.base_model=./no/such/model", "student.base_model=./no/such/model",
+             "data.path=/nonexistent/seqrec", "distill.base_model=./no/such/model",
+             "student.base_model=./no/such/model",
              "encode.model=nobody/no-such-encoder")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "problem: data.path: /nonexistent/seqrec not found" in r.stderr
     assert "problem: distill.base_model: ./no/such/model not found" in r.stderr
-    assert re.search(r"problem: encode.model: nobody/no-such-encoder is neither a local path nor in the Hugging Face cache", r.stderr)
+    assert re.search(r"problem: encode.model: nobody/no-such-encoder is neither a local path nor in the Hugging Face "
+                     "cache", r.stderr)
 
 
 def test_check_says_skip_for_finished_stages_and_why_others_run(tmp_path, ray_local):
