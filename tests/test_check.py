@@ -153,7 +153,7 @@ def test_training_fanout_runs_at_most_one_run_per_core(tmp_path, ray_local):
 
     from slim import check
     from slim.data import DataConfig, prepare
-    from slim.recsys import job
+    from slim.recsys import evaluate, job
 
     src = write_seqrec(tmp_path / "src", 300, 150, mean_len=12)
     data = DataConfig(run_dir=str(tmp_path), source="amazon2018-games", path=str(src))
@@ -163,11 +163,16 @@ def test_training_fanout_runs_at_most_one_run_per_core(tmp_path, ray_local):
                             hidden=64, max_len=20, epochs=4, patience=4, batch_size=32, test_protocols=("uni100",),
                             cpus_per_run=1.0, threads_per_run=1)
     job.run(train)
+    ev = evaluate.EvaluateConfig(run_dir=str(tmp_path), protocols=("uni100",))
+    evaluate.run(ev)
     # --check's plan agrees with the stages' own skip logic, and names what changed
-    lines, problems = check.plan({"data": data, "train": train}, ["data", "train"], [])
-    assert [ln.split()[1] for ln in lines if not ln.startswith(" ")] == ["skip", "skip"] and not problems
-    lines, _ = check.plan({"data": data, "train": replace(train, epochs=5)}, ["data", "train"], [])
-    assert "config changed: train.epochs" in lines[-1]
+    stages = ["data", "train", "evaluate"]
+    lines, problems = check.plan({"data": data, "train": train, "evaluate": ev}, stages, [])
+    assert [ln.split()[1] for ln in lines if not ln.startswith(" ")] == ["skip"] * 3 and not problems
+    lines, _ = check.plan({"data": data, "train": replace(train, epochs=5), "evaluate": ev}, stages, [])
+    assert "config changed: train.epochs" in lines[-2] and "after train" in lines[-1]
+    lines, _ = check.plan({"data": data, "train": train, "evaluate": replace(ev, split="valid")}, stages, [])
+    assert "skip" in lines[-2] and "config changed: evaluate.split" in lines[-1]
     spans = []
     for s in seeds:
         p = tmp_path / "models" / f"gru4rec-id-s{s}" / "metrics.json"
