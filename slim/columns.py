@@ -43,7 +43,8 @@ CANDIDATES_DIR = "data/candidates"
 MANIFEST = "manifest.json"
 
 SPLITS = ("valid", "test")
-PROTOCOLS = ("uni100", "pop100")
+PROTOCOLS = ("uni100", "pop100")  # the sampled ones, stored in candidates/
+EVAL_PROTOCOLS = ("uni100", "pop100", "full", "full_keep")  # sampled; full ranking with history excluded, kept
 NUM_NEGATIVES = 100
 
 # embeddings/ (encode stage): float16, L2-normalised

@@ -68,6 +68,10 @@ def _vllm_version() -> str:
     raise PackageNotFoundError("vllm")
 
 
+class StageNotFinished(FileNotFoundError):
+    """A stage's input is the output of an upstream stage that has not finished in the run directory."""
+
+
 @dataclass
 class Manifest:
     stage: str
@@ -129,7 +133,7 @@ class RunDir:
         rows, or a student `--force`, keeps config and inputs (so the key) but rewrites the outputs."""
         m = self.read_manifest(stage)
         if m is None:
-            raise FileNotFoundError(
+            raise StageNotFinished(
                 f"stage '{stage}' has not finished in {self.root} (no {stage}/{MANIFEST}); run it first"
             )
         files = {o: file_fingerprint(self.root / o) if (self.root / o).exists() else "missing" for o in m.outputs}

@@ -108,7 +108,8 @@ def test_item_text_minilm_then_encode_stage_file(tmp_path):
     enc[1:, 0] = 1
     (tmp_path / C.EMBEDDINGS_DIR).mkdir()
     np.save(tmp_path / C.ITEM_EMB_FILE, enc)
-    assert T.item_text(tmp_path).shape == (N + 1, 8)  # the encode stage's file wins
+    (tmp_path / C.EMBEDDINGS_DIR / C.MANIFEST).write_text(json.dumps({"config": {"model": "all-MiniLM-L6-v2"}}))
+    assert T.item_text(tmp_path).shape == (N + 1, 8)  # the encode stage's file wins (same encoder, finished)
 
 
 def test_fixed_seed_gives_identical_metrics(run_dir):

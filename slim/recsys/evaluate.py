@@ -15,6 +15,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from slim import metrics as M
+from slim.columns import EVAL_PROTOCOLS, SPLITS
 from slim.recsys import plots as P
 from slim.recsys import report as R
 from slim.rundir import Manifest, RunDir
@@ -28,8 +29,8 @@ HEADLINE = "full"  # full ranking: sampled metrics can reorder models (Krichene 
 @dataclass(frozen=True)
 class EvaluateConfig:
     run_dir: str = "runs/default"
-    protocols: tuple[Literal["uni100", "pop100", "full", "full_keep"], ...] = ("uni100", "pop100", "full", "full_keep")
-    split: Literal["valid", "test"] = "test"
+    protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = EVAL_PROTOCOLS  # checked at load
+    split: Literal[SPLITS] = "test"
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 

@@ -19,7 +19,10 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from slim.columns import EVAL_PROTOCOLS
+from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
+from slim.models.item_repr import VARIANTS
 from slim.rundir import Manifest, RunDir, fingerprint
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,9 @@ WEIGHTS, METRICS = "model.pt", "metrics.json"
 @dataclass(frozen=True)
 class TrainConfig:
     run_dir: str = "runs/default"
-    backbones: tuple[str, ...] = ("gru4rec", "sasrec", "srgnn")
-    variants: tuple[str, ...] = ("id", "id_text")  # + slim, slim_teacher, text_match (slim.models.VARIANTS)
+    # Literal[<constant>]: the names are checked at load against the code that implements them
+    backbones: tuple[Literal[tuple(BACKBONES)], ...] = ("gru4rec", "sasrec", "srgnn")
+    variants: tuple[Literal[VARIANTS], ...] = ("id", "id_text")  # + slim, slim_teacher, text_match
     seeds: tuple[int, ...] = (0, 1, 2)
     hidden: int = 64
     max_len: int = 50
@@ -50,7 +54,7 @@ class TrainConfig:
     max_users: int = 0  # 0 = all users; else a fixed-seed subsample (reduced benchmarks)
     subsample_seed: int = 0
     valid_protocol: Literal["uni100", "pop100"] = "uni100"
-    test_protocols: tuple[str, ...] = ("uni100", "pop100", "full")
+    test_protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = ("uni100", "pop100", "full")
     text_encoder: str = "all-MiniLM-L6-v2"
     rationale_field: Literal["whole", "step1", "step2", "step3"] = "whole"  # what slim / slim_teacher fuse
     text_match_fields: tuple[Literal["whole", "step1", "step2", "step3"], ...] = ("whole", "step1", "step2", "step3")
@@ -150,10 +154,12 @@ def fan_out(todo: list, d, text, uts: dict, root: Path, cfg: TrainConfig) -> lis
     """One Ray task per run; returns their metric records as they finish."""
     import ray
 
-    from slim.raycluster import init_ray
+    from slim.raycluster import cores_request, init_ray
 
     init_ray(cfg.ray_address, cfg.num_cpus)
-    task = ray.remote(num_cpus=cfg.cpus_per_run, max_retries=1)(_fit_and_save)
+    # cores_request: at most cores // threads_per_run runs at once on the local cluster (it declares 2 x cores CPUs)
+    task = ray.remote(num_cpus=cfg.cpus_per_run, resources=cores_request(cfg.threads_per_run),
+                      max_retries=1)(_fit_and_save)
     refs = [ray.put(x) for x in (d, text, uts)]  # shared once through the object store, not per task
     pending = {task.remote(s, *refs, str(root / MODELS_DIR / s.name), fp, cfg): s for s, fp in todo}
     out, t0 = [], time.time()
@@ -189,7 +195,7 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     need_text = any(v != "id" for v in cfg.variants)
     text = T.item_text(rd.root, cfg.text_encoder) if need_text else None
     if need_text:
-        inputs["item_text"] = T.fingerprint(rd.root)
+        inputs["item_text"] = T.fingerprint(rd.root, cfg.text_encoder)
     if any(v in USER_TEXT_VARIANTS for v in cfg.variants):
         inputs["embeddings"] = rd.upstream("embeddings")  # the rationale vectors: a new student run retrains these
     if not force and rd.is_current(STAGE, stage_config(cfg), inputs):
