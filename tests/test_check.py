@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from slim import config, pipeline
-from slim.rundir import file_fingerprint
+from slim.rundir import content_fingerprint
 from tests.datagen import write_seqrec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,8 @@ def test_check_says_skip_for_finished_stages_and_why_others_run(tmp_path, ray_lo
     from slim.data import prepare
 
     src = write_seqrec(tmp_path / "src", 60, 150)
-    base = [f"run_dir={tmp_path / 'run'}", f"data.path={src}", "data.source=amazon2018-games"]
+    base = [f"run_dir={tmp_path / 'run'}", f"data.path={src}", "data.source=amazon2018-games",
+            "train.variants=[id,id_text]"]  # no rationales: train reads data only
     cfgs, _ = pipeline.prepare(config.load_raw(CONFIGS[0], base), ["data"])
     prepare.run(cfgs["data"])
 
@@ -133,7 +134,7 @@ def test_text_encoder_decides_the_item_vectors(tmp_path):
     assert T.item_text_path(tmp_path, "all-MiniLM-L6-v2") != enc  # no manifest: a killed encode stage
     (tmp_path / "embeddings" / "manifest.json").write_text(json.dumps({"config": {"model": "all-MiniLM-L6-v2"}}))
     assert T.item_text_path(tmp_path, "all-minilm-l6-v2") == enc
-    assert T.fingerprint(tmp_path, "all-MiniLM-L6-v2") == file_fingerprint(enc)
+    assert T.fingerprint(tmp_path, "all-MiniLM-L6-v2") == content_fingerprint(enc)
     other = T.item_text_path(tmp_path, "BAAI/bge-small-en-v1.5")
     assert other != enc and other.name == "item_text_BAAI_bge-small-en-v1.5.npy"
     assert T.fingerprint(tmp_path, "BAAI/bge-small-en-v1.5") == "missing"
@@ -175,7 +176,7 @@ def test_training_fanout_runs_at_most_one_run_per_core(tmp_path, ray_local):
     assert "skip" in lines[-2] and "config changed: evaluate.split" in lines[-1]
     spans = []
     for s in seeds:
-        p = tmp_path / "models" / f"gru4rec-id-s{s}" / "metrics.json"
+        p = tmp_path / "models" / f"gru4rec-id-bce-s{s}" / "metrics.json"
         end = p.stat().st_mtime
         spans.append((end - json.loads(p.read_text())["wall_seconds"], end))
     overlap = max(sum(a <= t < b for a, b in spans) for t, _ in spans)

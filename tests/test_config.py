@@ -95,7 +95,7 @@ def _allowed(values):
     ("train.valid_protocol=full", r"train\.valid_protocol", ("uni100", "pop100")),
     ("train.backbones=[gru4rec,bert4rec]", r"train\.backbones\[1\]", "BACKBONES"),
     ("train.variants=[idtext]", r"train\.variants\[0\]", "VARIANTS"),
-    ("train.loss=bpr", r"train\.loss", ("bce", "ce")),
+    ("train.losses=[bpr]", r"train\.losses\[0\]", ("bce", "ce")),
     ("student.engine=sglang", r"student\.engine", ("vllm", "hf")),
     ("distill.strategy=fsdp", r"distill\.strategy", ("ddp", "deepspeed")),
 ])
