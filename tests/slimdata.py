@@ -84,7 +84,8 @@ def _embeddings(rd: RunDir, item_vec: np.ndarray, user_vec: np.ndarray) -> None:
                            rd.path(files[-1]))
     for stage in ("rationales", "teacher"):  # the stages that wrote the rationales, from item_ids[:-3]
         rd.write_manifest(Manifest(stage, {"history_cut": 3}))
-    rd.write_manifest(Manifest("embeddings", {"generated": True}, outputs=[C.ITEM_EMB_FILE] + files))
+    # the encode stage's vectors are used by train only when its manifest names train.text_encoder
+    rd.write_manifest(Manifest("embeddings", {"model": "all-MiniLM-L6-v2"}, outputs=[C.ITEM_EMB_FILE] + files))
 
 
 def _rationales(rd: RunDir, user_cluster: np.ndarray) -> None:

@@ -62,3 +62,20 @@ def test_chance_from_actual_candidate_counts():
     c = M.chance_mean(sizes)
     assert c["Hit@10"] == pytest.approx(100 * (10 / 98 + 10 / 99) / 2)
     assert M.full_sizes(100, [np.array([1, 2])], np.array([3]), exclude_history=False).tolist() == [100]
+
+
+def test_early_stopping_never_picks_a_diverged_epoch():
+    import torch
+
+    from slim.recsys.train import EarlyStop
+
+    m = torch.nn.Linear(2, 2)
+    es = EarlyStop(patience=2)
+    es.update(m, 0, 0.9, 10.0)
+    best = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        m.weight.fill_(float("nan"))
+    # a diverged epoch: NaN loss; before, its metrics could still win (a NaN target scored NDCG inf)
+    assert not es.update(m, 1, float("nan"), 99.0)
+    assert es.best == 10.0 and torch.equal(es.best_state["weight"], best["weight"])
+    assert es.update(m, 2, float("inf"), 50.0)  # patience 2: two epochs without a usable improvement stop it

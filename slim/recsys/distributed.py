@@ -66,7 +66,7 @@ def _loop(conf: dict) -> None:
     b = examples(model, d, spec.max_len, ut)
     bs = rows_per_batch(spec, b.y)
     gen = torch.Generator().manual_seed(spec.seed)
-    stopper, n_targets, t_train = EarlyStop(spec.patience), 0, 0.0
+    stopper, n_targets, t_train = EarlyStop(spec.patience, conf["valid_protocol"]), 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0

@@ -116,6 +116,10 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
            "users_without_rationale": tm.extra.get("users_without_rationale", {})}
     res.update(teacher_subset(rd, d, recs, rk, cfg.protocols))
     res["student_model"] = student_model(rd)
+    bucket = P.popularity_buckets(np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1))
+    res["popular_share"] = {}  # % of full-ranking top-10 in the most popular fifth of the items (popularity bias)
+    for (loss, key), t in top.items():
+        res["popular_share"].setdefault(loss, {})[key] = float(100 * (bucket[t] == 0).mean())
     rep = rd.path("reports")
     (rep / "plots").mkdir(parents=True, exist_ok=True)
     res["plots"] = write_plots(rep / "plots", d, rd, res, rk, top, cfg)

@@ -58,6 +58,10 @@ class TrainConfig:
     text_encoder: str = "all-MiniLM-L6-v2"
     rationale_field: Literal["whole", "step1", "step2", "step3"] = "whole"  # what slim / slim_teacher fuse
     text_match_fields: tuple[Literal["whole", "step1", "step2", "step3"], ...] = ("whole", "step1", "step2", "step3")
+    # How item text is used by id_text / slim / slim_teacher: one run per entry (slim.models.fusion); concat is the
+    # paper's. sum (late fusion of an ID and a text-only model) applies to id_text only.
+    text_fusions: tuple[Literal["concat", "init", "sum", "align"], ...] = ("concat",)
+    align_weight: float = 0.1
     strategy: Literal["fanout", "ddp", "deepspeed"] = "fanout"
     num_workers: int = 2  # Ray Train workers for ddp/deepspeed
     cpus_per_run: float = 1.0  # Ray CPUs per fanned-out run (fractional is fine)
@@ -96,9 +100,11 @@ def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
                         for f in cfg.text_match_fields for s in cfg.seeds]
                 continue
             field = cfg.rationale_field if v in ("slim", "slim_teacher") else ""
+            fusions = ("concat",) if v in ("id", "text") else [f for f in cfg.text_fusions if not (field and f == "sum")]
             out += [RunSpec(b, v, s, loss=loss, backbone_cfg=dataclasses.asdict(getattr(cfg, b)),
-                            rationale_field=field, user_text_dim=dims.get(v, 0) if field else 0, **common)
-                    for b in cfg.backbones for s in cfg.seeds]
+                            rationale_field=field, user_text_dim=dims.get(v, 0) if field else 0, text_fusion=f,
+                            align_weight=cfg.align_weight, **common)
+                    for f in fusions for b in cfg.backbones for s in cfg.seeds]
     return out
 
 
@@ -253,8 +259,8 @@ def load_model(path: str | Path, item_text: Optional[np.ndarray] = None):
     ck = torch.load(Path(path) / WEIGHTS, map_location="cpu", weights_only=False)
     spec = RunSpec(**ck["spec"])
     sd = ck["state_dict"]
-    key = "items.text" if "items.text" in sd else "text"
-    if spec.variant != "id" and item_text is None:  # shape placeholder; load_state_dict fills the values
+    key = next((k for k in sd if k == "text" or k.endswith("items.text")), None)  # None: an ID table only (init)
+    if key is not None and item_text is None:  # shape placeholder; load_state_dict fills the values
         item_text = np.zeros(tuple(sd[key].shape), dtype=np.float32)
     model = build_model(spec, ck["num_items"], item_text)
     model.load_state_dict(sd)

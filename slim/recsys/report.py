@@ -17,7 +17,10 @@ PAIRS = (("slim", "id_text"), ("slim", "id"), ("id_text", "id"), ("slim_teacher"
 
 
 def row_key(r: dict) -> str:
-    return f"text_match ({r['rationale_field']})" if r["variant"] == "text_match" else f"{r['backbone']}-{r['variant']}"
+    if r["variant"] == "text_match":
+        return f"text_match ({r['rationale_field']})"
+    fusion = r.get("text_fusion") or "concat"
+    return f"{r['backbone']}-{r['variant']}" + ("" if fusion == "concat" else f"+{fusion}")
 
 
 def ndcg10(ranks: np.ndarray) -> np.ndarray:
@@ -60,7 +63,8 @@ def gains(per_user: dict, protocols, subset: dict | None = None) -> list:
     user mask to compare on (slim_teacher: the users the teacher covered). -> one dict per (pair, backbone, loss)."""
     out = []
     for (loss, bb, v), pu in sorted(per_user.items()):
-        for better, base in PAIRS:
+        pairs = PAIRS if "+" not in v else [(v, "id"), (v, v.split("+")[0])]  # a fusion: against id and concat
+        for better, base in pairs:
             if v != better or (loss, bb, base) not in per_user:
                 continue
             mask = (subset or {}).get(better, (subset or {}).get(base))
@@ -98,9 +102,10 @@ def table(agg: dict, protocols, chance: dict) -> list[str]:
 def _order(key: str):
     variants = ("id", "id_text", "text", "slim_teacher", "slim")
     if key.startswith("text_match"):
-        return (1, "", key)
+        return (1, "", key, "")
     bb, v = key.split("-", 1)
-    return (0, bb, str(variants.index(v)) if v in variants else v)
+    base, _, fusion = v.partition("+")
+    return (0, bb, str(variants.index(base)) if base in variants else base, fusion)
 
 
 def gains_table(rows: list, title: str) -> list[str]:

@@ -35,6 +35,14 @@ def markdown(res: dict, protocols) -> str:
         lines += ["Users without a usable rationale (failed or empty row, or nothing before the held-out items), "
                   "given the learned missing vector: " + ", ".join(f"{k}: {v:,}"
                                                                   for k, v in res["users_without_rationale"].items()), ""]
+    if res.get("popular_share"):
+        losses = sorted(res["popular_share"])
+        keys = sorted({k for v in res["popular_share"].values() for k in v}, key=R._order)
+        lines += ["## Popularity bias", "", "Share (%) of the full-ranking top-10 (history excluded) that falls in the "
+                  "most popular fifth of the items, mean over seeds; the long-tail plot has every group.", "",
+                  "| model | " + " | ".join(losses) + " |", "|---|" + "---|" * len(losses)]
+        lines += [f"| {k} | " + " | ".join(f"{res['popular_share'][l][k]:.1f}" if k in res["popular_share"][l]
+                                          else "–" for l in losses) + " |" for k in keys] + [""]
     if res.get("plots"):
         lines += ["## Plots", ""] + [f"- [{f}](plots/{f})" for f in res["plots"]] + [""]
     return "\n".join(lines)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from slim import metrics as M
-from slim.models import REGISTRY, Recommender, TextMatch
+from slim.models import REGISTRY, Recommender, ScoreSum, TextMatch
+from slim.models.fusion import SUM_WEIGHTS
 from slim.recsys import data as D
 from slim.recsys.usertext import UserText
 
@@ -39,20 +40,32 @@ class RunSpec:
     threads: int = 1
     rationale_field: str = ""  # slim / slim_teacher / text_match: whole | step1 | step2 | step3
     user_text_dim: int = 0  # width of the rationale vectors (0: no user text)
+    text_fusion: str = "concat"  # how item text is used (slim.models.fusion); concat is the paper's
+    align_weight: float = 0.1  # text_fusion=align: weight of the alignment loss
 
     @property
     def name(self) -> str:
         if self.variant == "text_match":  # no backbone: one run per rationale field
             return f"text_match-{self.rationale_field}-{self.loss}-s{self.seed}"
-        return f"{self.backbone}-{self.variant}-{self.loss}-s{self.seed}"
+        fusion = "" if self.text_fusion == "concat" else f"+{self.text_fusion}"
+        return f"{self.backbone}-{self.variant}{fusion}-{self.loss}-s{self.seed}"
 
 
 def build_model(spec: RunSpec, num_items: int, item_text: Optional[np.ndarray]):
     if spec.variant == "text_match":
         return TextMatch(num_items, item_text, spec.user_text_dim)
     _, cfg_cls = REGISTRY[spec.backbone]
-    return Recommender(spec.backbone, num_items, spec.hidden, cfg_cls(**spec.backbone_cfg), spec.variant,
-                       item_text if spec.variant != "id" else None, spec.user_text_dim, max_len=spec.max_len)
+
+    def one(variant: str, fusion: str):
+        return Recommender(spec.backbone, num_items, spec.hidden, cfg_cls(**spec.backbone_cfg), variant,
+                           item_text if variant != "id" else None, spec.user_text_dim, max_len=spec.max_len,
+                           text_fusion=fusion, align_weight=spec.align_weight)
+
+    if spec.text_fusion == "sum":  # an ID model and a text-only model, scores added (slim.models.fusion)
+        if spec.rationale_field:
+            raise ValueError(f"{spec.name}: text_fusion 'sum' combines two item-side models; use it with id_text")
+        return ScoreSum(one("id", "concat"), one("text", "concat"))
+    return one(spec.variant, spec.text_fusion if spec.variant != "id" else "concat")
 
 
 @dataclass
@@ -98,16 +111,21 @@ def rows_per_batch(spec: RunSpec, y: torch.Tensor) -> int:
 
 def batch_loss(model, spec: RunSpec, x, y, lens, gen: torch.Generator, text=None, use=None) -> tuple[torch.Tensor, int]:
     """Loss of one batch and its number of next-item targets. text: [B, Du] rationales, use: like y (bool)."""
+    if isinstance(model, ScoreSum):  # late fusion: each member trains on its own loss, the sum only scores
+        parts = [batch_loss(m, spec, x, y, lens, gen) for m in model.members]
+        return sum(p[0] for p in parts), parts[0][1]
     if model.per_position:
         h = model.states(x, lens, text, use)  # [B, L, H]
         mask = y > 0
         s, tgt = h[mask], y[mask]  # [T, H], [T]
     else:
         s, tgt = model.encode(x, lens, text, use), y  # [B, H], [B]
+    aux = model.aux_loss(torch.unique(tgt)) if isinstance(model, Recommender) else None
+    extra = aux if aux is not None else 0.0
     if spec.loss == "ce":
         logits = model.score_all(s)  # [T, N+1]
         logits[:, 0] = float("-inf")
-        return F.cross_entropy(logits, tgt), len(tgt)
+        return F.cross_entropy(logits, tgt) + extra, len(tgt)
     n = model.num_items
     neg = torch.randint(1, n + 1, (len(tgt), spec.num_negatives), generator=gen)  # [T, K]
     neg = torch.where(neg == tgt[:, None], neg % n + 1, neg)  # never the target itself
@@ -115,7 +133,7 @@ def batch_loss(model, spec: RunSpec, x, y, lens, gen: torch.Generator, text=None
     neg_s = model.score(s, neg)  # [T, K]
     loss = F.binary_cross_entropy_with_logits(pos_s, torch.ones_like(pos_s)) + \
         F.binary_cross_entropy_with_logits(neg_s, torch.zeros_like(neg_s))
-    return loss, len(tgt)
+    return loss + extra, len(tgt)
 
 
 @torch.no_grad()
@@ -168,8 +186,9 @@ class EarlyStop:
     """Per-epoch history, the best weights by valid NDCG@10, and the stop decision; shared by `fit` and the Ray
     Train loop so both write the same record."""
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int, valid_protocol: str = "uni100"):
         self.patience, self.best, self.best_state, self.bad, self.history = patience, -1.0, None, 0, []
+        self.valid_protocol = valid_protocol
 
     def update(self, model, epoch: int, loss: float, ndcg10: float) -> bool:
         """Record one epoch; True when `patience` epochs in a row did not improve. An epoch whose loss is not
@@ -186,10 +205,13 @@ class EarlyStop:
         """Loads the best weights into `model`; its metrics record (valid and test on `protocols`)."""
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
+        extra = {"item_norms": item_norms(model)}
+        if isinstance(model, ScoreSum):
+            extra["sum_weight"] = tune_sum(model, d, self.valid_protocol, spec.max_len)
         best = [h["valid_ndcg10"] if math.isfinite(h["loss"]) else -1.0 for h in self.history]
-        return {
+        return {**extra,
             "run": spec.name, "backbone": spec.backbone, "variant": spec.variant, "seed": spec.seed,
-            "loss": spec.loss, "rationale_field": spec.rationale_field,
+            "loss": spec.loss, "rationale_field": spec.rationale_field, "text_fusion": spec.text_fusion,
             "best_valid_ndcg10": self.best, "diverged": self.best_state is None,
             "best_epoch": int(np.argmax(best)),
             "epochs_run": len(self.history), "history": self.history,
@@ -197,6 +219,33 @@ class EarlyStop:
             "valid": evaluate(model, d, "valid", protocols, spec.max_len, ut),
             "test": evaluate(model, d, "test", protocols, spec.max_len, ut),
         }
+
+
+@torch.no_grad()
+def tune_sum(model: ScoreSum, d: D.SeqData, protocol: str, max_len: int) -> float:
+    """Late fusion's weight: the w of score_id + w * score_text with the best validation NDCG@10 (ties: smaller w)."""
+    got = []
+    for w in SUM_WEIGHTS:
+        model.w.fill_(w)
+        got.append((evaluate(model, d, "valid", (protocol,), max_len)[protocol]["NDCG@10"], -w))
+    w = -max(got)[1]
+    model.w.fill_(w)
+    return w
+
+
+@torch.no_grad()
+def item_norms(model) -> dict:
+    """Mean L2 norm over items of the ID vectors, the projected text g_l(t_i) and the fused item vectors: whether
+    the text projection drowns the IDs (or the reverse) is one candidate for why concat hurts full ranking."""
+    items = getattr(model, "items", None)
+    if items is None:
+        return {}
+    out = {"item": float(items.table()[1:].norm(dim=-1).mean())}
+    if items.id_emb is not None:
+        out["id"] = float(items.id_emb.weight[1:].norm(dim=-1).mean())
+    if items.fusion is not None:
+        out["text_projection"] = float(items.fusion.project(items.text[1:]).norm(dim=-1).mean())
+    return out
 
 
 def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, valid_protocol: str = "uni100",
@@ -211,7 +260,7 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     b = examples(model, d, spec.max_len, ut)
     bs = rows_per_batch(spec, b.y)
-    stopper, n_targets, t_train = EarlyStop(spec.patience), 0, 0.0
+    stopper, n_targets, t_train = EarlyStop(spec.patience, valid_protocol), 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
