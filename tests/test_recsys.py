@@ -178,3 +178,17 @@ def test_ray_train_deepspeed_two_workers(tmp_path, ray_local):
     job.run(cfg)
     rec = json.loads((tmp_path / "models" / "gru4rec-id-bce-s0" / "metrics.json").read_text())
     assert rec["strategy"] == "deepspeed" and rec["workers"] == 2
+
+
+def test_ddp_ranks_take_equal_steps_without_duplicates():
+    import torch
+
+    from slim.recsys.distributed import rank_batches
+
+    for total, world, bs in ((64, 2, 8), (65, 2, 8), (7, 2, 8), (100, 4, 5)):
+        order = torch.randperm(total)
+        per_rank = [rank_batches(order[r::world], total, world, bs) for r in range(world)]
+        assert len({len(b) for b in per_rank}) == 1  # same step count on every rank
+        seen = torch.cat([i for b in per_rank for i in b])
+        assert sorted(seen.tolist()) == list(range(total))  # each example once: none dropped, none repeated
+    assert len(rank_batches(torch.arange(32), 64, 2, 8)) == 4  # evenly divisible: no extra step

@@ -48,6 +48,13 @@ def _wrap(step: _Step, spec, strategy: str):
     return ddp, (lambda loss: loss.backward()), opt_step
 
 
+def rank_batches(mine: torch.Tensor, total: int, world: int, bs: int) -> list:
+    """This rank's batches: every rank takes the same number of steps (ceil(total / (world * bs))) so collectives
+    stay in step; a rank whose share runs out gets an empty batch rather than a duplicated example."""
+    steps = -(-total // (world * bs))
+    return [mine[i * bs:(i + 1) * bs] for i in range(steps)]
+
+
 def _loop(conf: dict) -> None:
     import ray.train
     import torch.distributed as dist
@@ -72,13 +79,12 @@ def _loop(conf: dict) -> None:
         t0, total, count = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(b.x), generator=gen)  # same permutation everywhere; each rank takes a stride
         mine = order[rank::world]
-        steps = len(order) // (world * bs) + 1  # equal step counts keep the collectives in step
-        for i in range(steps):
-            idx = mine[i * bs:(i + 1) * bs]
-            if len(idx) == 0:
-                idx = mine[:1]
-            x, y, lens, ut_x, use = b.take(idx)
+        for idx in rank_batches(mine, len(order), world, bs):
+            empty = len(idx) == 0  # only at the last step, when the examples do not split evenly over ranks
+            x, y, lens, ut_x, use = b.take(mine[:1] if empty else idx)
             loss, n = fwd(x, y, lens, gen, ut_x, use)
+            if empty:  # this rank joins the gradient all-reduce with a zero gradient, on no duplicated example
+                loss, n = loss * 0.0, 0
             backward(loss)
             opt_step()
             total += float(loss.detach()) * n
