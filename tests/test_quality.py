@@ -36,3 +36,27 @@ def test_measure_over_rows():
     assert m["step2_empty"] == pytest.approx(200 / 3) and m["step3_empty"] == pytest.approx(200 / 3)
     assert m["products_per_row"] == pytest.approx(6 / 3)
     assert Q.measure([]) == {"n": 0}
+
+
+def test_grounding_maps_titles_to_their_items_and_rejects_unrelated_text():
+    """With the packaged all-MiniLM-L6-v2: product names find their catalogue items; chatter finds none."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from slim import grounding as G
+    from slim.llm_models import resolve_encoder
+
+    st = SentenceTransformer(resolve_encoder("all-MiniLM-L6-v2"), device="cpu")
+    catalogue = ["The Legend of Zelda: Breath of the Wild. Category: Action Adventure. Brand: Nintendo",
+                 "Mario Kart 8 Deluxe. Category: Racing. Brand: Nintendo",
+                 "FIFA 19. Category: Sports. Brand: Electronic Arts",
+                 "Logitech G502 Gaming Mouse. Category: Accessories. Brand: Logitech",
+                 "Call of Duty: Black Ops 4. Category: Shooter. Brand: Activision"]
+    items = np.zeros((len(catalogue) + 1, 384), np.float32)
+    items[1:] = st.encode(catalogue, normalize_embeddings=True)
+    names = ["Mario Kart 8", "Zelda Breath of the Wild", "Black Ops 4", "FIFA 19",
+             "the user enjoys spending weekends outdoors", "a recipe for banana bread"]
+    m = G.nearest(st.encode(names, normalize_embeddings=True), items, threshold=0.6)  # titles ~0.75, chatter < 0.3
+    assert m.item_ids.tolist() == [2, 1, 5, 3, 0, 0], m.sims
+    r = G.rate([m.item_ids[:3], m.item_ids[3:]], [[2], []])
+    assert r == {"products": 6, "grounded": 3, "in_history": 1, "unmatched": 2, "grounded_rate": 50.0}
