@@ -1,4 +1,7 @@
-"""The shared command line of every job: `--config FILE [--force] key=value ...`."""
+"""The shared command line of every job: `--config FILE [--force] key=value ...`.
+
+A bad config or bad input ends a job with one line naming the key, file or row (exit code 2), not a traceback.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +20,37 @@ def parse(argv: list[str] | None = None, description: str = "") -> argparse.Name
     return args
 
 
+def user_errors() -> tuple[type, ...]:
+    """Errors that a user fixes in the config or the input files; their messages say what and where."""
+    from slim.config import ConfigError
+    from slim.data.sources import DataError
+    from slim.recsys.data import RecDataError
+    from slim.rundir import StageNotFinished
+
+    return ConfigError, DataError, RecDataError, StageNotFinished
+
+
+def report(e: Exception) -> int:
+    """One line on stderr, exit code 2."""
+    from slim.config import ConfigError
+    from slim.rundir import StageNotFinished
+
+    kind = "config error" if isinstance(e, ConfigError) else "data error"
+    kind = "error" if isinstance(e, StageNotFinished) else kind
+    print(f"{kind}: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+
+
 def main_stage(stage: str, argv: list[str] | None = None) -> int:
-    """Entry point shared by jobs/<stage>.py: load the config section and run the stage."""
-    from slim import config, stages
+    """Entry point shared by jobs/<stage>.py: load and check the config, then run the stage."""
+    from slim import check, config, stages
 
     args = parse(argv, description=f"SLIM stage: {stage}")
     try:
         raw = config.load_raw(args.config, args.overrides)
-        cfg = stages.load(stage, raw)
-    except config.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    stages.run(stage, cfg, force=args.force)
+        cfgs = stages.load_all(raw)
+        check.validate(cfgs, [stage])
+        stages.run(stage, cfgs[stage], force=args.force)
+    except user_errors() as e:
+        return report(e)
     return 0

@@ -43,13 +43,15 @@ CANDIDATES_DIR = "data/candidates"
 MANIFEST = "manifest.json"
 
 SPLITS = ("valid", "test")
-PROTOCOLS = ("uni100", "pop100")
+PROTOCOLS = ("uni100", "pop100")  # the sampled ones, stored in candidates/
+EVAL_PROTOCOLS = ("uni100", "pop100", "full", "full_keep")  # sampled; full ranking with history excluded, kept
 NUM_NEGATIVES = 100
 
 # embeddings/ (encode stage): float16, L2-normalised
 EMBEDDINGS_DIR = "embeddings"
 ITEM_EMB_FILE = "embeddings/items.npy"  # [N+1, D] float16, row i = item_id i, row 0 (padding) zeros
 USER_EMB_FILE = "embeddings/users_{field}.parquet"  # user_id, embedding (list<float16>[D]); field below
+TEACHER_USER_EMB_FILE = "embeddings/teacher_users_{field}.parquet"  # the same for the teacher's rationales
 USER_EMB_FIELDS = ("rationale", "step1", "step2", "step3")
 EMBEDDING = "embedding"
 

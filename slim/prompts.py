@@ -1,8 +1,12 @@
 """Prompts built from a user's history, shared by the teacher, distillation and student inference.
 
 Templates are data: the defaults below are the paper's (zero-shot chain of thought, three steps), and every
-stage config may replace them. A prompt only ever sees the training prefix (item_ids[:-2]), so neither the
-validation nor the test target leaks into a rationale.
+stage config may replace them. A prompt only ever sees the rationale prefix, item_ids[:-3]: not the validation
+and test targets (item_ids[-2:]), and not the last training target item_ids[-3] either. That last one is what lets
+SLIM train its rationale fusion without look-ahead: the recommender fuses a user's rationale only into predictions
+of targets after the prefix it was written from (item_ids[-3] in training, item_ids[-2] and [-1] in evaluation);
+with a rationale written from item_ids[:-2], every training target would already be named in the text the user
+side sees (slim.recsys.data.rationale_positions).
 """
 
 from __future__ import annotations
@@ -39,9 +43,13 @@ class PromptConfig:
     max_title_chars: int = 120
 
 
+# Items held back from every rationale prompt: the test and validation targets and the last training target.
+HISTORY_CUT = 3
+
+
 def training_prefix(item_ids) -> list[int]:
-    """Leave-one-out: the last two items are the validation and test targets."""
-    return list(item_ids)[:-2]
+    """The items a rationale may see: item_ids[:-HISTORY_CUT] (see the module docstring for why 3, not 2)."""
+    return list(item_ids)[:-HISTORY_CUT]
 
 
 def history_text(item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:

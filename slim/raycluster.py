@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 # Ray's job manager sets the same variable to run job drivers at 0.
 WORK_ACTOR_ENV = {"RAY_worker_niceness": "0"}
 
+# The local cluster declares more logical CPUs than the machine has cores (see init_ray), so Ray's CPU accounting
+# alone would run 2 x cores single-threaded training runs at once. It also declares this resource, one unit per
+# real core; CPU-bound tasks ask for one unit per thread they run (`cores_request`), so they never share a core.
+CORES = "slim_cores"
+
 
 def work_actor_env(extra: dict | None = None) -> dict:
     """runtime_env for an actor that does a stage's work: its env_vars (plus `extra`) at the driver's priority."""
@@ -37,8 +42,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     # More logical CPUs than cores: on 2 cores an actor pool holding whole CPUs starves the read tasks.
     n = num_cpus or max(4, 2 * (os.cpu_count() or 2))
-    ray.init(address="local", num_cpus=n, include_dashboard=False, log_to_driver=True)
-    log.info("started a local Ray cluster with %d logical CPUs", n)
+    cores = os.cpu_count() or 1
+    ray.init(address="local", num_cpus=n, resources={CORES: cores}, include_dashboard=False, log_to_driver=True)
+    log.info("started a local Ray cluster with %d logical CPUs on %d cores", n, cores)
+
+
+def cores_request(threads: int) -> dict:
+    """`resources=` for a task that keeps `threads` threads busy: that many real cores where the cluster declares
+    them (the local one, cluster/start_local.sh), nothing on other clusters, whose CPU resources are real cores."""
+    import ray
+
+    total = ray.cluster_resources().get(CORES, 0)
+    return {CORES: min(max(1, threads), total)} if total else {}
 
 
 def read_parquet(paths, columns: list[str], block_kib: int, object_store_mib: int = 0):

@@ -32,7 +32,17 @@ def file_fingerprint(path: str | Path) -> str:
     if p.is_dir():
         return fingerprint([file_fingerprint(f) for f in sorted(p.rglob("*")) if f.is_file()])
     st = p.stat()
-    return fingerprint([p.name, st.st_size, int(st.st_mtime)])
+    return fingerprint([p.name, st.st_size, st.st_mtime_ns])
+
+
+def content_fingerprint(path: str | Path) -> str:
+    """Hash of a file's bytes: for inputs that are rewritten with the same content (item vectors when the encode
+    stage reruns for new rationales), where size + mtime would retrain what did not change."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def versions() -> dict:
@@ -56,6 +66,10 @@ def _vllm_version() -> str:
         except PackageNotFoundError:
             continue
     raise PackageNotFoundError("vllm")
+
+
+class StageNotFinished(FileNotFoundError):
+    """A stage's input is the output of an upstream stage that has not finished in the run directory."""
 
 
 @dataclass
@@ -114,13 +128,16 @@ class RunDir:
         return m is not None and m.key() == Manifest(stage, config, inputs).key()
 
     def upstream(self, stage: str) -> str:
-        """Fingerprint of a finished upstream stage, for a downstream manifest's inputs."""
+        """Fingerprint of a finished upstream stage, for a downstream manifest's inputs: its key, its counts and
+        its output files (name, size, mtime). The key alone is not enough: a teacher rerun that retries failed
+        rows, or a student `--force`, keeps config and inputs (so the key) but rewrites the outputs."""
         m = self.read_manifest(stage)
         if m is None:
-            raise FileNotFoundError(
+            raise StageNotFinished(
                 f"stage '{stage}' has not finished in {self.root} (no {stage}/{MANIFEST}); run it first"
             )
-        return m.key()
+        files = {o: file_fingerprint(self.root / o) if (self.root / o).exists() else "missing" for o in m.outputs}
+        return fingerprint({"key": m.key(), "counts": m.counts, "outputs": files})
 
     def invalidate(self, stage: str) -> None:
         p = self.manifest_path(stage)

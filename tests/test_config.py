@@ -66,3 +66,66 @@ def test_object_store_run_dir_refused_with_reason(tmp_path):
         RunDir("s3://bucket/runs")
     rd = RunDir(tmp_path / "run")
     assert rd.stage_dir("data") == tmp_path / "run" / "data" and (tmp_path / "run" / "data").is_dir()
+
+
+# --- issue 21: checked at load, with the allowed values in the message ---
+
+def test_numeric_strings_yaml_leaves_as_strings(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n  epochs: 5e1\n  batch_size: 1_024\n")
+    cfg = stages.load("train", config.load_raw(p, ["train.hidden=6.4e1"]))
+    assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.batch_size, cfg.hidden) == (1e-3, 5e-4, 50, 1024, 64)
+    assert isinstance(cfg.epochs, int) and isinstance(cfg.lr, float)
+    t = config.build(Toy, {"lr": "-2.5e+2", "epochs": "5e4"})
+    assert (t.lr, t.epochs) == (-250.0, 50000)
+    with pytest.raises(config.ConfigError, match=r"train.epochs: expected int, got '1e-3'"):
+        config.build(Toy, {"epochs": "1e-3"}, "train")
+    with pytest.raises(config.ConfigError, match="train.lr: expected float, got str 'fast'"):
+        config.build(Toy, {"lr": "fast"}, "train")
+
+
+def _allowed(values):
+    return "".join(f"(?=.*'{v}')" for v in values)  # every allowed value appears in the message
+
+
+@pytest.mark.parametrize("override,key,allowed", [
+    ("evaluate.protocols=[uni100,ful]", r"evaluate\.protocols\[1\]", "EVAL"),
+    ("evaluate.split=tset", r"evaluate\.split", ("valid", "test")),
+    ("train.test_protocols=[uni100,pop50]", r"train\.test_protocols\[1\]", "EVAL"),
+    ("train.valid_protocol=full", r"train\.valid_protocol", ("uni100", "pop100")),
+    ("train.backbones=[gru4rec,bert4rec]", r"train\.backbones\[1\]", "BACKBONES"),
+    ("train.variants=[idtext]", r"train\.variants\[0\]", "VARIANTS"),
+    ("train.losses=[bpr]", r"train\.losses\[0\]", ("bce", "ce")),
+    ("student.engine=sglang", r"student\.engine", ("vllm", "hf")),
+    ("distill.strategy=fsdp", r"distill\.strategy", ("ddp", "deepspeed")),
+])
+def test_enumerated_fields_checked_at_load(override, key, allowed):
+    """The first five were only checked deep inside a later stage (or never); the last four were Literal already."""
+    if allowed == "EVAL":  # the single constant evaluation is written against
+        from slim.columns import EVAL_PROTOCOLS as allowed
+    elif allowed == "BACKBONES":
+        from slim.models import REGISTRY
+
+        allowed = tuple(REGISTRY)
+    elif allowed == "VARIANTS":
+        from slim.models.item_repr import VARIANTS as allowed
+    with pytest.raises(config.ConfigError, match=key + r": .*is not one of " + _allowed(allowed)):
+        stages.load_all(config.load_raw(CONFIGS[0], [override]))
+
+
+def test_min_history_below_3_rejected_at_load():
+    with pytest.raises(config.ConfigError, match=r"data\.min_history: 2 is below 3.*leave-one-out"):
+        stages.load("data", config.load_raw(None, ["data.min_history=2"]))
+    assert stages.load("data", config.load_raw(None, ["data.min_history=3"])).min_history == 3
+
+
+@pytest.mark.parametrize("text,key", [
+    ("train: 5\n", r"train: expected a mapping of keys, got int 5"),
+    ("train:\n  sasrec: 2\n", r"train\.sasrec: expected a mapping of keys, got int 2"),
+    ("teacher:\n  prompt: [a, b]\n", r"teacher\.prompt: expected a mapping of keys, got list"),
+])
+def test_non_mapping_section_names_the_key(tmp_path, text, key):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(config.ConfigError, match=key):
+        stages.load_all(config.load_raw(p))

@@ -41,3 +41,41 @@ def test_full_rank_excludes_history_but_not_target():
     assert M.full_rank(scores, np.array([3])).tolist() == [1]  # item 2 scores higher
     assert M.full_rank(scores, np.array([3]), exclude=[[2, 3]]).tolist() == [0]
     assert M.full_rank(np.ones((1, 5)), np.array([1])).tolist() == [3]  # ties count against the target
+
+
+def test_nan_target_ranks_last_and_scores_zero():
+    # Before: NaN >= x is False, so a NaN target had rank -1: NDCG = inf and Hit = 100%.
+    s = np.array([[np.nan, 0.1, 0.5], [0.9, np.nan, 0.1], [0.9, 0.2, 0.1]])
+    assert M.target_rank(s).tolist() == [2, 1, 0]  # a NaN negative counts as ranked above the target
+    m = M.metrics_from_ranks(M.target_rank(np.full((4, 101), np.nan)))
+    assert m["NDCG@10"] == 0.0 and m["Hit@20"] == 0.0
+    full = np.array([[0.0, np.nan, 0.3, 0.2]])
+    assert M.full_rank(full, np.array([1])).tolist() == [2]
+    assert M.full_rank(np.array([[0.0, 0.5, np.nan, 0.2]]), np.array([1])).tolist() == [1]
+
+
+def test_chance_from_actual_candidate_counts():
+    assert M.chance_for("uni100", 500, num_negatives=50)["Hit@10"] == pytest.approx(100 * 10 / 51)
+    # full ranking: each user ranks N minus their distinct history (the target stays)
+    sizes = M.full_sizes(100, [np.array([1, 2, 2, 3]), np.array([5])], np.array([3, 7]))
+    assert sizes.tolist() == [98, 99]
+    c = M.chance_mean(sizes)
+    assert c["Hit@10"] == pytest.approx(100 * (10 / 98 + 10 / 99) / 2)
+    assert M.full_sizes(100, [np.array([1, 2])], np.array([3]), exclude_history=False).tolist() == [100]
+
+
+def test_early_stopping_never_picks_a_diverged_epoch():
+    import torch
+
+    from slim.recsys.train import EarlyStop
+
+    m = torch.nn.Linear(2, 2)
+    es = EarlyStop(patience=2)
+    es.update(m, 0, 0.9, 10.0)
+    best = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        m.weight.fill_(float("nan"))
+    # a diverged epoch: NaN loss; before, its metrics could still win (a NaN target scored NDCG inf)
+    assert not es.update(m, 1, float("nan"), 99.0)
+    assert es.best == 10.0 and torch.equal(es.best_state["weight"], best["weight"])
+    assert es.update(m, 2, float("inf"), 50.0)  # patience 2: two epochs without a usable improvement stop it

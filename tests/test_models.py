@@ -130,3 +130,6 @@ def test_user_text_fusion_plugs_in():
     u1, u2 = torch.zeros(1, 7), torch.ones(1, 7)
     assert m.encode(x, lens, u1).shape == (1, H)
     assert not torch.allclose(m.encode(x, lens, u1), m.encode(x, lens, u2))
+    # no rationale (None, or use=False) -> the learned missing vector, the same either way
+    assert torch.allclose(m.encode(x, lens), m.encode(x, lens, u2, torch.tensor([False])))
+    assert m.user_fusion.missing.requires_grad

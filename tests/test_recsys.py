@@ -63,12 +63,18 @@ def test_leave_one_out_split(run_dir):
     assert d.candidates[("test", "uni100")].shape == (U, 101)
     assert np.array_equal(d.candidates[("test", "uni100")][:, 0], d.targets("test"))
     # training uses item_ids[:-2] only: every target once, never the valid/test items
-    x, y, lens = D.train_windows(d.seqs, max_len=4)
-    assert (y > 0).sum() == sum(len(q) - 3 for q in d.seqs)
-    px, py, plens = D.train_prefixes(d.seqs, max_len=4)
-    assert len(py) == sum(len(q) - 3 for q in d.seqs) and plens.max() == 4
-    last = [int(py[i]) for i in range(len(py))]
+    w = D.train_windows(d.seqs, max_len=4)
+    assert (w.y > 0).sum() == sum(len(q) - 3 for q in d.seqs)
+    p = D.train_prefixes(d.seqs, max_len=4)
+    assert len(p.y) == sum(len(q) - 3 for q in d.seqs) and p.lens.max() == 4
+    last = [int(p.y[i]) for i in range(len(p.y))]
     assert set(last) <= set(np.concatenate([q[1:-2] for q in d.seqs]).tolist())
+    # tpos/user say where each target sits in its user's full sequence
+    for ex in (w, p):
+        t = ex.tpos if ex.tpos.ndim == 1 else ex.tpos[ex.y > 0]
+        u = ex.user if ex.tpos.ndim == 1 else np.broadcast_to(ex.user[:, None], ex.y.shape)[ex.y > 0]
+        y = ex.y if ex.tpos.ndim == 1 else ex.y[ex.y > 0]
+        assert all(d.seqs[a][b] == c for a, b, c in zip(u, t, y))
 
 
 def test_subsample_is_fixed(run_dir):
@@ -102,7 +108,8 @@ def test_item_text_minilm_then_encode_stage_file(tmp_path):
     enc[1:, 0] = 1
     (tmp_path / C.EMBEDDINGS_DIR).mkdir()
     np.save(tmp_path / C.ITEM_EMB_FILE, enc)
-    assert T.item_text(tmp_path).shape == (N + 1, 8)  # the encode stage's file wins
+    (tmp_path / C.EMBEDDINGS_DIR / C.MANIFEST).write_text(json.dumps({"config": {"model": "all-MiniLM-L6-v2"}}))
+    assert T.item_text(tmp_path).shape == (N + 1, 8)  # the encode stage's file wins (same encoder, finished)
 
 
 def test_fixed_seed_gives_identical_metrics(run_dir):
@@ -124,23 +131,24 @@ def test_train_fanout_resume_evaluate(run_dir, ray_local):
                           seeds=(0,), hidden=32, max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3,
                           cpus_per_run=1.0)
     m = job.run(cfg)
-    assert m.counts == {"runs": 4, "trained_now": 4}
-    rec = json.loads((run_dir / "models" / "gru4rec-id-s0" / "metrics.json").read_text())
+    assert m.counts == {"runs": 4, "trained_now": 4, "users": U}
+    rec = json.loads((run_dir / "models" / "gru4rec-id-bce-s0" / "metrics.json").read_text())
     assert rec["test"]["uni100"]["NDCG@10"] > 3 * 4.50  # the i -> i+1 pattern is learnt, far above chance
-    assert (run_dir / "models" / "srgnn-id_text-s0" / "model.pt").exists()
+    assert (run_dir / "models" / "srgnn-id_text-bce-s0" / "model.pt").exists()
     # a rerun with one more seed trains only the new runs; the same config again is a no-op
     (run_dir / "train" / "manifest.json").unlink()
     m2 = job.run(replace(cfg, seeds=(0, 1), backbones=("gru4rec",), variants=("id",)))
-    assert m2.counts == {"runs": 2, "trained_now": 1}
+    assert m2.counts == {"runs": 2, "trained_now": 1, "users": U}
     ev = evaluate.run(evaluate.EvaluateConfig(run_dir=str(run_dir), protocols=("uni100", "full")))
     assert ev.counts["runs"] == 2
     res = json.loads((run_dir / "reports" / "results.json").read_text())
-    row = res["rows"]["gru4rec-id"]
+    row = res["rows"]["bce"]["gru4rec-id"]
     assert row["seeds"] == [0, 1] and row["uni100"]["NDCG@10"][2] == 2
     assert res["chance"]["uni100"]["NDCG@10"] == pytest.approx(4.50, abs=0.01)
     md = (run_dir / "reports" / "results.md").read_text()
     assert "chance" in md and "gru4rec-id" in md
-    assert (run_dir / "reports" / "plots" / "ndcg10_uni100.png").stat().st_size > 1000
+    assert (run_dir / "reports" / "plots" / "ndcg10_uni100_bce.png").stat().st_size > 1000
+    assert (run_dir / "reports" / "plots" / "long_tail_bce.png").stat().st_size > 1000
     # the reloaded weights reproduce the training run's test metrics
     assert res["runs"][0]["eval"]["uni100"]["NDCG@10"] == pytest.approx(
         json.loads((run_dir / "models" / res["runs"][0]["run"] / "metrics.json").read_text())["test"]["uni100"]["NDCG@10"])
@@ -154,7 +162,7 @@ def test_ray_train_ddp_two_workers(tmp_path, ray_local):
                           max_len=10, epochs=2, batch_size=32, strategy="ddp", num_workers=2, cpus_per_run=1.0,
                           test_protocols=("uni100",))
     job.run(cfg)
-    rec = json.loads((tmp_path / "models" / "sasrec-id-s0" / "metrics.json").read_text())
+    rec = json.loads((tmp_path / "models" / "sasrec-id-bce-s0" / "metrics.json").read_text())
     assert rec["workers"] == 2 and rec["strategy"] == "ddp" and rec["epochs_run"] == 2
     assert 0 <= rec["test"]["uni100"]["NDCG@10"] <= 100
 
@@ -168,5 +176,19 @@ def test_ray_train_deepspeed_two_workers(tmp_path, ray_local):
                           max_len=10, epochs=1, batch_size=32, strategy="deepspeed", num_workers=2,
                           cpus_per_run=1.0, test_protocols=("uni100",))
     job.run(cfg)
-    rec = json.loads((tmp_path / "models" / "gru4rec-id-s0" / "metrics.json").read_text())
+    rec = json.loads((tmp_path / "models" / "gru4rec-id-bce-s0" / "metrics.json").read_text())
     assert rec["strategy"] == "deepspeed" and rec["workers"] == 2
+
+
+def test_ddp_ranks_take_equal_steps_without_duplicates():
+    import torch
+
+    from slim.recsys.distributed import rank_batches
+
+    for total, world, bs in ((64, 2, 8), (65, 2, 8), (7, 2, 8), (100, 4, 5)):
+        order = torch.randperm(total)
+        per_rank = [rank_batches(order[r::world], total, world, bs) for r in range(world)]
+        assert len({len(b) for b in per_rank}) == 1  # same step count on every rank
+        seen = torch.cat([i for b in per_rank for i in b])
+        assert sorted(seen.tolist()) == list(range(total))  # each example once: none dropped, none repeated
+    assert len(rank_batches(torch.arange(32), 64, 2, 8)) == 4  # evenly divisible: no extra step

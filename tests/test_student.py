@@ -62,6 +62,9 @@ def test_merged_adapter_changes_the_model(run_dir, cache_dir):
     assert not np.allclose(a[q], b[q])  # LoRA merged into q_proj
     o = [k for k in a if k.endswith("o_proj.weight")][0]
     assert np.array_equal(a[o], b[o])  # o_proj has no adapter: untouched
+    # cross-domain transfer: another run directory's student/ folder names the same adapter
+    other, other_info = engines.resolve_model("/nonexistent-run", str(run_dir / "student"), base, run_dir / "tmp-merge")
+    assert other == path and other_info["path"] == str(run_dir / C.STUDENT_ADAPTER)
 
 
 def test_vllm_job_generates_with_the_adapter(run_dir, cache_dir, ray_local):

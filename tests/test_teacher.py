@@ -67,8 +67,11 @@ def test_prompt_uses_training_prefix_titles_category_brand(tmp_path):
     rows = select.build_prompts(users, items, np.arange(5), PromptConfig())
     text = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TEXT).to_pylist()))
     for r, hist in zip(rows, users.column(C.ITEM_IDS).to_pylist()):
-        assert text[hist[-3]] in r[C.PROMPT] and "Step 3:" in r[C.PROMPT]
-        assert f"{text[hist[-1]]}\n" not in r[C.PROMPT] + "\n"  # the test target never leaks
+        assert text[hist[-4]] in r[C.PROMPT] and "Step 3:" in r[C.PROMPT]
+        # the rationale prefix is item_ids[:-3]: one numbered line per item, the last training target not among them
+        assert sum(line[:1].isdigit() for line in r[C.PROMPT].splitlines()) == min(len(hist) - 3, 20)
+        for held in hist[-3:]:
+            assert held in hist[:-3] or f"{text[held]}\n" not in r[C.PROMPT] + "\n"  # never leaks
         assert r["messages"][0]["role"] == "system" and r["messages"][1]["content"] == r[C.PROMPT]
     assert any("Brand: Nintendo" in r[C.PROMPT] for r in rows) and any("Category: RPG" in r[C.PROMPT] for r in rows)
 

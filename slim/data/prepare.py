@@ -42,6 +42,15 @@ class DataConfig:
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 
+    def __post_init__(self):
+        from slim.config import ConfigError
+
+        if self.min_history < 3:  # else the data stage writes users that training rejects
+            raise ConfigError(f"min_history: {self.min_history} is below 3; the leave-one-out split needs at least "
+                              "one training item, a validation item and a test item per user")
+        if self.num_negatives < 1:
+            raise ConfigError(f"num_negatives: {self.num_negatives} must be at least 1")
+
 
 RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir")
 

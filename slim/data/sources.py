@@ -45,6 +45,8 @@ class Problems:
 
     def report(self, kind: str, message: str) -> None:
         if self.policy == "error":
+            if "data.on_bad_row" not in message:  # say how to go on past it
+                message += "; set data.on_bad_row=skip to skip such rows (they are counted in the manifest)"
             raise DataError(message)
         self.counts[kind] += 1
         self.examples.setdefault(kind, message)

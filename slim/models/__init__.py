@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from slim.models.fusion import FUSIONS, ScoreSum, align_loss, text_init
 from slim.models.gru4rec import GRU4Rec, GRU4RecConfig
-from slim.models.item_repr import VARIANTS, Fusion, ItemRepr
+from slim.models.item_repr import USER_TEXT_VARIANTS, VARIANTS, ItemRepr, item_variant
 from slim.models.sasrec import SASRec, SASRecConfig
 from slim.models.srgnn import SRGNN, SRGNNConfig
+from slim.models.user_repr import TextMatch, UserFusion
 
 # name -> (backbone class, its config class)
 REGISTRY: dict[str, tuple[type, type]] = {
@@ -29,32 +31,53 @@ class Recommender(nn.Module):
     """item representation -> backbone -> (optional user-text fusion) -> dot-product scores over items."""
 
     def __init__(self, backbone: str, num_items: int, hidden: int, backbone_cfg=None, variant: str = "id",
-                 item_text: Optional[np.ndarray] = None, user_text_dim: int = 0, max_len: int = 50):
+                 item_text: Optional[np.ndarray] = None, user_text_dim: int = 0, max_len: int = 50,
+                 text_fusion: str = "concat", align_weight: float = 0.0):
         super().__init__()
         if backbone not in REGISTRY:
             raise ValueError(f"unknown backbone {backbone!r}; backbones: {', '.join(REGISTRY)}")
+        if text_fusion not in FUSIONS or text_fusion == "sum":  # sum composes two Recommenders (ScoreSum)
+            raise ValueError(f"text_fusion {text_fusion!r}: a Recommender takes one of concat, init, align")
         cls, cfg_cls = REGISTRY[backbone]
-        self.items = ItemRepr(num_items, hidden, variant, item_text)
+        if text_fusion == "init" and item_variant(variant) == "id_text":
+            self.items = ItemRepr(num_items, hidden, "id")  # an ID table whose start is the text's geometry
+            if item_text is not None:  # None when rebuilt from a checkpoint: the weights hold the table
+                with torch.no_grad():
+                    self.items.id_emb.weight.copy_(text_init(item_text, hidden))
+        else:
+            self.items = ItemRepr(num_items, hidden, item_variant(variant), item_text)
+        self.align_weight = align_weight if text_fusion == "align" else 0.0
         self.backbone = cls(hidden, backbone_cfg or cfg_cls(), max_len)
-        # SLIM: s_u = g_f([g_l(s_text); s_seq]) with the same plain linear/ReLU layers as the item side.
-        self.user_fusion = Fusion(user_text_dim, hidden) if user_text_dim else None
+        # SLIM: s_u = g_f([g_l(r_u); s_seq]) with the same plain linear/ReLU layers as the item side.
+        self.user_fusion = UserFusion(user_text_dim, hidden) if user_text_dim else None
         self.per_position = cls.per_position
+        self.num_items = num_items
 
-    def states(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None) -> torch.Tensor:
-        """items: [B, L] right-padded -> [B, L, H] per-position states (per_position backbones only)."""
+    def states(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None, use=None) -> torch.Tensor:
+        """items: [B, L] right-padded, user_text: [B, Du] or None, use: [B, L] bool (where the rationale may be
+        fused; elsewhere the learned missing vector) -> [B, L, H] per-position states (per_position backbones)."""
         h = self.backbone(self.items(items), items, lengths)
-        if self.user_fusion is not None and user_text is not None:
-            h = self.user_fusion(user_text[:, None].expand(-1, h.shape[1], -1), h)
+        if self.user_fusion is not None:
+            h = self.user_fusion(h, user_text, use)
         return h
 
-    def encode(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None) -> torch.Tensor:
-        """items: [B, L] right-padded, lengths: [B] >= 1, user_text: [B, Du] or None -> [B, H]."""
+    def encode(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None, use=None) -> torch.Tensor:
+        """items: [B, L] right-padded, lengths: [B] >= 1, user_text: [B, Du] or None, use: [B] bool -> [B, H].
+        A SLIM model given no user_text uses its missing vector (a user without a rationale)."""
         h = self.backbone(self.items(items), items, lengths)
         if self.per_position:
             h = h[torch.arange(len(h), device=h.device), lengths - 1]
-        if self.user_fusion is not None and user_text is not None:
-            h = self.user_fusion(user_text, h)
+        if self.user_fusion is not None:
+            h = self.user_fusion(h, user_text, use)
         return h
+
+    def aux_loss(self, items: torch.Tensor) -> Optional[torch.Tensor]:
+        """text_fusion=align: InfoNCE between the ID and projected text vectors of `items` [M] (unique ids)."""
+        if not self.align_weight:
+            return None
+        e = self.items.id_emb(items)  # [M, H]
+        t = self.items.fusion.project(self.items.text[items])  # [M, H]
+        return self.align_weight * align_loss(e, t)
 
     def score_all(self, s: torch.Tensor) -> torch.Tensor:
         """s: [B, H] -> [B, N+1] scores for every item id (column 0 = padding)."""
@@ -69,4 +92,4 @@ def build(backbone: str, num_items: int, hidden: int = 64, backbone_cfg=None, **
     return Recommender(backbone, num_items, hidden, backbone_cfg, **kw)
 
 
-__all__ = ["REGISTRY", "VARIANTS", "Recommender", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]
+__all__ = ["FUSIONS", "ScoreSum", "REGISTRY", "VARIANTS", "USER_TEXT_VARIANTS", "item_variant", "Recommender", "TextMatch", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]

@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-VARIANTS = ("id", "id_text", "text")
+ITEM_VARIANTS = ("id", "id_text", "text")
+# train.variants: the item variants, SLIM (items as id_text, users fused with the student's or the teacher's
+# rationale) and the ID-agnostic text matcher (slim.models.user_repr).
+VARIANTS = ITEM_VARIANTS + ("slim", "slim_teacher", "text_match")
+USER_TEXT_VARIANTS = ("slim", "slim_teacher", "text_match")
+
+
+def item_variant(variant: str) -> str:
+    """The item side of a train variant: SLIM's items are the paper's id_text."""
+    return "id_text" if variant in ("slim", "slim_teacher") else variant
 
 
 class Fusion(nn.Module):
@@ -41,8 +50,8 @@ class ItemRepr(nn.Module):
 
     def __init__(self, num_items: int, hidden: int, variant: str = "id", text: Optional[np.ndarray] = None):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown item variant {variant!r}; variants: {VARIANTS}")
+        if variant not in ITEM_VARIANTS:
+            raise ValueError(f"unknown item variant {variant!r}; variants: {ITEM_VARIANTS}")
         if variant != "id":
             if text is None:
                 raise ValueError(f"variant {variant!r} needs an item-text embedding table")

@@ -96,30 +96,63 @@ def pad_right(seqs: list, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     return out, lens
 
 
-def train_windows(seqs: list, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass
+class Examples:
+    """Training examples cut from item_ids[:-2]. Per-position models: x, y, tpos [E, L] (y = 0 and tpos = -1 where
+    there is no target); session models: x [E, L], y, tpos [E]. user [E] is the row in SeqData of each example and
+    tpos the index in the user's full item_ids of each target, which decides where a rationale may be fused."""
+    x: np.ndarray
+    y: np.ndarray
+    lens: np.ndarray
+    user: np.ndarray
+    tpos: np.ndarray
+
+
+def train_windows(seqs: list, max_len: int) -> Examples:
     """Per-position training examples from item_ids[:-2]: windows of max_len+1 items cut from the end, so
-    every next-item target is trained exactly once. -> inputs [E, L], targets [E, L] (0 = none), lengths [E]."""
-    xs, ys = [], []
-    for s in seqs:
+    every next-item target is trained exactly once."""
+    xs, ys, ps, us = [], [], [], []
+    for u, s in enumerate(seqs):
         t = s[:-2]
         end = len(t)
         while end >= 2:
-            w = t[max(0, end - max_len - 1):end]
+            a = max(0, end - max_len - 1)
+            w = t[a:end]
             xs.append(w[:-1])
             ys.append(w[1:])
+            ps.append(np.arange(a + 1, end))  # indices in item_ids of the targets w[1:]
+            us.append(u)
             end -= max_len  # the next window ends where this one's first input is
     x, lens = pad_right(xs, max_len)
     y, _ = pad_right(ys, max_len)
-    return x, y, lens
+    p, _ = pad_right([q + 1 for q in ps], max_len)  # +1 so that padding (0) becomes -1 below
+    return Examples(x, y, lens, np.asarray(us, dtype=np.int64), p - 1)
 
 
-def train_prefixes(seqs: list, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One example per prefix of item_ids[:-2] (session models). -> inputs [P, L], targets [P], lengths [P]."""
-    xs, ys = [], []
-    for s in seqs:
+def train_prefixes(seqs: list, max_len: int) -> Examples:
+    """One example per prefix of item_ids[:-2] (session models)."""
+    xs, ys, ps, us = [], [], [], []
+    for u, s in enumerate(seqs):
         t = s[:-2]
         for k in range(1, len(t)):
             xs.append(t[max(0, k - max_len):k])
             ys.append(t[k])
+            ps.append(k)
+            us.append(u)
     x, lens = pad_right(xs, max_len)
-    return x, np.asarray(ys, dtype=np.int64), lens
+    return Examples(x, np.asarray(ys, dtype=np.int64), lens, np.asarray(us, dtype=np.int64),
+                    np.asarray(ps, dtype=np.int64))
+
+
+def rationale_positions(tpos: np.ndarray, user: np.ndarray, seq_lens: np.ndarray, cut: int) -> np.ndarray:
+    """Where a user's rationale may be fused: targets after the prefix it was written from.
+
+    The rationale of user u saw item_ids[:len_u - cut] (slim.prompts.HISTORY_CUT = 3). A target at index p is
+    named in that text when p < len_u - cut, so fusing the rationale there would train the user side to read the
+    answer off the text (look-ahead); only p >= len_u - cut is a fair target: item_ids[-3] in training, the
+    validation and test targets in evaluation. tpos: [E] or [E, L] (-1 = no target), user: [E] -> bool like tpos.
+    """
+    limit = seq_lens[user] - cut  # [E]
+    if tpos.ndim == 2:
+        limit = limit[:, None]
+    return (tpos >= 0) & (tpos >= limit)

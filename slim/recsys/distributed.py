@@ -20,10 +20,10 @@ class _Step(nn.Module):
         super().__init__()
         self.model, self.spec = model, spec
 
-    def forward(self, x, y, lens, gen):
+    def forward(self, x, y, lens, gen, text=None, use=None):
         from slim.recsys.train import batch_loss
 
-        return batch_loss(self.model, self.spec, x, y, lens, gen)
+        return batch_loss(self.model, self.spec, x, y, lens, gen, text, use)
 
 
 def _wrap(step: _Step, spec, strategy: str):
@@ -48,6 +48,13 @@ def _wrap(step: _Step, spec, strategy: str):
     return ddp, (lambda loss: loss.backward()), opt_step
 
 
+def rank_batches(mine: torch.Tensor, total: int, world: int, bs: int) -> list:
+    """This rank's batches: every rank takes the same number of steps (ceil(total / (world * bs))) so collectives
+    stay in step; a rank whose share runs out gets an empty batch rather than a duplicated example."""
+    steps = -(-total // (world * bs))
+    return [mine[i * bs:(i + 1) * bs] for i in range(steps)]
+
+
 def _loop(conf: dict) -> None:
     import ray.train
     import torch.distributed as dist
@@ -60,24 +67,24 @@ def _loop(conf: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(spec.seed)  # same init on every rank
     torch.set_num_threads(spec.threads)
+    ut = conf["ut"]
     model = build_model(spec, d.num_items, text)
     fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])
-    x, y, lens = examples(model, d, spec.max_len)
-    bs = rows_per_batch(spec, y)
+    b = examples(model, d, spec.max_len, ut)
+    bs = rows_per_batch(spec, b.y)
     gen = torch.Generator().manual_seed(spec.seed)
-    stopper, n_targets, t_train = EarlyStop(spec.patience), 0, 0.0
+    stopper, n_targets, t_train = EarlyStop(spec.patience, conf["valid_protocol"]), 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
-        order = torch.randperm(len(x), generator=gen)  # same permutation everywhere; each rank takes a stride
+        order = torch.randperm(len(b.x), generator=gen)  # same permutation everywhere; each rank takes a stride
         mine = order[rank::world]
-        steps = len(order) // (world * bs) + 1  # equal step counts keep the collectives in step
-        for i in range(steps):
-            idx = mine[i * bs:(i + 1) * bs]
-            if len(idx) == 0:
-                idx = mine[:1]
-            L = int(lens[idx].max())
-            loss, n = fwd(x[idx, :L], y[idx, :L] if y.dim() == 2 else y[idx], lens[idx], gen)
+        for idx in rank_batches(mine, len(order), world, bs):
+            empty = len(idx) == 0  # only at the last step, when the examples do not split evenly over ranks
+            x, y, lens, ut_x, use = b.take(mine[:1] if empty else idx)
+            loss, n = fwd(x, y, lens, gen, ut_x, use)
+            if empty:  # this rank joins the gradient all-reduce with a zero gradient, on no duplicated example
+                loss, n = loss * 0.0, 0
             backward(loss)
             opt_step()
             total += float(loss.detach()) * n
@@ -86,26 +93,26 @@ def _loop(conf: dict) -> None:
         n_targets += count * world  # targets per second of the whole group
         stop = torch.zeros(1)
         if rank == 0:  # rank 0's mean loss stands for the group's
-            val = evaluate(model, d, "valid", (conf["valid_protocol"],), spec.max_len)[conf["valid_protocol"]]
+            val = evaluate(model, d, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
             stop[0] = float(stopper.update(model, epoch, total / max(1, count), val["NDCG@10"]))
         dist.broadcast(stop, src=0)
         ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
         if stop.item():
             break
     if rank == 0:
-        rec = stopper.record(model, spec, d, conf["test_protocols"], n_targets, t_train)
+        rec = stopper.record(model, spec, d, conf["test_protocols"], n_targets, t_train, ut)
         save_run(Path(conf["out"]), model, spec, d.num_items,
                  {**rec, "strategy": conf["strategy"], "workers": world}, conf["fp"])
 
 
-def train_distributed(spec, d, text, out: Path, fp: str, cfg) -> None:
+def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from slim.raycluster import init_ray
 
     init_ray(cfg.ray_address, cfg.num_cpus)
-    conf = {"spec": spec, "data": d, "text": text, "out": str(out), "fp": fp, "strategy": cfg.strategy,
+    conf = {"spec": spec, "data": d, "text": text, "ut": ut, "out": str(out), "fp": fp, "strategy": cfg.strategy,
             "valid_protocol": cfg.valid_protocol, "test_protocols": tuple(cfg.test_protocols)}
     trainer = TorchTrainer(
         _loop, train_loop_config=conf,

@@ -1,121 +1,135 @@
-"""The `evaluate` stage: reload every trained run, score the test split (uni100, pop100, full) and write
-reports/results.md + results.json (mean ± std over seeds, chance level beside) and plots/*.png."""
+"""The `evaluate` stage: reload every trained run, rank the test split (uni100, pop100, full ranking with the
+user's history excluded and kept) and write reports/results.md + results.json (mean ± std over seeds, chance
+level beside every table, SLIM's gains with paired tests over users) and reports/plots/*.png."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
 from slim import metrics as M
+from slim.columns import EVAL_PROTOCOLS, SPLITS
+from slim.recsys import plots as P
+from slim.recsys import report as R
 from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-SHOWN = ("NDCG@10", "Hit@10", "Hit@20")
+HEADLINE = "full"  # full ranking: sampled metrics can reorder models (Krichene & Rendle 2020)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     run_dir: str = "runs/default"
-    protocols: tuple[str, ...] = ("uni100", "pop100", "full")
-    split: str = "test"
+    protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = EVAL_PROTOCOLS  # checked at load
+    split: Literal[SPLITS] = "test"
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 
 
-def aggregate(recs: list, protocols, num_items: int) -> dict:
-    """Records (one per run) -> {backbone-variant: {protocol: {metric: [mean, std, n]}, targets_per_s: ...}}."""
-    groups = defaultdict(list)
-    for r in recs:
-        groups[f"{r['backbone']}-{r['variant']}"].append(r)
-    out = {"rows": {}, "chance": {p: M.chance_for(p, num_items) for p in protocols}}
-    for key, rs in sorted(groups.items()):
-        row = {"seeds": sorted(r["seed"] for r in rs)}
-        for p in protocols:
-            row[p] = {m: [float(np.mean([r["eval"][p][m] for r in rs])),
-                          float(np.std([r["eval"][p][m] for r in rs])), len(rs)] for m in rs[0]["eval"][p]}
-        tp = [r["targets_per_s"] for r in rs]
-        row["targets_per_s"] = [float(np.mean(tp)), float(np.std(tp)), len(tp)]
-        out["rows"][key] = row
+def chance_levels(d, split: str, protocols) -> dict:
+    """Chance per protocol from the candidates each user actually ranks."""
+    out = {}
+    for p in protocols:
+        if p.startswith("full"):
+            sizes = M.full_sizes(d.num_items, d.inputs(split), d.targets(split), exclude_history=(p == "full"))
+            out[p] = M.chance_mean(sizes)
+        else:
+            out[p] = M.chance(d.candidates[(split, p)].shape[1])
     return out
 
 
-def markdown(agg: dict, protocols, title: str) -> str:
-    lines = [f"# {title}", ""]
-    for p in protocols:
-        ch = agg["chance"][p]
-        lines += [f"## {p} (mean ± std over seeds; chance: " + ", ".join(f"{m} {ch[m]:.2f}" for m in SHOWN) + ")",
-                  "", "| model | seeds | " + " | ".join(SHOWN) + " | train targets/s |",
-                  "|---|---|" + "---|" * (len(SHOWN) + 1)]
-        for key, row in agg["rows"].items():
-            cells = [f"{row[p][m][0]:.2f} ± {row[p][m][1]:.2f}" for m in SHOWN]
-            tp = row["targets_per_s"]
-            lines.append(f"| {key} | {len(row['seeds'])} | " + " | ".join(cells) + f" | {tp[0]:.0f} ± {tp[1]:.0f} |")
-        lines.append(f"| chance | | " + " | ".join(f"{ch[m]:.2f}" for m in SHOWN) + " | |")
-        lines.append("")
-    return "\n".join(lines)
+def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols) -> tuple[list, dict, dict]:
+    """Every run -> its record with eval metrics; (loss, row) -> {protocol: [S, U] ranks}; (loss, row) -> [S, U, 10]."""
+    from slim.recsys import usertext as UT
+    from slim.recsys.job import METRICS, load_model
+    from slim.recsys.train import ranks
+
+    recs, rk, top, uts = [], defaultdict(lambda: defaultdict(list)), defaultdict(list), {}
+    lens = np.array([len(s) for s in d.seqs])
+    for rel in outputs:
+        model, spec = load_model(rd.root / rel)
+        rec = json.loads((rd.root / rel / METRICS).read_text())
+        ut = None
+        if spec.rationale_field:
+            k = (spec.variant, spec.rationale_field)
+            ut = uts[k] if k in uts else uts.setdefault(k, UT.load(rd.root, d.user_ids, lens, *k))
+        r = ranks(model, d, split, protocols, spec.max_len, ut, top=10)
+        rec["eval"] = {p: M.metrics_from_ranks(r[p]) for p in protocols}
+        key = (rec["loss"], R.row_key(rec))
+        for p in protocols:
+            rk[key][p].append(r[p])
+        top[key].append(r["top"])
+        recs.append(rec)
+        log.info("%s %s", rel, {p: round(v["NDCG@10"], 2) for p, v in rec["eval"].items()})
+    rk = {k: {p: np.stack(v) for p, v in ps.items()} for k, ps in rk.items()}
+    return recs, rk, {k: np.stack(v) for k, v in top.items()}
 
 
-def plot(agg: dict, protocol: str, path: Path) -> None:
-    import matplotlib
+def per_user(rk: dict, mask: Optional[np.ndarray] = None) -> dict:
+    """(loss, 'bb-variant') -> {protocol: [U] seed-averaged NDCG@10}, keyed (loss, backbone, variant) for tests."""
+    out = {}
+    for (loss, key), ps in rk.items():
+        if key.startswith("text_match"):
+            continue
+        bb, v = key.split("-", 1)
+        out[(loss, bb, v)] = {p: R.ndcg10(r).mean(0) if mask is None else R.ndcg10(r).mean(0)[mask]
+                              for p, r in ps.items()}
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    keys = list(agg["rows"])
-    mean = [agg["rows"][k][protocol]["NDCG@10"][0] for k in keys]
-    std = [agg["rows"][k][protocol]["NDCG@10"][1] for k in keys]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(keys)), 3.5))
-    ax.bar(keys, mean, yerr=std, capsize=3)
-    ax.axhline(agg["chance"][protocol]["NDCG@10"], color="k", ls="--", label="chance")
-    ax.set_ylabel(f"NDCG@10 ({protocol}, %)")
-    ax.legend()
-    plt.xticks(rotation=30, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def subset_recs(recs: list, rk: dict, mask: np.ndarray, protocols) -> list:
+    """Records re-scored on a subset of users (per seed, in the order rank_runs saw them)."""
+    seen, out = defaultdict(int), []
+    for rec in recs:
+        key = (rec["loss"], R.row_key(rec))
+        i = seen[key]
+        seen[key] += 1
+        if rec["variant"] in ("id", "id_text", "slim", "slim_teacher"):
+            out.append({**rec, "eval": {p: M.metrics_from_ranks(rk[key][p][i][mask]) for p in protocols}})
+    return out
 
 
 def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     from slim.recsys import data as D
-    from slim.recsys.job import METRICS, MODELS_DIR, load_model
-    from slim.recsys.train import evaluate
 
     rd = RunDir(cfg.run_dir)
-    tm = rd.read_manifest("train")
     inputs = {"train": rd.upstream("train")}
+    tm = rd.read_manifest("train")
     conf = {"protocols": list(cfg.protocols), "split": cfg.split}
     if not force and rd.is_current(STAGE, conf, inputs):
         return rd.read_manifest(STAGE)
     t0 = time.time()
     d = D.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
-    recs = []
-    for rel in tm.outputs:
-        model, spec = load_model(rd.root / rel)
-        rec = json.loads((rd.root / rel / METRICS).read_text())
-        rec["eval"] = evaluate(model, d, cfg.split, cfg.protocols, spec.max_len)
-        recs.append(rec)
-        log.info("%s %s", rel, {p: round(v["NDCG@10"], 2) for p, v in rec["eval"].items()})
-    agg = aggregate(recs, cfg.protocols, d.num_items)
-    agg["runs"] = [{k: r[k] for k in ("run", "backbone", "variant", "seed", "eval", "targets_per_s",
-                                      "best_epoch", "epochs_run")} for r in recs]
-    rep = rd.root / "reports"
+    recs, rk, top = rank_runs(rd, tm.outputs, d, cfg.split, cfg.protocols)
+    res = {"users": len(d.seqs), "items": d.num_items, "split": cfg.split,
+           "chance": chance_levels(d, cfg.split, cfg.protocols), "rows": R.aggregate(recs, cfg.protocols),
+           "gains": R.gains(per_user(rk), cfg.protocols),
+           "users_without_rationale": tm.extra.get("users_without_rationale", {})}
+    res.update(teacher_subset(rd, d, recs, rk, cfg.protocols))
+    res["student_model"] = student_model(rd)
+    bucket = P.popularity_buckets(np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1))
+    res["popular_share"] = {}  # % of full-ranking top-10 in the most popular fifth of the items (popularity bias)
+    for (loss, key), t in top.items():
+        res["popular_share"].setdefault(loss, {})[key] = float(100 * (bucket[t] == 0).mean())
+    rep = rd.path("reports")
     (rep / "plots").mkdir(parents=True, exist_ok=True)
-    md = markdown(agg, cfg.protocols, f"Sequential recommenders, {cfg.split} split ({len(d.seqs)} users, "
-                                      f"{d.num_items} items)")
-    _atomic(rep / "results.json", json.dumps(agg, indent=2))
+    res["plots"] = write_plots(rep / "plots", d, rd, res, rk, top, cfg)
+    res["runs"] = [{k: r.get(k) for k in ("run", "backbone", "variant", "loss", "rationale_field", "seed", "eval",
+                                           "targets_per_s", "best_epoch", "epochs_run")} for r in recs]
+    from slim.recsys.summary import markdown
+
+    md = markdown(res, cfg.protocols)
+    _atomic(rep / "results.json", json.dumps(res, indent=2))
     _atomic(rep / "results.md", md)
-    for p in cfg.protocols:
-        plot(agg, p, rep / "plots" / f"ndcg10_{p}.png")
     m = Manifest(STAGE, conf, inputs, outputs=["reports/results.md", "reports/results.json", "reports/plots"],
                  counts={"runs": len(recs), "users": len(d.seqs)}, timings={"total_s": time.time() - t0})
     rd.write_manifest(m)
@@ -123,7 +137,75 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     return m
 
 
+def teacher_subset(rd: RunDir, d, recs: list, rk: dict, protocols) -> dict:
+    """slim_teacher is compared with slim and id_text on the users the teacher covered only."""
+    if not any(r["variant"] == "slim_teacher" for r in recs):
+        return {}
+    from slim.recsys import usertext as UT
+
+    field = next(r["rationale_field"] for r in recs if r["variant"] == "slim_teacher")
+    mask = UT.load(rd.root, d.user_ids, np.array([len(s) for s in d.seqs]), "slim_teacher", field).present
+    if not mask.any():
+        return {"teacher_users": 0}
+    sub = subset_recs(recs, rk, mask, protocols)
+    return {"teacher_users": int(mask.sum()), "teacher_rows": R.aggregate(sub, protocols),
+            "teacher_gains": [g for g in R.gains(per_user(rk, mask), protocols) if "slim" in (g["model"], g["baseline"])
+                              or g["model"] == "slim_teacher"]}
+
+
+def student_model(rd: RunDir) -> Optional[dict]:
+    """Which student wrote the rationales; cross_domain when it was distilled in another run directory."""
+    m = rd.read_manifest("rationales")
+    if m is None or "model" not in m.extra:
+        return None
+    info = dict(m.extra["model"])
+    path = Path(info.get("path", "")).resolve()
+    info["cross_domain"] = info.get("kind") != "base" and rd.root.resolve() not in path.parents
+    return info
+
+
+def write_plots(out: Path, d, rd: RunDir, res: dict, rk: dict, top: dict, cfg: EvaluateConfig) -> list:
+    files = []
+    for loss, rows in res["rows"].items():
+        for p in cfg.protocols:
+            f = out / f"ndcg10_{p}_{loss}.png"
+            P.protocol_bars(f, {k: r[p]["NDCG@10"][:2] for k, r in rows.items()}, p, res["chance"][p]["NDCG@10"])
+            files.append(f.name)
+    pop = np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1)  # training interactions per item
+    bucket, groups = P.popularity_buckets(pop), P.length_groups(np.array([len(s) for s in d.inputs(cfg.split)]))
+    tg, full = d.targets(cfg.split), HEADLINE if HEADLINE in cfg.protocols else None
+    for loss in res["rows"]:
+        keys = [k for (l, k) in rk if l == loss and not k.startswith("text_match")]
+        by_bb = defaultdict(list)
+        for k in keys:
+            by_bb[k.split("-", 1)[0]].append(k)
+        if full and by_bb:
+            tail = {bb: [("share of top-10 recs (%)", {}), ("Hit@10 (%)", {})] for bb in by_bb}
+            sparse = {bb: [("NDCG@10 (%)", {})] for bb in by_bb}
+            for bb, ks in by_bb.items():
+                for k in ks:
+                    lt = P.long_tail(top[(loss, k)], rk[(loss, k)][full], tg, bucket)
+                    tail[bb][0][1][k.split("-", 1)[1]], tail[bb][1][1][k.split("-", 1)[1]] = lt["rec_share"], lt["hit10"]
+                    sparse[bb][0][1][k.split("-", 1)[1]] = P.by_group(R.ndcg10(rk[(loss, k)][full]).mean(0), groups)
+            labels = ["most popular"] + [f"group {g + 1}" for g in range(1, P.BUCKETS - 1)] + ["least popular"]
+            P.per_backbone(out / f"long_tail_{loss}.png", tail, labels, f"Long tail, full ranking, {loss}")
+            P.per_backbone(out / f"sparse_users_{loss}.png", sparse,
+                           ["shortest"] + [f"q{g + 1}" for g in range(1, P.BUCKETS - 1)] + ["longest"],
+                           f"Users by history length (quintiles), full ranking NDCG@10, {loss}")
+            files += [f"long_tail_{loss}.png", f"sparse_users_{loss}.png"]
+        tm_rows = {k: r for k, r in res["rows"][loss].items() if k.startswith("text_match")}
+        if tm_rows:
+            P.per_backbone(out / f"text_match_steps_{loss}.png",
+                           {"text matching": [("NDCG@10 (%)", {p: [r[p]["NDCG@10"][0] for r in tm_rows.values()]
+                                                              for p in cfg.protocols})]},
+                           [k[len("text_match ("):-1] for k in tm_rows], f"ID-agnostic text matching per rationale step, {loss}")
+            files.append(f"text_match_steps_{loss}.png")
+    return files
+
+
 def _atomic(path: Path, text: str) -> None:
+    import os
+
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -1,7 +1,9 @@
 """The `train` stage: backbones x variants x seeds, fanned out as Ray tasks (or one big Ray Train run each).
 
-Every run writes models/<backbone>-<variant>-s<seed>/{model.pt, metrics.json}; metrics.json is written last and
-atomically and carries the run's fingerprint, so a rerun skips finished runs and redoes killed ones.
+Every run writes models/<backbone>-<variant>-<loss>-s<seed>/{model.pt, metrics.json} (text matching:
+models/text_match-<field>-<loss>-s<seed>/); metrics.json is written last and atomically and carries the run's
+fingerprint (its spec and the inputs it read), so a rerun skips finished runs and redoes killed or stale ones: a new
+student run retrains the rows that read rationales, not the `id` rows.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from slim.columns import EVAL_PROTOCOLS
+from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
+from slim.models.item_repr import VARIANTS
 from slim.rundir import Manifest, RunDir, fingerprint
 
 log = logging.getLogger(__name__)
@@ -30,8 +35,9 @@ WEIGHTS, METRICS = "model.pt", "metrics.json"
 @dataclass(frozen=True)
 class TrainConfig:
     run_dir: str = "runs/default"
-    backbones: tuple[str, ...] = ("gru4rec", "sasrec", "srgnn")
-    variants: tuple[str, ...] = ("id", "id_text")
+    # Literal[<constant>]: the names are checked at load against the code that implements them
+    backbones: tuple[Literal[tuple(BACKBONES)], ...] = ("gru4rec", "sasrec", "srgnn")
+    variants: tuple[Literal[VARIANTS], ...] = ("id", "id_text")  # + slim, slim_teacher, text_match
     seeds: tuple[int, ...] = (0, 1, 2)
     hidden: int = 64
     max_len: int = 50
@@ -40,7 +46,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    loss: Literal["bce", "ce"] = "bce"  # bce = sampled negatives (the paper); ce = full softmax
+    losses: tuple[Literal["bce", "ce"], ...] = ("bce",)  # bce = sampled negatives (the paper); ce = full softmax
     num_negatives: int = 1
     gru4rec: GRU4RecConfig = GRU4RecConfig()
     sasrec: SASRecConfig = SASRecConfig()
@@ -48,8 +54,14 @@ class TrainConfig:
     max_users: int = 0  # 0 = all users; else a fixed-seed subsample (reduced benchmarks)
     subsample_seed: int = 0
     valid_protocol: Literal["uni100", "pop100"] = "uni100"
-    test_protocols: tuple[str, ...] = ("uni100", "pop100", "full")
+    test_protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = ("uni100", "pop100", "full")
     text_encoder: str = "all-MiniLM-L6-v2"
+    rationale_field: Literal["whole", "step1", "step2", "step3"] = "whole"  # what slim / slim_teacher fuse
+    text_match_fields: tuple[Literal["whole", "step1", "step2", "step3"], ...] = ("whole", "step1", "step2", "step3")
+    # How item text is used by id_text / slim / slim_teacher: one run per entry (slim.models.fusion); concat is the
+    # paper's. sum (late fusion of an ID and a text-only model) applies to id_text only.
+    text_fusions: tuple[Literal["concat", "init", "sum", "align"], ...] = ("concat",)
+    align_weight: float = 0.1
     strategy: Literal["fanout", "ddp", "deepspeed"] = "fanout"
     num_workers: int = 2  # Ray Train workers for ddp/deepspeed
     cpus_per_run: float = 1.0  # Ray CPUs per fanned-out run (fractional is fine)
@@ -65,7 +77,8 @@ def stage_config(cfg: TrainConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
 
 
-def specs(cfg: TrainConfig) -> list:
+def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
+    """Every run of the stage. user_text_dims: variant -> rationale vector width (0 until known)."""
     from slim.models import REGISTRY, VARIANTS
     from slim.recsys.train import RunSpec
 
@@ -75,18 +88,33 @@ def specs(cfg: TrainConfig) -> list:
     for v in cfg.variants:
         if v not in VARIANTS:
             raise ValueError(f"train.variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    dims = user_text_dims or {}
     common = dict(hidden=cfg.hidden, max_len=cfg.max_len, epochs=cfg.epochs, patience=cfg.patience,
-                  batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=cfg.loss,
+                  batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                   num_negatives=cfg.num_negatives, threads=cfg.threads_per_run)
-    return [RunSpec(b, v, s, backbone_cfg=dataclasses.asdict(getattr(cfg, b)), **common)
-            for b in cfg.backbones for v in cfg.variants for s in cfg.seeds]
+    out = []
+    for loss in cfg.losses:
+        for v in cfg.variants:
+            if v == "text_match":  # ID-agnostic: no backbone, one run per rationale field
+                out += [RunSpec("none", v, s, loss=loss, rationale_field=f, user_text_dim=dims.get(v, 0), **common)
+                        for f in cfg.text_match_fields for s in cfg.seeds]
+                continue
+            field = cfg.rationale_field if v in ("slim", "slim_teacher") else ""
+            fusions = ("concat",) if v in ("id", "text") else [f for f in cfg.text_fusions if not (field and f == "sum")]
+            out += [RunSpec(b, v, s, loss=loss, backbone_cfg=dataclasses.asdict(getattr(cfg, b)),
+                            rationale_field=field, user_text_dim=dims.get(v, 0) if field else 0, text_fusion=f,
+                            align_weight=cfg.align_weight, **common)
+                    for f in fusions for b in cfg.backbones for s in cfg.seeds]
+    return out
 
 
 def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
     d = dataclasses.asdict(spec)
     d.pop("threads")
-    if spec.variant == "id":  # an id run does not depend on the item-text table
-        inputs = {k: v for k, v in inputs.items() if k != "item_text"}
+    if spec.variant == "id":  # an id run depends on no text: item text and rationales are left out
+        inputs = {k: v for k, v in inputs.items() if k not in ("item_text", "embeddings")}
+    elif not spec.rationale_field:  # id_text / text: the item vectors, not the rationales
+        inputs = {k: v for k, v in inputs.items() if k != "embeddings"}
     return fingerprint({"spec": d, "inputs": inputs, "max_users": cfg.max_users,
                         "subsample_seed": cfg.subsample_seed, "valid": cfg.valid_protocol,
                         "test": list(cfg.test_protocols), "encoder": cfg.text_encoder})
@@ -112,53 +140,77 @@ def save_run(out: Path, model, spec, num_items: int, rec: dict, fp: str) -> dict
     return rec
 
 
-def _fit_and_save(spec, d, text, out: str, fp: str, cfg: TrainConfig) -> dict:
+def _progress(r: dict) -> None:
+    # print, not logging: a Ray worker has no log handler, while its stdout reaches the driver (and `ray job logs`)
+    print(f"[train] {r['run']} epoch {r['epoch']}: loss {r['loss']:.4f}, valid NDCG@10 {r['valid_ndcg10']:.2f} "
+          f"({r['seconds']:.1f}s)", flush=True)
+
+
+def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, cfg: TrainConfig) -> dict:
     from slim.recsys.train import fit
 
     t0 = time.time()
-    model, rec = fit(spec, d, text, cfg.valid_protocol, cfg.test_protocols,
-                     progress=lambda m: log.info("%s", m))
+    model, rec = fit(spec, d, text, cfg.valid_protocol, cfg.test_protocols, progress=_progress,
+                     ut=uts.get((spec.variant, spec.rationale_field)))
     rec["wall_seconds"] = time.time() - t0
     return save_run(Path(out), model, spec, d.num_items, rec, fp)
 
 
-def fan_out(todo: list, d, text, root: Path, cfg: TrainConfig) -> list:
+def fan_out(todo: list, d, text, uts: dict, root: Path, cfg: TrainConfig) -> list:
     """One Ray task per run; returns their metric records as they finish."""
     import ray
 
-    from slim.raycluster import init_ray
+    from slim.raycluster import cores_request, init_ray
 
     init_ray(cfg.ray_address, cfg.num_cpus)
-    task = ray.remote(num_cpus=cfg.cpus_per_run, max_retries=1)(_fit_and_save)
-    d_ref, t_ref = ray.put(d), ray.put(text)  # shared once through the object store, not per task
-    pending = {task.remote(s, d_ref, t_ref, str(root / MODELS_DIR / s.name), fp, cfg): s for s, fp in todo}
-    out = []
+    # cores_request: at most cores // threads_per_run runs at once on the local cluster (it declares 2 x cores CPUs)
+    task = ray.remote(num_cpus=cfg.cpus_per_run, resources=cores_request(cfg.threads_per_run),
+                      max_retries=1)(_fit_and_save)
+    refs = [ray.put(x) for x in (d, text, uts)]  # shared once through the object store, not per task
+    pending = {task.remote(s, *refs, str(root / MODELS_DIR / s.name), fp, cfg): s for s, fp in todo}
+    out, t0 = [], time.time()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         spec = pending.pop(ready[0])
         rec = ray.get(ready[0])
         out.append(rec)
-        log.info("[%d/%d] %s test uni100 NDCG@10 %.2f (%.0f targets/s)", len(out), len(todo), spec.name,
-                 rec["test"]["uni100"]["NDCG@10"] if "uni100" in rec["test"] else float("nan"),
-                 rec["targets_per_s"])
+        log.info("[%d/%d runs, %.0fs] %s: %d epochs, test full NDCG@10 %.2f, uni100 %.2f (%.0f targets/s)",
+                 len(out), len(todo), time.time() - t0, spec.name, rec["epochs_run"],
+                 rec["test"].get("full", {}).get("NDCG@10", float("nan")),
+                 rec["test"].get("uni100", {}).get("NDCG@10", float("nan")), rec["targets_per_s"])
     return out
 
 
+def user_texts(cfg: TrainConfig, root: Path, d) -> dict:
+    """(variant, field) -> UserText for every run that reads rationales."""
+    from slim.recsys import usertext as UT
+
+    lens = np.array([len(s) for s in d.seqs])
+    want = {(v, cfg.rationale_field) for v in cfg.variants if v in ("slim", "slim_teacher")}
+    want |= {("text_match", f) for f in cfg.text_match_fields} if "text_match" in cfg.variants else set()
+    return {k: UT.load(root, d.user_ids, lens, *k) for k in sorted(want)}
+
+
 def run(cfg: TrainConfig, force: bool = False) -> Manifest:
+    from slim.models import USER_TEXT_VARIANTS
     from slim.recsys import data as D
     from slim.recsys import text as T
 
     rd = RunDir(cfg.run_dir)
-    all_specs = specs(cfg)
     inputs = {"data": rd.upstream("data")}
-    need_text = any(s.variant != "id" for s in all_specs)
+    need_text = any(v != "id" for v in cfg.variants)
     text = T.item_text(rd.root, cfg.text_encoder) if need_text else None
     if need_text:
-        inputs["item_text"] = T.fingerprint(rd.root)
+        inputs["item_text"] = T.fingerprint(rd.root, cfg.text_encoder)
+    if any(v in USER_TEXT_VARIANTS for v in cfg.variants):
+        inputs["embeddings"] = rd.upstream("embeddings")  # the rationale vectors: a new student run retrains these
     if not force and rd.is_current(STAGE, stage_config(cfg), inputs):
         log.info("train: up to date in %s", rd.root)
         return rd.read_manifest(STAGE)
     t0 = time.time()
+    d = D.load(rd.root, cfg.max_users, cfg.subsample_seed)
+    uts = user_texts(cfg, rd.root, d)
+    all_specs = specs(cfg, {v: ut.vec.shape[1] for (v, _), ut in uts.items()})
     todo = []
     for s in all_specs:
         fp = run_fingerprint(s, inputs, cfg)
@@ -166,43 +218,50 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
             todo.append((s, fp))
     log.info("train: %d of %d runs to do (%s)", len(todo), len(all_specs), cfg.strategy)
     if todo:
-        d = D.load(rd.root, cfg.max_users, cfg.subsample_seed)
         if cfg.strategy == "fanout":
-            fan_out(todo, d, text, rd.root, cfg)
+            fan_out(todo, d, text, uts, rd.root, cfg)
         else:
             from slim.recsys.distributed import train_distributed
 
             for s, fp in todo:
-                train_distributed(s, d, text, rd.root / MODELS_DIR / s.name, fp, cfg)
+                train_distributed(s, d, text, uts.get((s.variant, s.rationale_field)),
+                                  rd.root / MODELS_DIR / s.name, fp, cfg)
     recs = [json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()) for s in all_specs]
+    missing = {f"{v}/{f}": int((~ut.present).sum()) for (v, f), ut in uts.items()}
     m = Manifest(STAGE, stage_config(cfg), inputs, outputs=[f"{MODELS_DIR}/{s.name}" for s in all_specs],
-                 counts={"runs": len(all_specs), "trained_now": len(todo)},
+                 counts={"runs": len(all_specs), "trained_now": len(todo), "users": len(d.seqs)},
                  timings={"total_s": time.time() - t0},
-                 extra={"targets_per_s": {r["run"]: r["targets_per_s"] for r in recs}})
+                 extra={"targets_per_s": {r["run"]: r["targets_per_s"] for r in recs},
+                        "users_without_rationale": missing})
     rd.write_manifest(m)
-    _summary(recs)
+    _summary(recs, missing)
     return m
 
 
-def _summary(recs: list) -> None:
-    print(f"{'run':28s} {'epochs':>6s} {'valid N@10':>10s} {'test N@10':>10s} {'targets/s':>10s}")
+def _summary(recs: list, missing: dict) -> None:
+    print(f"{'run':34s} {'epochs':>6s} {'valid N@10':>10s} {'test full N@10':>14s} {'test uni100 N@10':>16s}")
     for r in recs:
-        t = r["test"].get("uni100", {}).get("NDCG@10", float("nan"))
-        print(f"{r['run']:28s} {r['epochs_run']:6d} {r['best_valid_ndcg10']:10.2f} {t:10.2f} "
-              f"{r['targets_per_s']:10.0f}")
-    print("(uni100 chance NDCG@10 4.50)")
+        t = {p: r["test"].get(p, {}).get("NDCG@10", float("nan")) for p in ("full", "uni100")}
+        print(f"{r['run']:34s} {r['epochs_run']:6d} {r['best_valid_ndcg10']:10.2f} {t['full']:14.2f} "
+              f"{t['uni100']:16.2f}")
+    if missing:
+        print("users without a usable rationale (learned missing vector): "
+              + ", ".join(f"{k} {v:,}" for k, v in missing.items()))
 
 
 def load_model(path: str | Path, item_text: Optional[np.ndarray] = None):
-    """A saved run -> (model, RunSpec). The text buffer is in the weights, so item_text is not needed."""
+    """A saved run -> (model, RunSpec), rebuilt from the checkpoint alone: the item-text buffer, the rationale
+    width and field are saved with the weights."""
     import torch
 
     from slim.recsys.train import RunSpec, build_model
 
     ck = torch.load(Path(path) / WEIGHTS, map_location="cpu", weights_only=False)
     spec = RunSpec(**ck["spec"])
-    if spec.variant != "id" and item_text is None:  # shape placeholder; load_state_dict fills the values
-        item_text = np.zeros(tuple(ck["state_dict"]["items.text"].shape), dtype=np.float32)
+    sd = ck["state_dict"]
+    key = next((k for k in sd if k == "text" or k.endswith("items.text")), None)  # None: an ID table only (init)
+    if key is not None and item_text is None:  # shape placeholder; load_state_dict fills the values
+        item_text = np.zeros(tuple(sd[key].shape), dtype=np.float32)
     model = build_model(spec, ck["num_items"], item_text)
-    model.load_state_dict(ck["state_dict"])
+    model.load_state_dict(sd)
     return model.eval(), spec

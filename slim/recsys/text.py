@@ -1,32 +1,57 @@
-"""Item-text embeddings for the `id_text` variant: the encode stage's, else all-MiniLM-L6-v2 computed here."""
+"""Item-text embeddings for the text variants: the encode stage's when it used the same encoder, else computed here.
+
+`train.text_encoder` decides the vectors: the encode stage's embeddings/items.npy is used only when its finished
+manifest names the same model; any other encoder is computed here once and cached per encoder.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim.rundir import file_fingerprint
+from slim.rundir import content_fingerprint
 
 log = logging.getLogger(__name__)
 
-CACHE_FILE = "models/item_text_minilm.npy"  # ours; embeddings/ belongs to the encode stage
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+CACHE_FILE = "models/item_text_minilm.npy"  # ours, for the default encoder; embeddings/ belongs to the encode stage
 
 
-def item_text_path(run_dir: str | Path) -> Path:
+def _same_encoder(a: str, b: str) -> bool:
+    def key(name: str) -> str:  # the spellings of one model: hub prefix optional, MiniLM's name in any case
+        n = name.strip().removeprefix("sentence-transformers/")
+        return n.lower() if n.lower() == DEFAULT_ENCODER.lower() else n
+
+    return key(a) == key(b)
+
+
+def cache_file(encoder: str) -> str:
+    if _same_encoder(encoder, DEFAULT_ENCODER):
+        return CACHE_FILE
+    return f"models/item_text_{re.sub(r'[^A-Za-z0-9._-]+', '_', encoder).strip('_.')}.npy"
+
+
+def item_text_path(run_dir: str | Path, encoder: str = DEFAULT_ENCODER) -> Path:
     root = Path(run_dir)
-    enc = root / C.ITEM_EMB_FILE
-    return enc if enc.exists() else root / CACHE_FILE
+    enc, manifest = root / C.ITEM_EMB_FILE, root / C.EMBEDDINGS_DIR / C.MANIFEST
+    if enc.exists() and manifest.exists():
+        model = json.loads(manifest.read_text()).get("config", {}).get("model")
+        if model is not None and _same_encoder(model, encoder):
+            return enc
+    return root / cache_file(encoder)
 
 
-def item_text(run_dir: str | Path, encoder: str = "all-MiniLM-L6-v2", batch_size: int = 256) -> np.ndarray:
+def item_text(run_dir: str | Path, encoder: str = DEFAULT_ENCODER, batch_size: int = 256) -> np.ndarray:
     """[N+1, D] float32, row i = item_id i, row 0 zeros, L2-normalised rows."""
     root = Path(run_dir)
-    p = item_text_path(root)
+    p = item_text_path(root, encoder)
     n = pq.read_metadata(root / C.ITEMS_FILE).num_rows
     if p.exists():
         emb = np.load(p).astype(np.float32)
@@ -41,7 +66,7 @@ def item_text(run_dir: str | Path, encoder: str = "all-MiniLM-L6-v2", batch_size
     ids = items.column(C.ITEM_ID).to_numpy()
     if not np.array_equal(ids, np.arange(1, n + 1)):
         raise ValueError(f"{root / C.ITEMS_FILE}: {C.ITEM_ID} must be 1..{n} in order")
-    log.info("encoding %d item texts with %s (no encode-stage embeddings found)", n, encoder)
+    log.info("encoding %d item texts with %s (no encode-stage embeddings from that model)", n, encoder)
     model = SentenceTransformer(resolve_encoder(encoder), device="cpu")
     texts = [t or "" for t in items.column(C.TEXT).to_pylist()]
     vec = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
@@ -54,6 +79,6 @@ def item_text(run_dir: str | Path, encoder: str = "all-MiniLM-L6-v2", batch_size
     return emb.astype(np.float32)
 
 
-def fingerprint(run_dir: str | Path) -> str:
-    p = item_text_path(run_dir)
-    return file_fingerprint(p) if p.exists() else "missing"
+def fingerprint(run_dir: str | Path, encoder: str = DEFAULT_ENCODER) -> str:
+    p = item_text_path(run_dir, encoder)
+    return content_fingerprint(p) if p.exists() else "missing"

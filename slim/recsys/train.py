@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -13,8 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from slim import metrics as M
-from slim.models import REGISTRY, Recommender
+from slim.models import REGISTRY, Recommender, ScoreSum, TextMatch
+from slim.models.fusion import SUM_WEIGHTS
 from slim.recsys import data as D
+from slim.recsys.usertext import UserText
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +38,66 @@ class RunSpec:
     num_negatives: int = 1
     backbone_cfg: dict = field(default_factory=dict)
     threads: int = 1
+    rationale_field: str = ""  # slim / slim_teacher / text_match: whole | step1 | step2 | step3
+    user_text_dim: int = 0  # width of the rationale vectors (0: no user text)
+    text_fusion: str = "concat"  # how item text is used (slim.models.fusion); concat is the paper's
+    align_weight: float = 0.1  # text_fusion=align: weight of the alignment loss
 
     @property
     def name(self) -> str:
-        return f"{self.backbone}-{self.variant}-s{self.seed}"
+        if self.variant == "text_match":  # no backbone: one run per rationale field
+            return f"text_match-{self.rationale_field}-{self.loss}-s{self.seed}"
+        fusion = "" if self.text_fusion == "concat" else f"+{self.text_fusion}"
+        return f"{self.backbone}-{self.variant}{fusion}-{self.loss}-s{self.seed}"
 
 
-def build_model(spec: RunSpec, num_items: int, item_text: Optional[np.ndarray]) -> Recommender:
+def build_model(spec: RunSpec, num_items: int, item_text: Optional[np.ndarray]):
+    if spec.variant == "text_match":
+        return TextMatch(num_items, item_text, spec.user_text_dim)
     _, cfg_cls = REGISTRY[spec.backbone]
-    return Recommender(spec.backbone, num_items, spec.hidden, cfg_cls(**spec.backbone_cfg), spec.variant,
-                       item_text if spec.variant != "id" else None, max_len=spec.max_len)
+
+    def one(variant: str, fusion: str):
+        return Recommender(spec.backbone, num_items, spec.hidden, cfg_cls(**spec.backbone_cfg), variant,
+                           item_text if variant != "id" else None, spec.user_text_dim, max_len=spec.max_len,
+                           text_fusion=fusion, align_weight=spec.align_weight)
+
+    if spec.text_fusion == "sum":  # an ID model and a text-only model, scores added (slim.models.fusion)
+        if spec.rationale_field:
+            raise ValueError(f"{spec.name}: text_fusion 'sum' combines two item-side models; use it with id_text")
+        return ScoreSum(one("id", "concat"), one("text", "concat"))
+    return one(spec.variant, spec.text_fusion if spec.variant != "id" else "concat")
 
 
-def examples(model: Recommender, d: D.SeqData, max_len: int):
-    """Training tensors: per-position windows for causal backbones, prefixes for session (graph) models."""
-    fn = D.train_windows if model.per_position else D.train_prefixes
-    x, y, lens = fn(d.seqs, max_len)
-    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(lens)
+@dataclass
+class Batches:
+    """Training tensors and, for user-text models, the rationale of each example and where it may be fused."""
+    x: torch.Tensor  # [E, L]
+    y: torch.Tensor  # [E, L] per-position, [E] session models
+    lens: torch.Tensor  # [E]
+    text: Optional[torch.Tensor] = None  # [E, Du]
+    use: Optional[torch.Tensor] = None  # like y, bool
+
+    def take(self, idx: torch.Tensor) -> tuple:
+        L = int(self.lens[idx].max())  # trim padding columns: shorter batches cost less
+        cut = (lambda t: t[idx, :L] if t.dim() == 2 else t[idx])
+        return (self.x[idx, :L], cut(self.y), self.lens[idx],
+                None if self.text is None else self.text[idx], None if self.use is None else cut(self.use))
+
+
+def examples(model, d: D.SeqData, max_len: int, ut: Optional[UserText] = None) -> Batches:
+    """Per-position windows for causal backbones, prefixes for session (graph) models and the text matcher; the
+    text matcher trains only where a rationale may be fused (one target per user: item_ids[-3])."""
+    ex = (D.train_windows if model.per_position else D.train_prefixes)(d.seqs, max_len)
+    if ut is None:
+        return Batches(torch.from_numpy(ex.x), torch.from_numpy(ex.y), torch.from_numpy(ex.lens))
+    use = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in d.seqs]), ut.cut)
+    use &= ut.present[ex.user][:, None] if use.ndim == 2 else ut.present[ex.user]
+    if isinstance(model, TextMatch):
+        keep = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in d.seqs]), ut.cut)
+        ex = D.Examples(ex.x[keep], ex.y[keep], ex.lens[keep], ex.user[keep], ex.tpos[keep])
+        use = use[keep]
+    return Batches(torch.from_numpy(ex.x), torch.from_numpy(ex.y), torch.from_numpy(ex.lens),
+                   torch.from_numpy(ut.vec[ex.user]), torch.from_numpy(use))
 
 
 def rows_per_batch(spec: RunSpec, y: torch.Tensor) -> int:
@@ -63,108 +109,165 @@ def rows_per_batch(spec: RunSpec, y: torch.Tensor) -> int:
     return max(1, round(spec.batch_size / max(per_row, 1.0)))
 
 
-def batch_loss(model: Recommender, spec: RunSpec, x, y, lens, gen: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Loss of one batch and its number of next-item targets."""
+def batch_loss(model, spec: RunSpec, x, y, lens, gen: torch.Generator, text=None, use=None) -> tuple[torch.Tensor, int]:
+    """Loss of one batch and its number of next-item targets. text: [B, Du] rationales, use: like y (bool)."""
+    if isinstance(model, ScoreSum):  # late fusion: each member trains on its own loss, the sum only scores
+        parts = [batch_loss(m, spec, x, y, lens, gen) for m in model.members]
+        return sum(p[0] for p in parts), parts[0][1]
     if model.per_position:
-        h = model.states(x, lens)  # [B, L, H]
+        h = model.states(x, lens, text, use)  # [B, L, H]
         mask = y > 0
         s, tgt = h[mask], y[mask]  # [T, H], [T]
     else:
-        s, tgt = model.encode(x, lens), y  # [B, H], [B]
+        s, tgt = model.encode(x, lens, text, use), y  # [B, H], [B]
+    aux = model.aux_loss(torch.unique(tgt)) if isinstance(model, Recommender) else None
+    extra = aux if aux is not None else 0.0
     if spec.loss == "ce":
         logits = model.score_all(s)  # [T, N+1]
         logits[:, 0] = float("-inf")
-        return F.cross_entropy(logits, tgt), len(tgt)
-    n = model.items.num_items
+        return F.cross_entropy(logits, tgt) + extra, len(tgt)
+    n = model.num_items
     neg = torch.randint(1, n + 1, (len(tgt), spec.num_negatives), generator=gen)  # [T, K]
     neg = torch.where(neg == tgt[:, None], neg % n + 1, neg)  # never the target itself
     pos_s = model.score(s, tgt[:, None])  # [T, 1]
     neg_s = model.score(s, neg)  # [T, K]
     loss = F.binary_cross_entropy_with_logits(pos_s, torch.ones_like(pos_s)) + \
         F.binary_cross_entropy_with_logits(neg_s, torch.zeros_like(neg_s))
-    return loss, len(tgt)
+    return loss + extra, len(tgt)
 
 
 @torch.no_grad()
-def scores(model: Recommender, seqs: list, max_len: int, cand: Optional[np.ndarray], bs: int = 1024):
-    """Scores of candidates [U, C] (cand given) or of every item [U, N+1] (cand None)."""
+def scores(model, seqs: list, max_len: int, cand: Optional[np.ndarray], bs: int = 1024, text=None, use=None):
+    """Scores of candidates [U, C] (cand given) or of every item [U, N+1] (cand None). text: [U, Du] rationale
+    vectors and use: [U] bool (False: the missing vector), for user-text models."""
     model.eval()
     out = []
     for i in range(0, len(seqs), bs):
         x, lens = D.pad_right(seqs[i:i + bs], max_len)
-        s = model.encode(torch.from_numpy(x), torch.from_numpy(lens))
+        t = None if text is None else torch.tensor(text[i:i + bs])  # a copy: the object store's arrays are read-only
+        u = None if use is None else torch.from_numpy(use[i:i + bs])
+        s = model.encode(torch.from_numpy(x), torch.from_numpy(lens), t, u)
         out.append((model.score(s, torch.tensor(cand[i:i + bs])) if cand is not None
                     else model.score_all(s)).numpy())
     return np.concatenate(out)
 
 
-def evaluate(model: Recommender, d: D.SeqData, split: str, protocols, max_len: int) -> dict:
-    """protocol -> metrics (percent). 'full' ranks every item, excluding the user's input history."""
-    inputs, res = d.inputs(split), {}
-    for proto in protocols:
-        if proto == "full":
-            ranks = []
-            tg = d.targets(split)
-            for i in range(0, len(inputs), 1024):  # chunks keep [U, N+1] small
-                sc = scores(model, inputs[i:i + 1024], max_len, None)
-                ranks.append(M.full_rank(sc, tg[i:i + 1024], inputs[i:i + 1024]))
-            ranks = np.concatenate(ranks)
-        else:
-            ranks = M.target_rank(scores(model, inputs, max_len, d.candidates[(split, proto)]))
-        res[proto] = M.metrics_from_ranks(ranks)
+def ranks(model, d: D.SeqData, split: str, protocols, max_len: int, ut: Optional[UserText] = None,
+          top: int = 0) -> dict:
+    """protocol -> 0-based rank of each user's target [U]; with top > 0 also "top": [U, top] item ids of the
+    full ranking (history excluded). 'full' ranks every item minus the user's input history, 'full_keep' every
+    item (RecBole's default for sequential models); published tables use either."""
+    inputs, tg, res = d.inputs(split), d.targets(split), {}
+    text, use = (None, None) if ut is None else (ut.vec, ut.present)
+    sl = (lambda a, i: None if a is None else a[i:i + 1024])
+    fulls = [p for p in protocols if p.startswith("full")]
+    if fulls or top:
+        parts = {p: [] for p in fulls + (["top"] if top else [])}
+        for i in range(0, len(inputs), 1024):  # chunks keep [U, N+1] small
+            sc = scores(model, inputs[i:i + 1024], max_len, None, text=sl(text, i), use=sl(use, i))
+            for p in fulls:
+                parts[p].append(M.full_rank(sc, tg[i:i + 1024], inputs[i:i + 1024] if p == "full" else None))
+            if top:
+                parts["top"].append(M.top_items(sc, inputs[i:i + 1024], top))
+        res.update({p: np.concatenate(v) for p, v in parts.items()})
+    for p in protocols:
+        if not p.startswith("full"):
+            res[p] = M.target_rank(scores(model, inputs, max_len, d.candidates[(split, p)], text=text, use=use))
     return res
+
+
+def evaluate(model, d: D.SeqData, split: str, protocols, max_len: int, ut: Optional[UserText] = None) -> dict:
+    """protocol -> metrics (percent)."""
+    r = ranks(model, d, split, protocols, max_len, ut)
+    return {p: M.metrics_from_ranks(r[p]) for p in protocols}
 
 
 class EarlyStop:
     """Per-epoch history, the best weights by valid NDCG@10, and the stop decision; shared by `fit` and the Ray
     Train loop so both write the same record."""
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int, valid_protocol: str = "uni100"):
         self.patience, self.best, self.best_state, self.bad, self.history = patience, -1.0, None, 0, []
+        self.valid_protocol = valid_protocol
 
-    def update(self, model: Recommender, epoch: int, loss: float, ndcg10: float) -> bool:
-        """Record one epoch; True when `patience` epochs in a row did not improve."""
+    def update(self, model, epoch: int, loss: float, ndcg10: float) -> bool:
+        """Record one epoch; True when `patience` epochs in a row did not improve. An epoch whose loss is not
+        finite has diverged: it is never the best, whatever its metrics."""
         self.history.append({"epoch": epoch, "loss": loss, "valid_ndcg10": ndcg10})
-        if ndcg10 > self.best:
+        if math.isfinite(loss) and math.isfinite(ndcg10) and ndcg10 > self.best:
             self.best, self.best_state, self.bad = ndcg10, copy.deepcopy(model.state_dict()), 0
         else:
             self.bad += 1
         return self.bad >= self.patience
 
-    def record(self, model: Recommender, spec: RunSpec, d: D.SeqData, protocols, n_targets: int,
-               t_train: float) -> dict:
+    def record(self, model, spec: RunSpec, d: D.SeqData, protocols, n_targets: int, t_train: float,
+               ut: Optional[UserText] = None) -> dict:
         """Loads the best weights into `model`; its metrics record (valid and test on `protocols`)."""
-        model.load_state_dict(self.best_state)
-        return {
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        extra = {"item_norms": item_norms(model)}
+        if isinstance(model, ScoreSum):
+            extra["sum_weight"] = tune_sum(model, d, self.valid_protocol, spec.max_len)
+        best = [h["valid_ndcg10"] if math.isfinite(h["loss"]) else -1.0 for h in self.history]
+        return {**extra,
             "run": spec.name, "backbone": spec.backbone, "variant": spec.variant, "seed": spec.seed,
-            "best_valid_ndcg10": self.best,
-            "best_epoch": int(np.argmax([h["valid_ndcg10"] for h in self.history])),
+            "loss": spec.loss, "rationale_field": spec.rationale_field, "text_fusion": spec.text_fusion,
+            "best_valid_ndcg10": self.best, "diverged": self.best_state is None,
+            "best_epoch": int(np.argmax(best)),
             "epochs_run": len(self.history), "history": self.history,
             "train_targets": n_targets, "train_seconds": t_train, "targets_per_s": n_targets / max(t_train, 1e-9),
-            "valid": evaluate(model, d, "valid", protocols, spec.max_len),
-            "test": evaluate(model, d, "test", protocols, spec.max_len),
+            "valid": evaluate(model, d, "valid", protocols, spec.max_len, ut),
+            "test": evaluate(model, d, "test", protocols, spec.max_len, ut),
         }
 
 
+@torch.no_grad()
+def tune_sum(model: ScoreSum, d: D.SeqData, protocol: str, max_len: int) -> float:
+    """Late fusion's weight: the w of score_id + w * score_text with the best validation NDCG@10 (ties: smaller w)."""
+    got = []
+    for w in SUM_WEIGHTS:
+        model.w.fill_(w)
+        got.append((evaluate(model, d, "valid", (protocol,), max_len)[protocol]["NDCG@10"], -w))
+    w = -max(got)[1]
+    model.w.fill_(w)
+    return w
+
+
+@torch.no_grad()
+def item_norms(model) -> dict:
+    """Mean L2 norm over items of the ID vectors, the projected text g_l(t_i) and the fused item vectors: whether
+    the text projection drowns the IDs (or the reverse) is one candidate for why concat hurts full ranking."""
+    items = getattr(model, "items", None)
+    if items is None:
+        return {}
+    out = {"item": float(items.table()[1:].norm(dim=-1).mean())}
+    if items.id_emb is not None:
+        out["id"] = float(items.id_emb.weight[1:].norm(dim=-1).mean())
+    if items.fusion is not None:
+        out["text_projection"] = float(items.fusion.project(items.text[1:]).norm(dim=-1).mean())
+    return out
+
+
 def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, valid_protocol: str = "uni100",
-        test_protocols=("uni100", "pop100", "full"), progress=None) -> tuple[Recommender, dict]:
-    """Train with early stopping on valid NDCG@10; returns the best model and its metrics record."""
+        test_protocols=("uni100", "pop100", "full"), progress=None,
+        ut: Optional[UserText] = None) -> tuple[Recommender, dict]:
+    """Train with early stopping on valid NDCG@10; returns the best model and its metrics record.
+    progress(epoch record) is called after every epoch."""
     torch.manual_seed(spec.seed)
     torch.set_num_threads(spec.threads)
     gen = torch.Generator().manual_seed(spec.seed)
     model = build_model(spec, d.num_items, item_text)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    x, y, lens = examples(model, d, spec.max_len)
-    bs = rows_per_batch(spec, y)
-    stopper, n_targets, t_train = EarlyStop(spec.patience), 0, 0.0
+    b = examples(model, d, spec.max_len, ut)
+    bs = rows_per_batch(spec, b.y)
+    stopper, n_targets, t_train = EarlyStop(spec.patience, valid_protocol), 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), bs):
-            idx = order[i:i + bs]
-            L = int(lens[idx].max())  # trim padding columns: shorter batches cost less
-            loss, n = batch_loss(model, spec, x[idx, :L], y[idx, :L] if y.dim() == 2 else y[idx], lens[idx], gen)
+        order = torch.randperm(len(b.x), generator=gen)
+        for i in range(0, len(b.x), bs):
+            x, y, lens, text, use = b.take(order[i:i + bs])
+            loss, n = batch_loss(model, spec, x, y, lens, gen, text, use)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -172,10 +275,11 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
             count += n
         t_train += time.perf_counter() - t0
         n_targets += count
-        val = evaluate(model, d, "valid", (valid_protocol,), spec.max_len)[valid_protocol]
+        val = evaluate(model, d, "valid", (valid_protocol,), spec.max_len, ut)[valid_protocol]
         stop = stopper.update(model, epoch, total / max(1, count), val["NDCG@10"])
         if progress:
-            progress(f"{spec.name} epoch {epoch} loss {total / max(1, count):.4f} valid NDCG@10 {val['NDCG@10']:.2f}")
+            progress({"run": spec.name, "epoch": epoch, "loss": total / max(1, count), "valid_ndcg10": val["NDCG@10"],
+                      "seconds": time.perf_counter() - t0})
         if stop:
             break
-    return model, stopper.record(model, spec, d, test_protocols, n_targets, t_train)
+    return model, stopper.record(model, spec, d, test_protocols, n_targets, t_train, ut)

@@ -44,7 +44,7 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
     """-> (path of a plain checkpoint to load, description for the manifest).
 
     adapter: "auto" (student/merged if present, else merge student/adapter), "none" (the base model), or a path
-    to an adapter or a full checkpoint.
+    to an adapter, a full checkpoint, or another run directory's student/ folder (cross-domain transfer).
     """
     root = Path(run_dir)
     if adapter == "none":
@@ -61,6 +61,10 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
         src = lora
     else:
         src = Path(adapter).expanduser()
+        if (src / "adapter").is_dir() or (src / "merged").is_dir():
+            # another run directory's student/ folder: cross-domain transfer (the paper's Tables 6-7), the student
+            # distilled on one dataset writing this one's rationales
+            src = src / "merged" if _is_model(src / "merged") else src / "adapter"
         if _is_model(src):
             return str(src), {"kind": "merged", "path": str(src), "fingerprint": file_fingerprint(src)}
         if not _is_adapter(src):

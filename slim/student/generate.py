@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim.prompts import PromptConfig
+from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir, fingerprint
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ SCHEMA = pa.schema([
 
 
 def stage_config(cfg: StudentConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+    # history_cut: which prefix the prompts show (slim.prompts); the train stage checks it before fusing rationales
+    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}, "history_cut": HISTORY_CUT}
 
 
 class PromptBuilder:

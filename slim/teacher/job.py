@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim.prompts import PromptConfig
+from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
 from slim.teacher import client as K
 from slim.teacher import select, shards
@@ -82,7 +82,8 @@ OUTPUT_KEYS = ("model", "base_url", "local_model", "num_users", "seed", "strata"
 
 
 def stage_config(cfg: TeacherConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in OUTPUT_KEYS}
+    # history_cut: which prefix the prompts show (slim.prompts); the train stage checks it before fusing rationales
+    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k in OUTPUT_KEYS}, "history_cut": HISTORY_CUT}
 
 
 def settings(cfg: TeacherConfig) -> K.CallSettings:

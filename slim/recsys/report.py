@@ -1,0 +1,122 @@
+"""Results tables of the evaluate stage: mean ± std over seeds, chance levels, SLIM's gains with paired tests.
+
+Rows are (backbone, variant) and text_match per rationale field; the losses (bce, the paper's; ce, full softmax)
+sit side by side. A gain is the relative change of mean NDCG@10; its paired test compares per-user NDCG@10
+(averaged over seeds first) of the two models on the same users: Wilcoxon signed-rank and a paired t-test.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+SHOWN = ("NDCG@10", "Hit@10", "Hit@20")
+# (better, baseline): every gain the report states
+PAIRS = (("slim", "id_text"), ("slim", "id"), ("id_text", "id"), ("slim_teacher", "id_text"), ("slim_teacher", "slim"))
+
+
+def row_key(r: dict) -> str:
+    if r["variant"] == "text_match":
+        return f"text_match ({r['rationale_field']})"
+    fusion = r.get("text_fusion") or "concat"
+    return f"{r['backbone']}-{r['variant']}" + ("" if fusion == "concat" else f"+{fusion}")
+
+
+def ndcg10(ranks: np.ndarray) -> np.ndarray:
+    """[U] 0-based ranks -> [U] per-user NDCG@10 (percent)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < 10, 100.0 / np.log2(r + 2.0), 0.0)
+
+
+def aggregate(recs: list, protocols) -> dict:
+    """Records (one per run, each with eval[protocol][metric]) -> {loss: {row: {protocol: {metric: [mean, std, n]}}}}."""
+    groups = defaultdict(list)
+    for r in recs:
+        groups[(r["loss"], row_key(r))].append(r)
+    out: dict = defaultdict(dict)
+    for (loss, key), rs in sorted(groups.items()):
+        row = {"seeds": sorted(r["seed"] for r in rs)}
+        for p in protocols:
+            row[p] = {m: [float(np.mean([r["eval"][p][m] for r in rs])), float(np.std([r["eval"][p][m] for r in rs])),
+                          len(rs)] for m in rs[0]["eval"][p]}
+        out[loss][key] = row
+    return dict(out)
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """Per-user scores of two models on the same users -> mean gain and p-values (two-sided)."""
+    from scipy import stats
+
+    diff = a - b
+    res = {"n": int(len(a)), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
+           "gain_pct": float(100.0 * (a.mean() - b.mean()) / b.mean()) if b.mean() > 0 else float("nan")}
+    if not np.any(diff):  # identical rankings: no evidence either way
+        return {**res, "p_wilcoxon": 1.0, "p_ttest": 1.0}
+    res["p_wilcoxon"] = float(stats.wilcoxon(a, b).pvalue)
+    res["p_ttest"] = float(stats.ttest_rel(a, b).pvalue) if np.std(diff) > 0 else 0.0
+    return res
+
+
+def gains(per_user: dict, protocols, subset: dict | None = None) -> list:
+    """per_user: (loss, backbone, variant) -> {protocol: [U] NDCG@10 averaged over seeds}; subset: variant ->
+    user mask to compare on (slim_teacher: the users the teacher covered). -> one dict per (pair, backbone, loss)."""
+    out = []
+    for (loss, bb, v), pu in sorted(per_user.items()):
+        pairs = PAIRS if "+" not in v else [(v, "id"), (v, v.split("+")[0])]  # a fusion: against id and concat
+        for better, base in pairs:
+            if v != better or (loss, bb, base) not in per_user:
+                continue
+            mask = (subset or {}).get(better, (subset or {}).get(base))
+            for p in protocols:
+                a, b = pu[p], per_user[(loss, bb, base)][p]
+                if mask is not None:
+                    a, b = a[mask], b[mask]
+                out.append({"backbone": bb, "loss": loss, "protocol": p, "model": better, "baseline": base,
+                            **paired(a, b)})
+    return out
+
+
+def _cell(row: dict, p: str, m: str) -> str:
+    mean, std, _ = row[p][m]
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def table(agg: dict, protocols, chance: dict) -> list[str]:
+    """One markdown table per protocol, losses side by side, the chance level as the last row."""
+    losses = sorted(agg)
+    keys = sorted({k for loss in losses for k in agg[loss]}, key=_order)
+    lines = []
+    for p in protocols:
+        ch = chance[p]
+        lines += [f"### {p}", "", "| model | seeds | " + " | ".join(f"{loss} {m}" for loss in losses for m in SHOWN) + " |",
+                  "|---|---|" + "---|" * (len(SHOWN) * len(losses))]
+        for k in keys:
+            cells = [(_cell(agg[loss][k], p, m) if k in agg[loss] else "–") for loss in losses for m in SHOWN]
+            seeds = max(len(agg[loss][k]["seeds"]) for loss in losses if k in agg[loss])
+            lines.append(f"| {k} | {seeds} | " + " | ".join(cells) + " |")
+        lines += ["| chance | | " + " | ".join(f"{ch[m]:.2f}" for _ in losses for m in SHOWN) + " |", ""]
+    return lines
+
+
+def _order(key: str):
+    variants = ("id", "id_text", "text", "slim_teacher", "slim")
+    if key.startswith("text_match"):
+        return (1, "", key, "")
+    bb, v = key.split("-", 1)
+    base, _, fusion = v.partition("+")
+    return (0, bb, str(variants.index(base)) if base in variants else base, fusion)
+
+
+def gains_table(rows: list, title: str) -> list[str]:
+    if not rows:
+        return []
+    lines = [f"## {title}", "", "Relative change of mean NDCG@10 over users (seed-averaged per user); two-sided "
+             "p-values of the paired Wilcoxon signed-rank test and paired t-test over the same users.", "",
+             "| backbone | loss | protocol | model | baseline | users | model NDCG@10 | baseline NDCG@10 | gain % "
+             "| p Wilcoxon | p t-test |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g in rows:
+        lines.append(f"| {g['backbone']} | {g['loss']} | {g['protocol']} | {g['model']} | {g['baseline']} | {g['n']:,} "
+                     f"| {g['mean_a']:.2f} | {g['mean_b']:.2f} | {g['gain_pct']:+.1f} | {g['p_wilcoxon']:.2g} "
+                     f"| {g['p_ttest']:.2g} |")
+    return lines + [""]

@@ -1,0 +1,48 @@
+"""reports/results.md from the evaluate stage's results (slim.recsys.evaluate)."""
+
+from __future__ import annotations
+
+from slim.recsys import report as R
+
+PROTOCOL_NOTES = {
+    "full": "full ranking over all items, the user's history excluded (ours; the headline)",
+    "full_keep": "full ranking over all items, history kept (RecBole's default for sequential models)",
+    "uni100": "target + 100 uniformly sampled negatives (the paper's protocol)",
+    "pop100": "target + 100 popularity-sampled negatives",
+}
+
+
+def markdown(res: dict, protocols) -> str:
+    order = sorted(protocols, key=lambda p: (p != "full", p != "full_keep", p))
+    lines = [f"# SLIM and its baselines, {res['split']} split ({res['users']:,} users, {res['items']:,} items)", "",
+             "Mean ± std over seeds, in percent; losses side by side (bce: sampled negatives, the paper's; ce: full "
+             "softmax). Chance is computed from the candidates each user actually ranks.", ""]
+    lines += [f"- `{p}`: {PROTOCOL_NOTES.get(p, p)}" for p in order] + [""]
+    sm = res.get("student_model")
+    if sm:
+        lines += [f"Rationales (`slim`, `text_match`) written by the student `{sm.get('path')}` ({sm.get('kind')}"
+                  + ("; cross-domain: distilled in another run directory" if sm.get("cross_domain") else "") + ").", ""]
+    lines += ["## All users", ""] + R.table(res["rows"], order, res["chance"])
+    lines += R.gains_table(res["gains"], "Gains with paired tests over users")
+    if res.get("teacher_rows"):
+        lines += [f"## Users the teacher covered ({res['teacher_users']:,})", "",
+                  "`slim_teacher` fuses the teacher's own rationales (no distillation); it is trained on all users "
+                  "with the learned missing vector for the others, so it is compared here, on the covered users "
+                  "only, with `slim` and `id_text` ranked for the same users.", ""]
+        lines += R.table(res["teacher_rows"], order, res["chance"])
+        lines += R.gains_table(res["teacher_gains"], "Gains on the teacher's users")
+    if res.get("users_without_rationale"):
+        lines += ["Users without a usable rationale (failed or empty row, or nothing before the held-out items), "
+                  "given the learned missing vector: " + ", ".join(f"{k}: {v:,}"
+                                                                  for k, v in res["users_without_rationale"].items()), ""]
+    if res.get("popular_share"):
+        losses = sorted(res["popular_share"])
+        keys = sorted({k for v in res["popular_share"].values() for k in v}, key=R._order)
+        lines += ["## Popularity bias", "", "Share (%) of the full-ranking top-10 (history excluded) that falls in the "
+                  "most popular fifth of the items, mean over seeds; the long-tail plot has every group.", "",
+                  "| model | " + " | ".join(losses) + " |", "|---|" + "---|" * len(losses)]
+        lines += [f"| {k} | " + " | ".join(f"{res['popular_share'][l][k]:.1f}" if k in res["popular_share"][l]
+                                          else "–" for l in losses) + " |" for k in keys] + [""]
+    if res.get("plots"):
+        lines += ["## Plots", ""] + [f"- [{f}](plots/{f})" for f in res["plots"]] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Rationale quality measures on hand-made examples (slim.quality)."""
+
+import pytest
+
+from slim import quality as Q
+from slim.rationale import parse
+
+GOOD = ("Step 1: The user likes open-world RPGs and racing games from Nintendo.\n"
+        "Step 2: 1. RPG 2. Racing 3. Nintendo 4. Strategy 5. Sony\n"
+        "Step 3:\n1. RPG: The Witcher 3, Skyrim, Elden Ring\n2. Racing: Mario Kart 8; Gran Turismo 7\n"
+        "- Zelda: Breath of the Wild\n")
+LOOP = "Step 1: " + "Action, " * 40 + "\nStep 2:\nStep 3:"
+
+
+def _row(text):
+    p = parse(text)
+    return {"rationale": text, "step1": p.step1, "step2": p.step2, "step3": p.step3, "ok": p.ok}
+
+
+def test_products_from_lists_headings_and_bullets():
+    assert Q.products(parse(GOOD).step3) == ["The Witcher 3", "Skyrim", "Elden Ring", "Mario Kart 8",
+                                             "Gran Turismo 7", "Breath of the Wild"]
+    assert Q.products("") == [] and Q.products("1. Halo\n2. halo\n3) Doom") == ["Halo", "Doom"]
+
+
+def test_repetition_flags_a_looping_answer_only():
+    assert Q.looping(LOOP) and Q.distinct(LOOP) < 0.2
+    assert not Q.looping(GOOD) and Q.distinct(GOOD) > 0.9
+    assert Q.distinct("a b") == 1.0 and not Q.looping("")
+
+
+def test_measure_over_rows():
+    m = Q.measure([_row(GOOD), _row(LOOP), _row("")])
+    assert m["n"] == 3 and m["parse_rate"] == pytest.approx(100 / 3)
+    assert m["looping_rate"] == pytest.approx(100 / 3)
+    assert m["step2_empty"] == pytest.approx(200 / 3) and m["step3_empty"] == pytest.approx(200 / 3)
+    assert m["products_per_row"] == pytest.approx(6 / 3)
+    assert Q.measure([]) == {"n": 0}
+
+
+def test_grounding_maps_titles_to_their_items_and_rejects_unrelated_text():
+    """With the packaged all-MiniLM-L6-v2: product names find their catalogue items; chatter finds none."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from slim import grounding as G
+    from slim.llm_models import resolve_encoder
+
+    st = SentenceTransformer(resolve_encoder("all-MiniLM-L6-v2"), device="cpu")
+    catalogue = ["The Legend of Zelda: Breath of the Wild. Category: Action Adventure. Brand: Nintendo",
+                 "Mario Kart 8 Deluxe. Category: Racing. Brand: Nintendo",
+                 "FIFA 19. Category: Sports. Brand: Electronic Arts",
+                 "Logitech G502 Gaming Mouse. Category: Accessories. Brand: Logitech",
+                 "Call of Duty: Black Ops 4. Category: Shooter. Brand: Activision"]
+    items = np.zeros((len(catalogue) + 1, 384), np.float32)
+    items[1:] = st.encode(catalogue, normalize_embeddings=True)
+    names = ["Mario Kart 8", "Zelda Breath of the Wild", "Black Ops 4", "FIFA 19",
+             "the user enjoys spending weekends outdoors", "a recipe for banana bread"]
+    m = G.nearest(st.encode(names, normalize_embeddings=True), items, threshold=0.6)  # titles ~0.75, chatter < 0.3
+    assert m.item_ids.tolist() == [2, 1, 5, 3, 0, 0], m.sims
+    r = G.rate([m.item_ids[:3], m.item_ids[3:]], [[2], []])
+    assert r == {"products": 6, "grounded": 3, "in_history": 1, "unmatched": 2, "grounded_rate": 50.0}
