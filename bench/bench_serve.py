@@ -28,7 +28,7 @@ LEVELS = (1, 8, 32)
 
 
 def make_run(root: Path, n_items: int, n_users: int, hidden: int, max_len: int, seed: int = 0) -> list:
-    """items.parquet, users.parquet and models/sasrec-id-s0 (untrained); returns the users' histories."""
+    """items.parquet, users.parquet and one untrained SASRec run in models/; returns the users' histories."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -36,7 +36,10 @@ def make_run(root: Path, n_items: int, n_users: int, hidden: int, max_len: int, 
     from slim.recsys.job import save_run
     from slim.recsys.train import RunSpec, build_model
 
+    import shutil
+
     rng = np.random.default_rng(seed)
+    shutil.rmtree(root / "models", ignore_errors=True)  # one run: the one served and the one timed in-process
     (root / "data").mkdir(parents=True, exist_ok=True)
     seqs = [((rng.integers(1, n_items + 1) - 1 + np.arange(rng.integers(5, 2 * max_len))) % n_items + 1)
             for _ in range(n_users)]
@@ -60,7 +63,7 @@ def in_process(root: Path, seqs: list, batch: int, n: int) -> np.ndarray:
     from slim.recsys.job import load_model
 
     torch.set_num_threads(1)  # as a replica (serve.torch_threads)
-    model, spec = load_model(root / "models" / "sasrec-id-s0")
+    model, spec = load_model(next((root / "models").glob("sasrec-id*")))
     out = []
     with torch.no_grad():
         for i in range(n):

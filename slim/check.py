@@ -144,6 +144,9 @@ def plan(cfgs: dict, wanted: list[str], force: list[str]) -> tuple[list[str], li
         if name not in wanted:
             lines.append(f"{name:9s} -         not selected (--stages)")
             continue
+        if name in stages.ON_DEMAND:
+            lines.append(_on_demand(name, cfg, "train" in wanted, problems))
+            continue
         rd = RunDir(cfg.run_dir)
         for up in depends(name, cfg):
             if up not in wanted and rd.read_manifest(MANIFESTS[up]) is None:
@@ -159,6 +162,19 @@ def plan(cfgs: dict, wanted: list[str], force: list[str]) -> tuple[list[str], li
         lines.append(f"{name:9s} {'RUN ' if why else 'skip':9s} {why or 'manifest matches config and inputs'}")
         lines += [f"{'':20s}{r}" for r in resources(name, cfg, problems)]
     return lines, problems
+
+
+def _on_demand(name: str, cfg: Any, training: bool, problems: list) -> str:
+    """serve: no manifest; it runs whenever named. The run it would serve must exist unless train runs first."""
+    from slim.serve.model import NoModelError, pick_run
+
+    try:
+        what = f"serves {pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)} until interrupted"
+    except NoModelError as e:
+        what = "serves the best run train writes" if training else "no trained model to serve"
+        if not training:
+            problems.append(f"{name}: {e}")
+    return f"{name:9s} {'RUN':9s} {what}"
 
 
 def resources(name: str, cfg: Any, problems: list) -> list[str]:

@@ -47,17 +47,18 @@ def _rationales(root: Path) -> None:
 
 
 def _train(root: Path):
-    """Two tiny runs (seconds); SASRec is trained longer so it is the best by valid NDCG@10."""
+    """Two tiny runs (seconds); SASRec is trained longer so it is the best by valid NDCG@10. -> (data, its name)"""
     from slim.recsys import data as D
     from slim.recsys.job import save_run
     from slim.recsys.train import RunSpec, fit
 
     d = D.load(root)
-    for spec in (RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3),
-                 RunSpec("gru4rec", "id", 0, hidden=16, max_len=10, epochs=1, batch_size=32, lr=1e-4)):
+    specs = (RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3),
+             RunSpec("gru4rec", "id", 0, hidden=16, max_len=10, epochs=1, batch_size=32, lr=1e-4))
+    for spec in specs:
         model, rec = fit(spec, d, None, test_protocols=("uni100",))
         save_run(root / "models" / spec.name, model, spec, d.num_items, rec, "test")
-    return d
+    return d, specs[0].name
 
 
 def _free_port() -> int:
@@ -76,7 +77,7 @@ def app(tmp_path_factory, ray_local):
     seqs = _write_run(root)
     titles = _titles(root)
     _rationales(root)
-    d = _train(root)
+    d, best = _train(root)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = dict(run_dir=str(root), replica_cpus=0.25, max_batch_size=16, batch_wait_timeout_s=0.01,
@@ -88,15 +89,15 @@ def app(tmp_path_factory, ray_local):
     finally:
         del os.environ[TOKEN_ENV]
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        yield {"client": client, "root": root, "seqs": seqs, "titles": titles, "data": d, "port": port}
+        yield {"client": client, "root": root, "seqs": seqs, "titles": titles, "data": d, "port": port, "best": best}
     serve.shutdown()
 
 
-def _offline(root: Path, seqs: list, cand):
+def _offline(app, seqs: list, cand):
     from slim.recsys.job import load_model
     from slim.recsys.train import scores
 
-    model, spec = load_model(root / "models" / "sasrec-id-s0")
+    model, spec = load_model(app["root"] / "models" / app["best"])
     return scores(model, seqs, spec.max_len, cand)
 
 
@@ -106,7 +107,7 @@ def test_rankings_equal_offline_evaluation(app):
     c, d = app["client"], app["data"]
     users = list(range(24))
     inputs, cand = d.inputs("test"), d.candidates[("test", "uni100")]
-    want = _offline(app["root"], [inputs[u] for u in users], cand[users])
+    want = _offline(app, [inputs[u] for u in users], cand[users])
 
     def ask(u):
         body = {"history": inputs[u].tolist(), "candidates": cand[u].tolist(), "k": 101, "exclude_history": False}
@@ -115,7 +116,7 @@ def test_rankings_equal_offline_evaluation(app):
     with ThreadPoolExecutor(12) as pool:
         got = list(pool.map(ask, users))
     health = c.get("/healthz").json()
-    assert health["run"] == "sasrec-id-s0"  # the best by valid NDCG@10
+    assert health["run"] == app["best"] and app["best"].startswith("sasrec-id")  # the best by valid NDCG@10
     assert 1 < health["largest_batch"] <= 16 and health["encoder_passes"] < len(users)  # @serve.batch at work
     for i, u in enumerate(users):
         assert got[i].status_code == 200, got[i].text
@@ -130,7 +131,7 @@ def test_rankings_equal_offline_evaluation(app):
 
 def test_known_user_full_ranking_titles_and_rationale(app):
     c, seqs, titles = app["client"], app["seqs"], app["titles"]
-    full = _offline(app["root"], [np.asarray(seqs[3], np.int64)], None)[0]
+    full = _offline(app, [np.asarray(seqs[3], np.int64)], None)[0]
     full[0] = -np.inf
     full[seqs[3]] = -np.inf  # exclude_history (the default)
     r = c.post("/recommend", json={"user_id": 3, "k": 15}).json()
@@ -139,7 +140,16 @@ def test_known_user_full_ranking_titles_and_rationale(app):
     assert not set(seqs[3].tolist()) & {it["item_id"] for it in r["items"]}
     assert [h["item_id"] for h in r["history"]] == seqs[3].tolist()
     assert r["rationale"]["steps"] == list(STEPS) and r["fallback"] is None
-    assert c.post("/recommend", json={"user_id": 4}).json()["rationale"] is None  # malformed rationale not shown
+    assert r["rationale"]["status"] == "ok" and r["rationale"]["text"] == " ".join(STEPS)
+    assert c.post("/recommend", json={"user_id": 4}).json()["rationale"]["status"] == "malformed"  # shown as stored
+    assert c.post("/recommend", json={"user_id": 5}).json()["rationale"] is None
+    # the library's explanation (jobs/explain.py) gives the same items, scores and rationale
+    from slim.recsys import explain
+
+    lib = explain.explain(app["root"], 3, k=15, run=app["best"])
+    assert [(i["item_id"], i["title"]) for i in lib["items"]] == [(i["item_id"], i["title"]) for i in r["items"]]
+    np.testing.assert_allclose([i["score"] for i in lib["items"]], [i["score"] for i in r["items"]], atol=1e-5)
+    assert lib["rationale"] == r["rationale"] and lib["history"] == r["history"]
     # a new user by exact titles gets the same ranking as by ids
     hist = [int(i) for i in seqs[7][:5] if i < N - 1]  # items N-1 and N share a title
     by_id = c.post("/recommend", json={"history": hist, "k": 5}).json()
@@ -240,11 +250,15 @@ def test_no_trained_model_or_token_is_a_clear_error_at_start(tmp_path, monkeypat
     assert out.returncode == 2 and f"{tmp_path}/models: no trained model" in out.stderr
 
 
-def test_pipeline_runs_serve_only_when_named():
-    from slim import stages
+def test_pipeline_runs_serve_only_when_named(app, tmp_path, capsys):
+    from slim import pipeline, stages
 
     assert "serve" in stages.names() and "serve" not in stages.default_names()
     assert stages.default_names() == [n for n in stages.names() if n != "serve"]
+    assert pipeline.dry_run({"run_dir": str(app["root"])}, ["serve"]) == 0  # --check names the run it would serve
+    assert f"serves {app['root'] / 'models' / app['best']}" in capsys.readouterr().out
+    assert pipeline.dry_run({"run_dir": str(tmp_path)}, ["serve"]) == 2
+    assert "no trained model" in capsys.readouterr().out
 
 
 def _chromium() -> str:
@@ -283,34 +297,46 @@ def test_page_renders_a_recommendation_in_headless_chromium(app, tmp_path):
 
 
 def test_slim_model_uses_the_stored_rationale_vector_else_falls_back(app):
-    """A model with user-text fusion (a SLIM run) gets the user's stored rationale vector; a new user is scored
-    without one and the answer says so. Same numbers alone or in a mixed batch."""
+    """A user-text (SLIM) model gets the user's stored rationale vector; a new user, or one whose rationale is
+    empty, gets the model's learned missing vector and the answer says so. One batch mixes both and gives the
+    numbers the model gives each alone."""
+    import json
+
     import torch
 
     from slim.models import Recommender
+    from slim.prompts import HISTORY_CUT
     from slim.recsys.data import pad_right
     from slim.recsys.train import RunSpec
     from slim.serve.model import Query, Ranker
 
     root, seqs = app["root"], app["seqs"]
     (root / C.EMBEDDINGS_DIR).mkdir(exist_ok=True)
-    vec = np.random.default_rng(0).normal(size=8).astype(np.float16)
-    pq.write_table(pa.table({C.USER_ID: [3], C.EMBEDDING: [vec.tolist()]}),
+    vecs = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float16)
+    vecs[1] = 0  # the encoder's mark for an empty rationale
+    pq.write_table(pa.table({C.USER_ID: [3, 4], C.EMBEDDING: [v.tolist() for v in vecs]}),
                    root / C.USER_EMB_FILE.format(field="rationale"))
+    (root / C.STUDENT_SHARDS / C.MANIFEST).write_text(json.dumps({"config": {"history_cut": HISTORY_CUT}}))
     torch.manual_seed(0)
     model = Recommender("gru4rec", N, 16, variant="id", user_text_dim=8, max_len=10).eval()
-    r = Ranker(root / "models" / "sasrec-id-s0", root, model=model, spec=RunSpec("gru4rec", "slim", 0, max_len=10))
-    known, new = Query(seqs[3].astype(np.int64), 5, user_id=3), Query(seqs[3].astype(np.int64), 5)
-    assert r.user_text(known)[1] is None and "non-SLIM path" in r.user_text(new)[1]
-    x, lens = (torch.from_numpy(a) for a in pad_right([seqs[3]], 10))
-    with torch.no_grad():
-        want_known = model.score_all(model.encode(x, lens, user_text=torch.tensor(vec[None], dtype=torch.float32)))[0]
-        want_new = model.score_all(model.encode(x, lens))[0]
-    (ki, ks), (ni, ns) = r.rank([known, new])
+    spec = RunSpec("gru4rec", "slim", 0, max_len=10, rationale_field="whole", user_text_dim=8)
+    r = Ranker(root / "models" / app["best"], root, model=model, spec=spec)
+    known, empty = (Query(seqs[u].astype(np.int64), 5, user_id=u) for u in (3, 4))
+    new = Query(seqs[4].astype(np.int64), 5)  # user 4's items sent as a history: a new user
+    assert r.user_text(known)[1] is None
+    assert "missing vector" in r.user_text(empty)[1] and "missing vector" in r.user_text(new)[1]
+    @torch.no_grad()
+    def alone(u, vec):
+        x, lens = (torch.from_numpy(a) for a in pad_right([seqs[u]], 10))
+        return model.score_all(model.encode(x, lens, None if vec is None else torch.tensor(vec[None]).float(),
+                                            None if vec is None else torch.tensor([True])))[0]
+
+    want_known, want_missing = alone(3, vecs[0]), alone(4, None)
+    (ki, ks), (ei, es), (ni, ns) = r.rank([known, empty, new])
     np.testing.assert_allclose(ks, want_known[ki].numpy(), atol=1e-5)
-    np.testing.assert_allclose(ns, want_new[ni].numpy(), atol=1e-5)
-    assert not np.allclose(ks[:3], want_new[ki[:3]].numpy())  # the rationale changed the scores
-    assert [a.tolist() for a in r.rank([known])[0]] == [ki.tolist(), ks.tolist()]
+    np.testing.assert_allclose(es, want_missing[ei].numpy(), atol=1e-5)
+    assert ni.tolist() == ei.tolist() and np.allclose(ns, es, atol=1e-5)
+    assert not np.allclose(ks, alone(3, None)[ki].numpy())  # the rationale changed the scores
 
 
 def test_serve_cli_builder_and_deploy_config(tmp_path):

@@ -1,9 +1,10 @@
 """Everything the server reads from a run directory and every call into the model, in one place.
 
 A replica builds one `Ranker` at start: the chosen run's weights, the item table (ids, titles), users' histories,
-the stored student rationales, and every item's vector (precomputed, so a request costs one encoder pass plus one
-matrix product). When the SLIM issue's explanation function lands, `Ranker.explain` and `user_text` are what it
-replaces.
+the stored rationales, users' rationale vectors (user-text models), and every item's vector (precomputed, so a
+request costs one encoder pass plus one matrix product). The per-request parts follow `slim.recsys.explain` (the
+library's explanation: same rationale source per variant, latest row per user, rationale vectors through
+`slim.recsys.usertext`), read once here instead of per call.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from slim import columns as C
 
 log = logging.getLogger(__name__)
 
-SLIM_VARIANTS = ("slim", "slim_teacher")  # variants whose encoder takes the user's rationale vector
 STEPS = (C.STEP1, C.STEP2, C.STEP3)
 
 
@@ -78,25 +78,36 @@ def _users(root: Path) -> dict:
             zip(t.column(C.USER_ID).to_pylist(), t.column(C.ITEM_IDS).to_pylist())}
 
 
-def _rationales(root: Path) -> dict:
-    """user_id -> {rationale, steps} from the student's shards (status ok only); {} when the stage has not run."""
-    files = sorted((root / C.STUDENT_SHARDS).glob("*.parquet"))
+def _rationales(root: Path, source: str) -> dict:
+    """user_id -> {text, steps, status}: the stored rationales of `source` ("student" or "teacher"), the latest row
+    when a user was retried (as slim.recsys.explain.user_rationale); {} when that stage has not run."""
+    folder = root / (C.STUDENT_SHARDS if source == "student" else C.TEACHER_SHARDS)
     out = {}
-    for f in files:
-        t = pq.read_table(f).to_pylist()
-        for r in t:
-            if r.get(C.STATUS, "ok") == "ok" and r.get(C.RATIONALE):
-                out[int(r[C.USER_ID])] = {"text": r[C.RATIONALE], "steps": [r.get(s) or "" for s in STEPS]}
+    for f in sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_"))):
+        names = pq.read_schema(f).names
+        for r in pq.read_table(f, columns=[c for c in (C.USER_ID, C.RATIONALE, *STEPS, C.STATUS) if c in names]
+                               ).to_pylist():
+            out[int(r[C.USER_ID])] = {"text": r.get(C.RATIONALE) or "", "steps": [r.get(s) or "" for s in STEPS],
+                                      "status": r.get(C.STATUS)}
     return out
 
 
-def _user_vectors(root: Path, field: str) -> dict:
-    p = root / C.USER_EMB_FILE.format(field=field)
-    if not p.exists():
-        return {}
-    t = pq.read_table(p, columns=[C.USER_ID, C.EMBEDDING])
-    return {int(u): np.asarray(e, dtype=np.float32) for u, e in
-            zip(t.column(C.USER_ID).to_pylist(), t.column(C.EMBEDDING).to_pylist())}
+def _user_vectors(root: Path, users: dict, spec) -> tuple[np.ndarray, dict]:
+    """(rationale vectors [U, D], user_id -> row) of the users with a usable rationale, for a user-text model."""
+    from slim.recsys import usertext as UT
+
+    ids = np.array(sorted(users), dtype=np.int64)
+    ut = UT.load(root, ids, np.array([len(users[u]) for u in ids]), spec.variant, spec.rationale_field)
+    keep = np.flatnonzero(ut.present)
+    return ut.vec[keep], {int(u): i for i, u in enumerate(ids[keep].tolist())}
+
+
+def _item_table(model):
+    """[N+1, H] every item's vector when the model scores by a dot product with one table, else None (scored
+    through model.score per request)."""
+    if hasattr(model, "items") and hasattr(model.items, "table"):
+        return model.items.table()
+    return model.table() if hasattr(model, "table") else None
 
 
 class Ranker:
@@ -120,13 +131,13 @@ class Ranker:
         for i, t in enumerate(self.titles, start=1):
             self.by_title.setdefault(t, []).append(i)
         self.users = _users(root)
-        self.rationales = _rationales(root)
-        self.slim = self.spec.variant in SLIM_VARIANTS
-        field = getattr(self.spec, "user_text_field", C.RATIONALE)
-        self.user_vecs = _user_vectors(root, field) if self.slim else {}
+        self.user_text_model = bool(getattr(self.spec, "rationale_field", ""))
+        source = "teacher" if self.spec.variant == "slim_teacher" else "student"
+        self.rationales = _rationales(root, source)
+        self.vecs, self.vec_row = _user_vectors(root, self.users, self.spec) if self.user_text_model else (None, {})
         self.passes, self.largest_batch = 0, 0  # encoder passes and the most requests in one (batching at work)
         with torch.no_grad():  # every item's vector once: a request is then one encode + one matmul
-            self.table = self.model.items.table() if hasattr(self.model, "items") else None
+            self.table = _item_table(self.model)
         if self.table is not None and self.table.shape[0] != self.num_items + 1:
             raise NoModelError(f"{self.model_dir} was trained on {self.table.shape[0] - 1} items but "
                                f"{root / C.ITEMS_FILE} has {self.num_items}: serve it with its own run directory")
@@ -144,39 +155,31 @@ class Ranker:
         """The stored rationale of a known user split into its steps, else None."""
         return self.rationales.get(user_id) if user_id is not None else None
 
-    def user_text(self, q: Query) -> tuple[Optional[np.ndarray], Optional[str]]:
-        """(the user's rationale vector or None, why the request fell back to the non-SLIM path or None)."""
-        if not self.slim:
+    def user_text(self, q: Query) -> tuple[Optional[int], Optional[str]]:
+        """(row of the user's rationale vector or None, why the request went without one or None)."""
+        if not self.user_text_model:
             return None, None
-        v = self.user_vecs.get(q.user_id) if q.user_id is not None else None
-        if v is None:
-            return None, "no stored rationale for this user: scored without one (non-SLIM path)"
-        return v, None
+        row = self.vec_row.get(q.user_id) if q.user_id is not None else None
+        if row is None:
+            return None, ("no stored rationale for this user: scored with the model's learned missing vector "
+                          "(the non-SLIM path)")
+        return row, None
 
-    def _encode(self, queries: list) -> "torch.Tensor":
+    def encode(self, queries: list) -> "torch.Tensor":
+        """[B, H] user states in one pass; a user-text model gets each user's rationale vector, or its missing
+        vector where there is none (use=False)."""
         import torch
 
         from slim.recsys.data import pad_right
 
-        x, lens = pad_right([q.history for q in queries], self.spec.max_len)
-        vecs = [self.user_text(q)[0] for q in queries]
-        if self.slim and all(v is not None for v in vecs):
-            return self.model.encode(torch.from_numpy(x), torch.from_numpy(lens),
-                                     user_text=torch.from_numpy(np.stack(vecs)))
-        return self.model.encode(torch.from_numpy(x), torch.from_numpy(lens))
-
-    def encode(self, queries: list) -> "torch.Tensor":
-        """[B, H] user states; a batch mixing users with and without a rationale vector is encoded in two parts."""
-        import torch
-
-        with_text = [i for i, q in enumerate(queries) if self.user_text(q)[0] is not None]
-        if not with_text or len(with_text) == len(queries):
-            return self._encode(queries)
-        rows = [None] * len(queries)
-        for part in (with_text, [i for i in range(len(queries)) if i not in set(with_text)]):
-            for i, r in zip(part, self._encode([queries[i] for i in part])):
-                rows[i] = r
-        return torch.stack(rows)
+        x, lens = (torch.from_numpy(a) for a in pad_right([q.history for q in queries], self.spec.max_len))
+        if not self.user_text_model:
+            return self.model.encode(x, lens)
+        rows = [self.user_text(q)[0] for q in queries]
+        use = np.array([r is not None for r in rows])
+        vec = np.zeros((len(queries), self.vecs.shape[1]), dtype=np.float32)
+        vec[use] = self.vecs[[r for r in rows if r is not None]]
+        return self.model.encode(x, lens, user_text=torch.from_numpy(vec), use=torch.from_numpy(use))
 
     def rank(self, queries: list) -> list:
         """One (item ids, scores) per query: the top k, best first, ties by item id; k == 0: every candidate in

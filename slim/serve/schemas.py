@@ -54,6 +54,7 @@ class ScoredItem(Item):
 class Rationale(BaseModel):
     text: str
     steps: list[str]
+    status: Optional[str] = Field(None, description="ok | malformed | failed, as the generating stage wrote it")
 
 
 class RecommendResponse(BaseModel):
@@ -61,8 +62,10 @@ class RecommendResponse(BaseModel):
     user_id: Optional[int]
     history: list[Item]
     items: list[ScoredItem]
-    rationale: Optional[Rationale] = Field(None, description="the stored student rationale of a known user")
-    fallback: Optional[str] = Field(None, description="set when a SLIM model scored without the user's rationale")
+    rationale: Optional[Rationale] = Field(None, description="the stored rationale of a known user (the teacher's "
+                                           "for a slim_teacher model, else the student's)")
+    fallback: Optional[str] = Field(None, description="set when a user-text (SLIM) model scored without the user's "
+                                    "rationale, with its learned missing vector")
 
 
 class ScoreResponse(BaseModel):
