@@ -364,3 +364,11 @@ def test_model_and_item_table_must_agree(app):
     other = Recommender("gru4rec", N + 5, 8, variant="id", max_len=10)
     with pytest.raises(NoModelError, match=f"trained on {N + 5} items but .*items.parquet has {N}"):
         Ranker(app["root"] / "models" / "x", app["root"], model=other, spec=RunSpec("gru4rec", "id", 0))
+
+
+def test_top_k_breaks_ties_by_item_id_at_the_cut():
+    from slim.serve.model import top_k
+
+    ids, sc = np.array([5, 3, 9, 1, 7]), np.array([1.0, 2.0, 2.0, 0.0, 2.0])
+    assert top_k(ids, sc, 2)[0].tolist() == [3, 7] and top_k(ids, sc, 4)[0].tolist() == [3, 7, 9, 5]
+    assert top_k(ids, sc, 10)[0].tolist() == [3, 7, 9, 5, 1]

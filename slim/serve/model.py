@@ -110,6 +110,17 @@ def _item_table(model):
     return model.table() if hasattr(model, "table") else None
 
 
+def top_k(ids: np.ndarray, sc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (ids, scores), best first, ties by item id; partitions first, so a full ranking of many items
+    sorts only the k best and the ties at the cut."""
+    if k < len(ids):
+        cut = np.partition(sc, len(sc) - k)[len(sc) - k]  # the k-th best score
+        pick = np.flatnonzero(sc >= cut)
+        ids, sc = ids[pick], sc[pick]
+    order = np.lexsort((ids, -sc))[:k]
+    return ids[order], sc[order]
+
+
 class Ranker:
     """The model and tables of one replica; `rank` scores a batch of queries in one encoder pass."""
 
@@ -183,24 +194,30 @@ class Ranker:
 
     def rank(self, queries: list) -> list:
         """One (item ids, scores) per query: the top k, best first, ties by item id; k == 0: every candidate in
-        the given order (scoring, not ranking)."""
+        the given order (scoring, not ranking). Full rankings of a batch are one matrix product."""
         import torch
 
         self.passes, self.largest_batch = self.passes + 1, max(self.largest_batch, len(queries))
         with torch.no_grad():
             s = self.encode(queries)
+            full = [i for i, q in enumerate(queries) if q.candidates is None]
+            every = self._score_all(s[full]) if full else None  # [F, N+1]
             out = []
-            for q, su in zip(queries, s):
-                ids = (q.candidates if q.candidates is not None
-                       else np.arange(1, self.num_items + 1, dtype=np.int64))
-                if q.exclude_history:
-                    ids = ids[~np.isin(ids, q.history)]
-                sc = self._scores(su, ids)
-                if q.k:
-                    order = np.lexsort((ids, -sc))[:q.k]
-                    ids, sc = ids[order], sc[order]
-                out.append((ids, sc))
+            for i, q in enumerate(queries):
+                if q.candidates is None:
+                    keep = np.ones(self.num_items + 1, dtype=bool)
+                    keep[0] = False
+                    if q.exclude_history:
+                        keep[q.history] = False
+                    ids, sc = np.flatnonzero(keep), every[full.index(i)][keep]
+                else:
+                    ids = q.candidates[~np.isin(q.candidates, q.history)] if q.exclude_history else q.candidates
+                    sc = self._scores(s[i], ids)
+                out.append(top_k(ids, sc, q.k) if q.k else (ids, sc))
         return out
+
+    def _score_all(self, s) -> np.ndarray:
+        return (s @ self.table.T if self.table is not None else self.model.score_all(s)).numpy()
 
     def _scores(self, s, ids: np.ndarray) -> np.ndarray:
         import torch
