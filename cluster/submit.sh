@@ -16,7 +16,7 @@
 # or the shell that runs `ray start`); the job reads the variable named in teacher.api_key_env.
 set -euo pipefail
 if [ $# -lt 1 ]; then
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 cd "$(dirname "$0")/.."  # the working directory shipped with the job, and the base of the paths below
