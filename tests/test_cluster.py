@@ -147,8 +147,9 @@ def test_submitted_data_job_joins_the_head(head, prepared):
     assert m["counts"]["users"] == 300 and m["counts"]["candidate_rows"] == 300 * 4
     logs = ray_cli(head, "job", "logs", "data-1")
     assert logs.returncode == 0
-    # the driver joined this head (its slim_cores) rather than starting a private cluster
-    assert "joined Ray cluster" in logs.stdout and "'slim_cores': 2.0" in logs.stdout
+    # the driver joined this head (its slim_cores) rather than starting a private cluster, on loopback only
+    assert "joined Ray cluster at 127.0.0.1:" in logs.stdout and "'slim_cores': 2.0" in logs.stdout
+    assert "'node:127.0.0.1': 1.0" in logs.stdout
 
 
 def _wait_for(pred, timeout, what):
@@ -216,6 +217,24 @@ def test_teacher_server_host(monkeypatch):
     assert server_host("auto", "10.0.0.1:6379") == "10.1.2.3"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert server_host("auto") == "10.1.2.3"
+
+
+@pytest.mark.slow
+def test_offline_teacher_submitted(head, tmp_path):
+    """The teacher stage with its vLLM server started by a submitted driver and called by actors of the cluster
+    (the node's address as Ray knows it: 127.0.0.1 for this single-machine head). ~3-4 min on 2 cores."""
+    src = write_seqrec(tmp_path / "src", 60, 150)
+    cfg = {"run_dir": str(tmp_path / "run"), "data": {"source": "amazon2018-games", "path": str(src)},
+           "teacher": {"local_server": True, "model": "smollm2-135m-instruct", "api_key_env": "", "num_users": 6,
+                       "max_tokens": 32, "requests_per_min": 600, "tokens_per_min": 0, "num_actors": 1,
+                       "threads_per_actor": 3, "batch_size": 3, "request_timeout_s": 300}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = submit(head, tmp_path / "c.yaml", "--stages", "data,teacher", submit_args="--submission-id teacher-1",
+               timeout=1500)
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+    assert "teacher: local vLLM server at http://127.0.0.1:" in r.stdout
+    cost = json.loads((tmp_path / "run" / "teacher" / "cost.json").read_text())
+    assert cost["users"] == 6 and cost["failed"] == 0 and cost["tokens_out"] > 0
 
 
 @pytest.mark.slow

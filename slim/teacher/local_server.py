@@ -1,7 +1,7 @@
 """Start, wait for and stop an OpenAI-compatible server: vLLM over a local model (the offline teacher) or the
 fault-injecting test double. Both listen on 127.0.0.1 unless given a host: the offline teacher binds to the node's
-address when its callers may run on other nodes of a cluster (TeacherConfig.local_server_host). The server runs in its own process group so stopping it ends
-every process it spawned, and nothing else.
+address when its callers may run on other nodes of a cluster (TeacherConfig.local_server_host). The server runs in
+its own process group so stopping it ends every process it spawned, and nothing else.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
