@@ -30,6 +30,7 @@ def validate(cfgs: dict, wanted: list[str]) -> None:
         if "://" in run_dir:
             raise ConfigError(f"{name}.run_dir {run_dir!r}: object-store URIs are not supported; use a local path, "
                               "or on a multi-node cluster a shared filesystem mounted at the same path on every node")
+    _submitted_run_dir(cfgs, wanted)
     data = cfgs.get("data")
     sampled = []
     if "train" in wanted:
@@ -48,6 +49,21 @@ def validate(cfgs: dict, wanted: list[str]) -> None:
         raise ConfigError(f"student.base_model={student.base_model!r} but the LoRA adapter it loads "
                           f"(student.adapter=auto) is trained on distill.base_model={distill.base_model!r}; "
                           "set both to the same model")
+
+
+def _submitted_run_dir(cfgs: dict, wanted: list[str]) -> None:
+    """Under `ray job submit` the driver runs in a temporary copy of the working directory (a new one whenever the
+    code changes), so a relative run_dir would put the outputs there, lost to the user and to a resubmission."""
+    from slim.raycluster import submitted_job
+
+    if not submitted_job():
+        return
+    for name in wanted:
+        run_dir = str(getattr(cfgs[name], "run_dir", ""))
+        if run_dir and "://" not in run_dir and not os.path.isabs(run_dir):
+            raise ConfigError(f"{name}.run_dir {run_dir!r} is relative: a submitted job runs in a temporary copy of "
+                              "the working directory; give an absolute path every node sees, e.g. "
+                              "run_dir=/shared/runs/games")
 
 
 def depends(name: str, cfg: Any) -> list[str]:

@@ -29,14 +29,28 @@ def work_actor_env(extra: dict | None = None) -> dict:
     return {"env_vars": {**WORK_ACTOR_ENV, **(extra or {})}}
 
 
+def cluster_address(address: str | None = None) -> str | None:
+    """The cluster a job joins: the configured address, else RAY_ADDRESS (set by `ray job submit` to the cluster's
+    GCS address in the driver's environment), else None: a private local cluster."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def submitted_job() -> bool:
+    """True in the driver of a `ray job submit` job (Ray's job supervisor passes the job's config in this variable)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address:
+        # An existing cluster has its own resources: ray.init(num_cpus=...) raises when joining one.
+        if num_cpus:
+            log.info("num_cpus=%s ignored: joining the cluster at %s", num_cpus, address)
         ray.init(address=address, log_to_driver=True)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
         return
@@ -45,6 +59,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     cores = os.cpu_count() or 1
     ray.init(address="local", num_cpus=n, resources={CORES: cores}, include_dashboard=False, log_to_driver=True)
     log.info("started a local Ray cluster with %d logical CPUs on %d cores", n, cores)
+
+
+def server_host(setting: str, address: str | None = None) -> str:
+    """The address a server this driver starts binds to and is called at. "auto": loopback when the job runs on
+    a private local cluster (every actor is on this machine), else this node's address as Ray knows it, so that
+    actors on other nodes can reach it (Ray must be initialised). Anything else is used as given."""
+    if setting != "auto":
+        return setting
+    if not cluster_address(address):
+        return "127.0.0.1"
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def cores_request(threads: int) -> dict:

@@ -41,7 +41,11 @@ class TeacherConfig:
     model: str = "gpt-4o-mini"  # the served model name; with local_server, the name vLLM serves it under
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str = "OPENAI_API_KEY"  # name of the env variable holding the key; "" = no auth (local server)
-    local_server: bool = False  # start vLLM on 127.0.0.1 over `local_model` and send requests there
+    local_server: bool = False  # start vLLM in the driver over `local_model` and send requests there
+    # Where that server listens: "auto" = 127.0.0.1 on a private local cluster, the driver node's address when the
+    # job joined a cluster (its actors may run on other nodes); or an address to bind to. 0 = any free port.
+    local_server_host: str = "auto"
+    local_server_port: int = 0
     local_model: str = "smollm2-135m-instruct"  # a slim.llm_models name or a local path
     # float32: CPUs without AVX-512 emulate bfloat16 (vLLM's default downcast), several times slower.
     local_server_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager", "--dtype", "float32")
@@ -118,8 +122,8 @@ def estimate(todo: list[dict], existing, cfg: TeacherConfig) -> dict:
 
 
 @contextlib.contextmanager
-def teacher_endpoint(cfg: TeacherConfig, rd: RunDir):
-    """The base URL to call: the configured one, or a vLLM server this job starts and stops."""
+def teacher_endpoint(cfg: TeacherConfig, rd: RunDir, host: str = "127.0.0.1"):
+    """The base URL to call: the configured one, or a vLLM server this job starts on `host` and stops."""
     if not cfg.local_server:
         yield cfg.base_url
         return
@@ -128,8 +132,9 @@ def teacher_endpoint(cfg: TeacherConfig, rd: RunDir):
 
     path = llm_models.resolve(cfg.local_model, cfg.cache_dir)
     log_path = rd.stage_dir("teacher") / "server.log"
-    with vllm_server(path, cfg.model, log_path, extra_args=tuple(cfg.local_server_args),
-                     startup_timeout_s=cfg.local_server_timeout_s) as server:
+    with vllm_server(path, cfg.model, log_path, port=cfg.local_server_port or None, host=host,
+                     extra_args=tuple(cfg.local_server_args), startup_timeout_s=cfg.local_server_timeout_s) as server:
+        log.info("teacher: local vLLM server at %s", server.url)
         yield server.url
 
 
@@ -184,15 +189,18 @@ def _generate(cfg: TeacherConfig, rd: RunDir, todo: list[dict], prompts: dict, s
     if not todo:
         return {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, "tokens_in": 0, "tokens_out": 0,
                 "cost_usd": 0.0, "attempts": 0}
-    with teacher_endpoint(cfg, rd) as base_url:
-        if cfg.mode == "batch":
-            from slim.teacher.batch_api import run_batch
+    if cfg.mode == "batch":  # the driver alone calls the endpoint: no Ray, loopback unless told otherwise
+        from slim.teacher.batch_api import run_batch
 
+        host = "127.0.0.1" if cfg.local_server_host == "auto" else cfg.local_server_host
+        with teacher_endpoint(cfg, rd, host) as base_url:
             return run_batch(cfg, settings(cfg), base_url, todo, prompts, shard_dir, rd.stage_dir("teacher"))
-        from slim.raycluster import init_ray
-        from slim.teacher.worker import run_online
+    from slim.raycluster import init_ray, server_host
+    from slim.teacher.worker import run_online
 
-        init_ray(cfg.ray_address, cfg.num_cpus)
+    # Ray first: on a cluster the local server binds to this node's address, which the worker actors call.
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    with teacher_endpoint(cfg, rd, server_host(cfg.local_server_host, cfg.ray_address)) as base_url:
         return run_online(cfg, settings(cfg), base_url, todo, shard_dir)
 
 

