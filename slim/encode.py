@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import atomic, shards
 from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
 
     n = pq.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
     ds = read_parquet(str(rd.path(C.ITEMS_FILE)), [C.ITEM_ID, C.TEXT], cfg.block_kib, cfg.object_store_mib)
-    tmp, arr, seen, counts = out / ".items.npy.tmp", None, 0, {"item_truncated": 0, "item_empty": 0}
+    tmp, arr, seen, counts = atomic.tmp_path(rd.path(C.ITEM_EMB_FILE)), None, 0, {"item_truncated": 0, "item_empty": 0}
     for b in ds.map_batches(Encoder, **_pool(cfg, (C.TEXT,))).iter_batches(batch_format="numpy", batch_size=None):
         e = b[f"emb_{C.TEXT}"]  # [B, D]
         if arr is None:
@@ -171,7 +171,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
 
 def source_files(cfg: EncodeConfig, rd: RunDir) -> list[str]:
     folder = rd.path(C.STUDENT_SHARDS if cfg.source == "student" else C.TEACHER_SHARDS)
-    files = sorted(str(p) for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+    files = [str(p) for p in shards.shard_files(folder)]  # one row per user: both stages compact their shards
     if not files:
         raise FileNotFoundError(f"no rationale shards in {folder} (encode.source={cfg.source}); run that stage first")
     return files
@@ -189,7 +189,7 @@ def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3]
     ds = read_parquet(source_files(cfg, rd), cols, cfg.block_kib, cfg.object_store_mib)
     schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
-    tmps = {f: out / f".users_{f}.parquet.tmp" for f in FIELDS}
+    tmps = {f: atomic.tmp_path(rd.path(C.USER_EMB_FILE.format(field=f))) for f in FIELDS}
     writers = {f: pq.ParquetWriter(tmps[f], schema) for f in FIELDS}
     counts = {"users": 0, **{f"{f}_truncated": 0 for f in FIELDS}, **{f"{f}_empty": 0 for f in FIELDS}}
     t0 = time.perf_counter()
@@ -226,8 +226,7 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     t1 = time.perf_counter()
     users = encode_users(cfg, rd, out)
     t2 = time.perf_counter()
-    for tmp, final in {**items.pop("_tmp"), **users.pop("_tmp")}.items():
-        os.replace(tmp, final)  # all outputs appear together, after every batch is written
+    atomic.publish({**items.pop("_tmp"), **users.pop("_tmp")})  # all outputs appear together, after every batch
     counts = {**items, **users}
     m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + [C.USER_EMB_FILE.format(field=f) for f in FIELDS],
                  counts=counts, timings={"items_s": t1 - t0, "users_s": t2 - t1, "total_s": t2 - t0,

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import io
+from slim import atomic
 
 ORDER = "__order"  # helper column: the write time used by `latest`
 
@@ -46,7 +46,7 @@ def write_shard(folder: str | Path, table: pa.Table, prefix: str = "part") -> Pa
     """One new shard; it appears whole or not at all. Returns None for an empty table."""
     if table.num_rows == 0:
         return None
-    return io.write_parquet(Path(folder) / shard_name(prefix), table)
+    return atomic.write_parquet(Path(folder) / shard_name(prefix), table)
 
 
 def read_shards(*dirs: str | Path, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:

@@ -27,10 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import io
+from slim import atomic
 from slim import shards as S
 from slim.prompts import PromptConfig
-from slim.rundir import Manifest, RunDir, fingerprint
+from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,9 @@ def _prepare_out(rd: RunDir, key: str, force: bool) -> Path:
         log.info("student: removing %d shard(s) from another config or --force", len(shards(out)))
         for p in shards(out):
             p.unlink()
-    io.clean_tmp(out)  # left by a kill mid-write
+    atomic.clean_tmp(out)  # left by a kill mid-write
     rd.invalidate(MANIFEST_STAGE)
-    io.write_json(state, {"key": key})
+    atomic.write_json(state, {"key": key})
     return out
 
 

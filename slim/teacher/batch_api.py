@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from slim import columns as C
-from slim import io
+from slim import atomic
 from slim.teacher import client as K
 from slim.teacher import shards
 from slim.teacher.worker import api_key
@@ -94,7 +94,7 @@ def run_batch(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], pr
             if not rest:
                 break
             state = _submit(client, cfg, rest, work)
-            io.write_json(state_path, state)
+            atomic.write_json(state_path, state)
         else:
             log.info("teacher: collecting batch %s left by an earlier run", state["batch_id"])
         b = _poll(client, state["batch_id"], cfg.batch_poll_s, cfg.batch_max_wait_s)

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import io
+from slim import atomic
 from slim.prompts import PromptConfig
 from slim.rundir import Manifest, RunDir
 from slim.teacher import client as K
@@ -212,7 +212,7 @@ def _finish(cfg, rd, inputs, final, stats, est, timings) -> Manifest:
                                 "factor": settings(cfg).price_factor},
         "this_run": stats, "estimate_this_run": est,
     }
-    io.write_json(rd.path("teacher/cost.json"), cost)
+    atomic.write_json(rd.path("teacher/cost.json"), cost)
     m = Manifest("teacher", stage_config(cfg), inputs, outputs=[C.TEACHER_SHARDS, "teacher/cost.json"],
                  counts=counts, timings=timings,
                  extra={"cost_usd": cost["cost_usd"], "billed": led["billed"], "useful": led["useful"],

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from slim import columns as C
-from slim import io
+from slim import atomic
 from slim import shards as S
 
 SCHEMA = pa.schema([
@@ -105,7 +105,7 @@ def fold_logs(stage_dir: str | Path) -> int:
 def recover(stage_dir: str | Path) -> int:
     """After a kill: temporary files go (they were never renamed into place), logs are folded."""
     for sub in (MAIN, ARCHIVE):
-        io.clean_tmp(Path(stage_dir) / sub)
+        atomic.clean_tmp(Path(stage_dir) / sub)
     return fold_logs(stage_dir)
 
 

@@ -19,7 +19,7 @@ def tmp_path(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, replace_dir: bool = False):
+def writing(path: str | Path, replace_dir: bool = False):
     """Yields a temporary path to write to; renames it to `path` when the block ends without an exception.
 
     replace_dir: `path` is a folder; an existing one is removed first (the only non-atomic instant: a kill
@@ -45,7 +45,7 @@ def _remove(p: Path) -> None:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
+    with writing(path) as tmp:
         tmp.write_text(text)
     return Path(path)
 
@@ -57,7 +57,7 @@ def write_json(path: str | Path, obj, **kw) -> Path:
 def write_parquet(path: str | Path, table) -> Path:
     import pyarrow.parquet as pq
 
-    with atomic_path(path) as tmp:
+    with writing(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)
 
@@ -70,3 +70,10 @@ def clean_tmp(folder: str | Path) -> int:
         _remove(p)
         n += 1
     return n
+
+
+def publish(tmp_to_final: dict) -> None:
+    """Rename several finished temporary files into place, for outputs written incrementally (np.memmap, a
+    ParquetWriter) that cannot go through `writing`; each rename is atomic."""
+    for tmp, final in tmp_to_final.items():
+        os.replace(tmp, final)
