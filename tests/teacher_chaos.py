@@ -34,7 +34,7 @@ CONFIG = {"model": "fault-double", "api_key_env": "", "max_tokens": 100, "reques
 
 @dataclass
 class Chaos:
-    kills: list = field(default_factory=list)  # per kill: seconds after start, rows logged, responses lost
+    kills: list = field(default_factory=list)  # per kill: seconds after start, billed responses lost, rows kept
     server: dict = field(default_factory=dict)
     cost: dict = field(default_factory=dict)
     final_rc: int = -1
@@ -86,8 +86,9 @@ def run_chaos(tmp: Path, run_dir: Path, ray_address: str, num_users: int, kills:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             time.sleep(1.5)  # the killed job's actors die with it (Ray reaps a dead driver's actors)
-            lost = len(_stats(srv.url)["billed"]) - billed_in_rows(run_dir)
-            res.kills.append({"after_s": round(time.time() - t0, 1), "lost": lost,
+            lost_so_far = len(_stats(srv.url)["billed"]) - billed_in_rows(run_dir)
+            res.kills.append({"after_s": round(time.time() - t0, 1), "lost_so_far": lost_so_far,
+                              "lost": lost_so_far - sum(k["lost"] for k in res.kills),
                               "rows": shards.read_all(run_dir / "teacher").num_rows,
                               "killed": p.returncode == -signal.SIGKILL})
         p = _start(cfg, env, tmp / "final.log")

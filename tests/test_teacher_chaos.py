@@ -23,8 +23,8 @@ def _check(res, run_dir, num_users, kills):
     billed = res.server["billed"]
     lost = len(billed) - res.cost["billed"]["requests"]
     # The server's count = the rows' count + what was in flight at the kills, never more than that.
-    assert 0 <= lost <= sum(k["lost"] for k in res.kills) <= kills * res.in_flight_max, (lost, res.kills)
-    assert all(0 <= k["lost"] <= res.in_flight_max for k in res.kills), res.kills
+    assert 0 <= lost <= kills * res.in_flight_max, (lost, res.kills)
+    assert all(0 <= k["lost_so_far"] <= (i + 1) * res.in_flight_max for i, k in enumerate(res.kills)), res.kills
     readable = [b for b in billed if b[1] != "malformed"]
     tok_gap = sum(b[2] + b[3] for b in readable) - (res.cost["billed"]["tokens_in"] + res.cost["billed"]["tokens_out"])
     assert 0 <= tok_gap <= lost * max(b[2] + b[3] for b in readable)
