@@ -204,3 +204,23 @@ def test_batch_api_mode_half_price_and_failed_rows(tmp_path):
     ok = [r for r in final if r[C.STATUS] == "ok"]
     assert all(r[C.COST_USD] == pytest.approx(0.5 * (r[C.TOKENS_IN] + 4 * r[C.TOKENS_OUT]) / 1e6) for r in ok)
     assert not rd.path("teacher/batch_state.json").exists()
+
+
+def test_lowering_num_users_keeps_paid_rows_for_when_it_grows_back(tmp_path, ray_local):
+    """Today's compaction deleted rows outside the selection: raising num_users again paid for them twice."""
+    rd = write_data_stage(tmp_path / "run", 30)
+    with fault_server(tmp_path / "fs.log", {}) as srv:
+        def sent():
+            return len(json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())
+                       ["requests"])
+
+        job.run(_cfg(rd, srv.url, num_users=12))
+        assert sent() == 12
+        m = job.run(_cfg(rd, srv.url, num_users=5))
+        n_small = sent()
+        assert m.counts["users"] == 5 and shards.S.read_shards(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA
+                                                               ).num_rows == 5
+        m = job.run(_cfg(rd, srv.url, num_users=12))
+        assert sent() == n_small and m.counts == {"users": 12, "ok": 12, "malformed": 0, "failed": 0}
+    cost = json.loads(rd.path("teacher/cost.json").read_text())
+    assert cost["billed"]["requests"] == n_small == cost["billed"]["rows"]  # each paid once, each row kept

@@ -161,7 +161,7 @@ def _same(d: Path, final: pa.Table, everything: pa.Table) -> bool:
         return False
     raw = S.read_shards(d / MAIN, d / ARCHIVE, columns=[C.USER_ID]).num_rows
     main_ids = S.read_shards(d / MAIN, schema=SCHEMA).column(C.ROW_ID).to_pylist()
-    return raw == everything.num_rows and sorted(main_ids) == sorted(final.column(C.ROW_ID).to_pylist())
+    return raw == everything.num_rows and None not in main_ids and set(main_ids) == set(final.column(C.ROW_ID).to_pylist())
 
 
 def ledger(everything: pa.Table, final: pa.Table) -> dict:
