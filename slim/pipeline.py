@@ -42,11 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--stages", default="", help="comma-separated stage names (default: all)")
     p.add_argument("--force", default="", help="comma-separated stages to rerun, or 'all'")
+    p.add_argument("--retry-failed", default="", help="comma-separated stages (teacher, student) whose failed rows "
+                   "to redo, keeping the rest")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    retry = [f"{s}.retry_failed=true" for s in args.retry_failed.split(",") if s]
     try:
-        raw = config.load_raw(args.config, args.overrides)
+        raw = config.load_raw(args.config, list(args.overrides) + retry)
         run(raw, [s for s in args.stages.split(",") if s], [s for s in args.force.split(",") if s])
     except config.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
