@@ -1,7 +1,8 @@
 """The one way every stage writes a file or folder: to a temporary name beside it, then an atomic rename.
 
-A reader (or a rerun after a kill) sees the old content or the new, never half of it. The temporary name starts
-with "." so shard globs skip it, and carries the pid so two writers never share one.
+A reader (or a rerun after a kill) sees the old content or the new, never half of it. The temporary name is fixed
+(".tmp-<name>", skipped by shard globs), so the rerun of a killed writer replaces what it left instead of adding
+to it; two processes must not write the same path at once (no stage does).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 def tmp_path(path: str | Path) -> Path:
     p = Path(path)
-    return p.with_name(f".tmp{os.getpid()}-{p.name}")
+    return p.with_name(f".tmp-{p.name}")
 
 
 @contextlib.contextmanager
