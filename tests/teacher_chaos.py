@@ -90,7 +90,7 @@ def run_chaos(tmp: Path, run_dir: Path, ray_address: str, num_users: int, kills:
             res.kills.append({"after_s": round(time.time() - t0, 1), "lost_so_far": lost_so_far,
                               "lost": lost_so_far - sum(k["lost"] for k in res.kills),
                               "rows": shards.read_all(run_dir / "teacher").num_rows,
-                              "killed": p.returncode == -signal.SIGKILL})
+                              "killed": p.returncode == -signal.SIGKILL, "rc": p.returncode})
         p = _start(cfg, env, tmp / "final.log")
         res.final_rc = p.wait(timeout=600)
         res.final_log = (tmp / "final.log").read_text()[-3000:]

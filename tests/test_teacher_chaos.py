@@ -16,6 +16,7 @@ from teacherdata import write_data_stage
 def _check(res, run_dir, num_users, kills):
     assert res.final_rc == 0, res.final_log
     assert len(res.kills) == kills and sum(k["killed"] for k in res.kills) >= 1, res.kills
+    assert all(k["rc"] in (0, -9) for k in res.kills), res.kills  # killed, or it had finished first
     final = S.read_shards(run_dir / C.TEACHER_SHARDS, schema=shards.SCHEMA)  # what downstream stages read
     users = final.column(C.USER_ID).to_pylist()
     assert len(users) == len(set(users)) == num_users  # every selected user exactly once
