@@ -42,9 +42,9 @@ def _check(res, run_dir, num_users, kills):
 def test_killed_twice_every_paid_answer_kept(tmp_path, ray_local):
     rd = write_data_stage(tmp_path / "run", 40)
     gcs = ray_local.get_runtime_context().gcs_address
-    res = run_chaos(tmp_path, rd.root, gcs, num_users=24, kills=2, seed=1)
+    res = run_chaos(tmp_path, rd.root, gcs, num_users=16, kills=2, seed=1)
     print(res.kills)
-    _check(res, rd.root, 24, 2)
+    _check(res, rd.root, 16, 2)
 
 
 @pytest.mark.slow
