@@ -14,6 +14,8 @@ def parse(argv: list[str] | None = None, description: str = "") -> argparse.Name
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="YAML config (one section per stage)")
     p.add_argument("--force", action="store_true", help="rerun even if the stage's manifest matches")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="redo only the rows that failed before, keep the rest (teacher, student)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.min_count=5")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -47,7 +49,8 @@ def main_stage(stage: str, argv: list[str] | None = None) -> int:
 
     args = parse(argv, description=f"SLIM stage: {stage}")
     try:
-        raw = config.load_raw(args.config, args.overrides)
+        overrides = list(args.overrides) + ([f"{stage}.retry_failed=true"] if args.retry_failed else [])
+        raw = config.load_raw(args.config, overrides)
         cfgs = stages.load_all(raw)
         check.validate(cfgs, [stage])
         stages.run(stage, cfgs[stage], force=args.force)

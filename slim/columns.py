@@ -34,6 +34,11 @@ COST_USD = "cost_usd"
 STATUS = "status"  # "ok" | "malformed" | "failed"
 ERROR = "error"
 ATTEMPTS = "attempts"
+ROW_ID = "row_id"  # str, unique per row written (the same row folded twice is one row)
+WRITTEN_AT = "written_at"  # int64 ns: when the row was written; the latest row of a user wins (slim.shards)
+BILLED = "billed_requests"  # int32, teacher: responses the provider billed for this row, usable or not
+UNPRICED = "unpriced_requests"  # int32, teacher: billed responses whose usage could not be read (priced at 0)
+WASTED_USD = "wasted_cost_usd"  # float64, teacher: part of cost_usd spent on responses the row does not keep
 
 # files in the run directory
 DATA_DIR = "data"
@@ -56,7 +61,9 @@ USER_EMB_FIELDS = ("rationale", "step1", "step2", "step3")
 EMBEDDING = "embedding"
 
 # teacher/ and rationales/ (student) row shards
-TEACHER_SHARDS = "teacher/rationales"  # *.parquet, columns PROMPT..ERROR above
+TEACHER_SHARDS = "teacher/rationales"  # *.parquet, columns PROMPT..WASTED_USD above, one row per selected user
+TEACHER_ARCHIVE = "teacher/archive"  # every other paid row: superseded ones, users outside the selection
+TEACHER_LOG = "teacher/log"  # append-only JSON lines, one file per worker actor, folded into shards
 STUDENT_SHARDS = "rationales"  # *.parquet
 STUDENT_ADAPTER = "student/adapter"
 STUDENT_MERGED = "student/merged"

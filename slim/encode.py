@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import atomic, shards
 from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
 
     n = pq.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
     ds = read_parquet(str(rd.path(C.ITEMS_FILE)), [C.ITEM_ID, C.TEXT], cfg.block_kib, cfg.object_store_mib)
-    tmp, arr, seen, counts = out / ".items.npy.tmp", None, 0, {"item_truncated": 0, "item_empty": 0}
+    tmp, arr, seen, counts = atomic.tmp_path(rd.path(C.ITEM_EMB_FILE)), None, 0, {"item_truncated": 0, "item_empty": 0}
     for b in ds.map_batches(Encoder, **_pool(cfg, (C.TEXT,))).iter_batches(batch_format="numpy", batch_size=None):
         e = b[f"emb_{C.TEXT}"]  # [B, D]
         if arr is None:
@@ -178,7 +178,7 @@ SOURCE_STAGES = {"student": "rationales", "teacher": "teacher"}
 
 def source_files(source: str, rd: RunDir) -> list[str]:
     folder = rd.path(SOURCE_SHARDS[source])
-    files = sorted(str(p) for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+    files = [str(p) for p in shards.shard_files(folder)]  # one row per user: both stages compact their shards
     if not files:
         raise FileNotFoundError(f"no rationale shards in {folder} ('{source}' in encode.sources); run that stage first")
     return files
@@ -196,7 +196,7 @@ def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path, source: str) -> dict:
     cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3]
     ds = read_parquet(source_files(source, rd), cols, cfg.block_kib, cfg.object_store_mib)
     schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
-    tmps = {f: out / f".{source}_users_{f}.parquet.tmp" for f in FIELDS}
+    tmps = {f: atomic.tmp_path(rd.path(SOURCE_FILES[source].format(field=f))) for f in FIELDS}
     writers = {f: pq.ParquetWriter(tmps[f], schema) for f in FIELDS}
     counts = {"users": 0, **{f"{f}_truncated": 0 for f in FIELDS}, **{f"{f}_empty": 0 for f in FIELDS}}
     t0 = time.perf_counter()
@@ -235,8 +235,7 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     tmps = items.pop("_tmp")
     for c in per_source.values():
         tmps.update(c.pop("_tmp"))
-    for tmp, final in tmps.items():
-        os.replace(tmp, final)  # all outputs appear together, after every batch is written
+    atomic.publish(tmps)  # all outputs appear together, after every batch is written
     # the student's counts keep their plain names (users, step3_empty, ...); the teacher's are prefixed
     counts = {**items, **{(k if s == "student" else f"{s}_{k}"): v for s, c in per_source.items() for k, v in c.items()}}
     n_users = sum(c["users"] for c in per_source.values())

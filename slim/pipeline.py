@@ -77,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", default="", help="comma-separated stages to rerun, or 'all'")
     p.add_argument("--check", "--dry-run", action="store_true", dest="check",
                    help="check the config, models and paths, print what each stage would do; start nothing")
+    p.add_argument("--retry-failed", default="", help="comma-separated stages (teacher, student) whose failed rows "
+                   "to redo, keeping the rest")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    retry = [f"{s}.retry_failed=true" for s in args.retry_failed.split(",") if s]
     try:
-        raw = config.load_raw(args.config, args.overrides)
+        raw = config.load_raw(args.config, list(args.overrides) + retry)
         only = stage_list(args.stages, "--stages")
         force = stage_list(args.force, "--force", ("all",))
         if args.check:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slim import __version__
+from slim import __version__, atomic
 from slim.columns import MANIFEST
 
 
@@ -116,12 +115,8 @@ class RunDir:
         return Manifest(**json.loads(p.read_text()))
 
     def write_manifest(self, m: Manifest) -> Path:
-        p = self.manifest_path(m.stage)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(m.__dict__, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, p)  # atomic: a manifest exists only for a finished stage
-        return p
+        # atomic: a manifest exists only for a finished stage
+        return atomic.write_json(self.manifest_path(m.stage), m.__dict__, sort_keys=True)
 
     def is_current(self, stage: str, config: dict, inputs: dict) -> bool:
         m = self.read_manifest(stage)

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import shards as S
 from slim.prompts import training_prefix
 from slim.rundir import Manifest, RunDir
 
@@ -63,16 +64,15 @@ def write_teacher_shards(run_dir: str | Path, n_users: int = 0, n_cats: int = 5,
         expect.update(good=len(rows) - 4, not_ok_status=1, empty=1, unparsable=2)
     out = run_dir / C.TEACHER_SHARDS
     out.mkdir(parents=True, exist_ok=True)
+    if bad_rows and len(rows) >= 8:  # user 4 first failed, then succeeded in a later shard: one row counts
+        good = dict(rows[4])
+        S.write_shard(out, pa.Table.from_pylist([dict(good, **{C.RATIONALE: "", C.STATUS: "failed"})]))
+        expect["superseded"] = 1
     per = -(-len(rows) // shards)
     for s in range(shards):
         part = rows[s * per:(s + 1) * per]
         if part:
-            pq.write_table(pa.Table.from_pylist(part), out / f"part-{s:05d}.parquet")
-    if bad_rows and len(rows) >= 8:  # user 4 first failed, then succeeded in a later shard: one row counts
-        good = dict(rows[4])
-        pq.write_table(pa.Table.from_pylist([dict(good, **{C.RATIONALE: "", C.STATUS: "failed"})]),
-                       out / "part-00000-early.parquet")
-        expect["superseded"] = 1
+            S.write_shard(out, pa.Table.from_pylist(part))
     RunDir(run_dir).write_manifest(Manifest("teacher", {"mock": "templated rationales (tests/teacher_rationales.py)"},
                                             counts={"rows": len(rows)}))
     return expect

@@ -21,6 +21,19 @@ def test_config_error_names_the_key(tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr
 
 
+
+def test_retry_failed_flag_reaches_the_stage_config(monkeypatch):
+    """--retry-failed sets <stage>.retry_failed; a stage without failed rows to redo says so by name."""
+    from slim import cli, stages
+
+    seen = {}
+    monkeypatch.setattr(stages, "run", lambda stage, cfg, force=False: seen.setdefault(stage, cfg))
+    assert cli.main_stage("student", ["--retry-failed"]) == 0 and seen["student"].retry_failed
+    assert cli.main_stage("teacher", ["--retry-failed", "teacher.retry_failed=false"]) == 0
+    assert seen["teacher"].retry_failed  # the flag wins over the config
+    assert cli.main_stage("encode", ["--retry-failed"]) == 2
+
+
 def test_pipeline_data_stage_then_skip(tmp_path, cache_dir):
     args = ["jobs/pipeline.py", "--config", "configs/tiny.yaml", "--stages", "data",
             f"run_dir={tmp_path}", f"data.cache_dir={cache_dir}", "data.max_users=120"]

@@ -161,3 +161,53 @@ def test_vllm_job_on_gpu(run_dir, cache_dir, ray_local):
     t = _shards(run_dir)
     assert list(t[C.USER_ID]) == list(range(12)) and m.counts["failed"] == 1
     assert (t.loc[t[C.STATUS] != "failed", C.TOKENS_OUT] > 0).all()
+
+
+def test_done_users_and_compaction_follow_the_latest_row(tmp_path):
+    """Fast check of the rule the job uses: the latest row of a user wins, wherever it is; compaction keeps it."""
+    import pyarrow as pa
+
+    from slim import shards as S
+    from slim.student import generate as G
+
+    def rows(status_by_user):
+        return pa.Table.from_pylist([{C.USER_ID: u, C.STATUS: st, C.RATIONALE: f"{u}-{st}"}
+                                     for u, st in status_by_user.items()], schema=G.SCHEMA)
+
+    S.write_shard(tmp_path, rows({0: "ok", 1: "ok", 2: "failed"}))
+    S.write_shard(tmp_path, rows({1: "failed"}))  # a later failure of user 1
+    assert list(G.done_users(tmp_path)) == [0, 1, 2]
+    assert list(G.done_users(tmp_path, retry_failed=True)) == [0]
+    S.write_shard(tmp_path, rows({1: "ok", 2: "malformed"}))  # the retries
+    assert G.compact(tmp_path) == 3 and len(S.shard_files(tmp_path)) == 1
+    t = S.read_latest(tmp_path, schema=G.SCHEMA)
+    assert t.column(C.RATIONALE).to_pylist() == ["0-ok", "1-ok", "2-malformed"] and G.compact(tmp_path) == 0
+
+
+@pytest.mark.slow
+def test_retry_failed_redoes_only_failed_rows(run_dir, cache_dir, ray_local):
+    """--retry-failed (retry_failed) regenerates the failed rows only; today's only way was --force (all rows)."""
+    import pyarrow as pa
+
+    from slim import shards as S
+    from slim.cli import parse
+    from slim.student.generate import SCHEMA
+
+    cfg = _cfg(run_dir, cache_dir, max_users=4)
+    m = run(cfg, force=True)
+    out = run_dir / C.STUDENT_SHARDS
+    before = _shards(run_dir).set_index(C.USER_ID)
+    assert m.counts["failed"] == 1
+    # A transient engine error on user 1, written after its good row: the latest row, so user 1 is "failed".
+    row = {**before.loc[1].to_dict(), C.USER_ID: 1, C.STATUS: "failed", C.ERROR: "engine error (injected)"}
+    S.write_shard(out, pa.Table.from_pylist([row], schema=SCHEMA))
+    assert run(cfg).created == m.created  # without the flag: finished, skipped
+    assert parse(["--retry-failed"]).retry_failed
+    m2 = run(_cfg(run_dir, cache_dir, max_users=4, retry_failed=True))
+    t = _shards(run_dir).set_index(C.USER_ID)
+    assert list(t.index) == list(range(4)) and len(S.shard_files(out)) == 1  # one row per user again
+    assert t.loc[1, C.STATUS] != "failed" and t.loc[1, C.RATIONALE] == before.loc[1, C.RATIONALE]
+    # users 1 and 3 regenerated; superseded: 1's good and injected rows, 3's first failure
+    assert m2.counts["new"] == 2 and m2.counts["failed"] == 1 and m2.counts["superseded"] == 3
+    keep = [u for u in range(4) if u not in (1, LONG_USER)]
+    assert t.loc[keep, C.RATIONALE].tolist() == before.loc[keep, C.RATIONALE].tolist()

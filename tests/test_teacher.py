@@ -76,18 +76,43 @@ def test_prompt_uses_training_prefix_titles_category_brand(tmp_path):
     assert any("Brand: Nintendo" in r[C.PROMPT] for r in rows) and any("Category: RPG" in r[C.PROMPT] for r in rows)
 
 
-def test_shards_latest_row_wins_and_compaction(tmp_path):
+def test_compaction_keeps_every_paid_row_and_latest_wins_by_write_time(tmp_path):
+    """Today's compaction deleted the rows of users outside the selection (paid for) and superseded rows."""
     s = K.CallSettings("m", 10, 0.0, 3, 0.1, 1.0, 1.0, 2.0)
-    shards.write_shard(tmp_path, [K.failed_row(1, "p", "HTTP 400", s, 1), K.failed_row(2, "p", "x", s, 1)])
-    shards.write_shard(tmp_path, [K.row_from_answer(1, "p", "Step 1: a\nStep 2: b\nStep 3: c", "stop", 10, 5, s, 2)])
-    (tmp_path / ".tmp-part-x.parquet").write_bytes(b"partial")
-    assert shards.clean_tmp(tmp_path) == 1
-    latest = shards.read_latest(tmp_path)
-    assert latest.column(C.STATUS).to_pylist() == ["ok", "failed"]
-    final, n_super, _ = shards.compact(tmp_path, {1})
-    assert final.column(C.USER_ID).to_pylist() == [1] and n_super == 2
-    assert len(shards.shard_files(tmp_path)) == 1 and shards.read_all(tmp_path).num_rows == 1
-    assert final.column(C.COST_USD).to_pylist() == [pytest.approx((10 * 1 + 5 * 2) / 1e6)]
+    main = tmp_path / shards.MAIN
+    early = [K.failed_row(1, "p", "HTTP 400", s, 1), K.row_from_answer(2, "p", "Step 1: x", "stop", 7, 3, s, 1)]
+    late = K.row_from_answer(1, "p", "Step 1: a\nStep 2: b\nStep 3: c", "stop", 10, 5, s, 2)
+    shards.write_shard(main, [late])
+    shards.write_shard(main, early)  # a newer file, but older rows: the row's own write time decides
+    (main / ".tmp123-part-x.parquet").write_bytes(b"partial")
+    shards.recover(tmp_path)
+    assert not list(main.glob(".tmp*"))
+    assert shards.read_latest(tmp_path).column(C.STATUS).to_pylist() == ["ok", "malformed"]
+    final = shards.compact(tmp_path, {1})  # user 2 leaves the selection
+    assert final.column(C.ROW_ID).to_pylist() == [late[C.ROW_ID]]
+    assert shards.read_all(tmp_path).num_rows == 3  # nothing paid is dropped: two rows wait in archive/
+    assert len(shards.S.shard_files(main)) == 1 and len(shards.S.shard_files(tmp_path / shards.ARCHIVE)) == 1
+    assert shards.compact(tmp_path, {1}).num_rows == 1 and len(shards.S.shard_files(main)) == 1  # idempotent
+    back = shards.compact(tmp_path, {1, 2})  # user 2 is selected again: their paid row comes back
+    assert back.column(C.ROW_ID).to_pylist() == [late[C.ROW_ID], early[1][C.ROW_ID]]
+    led = shards.ledger(shards.read_all(tmp_path), back)
+    assert led["billed"]["requests"] == 2 and led["billed"]["cost_usd"] == pytest.approx((17 + 16) / 1e6)
+    assert led["useful"]["rows"] == 1 and led["useful"]["cost_usd"] == pytest.approx(20 / 1e6)
+
+
+def test_a_fold_killed_halfway_counts_each_row_once(tmp_path):
+    s = K.CallSettings("m", 10, 0.0, 3, 0.1, 1.0, 1.0, 2.0)
+    log = shards.RowLog(tmp_path)
+    rows = [K.row_from_answer(u, "p", "Step 1: a\nStep 2: b\nStep 3: c", "stop", 10, 5, s, 1) for u in range(3)]
+    for r in rows:
+        log.append(r)
+    log.f.write('{"user_id": 9, "prom')  # the line a kill cut short: that request counts as in flight
+    log.f.flush()
+    assert shards.fold_logs(tmp_path) == 3 and log.path.exists()  # a live writer's log is folded, not deleted
+    log.f.close()  # the actor is gone: the next fold reads it again (same row ids) and deletes it
+    assert shards.fold_logs(tmp_path) == 3 and not log.path.exists()
+    assert shards.read_all(tmp_path).num_rows == 3 and shards.compact(tmp_path, {0, 1, 2}).num_rows == 3
+    assert shards.S.read_shards(tmp_path / shards.MAIN, columns=[C.USER_ID]).num_rows == 3
 
 
 SCHEDULE = {"429": 6, "500": 7, "timeout": 11, "malformed": 9, "truncated": 13, "400": 19}
@@ -107,18 +132,19 @@ def test_faults_rate_limit_exactly_one_row_per_user_then_retry_failed(tmp_path, 
     with fault_server(tmp_path / "fs.log", SCHEDULE, latency_s=0.01, retry_after=0.5, timeout_sleep=1.2) as srv:
         m = job.run(_cfg(rd, srv.url))
         stats = json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())
-        final = shards.read_latest(rd.path(C.TEACHER_SHARDS))
+        final = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
         rows = {r[C.USER_ID]: r for r in final.to_pylist()}
         assert len(rows) == final.num_rows == 40 == m.counts["users"]
         reqs = stats["requests"]
         per_user = collections.Counter(int(u) for _, u, _ in reqs)
         assert set(per_user) == set(rows)  # only selected users were sent, and every one of them
         assert all(per_user[u] == r[C.ATTEMPTS] for u, r in rows.items())  # every request is accounted for
+        assert sum(r[C.BILLED] for r in rows.values()) == len(stats["billed"])  # and every billed response
         faults = collections.Counter(f for _, _, f in reqs)
         assert all(faults[f] > 0 for f in ("429", "500", "timeout", "malformed", "truncated", "400"))
         for r in rows.values():
             if r[C.STATUS] == "ok":
-                assert r[C.STEP1] and r[C.STEP2] and r[C.STEP3] and r[C.TOKENS_OUT] > 0
+                assert r[C.STEP1] and r[C.STEP2] and r[C.STEP3] and r[C.TOKENS_OUT] > 0 and r[C.BILLED] >= 1
                 assert r[C.COST_USD] == pytest.approx((r[C.TOKENS_IN] + 4 * r[C.TOKENS_OUT]) / 1e6)
             elif r[C.STATUS] == "malformed":
                 assert "truncated" in r[C.ERROR] and not r[C.STEP3]
@@ -129,6 +155,8 @@ def test_faults_rate_limit_exactly_one_row_per_user_then_retry_failed(tmp_path, 
         _assert_rate_and_retry_after(reqs)
         cost = json.loads(rd.path("teacher/cost.json").read_text())
         assert cost["cost_usd"] == pytest.approx(sum(r[C.COST_USD] for r in rows.values()))
+        assert cost["billed"]["requests"] == len(stats["billed"]) and cost["useful"]["rows"] == m.counts["ok"]
+        assert cost["billed"]["unpriced_requests"] == faults["malformed"] > 0
         failed = {u for u, r in rows.items() if r[C.STATUS] == "failed"}
 
         # Rerun the same config: only the failed users are sent again; their old rows are superseded.
@@ -136,9 +164,9 @@ def test_faults_rate_limit_exactly_one_row_per_user_then_retry_failed(tmp_path, 
         stats2 = json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())
     again = {int(u) for _, u, _ in stats2["requests"][len(reqs):]}
     assert again == failed
-    final2 = shards.read_all(rd.path(C.TEACHER_SHARDS))
+    final2 = shards.S.read_shards(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
     assert final2.num_rows == 40 and len(set(final2.column(C.USER_ID).to_pylist())) == 40
-    assert m2.counts["failed"] < len(failed) and len(shards.shard_files(rd.path(C.TEACHER_SHARDS))) == 1
+    assert m2.counts["failed"] < len(failed) and len(shards.S.shard_files(rd.path(C.TEACHER_SHARDS))) == 1
 
 
 def _assert_rate_and_retry_after(reqs):
@@ -166,7 +194,7 @@ def test_dry_run_spends_nothing(tmp_path, capsys):
     assert est["users"] == 20 and est["tokens_out_max"] == 2000 and est["tokens_in"] > 20 * 50
     assert est["cost_usd_max"] == pytest.approx((est["tokens_in"] + 2 * 2000) / 1e6)
     assert "to send" in capsys.readouterr().out and not rd.path("teacher/manifest.json").exists()
-    assert not shards.shard_files(rd.path(C.TEACHER_SHARDS))
+    assert not shards.S.shard_files(rd.path(C.TEACHER_SHARDS))
 
 
 def test_batch_api_mode_half_price_and_failed_rows(tmp_path):
@@ -174,8 +202,27 @@ def test_batch_api_mode_half_price_and_failed_rows(tmp_path):
     with fault_server(tmp_path / "fs.log", {"400": 7}) as srv:
         cfg = _cfg(rd, srv.url, mode="batch", num_users=20, batch_poll_s=0.05)
         m = job.run(cfg)
-    final = shards.read_latest(rd.path(C.TEACHER_SHARDS)).to_pylist()
+    final = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
     assert len(final) == 20 and m.counts["failed"] == 2 and m.counts["ok"] == 18
     ok = [r for r in final if r[C.STATUS] == "ok"]
     assert all(r[C.COST_USD] == pytest.approx(0.5 * (r[C.TOKENS_IN] + 4 * r[C.TOKENS_OUT]) / 1e6) for r in ok)
     assert not rd.path("teacher/batch_state.json").exists()
+
+
+def test_lowering_num_users_keeps_paid_rows_for_when_it_grows_back(tmp_path, ray_local):
+    """Today's compaction deleted rows outside the selection: raising num_users again paid for them twice."""
+    rd = write_data_stage(tmp_path / "run", 30)
+    with fault_server(tmp_path / "fs.log", {}) as srv:
+        def sent():
+            return len(json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())
+                       ["requests"])
+
+        job.run(_cfg(rd, srv.url, num_users=12))
+        assert sent() == 12
+        m5 = job.run(_cfg(rd, srv.url, num_users=5))
+        n_small = sent()
+        m = job.run(_cfg(rd, srv.url, num_users=12))
+        assert sent() == n_small and m.counts == {"users": 12, "ok": 12, "malformed": 0, "failed": 0}
+    assert m5.counts["users"] == 5
+    cost = json.loads(rd.path("teacher/cost.json").read_text())
+    assert cost["billed"]["requests"] == n_small == cost["billed"]["rows"]  # each paid once, each row kept

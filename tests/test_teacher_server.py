@@ -33,7 +33,7 @@ def test_real_server_rationales_parsed_into_steps(tmp_path, vllm_teacher, ray_lo
                             api_key_env="", num_users=4, max_tokens=96, requests_per_min=0, tokens_per_min=0,
                             num_actors=1, threads_per_actor=4, batch_size=2, request_timeout_s=300)
     m = job.run(cfg)
-    rows = shards.read_latest(rd.path(C.TEACHER_SHARDS)).to_pylist()
+    rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
     assert len(rows) == 4 and m.counts["failed"] == 0
     for r in rows:
         assert r[C.MODEL] == llm_models.SMOLLM2 and r[C.RATIONALE].strip()
@@ -55,7 +55,7 @@ def test_tiny_config_job_starts_and_stops_its_own_server(tmp_path, cache_dir):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())["teacher"]
-    rows = shards.read_latest(rd.path(C.TEACHER_SHARDS))
+    rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
     assert rows.num_rows == cfg["num_users"] and "teacher:" in r.stdout
     assert "server ready" in r.stderr and (rd.root / "teacher" / "server.log").exists()
     port = int(re.search(r"server ready at http://127.0.0.1:(\d+)/v1", r.stderr).group(1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slim import atomic
 from slim import columns as C
 from slim.data import sequences as S
 from slim.data import sources
@@ -141,17 +141,14 @@ def write_candidates(cfg: DataConfig, users: pa.Table, items: pa.Table, out_dir)
     n_items = items.num_rows
     if n_items - int(users.column(C.HISTORY_LEN).to_numpy().max()) < cfg.num_negatives:
         raise sources.DataError(f"only {n_items} items: too few to draw {cfg.num_negatives} negatives per user")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     ds = ray.data.from_arrow(users.select([C.USER_ID, C.ITEM_IDS]))
     ds = ds.repartition(max(1, min(64, users.num_rows // 2000)))
     ds = ds.map_batches(
         S.candidates_batch, batch_size=1024, batch_format="numpy",
         fn_kwargs={"seed": cfg.seed, "num_items": n_items, "n": cfg.num_negatives, "cdf": cdf},
     )
-    ds.write_parquet(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)  # the directory appears whole or not at all
+    with atomic.writing(out_dir, replace_dir=True) as tmp:  # the folder appears whole or not at all
+        ds.write_parquet(str(tmp))
     return pq.ParquetDataset(str(out_dir)).read(columns=[C.USER_ID]).num_rows
 
 
@@ -172,8 +169,8 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
     t_build = time.perf_counter()
     out = rd.stage_dir("data")
     rd.invalidate("data")
-    pq.write_table(users, out / "users.parquet")
-    pq.write_table(items, out / "items.parquet")
+    atomic.write_parquet(out / "users.parquet", users)
+    atomic.write_parquet(out / "items.parquet", items)
     init_ray(cfg.ray_address, cfg.num_cpus)
     n_cand = write_candidates(cfg, users, items, out / "candidates")
     t_end = time.perf_counter()

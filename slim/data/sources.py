@@ -22,6 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
+from slim import atomic
+
 log = logging.getLogger(__name__)
 
 RECBOLE_WHEEL = "recbole==1.2.1"
@@ -75,9 +77,8 @@ def fetch(path_or_url: str, cache_dir: str) -> Path:
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             log.info("downloading %s -> %s", path_or_url, dest)
-            tmp = dest.with_suffix(dest.suffix + ".part")
-            urllib.request.urlretrieve(path_or_url, tmp)  # noqa: S310 - user-given URL
-            tmp.rename(dest)
+            with atomic.writing(dest) as tmp:
+                urllib.request.urlretrieve(path_or_url, tmp)  # noqa: S310 - user-given URL
         return dest
     p = Path(path_or_url).expanduser()
     if not p.exists():

@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from slim import atomic
 from slim import metrics as M
 from slim.columns import EVAL_PROTOCOLS, SPLITS
 from slim.recsys import plots as P
@@ -128,8 +129,8 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     from slim.recsys.summary import markdown
 
     md = markdown(res, cfg.protocols)
-    _atomic(rep / "results.json", json.dumps(res, indent=2))
-    _atomic(rep / "results.md", md)
+    atomic.write_json(rep / "results.json", res)
+    atomic.write_text(rep / "results.md", md)
     m = Manifest(STAGE, conf, inputs, outputs=["reports/results.md", "reports/results.json", "reports/plots"],
                  counts={"runs": len(recs), "users": len(d.seqs)}, timings={"total_s": time.time() - t0})
     rd.write_manifest(m)
@@ -201,11 +202,3 @@ def write_plots(out: Path, d, rd: RunDir, res: dict, rk: dict, top: dict, cfg: E
                            [k[len("text_match ("):-1] for k in tm_rows], f"ID-agnostic text matching per rationale step, {loss}")
             files.append(f"text_match_steps_{loss}.png")
     return files
-
-
-def _atomic(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,14 +128,12 @@ def save_run(out: Path, model, spec, num_items: int, rec: dict, fp: str) -> dict
     """Weights first, metrics.json last (atomic): a run with metrics.json is complete."""
     import torch
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS + ".tmp")
-    torch.save({"spec": dataclasses.asdict(spec), "num_items": num_items, "state_dict": model.state_dict()}, tmp)
-    os.replace(tmp, out / WEIGHTS)
+    from slim import atomic
+
+    with atomic.writing(out / WEIGHTS) as tmp:
+        torch.save({"spec": dataclasses.asdict(spec), "num_items": num_items, "state_dict": model.state_dict()}, tmp)
     rec = {**rec, "fingerprint": fp}
-    tmp = out / (METRICS + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=2))
-    os.replace(tmp, out / METRICS)
+    atomic.write_json(out / METRICS, rec)
     return rec
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import atomic
 from slim.rundir import content_fingerprint
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,8 @@ def item_text(run_dir: str | Path, encoder: str = DEFAULT_ENCODER, batch_size: i
     vec = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
     emb = np.zeros((n + 1, vec.shape[1]), dtype=np.float16)
     emb[1:] = vec.astype(np.float16)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f"{p.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, p)
+    with atomic.writing(p) as tmp, open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+        np.save(f, emb)
     return emb.astype(np.float32)
 
 

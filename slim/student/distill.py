@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from slim import atomic
 from slim import columns as C
 from slim.prompts import PromptConfig
 from slim.rundir import Manifest, RunDir, fingerprint
@@ -161,11 +161,8 @@ def fit(cfg: DistillConfig, conf: dict, storage: Path, name: str):
 
 def _publish(src: Path, dst: Path) -> None:
     """Copy a folder into place whole: a reader sees the old one or the new one, never half."""
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    with atomic.writing(dst, replace_dir=True) as tmp:
+        shutil.copytree(src, tmp)
 
 
 def merge(base_path: str, adapter: Path, out: Path) -> None:
@@ -175,12 +172,9 @@ def merge(base_path: str, adapter: Path, out: Path) -> None:
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic.writing(out, replace_dir=True) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(tmp)
 
 
 def run(cfg: DistillConfig, force: bool = False) -> Manifest:
@@ -216,7 +210,7 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
         merge(base_path, rd.path(C.STUDENT_ADAPTER), rd.path(C.STUDENT_MERGED))
         outputs.append(C.STUDENT_MERGED)
     metrics = summarize(cfg, state, built)
-    rd.path(TRAIN_METRICS).write_text(json.dumps(metrics, indent=2))
+    atomic.write_json(rd.path(TRAIN_METRICS), metrics)
     m = Manifest("student", scfg, inputs, outputs=outputs,
                  counts={k: v for k, v in built.items() if isinstance(v, int)},
                  timings={"build_s": t_build - t0, "fit_s": t_fit - t_build, "total_s": time.perf_counter() - t0},

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from slim import atomic
 from slim import columns as C
 from slim.raycluster import work_actor_env
 from slim.rundir import file_fingerprint
@@ -85,12 +85,9 @@ def merge_adapter(base_path: str, adapter_path: str, out: Path) -> None:
     log.info("merging LoRA adapter %s into %s -> %s", adapter_path, base_path, out)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, adapter_path).merge_and_unload()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic.writing(out, replace_dir=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
 
 
 def sampling_dict(s) -> dict:

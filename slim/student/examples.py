@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import prompts
+from slim import atomic, prompts, shards
 from slim.prompts import PromptConfig
 from slim.rationale import parse
 
@@ -58,22 +58,17 @@ class BuildReport:
 
 
 def read_teacher(shard_dir: str | Path, report: BuildReport) -> pd.DataFrame:
-    """One row per user (a later shard wins, as the teacher writes retries), columns user_id, rationale, status."""
-    files = sorted(p for p in Path(shard_dir).glob("*.parquet") if not p.name.startswith("."))
-    if not files:
+    """One row per user (the latest row wins, slim.shards), columns user_id, rationale, status."""
+    if not shards.shard_files(shard_dir):
         raise DistillDataError(f"no teacher rationale shards in {shard_dir}; run the teacher stage first")
-    parts = []
-    for order, f in enumerate(files):
-        try:
-            t = pq.read_table(f, columns=[C.USER_ID, C.RATIONALE, C.STATUS]).to_pandas()
-        except (pa.ArrowInvalid, KeyError) as e:
-            raise DistillDataError(f"{f}: not a teacher shard with {C.USER_ID}, {C.RATIONALE}, {C.STATUS}: {e}")
-        parts.append(t.assign(_order=order))
-    df = pd.concat(parts, ignore_index=True)
-    report.rows = len(df)
-    df = df.reset_index().sort_values(["_order", "index"]).drop_duplicates(C.USER_ID, keep="last")
-    report.superseded = report.rows - len(df)
-    return df[[C.USER_ID, C.RATIONALE, C.STATUS]].sort_values(C.USER_ID).reset_index(drop=True)
+    cols = [C.USER_ID, C.RATIONALE, C.STATUS]
+    try:
+        everything = shards.read_shards(shard_dir, columns=cols)
+    except ValueError as e:
+        raise DistillDataError(f"not a teacher shard with {', '.join(cols)}: {e}") from e
+    df = shards.latest(everything).to_pandas()
+    report.rows, report.superseded = everything.num_rows, everything.num_rows - len(df)
+    return df[cols].sort_values(C.USER_ID).reset_index(drop=True)
 
 
 def target_text(rationale: str) -> str | None:
@@ -196,7 +191,4 @@ def split(df: pd.DataFrame, val_fraction: float, max_val: int, seed: int) -> tup
 
 def write(df: pd.DataFrame, path: Path) -> None:
     """Atomically, so a worker never reads a half-written example file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-    tmp.replace(path)
+    atomic.write_parquet(path, pa.Table.from_pandas(df, preserve_index=False))

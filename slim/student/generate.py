@@ -2,10 +2,12 @@
 
 Streaming and resumable: users not yet in rationales/part-*.parquet flow through prompt building (actor pool,
 one tokenizer each) and an engine (vLLM processor or batched HF generate); the driver writes every `shard_rows`
-rows as one Parquet shard, atomically (temp file + rename). A killed job restarted with the same command skips
-the users already in a shard, so no user is written twice and memory never depends on the number of users.
-Rows that fail (prompt too long, engine error) are written with status "failed" and their error; they count as
-done (rerun with --force to retry them). The manifest is rationales/manifest.json (Manifest.stage "rationales",
+rows as one Parquet shard, atomically (slim.shards). A killed job restarted with the same command skips the
+users already in a shard, so memory never depends on the number of users and a kill loses at most the rows not
+yet in a shard (shard_rows plus what the pipeline holds). Rows that fail (prompt too long, engine error) are
+written with status "failed" and their error; they count as done, and `--retry-failed` (retry_failed) redoes
+only them: the new row wins by the shared "latest row wins" rule, and the stage then rewrites its shards so
+each user has one row. The manifest is rationales/manifest.json (Manifest.stage "rationales",
 named after its folder because student/ belongs to the distill stage).
 """
 
@@ -14,9 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -27,8 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import atomic
+from slim import shards as S
 from slim.prompts import HISTORY_CUT, PromptConfig
-from slim.rundir import Manifest, RunDir, fingerprint
+from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class StudentConfig:
     hf_threads: int = 0  # torch threads per hf actor; 0 = all cores
     engine_kwargs: dict = field(default_factory=dict)  # extra vLLM engine args
     max_users: int = 0  # 0 = all; else user_id < max_users (a slice for tiny runs and benchmarks)
+    retry_failed: bool = False  # redo the rows that failed before, keep the rest (--retry-failed)
     cache_dir: str = "~/.cache/slim"
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
@@ -76,7 +79,7 @@ class StudentConfig:
 
 RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "batch_size", "max_num_batched_tokens",
                 "shard_rows", "num_engines", "engine_cpus", "num_gpus_per_engine", "block_kib", "kv_cache_gib",
-                "hf_threads", "object_store_mib")
+                "hf_threads", "object_store_mib", "retry_failed")
 
 SCHEMA = pa.schema([
     (C.USER_ID, pa.int64()), (C.PROMPT, pa.string()), (C.RATIONALE, pa.string()), (C.STEP1, pa.string()),
@@ -116,13 +119,15 @@ def _todo_filter(batch: dict, done: np.ndarray, max_users: int) -> dict:
 
 
 def shards(out: Path) -> list[Path]:
-    return sorted(out.glob("part-*.parquet"))
+    return S.shard_files(out)
 
 
-def done_users(out: Path) -> np.ndarray:
-    """user_ids already written (sorted int64); only the id column is read."""
-    ids = [pq.read_table(p, columns=[C.USER_ID]).column(0).to_numpy() for p in shards(out)]
-    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+def done_users(out: Path, retry_failed: bool = False) -> np.ndarray:
+    """user_ids already written (sorted int64), less those whose latest row failed when retrying them."""
+    t = S.read_latest(out, columns=[C.USER_ID, C.STATUS])
+    if retry_failed and t.num_rows:
+        t = t.filter(pc.not_equal(t.column(C.STATUS), "failed"))
+    return np.unique(S.user_ids(t)) if t.num_rows else np.zeros(0, np.int64)
 
 
 def finalize(batch: pa.Table, model_name: str) -> pa.Table:
@@ -142,12 +147,22 @@ def finalize(batch: pa.Table, model_name: str) -> pa.Table:
     return pa.table(rows, schema=SCHEMA)
 
 
-def write_shard(out: Path, table: pa.Table, tag: str, seq: int) -> Path:
-    final = out / f"part-{tag}-{seq:06d}.parquet"
-    tmp = out / f".{final.name}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)  # a shard appears whole or not at all
-    return final
+def write_shard(out: Path, table: pa.Table) -> Path:
+    return S.write_shard(out, table)  # a shard appears whole or not at all
+
+
+def compact(out: Path) -> int:
+    """After retried rows: one shard of the latest row per user replaces the rest (readers such as encode see
+    each user once). A kill before the deletes leaves duplicates that the same rule resolves on the next run."""
+    old = shards(out)
+    everything = S.read_shards(out, schema=SCHEMA)
+    final = S.latest(everything)
+    if final.num_rows == everything.num_rows:
+        return 0
+    write_shard(out, final.sort_by(C.USER_ID))
+    for p in old:
+        p.unlink(missing_ok=True)
+    return everything.num_rows - final.num_rows
 
 
 def _prepare_out(rd: RunDir, key: str, force: bool) -> Path:
@@ -159,10 +174,9 @@ def _prepare_out(rd: RunDir, key: str, force: bool) -> Path:
         log.info("student: removing %d shard(s) from another config or --force", len(shards(out)))
         for p in shards(out):
             p.unlink()
-    for p in out.glob(".part-*.tmp"):  # left by a kill mid-write
-        p.unlink()
+    atomic.clean_tmp(out)  # left by a kill mid-write
     rd.invalidate(MANIFEST_STAGE)
-    state.write_text(json.dumps({"key": key}))
+    atomic.write_json(state, {"key": key})
     return out
 
 
@@ -179,12 +193,15 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     inputs = {"data": rd.upstream("data"), "model": model_info.get("fingerprint", model_info["path"])}
     sc = stage_config(cfg)
     if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
-        log.info("student: manifest matches, skipping (use --force to rerun)")
-        return rd.read_manifest(MANIFEST_STAGE)
+        m = rd.read_manifest(MANIFEST_STAGE)
+        if not (cfg.retry_failed and m.counts.get("failed", 0)):
+            log.info("student: manifest matches, skipping (use --force to rerun, --retry-failed for failed rows)")
+            return m
+        log.info("student: retrying %d failed rows", m.counts["failed"])
     out = _prepare_out(rd, Manifest(MANIFEST_STAGE, sc, inputs).key(), force)
     t0 = time.perf_counter()
     init_ray(cfg.ray_address, cfg.num_cpus)
-    done = done_users(out)
+    done = done_users(out, cfg.retry_failed)
     engine = (engines.vllm_stage if cfg.engine == "vllm" else engines.hf_stage)(cfg, model_path)
     ds = read_parquet(str(rd.path(C.USERS_FILE)), [C.USER_ID, C.ITEM_IDS], cfg.block_kib, cfg.object_store_mib)
     ds = ds.map_batches(_todo_filter, fn_kwargs={"done": done, "max_users": cfg.max_users}, batch_format="numpy",
@@ -193,13 +210,13 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
                         compute=ray.data.ActorPoolStrategy(size=1),
                         fn_constructor_kwargs={"tokenizer_path": model_path, "items_path": str(rd.path(C.ITEMS_FILE)),
                                                "prompt": dataclasses.asdict(cfg.prompt)})
-    tag, seq, new, tokens = uuid.uuid4().hex[:8], 0, 0, 0
+    new, tokens = 0, 0
     t_first = None
     for batch in engine(ds).iter_batches(batch_size=cfg.shard_rows, batch_format="pyarrow"):
         t_first = t_first or time.perf_counter()
         table = finalize(batch, model_info["path"])
-        write_shard(out, table, tag, seq)
-        seq, new = seq + 1, new + table.num_rows
+        write_shard(out, table)
+        new += table.num_rows
         tokens += int(pc.sum(table.column(C.TOKENS_OUT)).as_py() or 0)
         log.info("student: %d new rationales (%d tokens) in %.0fs", new, tokens, time.perf_counter() - t0)
     return _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first)
@@ -207,14 +224,11 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
 
 def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> Manifest:
     t_end = time.perf_counter()
-    status = pa.concat_tables([pq.read_table(p, columns=[C.USER_ID, C.STATUS]) for p in shards(out)]) \
-        if shards(out) else pa.table({C.USER_ID: pa.array([], pa.int64()), C.STATUS: pa.array([], pa.string())})
-    ids = status.column(C.USER_ID).to_numpy()
-    if len(np.unique(ids)) != len(ids):
-        raise RuntimeError(f"duplicate user_ids in {out}; rerun with --force")  # never expected; checked anyway
+    superseded = compact(out)
+    status = S.read_latest(out, columns=[C.USER_ID, C.STATUS])
     st = status.column(C.STATUS).to_pylist()
-    counts = {"users": len(ids), "new": new, **{s: st.count(s) for s in ("ok", "malformed", "failed")},
-              "new_tokens_out": tokens}
+    counts = {"users": status.num_rows, "new": new, **{s: st.count(s) for s in ("ok", "malformed", "failed")},
+              "new_tokens_out": tokens, "superseded": superseded}
     m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.STUDENT_SHARDS], counts=counts,
                  timings={"total_s": t_end - t0, "to_first_shard_s": (t_first or t_end) - t0,
                           "rationales_per_s": new / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},

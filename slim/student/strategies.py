@@ -9,9 +9,10 @@ model is frozen and reloaded from its own files.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
+
+from slim import atomic
 
 DDP_STATE = "ddp_state.pt"
 DS_TAG = "deepspeed"
@@ -177,4 +178,4 @@ STRATEGIES = {"ddp": DDPStrategy, "deepspeed": DeepSpeedStrategy}
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    atomic.write_json(path, obj, sort_keys=True)

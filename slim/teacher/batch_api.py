@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from slim import columns as C
+from slim import atomic
 from slim.teacher import client as K
 from slim.teacher import shards
 from slim.teacher.worker import api_key
@@ -21,12 +21,6 @@ log = logging.getLogger(__name__)
 
 MAX_REQUESTS = 50_000  # the provider's per-batch limit
 DONE = ("completed", "failed", "expired", "cancelled")
-
-
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
 
 
 def _submit(client, cfg, todo: list[dict], work: Path) -> dict:
@@ -100,7 +94,7 @@ def run_batch(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], pr
             if not rest:
                 break
             state = _submit(client, cfg, rest, work)
-            _save(state_path, state)
+            atomic.write_json(state_path, state)
         else:
             log.info("teacher: collecting batch %s left by an earlier run", state["batch_id"])
         b = _poll(client, state["batch_id"], cfg.batch_poll_s, cfg.batch_max_wait_s)
@@ -111,6 +105,7 @@ def run_batch(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], pr
         handled |= set(state["users"])
         state = None
     stats = {"rows": len(written), "ok": 0, "malformed": 0, "failed": 0, "attempts": len(written),
+             "billed_requests": sum(r[C.BILLED] for r in written),
              "tokens_in": sum(r[C.TOKENS_IN] for r in written), "tokens_out": sum(r[C.TOKENS_OUT] for r in written),
              "cost_usd": sum(r[C.COST_USD] for r in written)}
     for r in written:

@@ -4,7 +4,10 @@ Not a model: it answers every chat completion with a well-formed three-step rati
 with `usage`, after `--latency` seconds, except on scheduled requests. The schedule maps a fault to a period:
 {"429": 7} makes every 7th request (counted over the whole server) a 429 with Retry-After. Faults: 429, 500,
 400 (permanent client error), timeout (sleeps past the client's timeout), malformed (a 200 with a broken JSON
-body), truncated (an answer cut off inside step 2 with finish_reason=length). It also implements the Batch API
+body), truncated (an answer cut off inside step 2 with finish_reason=length), empty (a 200 with no content).
+`--retry-after` is the 429s' header value, or several separated by "|" used in turn (e.g. "0.2|soon|99999").
+Billing is that of a provider: every 200 it sends is billed with its usage, whether the body is usable or not;
+a request whose client hung up before the answer is not. /stats lists the billed ones. It also implements the Batch API
 subset the job uses (/v1/files, /v1/batches), and /stats reports what it saw for the tests' assertions.
 Run: python -m slim.teacher.fault_server --port 8011 --schedule '{"429": 7}'
 """
@@ -19,7 +22,7 @@ import re
 import time
 import uuid
 
-FAULTS = ("429", "500", "400", "timeout", "malformed", "truncated")  # priority when periods coincide
+FAULTS = ("429", "500", "400", "timeout", "malformed", "truncated", "empty")  # priority when periods coincide
 
 
 def rationale_for(prompt: str) -> str:
@@ -41,12 +44,13 @@ def completion(model: str, content: str, prompt_tokens: int, finish: str = "stop
     }
 
 
-def build_app(schedule: dict, latency_s: float, retry_after_s: float, timeout_sleep_s: float):
+def build_app(schedule: dict, latency_s: float, retry_after: str, timeout_sleep_s: float):
     from fastapi import FastAPI, File, Form, Request, UploadFile
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
     app = FastAPI()
-    state = {"n": 0, "requests": [], "auth": {}, "files": {}, "batches": {}}
+    state = {"n": 0, "requests": [], "billed": [], "n429": 0, "auth": {}, "files": {}, "batches": {}}
+    after_values = str(retry_after).split("|")
 
     def fault_for(n: int) -> str:
         return next((f for f in FAULTS if schedule.get(f) and n % int(schedule[f]) == 0), "")
@@ -74,13 +78,21 @@ def build_app(schedule: dict, latency_s: float, retry_after_s: float, timeout_sl
         elif latency_s:
             await asyncio.sleep(latency_s)
         if fault == "429":
+            state["n429"] += 1
+            value = after_values[(state["n429"] - 1) % len(after_values)]
             return JSONResponse({"error": {"message": "rate limited (injected)", "type": "rate_limit"}},
-                                status_code=429, headers={"retry-after": str(retry_after_s)})
+                                status_code=429, headers={"retry-after": value})
         if fault == "500":
             return JSONResponse({"error": {"message": "server error (injected)"}}, status_code=500)
         if fault == "400":
             return JSONResponse({"error": {"message": "bad request (injected)"}}, status_code=400)
         out = answer(body)
+        if fault == "empty":
+            out["choices"][0]["message"]["content"] = None
+            out["usage"]["completion_tokens"], out["usage"]["total_tokens"] = 1, out["usage"]["prompt_tokens"] + 1
+        if not await request.is_disconnected():  # billed like a provider: the answer was generated and sent
+            state["billed"].append([request.headers.get("x-slim-user", ""), fault, out["usage"]["prompt_tokens"],
+                                    out["usage"]["completion_tokens"]])
         if fault == "malformed":
             return Response(json.dumps(out)[:40], media_type="application/json")
         if fault == "truncated":
@@ -91,7 +103,8 @@ def build_app(schedule: dict, latency_s: float, retry_after_s: float, timeout_sl
 
     @app.get("/stats")
     async def stats():
-        return {"requests": state["requests"], "auth_sha256": state["auth"], "batches": len(state["batches"])}
+        return {"requests": state["requests"], "billed": state["billed"], "auth_sha256": state["auth"],
+                "batches": len(state["batches"])}
 
     # --- Batch API subset: upload JSONL, create a batch, poll it, download the output file. ---
     @app.post("/v1/files")
@@ -147,7 +160,7 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--schedule", default="{}", help='JSON: fault -> period, e.g. {"429": 7, "500": 11}')
     p.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
-    p.add_argument("--retry-after", type=float, default=1.0)
+    p.add_argument("--retry-after", default="1.0", help='header value of 429s; "a|b|c" = each in turn')
     p.add_argument("--timeout-sleep", type=float, default=5.0)
     a = p.parse_args()
     app = build_app(json.loads(a.schedule), a.latency, a.retry_after, a.timeout_sleep)

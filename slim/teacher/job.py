@@ -2,7 +2,10 @@
 
 run(cfg): pick users (stratified, fixed seed) -> build the paper's prompts -> skip users already done (rows in
 shards whose prompt and model match) -> dry-run estimate -> online (Ray Data + global rate limit) or Batch API
--> compact shards to one row per user -> cost.json, manifest.json, summary.
+-> compact shards to one row per user (every other paid row kept in archive/) -> cost.json, manifest.json.
+Rows are durable as their answers arrive (slim.teacher.shards); a killed job rerun with the same command sends
+only what is not done. cost.json counts every billed response, usable or not ("billed"), apart from what the
+kept ok answers cost ("useful").
 
 Why not ray.data.llm's HTTP request processor (Ray 2.60, HttpRequestProcessorConfig): its `qps` limit is per
 actor, with no tokens/min limit, so N actors send N times the limit; it retries 408/429/502-504 with plain
@@ -16,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import atomic
 from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
 from slim.teacher import client as K
@@ -67,7 +69,8 @@ class TeacherConfig:
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
-    retry_failed: bool = True  # a rerun retries rows that failed before
+    retry_after_max_s: float = 120.0  # a provider's Retry-After above this is cut to it (a garbled one is ignored)
+    retry_failed: bool = True  # a rerun retries rows that failed before (--retry-failed sets it too)
     price_in_per_mtok: float = 0.0  # USD per million prompt tokens
     price_out_per_mtok: float = 0.0
     batch_discount: float = 0.5  # Batch API price factor
@@ -93,7 +96,8 @@ def stage_config(cfg: TeacherConfig) -> dict:
 def settings(cfg: TeacherConfig) -> K.CallSettings:
     return K.CallSettings(cfg.model, cfg.max_tokens, cfg.temperature, cfg.max_attempts, cfg.backoff_base_s,
                           cfg.backoff_max_s, cfg.price_in_per_mtok, cfg.price_out_per_mtok,
-                          cfg.batch_discount if cfg.mode == "batch" else 1.0, dict(cfg.extra_body))
+                          cfg.batch_discount if cfg.mode == "batch" else 1.0, dict(cfg.extra_body),
+                          cfg.retry_after_max_s)
 
 
 def _done_users(existing, prompts: dict[int, str], cfg: TeacherConfig) -> set[int]:
@@ -160,9 +164,9 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
     pos = select.stratified_sample(users.column(C.HISTORY_LEN).to_numpy(), cfg.num_users, cfg.seed, cfg.strata)
     chosen = select.build_prompts(users, items, pos, cfg.prompt)
     prompts = {r[C.USER_ID]: r[C.PROMPT] for r in chosen}
-    shard_dir = rd.stage_dir("teacher") / "rationales"
-    shards.clean_tmp(shard_dir)
-    existing = shards.read_latest(shard_dir)
+    stage_dir = rd.stage_dir("teacher")
+    shards.recover(stage_dir)  # what a killed run left: its logs become shards
+    existing = shards.read_latest(stage_dir)  # every paid row, including users outside the selection
     done = _done_users(existing, prompts, cfg)
     todo = [r for r in chosen if r[C.USER_ID] not in done]
     est = estimate(todo, existing, cfg)
@@ -173,57 +177,54 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
     if cfg.dry_run:
         return Manifest("teacher", stage_config(cfg), inputs, extra={"dry_run": est})
     rd.invalidate("teacher")
-    stats = _generate(cfg, rd, todo, prompts, str(shard_dir))
+    stats = _generate(cfg, rd, todo, prompts, stage_dir)
     t_gen = time.perf_counter()
-    final, n_super, super_cost = shards.compact(shard_dir, set(prompts))
+    final = shards.compact(stage_dir, set(prompts))
     if final.num_rows != len(chosen):
-        raise RuntimeError(f"teacher: {final.num_rows} rows for {len(chosen)} users in {shard_dir}; rerun to resume")
-    return _finish(cfg, rd, inputs, final, stats, n_super, super_cost, est,
-                   {"generate_s": t_gen - t0, "total_s": time.perf_counter() - t0})
+        raise RuntimeError(f"teacher: {final.num_rows} rows for {len(chosen)} users in {stage_dir}; rerun to resume")
+    return _finish(cfg, rd, inputs, final, stats, est, {"generate_s": t_gen - t0, "total_s": time.perf_counter() - t0})
 
 
-def _generate(cfg: TeacherConfig, rd: RunDir, todo: list[dict], prompts: dict, shard_dir: str) -> dict:
+def _generate(cfg: TeacherConfig, rd: RunDir, todo: list[dict], prompts: dict, stage_dir) -> dict:
     from slim.teacher.worker import api_key
 
     api_key(cfg.api_key_env)  # fail before starting anything when the key is missing
     if not todo:
         return {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, "tokens_in": 0, "tokens_out": 0,
-                "cost_usd": 0.0, "attempts": 0}
+                "cost_usd": 0.0, "attempts": 0, "billed_requests": 0}
     if cfg.mode == "batch":  # the driver alone calls the endpoint: no Ray, loopback unless told otherwise
         from slim.teacher.batch_api import run_batch
 
         host = "127.0.0.1" if cfg.local_server_host == "auto" else cfg.local_server_host
         with teacher_endpoint(cfg, rd, host) as base_url:
-            return run_batch(cfg, settings(cfg), base_url, todo, prompts, shard_dir, rd.stage_dir("teacher"))
+            return run_batch(cfg, settings(cfg), base_url, todo, prompts, str(stage_dir / shards.MAIN), stage_dir)
     from slim.raycluster import init_ray, server_host
     from slim.teacher.worker import run_online
 
     # Ray first: on a cluster the local server binds to this node's address, which the worker actors call.
     init_ray(cfg.ray_address, cfg.num_cpus)
     with teacher_endpoint(cfg, rd, server_host(cfg.local_server_host, cfg.ray_address)) as base_url:
-        return run_online(cfg, settings(cfg), base_url, todo, shard_dir)
+        return run_online(cfg, settings(cfg), base_url, todo, str(stage_dir))
 
 
-def _finish(cfg, rd, inputs, final, stats, n_super, super_cost, est, timings) -> Manifest:
+def _finish(cfg, rd, inputs, final, stats, est, timings) -> Manifest:
     statuses = final.column(C.STATUS).to_pylist()
     counts = {"users": final.num_rows, **{s: statuses.count(s) for s in shards.STATUSES}}
-    prev = rd.path("teacher/cost.json")
-    prev_super = json.loads(prev.read_text()).get("superseded_cost_usd", 0.0) if prev.exists() else 0.0
+    led = shards.ledger(shards.read_all(rd.stage_dir("teacher")), final)
     cost = {
         "model": cfg.model, "mode": cfg.mode, **counts,
-        "tokens_in": int(pc.sum(final.column(C.TOKENS_IN)).as_py() or 0),
-        "tokens_out": int(pc.sum(final.column(C.TOKENS_OUT)).as_py() or 0),
-        "cost_usd": float(pc.sum(final.column(C.COST_USD)).as_py() or 0.0),
+        # Every response billed in this run directory (all runs, kept rows, superseded and archived ones).
+        "tokens_in": led["billed"]["tokens_in"], "tokens_out": led["billed"]["tokens_out"],
+        "cost_usd": led["billed"]["cost_usd"], **led,
         "prices_usd_per_mtok": {"in": cfg.price_in_per_mtok, "out": cfg.price_out_per_mtok,
                                 "factor": settings(cfg).price_factor},
-        "superseded_rows_this_run": n_super, "superseded_cost_usd": prev_super + super_cost,
         "this_run": stats, "estimate_this_run": est,
     }
-    tmp = prev.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cost, indent=2))
-    os.replace(tmp, prev)
+    atomic.write_json(rd.path("teacher/cost.json"), cost)
     m = Manifest("teacher", stage_config(cfg), inputs, outputs=[C.TEACHER_SHARDS, "teacher/cost.json"],
-                 counts=counts, timings=timings, extra={"cost_usd": cost["cost_usd"], "this_run": stats})
+                 counts=counts, timings=timings,
+                 extra={"cost_usd": cost["cost_usd"], "billed": led["billed"], "useful": led["useful"],
+                        "this_run": stats})
     rd.write_manifest(m)
     print_summary(m, cost)
     return m
@@ -234,5 +235,8 @@ def print_summary(m: Manifest, cost: dict) -> None:
     print(f"teacher: {c['users']:,} users: {c['ok']:,} ok, {c['malformed']:,} malformed, {c['failed']:,} failed; "
           f"{cost['tokens_in']:,} tokens in / {cost['tokens_out']:,} out, ${cost['cost_usd']:.4f} "
           f"({cost['model']}, {cost['mode']}); this run {r['rows']:,} rows in {m.timings['generate_s']:.1f}s")
+    b, u = cost["billed"], cost["useful"]
+    print(f"  billed: {b['requests']:,} responses ({b['unpriced_requests']:,} with unreadable usage), "
+          f"${b['cost_usd']:.4f}; useful: {u['rows']:,} ok answers, ${u['cost_usd']:.4f}")
     if c["failed"]:
         print(f"  {c['failed']} failed rows keep their error; rerun the same command to retry them")

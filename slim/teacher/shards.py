@@ -1,111 +1,180 @@
-"""Rationale rows in Parquet shards: one file per finished batch, written atomically, compacted at the end.
+"""Where every paid teacher answer lives, from the moment it arrives until the stage is done.
 
-Shard names start with a zero-padded nanosecond time, so sorting names sorts writes; when a user appears in
-several shards (a retried failed row, a task Ray re-ran), the row in the latest shard wins. Compaction rewrites
-the winners into one file before deleting the rest, so a kill at any point leaves a readable, resumable state.
+- log/: each worker actor appends every finished row to its own JSON-lines file (flushed and fsynced), so a kill
+  loses only the requests still in flight. A log is folded into a shard when a job starts or ends.
+- rationales/: shards (slim.shards) holding, after a finished run, exactly one row per selected user.
+- archive/: every other paid row: rows superseded by a retry, and rows of users outside the current selection
+  (reused, without a new request, if the selection grows back).
+Every row has a unique row_id (a row folded twice is one row) and its write time (the latest row of a user wins,
+slim.shards). Nothing here deletes a row before a shard holding it has been renamed into place.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
-import time
+import socket
+import threading
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import atomic
+from slim import shards as S
 
 SCHEMA = pa.schema([
     (C.USER_ID, pa.int64()), (C.PROMPT, pa.string()), (C.RATIONALE, pa.string()),
     (C.STEP1, pa.string()), (C.STEP2, pa.string()), (C.STEP3, pa.string()), (C.MODEL, pa.string()),
     (C.TOKENS_IN, pa.int64()), (C.TOKENS_OUT, pa.int64()), (C.COST_USD, pa.float64()),
-    (C.STATUS, pa.string()), (C.ERROR, pa.string()), (C.ATTEMPTS, pa.int32()),
+    (C.STATUS, pa.string()), (C.ERROR, pa.string()), (C.ATTEMPTS, pa.int32()), (C.BILLED, pa.int32()),
+    (C.UNPRICED, pa.int32()), (C.WASTED_USD, pa.float64()), (C.ROW_ID, pa.string()), (C.WRITTEN_AT, pa.int64()),
 ])
 STATUSES = ("ok", "malformed", "failed")
-_ORDER = "__shard_order"
+MAIN, ARCHIVE, LOG = "rationales", "archive", "log"
 
 
-def _name(prefix: str = "part") -> str:
-    return f"{prefix}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+def to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
 
 
 def write_shard(shard_dir: str | Path, rows: list[dict], prefix: str = "part") -> Path | None:
-    """Write rows as one new shard; the file appears whole or not at all."""
-    if not rows:
-        return None
-    d = Path(shard_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
-    path = d / _name(prefix)
-    tmp = d / f".tmp-{path.name}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return S.write_shard(shard_dir, to_table(rows), prefix)
 
 
-def shard_files(shard_dir: str | Path) -> list[Path]:
-    d = Path(shard_dir)
-    return sorted(d.glob("*.parquet"), key=lambda p: p.name.split("-", 1)[1]) if d.exists() else []
+class RowLog:
+    """One actor's append-only log. It holds an exclusive lock on its file while alive, so a fold never deletes
+    a log that is still being written (it folds its rows and leaves the file)."""
+
+    def __init__(self, stage_dir: str | Path):
+        d = Path(stage_dir) / LOG
+        d.mkdir(parents=True, exist_ok=True)
+        self.path = d / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.f = open(self.path, "a", encoding="utf-8")
+        fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.lock = threading.Lock()
+
+    def append(self, row: dict) -> None:
+        line = json.dumps(row) + "\n"
+        with self.lock:
+            self.f.write(line)
+            self.f.flush()
+            os.fsync(self.f.fileno())  # on disk before the row counts as done
 
 
-def read_all(shard_dir: str | Path) -> pa.Table:
-    """Every row of every shard, with the shard's order in a helper column."""
-    parts = []
-    for i, f in enumerate(shard_files(shard_dir)):
-        t = pq.read_table(f, schema=SCHEMA)
-        parts.append(t.append_column(_ORDER, pa.array([i] * t.num_rows, pa.int32())))
-    if not parts:
-        return SCHEMA.empty_table().append_column(_ORDER, pa.array([], pa.int32()))
-    return pa.concat_tables(parts)
+def _read_log(path: Path) -> list[dict]:
+    """Rows of one log; a last line cut by a kill is skipped (its request counts as in flight)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i < len(lines) - 1:  # only the final line can be partial
+                raise ValueError(f"{path}:{i}: not a JSON row: {e}") from e
+    return rows
 
 
-def latest(table: pa.Table) -> pa.Table:
-    """One row per user: the one from the latest shard (the last row when a shard repeats a user)."""
-    if table.num_rows == 0:
-        return table.drop_columns([_ORDER]) if _ORDER in table.column_names else table
-    idx = pa.array(range(table.num_rows), pa.int64())
-    t = table.append_column("__idx", idx)
-    order = pc.sort_indices(t, [(C.USER_ID, "ascending"), (_ORDER, "ascending"), ("__idx", "ascending")])
-    t = t.take(order)
-    users = t.column(C.USER_ID).to_numpy()
-    last = [i for i in range(len(users)) if i == len(users) - 1 or users[i] != users[i + 1]]
-    return t.take(pa.array(last, pa.int64())).drop_columns([_ORDER, "__idx"])
+def _live(path: Path) -> bool:
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
-def read_latest(shard_dir: str | Path) -> pa.Table:
-    """What downstream stages read: exactly one row per user."""
-    return latest(read_all(shard_dir))
+def fold_logs(stage_dir: str | Path) -> int:
+    """Every log's rows into one new shard of rationales/, then the logs of finished actors are deleted."""
+    stage_dir = Path(stage_dir)
+    logs = sorted((stage_dir / LOG).glob("*.jsonl")) if (stage_dir / LOG).exists() else []
+    rows = [r for p in logs for r in _read_log(p)]
+    write_shard(stage_dir / MAIN, rows, prefix="log")
+    for p in logs:
+        if not _live(p):
+            p.unlink(missing_ok=True)
+    return len(rows)
 
 
-def clean_tmp(shard_dir: str | Path) -> int:
-    """Partial files of a killed writer; they were never renamed into place, so nothing is lost."""
-    d = Path(shard_dir)
-    n = 0
-    for f in d.glob(".tmp-*") if d.exists() else []:
+def recover(stage_dir: str | Path) -> int:
+    """After a kill: temporary files go (they were never renamed into place), logs are folded."""
+    for sub in (MAIN, ARCHIVE):
+        atomic.clean_tmp(Path(stage_dir) / sub)
+    return fold_logs(stage_dir)
+
+
+def read_all(stage_dir: str | Path) -> pa.Table:
+    """Every paid row once (deduplicated by row_id), with its write time in S.ORDER."""
+    d = Path(stage_dir)
+    t = S.read_shards(d / MAIN, d / ARCHIVE, schema=SCHEMA)
+    if t.num_rows == 0:
+        return t
+    ids = t.column(C.ROW_ID).to_pylist()
+    order = t.column(S.ORDER).to_pylist()
+    # Rows written before row ids existed get one here (unique within this read; compaction then stores it).
+    ids = [rid if rid is not None else f"legacy-{order[i]}-{i}" for i, rid in enumerate(ids)]
+    first = {}
+    for i, rid in enumerate(ids):
+        first.setdefault(rid, i)
+    t = t.set_column(t.schema.get_field_index(C.ROW_ID), C.ROW_ID, pa.array(ids, pa.string()))
+    return t.take(pa.array(sorted(first.values()), pa.int64()))
+
+
+def read_latest(stage_dir: str | Path) -> pa.Table:
+    """One row per user over every paid row, in rationales/ and archive/ alike."""
+    return S.latest(read_all(stage_dir))
+
+
+def compact(stage_dir: str | Path, keep_users: set[int]) -> pa.Table:
+    """rationales/ <- the latest row of each selected user; archive/ <- every other paid row. Returns the former.
+
+    Both new shards are written before any old file is deleted; a kill in between leaves duplicates of the same
+    row_ids, which `read_all` folds back into one."""
+    d = Path(stage_dir)
+    folded = fold_logs(d)
+    old = S.shard_files(d / MAIN, d / ARCHIVE)
+    everything = read_all(d)
+    final = S.latest(everything)
+    selected = pc.is_in(final.column(C.USER_ID), pa.array(sorted(keep_users), pa.int64()))
+    final = final.filter(selected).sort_by(C.USER_ID)
+    kept_ids = pa.array(final.column(C.ROW_ID).to_pylist(), pa.string())
+    rest = everything.filter(pc.invert(pc.is_in(everything.column(C.ROW_ID), kept_ids)))
+    rest = rest.sort_by([(S.ORDER, "ascending")]).drop_columns([S.ORDER])
+    if not folded and _same(d, final, everything):
+        return final  # already compact: nothing new, nothing to move
+    S.write_shard(d / ARCHIVE, rest, prefix="archive")
+    S.write_shard(d / MAIN, final, prefix="compact")
+    for f in old:
         f.unlink(missing_ok=True)
-        n += 1
-    return n
+    return final
 
 
-def compact(shard_dir: str | Path, keep_users: set[int]) -> tuple[pa.Table, int, float]:
-    """Rewrite the latest row of each kept user into one shard, then delete the old shards.
+def _same(d: Path, final: pa.Table, everything: pa.Table) -> bool:
+    """rationales/ is one shard holding exactly `final`, archive/ at most one, and no duplicates anywhere."""
+    if len(S.shard_files(d / MAIN)) != 1 or len(S.shard_files(d / ARCHIVE)) > 1:
+        return False
+    raw = S.read_shards(d / MAIN, d / ARCHIVE, columns=[C.USER_ID]).num_rows
+    main_ids = S.read_shards(d / MAIN, schema=SCHEMA).column(C.ROW_ID).to_pylist()
+    return raw == everything.num_rows and None not in main_ids and set(main_ids) == set(final.column(C.ROW_ID).to_pylist())
 
-    Returns (final rows, superseded row count, their cost). A kill between the write and the deletes leaves
-    duplicates that `read_latest` resolves the same way (the compacted shard is the newest).
-    """
-    old = shard_files(shard_dir)
-    everything = read_all(shard_dir)
-    final = latest(everything)
-    keep = pc.is_in(final.column(C.USER_ID), pa.array(sorted(keep_users), pa.int64()))
-    final = final.filter(keep).sort_by(C.USER_ID)
-    n_super = everything.num_rows - final.num_rows
-    cost_all = pc.sum(everything.column(C.COST_USD)).as_py() or 0.0
-    cost_final = pc.sum(final.column(C.COST_USD)).as_py() or 0.0
-    if not (len(old) == 1 and n_super == 0):
-        write_shard(shard_dir, final.to_pylist(), prefix="compact")
-        for f in old:
-            f.unlink(missing_ok=True)
-    return final, n_super, cost_all - cost_final
+
+def ledger(everything: pa.Table, final: pa.Table) -> dict:
+    """Billed (every paid row, kept or not) vs useful (the answers of ok rows) for cost.json and the manifest."""
+    def total(t, col):
+        return pc.sum(t.column(col)).as_py() or 0 if t.num_rows else 0
+
+    ok = final.filter(pc.equal(final.column(C.STATUS), "ok")) if final.num_rows else final
+    return {
+        "billed": {"requests": int(total(everything, C.BILLED)), "unpriced_requests": int(total(everything, C.UNPRICED)),
+                   "tokens_in": int(total(everything, C.TOKENS_IN)), "tokens_out": int(total(everything, C.TOKENS_OUT)),
+                   "cost_usd": float(total(everything, C.COST_USD)), "rows": everything.num_rows},
+        "useful": {"rows": ok.num_rows, "cost_usd": float(total(ok, C.COST_USD) - total(ok, C.WASTED_USD))},
+        "wasted_cost_usd": float(total(everything, C.COST_USD)
+                                 - (total(ok, C.COST_USD) - total(ok, C.WASTED_USD))),
+    }

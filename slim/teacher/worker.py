@@ -1,7 +1,8 @@
 """Online mode: Ray Data shards the prompts over a pool of worker actors that share one rate limiter.
 
-Each actor keeps a thread pool of `openai` clients in flight (requests are I/O bound), writes every finished
-batch as its own shard, and returns only a small summary to the driver, which shows progress.
+Each actor keeps a thread pool of `openai` clients in flight (requests are I/O bound), appends every row to its
+own log the moment its answer arrives (slim.teacher.shards.RowLog: a kill loses only the requests in flight, at
+most num_actors x threads_per_actor), and returns only a small summary to the driver, which shows progress.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from slim.teacher import shards
 
 log = logging.getLogger(__name__)
 
-SUMMARY = (C.USER_ID, C.STATUS, C.TOKENS_IN, C.TOKENS_OUT, C.COST_USD, C.ATTEMPTS)
+SUMMARY = (C.USER_ID, C.STATUS, C.TOKENS_IN, C.TOKENS_OUT, C.COST_USD, C.ATTEMPTS, C.BILLED)
 
 
 def api_key(env_name: str) -> str:
@@ -47,16 +48,16 @@ class Secret:
 
 
 class TeacherWorker:
-    """A Ray Data callable class: one batch of prompts in, one shard written, a summary out."""
+    """A Ray Data callable class: one batch of prompts in, each row logged as it finishes, a summary out."""
 
-    def __init__(self, settings: K.CallSettings, base_url: str, key: Secret, limiter, shard_dir: str,
+    def __init__(self, settings: K.CallSettings, base_url: str, key: Secret, limiter, stage_dir: str,
                  threads: int, timeout_s: float):
         import openai
 
         self.client = openai.OpenAI(base_url=base_url, api_key=key.value, max_retries=0, timeout=timeout_s)
         self.s = settings
         self.limiter = limiter
-        self.shard_dir = shard_dir
+        self.log = shards.RowLog(stage_dir)
         self.pool = ThreadPoolExecutor(threads)
         self.rng = random.Random(os.getpid() ^ time.time_ns())
 
@@ -74,16 +75,22 @@ class TeacherWorker:
             self.limiter.pause.remote(seconds)
 
     def _one(self, uid, prompt, messages_json) -> dict:
-        return K.call(self.client, int(uid), str(prompt), json.loads(messages_json), self.s,
-                      self._reserve, self._adjust, self._pause, self.rng)
+        try:
+            messages = json.loads(messages_json)
+        except ValueError as e:  # never expected (the driver wrote it); a failed row all the same
+            row = K.failed_row(int(uid), str(prompt), f"internal error: messages: {e}", self.s, 0)
+        else:
+            row = K.call(self.client, int(uid), str(prompt), messages, self.s, self._reserve, self._adjust,
+                         self._pause, self.rng)
+        self.log.append(row)  # durable before the batch (or anything else) is done
+        return row
 
     def __call__(self, batch: dict) -> dict:
         rows = list(self.pool.map(self._one, batch[C.USER_ID], batch[C.PROMPT], batch["messages"]))
-        shards.write_shard(self.shard_dir, rows)
         return {k: [r[k] for r in rows] for k in SUMMARY}
 
 
-def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], shard_dir: str) -> dict:
+def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], stage_dir: str) -> dict:
     """Process `todo` rows on Ray Data; returns counts of this run's rows by status, tokens and cost."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -103,17 +110,17 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
         compute=ActorPoolStrategy(size=min(cfg.num_actors, n_blocks), max_concurrent_calls_per_actor=2,
                                   enable_true_multi_threading=True),
         fn_constructor_kwargs={"settings": settings, "base_url": base_url, "key": Secret(api_key(cfg.api_key_env)),
-                               "limiter": limiter, "shard_dir": shard_dir, "threads": cfg.threads_per_actor,
+                               "limiter": limiter, "stage_dir": stage_dir, "threads": cfg.threads_per_actor,
                                "timeout_s": cfg.request_timeout_s},
     )
     stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0,
-             "attempts": 0}
+             "attempts": 0, "billed_requests": 0}
     t0, next_log = time.perf_counter(), 0.0
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         stats["rows"] += len(b[C.USER_ID])
         for st in b[C.STATUS]:
             stats[str(st)] += 1
-        for k in (C.TOKENS_IN, C.TOKENS_OUT, C.ATTEMPTS):
+        for k in (C.TOKENS_IN, C.TOKENS_OUT, C.ATTEMPTS, C.BILLED):
             stats[k] += int(b[k].sum())
         stats["cost_usd"] += float(b[C.COST_USD].sum())
         if stats["rows"] / max(1, len(items)) >= next_log:
