@@ -58,6 +58,8 @@ ITEM_EMB_FILE = "embeddings/items.npy"  # [N+1, D] float16, row i = item_id i, r
 USER_EMB_FILE = "embeddings/users_{field}.parquet"  # user_id, embedding (list<float16>[D]); field below
 TEACHER_USER_EMB_FILE = "embeddings/teacher_users_{field}.parquet"  # the same for the teacher's rationales
 USER_EMB_FIELDS = ("rationale", "step1", "step2", "step3")
+# products named in step 3 matched to catalogue items (encode stage): user_id, products, item_ids (0 = none), sims
+GROUNDING_FILE = "embeddings/{source}_grounding.parquet"
 EMBEDDING = "embedding"
 
 # teacher/ and rationales/ (student) row shards

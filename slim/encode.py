@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import atomic, shards
+from slim import atomic
 from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,9 @@ class EncodeConfig:
     sources: tuple[Literal["student", "teacher"], ...] = ("student",)  # configs add "teacher" for slim_teacher
     max_seq_length: int = 0  # word pieces incl. special tokens; 0 = the model's own (MiniLM: 256)
     step3_share: float = 0.75  # of the window kept for step 3 when a whole rationale is too long
+    # Catalogue grounding: each product named in step 3 is matched to its nearest item (cosine of this encoder's
+    # vectors); kept at or above this similarity (MiniLM: a title ~0.75 to its item, unrelated text < 0.3). 0: off.
+    ground_threshold: float = 0.6
     batch_size: int = 64
     num_actors: int = 1
     actor_cpus: float = 0.5  # fractional: whole-CPU actors starve the read tasks on 2 cores
@@ -85,7 +87,7 @@ class Encoder:
     """numpy batch of id + text columns -> id + one [B, D] float16 embedding column (and a truncation flag) each."""
 
     def __init__(self, model_path: str, fields: tuple, max_seq_length: int, step3_share: float, threads: int,
-                 device: str):
+                 device: str, item_vecs: str = "", ground_threshold: float = 0.6):
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -98,6 +100,12 @@ class Encoder:
         self.budget = self.st.max_seq_length - 2  # [CLS] and [SEP]
         dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
         self.dim = dim()
+        self.ground = None
+        if item_vecs:  # user batches: step-3 products matched to catalogue items (slim.grounding)
+            from slim.grounding import Grounder
+
+            self.ground = Grounder(lambda t: self.st.encode(t, batch_size=len(t), normalize_embeddings=True),
+                                   item_vecs, ground_threshold)
 
     def _texts(self, batch: dict, f: str) -> tuple[list[str], np.ndarray]:
         if f != C.RATIONALE:
@@ -115,7 +123,9 @@ class Encoder:
         return texts, np.array(cut, dtype=bool)
 
     def __call__(self, batch: dict) -> dict:
-        out = {k: v for k, v in batch.items() if k in (C.USER_ID, C.ITEM_ID)}
+        # ids, and a rationale's text and status through to the driver, which measures its quality (slim.quality)
+        out = {k: v for k, v in batch.items() if k in (C.USER_ID, C.ITEM_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3,
+                                                       C.STATUS)}
         for f in self.fields:
             texts, cut = self._texts(batch, f)
             emb = np.zeros((len(texts), self.dim), np.float16)  # [B, D]
@@ -126,10 +136,21 @@ class Encoder:
                 emb[live] = e.astype(np.float16)
             out[f"emb_{f}"], out[f"cut_{f}"] = emb, cut
             out[f"empty_{f}"] = np.array([not t.strip() for t in texts], dtype=bool)
+        if self.ground is not None:
+            names, ids, sims = self.ground(list(batch[C.STEP3]))
+            out["products"], out["product_items"], out["product_sims"] = (_objects(names), _objects(ids),
+                                                                          _objects(sims))
         return out
 
 
-def _pool(cfg: EncodeConfig, fields: tuple):
+def _objects(rows: list) -> np.ndarray:
+    """A list of per-row lists/arrays as a 1-D object array (Ray Data's numpy batches need one row per entry)."""
+    out = np.empty(len(rows), dtype=object)
+    out[:] = [list(r) for r in rows]
+    return out
+
+
+def _pool(cfg: EncodeConfig, fields: tuple, item_vecs: str = ""):
     import ray
 
     from slim.llm_models import resolve_encoder
@@ -141,7 +162,9 @@ def _pool(cfg: EncodeConfig, fields: tuple):
         runtime_env=work_actor_env(),  # the encoder at the driver's priority: see slim.raycluster
         fn_constructor_kwargs={"model_path": resolve_encoder(cfg.model), "fields": fields,
                                "max_seq_length": cfg.max_seq_length, "step3_share": cfg.step3_share,
-                               "threads": cfg.threads, "device": "cuda" if cfg.num_gpus_per_actor else "cpu"},
+                               "threads": cfg.threads, "device": "cuda" if cfg.num_gpus_per_actor else "cpu",
+                               "item_vecs": item_vecs if cfg.ground_threshold > 0 else "",
+                               "ground_threshold": cfg.ground_threshold},
     )
 
 
@@ -171,48 +194,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     return {"items": n, **counts, "_tmp": {str(tmp): str(rd.path(C.ITEM_EMB_FILE))}}
 
 
-SOURCE_SHARDS = {"student": C.STUDENT_SHARDS, "teacher": C.TEACHER_SHARDS}
-SOURCE_FILES = {"student": C.USER_EMB_FILE, "teacher": C.TEACHER_USER_EMB_FILE}
-SOURCE_STAGES = {"student": "rationales", "teacher": "teacher"}
-
-
-def source_files(source: str, rd: RunDir) -> list[str]:
-    folder = rd.path(SOURCE_SHARDS[source])
-    files = [str(p) for p in shards.shard_files(folder)]  # one row per user: both stages compact their shards
-    if not files:
-        raise FileNotFoundError(f"no rationale shards in {folder} ('{source}' in encode.sources); run that stage first")
-    return files
-
-
-def _emb_array(e: np.ndarray) -> pa.Array:
-    """[B, D] float16 -> list<float16>."""
-    flat = pa.array(e.reshape(-1), pa.float16())
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, e.size + 1, e.shape[1], dtype=np.int32)), flat)
-
-
-def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path, source: str) -> dict:
-    from slim.raycluster import read_parquet
-
-    cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3]
-    ds = read_parquet(source_files(source, rd), cols, cfg.block_kib, cfg.object_store_mib)
-    schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
-    tmps = {f: atomic.tmp_path(rd.path(SOURCE_FILES[source].format(field=f))) for f in FIELDS}
-    writers = {f: pq.ParquetWriter(tmps[f], schema) for f in FIELDS}
-    counts = {"users": 0, **{f"{f}_truncated": 0 for f in FIELDS}, **{f"{f}_empty": 0 for f in FIELDS}}
-    t0 = time.perf_counter()
-    try:
-        for b in ds.map_batches(Encoder, **_pool(cfg, FIELDS)).iter_batches(batch_format="numpy", batch_size=None):
-            uid = pa.array(b[C.USER_ID].astype(np.int64))
-            for f in FIELDS:
-                writers[f].write_table(pa.table({C.USER_ID: uid, C.EMBEDDING: _emb_array(b[f"emb_{f}"])}, schema))
-                counts[f"{f}_truncated"] += int(b[f"cut_{f}"].sum())
-                counts[f"{f}_empty"] += int(b[f"empty_{f}"].sum())
-            counts["users"] += len(uid)
-            log.info("encode (%s): %d users in %.0fs", source, counts["users"], time.perf_counter() - t0)
-    finally:
-        for w in writers.values():
-            w.close()
-    return {**counts, "_tmp": {str(tmps[f]): str(rd.path(SOURCE_FILES[source].format(field=f))) for f in FIELDS}}
+SOURCE_STAGES = {"student": "rationales", "teacher": "teacher"}  # the stage (manifest) behind each source
 
 
 def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
@@ -230,7 +212,12 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     t0 = time.perf_counter()
     items = encode_items(cfg, rd, out)
     t1 = time.perf_counter()
-    per_source = {s: encode_users(cfg, rd, out, s) for s in cfg.sources}
+    from slim.encode_users import SOURCE_FILES, encode_users
+    from slim.quality import describe
+
+    item_vecs = str(atomic.tmp_path(rd.path(C.ITEM_EMB_FILE)))  # written above, published with the rest below
+    per_source = {s: encode_users(cfg, rd, out, s, item_vecs) for s in cfg.sources}
+    quality = {s: c.pop("_quality") for s, c in per_source.items()}
     t2 = time.perf_counter()
     tmps = items.pop("_tmp")
     for c in per_source.values():
@@ -240,14 +227,16 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     counts = {**items, **{(k if s == "student" else f"{s}_{k}"): v for s, c in per_source.items() for k, v in c.items()}}
     n_users = sum(c["users"] for c in per_source.values())
     files = [SOURCE_FILES[s].format(field=f) for s in cfg.sources for f in FIELDS]
+    files += [C.GROUNDING_FILE.format(source=s) for s in cfg.sources] if cfg.ground_threshold > 0 else []
     m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + files,
                  counts=counts, timings={"items_s": t1 - t0, "users_s": t2 - t1, "total_s": t2 - t0,
                                          "users_per_s": n_users / max(t2 - t1, 1e-9)},
-                 extra={"truncation": __doc__.split("Truncation: ")[1].strip()})
+                 extra={"truncation": __doc__.split("Truncation: ")[1].strip(), "quality": quality})
     rd.write_manifest(m)
     print(f"encode: {items['items']:,} items ({t1 - t0:.1f}s, truncated {items['item_truncated']:,}), "
           f"{n_users:,} rationales x {len(FIELDS)} fields ({t2 - t1:.1f}s)")
     for s, c in per_source.items():
         print(f"  {s}: {c['users']:,} users; truncated " + ", ".join(f"{f} {c[f + '_truncated']:,}" for f in FIELDS)
               + "; empty " + ", ".join(f"{f} {c[f + '_empty']:,}" for f in FIELDS))
+        print("    quality: " + describe(quality[s]))
     return m

@@ -47,3 +47,25 @@ def rate(matched: list[np.ndarray], history: list) -> dict:
     n = g + h + u
     return {"products": n, "grounded": g, "in_history": h, "unmatched": u,
             "grounded_rate": 100.0 * g / n if n else 0.0}
+
+
+class Grounder:
+    """Inside an encoder actor: step-3 texts -> product names -> their nearest catalogue items. The item vectors
+    are the encode stage's own (same encoder), loaded once from `item_vecs_path` ([N+1, D] .npy)."""
+
+    def __init__(self, encode, item_vecs_path: str, threshold: float):
+        self.encode, self.threshold = encode, threshold
+        self.items = np.load(item_vecs_path, mmap_mode="r")
+
+    def __call__(self, step3: list) -> tuple[list, list, list]:
+        """-> per row: product names, matched item ids (0 = none), similarities."""
+        from slim.quality import products
+
+        names = [products(str(s or "")) for s in step3]
+        flat = [p for ps in names for p in ps]
+        if not flat:
+            return names, [np.zeros(0, np.int64)] * len(names), [np.zeros(0, np.float32)] * len(names)
+        m = nearest(self.encode(flat), self.items, self.threshold)
+        cuts = np.cumsum([0] + [len(ps) for ps in names])
+        return (names, [m.item_ids[a:b] for a, b in zip(cuts[:-1], cuts[1:])],
+                [m.sims[a:b] for a, b in zip(cuts[:-1], cuts[1:])])

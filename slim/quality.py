@@ -48,7 +48,7 @@ def products(step3: str) -> list[str]:
         head, sep, rest = line.partition(":")
         parts = re.split(r"[,;]", rest) if sep and rest.strip() else [line if not sep else head]
         for p in parts:
-            p = _ENUM.sub("", p).strip().strip(".*_\"' ").strip()
+            p = _ENUM.sub("", p.rpartition(":")[2]).strip().strip(".*_\"' ").strip()  # "Racing: Forza" -> Forza
             if len(p) >= 2 and p.lower() not in (x.lower() for x in out):
                 out.append(p)
     return out
@@ -67,3 +67,35 @@ def measure(rows: list[dict]) -> dict:
     for k in ("step1", "step2", "step3"):
         out[f"{k}_empty"] = 100.0 * sum(not (r.get(k) or "").strip() for r in rows) / n
     return out
+
+
+class Tally:
+    """Running sums of `measure` over batches, for a stage that streams rationales (the encode stage)."""
+
+    KEYS = ("parse_rate", "distinct2", "looping_rate", "products_per_row", "step1_empty", "step2_empty",
+            "step3_empty")
+
+    def __init__(self):
+        self.n, self.sums = 0, dict.fromkeys(self.KEYS, 0.0)
+
+    def add(self, rows: list[dict]) -> None:
+        m = measure(rows)
+        for k in self.KEYS:
+            self.sums[k] += m.get(k, 0.0) * m["n"]
+        self.n += m["n"]
+
+    def result(self) -> dict:
+        return {"n": self.n, **{k: v / self.n for k, v in self.sums.items()}} if self.n else {"n": 0}
+
+
+def describe(q: dict) -> str:
+    """One line of slim.quality measures (and the grounded rate when grounding ran)."""
+    if not q.get("n"):
+        return "no rows"
+    line = (f"parse rate {q['parse_rate']:.1f}%, empty steps {q['step1_empty']:.0f}/{q['step2_empty']:.0f}/"
+            f"{q['step3_empty']:.0f}%, distinct-2 {q['distinct2']:.2f}, looping {q['looping_rate']:.1f}%, "
+            f"{q['products_per_row']:.1f} products/row")
+    if "grounded_rate" in q:
+        line += (f", grounded {q['grounded_rate']:.1f}% of {q['products']:,} (in history {q['in_history']:,}, "
+                 f"unmatched {q['unmatched']:,})")
+    return line

@@ -8,7 +8,7 @@ import pytest
 from slim import columns as C
 from slim.encode import EncodeConfig, fit_rationale, run
 from slim.rundir import Manifest, RunDir
-from tests.student_data import write_run_data
+from tests.student_data import item_titles, write_run_data
 
 LONG = 2  # user whose rationale is far longer than the encoder's window
 
@@ -19,6 +19,7 @@ def _rationales(n: int) -> pa.Table:
     s3 = [f"Puzzle: Portal {u}, Tetris; Racing: Mario Kart, Forza" for u in range(n)]
     s1[LONG] = "The user enjoys many long detailed adventure games with rich stories. " * 40
     s1[4], s2[4], s3[4] = "", "", ""  # a failed row: empty text
+    s3[0] = f"Puzzle: {item_titles(40)[6]}, Tetris; Racing: Mario Kart, Forza"  # item 7 of the catalogue by name
     text = [f"Step 1: {a}\nStep 2: {b}\nStep 3: {c}" if a else "" for a, b, c in zip(s1, s2, s3)]
     return pa.table({C.USER_ID: pa.array(np.arange(n, dtype=np.int64)), C.RATIONALE: text, C.STEP1: s1,
                      C.STEP2: s2, C.STEP3: s3, C.STATUS: ["ok"] * n})
@@ -82,6 +83,13 @@ def test_encode_shapes_norms_and_determinism(run_dir, ray_local):
     step3 = np.stack(users["step3"][C.EMBEDDING].to_numpy()).astype(np.float32)
     step1 = np.stack(users["step1"][C.EMBEDDING].to_numpy()).astype(np.float32)
     assert whole[LONG] @ step3[LONG] > 0.3 and whole[LONG] @ step1[LONG] < 0.99
+    # quality measures and catalogue grounding of what was encoded
+    q = m.extra["quality"]["student"]
+    assert q["n"] == 8 and q["step3_empty"] == pytest.approx(12.5) and q["products_per_row"] == pytest.approx(28 / 8)
+    g = pq.read_table(run_dir / C.GROUNDING_FILE.format(source="student")).to_pandas().sort_values(C.USER_ID)
+    first = dict(zip(g.iloc[0]["products"], g.iloc[0]["item_ids"]))
+    assert first[item_titles(40)[6]] == 7 and first["Tetris"] == 0  # its title finds it; a game not sold, none
+    assert q["products"] == 28 and q["grounded"] + q["in_history"] == 1 and q["unmatched"] == 27
     # the same rows twice; an unchanged rerun is skipped by its manifest
     assert run(cfg).created == m.created
     run(cfg, force=True)

@@ -150,6 +150,8 @@ def test_faults_rate_limit_exactly_one_row_per_user_then_retry_failed(tmp_path, 
                 assert "truncated" in r[C.ERROR] and not r[C.STEP3]
             else:  # a permanent 4xx ends a row at once; retryable faults only after max_attempts (rare here)
                 assert r[C.ERROR].startswith(("HTTP 400", "gave up after 12 attempts")), r[C.ERROR]
+        q = m.extra["quality"]  # slim.quality over the kept answers: the parse rate is the share of ok rows
+        assert q["n"] == 40 and q["parse_rate"] == pytest.approx(100 * m.counts["ok"] / 40)
         gave_up = sum(r[C.ERROR].startswith("gave up") for r in rows.values())
         assert m.counts["failed"] == faults["400"] + gave_up and m.counts["malformed"] == faults["truncated"]
         _assert_rate_and_retry_after(reqs)

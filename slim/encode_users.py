@@ -1,0 +1,97 @@
+"""The user side of the encode stage: each rationale source (the student's, the teacher's) -> one vector file per
+field (slim.encode's Encoder actors), the products of step 3 matched to catalogue items, and the quality measures of
+what was encoded (slim.quality), reported in the stage's summary and manifest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slim import atomic, shards
+from slim import columns as C
+from slim.encode import FIELDS, EncodeConfig, Encoder, _pool
+from slim.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+SOURCE_SHARDS = {"student": C.STUDENT_SHARDS, "teacher": C.TEACHER_SHARDS}
+SOURCE_FILES = {"student": C.USER_EMB_FILE, "teacher": C.TEACHER_USER_EMB_FILE}
+
+
+def source_files(source: str, rd: RunDir) -> list[str]:
+    folder = rd.path(SOURCE_SHARDS[source])
+    files = [str(p) for p in shards.shard_files(folder)]  # one row per user: both stages compact their shards
+    if not files:
+        raise FileNotFoundError(f"no rationale shards in {folder} ('{source}' in encode.sources); run that stage first")
+    return files
+
+
+def _emb_array(e: np.ndarray) -> pa.Array:
+    """[B, D] float16 -> list<float16>."""
+    flat = pa.array(e.reshape(-1), pa.float16())
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, e.size + 1, e.shape[1], dtype=np.int32)), flat)
+
+
+GROUNDING_SCHEMA = pa.schema([(C.USER_ID, pa.int64()), ("products", pa.list_(pa.string())),
+                              ("item_ids", pa.list_(pa.int64())), ("sims", pa.list_(pa.float32()))])
+
+
+def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path, source: str, item_vecs: str) -> dict:
+    """One rationale source -> users_<field>.parquet (+ <source>_grounding.parquet), written as batches arrive,
+    with the quality measures of what was encoded (slim.quality)."""
+    from slim.quality import Tally
+    from slim.raycluster import read_parquet
+
+    cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3, C.STATUS]
+    ds = read_parquet(source_files(source, rd), cols, cfg.block_kib, cfg.object_store_mib)
+    schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
+    finals = {f: rd.path(SOURCE_FILES[source].format(field=f)) for f in FIELDS}
+    if cfg.ground_threshold > 0:
+        finals["grounding"] = rd.path(C.GROUNDING_FILE.format(source=source))
+    tmps = {f: atomic.tmp_path(p) for f, p in finals.items()}
+    writers = {f: pq.ParquetWriter(tmps[f], GROUNDING_SCHEMA if f == "grounding" else schema) for f in tmps}
+    counts = {"users": 0, **{f"{f}_truncated": 0 for f in FIELDS}, **{f"{f}_empty": 0 for f in FIELDS}}
+    tally, t0 = Tally(), time.perf_counter()
+    try:
+        for b in ds.map_batches(Encoder, **_pool(cfg, FIELDS, item_vecs)).iter_batches(batch_format="numpy",
+                                                                                         batch_size=None):
+            uid = pa.array(b[C.USER_ID].astype(np.int64))
+            for f in FIELDS:
+                writers[f].write_table(pa.table({C.USER_ID: uid, C.EMBEDDING: _emb_array(b[f"emb_{f}"])}, schema))
+                counts[f"{f}_truncated"] += int(b[f"cut_{f}"].sum())
+                counts[f"{f}_empty"] += int(b[f"empty_{f}"].sum())
+            if "grounding" in writers:
+                writers["grounding"].write_table(pa.table({
+                    C.USER_ID: uid, "products": [list(x) for x in b["products"]],
+                    "item_ids": [list(map(int, x)) for x in b["product_items"]],
+                    "sims": [list(map(float, x)) for x in b["product_sims"]]}, GROUNDING_SCHEMA))
+            tally.add([{C.RATIONALE: b[C.RATIONALE][i], C.STEP1: b[C.STEP1][i], C.STEP2: b[C.STEP2][i],
+                        C.STEP3: b[C.STEP3][i], "ok": b[C.STATUS][i] == "ok"} for i in range(len(uid))])
+            counts["users"] += len(uid)
+            log.info("encode (%s): %d users in %.0fs", source, counts["users"], time.perf_counter() - t0)
+    finally:
+        for w in writers.values():
+            w.close()
+    quality = tally.result()
+    if "grounding" in tmps:
+        quality.update(grounded(rd, tmps["grounding"]))
+    return {**counts, "_quality": quality, "_tmp": {str(tmps[f]): str(finals[f]) for f in tmps}}
+
+
+def grounded(rd: RunDir, path: Path) -> dict:
+    """Grounded-product rate: products matched to a catalogue item outside what the rationale saw of the user's
+    history (item_ids[:-HISTORY_CUT]; one from it is a miss)."""
+    from slim.grounding import rate
+    from slim.prompts import training_prefix
+
+    users = pq.read_table(rd.path(C.USERS_FILE), columns=[C.USER_ID, C.ITEM_IDS])
+    hist = dict(zip(users.column(C.USER_ID).to_pylist(), users.column(C.ITEM_IDS).to_pylist()))
+    g = pq.read_table(path, columns=[C.USER_ID, "item_ids"])
+    ids = g.column(C.USER_ID).to_pylist()
+    return rate([np.asarray(x, dtype=np.int64) for x in g.column("item_ids").to_pylist()],
+                [training_prefix(hist.get(u, [])) for u in ids])
