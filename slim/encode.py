@@ -115,6 +115,8 @@ class Encoder:
         texts, cut = [], []
         for r, s1, s2, s3 in zip(batch[C.RATIONALE], batch[C.STEP1], batch[C.STEP2], batch[C.STEP3]):
             t = str(r or "")
+            if t.lstrip().startswith("{") and (s1 or s2 or s3):  # a structured (JSON) answer: its steps as text
+                t = f"Step 1: {s1}\nStep 2: {s2}\nStep 3: {s3}"
             c = len(self.tok(t, add_special_tokens=False)["input_ids"]) > self.budget
             if c and s3:  # too long: rebuild as head (steps 1-2) + tail (step 3); else the model's head cut
                 t, c = fit_rationale(self.tok, f"Step 1: {s1}\nStep 2: {s2}", f"Step 3: {s3}", self.budget, self.share)

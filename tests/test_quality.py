@@ -60,3 +60,40 @@ def test_grounding_maps_titles_to_their_items_and_rejects_unrelated_text():
     assert m.item_ids.tolist() == [2, 1, 5, 3, 0, 0], m.sims
     r = G.rate([m.item_ids[:3], m.item_ids[3:]], [[2], []])
     assert r == {"products": 6, "grounded": 3, "in_history": 1, "unmatched": 2, "grounded_rate": 50.0}
+
+
+def test_structured_answers_parse_into_the_three_steps():
+    import json
+
+    from slim.rationale import SCHEMA, parse, render
+
+    obj = {"preferences": "Open-world RPGs on Nintendo consoles.",
+           "categories": [{"name": "RPG", "products": ["Skyrim", "The Witcher 3"]},
+                          {"name": "Racing", "products": ["Mario Kart 8"]}]}
+    p = parse(json.dumps(obj))
+    assert p.ok and p.step1 == obj["preferences"] and p.step2 == "1. RPG\n2. Racing"
+    assert Q.products(p.step3) == ["Skyrim", "The Witcher 3", "Mario Kart 8"]
+    assert parse(render(p)) == p  # the rendered text parses back to the same steps
+    cut = parse(json.dumps(obj)[:40])  # cut off at max_tokens
+    assert not cut.ok and "JSON" in cut.problem
+    assert not parse('{"preferences": "x", "categories": []}').ok
+    assert set(SCHEMA["required"]) == {"preferences", "categories"}
+
+
+def test_sampling_and_teacher_requests_carry_schema_and_repetition_penalty():
+    from slim.rationale import SCHEMA, parse, to_json
+    from slim.student.engines import sampling_dict
+    from slim.student.examples import target_text
+    from slim.student.generate import SamplingConfig
+    from slim.teacher.job import TeacherConfig, settings
+
+    d = sampling_dict(SamplingConfig(repetition_penalty=1.3, structured=True))
+    assert d["repetition_penalty"] == 1.3 and d["structured_outputs"] == {"json": SCHEMA}
+    assert "structured_outputs" not in sampling_dict(SamplingConfig())  # free text stays the default
+    assert settings(TeacherConfig(structured=True)).response_format["json_schema"]["schema"] == SCHEMA
+    assert settings(TeacherConfig()).response_format is None
+    # distillation's structured target is JSON that parses back to the teacher's steps
+    free = "Step 1: likes RPGs\nStep 2: 1. RPG 2. Racing\nStep 3: RPG: Skyrim, Fable\nRacing: Forza"
+    tgt = target_text(free, structured=True)
+    assert tgt == to_json(parse(free)) and parse(tgt).ok and Q.products(parse(tgt).step3) == ["Skyrim", "Fable",
+                                                                                             "Forza"]

@@ -97,6 +97,25 @@ def test_vllm_job_generates_with_the_adapter(run_dir, cache_dir, ray_local):
     assert run(cfg).created == m.created
 
 
+@pytest.mark.slow
+def test_structured_generation_gives_three_step_json_for_every_row(run_dir, cache_dir, ray_local):
+    """vLLM's structured outputs through ray.data.llm on the packaged model: every answered row is JSON under
+    slim.rationale.SCHEMA and parses into three non-empty steps (a free-text 135M student rarely writes them)."""
+    import json
+
+    from slim.rationale import parse
+
+    cfg = _cfg(run_dir, cache_dir, engine="vllm", batch_size=4, shard_rows=4,
+               sampling=SamplingConfig(max_tokens=600, structured=True, repetition_penalty=1.1))
+    run(cfg, force=True)
+    t = _shards(run_dir)
+    good = t[t[C.STATUS] != "failed"]
+    assert list(t[t[C.STATUS] == "failed"][C.USER_ID]) == [LONG_USER]  # the too-long prompt, as before
+    for text in good[C.RATIONALE]:
+        assert isinstance(json.loads(text), dict) and parse(text).ok, text
+    assert (good[C.STATUS] == "ok").all()
+
+
 def test_work_actor_env_runs_at_the_drivers_priority(ray_local):
     """Ray starts workers at niceness 15; a worker started with work_actor_env() (the runtime_env of the vLLM, hf
     and encoder actors, and so of what vLLM forks from them) runs at the driver's (bench/results/student.md)."""

@@ -65,6 +65,7 @@ class DistillConfig:
     max_seq_len: int = 1024
     max_examples: int = 0  # 0 = every usable teacher rationale
     keep_unstructured: bool = False  # keep answers without the three steps (a toy teacher's); counted in the report
+    structured: bool = False  # targets as JSON (slim.rationale.SCHEMA): set with student.sampling.structured
     val_fraction: float = 0.1
     max_val_examples: int = 64
     batch_size: int = 4  # micro-batch per worker
@@ -117,7 +118,7 @@ def build_examples(cfg: DistillConfig, base_path: str, rd: RunDir) -> dict:
 
     tok = AutoTokenizer.from_pretrained(base_path)
     df, report = E.build(rd.root, tok, cfg.prompt, cfg.max_seq_len, cfg.max_examples,
-                         cfg.keep_unstructured)
+                         cfg.keep_unstructured, cfg.structured)
     train, val = E.split(df, cfg.val_fraction, cfg.max_val_examples, cfg.seed)
     if len(train) < cfg.num_workers * cfg.batch_size:
         raise DistillError(f"{len(train)} training examples cannot fill a micro-batch of distill.batch_size="

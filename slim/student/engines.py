@@ -94,6 +94,12 @@ def sampling_dict(s) -> dict:
     d = {"temperature": float(s.temperature), "top_p": float(s.top_p), "max_tokens": int(s.max_tokens)}
     if s.seed is not None:
         d["seed"] = int(s.seed)
+    if s.repetition_penalty != 1.0:
+        d["repetition_penalty"] = float(s.repetition_penalty)
+    if s.structured:  # ray.data.llm turns this into vLLM's StructuredOutputsParams
+        from slim.rationale import SCHEMA
+
+        d["structured_outputs"] = {"json": SCHEMA}
     return d
 
 
@@ -199,6 +205,8 @@ class HFGenerator:
         new = max(1, min(self.s["max_tokens"], self.max_len - longest))
         greedy = self.s["temperature"] <= 0
         kw = {} if greedy else {"temperature": self.s["temperature"], "top_p": self.s["top_p"]}
+        if "repetition_penalty" in self.s:
+            kw["repetition_penalty"] = self.s["repetition_penalty"]
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=new, do_sample=not greedy,
                                       pad_token_id=self.tok.pad_token_id, **kw)  # [B, L + new]
@@ -212,6 +220,9 @@ class HFGenerator:
 
 
 def hf_stage(cfg, model_path: str):
+    if cfg.sampling.structured:
+        raise ValueError("student.sampling.structured needs student.engine=vllm (the hf engine has no structured "
+                         "outputs)")
     import ray
 
     def run(ds):

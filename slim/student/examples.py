@@ -71,15 +71,21 @@ def read_teacher(shard_dir: str | Path, report: BuildReport) -> pd.DataFrame:
     return df[cols].sort_values(C.USER_ID).reset_index(drop=True)
 
 
-def target_text(rationale: str) -> str | None:
-    """The assistant turn the student learns: the three parsed steps in one fixed layout, or None if unusable."""
+def target_text(rationale: str, structured: bool = False) -> str | None:
+    """The assistant turn the student learns: the three parsed steps in one fixed layout (JSON when the student
+    generates under the schema, so target and inference agree), or None if unusable."""
     p = parse(rationale)
     if not p.ok:
         return None
+    if structured:
+        from slim.rationale import to_json
+
+        return to_json(p)
     return f"Step 1: {p.step1}\n\nStep 2: {p.step2}\n\nStep 3: {p.step3}"
 
 
-def clean_rationales(df: pd.DataFrame, report: BuildReport, keep_unstructured: bool = False) -> pd.DataFrame:
+def clean_rationales(df: pd.DataFrame, report: BuildReport, keep_unstructured: bool = False,
+                     structured: bool = False) -> pd.DataFrame:
     """Keep status-ok rows with a three-step rationale; count the rest by reason. Adds column `target`.
 
     keep_unstructured also keeps non-empty answers that miss the three steps (status malformed included), as
@@ -92,7 +98,7 @@ def clean_rationales(df: pd.DataFrame, report: BuildReport, keep_unstructured: b
             report.empty += 1
             report.note(uid, "empty rationale")
             continue
-        tgt = target_text(text)
+        tgt = target_text(text, structured)
         if tgt is None and keep_unstructured:
             report.kept_unstructured += 1
             tgt = text.strip()
@@ -145,11 +151,12 @@ def encode(tokenizer, item_ids, item_text: dict[int, str], target: str, pc: Prom
 
 
 def build(run_dir: str | Path, tokenizer, pc: PromptConfig, max_seq_len: int,
-          max_examples: int = 0, keep_unstructured: bool = False) -> tuple[pd.DataFrame, BuildReport]:
+          max_examples: int = 0, keep_unstructured: bool = False,
+          structured: bool = False) -> tuple[pd.DataFrame, BuildReport]:
     """Teacher shards + data stage tables -> one row per example (user_id, input_ids, labels, prompt_len, ...)."""
     run_dir = Path(run_dir)
     report = BuildReport()
-    df = clean_rationales(read_teacher(run_dir / C.TEACHER_SHARDS, report), report, keep_unstructured)
+    df = clean_rationales(read_teacher(run_dir / C.TEACHER_SHARDS, report), report, keep_unstructured, structured)
     users = pq.read_table(run_dir / C.USERS_FILE, columns=[C.USER_ID, C.ITEM_IDS]).to_pandas()
     items = pq.read_table(run_dir / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TEXT]).to_pandas()
     item_text = dict(zip(items[C.ITEM_ID].astype(int), items[C.TEXT]))

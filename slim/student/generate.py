@@ -44,6 +44,8 @@ class SamplingConfig:
     top_p: float = 1.0
     max_tokens: int = 384
     seed: Optional[int] = 2024
+    repetition_penalty: float = 1.0  # > 1 discourages the loops a small model falls into under greedy decoding
+    structured: bool = False  # vLLM structured outputs under slim.rationale.SCHEMA (distill.structured: the same)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class CallSettings:
     price_factor: float = 1.0  # 0.5 in Batch API mode
     extra_body: dict | None = None  # provider-specific request fields
     retry_after_max_s: float = 120.0  # a Retry-After longer than this is cut to it
+    response_format: dict | None = None  # structured answers (slim.rationale.SCHEMA) from an API that takes them
 
 
 @dataclass
@@ -164,6 +165,7 @@ def _attempts(client, user_id, prompt, messages, s, reserve, adjust, pause, rng,
             resp = client.chat.completions.create(
                 model=s.model, messages=messages, max_tokens=s.max_tokens, temperature=s.temperature,
                 extra_headers={"x-slim-user": str(user_id)}, extra_body=s.extra_body or None,
+                **({"response_format": s.response_format} if s.response_format else {}),
             )
         except Exception as exc:  # noqa: BLE001 - classified below
             adjust(-est)  # nothing was generated (or we cannot tell how much); give the reserved tokens back

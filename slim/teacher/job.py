@@ -58,6 +58,9 @@ class TeacherConfig:
     max_tokens: int = 512
     temperature: float = 0.0
     extra_body: dict = field(default_factory=dict)  # passed through, e.g. {repetition_penalty: 1.2} for vLLM
+    # Answers as JSON under slim.rationale.SCHEMA through the API's response_format (OpenAI, vLLM's server); off
+    # for APIs without schemas, whose free text is parsed by its "Step N:" markers
+    structured: bool = False
     mode: Literal["online", "batch"] = "online"
     requests_per_min: float = 500.0  # one limit over all actors; 0 = unlimited
     tokens_per_min: float = 200_000.0
@@ -85,7 +88,7 @@ class TeacherConfig:
 
 # What decides the rows (model, prompt, sampling, users) is fingerprinted; how fast and where it runs is not.
 OUTPUT_KEYS = ("model", "base_url", "local_model", "num_users", "seed", "strata", "max_tokens", "temperature",
-               "extra_body", "mode", "prompt")
+               "extra_body", "mode", "prompt", "structured")
 
 
 def stage_config(cfg: TeacherConfig) -> dict:
@@ -97,7 +100,13 @@ def settings(cfg: TeacherConfig) -> K.CallSettings:
     return K.CallSettings(cfg.model, cfg.max_tokens, cfg.temperature, cfg.max_attempts, cfg.backoff_base_s,
                           cfg.backoff_max_s, cfg.price_in_per_mtok, cfg.price_out_per_mtok,
                           cfg.batch_discount if cfg.mode == "batch" else 1.0, dict(cfg.extra_body),
-                          cfg.retry_after_max_s)
+                          cfg.retry_after_max_s, response_format(cfg.structured))
+
+
+def response_format(structured: bool) -> dict | None:
+    from slim.rationale import SCHEMA
+
+    return {"type": "json_schema", "json_schema": {"name": "rationale", "schema": SCHEMA}} if structured else None
 
 
 def _done_users(existing, prompts: dict[int, str], cfg: TeacherConfig) -> set[int]:
