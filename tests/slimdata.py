@@ -57,14 +57,7 @@ def _data(rd: RunDir, seqs: list, rng) -> None:
                              C.TITLE: [f"item {i}" for i in range(1, N + 1)],
                              C.TEXT: [f"item {i}" for i in range(1, N + 1)],
                              C.POPULARITY: pa.array(pop.astype(np.int64))}), rd.path(C.ITEMS_FILE))
-    rows = []
-    for u, s in enumerate(seqs):
-        pool = np.setdiff1d(np.arange(1, N + 1), s)
-        for split, tgt in (("valid", s[-2]), ("test", s[-1])):
-            for proto in C.PROTOCOLS:
-                rows.append({C.USER_ID: u, C.SPLIT: split, C.PROTOCOL: proto, C.TARGET: int(tgt),
-                             C.NEGATIVES: rng.choice(pool, 100, replace=False).tolist()})
-    pq.write_table(pa.Table.from_pylist(rows), rd.path(C.CANDIDATES_DIR) / "part-0.parquet")
+    pq.write_table(candidates(seqs, N, rng), rd.path(C.CANDIDATES_DIR) / "part-0.parquet")
     rd.write_manifest(Manifest("data", {"generated": True}, outputs=[C.USERS_FILE, C.ITEMS_FILE]))
 
 
@@ -96,3 +89,15 @@ def _rationales(rd: RunDir, user_cluster: np.ndarray) -> None:
         C.RATIONALE: ["\n".join(f"Step {n}: {t}" for n, t in enumerate(s, 1)) for s in steps],
         C.STEP1: [s[0] for s in steps], C.STEP2: [s[1] for s in steps], C.STEP3: [s[2] for s in steps],
         C.STATUS: ["ok"] * U}), rd.path(C.STUDENT_SHARDS) / "part-0.parquet")
+
+
+def candidates(seqs: list, num_items: int, rng) -> pa.Table:
+    """candidates.parquet rows: per user, split and protocol, the target and 100 negatives outside the history."""
+    rows = []
+    for u, s in enumerate(seqs):
+        pool = np.setdiff1d(np.arange(1, num_items + 1), s)
+        for split, tgt in (("valid", s[-2]), ("test", s[-1])):
+            for proto in C.PROTOCOLS:
+                rows.append({C.USER_ID: u, C.SPLIT: split, C.PROTOCOL: proto, C.TARGET: int(tgt),
+                             C.NEGATIVES: rng.choice(pool, 100, replace=False).tolist()})
+    return pa.Table.from_pylist(rows)

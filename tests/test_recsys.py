@@ -11,6 +11,7 @@ import pytest
 from slim import columns as C
 from slim.recsys import data as D
 from slim.recsys import text as T
+from tests.slimdata import candidates
 
 U, N = 80, 130
 
@@ -34,14 +35,7 @@ def _write_run(root, seed=0):
     }), root / C.USERS_FILE)
     pq.write_table(pa.table({C.ITEM_ID: pa.array(np.arange(1, N + 1, dtype=np.int32)),
                              C.TEXT: [f"game {i} series {i // 10}" for i in range(1, N + 1)]}), root / C.ITEMS_FILE)
-    rows = []
-    for u, s in enumerate(seqs):
-        pool = np.setdiff1d(np.arange(1, N + 1), s)
-        for split, tgt in (("valid", s[-2]), ("test", s[-1])):
-            for proto in C.PROTOCOLS:
-                rows.append({C.USER_ID: u, C.SPLIT: split, C.PROTOCOL: proto, C.TARGET: int(tgt),
-                             C.NEGATIVES: rng.choice(pool, 100, replace=False).tolist()})
-    pq.write_table(pa.Table.from_pylist(rows), root / C.CANDIDATES_DIR / "part-0.parquet")
+    pq.write_table(candidates(seqs, N, rng), root / C.CANDIDATES_DIR / "part-0.parquet")
     from slim.rundir import Manifest, RunDir
 
     RunDir(root).write_manifest(Manifest("data", {"generated": seed}))
