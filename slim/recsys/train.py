@@ -90,12 +90,12 @@ def examples(model, d: D.SeqData, max_len: int, ut: Optional[UserText] = None) -
     ex = (D.train_windows if model.per_position else D.train_prefixes)(d.seqs, max_len)
     if ut is None:
         return Batches(torch.from_numpy(ex.x), torch.from_numpy(ex.y), torch.from_numpy(ex.lens))
-    use = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in d.seqs]), ut.cut)
-    use &= ut.present[ex.user][:, None] if use.ndim == 2 else ut.present[ex.user]
-    if isinstance(model, TextMatch):
-        keep = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in d.seqs]), ut.cut)
-        ex = D.Examples(ex.x[keep], ex.y[keep], ex.lens[keep], ex.user[keep], ex.tpos[keep])
-        use = use[keep]
+    after = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in d.seqs]), ut.cut)  # unseen targets
+    present = ut.present[ex.user]  # [E]
+    use = after & (present[:, None] if after.ndim == 2 else present)
+    if isinstance(model, TextMatch):  # no sequence model: it learns only from targets after the prefix
+        ex = D.Examples(*(a[after] for a in (ex.x, ex.y, ex.lens, ex.user, ex.tpos)))
+        use = use[after]
     return Batches(torch.from_numpy(ex.x), torch.from_numpy(ex.y), torch.from_numpy(ex.lens),
                    torch.from_numpy(ut.vec[ex.user]), torch.from_numpy(use))
 
