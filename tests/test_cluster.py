@@ -130,8 +130,9 @@ def prepared(head, tmp_path_factory):
     src = write_seqrec(tmp / "src", 300, 150)
     cfg = {"run_dir": str(tmp / "run"),
            "data": {"source": "amazon2018-games", "path": str(src)},
+           # 40 epochs (no early stop): a run takes seconds even on an idle machine, so the stop lands halfway
            "train": {"backbones": ["gru4rec"], "variants": ["id"], "losses": ["ce"], "seeds": SEEDS, "hidden": 16,
-                     "epochs": 2, "patience": 2, "batch_size": 64, "test_protocols": ["uni100"],
+                     "epochs": 40, "patience": 40, "batch_size": 64, "test_protocols": ["uni100"],
                      "cpus_per_run": 1.0, "threads_per_run": 1}}
     path = tmp / "cluster.yaml"
     path.write_text(yaml.safe_dump(cfg))
