@@ -46,6 +46,26 @@ def test_real_server_rationales_parsed_into_steps(tmp_path, vllm_teacher, ray_lo
     assert m.counts["ok"] + m.counts["malformed"] == 4
 
 
+def test_structured_answers_through_response_format(tmp_path, vllm_teacher, ray_local):
+    """teacher.structured: the local vLLM server constrains the answer to slim.rationale.SCHEMA; every row is JSON
+    that parses into three non-empty steps (the same 135M model's free text rarely has them)."""
+    import json
+
+    rd = write_data_stage(tmp_path, 20)
+    cfg = job.TeacherConfig(run_dir=str(rd.root), model=llm_models.SMOLLM2, base_url=vllm_teacher.url,
+                            api_key_env="", num_users=2, max_tokens=900, requests_per_min=0, tokens_per_min=0,
+                            num_actors=1, threads_per_actor=2, batch_size=2, request_timeout_s=600,
+                            structured=True, extra_body={"repetition_penalty": 1.1})
+    m = job.run(cfg)
+    rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+    assert len(rows) == 2 and m.counts["ok"] == 2, [r[C.ERROR] for r in rows]
+    for r in rows:
+        obj = json.loads(r[C.RATIONALE])
+        assert set(obj) == {"preferences", "categories"} and 1 <= len(obj["categories"]) <= 5
+        assert r[C.STEP1] and r[C.STEP2] and r[C.STEP3]
+    assert m.extra["quality"]["parse_rate"] == 100.0
+
+
 @pytest.mark.slow
 def test_tiny_config_job_starts_and_stops_its_own_server(tmp_path, cache_dir):
     rd = write_data_stage(tmp_path / "run", 40)
