@@ -145,7 +145,7 @@ def scores(model, seqs: list, max_len: int, cand: Optional[np.ndarray], bs: int 
     for i in range(0, len(seqs), bs):
         x, lens = D.pad_right(seqs[i:i + bs], max_len)
         t = None if text is None else torch.tensor(text[i:i + bs])  # a copy: the object store's arrays are read-only
-        u = None if use is None else torch.from_numpy(use[i:i + bs])
+        u = None if use is None else torch.tensor(use[i:i + bs])
         s = model.encode(torch.from_numpy(x), torch.from_numpy(lens), t, u)
         out.append((model.score(s, torch.tensor(cand[i:i + bs])) if cand is not None
                     else model.score_all(s)).numpy())
