@@ -23,7 +23,7 @@ if __name__ == "__main__":
         sys.exit(f"config error: {e}")
     try:
         out = explain(raw["run_dir"], a.user, a.k, a.run)
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"explain: {e}")
     if a.json:
         print(json.dumps(out, indent=2))

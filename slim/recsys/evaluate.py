@@ -48,8 +48,9 @@ def chance_levels(d, split: str, protocols) -> dict:
     return out
 
 
-def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols) -> tuple[list, dict, dict]:
-    """Every run -> its record with eval metrics; (loss, row) -> {protocol: [S, U] ranks}; (loss, row) -> [S, U, 10]."""
+def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols) -> tuple[list, dict, dict, dict]:
+    """Every run -> its record with eval metrics; (loss, row) -> {protocol: [S, U] ranks}; (loss, row) -> [S, U, 10];
+    (variant, field) -> the UserText read for the rationale runs."""
     from slim.recsys import usertext as UT
     from slim.recsys.job import METRICS, load_model
     from slim.recsys.train import ranks
@@ -72,7 +73,7 @@ def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols) -> tuple[list
         recs.append(rec)
         log.info("%s %s", rel, {p: round(v["NDCG@10"], 2) for p, v in rec["eval"].items()})
     rk = {k: {p: np.stack(v) for p, v in ps.items()} for k, ps in rk.items()}
-    return recs, rk, {k: np.stack(v) for k, v in top.items()}
+    return recs, rk, {k: np.stack(v) for k, v in top.items()}, uts
 
 
 def per_user(rk: dict, mask: Optional[np.ndarray] = None) -> dict:
@@ -110,12 +111,12 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
         return rd.read_manifest(STAGE)
     t0 = time.time()
     d = D.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
-    recs, rk, top = rank_runs(rd, tm.outputs, d, cfg.split, cfg.protocols)
+    recs, rk, top, uts = rank_runs(rd, tm.outputs, d, cfg.split, cfg.protocols)
     res = {"users": len(d.seqs), "items": d.num_items, "split": cfg.split,
            "chance": chance_levels(d, cfg.split, cfg.protocols), "rows": R.aggregate(recs, cfg.protocols),
            "gains": R.gains(per_user(rk), cfg.protocols),
            "users_without_rationale": tm.extra.get("users_without_rationale", {})}
-    res.update(teacher_subset(rd, d, recs, rk, cfg.protocols))
+    res.update(teacher_subset(recs, rk, uts, cfg.protocols))
     res["student_model"] = student_model(rd)
     bucket = P.popularity_buckets(np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1))
     res["popular_share"] = {}  # % of full-ranking top-10 in the most popular fifth of the items (popularity bias)
@@ -138,14 +139,12 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     return m
 
 
-def teacher_subset(rd: RunDir, d, recs: list, rk: dict, protocols) -> dict:
+def teacher_subset(recs: list, rk: dict, uts: dict, protocols) -> dict:
     """slim_teacher is compared with slim and id_text on the users the teacher covered only."""
-    if not any(r["variant"] == "slim_teacher" for r in recs):
+    key = next((k for k in uts if k[0] == "slim_teacher"), None)
+    if key is None:
         return {}
-    from slim.recsys import usertext as UT
-
-    field = next(r["rationale_field"] for r in recs if r["variant"] == "slim_teacher")
-    mask = UT.load(rd.root, d.user_ids, np.array([len(s) for s in d.seqs]), "slim_teacher", field).present
+    mask = uts[key].present
     if not mask.any():
         return {"teacher_users": 0}
     sub = subset_recs(recs, rk, mask, protocols)

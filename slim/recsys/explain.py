@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from slim import columns as C
@@ -22,32 +21,40 @@ from slim import columns as C
 RATIONALE_COLS = (C.RATIONALE, C.STEP1, C.STEP2, C.STEP3, C.STATUS)
 
 
-def best_run(run_dir: str | Path, variant: Optional[str] = None) -> str:
-    """models/<name> with the best validation NDCG@10 among the train stage's outputs (optionally one variant)."""
-    root = Path(run_dir)
-    m = json.loads((root / "train" / C.MANIFEST).read_text())
-    best, name = -1.0, None
-    for rel in m["outputs"]:
-        rec = json.loads((root / rel / "metrics.json").read_text())
-        if (variant is None or rec["variant"] == variant) and rec["best_valid_ndcg10"] > best:
-            best, name = rec["best_valid_ndcg10"], rel
-    if name is None:
-        raise ValueError(f"{root}: no trained run" + (f" of variant {variant!r}" if variant else ""))
-    return name
+class NoModelError(RuntimeError):
+    """The run directory holds no trained model matching the config; the message says what was looked for."""
 
 
-def user_rationale(run_dir: str | Path, user_id: int, source: str = "student") -> Optional[dict]:
-    """The stored rationale of a user (the latest row when a user was retried), or None."""
+def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: Optional[int] = None) -> Path:
+    """models/<run>/ with the best valid NDCG@10 among finished runs matching the filters."""
+    root = Path(run_dir) / "models"
+    want = {"backbone": backbone, "variant": variant, "seed": seed}
+    found = []
+    for m in sorted(root.glob("*/metrics.json")):
+        rec = json.loads(m.read_text())
+        if (m.parent / "model.pt").exists() and all(v in ("", None) or rec.get(k) == v for k, v in want.items()):
+            found.append((rec.get("best_valid_ndcg10", float("-inf")), m.parent.name, m.parent))
+    if not found:
+        asked = ", ".join(f"{k}={v}" for k, v in want.items() if v not in ("", None)) or "any run"
+        raise NoModelError(f"{root}: no trained model ({asked}; a run is models/<run>/model.pt + metrics.json): "
+                           f"run the train stage first (jobs/train_recommender.py)")
+    found.sort(key=lambda t: (-t[0], t[1]))  # best first; ties by name, so the choice is stable
+    return found[0][2]
+
+
+def rationales(run_dir: str | Path, source: str = "student") -> dict:
+    """user_id -> {text, steps, status}: the stored rationales of `source` ("student" or "teacher"), one per user by
+    the shards' own latest-row rule (slim.shards); {} when that stage has not run."""
+    from slim import shards
+
     folder = Path(run_dir) / (C.STUDENT_SHARDS if source == "student" else C.TEACHER_SHARDS)
-    files = sorted(str(p) for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
-    if not files:
-        return None
-    t = pds.dataset(files).to_table(filter=pds.field(C.USER_ID) == int(user_id))
-    if t.num_rows == 0:
-        return None
-    row = {c: (t.column(c)[-1].as_py() if c in t.column_names else None) for c in RATIONALE_COLS}
-    return {"text": row[C.RATIONALE] or "", "steps": [row[C.STEP1] or "", row[C.STEP2] or "", row[C.STEP3] or ""],
-            "status": row[C.STATUS]}
+    if not shards.shard_files(folder):
+        return {}
+    t = shards.read_latest(folder, columns=[C.USER_ID, *RATIONALE_COLS])
+    cols = {c: t.column(c).to_pylist() for c in (C.USER_ID, *RATIONALE_COLS)}
+    return {int(u): {"text": cols[C.RATIONALE][i] or "", "status": cols[C.STATUS][i],
+                     "steps": [cols[s][i] or "" for s in (C.STEP1, C.STEP2, C.STEP3)]}
+            for i, u in enumerate(cols[C.USER_ID])}
 
 
 @dataclass
@@ -60,29 +67,34 @@ class Explainer:
     spec: object
     titles: dict
     users: dict  # user_id -> item_ids
+    vectors: dict  # user_id -> [1, Du] rationale vector, for a user-text model (users with a usable one)
+    texts: dict  # user_id -> the stored rationale (rationales())
 
     @classmethod
     def load(cls, run_dir: str | Path, run: Optional[str] = None) -> "Explainer":
         from slim.recsys.job import load_model
 
         root = Path(run_dir)
-        rel = run if run and run.startswith("models/") else (f"models/{run}" if run else best_run(root))
+        rel = run if run and run.startswith("models/") else (f"models/{run}" if run else
+                                                             f"models/{pick_run(root).name}")
         model, spec = load_model(root / rel)
         items = pq.read_table(root / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TITLE])
         titles = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TITLE).to_pylist()))
-        users = pq.read_table(root / C.USERS_FILE, columns=[C.USER_ID, C.ITEM_IDS])
-        return cls(root, rel, model, spec, titles,
-                   dict(zip(users.column(C.USER_ID).to_pylist(), users.column(C.ITEM_IDS).to_pylist())))
+        t = pq.read_table(root / C.USERS_FILE, columns=[C.USER_ID, C.ITEM_IDS])
+        users = dict(zip(t.column(C.USER_ID).to_pylist(), t.column(C.ITEM_IDS).to_pylist()))
+        vectors = {}
+        if spec.rationale_field:  # read once here, not per call
+            from slim.recsys import usertext as UT
+
+            ids = np.array(list(users), dtype=np.int64)
+            ut = UT.load(root, ids, np.array([len(users[u]) for u in ids]), spec.variant, spec.rationale_field)
+            vectors = {int(u): ut.vec[i:i + 1] for i, u in enumerate(ids) if ut.present[i]}
+        source = "teacher" if spec.variant == "slim_teacher" else "student"
+        return cls(root, rel, model, spec, titles, users, vectors, rationales(root, source))
 
     def user_vector(self, user_id: Optional[int]) -> Optional[np.ndarray]:
         """[1, Du] rationale vector of a known user for a user-text model, else None (the missing vector)."""
-        if not self.spec.rationale_field or user_id is None:
-            return None
-        from slim.recsys import usertext as UT
-
-        ut = UT.load(self.root, np.array([user_id]), np.array([len(self.users[user_id])]), self.spec.variant,
-                     self.spec.rationale_field)
-        return ut.vec if ut.present[0] else None
+        return self.vectors.get(user_id)
 
     def recommend(self, history: list, k: int, user_id: Optional[int] = None, exclude_history: bool = True) -> list:
         """-> [{item_id, title, score}] best first."""
@@ -104,10 +116,9 @@ class Explainer:
         if user_id not in self.users:
             raise KeyError(f"user_id {user_id} is not in {self.root / C.USERS_FILE}")
         hist = list(self.users[user_id])
-        source = "teacher" if self.spec.variant == "slim_teacher" else "student"
         return {"user_id": user_id, "run": self.run,
                 "history": [{"item_id": int(i), "title": self.titles.get(int(i))} for i in hist],
-                "rationale": user_rationale(self.root, user_id, source),
+                "rationale": self.texts.get(user_id),
                 "rationale_used": self.user_vector(user_id) is not None,
                 "items": self.recommend(hist, k, user_id)}
 

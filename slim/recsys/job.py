@@ -185,7 +185,12 @@ def user_texts(cfg: TrainConfig, root: Path, d) -> dict:
     lens = np.array([len(s) for s in d.seqs])
     want = {(v, cfg.rationale_field) for v in cfg.variants if v in ("slim", "slim_teacher")}
     want |= {("text_match", f) for f in cfg.text_match_fields} if "text_match" in cfg.variants else set()
-    return {k: UT.load(root, d.user_ids, lens, *k) for k in sorted(want)}
+    by_file = {}  # slim and text_match read the same student file for the same field: once
+    for k in sorted(want):
+        path = UT.emb_path(root, *k)
+        if path not in by_file:
+            by_file[path] = UT.load(root, d.user_ids, lens, *k)
+    return {k: by_file[UT.emb_path(root, *k)] for k in sorted(want)}
 
 
 def run(cfg: TrainConfig, force: bool = False) -> Manifest:

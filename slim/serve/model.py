@@ -9,7 +9,6 @@ library's explanation: same rationale source per variant, latest row per user, r
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim.recsys.explain import NoModelError, pick_run, rationales  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-STEPS = (C.STEP1, C.STEP2, C.STEP3)
-
-
-class NoModelError(RuntimeError):
-    """The run directory holds no trained model matching the config; the message says what was looked for."""
 
 
 @dataclass
@@ -38,23 +33,6 @@ class Query:
     user_id: Optional[int] = None
     candidates: Optional[np.ndarray] = None  # int64; None = rank every item
     exclude_history: bool = True
-
-
-def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: Optional[int] = None) -> Path:
-    """models/<run>/ with the best valid NDCG@10 among finished runs matching the filters."""
-    root = Path(run_dir) / "models"
-    want = {"backbone": backbone, "variant": variant, "seed": seed}
-    found = []
-    for m in sorted(root.glob("*/metrics.json")):
-        rec = json.loads(m.read_text())
-        if (m.parent / "model.pt").exists() and all(v in ("", None) or rec.get(k) == v for k, v in want.items()):
-            found.append((rec.get("best_valid_ndcg10", float("-inf")), m.parent.name, m.parent))
-    if not found:
-        asked = ", ".join(f"{k}={v}" for k, v in want.items() if v not in ("", None)) or "any run"
-        raise NoModelError(f"{root}: no trained model ({asked}; a run is models/<run>/model.pt + metrics.json): "
-                           f"run the train stage first (jobs/train_recommender.py)")
-    found.sort(key=lambda t: (-t[0], t[1]))  # best first; ties by name, so the choice is stable
-    return found[0][2]
 
 
 def _items(root: Path) -> tuple[np.ndarray, list, list]:
@@ -76,20 +54,6 @@ def _users(root: Path) -> dict:
     t = pq.read_table(p, columns=[C.USER_ID, C.ITEM_IDS])
     return {int(u): np.asarray(s, dtype=np.int64) for u, s in
             zip(t.column(C.USER_ID).to_pylist(), t.column(C.ITEM_IDS).to_pylist())}
-
-
-def _rationales(root: Path, source: str) -> dict:
-    """user_id -> {text, steps, status}: the stored rationales of `source` ("student" or "teacher"), the latest row
-    when a user was retried (as slim.recsys.explain.user_rationale); {} when that stage has not run."""
-    folder = root / (C.STUDENT_SHARDS if source == "student" else C.TEACHER_SHARDS)
-    out = {}
-    for f in sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_"))):
-        names = pq.read_schema(f).names
-        for r in pq.read_table(f, columns=[c for c in (C.USER_ID, C.RATIONALE, *STEPS, C.STATUS) if c in names]
-                               ).to_pylist():
-            out[int(r[C.USER_ID])] = {"text": r.get(C.RATIONALE) or "", "steps": [r.get(s) or "" for s in STEPS],
-                                      "status": r.get(C.STATUS)}
-    return out
 
 
 def _user_vectors(root: Path, users: dict, spec) -> tuple[np.ndarray, dict]:
@@ -144,7 +108,7 @@ class Ranker:
         self.users = _users(root)
         self.user_text_model = bool(getattr(self.spec, "rationale_field", ""))
         source = "teacher" if self.spec.variant == "slim_teacher" else "student"
-        self.rationales = _rationales(root, source)
+        self.rationales = rationales(root, source)
         self.vecs, self.vec_row = _user_vectors(root, self.users, self.spec) if self.user_text_model else (None, {})
         self.passes, self.largest_batch = 0, 0  # encoder passes and the most requests in one (batching at work)
         with torch.no_grad():  # every item's vector once: a request is then one encode + one matmul
