@@ -88,6 +88,29 @@ class Tally:
         return {"n": self.n, **{k: v / self.n for k, v in self.sums.items()}} if self.n else {"n": 0}
 
 
+_COLUMNS = ("rationale", "step1", "step2", "step3", "status")
+
+
+def _rows(t) -> list[dict]:
+    cols = {k: t.column(k).to_pylist() for k in _COLUMNS}
+    return [{**{k: v[i] for k, v in cols.items()}, "ok": cols["status"][i] == "ok"} for i in range(t.num_rows)]
+
+
+def of_table(t) -> dict:
+    """`measure` over a rationale table (teacher or student schema; a row is ok when its status is)."""
+    return measure(_rows(t))
+
+
+def of_shards(files) -> dict:
+    """`measure` over rationale shards read one file at a time (each user once: call after compaction)."""
+    import pyarrow.parquet as pq
+
+    tally = Tally()
+    for f in files:
+        tally.add(_rows(pq.read_table(f, columns=list(_COLUMNS))))
+    return tally.result()
+
+
 def describe(q: dict) -> str:
     """One line of slim.quality measures (and the grounded rate when grounding ran)."""
     if not q.get("n"):

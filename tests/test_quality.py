@@ -38,6 +38,23 @@ def test_measure_over_rows():
     assert Q.measure([]) == {"n": 0}
 
 
+def test_stage_tables_and_shards_measure_like_rows(tmp_path):
+    """The teacher measures its final table, the student its shards file by file: both equal `measure`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [_row(GOOD), _row(LOOP), _row(""), _row(GOOD)]
+    rows[2]["ok"] = False
+    table = pa.table({k: [r[k] for r in rows] for k in ("rationale", "step1", "step2", "step3")}
+                     | {"status": ["ok" if r["ok"] else "malformed" for r in rows]})
+    want = Q.measure(rows)
+    assert Q.of_table(table) == want and want["parse_rate"] == 50.0
+    pq.write_table(table.slice(0, 1), tmp_path / "a.parquet")
+    pq.write_table(table.slice(1), tmp_path / "b.parquet")
+    got = Q.of_shards([tmp_path / "a.parquet", tmp_path / "b.parquet"])
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k]) for k in want)
+
+
 def test_grounding_maps_titles_to_their_items_and_rejects_unrelated_text():
     """With the packaged all-MiniLM-L6-v2: product names find their catalogue items; chatter finds none."""
     import numpy as np

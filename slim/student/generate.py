@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import atomic
+from slim import atomic, quality
 from slim import shards as S
 from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
@@ -234,9 +234,10 @@ def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> M
     m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.STUDENT_SHARDS], counts=counts,
                  timings={"total_s": t_end - t0, "to_first_shard_s": (t_first or t_end) - t0,
                           "rationales_per_s": new / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
-                 extra={"model": model_info, "engine": cfg.engine})
+                 extra={"model": model_info, "engine": cfg.engine, "quality": quality.of_shards(shards(out))})
     rd.write_manifest(m)
     print(f"student ({cfg.engine}): {counts['users']:,} users ({new:,} new), ok {counts['ok']:,}, malformed "
           f"{counts['malformed']:,}, failed {counts['failed']:,}; {tokens:,} tokens in {t_end - t0:.1f}s "
           f"({m.timings['tokens_per_s']:.0f} tok/s); model {model_info['kind']} {model_info['path']}")
+    print("  quality: " + quality.describe(m.extra["quality"]))
     return m

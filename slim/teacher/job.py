@@ -27,7 +27,7 @@ from typing import Literal, Optional
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from slim import columns as C
+from slim import columns as C, quality
 from slim import atomic
 from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
@@ -233,19 +233,10 @@ def _finish(cfg, rd, inputs, final, stats, est, timings) -> Manifest:
     m = Manifest("teacher", stage_config(cfg), inputs, outputs=[C.TEACHER_SHARDS, "teacher/cost.json"],
                  counts=counts, timings=timings,
                  extra={"cost_usd": cost["cost_usd"], "billed": led["billed"], "useful": led["useful"],
-                        "this_run": stats, "quality": _quality(final)})
+                        "this_run": stats, "quality": quality.of_table(final)})
     rd.write_manifest(m)
     print_summary(m, cost)
     return m
-
-
-def _quality(final) -> dict:
-    """slim.quality's measures of the answers kept (a parsed answer has all three steps)."""
-    from slim import quality
-
-    cols = {k: final.column(k).to_pylist() for k in (C.RATIONALE, C.STEP1, C.STEP2, C.STEP3, C.STATUS)}
-    return quality.measure([{**{k: v[i] for k, v in cols.items()}, "ok": cols[C.STATUS][i] == "ok"}
-                            for i in range(final.num_rows)])
 
 
 def print_summary(m: Manifest, cost: dict) -> None:
@@ -259,6 +250,4 @@ def print_summary(m: Manifest, cost: dict) -> None:
     if c["failed"]:
         print(f"  {c['failed']} failed rows keep their error; rerun the same command to retry them")
     if m.extra.get("quality"):
-        from slim.quality import describe
-
-        print("  quality: " + describe(m.extra["quality"]))
+        print("  quality: " + quality.describe(m.extra["quality"]))
