@@ -211,6 +211,19 @@ def test_batch_api_mode_half_price_and_failed_rows(tmp_path):
     assert not rd.path("teacher/batch_state.json").exists()
 
 
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_structured_mode_asks_for_the_schema_online_and_in_batch(tmp_path, ray_local, mode):
+    """teacher.structured sends response_format on both paths; the double answers JSON only when asked."""
+    with fault_server(tmp_path / "fs.log", {}) as srv:
+        for structured, sub in ((False, "free"), (True, "json")):
+            rd2 = write_data_stage(tmp_path / sub, 12)
+            m = job.run(_cfg(rd2, srv.url, mode=mode, num_users=6, structured=structured, batch_poll_s=0.05))
+            rows = shards.S.read_latest(rd2.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+            assert m.counts["ok"] == 6 and m.extra["quality"]["parse_rate"] == 100.0
+            assert all(r[C.RATIONALE].startswith("{") == structured for r in rows)
+            assert all(r[C.STEP3].startswith("Category A: Product A1") for r in rows if structured)
+
+
 def test_lowering_num_users_keeps_paid_rows_for_when_it_grows_back(tmp_path, ray_local):
     """Today's compaction deleted rows outside the selection: raising num_users again paid for them twice."""
     rd = write_data_stage(tmp_path / "run", 30)

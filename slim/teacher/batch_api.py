@@ -23,12 +23,11 @@ MAX_REQUESTS = 50_000  # the provider's per-batch limit
 DONE = ("completed", "failed", "expired", "cancelled")
 
 
-def _submit(client, cfg, todo: list[dict], work: Path) -> dict:
+def _submit(client, settings: K.CallSettings, todo: list[dict], work: Path) -> dict:
     jsonl = work / "batch_input.jsonl"
     with open(jsonl, "w") as f:
         for r in todo:
-            body = {"model": cfg.model, "messages": r["messages"], "max_tokens": cfg.max_tokens,
-                    "temperature": cfg.temperature, **cfg.extra_body}
+            body = {"messages": r["messages"], **K.request_fields(settings, flat=True)}
             f.write(json.dumps({"custom_id": str(r[C.USER_ID]), "method": "POST", "url": "/v1/chat/completions",
                                 "body": body}) + "\n")
     with open(jsonl, "rb") as f:
@@ -93,7 +92,7 @@ def run_batch(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], pr
             rest = [r for r in todo if r[C.USER_ID] not in handled]
             if not rest:
                 break
-            state = _submit(client, cfg, rest, work)
+            state = _submit(client, settings, rest, work)
             atomic.write_json(state_path, state)
         else:
             log.info("teacher: collecting batch %s left by an earlier run", state["batch_id"])

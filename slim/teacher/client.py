@@ -41,6 +41,17 @@ class CallSettings:
     response_format: dict | None = None  # structured answers (slim.rationale.SCHEMA) from an API that takes them
 
 
+def request_fields(s: CallSettings, flat: bool = False) -> dict:
+    """The fields of one chat request besides the messages, for the online client and the Batch API alike.
+    flat: provider-specific extra_body fields merged into the body (a Batch API line) rather than passed apart."""
+    out = {"model": s.model, "max_tokens": s.max_tokens, "temperature": s.temperature}
+    if s.response_format:
+        out["response_format"] = s.response_format
+    if flat:
+        return {**out, **(s.extra_body or {})}
+    return {**out, "extra_body": s.extra_body or None}
+
+
 @dataclass
 class Bill:
     """What one row has been billed for so far, over all its attempts."""
@@ -162,11 +173,8 @@ def _attempts(client, user_id, prompt, messages, s, reserve, adjust, pause, rng,
         sleep(reserve(est))
         after, retryable = None, True
         try:
-            resp = client.chat.completions.create(
-                model=s.model, messages=messages, max_tokens=s.max_tokens, temperature=s.temperature,
-                extra_headers={"x-slim-user": str(user_id)}, extra_body=s.extra_body or None,
-                **({"response_format": s.response_format} if s.response_format else {}),
-            )
+            resp = client.chat.completions.create(messages=messages, extra_headers={"x-slim-user": str(user_id)},
+                                                  **request_fields(s))
         except Exception as exc:  # noqa: BLE001 - classified below
             adjust(-est)  # nothing was generated (or we cannot tell how much); give the reserved tokens back
             retryable, after, error, billed = _classify(exc)

@@ -34,6 +34,13 @@ def rationale_for(prompt: str) -> str:
             f"Step 2: {', '.join(cats)}.\nStep 3:\n{step3}")
 
 
+def structured_for(prompt: str) -> str:
+    """The same answer as JSON under slim.rationale.SCHEMA, as a server honouring response_format writes it."""
+    titles = re.findall(r"^\d+\. (.+)$", prompt, re.MULTILINE) or ["various games"]
+    cats = [{"name": f"Category {c}", "products": [f"Product {c}{k}" for k in range(1, 6)]} for c in "ABCDE"]
+    return json.dumps({"preferences": f"The user enjoys items like {titles[0][:60]}.", "categories": cats})
+
+
 def completion(model: str, content: str, prompt_tokens: int, finish: str = "stop") -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
@@ -58,7 +65,9 @@ def build_app(schedule: dict, latency_s: float, retry_after: str, timeout_sleep_
     def answer(body: dict) -> dict:
         prompt = body["messages"][-1]["content"]
         ptok = sum(len(m["content"]) for m in body["messages"]) // 4 + 1
-        return completion(body.get("model", "fault-double"), rationale_for(prompt), ptok)
+        schema = (body.get("response_format") or {}).get("type") == "json_schema"
+        text = structured_for(prompt) if schema else rationale_for(prompt)
+        return completion(body.get("model", "fault-double"), text, ptok)
 
     @app.get("/v1/models")
     async def models():
