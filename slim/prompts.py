@@ -33,11 +33,22 @@ STUDENT_TEMPLATE = (
 
 
 @dataclass(frozen=True)
+class Example:
+    """One worked example shown to the teacher before the real user (few-shot): a history as the prompt lists it
+    ("1. title\n2. title ...") and the answer to imitate (free text, or JSON under slim.rationale.SCHEMA when the
+    teacher is structured)."""
+
+    history: str
+    answer: str
+
+
+@dataclass(frozen=True)
 class PromptConfig:
     """Embedded in the teacher, distill and student configs under `prompt:`."""
 
     teacher_system: str = TEACHER_SYSTEM
     teacher_template: str = TEACHER_TEMPLATE
+    teacher_examples: tuple[Example, ...] = ()  # few-shot turns before the user's; the paper's prompt is zero-shot
     student_template: str = STUDENT_TEMPLATE
     max_history_items: int = 20  # most recent items of the training prefix
     max_title_chars: int = 120
@@ -63,9 +74,22 @@ def history_text(item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:
 
 
 def teacher_messages(item_ids, item_text: dict[int, str], pc: PromptConfig) -> list[dict]:
-    """OpenAI chat messages for the teacher."""
+    """OpenAI chat messages for the teacher: system, the few-shot examples as earlier turns, the user's history."""
+    shots = []
+    for ex in pc.teacher_examples:
+        shots += [{"role": "user", "content": pc.teacher_template.format(history=ex.history)},
+                  {"role": "assistant", "content": ex.answer}]
     user = pc.teacher_template.format(history=history_text(item_ids, item_text, pc))
-    return [{"role": "system", "content": pc.teacher_system}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": pc.teacher_system}, *shots, {"role": "user", "content": user}]
+
+
+def teacher_prompt_key(messages: list[dict]) -> str:
+    """What a teacher row records as its prompt, and what decides whether a stored answer still fits: the user
+    turn (zero-shot, as rows have always been keyed), or every turn after the system's when there are examples,
+    so that changing the examples asks again."""
+    import json
+
+    return messages[-1]["content"] if len(messages) <= 2 else json.dumps(messages[1:], ensure_ascii=False)
 
 
 def student_prompt(item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:

@@ -224,6 +224,29 @@ def test_structured_mode_asks_for_the_schema_online_and_in_batch(tmp_path, ray_l
             assert all(r[C.STEP3].startswith("Category A: Product A1") for r in rows if structured)
 
 
+def test_few_shot_examples_are_sent_and_changing_them_asks_again(tmp_path, ray_local):
+    from slim.prompts import Example, PromptConfig
+
+    rd = write_data_stage(tmp_path / "run", 12)
+
+    def sent(srv):
+        return json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())["turns"]
+
+    one = PromptConfig(teacher_examples=(Example("1. Zelda\n2. Metroid", "Step 1: Nintendo adventures."),))
+    other = PromptConfig(teacher_examples=(Example("1. Zelda\n2. Metroid", "Step 1: Exploration games."),))
+    with fault_server(tmp_path / "fs.log", {}) as srv:
+        job.run(_cfg(rd, srv.url, num_users=6))
+        zero = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+        assert sent(srv) == [2] * 6 and all(r[C.PROMPT].startswith("A user bought") for r in zero)
+        for prompt, new in ((one, 6), (one, 0), (other, 6)):
+            before = len(sent(srv))
+            m = job.run(_cfg(rd, srv.url, num_users=6, prompt=prompt))
+            assert len(sent(srv)) - before == new and m.counts["ok"] == 6
+        assert sent(srv)[6:] == [4] * 12  # system, example question and answer, the user
+    rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+    assert all("Exploration games" in r[C.PROMPT] for r in rows)
+
+
 def test_lowering_num_users_keeps_paid_rows_for_when_it_grows_back(tmp_path, ray_local):
     """Today's compaction deleted rows outside the selection: raising num_users again paid for them twice."""
     rd = write_data_stage(tmp_path / "run", 30)

@@ -56,7 +56,7 @@ def build_app(schedule: dict, latency_s: float, retry_after: str, timeout_sleep_
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
     app = FastAPI()
-    state = {"n": 0, "requests": [], "billed": [], "n429": 0, "auth": {}, "files": {}, "batches": {}}
+    state = {"n": 0, "requests": [], "turns": [], "billed": [], "n429": 0, "auth": {}, "files": {}, "batches": {}}
     after_values = str(retry_after).split("|")
 
     def fault_for(n: int) -> str:
@@ -80,8 +80,9 @@ def build_app(schedule: dict, latency_s: float, retry_after: str, timeout_sleep_
         auth = request.headers.get("authorization", "")
         digest = hashlib.sha256(auth.removeprefix("Bearer ").encode()).hexdigest()  # never the key itself
         state["auth"][digest] = state["auth"].get(digest, 0) + 1
-        state["requests"].append([time.time(), request.headers.get("x-slim-user", ""), fault])
         body = await request.json()
+        state["requests"].append([time.time(), request.headers.get("x-slim-user", ""), fault])
+        state["turns"].append(len(body["messages"]))
         if fault == "timeout":
             await asyncio.sleep(timeout_sleep_s)
         elif latency_s:
@@ -112,8 +113,8 @@ def build_app(schedule: dict, latency_s: float, retry_after: str, timeout_sleep_
 
     @app.get("/stats")
     async def stats():
-        return {"requests": state["requests"], "billed": state["billed"], "auth_sha256": state["auth"],
-                "batches": len(state["batches"])}
+        return {"requests": state["requests"], "turns": state["turns"], "billed": state["billed"],
+                "auth_sha256": state["auth"], "batches": len(state["batches"])}
 
     # --- Batch API subset: upload JSONL, create a batch, poll it, download the output file. ---
     @app.post("/v1/files")

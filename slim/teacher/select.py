@@ -37,5 +37,5 @@ def build_prompts(users: pa.Table, items: pa.Table, pos: np.ndarray, pc: prompts
     out = []
     for uid, hist in zip(sub.column(C.USER_ID).to_pylist(), sub.column(C.ITEM_IDS).to_pylist()):
         messages = prompts.teacher_messages(hist, text, pc)
-        out.append({C.USER_ID: int(uid), C.PROMPT: messages[-1]["content"], "messages": messages})
+        out.append({C.USER_ID: int(uid), C.PROMPT: prompts.teacher_prompt_key(messages), "messages": messages})
     return out
