@@ -41,12 +41,14 @@ def overrides(a, structured: bool, penalty: float) -> list[str]:
     return [f"data.max_users={a.users}", f"teacher.num_users={a.teacher_users}", f"teacher.structured={s}",
             f"teacher.extra_body={{repetition_penalty: {penalty}}}", f"distill.structured={s}",
             f"student.sampling={{temperature: 0.0, max_tokens: 384, structured: {s}, repetition_penalty: {penalty}}}",
+            "teacher.request_timeout_s=900",  # a shared 2-core machine: a slow answer is not a failed one
             "train.variants=[text_match]", "train.losses=[ce]", "train.seeds=[0]", "evaluate.protocols=[full]"]
 
 
 def run_pipeline(run: Path, extra: list[str]) -> None:
     cmd = [sys.executable, "jobs/pipeline.py", "--config", "configs/tiny.yaml",
-           "--stages", "data,teacher,distill,student,encode,train,evaluate", f"run_dir={run}", *extra]
+           "--stages", "data,teacher,distill,student,encode,train,evaluate", "--retry-failed", "teacher,student",
+           f"run_dir={run}", *extra]
     with open(run.parent / f"{run.name}.log", "a") as log:
         subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
