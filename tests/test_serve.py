@@ -68,12 +68,11 @@ def _slim_run(root: Path, d) -> tuple[str, np.ndarray]:
     """A trained SLIM run: stored rationale vectors for users 3 (random, unit norm) and 4 (zeros: the encoder's mark
     for an empty rationale) stand in for the encode stage's file; 1 epoch, so the ID runs stay the best.
     -> (its name, the two vectors)"""
-    import json
-
     from slim.prompts import HISTORY_CUT
     from slim.recsys import usertext as UT
     from slim.recsys.job import save_run
     from slim.recsys.train import RunSpec, fit
+    from slim.rundir import Manifest, RunDir
 
     (root / C.EMBEDDINGS_DIR).mkdir(exist_ok=True)
     vecs = np.random.default_rng(0).normal(size=(2, DU))
@@ -81,7 +80,7 @@ def _slim_run(root: Path, d) -> tuple[str, np.ndarray]:
     vecs[1] = 0
     pq.write_table(pa.table({C.USER_ID: [3, 4], C.EMBEDDING: [v.tolist() for v in vecs]}),
                    root / C.USER_EMB_FILE.format(field="rationale"))
-    (root / C.STUDENT_SHARDS / C.MANIFEST).write_text(json.dumps({"config": {"history_cut": HISTORY_CUT}}))
+    RunDir(root).write_manifest(Manifest("rationales", {"history_cut": HISTORY_CUT}))  # the student stage's
     ut = UT.load(root, d.user_ids, np.array([len(s) for s in d.seqs]), "slim", "whole")
     text = np.random.default_rng(1).normal(size=(N + 1, 16)).astype(np.float32)
     text[0] = 0
@@ -413,10 +412,15 @@ def test_top_k_breaks_ties_by_item_id_at_the_cut():
     assert top_k(ids, sc, 10)[0].tolist() == [3, 7, 9, 5, 1]
 
 
-def test_new_user_on_a_slim_model_falls_back_when_generation_is_off(app):
+def test_new_user_on_a_slim_model_falls_back_when_generation_is_off(app, cache_dir):
     """Off (the default): a history sent to a SLIM model is scored with the learned missing vector, and the answer
     says so (rationale_source none, fallback naming serve.generate_rationales); a known user keeps the stored
-    rationale and its vector. Both equal the offline evaluation's scores."""
+    rationale and its vector. Both equal the offline evaluation's scores. On, a run without a student stops at
+    start with the student stage's message."""
+    from slim.serve.app import build
+    from slim.serve.settings import GeneratorConfig
+    from slim.student.engines import StudentModelError
+
     c, seqs, hist = app["client"], app["seqs"], app["seqs"][7].tolist()
     assert c.get("/slim/healthz").json()["variant"] == "slim"
     r = c.post("/slim/recommend", json={"history": hist, "k": 10}).json()
@@ -433,6 +437,10 @@ def test_new_user_on_a_slim_model_falls_back_when_generation_is_off(app):
     np.testing.assert_allclose([it["score"] for it in k["items"]], want, atol=1e-5)
     plain = c.post("/recommend", json={"history": hist}).json()  # an ID model has no use for a rationale
     assert plain["rationale_source"] == "none" and plain["fallback"] is None
+    on = ServeConfig(**app["base"], variant="slim", generate_rationales=True,
+                     generator=GeneratorConfig(cache_dir=cache_dir))
+    with pytest.raises(StudentModelError, match="no student model: neither .*student/merged"):
+        build(on)
 
 
 @pytest.mark.slow
@@ -476,7 +484,8 @@ def test_generated_rationale_for_a_new_user_over_http(app, tmp_path, cache_dir):
     enc = Encoder(minilm_path(), (C.RATIONALE,), 0, 0.75, 1, "cpu")  # the encode stage's encoder and settings
     vec = enc({C.RATIONALE: np.array([rat["text"]], object), **{f: np.array([s], object) for f, s in
                                                                 zip((C.STEP1, C.STEP2, C.STEP3), rat["steps"])}})
-    ids, want = _top(_offline(app, [np.asarray(hist)], None, app["slim"], vec[f"emb_{C.RATIONALE}"][0])[0], hist, 10)
+    vec = vec[f"emb_{C.RATIONALE}"][0].astype(np.float32)  # float16, as the encode stage stores it
+    ids, want = _top(_offline(app, [np.asarray(hist)], None, app["slim"], vec)[0], hist, 10)
     assert [it["item_id"] for it in r["items"]] == ids
     np.testing.assert_allclose([it["score"] for it in r["items"]], want, atol=1e-5)
     missing = _offline(app, [np.asarray(hist)], None, app["slim"])[0]
@@ -488,3 +497,15 @@ def test_generated_rationale_for_a_new_user_over_http(app, tmp_path, cache_dir):
     toks = [x["generation"]["tokens"] for x in (r, again, other)]
     print(f"\ngenerate: app ready in {start_s:.0f} s; first request {first_s:.1f} s; per rationale "
           f"{', '.join(f'{t:.1f}' for t in secs)} s for {toks} tokens")
+
+
+def test_serving_prompts_show_the_whole_history():
+    """The stages' prompts hold back the last HISTORY_CUT items (targets); a served history holds none (cut=0)."""
+    from slim.prompts import HISTORY_CUT, PromptConfig, history_text, training_prefix
+
+    h = [1, 2, 3, 4, 5]
+    assert training_prefix(h) == h[:-HISTORY_CUT] and training_prefix(h, 0) == h
+    assert training_prefix([1, 2]) == [] and training_prefix([1, 2], 0) == [1, 2]
+    text = {i: f"game {i}" for i in h}
+    assert history_text(h, text, PromptConfig(), 0).splitlines()[-1] == "5. game 5"
+    assert "game 3" not in history_text(h, text, PromptConfig())

@@ -162,6 +162,7 @@ class RecommenderApp:
                 "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
                 "max_batch_size": self.cfg.max_batch_size, "encoder_passes": r.passes,
                 "largest_batch": r.largest_batch, "auth": _guard()["token"] is not None,
+                "generate_rationales": self.writer is not None,
                 "pid": os.getpid()}
 
     @api.get("/items", response_model=list[S.Item], responses=ERRORS)
@@ -200,7 +201,8 @@ class RecommenderApp:
             return gen, (f"the encoder gave a {len(gen['vector'])}-d vector, the model takes {width}-d: check "
                          "embeddings/manifest.json's encoder")
         if gen["vector"] is None:
-            return gen, f"the generated rationale has no text for the model's field ({self.ranker.spec.rationale_field})"
+            field = self.ranker.spec.rationale_field
+            return gen, f"the generated rationale has no text for the model's field ({field})"
         return gen, None
 
     @api.post("/recommend", response_model=S.RecommendResponse, responses=ERRORS)

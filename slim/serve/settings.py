@@ -127,10 +127,11 @@ def run(cfg: ServeConfig, force: bool = False):
     from ray import serve
 
     from slim.serve.model import NoModelError
+    from slim.student.engines import StudentModelError
 
     try:
         start(cfg)
-    except NoModelError as e:
+    except (NoModelError, StudentModelError) as e:
         print(f"serve: {e}", file=sys.stderr)
         raise SystemExit(2)
     print(f"serving http://{cfg.host}:{cfg.port}{cfg.route_prefix} (Ctrl-C stops)", flush=True)

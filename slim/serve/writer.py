@@ -79,10 +79,25 @@ def sampling_params(d: dict):
     return vllm.SamplingParams(**d, structured_outputs=StructuredOutputsParams(**so) if so else None)
 
 
+def resolve(cfg) -> tuple:
+    """(student config, checkpoint path, its description) for ServeConfig `cfg`, resolved where the app is built:
+    a missing student stops the start with the student stage's message. An adapter is merged once into
+    serve.generator.merge_dir (on a multi-node cluster a path every node mounts), never into the run directory."""
+    from slim import llm_models
+    from slim.student import engines
+
+    g = cfg.generator
+    scfg = student_config(cfg.run_dir, g)
+    base = llm_models.resolve(scfg.base_model, g.cache_dir)
+    merge_dir = Path(g.merge_dir or Path(g.cache_dir) / "serve").expanduser()
+    path, info = engines.resolve_model(cfg.run_dir, scfg.adapter, base, merge_dir)
+    return scfg, path, info
+
+
 class RationaleWriter:
     """history -> {text, steps, status, vector, seconds, tokens}. One vLLM engine and one encoder per replica."""
 
-    def __init__(self, run_dir: str, gen: dict, field: str):
+    def __init__(self, run_dir: str, gen: dict, field: str, scfg, path: str, model_info: dict):
         import pyarrow.parquet as pq
         import vllm
         from transformers import AutoTokenizer
@@ -93,10 +108,7 @@ class RationaleWriter:
         from slim.student import engines
 
         g = GeneratorConfig(**gen)
-        self.cfg = student_config(run_dir, g)
-        base = llm_models.resolve(self.cfg.base_model, g.cache_dir)
-        merge_dir = Path(g.merge_dir or Path(g.cache_dir) / "serve").expanduser()
-        path, self.model_info = engines.resolve_model(run_dir, self.cfg.adapter, base, merge_dir)
+        self.cfg, self.model_info = scfg, model_info
         self.tok = AutoTokenizer.from_pretrained(path)
         items = pq.read_table(Path(run_dir) / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TEXT])
         self.text = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TEXT).to_pylist()))
@@ -153,8 +165,10 @@ def deployment(cfg, field: str):
     if not cfg.generate_rationales:
         return None
     g = cfg.generator
+    encode_config(cfg.run_dir)  # a bad encode manifest stops here, not in the replica
+    scfg, path, info = resolve(cfg)
     env = work_actor_env({"VLLM_CPU_KVCACHE_SPACE": str(g.kv_cache_gib)})
     dep = serve.deployment(RationaleWriter, name="rationale_writer")
+    opts = {"num_cpus": g.replica_cpus, "num_gpus": g.replica_gpus, "runtime_env": env}
     return dep.options(num_replicas=g.num_replicas, max_ongoing_requests=g.max_ongoing_requests,
-                       ray_actor_options={"num_cpus": g.replica_cpus, "num_gpus": g.replica_gpus,
-                                          "runtime_env": env}).bind(cfg.run_dir, dataclasses.asdict(g), field)
+                       ray_actor_options=opts).bind(cfg.run_dir, dataclasses.asdict(g), field, scfg, path, info)
