@@ -138,11 +138,10 @@ class RationaleWriter:
                                  "gen_error": [""], "num_input_tokens": [len(final.prompt_token_ids or [])],
                                  "num_generated_tokens": [len(o.token_ids)]}),
                        self.model_info["path"]).to_pylist()[0]
-        t1 = time.perf_counter()
         vec = await asyncio.to_thread(self._encode, row)
         return {"text": row[C.RATIONALE], "steps": [row[C.STEP1], row[C.STEP2], row[C.STEP3]],
                 "status": row[C.STATUS], "vector": vec, "model": self.model_info["path"],
-                "tokens": row[C.TOKENS_OUT], "generate_s": t1 - t0, "seconds": time.perf_counter() - t0}
+                "tokens": row[C.TOKENS_OUT], "seconds": time.perf_counter() - t0}
 
     def _encode(self, row: dict):
         """The rationale's vector for the model's field, float16 as the encode stage stores it; None when that
