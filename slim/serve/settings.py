@@ -7,7 +7,7 @@ a server that runs until interrupted; `jobs/serve.py` starts it directly.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 log = logging.getLogger(__name__)
@@ -16,6 +16,31 @@ STAGE = "serve"
 MAX_K = 1000  # the API's upper bound on k
 # A replica's request guard (slim/serve/app.py): body limit and token, set once by the replica at start.
 GUARD: dict = {"max_body_bytes": 65536, "token": None}
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """`serve.generator`: the on-demand rationale writer (slim/serve/writer.py), used when
+    serve.generate_rationales is on. Unset (None / "") = as the run's student stage wrote the stored rationales
+    (rationales/manifest.json), so a generated rationale is written the way the model's training rationales were."""
+
+    base_model: str = ""  # "" = the student stage's base model
+    adapter: str = ""  # "" = the student stage's: auto (student/merged, else student/adapter merged once) | none | path
+    max_tokens: Optional[int] = None
+    structured: Optional[bool] = None  # JSON under slim.rationale.SCHEMA (vLLM structured outputs)
+    repetition_penalty: Optional[float] = None
+    temperature: Optional[float] = None  # the student's default is 0 (greedy: the same history, the same rationale)
+    max_model_len: Optional[int] = None
+    dtype: str = ""  # "" = the student's (float32); bfloat16 on GPUs
+    timeout_s: float = 120.0  # a request waits this long for its rationale, then falls back to the missing vector
+    num_replicas: int = 1
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0
+    max_ongoing_requests: int = 16  # rationales written at once by one replica (vLLM batches them)
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
+    encoder_threads: int = 1
+    cache_dir: str = "~/.cache/slim"  # the packaged base model's converted copy
+    merge_dir: str = ""  # where base + adapter is merged once; "" = <cache_dir>/serve (never the run directory)
 
 
 @dataclass(frozen=True)
@@ -45,8 +70,17 @@ class ServeConfig:
     access_log: bool = True  # one log line per request (method, path, status, ms; never headers or bodies)
     # Name of an environment variable holding a bearer token; "" = no auth. The token itself is never in configs.
     auth_token_env: str = ""
+    # A new user (a `history` request) on a user-text model (slim, slim_teacher, text_match): write their rationale
+    # on demand with the run's student on vLLM (a second deployment), or (off) score with the learned missing vector.
+    generate_rationales: bool = False
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
+
+
+def from_dict(d: dict) -> ServeConfig:
+    """dataclasses.asdict(cfg) -> cfg again (the replica's copy; the nested section comes back as a dict)."""
+    return ServeConfig(**{**d, "generator": GeneratorConfig(**d.get("generator", {}))})
 
 
 def check(cfg: ServeConfig) -> None:
@@ -62,6 +96,9 @@ def check(cfg: ServeConfig) -> None:
         raise ConfigError("serve.num_replicas must be >= 1 and serve.max_replicas 0 or >= num_replicas")
     if cfg.batch_wait_timeout_s < 0 or cfg.max_body_bytes < 1024:
         raise ConfigError("serve.batch_wait_timeout_s must be >= 0 and serve.max_body_bytes >= 1024")
+    g = cfg.generator
+    if g.timeout_s <= 0 or g.num_replicas < 1 or g.max_ongoing_requests < 1:
+        raise ConfigError("serve.generator.timeout_s must be > 0, num_replicas and max_ongoing_requests >= 1")
 
 
 def start(cfg: ServeConfig):
@@ -90,10 +127,11 @@ def run(cfg: ServeConfig, force: bool = False):
     from ray import serve
 
     from slim.serve.model import NoModelError
+    from slim.student.engines import StudentModelError
 
     try:
         start(cfg)
-    except NoModelError as e:
+    except (NoModelError, StudentModelError) as e:
         print(f"serve: {e}", file=sys.stderr)
         raise SystemExit(2)
     print(f"serving http://{cfg.host}:{cfg.port}{cfg.route_prefix} (Ctrl-C stops)", flush=True)
