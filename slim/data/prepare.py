@@ -17,19 +17,33 @@ import pyarrow.parquet as pq
 from slim import atomic
 from slim import columns as C
 from slim.data import sequences as S
-from slim.data import sources
+from slim.data import sources, tables
 from slim.rundir import Manifest, RunDir, file_fingerprint
 
 log = logging.getLogger(__name__)
 
 
+# One layout, two names: `amazon2018-games` was its first name (the SeqRecBenchmark Games export uses it).
+JSONL_SEQUENCES = ("jsonl-sequences", "amazon2018-games")
+SOURCES = ("jsonl-sequences", "amazon2018-games", "interactions-table", "amazon-raw", "ml-100k")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     run_dir: str = "runs/default"
-    source: Literal["amazon2018-games", "amazon-raw", "ml-100k"] = "ml-100k"
-    path: str = ""  # amazon2018-games: folder or URL with sequences.jsonl(.gz) + items.tsv
+    source: Literal[SOURCES] = "ml-100k"
+    path: str = ""  # jsonl-sequences: folder or URL with sequences.jsonl(.gz) + items.tsv
     reviews: str = ""  # amazon-raw: reviews JSON lines (gz or not)
     meta: str = ""  # amazon-raw: metadata JSON lines (title, category, brand)
+    # interactions-table: two CSV / TSV (.gz or not) / Parquet files; the items table is joined on `item_column`
+    interactions: str = ""
+    items: str = ""
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    time_column: str = "timestamp"  # integer seconds or ISO 8601; "" = the row order is the time
+    title_columns: tuple[str, ...] = ("title",)  # joined with ". " into the item title
+    category_column: str = ""  # "" = none
+    brand_column: str = ""
     min_user_interactions: int = 0  # k-core thresholds; 0/1 = no filter
     min_item_interactions: int = 0
     min_history: int = 3  # leave-one-out needs >= 1 training item + valid + test
@@ -50,19 +64,42 @@ class DataConfig:
                               "one training item, a validation item and a test item per user")
         if self.num_negatives < 1:
             raise ConfigError(f"num_negatives: {self.num_negatives} must be at least 1")
+        if self.source == "interactions-table":
+            for key in ("interactions", "items", "user_column", "item_column"):
+                if not getattr(self, key):
+                    raise ConfigError(f"{key}: must be set for source interactions-table")
+            if not self.title_columns:
+                raise ConfigError("title_columns: name at least one items-table column for the item title")
 
 
 RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir")
+TABLE_KEYS = ("interactions", "items", "user_column", "item_column", "time_column", "title_columns",
+              "category_column", "brand_column")
 
 
 def stage_config(cfg) -> dict:
-    """The part of a config that decides a stage's output (not where or how it runs)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+    """The part of a config that decides a stage's output (not where or how it runs). Fingerprinted so that runs
+    prepared before the table source and the `jsonl-sequences` name existed stay current: the table keys enter
+    only for that source, and both names of the jsonl layout count as its first name."""
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+    if cfg.source != "interactions-table":
+        for k in TABLE_KEYS:
+            del out[k]
+    if cfg.source in JSONL_SEQUENCES:
+        out["source"] = "amazon2018-games"
+    return out
+
+
+def input_paths(cfg: DataConfig) -> dict:
+    """Config key -> the path or URL it names, for the configured source."""
+    if cfg.source in JSONL_SEQUENCES:
+        return {"path": cfg.path}
+    return {"interactions-table": {"interactions": cfg.interactions, "items": cfg.items},
+            "amazon-raw": {"reviews": cfg.reviews, "meta": cfg.meta}, "ml-100k": {}}[cfg.source]
 
 
 def _inputs(cfg: DataConfig) -> dict:
-    paths = {"amazon2018-games": [cfg.path], "amazon-raw": [cfg.reviews, cfg.meta], "ml-100k": []}[cfg.source]
-    local = [p for p in paths if p and not p.startswith(("http://", "https://"))]
+    local = [p for p in input_paths(cfg).values() if p and not p.startswith(("http://", "https://"))]
     for p in local:
         if not Path(p).expanduser().exists():
             raise sources.DataError(f"input not found: {p} (data.source={cfg.source})")
@@ -70,8 +107,10 @@ def _inputs(cfg: DataConfig) -> dict:
 
 
 def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Raw:
-    if cfg.source == "amazon2018-games":
+    if cfg.source in JSONL_SEQUENCES:
         return sources.read_seqrec(cfg.path, cfg.cache_dir, problems)
+    if cfg.source == "interactions-table":
+        return tables.read_tables(cfg, problems)
     if cfg.source == "amazon-raw":
         return sources.read_amazon_raw(cfg.reviews, cfg.meta, cfg.cache_dir, problems)
     return sources.read_ml100k(cfg.cache_dir, problems)
