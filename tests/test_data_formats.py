@@ -5,6 +5,7 @@ import csv
 import datetime
 import gzip
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -103,7 +104,8 @@ def _write(p, text):
 
 
 def test_bad_rows_name_file_and_line(tmp_path):
-    good = "user_id,item_id,timestamp\n" + "".join(f"u{u},{i},{10 * u + k}\n" for u in range(3) for k, i in enumerate("AAB"))
+    rows = [f"u{u},{i},{10 * u + k}\n" for u in range(3) for k, i in enumerate("AAB")]
+    good = "user_id,item_id,timestamp\n" + "".join(rows)
     inter = _write(tmp_path / "inter.csv", good)
     items = _write(tmp_path / "items.csv", 'item_id,title\nA,"Multi\nline"\nB,Plain\nC,x,extra\n')
     cfg = DataConfig(source="interactions-table", interactions=inter, items=items)
@@ -147,3 +149,16 @@ def test_table_source_job(tmp_path, ray_local):
     assert set(m.inputs) == {str(inter), str(items)} and m.counts["users"] == 120
     assert m.counts["candidate_rows"] == 4 * 120
     assert prepare.run(cfg).created == m.created  # current: skipped
+
+
+def test_check_names_table_inputs(tmp_path):
+    """`pipeline --check` lists the table source's two files and names the missing one by its key."""
+    from slim import check
+
+    inter = _write(tmp_path / "inter.csv", "user_id,item_id,timestamp\n")
+    cfg = DataConfig(source="interactions-table", interactions=inter, items=str(tmp_path / "none.csv"))
+    problems = []
+    lines = check.resources("data", cfg, problems)
+    assert lines[0] == f"data.interactions: {inter}"
+    assert problems == [f"data.items: {tmp_path / 'none.csv'} not found (from {os.getcwd()})"]
+    assert check.resources("data", DataConfig(source="jsonl-sequences", path=inter), []) == [f"data.path: {inter}"]

@@ -116,26 +116,39 @@ def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Raw:
     return sources.read_ml100k(cfg.cache_dir, problems)
 
 
+def filter_interactions(cfg: DataConfig, ucodes: np.ndarray, icodes: np.ndarray, text_ok: np.ndarray,
+                        user_vocab: np.ndarray, problems: sources.Problems) -> np.ndarray:
+    """Keep-mask over interactions: items with text, then the k-core, then users long enough to split, each
+    inside one fixed point, so that no later filter takes a user or an item back below its threshold."""
+    keep = S.k_core(ucodes, icodes, cfg.min_user_interactions, cfg.min_item_interactions, text_ok)
+    counts = np.bincount(ucodes[keep], minlength=len(user_vocab))
+    short = (counts > 0) & (counts < cfg.min_history)
+    if short.any():
+        ex = user_vocab[short][0]
+        msg = f"{short.sum()} user(s) have fewer than {cfg.min_history} interactions (e.g. user {ex})"
+        problems.report("short_history", msg + "; set data.on_bad_row=skip to drop them")
+        # skipped: the stricter user threshold can take items below theirs, so the fixed point runs again
+        keep = S.k_core(ucodes, icodes, max(cfg.min_user_interactions, cfg.min_history),
+                        cfg.min_item_interactions, keep)
+    return keep
+
+
 def build_tables(cfg: DataConfig, raw: sources.Raw, problems: sources.Problems) -> tuple[pa.Table, pa.Table]:
-    keep = S.drop_items_without_text(raw, cfg.missing_text, problems)
+    text_ok = S.drop_items_without_text(raw, cfg.missing_text, problems)
     user_vocab, ucodes = S.encode_ids(raw.users)
     _, icodes0 = S.encode_ids(raw.items)
     times = np.asarray(raw.times, dtype=np.int64)
-    keep &= S.k_core(ucodes, icodes0, cfg.min_user_interactions, cfg.min_item_interactions)
+    keep = filter_interactions(cfg, ucodes, icodes0, text_ok, user_vocab, problems)
+    if not keep.any():
+        raise sources.DataError("no users left after filtering; check the input and the k-core thresholds")
     g = S.build_users(ucodes[keep], icodes0[keep], times[keep])
-    short = g["lengths"] < cfg.min_history
-    if short.any():
-        ex = user_vocab[g["user_codes"][short][0]]
-        msg = f"{short.sum()} user(s) have fewer than {cfg.min_history} interactions (e.g. user {ex})"
-        problems.report("short_history", msg + "; set data.on_bad_row=skip to drop them")
-    users_keep = ~short
+    users_keep = np.ones(len(g["lengths"]), dtype=bool)
     if cfg.max_users and users_keep.sum() > cfg.max_users:
+        # a sample drawn from the core (not a filter: re-coring it would change the runs prepared so far)
         pick = np.random.default_rng(cfg.seed).choice(np.flatnonzero(users_keep), cfg.max_users, replace=False)
         users_keep = np.zeros_like(users_keep)
         users_keep[pick] = True
     per_event = np.repeat(users_keep, g["lengths"])
-    if not users_keep.any():
-        raise sources.DataError("no users left after filtering; check the input and the k-core thresholds")
     # Re-index items over what survived so ids are contiguous 1..N (0 is padding).
     item_vocab0 = np.unique(np.asarray(raw.items, dtype=object).astype(str))
     used, item_idx = np.unique(g["items"][per_event], return_inverse=True)
@@ -202,6 +215,7 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
     t0 = time.perf_counter()
     problems = sources.Problems(cfg.on_bad_row)
     raw = _read(cfg, problems)
+    input_rows = len(raw.users)
     t_read = time.perf_counter()
     users, items = build_tables(cfg, raw, problems)
     del raw
@@ -222,7 +236,7 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
         outputs=[C.USERS_FILE, C.ITEMS_FILE, C.CANDIDATES_DIR], counts=counts,
         timings={"read_s": t_read - t0, "build_s": t_build - t_read, "candidates_s": t_end - t_build,
                  "total_s": t_end - t0},
-        extra={"skipped": problems.summary(),
+        extra={"skipped": problems.summary(), "input_rows": input_rows, "rows_per_s": input_rows / (t_end - t0),
                "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     )
     rd.write_manifest(m)
@@ -235,6 +249,6 @@ def print_summary(m: Manifest) -> None:
     print(f"data: {c['users']:,} users / {c['items']:,} items / {c['interactions']:,} interactions; "
           f"{c['candidate_rows']:,} candidate rows; {t['total_s']:.1f}s "
           f"(read {t['read_s']:.1f}s, build {t['build_s']:.1f}s, candidates {t['candidates_s']:.1f}s); "
-          f"driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
+          f"{m.extra.get('rows_per_s', 0):,.0f} input rows/s; driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
     for kind, v in m.extra["skipped"].items():
         print(f"  skipped {v['count']:,} ({kind}), e.g. {v['example']}")
