@@ -67,7 +67,8 @@ def _table_files(tmp_path, src, fmt):
     titles = {i: f'Game {i - 100}, "the" one' for i in range(100, 400)}  # commas and quotes: must be quoted
     inter = {"visitor": [str(u) for u, _, _ in rows], "sku": [str(i) for _, i, _ in rows], "when": when}
     items = {"sku": [str(i) for i in titles], "name": list(titles.values()), "genre": ["Action"] * len(titles)}
-    if fmt == "parquet":
+    if fmt == "parquet":  # a timestamp column, as Parquet exports usually have
+        inter["when"] = pa.array(np.asarray(when, "datetime64[s]"), pa.timestamp("s"))
         pq.write_table(pa.table(inter), tmp_path / "inter.parquet")
         pq.write_table(pa.table(items), tmp_path / "items.parquet")
         return tmp_path / "inter.parquet", tmp_path / "items.parquet"
