@@ -126,6 +126,8 @@ def test_bad_rows_name_file_and_line(tmp_path):
         _build(DataConfig(**{**cfg.__dict__, "interactions": str(tmp_path / "inter.parquet")}))
     with pytest.raises(DataError, match=r"inter.csv:1: no column 'ts'"):
         _build(DataConfig(**{**cfg.__dict__, "time_column": "ts"}))
+    with pytest.raises(DataError, match="items.parquet: not a readable Parquet file"):
+        _build(DataConfig(**{**skip.__dict__, "items": _write(tmp_path / "items.parquet", "item_id,title\n")}))
     with pytest.raises(DataError, match="items.xlsx: unknown table format"):
         _build(DataConfig(**{**skip.__dict__, "items": _write(tmp_path / "items.xlsx", "")}))
     with pytest.raises(ConfigError, match="items: must be set"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slim.data.sources import DataError, Problems, Raw, fetch, iter_csv, parse_time
@@ -28,7 +29,10 @@ def table_format(p: Path) -> str:
 
 def iter_parquet(p: Path, columns: list[str]) -> Iterator[tuple[str, list]]:
     """('file: row N', values of `columns`) per row, read a row group at a time."""
-    f = pq.ParquetFile(p)
+    try:
+        f = pq.ParquetFile(p)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{p}: not a readable Parquet file ({e})") from None
     missing = [c for c in columns if c not in f.schema_arrow.names]
     if missing:
         raise DataError(f"{p}: no column {', '.join(map(repr, missing))} among {f.schema_arrow.names} "
