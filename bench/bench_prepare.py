@@ -43,13 +43,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if Path(a.games).exists():
-            rows.append(one("amazon2018-games", DataConfig(run_dir=f"{tmp}/games", source="amazon2018-games",
+            rows.append(one("amazon2018-games", DataConfig(run_dir=f"{tmp}/games", source="jsonl-sequences",
                                                            path=a.games)))
         for n in [int(s) for s in a.sizes.split(",")]:
             t0 = time.perf_counter()
             src = write_seqrec(Path(tmp) / f"gen{n}", n, max(20_000, n // 20), seed=1)
             print(f"generated {n:,} users in {time.perf_counter() - t0:.0f}s", flush=True)
-            rows.append(one(f"generated-{n}", DataConfig(run_dir=f"{tmp}/run{n}", source="amazon2018-games",
+            rows.append(one(f"generated-{n}", DataConfig(run_dir=f"{tmp}/run{n}", source="jsonl-sequences",
                                                          path=str(src))))
     gen = [r for r in rows if r["input"].startswith("generated")]
     base = gen[0] if gen else None

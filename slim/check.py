@@ -197,9 +197,9 @@ def resources(name: str, cfg: Any, problems: list) -> list[str]:
     """Where a stage's models and input files come from; a missing one is appended to `problems`."""
     out = []
     if name == "data":
-        paths = {"amazon2018-games": {"path": cfg.path}, "amazon-raw": {"reviews": cfg.reviews, "meta": cfg.meta},
-                 "ml-100k": {}}[cfg.source]
-        for key, p in paths.items():
+        from slim.data import prepare
+
+        for key, p in prepare.input_paths(cfg).items():
             out.append(_path_line(f"data.{key}", p, problems))
         if cfg.source == "ml-100k":
             cached = sorted((Path(cfg.cache_dir).expanduser() / "wheels").glob("recbole-1.2.1-*.whl"))

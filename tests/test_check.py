@@ -104,11 +104,11 @@ def test_cross_stage_constraints_checked_before_the_first_stage(tmp_path, capsys
 
 
 def test_bad_row_is_one_line_naming_file_line_and_key(tmp_path):
-    """A quoted title with a newline (as in public Amazon exports) splits one items.tsv row in two."""
+    """An items.tsv row with a field too many, after a quoted title holding a newline (one field, two lines)."""
     src = write_seqrec(tmp_path / "src", 40, 150)
     with open(src / "items.tsv", "a") as f:
-        f.write('777\t"Zelda: Collector\'s\nEdition"\n')
-    bad_line = 150 + 3  # header, 150 items, the title's first line, then the broken-off rest
+        f.write('777\t"Zelda: Collector\'s\nEdition"\n778\tZelda\textra\n')
+    bad_line = 150 + 4  # header, 150 items, the two lines of the quoted title, then the bad row
     for script, extra in (("jobs/prepare_data.py", []), ("jobs/pipeline.py", ["--stages", "data"])):
         r = _job(script, "--config", str(CONFIGS[0]), *extra, f"run_dir={tmp_path / 'run'}",
                  "data.source=amazon2018-games", f"data.path={src}")

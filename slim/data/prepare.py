@@ -17,19 +17,33 @@ import pyarrow.parquet as pq
 from slim import atomic
 from slim import columns as C
 from slim.data import sequences as S
-from slim.data import sources
+from slim.data import sources, tables
 from slim.rundir import Manifest, RunDir, file_fingerprint
 
 log = logging.getLogger(__name__)
 
 
+# One layout, two names: `amazon2018-games` was its first name (the SeqRecBenchmark Games export uses it).
+JSONL_SEQUENCES = ("jsonl-sequences", "amazon2018-games")
+SOURCES = ("jsonl-sequences", "amazon2018-games", "interactions-table", "amazon-raw", "ml-100k")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     run_dir: str = "runs/default"
-    source: Literal["amazon2018-games", "amazon-raw", "ml-100k"] = "ml-100k"
-    path: str = ""  # amazon2018-games: folder or URL with sequences.jsonl(.gz) + items.tsv
+    source: Literal[SOURCES] = "ml-100k"
+    path: str = ""  # jsonl-sequences: folder or URL with sequences.jsonl(.gz) + items.tsv
     reviews: str = ""  # amazon-raw: reviews JSON lines (gz or not)
     meta: str = ""  # amazon-raw: metadata JSON lines (title, category, brand)
+    # interactions-table: two CSV / TSV (.gz or not) / Parquet files; the items table is joined on `item_column`
+    interactions: str = ""
+    items: str = ""
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    time_column: str = "timestamp"  # integer seconds or ISO 8601; "" = the row order is the time
+    title_columns: tuple[str, ...] = ("title",)  # joined with ". " into the item title
+    category_column: str = ""  # "" = none
+    brand_column: str = ""
     min_user_interactions: int = 0  # k-core thresholds; 0/1 = no filter
     min_item_interactions: int = 0
     min_history: int = 3  # leave-one-out needs >= 1 training item + valid + test
@@ -50,19 +64,42 @@ class DataConfig:
                               "one training item, a validation item and a test item per user")
         if self.num_negatives < 1:
             raise ConfigError(f"num_negatives: {self.num_negatives} must be at least 1")
+        if self.source == "interactions-table":
+            for key in ("interactions", "items", "user_column", "item_column"):
+                if not getattr(self, key):
+                    raise ConfigError(f"{key}: must be set for source interactions-table")
+            if not self.title_columns:
+                raise ConfigError("title_columns: name at least one items-table column for the item title")
 
 
 RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir")
+TABLE_KEYS = ("interactions", "items", "user_column", "item_column", "time_column", "title_columns",
+              "category_column", "brand_column")
 
 
 def stage_config(cfg) -> dict:
-    """The part of a config that decides a stage's output (not where or how it runs)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+    """The part of a config that decides a stage's output (not where or how it runs). Fingerprinted so that runs
+    prepared before the table source and the `jsonl-sequences` name existed stay current: the table keys enter
+    only for that source, and both names of the jsonl layout count as its first name."""
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+    if cfg.source != "interactions-table":
+        for k in TABLE_KEYS:
+            del out[k]
+    if cfg.source in JSONL_SEQUENCES:
+        out["source"] = "amazon2018-games"
+    return out
+
+
+def input_paths(cfg: DataConfig) -> dict:
+    """Config key -> the path or URL it names, for the configured source."""
+    if cfg.source in JSONL_SEQUENCES:
+        return {"path": cfg.path}
+    return {"interactions-table": {"interactions": cfg.interactions, "items": cfg.items},
+            "amazon-raw": {"reviews": cfg.reviews, "meta": cfg.meta}, "ml-100k": {}}[cfg.source]
 
 
 def _inputs(cfg: DataConfig) -> dict:
-    paths = {"amazon2018-games": [cfg.path], "amazon-raw": [cfg.reviews, cfg.meta], "ml-100k": []}[cfg.source]
-    local = [p for p in paths if p and not p.startswith(("http://", "https://"))]
+    local = [p for p in input_paths(cfg).values() if p and not p.startswith(("http://", "https://"))]
     for p in local:
         if not Path(p).expanduser().exists():
             raise sources.DataError(f"input not found: {p} (data.source={cfg.source})")
@@ -70,33 +107,48 @@ def _inputs(cfg: DataConfig) -> dict:
 
 
 def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Raw:
-    if cfg.source == "amazon2018-games":
+    if cfg.source in JSONL_SEQUENCES:
         return sources.read_seqrec(cfg.path, cfg.cache_dir, problems)
+    if cfg.source == "interactions-table":
+        return tables.read_tables(cfg, problems)
     if cfg.source == "amazon-raw":
         return sources.read_amazon_raw(cfg.reviews, cfg.meta, cfg.cache_dir, problems)
     return sources.read_ml100k(cfg.cache_dir, problems)
 
 
+def filter_interactions(cfg: DataConfig, ucodes: np.ndarray, icodes: np.ndarray, text_ok: np.ndarray,
+                        user_vocab: np.ndarray, problems: sources.Problems) -> np.ndarray:
+    """Keep-mask over interactions: items with text, then the k-core, then users long enough to split, each
+    inside one fixed point, so that no later filter takes a user or an item back below its threshold."""
+    keep = S.k_core(ucodes, icodes, cfg.min_user_interactions, cfg.min_item_interactions, text_ok)
+    counts = np.bincount(ucodes[keep], minlength=len(user_vocab))
+    short = (counts > 0) & (counts < cfg.min_history)
+    if short.any():
+        ex = user_vocab[short][0]
+        msg = f"{short.sum()} user(s) have fewer than {cfg.min_history} interactions (e.g. user {ex})"
+        problems.report("short_history", msg + "; set data.on_bad_row=skip to drop them")
+        # skipped: the stricter user threshold can take items below theirs, so the fixed point runs again
+        keep = S.k_core(ucodes, icodes, max(cfg.min_user_interactions, cfg.min_history),
+                        cfg.min_item_interactions, keep)
+    return keep
+
+
 def build_tables(cfg: DataConfig, raw: sources.Raw, problems: sources.Problems) -> tuple[pa.Table, pa.Table]:
-    keep = S.drop_items_without_text(raw, cfg.missing_text, problems)
+    text_ok = S.drop_items_without_text(raw, cfg.missing_text, problems)
     user_vocab, ucodes = S.encode_ids(raw.users)
     _, icodes0 = S.encode_ids(raw.items)
     times = np.asarray(raw.times, dtype=np.int64)
-    keep &= S.k_core(ucodes, icodes0, cfg.min_user_interactions, cfg.min_item_interactions)
+    keep = filter_interactions(cfg, ucodes, icodes0, text_ok, user_vocab, problems)
+    if not keep.any():
+        raise sources.DataError("no users left after filtering; check the input and the k-core thresholds")
     g = S.build_users(ucodes[keep], icodes0[keep], times[keep])
-    short = g["lengths"] < cfg.min_history
-    if short.any():
-        ex = user_vocab[g["user_codes"][short][0]]
-        msg = f"{short.sum()} user(s) have fewer than {cfg.min_history} interactions (e.g. user {ex})"
-        problems.report("short_history", msg + "; set data.on_bad_row=skip to drop them")
-    users_keep = ~short
+    users_keep = np.ones(len(g["lengths"]), dtype=bool)
     if cfg.max_users and users_keep.sum() > cfg.max_users:
+        # a sample drawn from the core (not a filter: re-coring it would change the runs prepared so far)
         pick = np.random.default_rng(cfg.seed).choice(np.flatnonzero(users_keep), cfg.max_users, replace=False)
         users_keep = np.zeros_like(users_keep)
         users_keep[pick] = True
     per_event = np.repeat(users_keep, g["lengths"])
-    if not users_keep.any():
-        raise sources.DataError("no users left after filtering; check the input and the k-core thresholds")
     # Re-index items over what survived so ids are contiguous 1..N (0 is padding).
     item_vocab0 = np.unique(np.asarray(raw.items, dtype=object).astype(str))
     used, item_idx = np.unique(g["items"][per_event], return_inverse=True)
@@ -163,6 +215,7 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
     t0 = time.perf_counter()
     problems = sources.Problems(cfg.on_bad_row)
     raw = _read(cfg, problems)
+    input_rows = len(raw.users)
     t_read = time.perf_counter()
     users, items = build_tables(cfg, raw, problems)
     del raw
@@ -183,7 +236,7 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
         outputs=[C.USERS_FILE, C.ITEMS_FILE, C.CANDIDATES_DIR], counts=counts,
         timings={"read_s": t_read - t0, "build_s": t_build - t_read, "candidates_s": t_end - t_build,
                  "total_s": t_end - t0},
-        extra={"skipped": problems.summary(),
+        extra={"skipped": problems.summary(), "input_rows": input_rows, "rows_per_s": input_rows / (t_end - t0),
                "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     )
     rd.write_manifest(m)
@@ -196,6 +249,6 @@ def print_summary(m: Manifest) -> None:
     print(f"data: {c['users']:,} users / {c['items']:,} items / {c['interactions']:,} interactions; "
           f"{c['candidate_rows']:,} candidate rows; {t['total_s']:.1f}s "
           f"(read {t['read_s']:.1f}s, build {t['build_s']:.1f}s, candidates {t['candidates_s']:.1f}s); "
-          f"driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
+          f"{m.extra.get('rows_per_s', 0):,.0f} input rows/s; driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
     for kind, v in m.extra["skipped"].items():
         print(f"  skipped {v['count']:,} ({kind}), e.g. {v['example']}")

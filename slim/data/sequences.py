@@ -33,9 +33,11 @@ def drop_items_without_text(raw: Raw, policy: str, problems: Problems) -> np.nda
     return ok[codes]
 
 
-def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
-    """Keep-mask after iteratively dropping users/items with fewer interactions than the thresholds."""
-    keep = np.ones(len(users), dtype=bool)
+def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int,
+           keep: np.ndarray | None = None) -> np.ndarray:
+    """Keep-mask after iteratively dropping users/items with fewer interactions than the thresholds, starting
+    from `keep` (what earlier filters left): a fixed point, so every user and item left meets its threshold."""
+    keep = np.ones(len(users), dtype=bool) if keep is None else keep.copy()
     while min_user > 1 or min_item > 1:
         u_cnt = np.bincount(users[keep], minlength=users.max() + 1 if len(users) else 0)
         i_cnt = np.bincount(items[keep], minlength=items.max() + 1 if len(items) else 0)

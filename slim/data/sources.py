@@ -6,6 +6,8 @@ type raises `DataError` naming the file and line, or, with `on_bad_row="skip"`, 
 
 from __future__ import annotations
 
+import csv
+import datetime
 import gzip
 import hashlib
 import io
@@ -86,12 +88,78 @@ def fetch(path_or_url: str, cache_dir: str) -> Path:
     return p
 
 
-def _open_text(p: Path) -> io.TextIOBase:
-    return gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else open(p, encoding="utf-8")
+def open_text(p: Path, newline: str | None = None) -> io.TextIOBase:
+    """A text file, gunzipped on the fly when its name ends in .gz (a plain function, easy to point elsewhere)."""
+    if p.suffix == ".gz":
+        return gzip.open(p, "rt", encoding="utf-8", newline=newline)
+    return open(p, encoding="utf-8", newline=newline)
+
+
+def iter_csv(p: Path, columns: list[str], problems: Problems, delimiter: str) -> Iterator[tuple[str, list[str]]]:
+    """Records of a delimited text file with a header row, read with standard CSV quoting (a quoted field may hold
+    the delimiter, a newline or doubled quotes). Yields ('file:line', the values of `columns`) per record, the line
+    being where the record starts."""
+    try:
+        with open_text(p, newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{p}: empty file, expected a header row")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise DataError(f"{p}:1: no column {', '.join(map(repr, missing))} in the header {header} "
+                                f"(column names are set in the data config)")
+            idx = [header.index(c) for c in columns]
+            line = reader.line_num
+            while True:
+                start = line + 1
+                try:
+                    row = next(reader, None)
+                except csv.Error as e:  # e.g. a field past the size limit: an unclosed quote swallowed the file
+                    raise DataError(f"{p}:{start}: unreadable CSV record ({e})") from None
+                if row is None:
+                    return
+                line = reader.line_num
+                if not any(v.strip() for v in row):
+                    continue
+                if len(row) != len(header):
+                    problems.report("bad_row", f"{p}:{start}: expected {len(header)} fields like the header, got "
+                                               f"{len(row)} (an unquoted delimiter or quote in a field?)")
+                    continue
+                yield f"{p}:{start}", [row[i] for i in idx]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def parse_time(value) -> int:
+    """Integer seconds from an int, an integral number string, or an ISO 8601 date/time (naive = UTC).
+    Raises ValueError otherwise."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, datetime.datetime):
+        dt = value
+    else:
+        s = str(value).strip()
+        try:
+            return int(s)
+        except ValueError:
+            pass
+        try:
+            f = float(s)
+            if f == f and abs(f) < 2**62:
+                return int(f)
+        except ValueError:
+            pass
+        dt = datetime.datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return int(dt.timestamp())
 
 
 def iter_json_lines(p: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
-    with _open_text(p) as f:
+    with open_text(p) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -114,7 +182,8 @@ def _find(root: Path, names: tuple[str, ...]) -> Path:
 
 
 def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Raw:
-    """SeqRecBenchmark export: sequences.jsonl(.gz) ({user_id, item_ids, timestamps}) + items.tsv."""
+    """The jsonl-sequences layout: sequences.jsonl(.gz) ({user_id, item_ids, timestamps}) + items.tsv
+    (ItemID, Title), e.g. the SeqRecBenchmark export of Amazon 2018 Games."""
     root = fetch(path, cache_dir)
     seq_path = _find(root, ("sequences.jsonl.gz", "sequences.jsonl"))
     items_path = _find(root, ("items.tsv",))
@@ -130,24 +199,21 @@ def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Raw:
         if not isinstance(ts, list) or len(ts) != len(ids):
             problems.report("bad_field", f"{where}: 'timestamps' must be a list as long as 'item_ids'")
             continue
+        try:
+            ts = [int(t) for t in ts]
+        except (TypeError, ValueError) as e:
+            problems.report("bad_timestamp", f"{where}: bad timestamp, expected integer seconds ({e})")
+            continue
         uid = str(obj["user_id"])
         if not ids:
             problems.report("short_history", f"{where}: user {uid} has an empty history")
             continue
         users.extend([uid] * len(ids))
         items.extend(str(i) for i in ids)
-        times.extend(int(t) for t in ts)
+        times.extend(ts)
     text = {}
-    with open(items_path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header[:2] != ["ItemID", "Title"]:
-            raise DataError(f"{items_path}:1: expected header 'ItemID<TAB>Title', got {header}")
-        for lineno, line in enumerate(f, 2):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 2:
-                problems.report("bad_item_row", f"{items_path}:{lineno}: expected 2 tab-separated fields")
-                continue
-            text[parts[0]] = {"title": parts[1].strip(), "category": "", "brand": ""}
+    for _, (item, title) in iter_csv(items_path, ["ItemID", "Title"], problems, "\t"):
+        text[item] = {"title": title.strip(), "category": "", "brand": ""}
     return Raw(users, items, times, text)
 
 
