@@ -32,7 +32,7 @@ FIELDS = {"whole": "rationale", "step1": "step1", "step2": "step2", "step3": "st
 
 def datasets(shared: Path) -> dict:
     return {"ml-100k": ["data.source=ml-100k"],
-            "games": ["data.source=amazon2018-games", f"data.path={shared / 'data/amazon2018-games'}",
+            "games": ["data.source=jsonl-sequences", f"data.path={shared / 'data/amazon2018-games'}",
                       "data.min_user_interactions=0", "data.min_item_interactions=0"]}
 
 
