@@ -34,7 +34,7 @@ def make_run(root: Path, n_items: int, n_users: int, hidden: int, max_len: int, 
     import pyarrow.parquet as pq
 
     from slim import columns as C
-    from slim.recsys.job import save_run
+    from slim.recsys.checkpoint import save_run
     from slim.recsys.train import RunSpec, build_model
 
     import shutil
@@ -61,7 +61,7 @@ def in_process(root: Path, seqs: list, batch: int, n: int) -> np.ndarray:
     import torch
 
     from slim.recsys.data import pad_right
-    from slim.recsys.job import load_model
+    from slim.recsys.checkpoint import load_model
 
     torch.set_num_threads(1)  # as a replica (serve.torch_threads)
     model, spec = load_model(next((root / "models").glob("sasrec-id*")))

@@ -56,7 +56,7 @@ def test_align_pulls_id_vectors_to_their_text():
 
 
 def test_sum_tunes_its_weight_on_validation_and_reloads(tmp_path):
-    from slim.recsys.job import load_model, save_run
+    from slim.recsys.checkpoint import load_model, save_run
     from slim.recsys.train import RunSpec, evaluate, fit
 
     _write_run(tmp_path)

@@ -52,7 +52,7 @@ def _rationales(root: Path) -> None:
 def _train(root: Path):
     """Two tiny runs (seconds); SASRec is trained longer so it is the best by valid NDCG@10. -> (data, its name)"""
     from slim.recsys import data as D
-    from slim.recsys.job import save_run
+    from slim.recsys.checkpoint import save_run
     from slim.recsys.train import RunSpec, fit
 
     d = D.load(root)
@@ -70,7 +70,7 @@ def _slim_run(root: Path, d) -> tuple[str, np.ndarray]:
     -> (its name, the two vectors)"""
     from slim.prompts import HISTORY_CUT
     from slim.recsys import usertext as UT
-    from slim.recsys.job import save_run
+    from slim.recsys.checkpoint import save_run
     from slim.recsys.train import RunSpec, fit
     from slim.rundir import Manifest, RunDir
 
@@ -129,7 +129,7 @@ def app(tmp_path_factory, ray_local):
 def _offline(app, seqs: list, cand, run: str = "", vec=None):
     """The offline evaluation's scores (slim.recsys.train.scores) of the served run (default: the best); a user-text
     run gets rationale vector `vec` [Du] for every history, or its missing vector when vec is None."""
-    from slim.recsys.job import load_model
+    from slim.recsys.checkpoint import load_model
     from slim.recsys.train import scores
 
     model, spec = load_model(app["root"] / "models" / (run or app["best"]))

@@ -43,7 +43,7 @@ def test_slim_and_text_match_find_the_planted_signal(planted, tmp_path):
 
 
 def test_no_rationale_is_fused_into_a_target_it_saw(planted):
-    from slim.recsys.job import load_model
+    from slim.recsys.checkpoint import load_model
     from slim.recsys.train import examples
 
     root, _ = planted

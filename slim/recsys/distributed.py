@@ -59,7 +59,7 @@ def _loop(conf: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from slim.recsys.job import save_run
+    from slim.recsys.checkpoint import save_run
     from slim.recsys.train import EarlyStop, build_model, evaluate, examples, rows_per_batch
 
     spec, d, text = conf["spec"], conf["data"], conf["text"]

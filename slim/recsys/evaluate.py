@@ -52,7 +52,7 @@ def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols) -> tuple[list
     """Every run -> its record with eval metrics; (loss, row) -> {protocol: [S, U] ranks}; (loss, row) -> [S, U, 10];
     (variant, field) -> the UserText read for the rationale runs."""
     from slim.recsys import usertext as UT
-    from slim.recsys.job import METRICS, load_model
+    from slim.recsys.checkpoint import METRICS, load_model
     from slim.recsys.train import ranks
 
     recs, rk, top, uts = [], defaultdict(lambda: defaultdict(list)), defaultdict(list), {}

@@ -72,7 +72,7 @@ class Explainer:
 
     @classmethod
     def load(cls, run_dir: str | Path, run: Optional[str] = None) -> "Explainer":
-        from slim.recsys.job import load_model
+        from slim.recsys.checkpoint import load_model
 
         root = Path(run_dir)
         rel = run if run and run.startswith("models/") else (f"models/{run}" if run else

@@ -22,13 +22,13 @@ from slim.columns import EVAL_PROTOCOLS
 from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
 from slim.models.item_repr import VARIANTS
+from slim.recsys.checkpoint import METRICS, is_done, save_run
 from slim.rundir import Manifest, RunDir, fingerprint
 
 log = logging.getLogger(__name__)
 
 STAGE = "train"
 MODELS_DIR = "models"
-WEIGHTS, METRICS = "model.pt", "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -117,24 +117,6 @@ def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
     return fingerprint({"spec": d, "inputs": inputs, "max_users": cfg.max_users,
                         "subsample_seed": cfg.subsample_seed, "valid": cfg.valid_protocol,
                         "test": list(cfg.test_protocols), "encoder": cfg.text_encoder})
-
-
-def is_done(out: Path, fp: str) -> bool:
-    p = out / METRICS
-    return p.exists() and json.loads(p.read_text()).get("fingerprint") == fp
-
-
-def save_run(out: Path, model, spec, num_items: int, rec: dict, fp: str) -> dict:
-    """Weights first, metrics.json last (atomic): a run with metrics.json is complete."""
-    import torch
-
-    from slim import atomic
-
-    with atomic.writing(out / WEIGHTS) as tmp:
-        torch.save({"spec": dataclasses.asdict(spec), "num_items": num_items, "state_dict": model.state_dict()}, tmp)
-    rec = {**rec, "fingerprint": fp}
-    atomic.write_json(out / METRICS, rec)
-    return rec
 
 
 def _progress(r: dict) -> None:
@@ -249,21 +231,3 @@ def _summary(recs: list, missing: dict) -> None:
     if missing:
         print("users without a usable rationale (learned missing vector): "
               + ", ".join(f"{k} {v:,}" for k, v in missing.items()))
-
-
-def load_model(path: str | Path, item_text: Optional[np.ndarray] = None):
-    """A saved run -> (model, RunSpec), rebuilt from the checkpoint alone: the item-text buffer, the rationale
-    width and field are saved with the weights."""
-    import torch
-
-    from slim.recsys.train import RunSpec, build_model
-
-    ck = torch.load(Path(path) / WEIGHTS, map_location="cpu", weights_only=False)
-    spec = RunSpec(**ck["spec"])
-    sd = ck["state_dict"]
-    key = next((k for k in sd if k == "text" or k.endswith("items.text")), None)  # None: an ID table only (init)
-    if key is not None and item_text is None:  # shape placeholder; load_state_dict fills the values
-        item_text = np.zeros(tuple(sd[key].shape), dtype=np.float32)
-    model = build_model(spec, ck["num_items"], item_text)
-    model.load_state_dict(sd)
-    return model.eval(), spec

@@ -92,7 +92,7 @@ class Ranker:
     def __init__(self, model_dir: str | Path, run_dir: str | Path, threads: int = 1, model=None, spec=None):
         import torch
 
-        from slim.recsys.job import load_model
+        from slim.recsys.checkpoint import load_model
 
         torch.set_num_threads(threads)
         root = Path(run_dir)
