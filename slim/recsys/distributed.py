@@ -6,7 +6,6 @@ epoch and broadcasts the early-stopping decision, and at the end writes the best
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -55,12 +54,25 @@ def rank_batches(mine: torch.Tensor, total: int, world: int, bs: int) -> list:
     return [mine[i * bs:(i + 1) * bs] for i in range(steps)]
 
 
+def epoch_batches(total: int, seed: int, rank: int, world: int, bs: int):
+    """batches(epoch) for this rank: one permutation per epoch, the same on every rank, each rank taking a stride.
+    Its own generator: the negatives' generator advances by a rank-dependent amount (targets per batch differ),
+    so permutations drawn from it would differ between ranks after the first epoch."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def batches(epoch: int) -> list:
+        order = torch.randperm(total, generator=gen)
+        return rank_batches(order[rank::world], total, world, bs)
+
+    return batches
+
+
 def _loop(conf: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
     from slim.recsys.checkpoint import save_run
-    from slim.recsys.train import EarlyStop, build_model, evaluate, examples, rows_per_batch
+    from slim.recsys.train import EarlyStop, build_model, evaluate, examples, rows_per_batch, train_epochs
 
     spec, d, text = conf["spec"], conf["data"], conf["text"]
     ctx = ray.train.get_context()
@@ -71,36 +83,24 @@ def _loop(conf: dict) -> None:
     model = build_model(spec, d.num_items, text)
     fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])
     b = examples(model, d, spec.max_len, ut)
-    bs = rows_per_batch(spec, b.y)
-    gen = torch.Generator().manual_seed(spec.seed)
-    stopper, n_targets, t_train = EarlyStop(spec.patience, conf["valid_protocol"]), 0, 0.0
-    for epoch in range(spec.epochs):
-        model.train()
-        t0, total, count = time.perf_counter(), 0.0, 0
-        order = torch.randperm(len(b.x), generator=gen)  # same permutation everywhere; each rank takes a stride
-        mine = order[rank::world]
-        for idx in rank_batches(mine, len(order), world, bs):
-            empty = len(idx) == 0  # only at the last step, when the examples do not split evenly over ranks
-            x, y, lens, ut_x, use = b.take(mine[:1] if empty else idx)
-            loss, n = fwd(x, y, lens, gen, ut_x, use)
-            if empty:  # this rank joins the gradient all-reduce with a zero gradient, on no duplicated example
-                loss, n = loss * 0.0, 0
-            backward(loss)
-            opt_step()
-            total += float(loss.detach()) * n
-            count += n
-        t_train += time.perf_counter() - t0
-        n_targets += count * world  # targets per second of the whole group
+    batches = epoch_batches(len(b.x), spec.seed, rank, world, rows_per_batch(spec, b.y))
+    gen = torch.Generator().manual_seed(spec.seed)  # the negatives
+    stopper = EarlyStop(spec.patience, conf["valid_protocol"])
+
+    def end_epoch(epoch, loss, t0):
         stop = torch.zeros(1)
         if rank == 0:  # rank 0's mean loss stands for the group's
             val = evaluate(model, d, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
-            stop[0] = float(stopper.update(model, epoch, total / max(1, count), val["NDCG@10"]))
+            stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"]))
         dist.broadcast(stop, src=0)
         ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
-        if stop.item():
-            break
+        return bool(stop.item())
+
+    n_targets, t_train = train_epochs(spec, model, b, batches, fwd, backward, opt_step, gen, end_epoch)
+    group = torch.tensor([n_targets])
+    dist.all_reduce(group)  # the targets of the whole group: ranks' shares differ in targets per window
     if rank == 0:
-        rec = stopper.record(model, spec, d, conf["test_protocols"], n_targets, t_train, ut)
+        rec = stopper.record(model, spec, d, conf["test_protocols"], int(group.item()), t_train, ut)
         save_run(Path(conf["out"]), model, spec, d.num_items,
                  {**rec, "strategy": conf["strategy"], "workers": world}, conf["fp"])
 

@@ -248,6 +248,35 @@ def item_norms(model) -> dict:
     return out
 
 
+def train_epochs(spec: RunSpec, model, b: Batches, batches, forward, backward, step, gen: torch.Generator,
+                 end_epoch) -> tuple[int, float]:
+    """The epoch loop shared by `fit` (one process) and the Ray Train workers (slim.recsys.distributed).
+    batches(epoch) -> this process's index tensors for the epoch (drawn before any negative, so a shared generator
+    keeps its order); forward(x, y, lens, gen, text, use) -> (loss, targets); backward(loss); step() updates and
+    clears the gradients; end_epoch(epoch, mean loss, start time) -> True to stop. An empty index tensor is a step
+    taken with a zero gradient, on no example (a distributed rank whose share ran out keeps the collectives in step).
+    Returns (targets trained on by this process, training seconds)."""
+    n_targets, t_train = 0, 0.0
+    for epoch in range(spec.epochs):
+        model.train()
+        t0, total, count = time.perf_counter(), 0.0, 0
+        for idx in batches(epoch):
+            empty = len(idx) == 0
+            x, y, lens, text, use = b.take(torch.zeros(1, dtype=torch.long) if empty else idx)
+            loss, n = forward(x, y, lens, gen, text, use)
+            if empty:
+                loss, n = loss * 0.0, 0
+            backward(loss)
+            step()
+            total += float(loss.detach()) * n
+            count += n
+        t_train += time.perf_counter() - t0
+        n_targets += count
+        if end_epoch(epoch, total / max(1, count), t0):
+            break
+    return n_targets, t_train
+
+
 def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, valid_protocol: str = "uni100",
         test_protocols=("uni100", "pop100", "full"), progress=None,
         ut: Optional[UserText] = None) -> tuple[Recommender, dict]:
@@ -255,31 +284,29 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
     progress(epoch record) is called after every epoch."""
     torch.manual_seed(spec.seed)
     torch.set_num_threads(spec.threads)
-    gen = torch.Generator().manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)  # the permutations and the negatives, in that order
     model = build_model(spec, d.num_items, item_text)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     b = examples(model, d, spec.max_len, ut)
     bs = rows_per_batch(spec, b.y)
-    stopper, n_targets, t_train = EarlyStop(spec.patience, valid_protocol), 0, 0.0
-    for epoch in range(spec.epochs):
-        model.train()
-        t0, total, count = time.perf_counter(), 0.0, 0
+    stopper = EarlyStop(spec.patience, valid_protocol)
+
+    def batches(epoch):
         order = torch.randperm(len(b.x), generator=gen)
-        for i in range(0, len(b.x), bs):
-            x, y, lens, text, use = b.take(order[i:i + bs])
-            loss, n = batch_loss(model, spec, x, y, lens, gen, text, use)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * n
-            count += n
-        t_train += time.perf_counter() - t0
-        n_targets += count
+        return [order[i:i + bs] for i in range(0, len(b.x), bs)]
+
+    def step():
+        opt.step()
+        opt.zero_grad()
+
+    def end_epoch(epoch, loss, t0):
         val = evaluate(model, d, "valid", (valid_protocol,), spec.max_len, ut)[valid_protocol]
-        stop = stopper.update(model, epoch, total / max(1, count), val["NDCG@10"])
+        stop = stopper.update(model, epoch, loss, val["NDCG@10"])
         if progress:
-            progress({"run": spec.name, "epoch": epoch, "loss": total / max(1, count), "valid_ndcg10": val["NDCG@10"],
+            progress({"run": spec.name, "epoch": epoch, "loss": loss, "valid_ndcg10": val["NDCG@10"],
                       "seconds": time.perf_counter() - t0})
-        if stop:
-            break
+        return stop
+
+    n_targets, t_train = train_epochs(spec, model, b, batches, lambda *a: batch_loss(model, spec, *a),
+                                      lambda loss: loss.backward(), step, gen, end_epoch)
     return model, stopper.record(model, spec, d, test_protocols, n_targets, t_train, ut)
