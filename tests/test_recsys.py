@@ -183,6 +183,69 @@ def test_ray_train_ddp_two_workers_matches_fanout(tmp_path, ray_local):
     assert rec["train_targets"] == fan["train_targets"]  # every target once per epoch over the two ranks
 
 
+@pytest.mark.gpu
+def test_ray_train_ddp_on_one_gpu_bf16(tmp_path, ray_local):
+    """use_gpu: the Ray Train path on a GPU worker (nccl, bf16 autocast) trains: the loss falls, metrics.json says
+    cuda, and the reloaded (CPU) weights rank the test targets far above popularity."""
+    from slim.recsys import job
+    from slim.recsys.checkpoint import load_model
+    from slim.recsys.train import evaluate
+
+    _write_run(tmp_path, seed=1)
+    cfg = job.TrainConfig(run_dir=str(tmp_path), backbones=("sasrec",), variants=("id",), seeds=(0,), hidden=16,
+                          max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3, strategy="ddp", num_workers=1,
+                          cpus_per_run=1.0, use_gpu=True, amp="bf16", test_protocols=("uni100",))
+    job.run(cfg)
+    out = tmp_path / "models" / "sasrec-id-bce-s0"
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["device"] == "cuda" and rec["amp"] == "bf16" and rec["epochs_run"] == 6
+    losses = [h["loss"] for h in rec["history"]]
+    assert losses[-1] < losses[0], losses
+    d = D.load(tmp_path)
+    assert rec["test"]["uni100"]["NDCG@10"] > _popularity_ndcg10(d) + 15
+    model, spec = load_model(out)
+    again = evaluate(model, d, "test", ("uni100",), spec.max_len)["uni100"]["NDCG@10"]
+    assert again == pytest.approx(rec["test"]["uni100"]["NDCG@10"], abs=1.0)  # GPU vs CPU float rounding
+
+
+def test_bf16_autocast_trains_every_backbone():
+    """What train.amp=bf16 runs on a GPU worker, on the CPU's bf16 autocast: every backbone's loss is a finite fp32
+    scalar with gradients (the GPU run itself is test_ray_train_ddp_on_one_gpu_bf16)."""
+    import torch
+
+    from slim.recsys.train import RunSpec, batch_loss, build_model, examples
+
+    rng = np.random.default_rng(0)
+    seqs = [((s - 1 + np.arange(9)) % N + 1).astype(np.int32) for s in rng.integers(1, N + 1, 16)]
+    text = rng.standard_normal((N + 1, 8)).astype(np.float32)
+    d = D.SeqData(np.arange(16), seqs, N, {})
+    for backbone in ("sasrec", "gru4rec", "srgnn"):
+        for variant, loss in (("id", "bce"), ("id_text", "ce")):
+            spec = RunSpec(backbone, variant, 0, hidden=16, max_len=10, loss=loss)
+            model = build_model(spec, N, text if variant != "id" else None)
+            b = examples(model, d, spec.max_len)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out, n = batch_loss(model, spec, *b.take(torch.arange(16))[:3], torch.Generator().manual_seed(0))
+            out.backward()
+            assert out.dtype == torch.float32 and torch.isfinite(out) and n > 0, (backbone, variant)
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_use_gpu_settings(run_dir):
+    from slim.recsys import job
+
+    cfg = job.TrainConfig(run_dir=str(run_dir))
+    with pytest.raises(ValueError, match="train.use_gpu"):
+        job.specs(replace(cfg, use_gpu=True))
+    # amp="none" (the default) and use_gpu leave the stage config and run fingerprints as they were before these
+    # settings existed (values from commit c35d7b4): finished CPU runs are not retrained
+    s = job.specs(cfg)[0]
+    for c in (cfg, replace(cfg, use_gpu=True)):
+        assert job.fingerprint(job.stage_config(c)) == "dc740f8b2732aba4"
+        assert job.run_fingerprint(s, {"data": "abc"}, c) == "1197b1f96d3330c5"
+    assert job.run_fingerprint(s, {"data": "abc"}, replace(cfg, amp="bf16")) != "1197b1f96d3330c5"
+
+
 @pytest.mark.slow
 def test_ray_train_deepspeed_two_workers(tmp_path, ray_local):
     from slim.recsys import job

@@ -57,8 +57,10 @@ class SRGNN(nn.Module):
     def _cell(self, edges, h: torch.Tensor) -> torch.Tensor:
         # h: [M, H]; gated (GRU-style) update from in- and out-neighbour messages (A_in h, A_out h as scatters).
         src, dst, w_in, w_out = edges
-        m_in = torch.zeros_like(h).index_add_(0, dst, w_in[:, None] * self.w_in(h)[src])
-        m_out = torch.zeros_like(h).index_add_(0, src, w_out[:, None] * self.w_out(h)[dst])
+        # sums in the messages' dtype: under bf16 autocast they are bf16 while h may still be fp32
+        msg_in, msg_out = w_in[:, None] * self.w_in(h)[src], w_out[:, None] * self.w_out(h)[dst]
+        m_in = h.new_zeros(h.shape, dtype=msg_in.dtype).index_add_(0, dst, msg_in)
+        m_out = h.new_zeros(h.shape, dtype=msg_out.dtype).index_add_(0, src, msg_out)
         a = torch.cat([m_in, m_out], dim=-1)
         i_r, i_z, i_n = self.gate_i(a).chunk(3, -1)
         h_r, h_z, h_n = self.gate_h(h).chunk(3, -1)

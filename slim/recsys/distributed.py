@@ -47,6 +47,19 @@ def _wrap(step: _Step, spec, strategy: str):
     return ddp, (lambda loss: loss.backward()), opt_step
 
 
+def on_device(fwd, device: torch.device, amp: str):
+    """fwd with its batch moved to `device` (no-op on CPU) and, amp="bf16" on CUDA, run under bf16 autocast (the
+    loss comes out fp32; no grad scaler: bf16 has fp32's range). CPU training stays fp32."""
+    on = amp == "bf16" and device.type == "cuda"
+    move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+
+    def forward(x, y, lens, gen, text=None, use=None):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on):
+            return fwd(move(x), move(y), move(lens), gen, move(text), move(use))
+
+    return forward
+
+
 def rank_batches(mine: torch.Tensor, total: int, world: int, bs: int) -> list:
     """This rank's batches: every rank takes the same number of steps (ceil(total / (world * bs))) so collectives
     stay in step; a rank whose share runs out gets an empty batch rather than a duplicated example."""
@@ -69,6 +82,7 @@ def epoch_batches(total: int, seed: int, rank: int, world: int, bs: int):
 
 def _loop(conf: dict) -> None:
     import ray.train
+    import ray.train.torch
     import torch.distributed as dist
 
     from slim.recsys.checkpoint import save_run
@@ -77,18 +91,20 @@ def _loop(conf: dict) -> None:
     spec, d, text = conf["spec"], conf["data"], conf["text"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
     torch.manual_seed(spec.seed)  # same init on every rank
     torch.set_num_threads(spec.threads)
     ut = conf["ut"]
-    model = build_model(spec, d.num_items, text)
+    model = build_model(spec, d.num_items, text).to(device)
     fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])
+    fwd = on_device(fwd, device, conf["amp"])
     b = examples(model, d, spec.max_len, ut)
     batches = epoch_batches(len(b.x), spec.seed, rank, world, rows_per_batch(spec, b.y))
     gen = torch.Generator().manual_seed(spec.seed)  # the negatives
     stopper = EarlyStop(spec.patience, conf["valid_protocol"])
 
     def end_epoch(epoch, loss, t0):
-        stop = torch.zeros(1)
+        stop = torch.zeros(1, device=device)  # nccl collectives take GPU tensors
         if rank == 0:  # rank 0's mean loss stands for the group's
             val = evaluate(model, d, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
             stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"]))
@@ -97,12 +113,13 @@ def _loop(conf: dict) -> None:
         return bool(stop.item())
 
     n_targets, t_train = train_epochs(spec, model, b, batches, fwd, backward, opt_step, gen, end_epoch)
-    group = torch.tensor([n_targets])
+    group = torch.tensor([n_targets], device=device)
     dist.all_reduce(group)  # the targets of the whole group: ranks' shares differ in targets per window
     if rank == 0:
         rec = stopper.record(model, spec, d, conf["test_protocols"], int(group.item()), t_train, ut)
         save_run(Path(conf["out"]), model, spec, d.num_items,
-                 {**rec, "strategy": conf["strategy"], "workers": world}, conf["fp"])
+                 {**rec, "strategy": conf["strategy"], "workers": world, "device": device.type,
+                  "amp": conf["amp"] if device.type == "cuda" else "none"}, conf["fp"])
 
 
 def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg) -> None:
@@ -113,12 +130,12 @@ def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg) -> None:
 
     init_ray(cfg.ray_address, cfg.num_cpus)
     conf = {"spec": spec, "data": d, "text": text, "ut": ut, "out": str(out), "fp": fp, "strategy": cfg.strategy,
-            "valid_protocol": cfg.valid_protocol, "test_protocols": tuple(cfg.test_protocols)}
+            "valid_protocol": cfg.valid_protocol, "test_protocols": tuple(cfg.test_protocols), "amp": cfg.amp}
     trainer = TorchTrainer(
         _loop, train_loop_config=conf,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_run}),
-        torch_config=TorchConfig(backend="gloo"),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(Path(out).parent.resolve() / "_ray")),
     )
     trainer.fit()

@@ -63,17 +63,22 @@ class TrainConfig:
     align_weight: float = 0.1
     strategy: Literal["fanout", "ddp", "deepspeed"] = "fanout"
     num_workers: int = 2  # Ray Train workers for ddp/deepspeed
+    use_gpu: bool = False  # ddp/deepspeed: one GPU per Ray Train worker, nccl (CPU workers use gloo)
+    amp: Literal["bf16", "none"] = "none"  # bf16 autocast of the training forward on GPU workers; CPU stays fp32
     cpus_per_run: float = 1.0  # Ray CPUs per fanned-out run (fractional is fine)
     threads_per_run: int = 1  # torch threads inside a run
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 
 
-RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "strategy", "num_workers", "cpus_per_run", "threads_per_run")
+RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "strategy", "num_workers", "cpus_per_run", "threads_per_run",
+                "use_gpu")
 
 
 def stage_config(cfg: TrainConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
+    # amp="none" is left out: run dirs trained before the setting existed stay current
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in RUNTIME_KEYS and not (k == "amp" and v == "none")}
 
 
 def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
@@ -87,6 +92,8 @@ def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
     for v in cfg.variants:
         if v not in VARIANTS:
             raise ValueError(f"train.variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    if cfg.use_gpu and cfg.strategy == "fanout":
+        raise ValueError("train.use_gpu: GPUs are used by Ray Train runs; set train.strategy to ddp or deepspeed")
     dims = user_text_dims or {}
     common = dict(hidden=cfg.hidden, max_len=cfg.max_len, epochs=cfg.epochs, patience=cfg.patience,
                   batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -114,9 +121,10 @@ def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
         inputs = {k: v for k, v in inputs.items() if k not in ("item_text", "embeddings")}
     elif not spec.rationale_field:  # id_text / text: the item vectors, not the rationales
         inputs = {k: v for k, v in inputs.items() if k != "embeddings"}
+    amp = {"amp": cfg.amp} if cfg.amp != "none" else {}  # as in stage_config: fp32 runs keep their fingerprint
     return fingerprint({"spec": d, "inputs": inputs, "max_users": cfg.max_users,
                         "subsample_seed": cfg.subsample_seed, "valid": cfg.valid_protocol,
-                        "test": list(cfg.test_protocols), "encoder": cfg.text_encoder})
+                        "test": list(cfg.test_protocols), "encoder": cfg.text_encoder, **amp})
 
 
 def _progress(r: dict) -> None:

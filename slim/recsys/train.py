@@ -127,7 +127,7 @@ def batch_loss(model, spec: RunSpec, x, y, lens, gen: torch.Generator, text=None
         logits[:, 0] = float("-inf")
         return F.cross_entropy(logits, tgt) + extra, len(tgt)
     n = model.num_items
-    neg = torch.randint(1, n + 1, (len(tgt), spec.num_negatives), generator=gen)  # [T, K]
+    neg = torch.randint(1, n + 1, (len(tgt), spec.num_negatives), generator=gen).to(tgt.device)  # [T, K], CPU gen
     neg = torch.where(neg == tgt[:, None], neg % n + 1, neg)  # never the target itself
     pos_s = model.score(s, tgt[:, None])  # [T, 1]
     neg_s = model.score(s, neg)  # [T, K]
@@ -141,14 +141,16 @@ def scores(model, seqs: list, max_len: int, cand: Optional[np.ndarray], bs: int 
     """Scores of candidates [U, C] (cand given) or of every item [U, N+1] (cand None). text: [U, Du] rationale
     vectors and use: [U] bool (False: the missing vector), for user-text models."""
     model.eval()
+    dev = next(model.parameters()).device  # a Ray Train worker's GPU, else the CPU (where .to/.cpu are no-ops)
     out = []
     for i in range(0, len(seqs), bs):
         x, lens = D.pad_right(seqs[i:i + bs], max_len)
-        t = None if text is None else torch.tensor(text[i:i + bs])  # a copy: the object store's arrays are read-only
-        u = None if use is None else torch.tensor(use[i:i + bs])
-        s = model.encode(torch.from_numpy(x), torch.from_numpy(lens), t, u)
-        out.append((model.score(s, torch.tensor(cand[i:i + bs])) if cand is not None
-                    else model.score_all(s)).numpy())
+        # torch.tensor copies: the object store's arrays are read-only
+        t = None if text is None else torch.tensor(text[i:i + bs], device=dev)
+        u = None if use is None else torch.tensor(use[i:i + bs], device=dev)
+        s = model.encode(torch.from_numpy(x).to(dev), torch.from_numpy(lens).to(dev), t, u)
+        out.append((model.score(s, torch.tensor(cand[i:i + bs], device=dev)) if cand is not None
+                    else model.score_all(s)).cpu().numpy())
     return np.concatenate(out)
 
 
