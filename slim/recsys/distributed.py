@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slim import storage
+
 
 class _Step(nn.Module):
     """The loss as a module forward, so DDP/DeepSpeed see one forward per step (gradient sync hooks)."""
@@ -101,7 +103,7 @@ def _loop(conf: dict) -> None:
             break
     if rank == 0:
         rec = stopper.record(model, spec, d, conf["test_protocols"], n_targets, t_train, ut)
-        save_run(Path(conf["out"]), model, spec, d.num_items,
+        save_run(storage.path(conf["out"]), model, spec, d.num_items,
                  {**rec, "strategy": conf["strategy"], "workers": world}, conf["fp"])
 
 
@@ -112,6 +114,7 @@ def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg) -> None:
     from slim.raycluster import init_ray
 
     init_ray(cfg.ray_address, cfg.num_cpus)
+    where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
     conf = {"spec": spec, "data": d, "text": text, "ut": ut, "out": str(out), "fp": fp, "strategy": cfg.strategy,
             "valid_protocol": cfg.valid_protocol, "test_protocols": tuple(cfg.test_protocols)}
     trainer = TorchTrainer(
@@ -119,6 +122,7 @@ def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg) -> None:
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": cfg.cpus_per_run}),
         torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(Path(out).parent.resolve() / "_ray")),
+        run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(where),
+                             storage_filesystem=fs),
     )
     trainer.fit()

@@ -9,6 +9,7 @@ student run retrains the rows that read rationales, not the `id` rows.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from slim import storage
 from slim.columns import EVAL_PROTOCOLS
 from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
@@ -150,7 +152,7 @@ def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, cfg: TrainConfig)
     model, rec = fit(spec, d, text, cfg.valid_protocol, cfg.test_protocols, progress=_progress,
                      ut=uts.get((spec.variant, spec.rationale_field)))
     rec["wall_seconds"] = time.time() - t0
-    return save_run(Path(out), model, spec, d.num_items, rec, fp)
+    return save_run(storage.path(out), model, spec, d.num_items, rec, fp)  # a bucket: straight from this task
 
 
 def fan_out(todo: list, d, text, uts: dict, root: Path, cfg: TrainConfig) -> list:
@@ -258,7 +260,8 @@ def load_model(path: str | Path, item_text: Optional[np.ndarray] = None):
 
     from slim.recsys.train import RunSpec, build_model
 
-    ck = torch.load(Path(path) / WEIGHTS, map_location="cpu", weights_only=False)
+    with storage.open_input(storage.path(path) / WEIGHTS) as f:
+        ck = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
     spec = RunSpec(**ck["spec"])
     sd = ck["state_dict"]
     key = next((k for k in sd if k == "text" or k.endswith("items.text")), None)  # None: an ID table only (init)
