@@ -217,27 +217,78 @@ def test_teacher_row_log_on_a_bucket(s3):
     assert TS.read_all(stage).num_rows == 2  # user 4's paid row moved to archive/, not lost
 
 
-def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp_path, capfd):
-    """The data stage (MovieLens-100K from the recbole wheel) with an s3:// run dir writes what it writes on disk,
-    skips when rerun, and no secret lands in any object or in its output."""
-    from slim.data.prepare import DataConfig, run
+def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp_path):
+    """The data stage (MovieLens-100K from the recbole wheel) run as a user runs it, `jobs/prepare_data.py` with
+    run_dir=s3://... (its own Ray cluster, whose workers write the candidates to the bucket with the credentials of
+    its environment), writes what it writes on disk, skips when rerun, and no secret lands in any object or in its
+    output."""
+    from slim import config, stages
+    from slim.data.prepare import run
 
     uri, cli = s3
-    kw = dict(source="ml-100k", cache_dir=cache_dir, max_users=60, min_user_interactions=5,
-              min_item_interactions=5)
-    m_local = run(DataConfig(run_dir=str(tmp_path / "run"), **kw))
-    m_s3 = run(DataConfig(run_dir=uri, **kw))
+    over = [f"data.cache_dir={cache_dir}", "data.max_users=60"]
+    m_local = run(stages.load_all(config.load_raw(str(ROOT / "configs" / "tiny.yaml"),
+                                                  over + [f"run_dir={tmp_path / 'run'}"]))["data"])
+    job = [sys.executable, "jobs/prepare_data.py", "--config", "configs/tiny.yaml", *over, f"run_dir={uri}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m_s3 = RunDir(uri).read_manifest("data")
     assert m_s3.counts == m_local.counts and m_s3.key() == m_local.key()
     for f in (C.USERS_FILE, C.ITEMS_FILE):
         assert storage.read_table(f"{uri}/{f}").equals(storage.read_table(tmp_path / "run" / f))
     cand = lambda r: storage.read_table(f"{r}/{C.CANDIDATES_DIR}").sort_by(  # noqa: E731
-        [(C.USER_ID, "ascending"), (C.SPLIT, "ascending"), (C.PROTOCOL, "ascending")]).to_pydict()
-    assert cand(uri) == cand(tmp_path / "run")
+        [(C.USER_ID, "ascending"), (C.SPLIT, "ascending"), (C.PROTOCOL, "ascending")])
+    assert cand(uri).num_rows == m_local.counts["candidate_rows"] and cand(uri).equals(cand(tmp_path / "run"))
     written = objects(cli, uri)
     assert "run/data/manifest.json" in written and any(k.startswith("run/data/candidates/") for k in written)
-    before = {k: v for k, v in written.items()}
-    assert run(DataConfig(run_dir=uri, **kw)).created == m_s3.created  # current: skipped, nothing rewritten
-    assert objects(cli, uri) == before
     assert not any(SECRET.encode() in b for b in written.values())
-    out = capfd.readouterr()
-    assert SECRET not in out.out + out.err
+    assert SECRET not in r.stdout + r.stderr
+    assert run(stages.load_all(config.load_raw(str(ROOT / "configs" / "tiny.yaml"), over + [f"run_dir={uri}"]))[
+        "data"]).created == m_s3.created  # current: skipped, nothing rewritten
+    assert objects(cli, uri) == written
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, tmp_path, monkeypatch):
+    """configs/tiny.yaml, every stage, submitted to a head on 127.0.0.1 (tests/test_cluster.py's) with
+    run_dir=s3://...: the head has no AWS variables, the job and its workers get them from the runtime_env only.
+    ~20+ min on 2 cores."""
+    import yaml
+
+    from tests.test_cluster import job_status, local_head, submit
+
+    for k in aws_env(s3_endpoint):
+        monkeypatch.delenv(k, raising=False)
+    bucket = f"slim-{uuid.uuid4().hex[:12]}"
+    cli = _boto(s3_endpoint)
+    cli.create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/tiny"
+    rt = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+    rt["env_vars"].update(aws_env(s3_endpoint))  # a throwaway server's key: a real one stays in the nodes' env
+    (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(rt))
+    cores = os.cpu_count() or 1
+    with local_head(num_cpus=max(4, 2 * cores), cores=cores) as (url, env):
+        assert not any(k.startswith("AWS_") for k in env)
+        h = (url, {**env, "SLIM_RUNTIME_ENV": str(tmp_path / "runtime_env.yaml")})
+        r = submit(h, "configs/tiny.yaml", f"run_dir={uri}", f"data.cache_dir={cache_dir}",
+                   submit_args="--submission-id tiny-s3", timeout=3600)
+        assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+        assert job_status(h, "tiny-s3") == "SUCCEEDED"
+    for k, v in aws_env(s3_endpoint).items():
+        monkeypatch.setenv(k, v)
+    rd = RunDir(uri)
+    m = {s: rd.read_manifest(s) for s in ("data", "teacher", "student", "rationales", "embeddings", "train",
+                                          "evaluate")}
+    assert all(m.values()), [s for s, v in m.items() if v is None]
+    assert m["data"].counts["users"] == 150 and m["teacher"].counts["users"] == 24
+    assert shards.read_latest(rd.path(C.TEACHER_SHARDS), columns=[C.USER_ID]).num_rows == 24
+    assert shards.read_shards(rd.path(C.STUDENT_SHARDS), columns=[C.USER_ID]).num_rows == 150  # no duplicates
+    assert m["rationales"].counts["users"] == 150 and m["embeddings"].counts["users"] == 150
+    assert storage.load_npy(rd.path(C.ITEM_EMB_FILE)).shape[0] == m["data"].counts["items"] + 1
+    runs = m["train"].outputs
+    assert m["train"].counts["runs"] == len(runs) == m["evaluate"].counts["runs"] > 0
+    assert all((rd.root / o / "model.pt").exists() and (rd.root / o / "metrics.json").exists() for o in runs)
+    assert "gru4rec" in rd.path("reports/results.md").read_text()
+    assert not any(SECRET.encode() in b for b in objects(cli, uri).values())
