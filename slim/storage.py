@@ -150,18 +150,22 @@ class ObjPath:
             return []
         return self.fs.get_file_info(pafs.FileSelector(self.key, recursive=recursive, allow_not_found=True))
 
+    def _rel(self, info) -> str:
+        """An entry's path below this folder (fsspec filesystems may return keys with a leading "/")."""
+        return info.path.lstrip("/")[len(self.key.lstrip("/")) + 1:]
+
     def glob(self, pattern: str) -> list:
         """Entries whose path below this folder matches `pattern` segment by segment (as pathlib's glob)."""
         parts = pattern.split("/")
         out = []
         for info in self._walk(recursive=len(parts) > 1):
-            rel = info.path[len(self.key) + 1:].split("/")
+            rel = self._rel(info).split("/")
             if len(rel) == len(parts) and all(fnmatch.fnmatchcase(r, p) for r, p in zip(rel, parts)):
                 out.append(self / "/".join(rel))
         return sorted(out)
 
     def rglob(self, pattern: str) -> list:
-        return sorted(self / info.path[len(self.key) + 1:] for info in self._walk(recursive=True)
+        return sorted(self / self._rel(info) for info in self._walk(recursive=True)
                       if fnmatch.fnmatchcase(info.base_name, pattern))
 
     def iterdir(self) -> list:

@@ -178,6 +178,21 @@ def test_manifest_is_current_upstream_same_on_disk_and_bucket(s3, tmp_path):
     assert local == remote == [True, False, False, {"users": 2}, True, True, False]
 
 
+def test_any_fsspec_filesystem(tmp_path):
+    """A scheme pyarrow lacks goes through fsspec (here its in-memory filesystem): the same answers again."""
+    uri = f"memory://slim-{uuid.uuid4().hex[:8]}/run"
+    assert _shard_answers(uri) == _shard_answers(tmp_path / "run")
+    assert _manifest_answers(uri) == [True, False, False, {"users": 2}, True, True, False]
+
+
+def test_no_secret_travels_with_the_filesystem(s3):
+    """Ray pickles the filesystem into every read/write task: it carries the endpoint, never the key."""
+    import pickle
+
+    fs, _ = storage.filesystem(s3[0])
+    assert SECRET.encode() not in pickle.dumps(fs)
+
+
 def test_killed_writer_leaves_nothing_a_reader_sees(s3):
     """A writer killed (SIGKILL) inside atomic.writing, its file half written, leaves no object behind."""
     uri, cli = s3
