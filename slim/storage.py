@@ -228,10 +228,9 @@ def download(src, local: str | Path) -> Path:
     local.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(src, Path):
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, local)
-    elif src.is_dir():
-        local.mkdir(parents=True)
-        pafs.copy_files(src.key, str(local), source_filesystem=src.fs, destination_filesystem=pafs.LocalFileSystem())
     else:
+        if src.is_dir():
+            local.mkdir(parents=True)
         pafs.copy_files(src.key, str(local), source_filesystem=src.fs, destination_filesystem=pafs.LocalFileSystem())
     return local
 
@@ -272,14 +271,12 @@ def open_input(p):
     return p.fs.open_input_file(p.key) if isinstance(p, ObjPath) else open(p, "rb")
 
 
-def load_npy(p, mmap: bool = False):
-    """np.load for a local or remote .npy (a remote one is read into memory; mmap only for local files)."""
+def load_npy(p):
+    """np.load for a local or remote .npy."""
     import numpy as np
 
     p = path(p)
-    if isinstance(p, Path):
-        return np.load(p, mmap_mode="r" if mmap else None)
-    return np.load(io.BytesIO(p.read_bytes()))
+    return np.load(p if isinstance(p, Path) else io.BytesIO(p.read_bytes()))
 
 
 def _pq_args(p) -> tuple:
