@@ -219,8 +219,9 @@ def upload(local: str | Path, dst) -> None:
     pafs.copy_files(str(local), dst.key, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=dst.fs)
 
 
-def download(src, local: str | Path) -> Path:
-    """A file or folder to the local path `local` (replaced)."""
+def download(src, local: str | Path, skip: tuple = ()) -> Path:
+    """A file or folder to the local path `local` (replaced); files whose name matches a pattern in `skip` stay
+    behind (a tokenizer needs no weights)."""
     import pyarrow.fs as pafs
 
     src, local = path(src), Path(local)
@@ -228,25 +229,30 @@ def download(src, local: str | Path) -> Path:
     local.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(src, Path):
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, local)
-    else:
-        if src.is_dir():
-            local.mkdir(parents=True)
+    elif not src.is_dir():
         pafs.copy_files(src.key, str(local), source_filesystem=src.fs, destination_filesystem=pafs.LocalFileSystem())
+    else:
+        local.mkdir(parents=True)
+        for info in src._walk(recursive=True):
+            if info.type == pafs.FileType.File and not any(fnmatch.fnmatchcase(info.base_name, k) for k in skip):
+                (local / src._rel(info)).parent.mkdir(parents=True, exist_ok=True)
+                pafs.copy_files(info.path, str(local / src._rel(info)), source_filesystem=src.fs,
+                                destination_filesystem=pafs.LocalFileSystem())
     return local
 
 
-def local_copy(p) -> Path:
+def local_copy(p, skip: tuple = ()) -> Path:
     """A local path holding what `p` holds: `p` itself when local; for a URI a scratch copy, downloaded again only
     when the remote content changed (its files' names, sizes and times). For models, adapters and vectors that
-    libraries load from disk."""
+    libraries load from disk; `skip`: file name patterns not needed (see `download`)."""
     p = path(p)
     if isinstance(p, Path):
         return p
     from slim.rundir import file_fingerprint
 
-    dst = scratch("copies", key_of(p), file_fingerprint(p)) / p.name
+    dst = scratch("copies", key_of(p), file_fingerprint(p) + (f"-{key_of(skip)}" if skip else "")) / p.name
     if not dst.exists():
-        tmp = download(p, dst.with_name(f".tmp-{p.name}"))
+        tmp = download(p, dst.with_name(f".tmp-{p.name}"), skip)
         os.replace(tmp, dst)
     return dst
 

@@ -67,10 +67,11 @@ def _boto(endpoint: str):
 
 
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch):
+def s3(s3_endpoint, monkeypatch, tmp_path):
     """A fresh bucket; the credentials and endpoint only in this test's environment. -> (s3://bucket/run, client)"""
     for k, v in aws_env(s3_endpoint).items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SLIM_SCRATCH", str(tmp_path / "scratch"))  # local copies and temporary files of this test
     bucket = f"slim-{uuid.uuid4().hex[:12]}"
     cli = _boto(s3_endpoint)
     cli.create_bucket(Bucket=bucket)
@@ -137,6 +138,9 @@ def test_folder_upload_download_and_local_copy(root, tmp_path):
     copy = storage.local_copy(dst)
     assert isinstance(copy, Path) and (copy / "sub" / "w.bin").read_bytes() == b"\x00" * 1000
     assert storage.local_copy(dst) == copy  # unchanged content: the same copy, not downloaded again
+    if storage.is_remote(dst):
+        light = storage.local_copy(dst, skip=("*.bin",))  # e.g. a tokenizer without the weights
+        assert light != copy and sorted(p.name for p in light.rglob("*") if p.is_file()) == ["config.json"]
 
 
 def _shard_answers(root) -> tuple:

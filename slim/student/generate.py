@@ -102,7 +102,7 @@ class PromptBuilder:
 
         from slim import storage  # files of the run dir, local or on object storage, read on this actor's node
 
-        self.tok = AutoTokenizer.from_pretrained(str(storage.local_copy(tokenizer_path)))
+        self.tok = AutoTokenizer.from_pretrained(str(storage.local_copy(tokenizer_path, skip=("*.safetensors",))))
         items = storage.read_table(items_path, columns=[C.ITEM_ID, C.TEXT])
         self.text = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TEXT).to_pylist()))
         self.pc = PromptConfig(**prompt)
