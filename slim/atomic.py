@@ -1,8 +1,13 @@
-"""The one way every stage writes a file or folder: to a temporary name beside it, then an atomic rename.
+"""The one way every stage writes a file or folder: to a temporary name, then published whole.
 
-A reader (or a rerun after a kill) sees the old content or the new, never half of it. The temporary name is fixed
-(".tmp-<name>", skipped by shard globs), so the rerun of a killed writer replaces what it left instead of adding
-to it; two processes must not write the same path at once (no stage does).
+On a local disk the temporary name sits beside the target and an atomic rename publishes it: a reader (or a rerun
+after a kill) sees the old content or the new, never half of it. The temporary name is fixed (".tmp-<name>",
+skipped by shard globs), so the rerun of a killed writer replaces what it left instead of adding to it; two
+processes must not write the same path at once (no stage does).
+
+On object storage (slim.storage) the temporary copy is a local scratch file, uploaded when the block ends: an object
+appears whole when its upload completes, and a kill before that leaves nothing. A folder is uploaded file by file;
+it counts only once the stage's manifest, written last, names it.
 """
 
 from __future__ import annotations
@@ -10,71 +15,81 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 
+from slim import storage
 
-def tmp_path(path: str | Path) -> Path:
-    p = Path(path)
-    return p.with_name(f".tmp-{p.name}")
+
+def tmp_path(path) -> Path:
+    """Where `writing` puts the content of `path` first: beside it, or for a URI a local scratch path (the same
+    one for the same URI, so a rerun replaces it)."""
+    p = storage.path(path)
+    if isinstance(p, Path):
+        return p.with_name(f".tmp-{p.name}")
+    return storage.scratch("tmp", storage.key_of(p)) / f".tmp-{p.name}"
 
 
 @contextlib.contextmanager
-def writing(path: str | Path, replace_dir: bool = False):
-    """Yields a temporary path to write to; renames it to `path` when the block ends without an exception.
+def writing(path, replace_dir: bool = False):
+    """Yields a temporary local path to write to; publishes it as `path` when the block ends without an exception.
 
     replace_dir: `path` is a folder; an existing one is removed first (the only non-atomic instant: a kill
     there leaves no folder, which readers treat as "not written yet", never as a partial one)."""
-    final = Path(path)
+    final = storage.path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(final)
-    _remove(tmp)
+    storage.remove_tree(tmp)
     try:
         yield tmp
         if replace_dir:
-            _remove(final)
-        os.replace(tmp, final)
+            storage.remove_tree(final)
+        _publish_one(tmp, final)
     finally:
-        _remove(tmp)
+        storage.remove_tree(tmp)
 
 
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
+def _publish_one(tmp: Path, final) -> None:
+    if isinstance(final, Path):
+        os.replace(tmp, final)
     else:
-        p.unlink(missing_ok=True)
+        storage.upload(tmp, final)
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    with writing(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
+def write_text(path, text: str):
+    p = storage.path(path)
+    if isinstance(p, Path):
+        with writing(p) as tmp:
+            tmp.write_text(text)
+    else:
+        p.write_bytes(text.encode())  # one put: whole or nothing
+    return p
 
 
-def write_json(path: str | Path, obj, **kw) -> Path:
+def write_json(path, obj, **kw):
     return write_text(path, json.dumps(obj, **{"indent": 2, "default": str, **kw}))
 
 
-def write_parquet(path: str | Path, table) -> Path:
+def write_parquet(path, table):
     import pyarrow.parquet as pq
 
     with writing(path) as tmp:
         pq.write_table(table, tmp)
-    return Path(path)
+    return storage.path(path)
 
 
-def clean_tmp(folder: str | Path) -> int:
+def clean_tmp(folder) -> int:
     """Temporary files a killed writer left in `folder` (never renamed into place, so nothing is lost)."""
-    d = Path(folder)
+    d = storage.path(folder)
     n = 0
-    for p in list(d.glob(".tmp*")) + list(d.glob(".*.tmp")) if d.exists() else []:
-        _remove(p)
+    for p in (list(d.glob(".tmp*")) + list(d.glob(".*.tmp"))) if d.exists() else []:
+        storage.remove_tree(p)
         n += 1
     return n
 
 
 def publish(tmp_to_final: dict) -> None:
-    """Rename several finished temporary files into place, for outputs written incrementally (np.memmap, a
-    ParquetWriter) that cannot go through `writing`; each rename is atomic."""
+    """Publish several finished temporary files, for outputs written incrementally (np.memmap, a ParquetWriter)
+    that cannot go through `writing`; each file appears whole."""
     for tmp, final in tmp_to_final.items():
-        os.replace(tmp, final)
+        _publish_one(Path(tmp), storage.path(final))
+        storage.remove_tree(tmp)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slim import columns as C
+from slim import storage
 from slim.config import ConfigError
 from slim.rundir import RunDir, file_fingerprint, fingerprint
 
@@ -25,11 +26,6 @@ MINILM = ("all-MiniLM-L6-v2", "all-minilm-l6-v2")
 
 def validate(cfgs: dict, wanted: list[str]) -> None:
     """Constraints between sections (and on the run directory) for the stages about to run."""
-    for name in wanted:
-        run_dir = str(getattr(cfgs[name], "run_dir", ""))
-        if "://" in run_dir:
-            raise ConfigError(f"{name}.run_dir {run_dir!r}: object-store URIs are not supported; use a local path, "
-                              "or on a multi-node cluster a shared filesystem mounted at the same path on every node")
     _submitted_run_dir(cfgs, wanted)
     data = cfgs.get("data")
     sampled = []
@@ -117,7 +113,7 @@ def _student_model_fingerprint(cfg: Any, root: Path) -> str | None:
         base = cfg.base_model
         return str(Path(cfg.cache_dir).expanduser() / "models" / SMOLLM2) if base == SMOLLM2 else base
     auto = [root / C.STUDENT_MERGED, root / C.STUDENT_ADAPTER]
-    for p in auto if cfg.adapter == "auto" else [Path(cfg.adapter).expanduser()]:
+    for p in auto if cfg.adapter == "auto" else [storage.path(cfg.adapter).expanduser()]:
         if is_model(p) or (p / "adapter_config.json").exists():
             return file_fingerprint(p)
     return None

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import atomic
+from slim import atomic, storage
 from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -174,7 +173,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     """items.parquet -> items.npy [N+1, D]; rows are written by item_id as batches arrive."""
     from slim.raycluster import read_parquet
 
-    n = pq.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
+    n = storage.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
     ds = read_parquet(str(rd.path(C.ITEMS_FILE)), [C.ITEM_ID, C.TEXT], cfg.block_kib, cfg.object_store_mib)
     tmp, arr, seen, counts = atomic.tmp_path(rd.path(C.ITEM_EMB_FILE)), None, 0, {"item_truncated": 0, "item_empty": 0}
     for b in ds.map_batches(Encoder, **_pool(cfg, (C.TEXT,))).iter_batches(batch_format="numpy", batch_size=None):
@@ -218,6 +217,10 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     from slim.quality import describe
 
     item_vecs = str(atomic.tmp_path(rd.path(C.ITEM_EMB_FILE)))  # written above, published with the rest below
+    if storage.is_remote(rd.root):  # the encoder actors, on any node, read it from the bucket (a name readers skip)
+        staged = rd.path(C.ITEM_EMB_FILE).with_name(f".tmp-{rd.path(C.ITEM_EMB_FILE).name}")
+        storage.upload(item_vecs, staged)
+        item_vecs = str(staged)
     per_source = {s: encode_users(cfg, rd, out, s, item_vecs) for s in cfg.sources}
     quality = {s: c.pop("_quality") for s, c in per_source.items()}
     t2 = time.perf_counter()
@@ -225,6 +228,7 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     for c in per_source.values():
         tmps.update(c.pop("_tmp"))
     atomic.publish(tmps)  # all outputs appear together, after every batch is written
+    atomic.clean_tmp(out)
     # the student's counts keep their plain names (users, step3_empty, ...); the teacher's are prefixed
     counts = {**items, **{(k if s == "student" else f"{s}_{k}"): v for s, c in per_source.items() for k, v in c.items()}}
     n_users = sum(c["users"] for c in per_source.values())

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slim import atomic, shards
+from slim import atomic, shards, storage
 from slim import columns as C
 from slim.encode import FIELDS, EncodeConfig, Encoder, _pool
 from slim.rundir import RunDir
@@ -89,7 +89,7 @@ def grounded(rd: RunDir, path: Path) -> dict:
     from slim.grounding import rate
     from slim.prompts import training_prefix
 
-    users = pq.read_table(rd.path(C.USERS_FILE), columns=[C.USER_ID, C.ITEM_IDS])
+    users = storage.read_table(rd.path(C.USERS_FILE), columns=[C.USER_ID, C.ITEM_IDS])
     hist = dict(zip(users.column(C.USER_ID).to_pylist(), users.column(C.ITEM_IDS).to_pylist()))
     g = pq.read_table(path, columns=[C.USER_ID, "item_ids"])
     ids = g.column(C.USER_ID).to_pylist()

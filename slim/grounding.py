@@ -55,7 +55,9 @@ class Grounder:
 
     def __init__(self, encode, item_vecs_path: str, threshold: float):
         self.encode, self.threshold = encode, threshold
-        self.items = np.load(item_vecs_path, mmap_mode="r")
+        from slim import storage
+
+        self.items = np.load(storage.local_copy(item_vecs_path), mmap_mode="r")  # a bucket's: copied to this node
 
     def __call__(self, step3: list) -> tuple[list, list, list]:
         """-> per row: product names, matched item ids (0 = none), similarities."""

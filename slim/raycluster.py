@@ -103,7 +103,10 @@ def read_parquet(paths, columns: list[str], block_kib: int, object_store_mib: in
         ctx.execution_options = copy.deepcopy(options)
         limits = ctx.execution_options.resource_limits
         ctx.execution_options.resource_limits = limits.copy(object_store_memory=object_store_mib * 2**20)
+    from slim import storage
+
+    paths, fs = storage.ray_paths(paths)  # URIs: with the filesystem slim.storage builds from the environment
     try:
-        return ray.data.read_parquet(paths, columns=columns)
+        return ray.data.read_parquet(paths, columns=columns, filesystem=fs)
     finally:
         ctx.target_max_block_size, ctx.execution_options = default, options

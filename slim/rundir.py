@@ -12,10 +12,9 @@ import json
 import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from slim import __version__, atomic
+from slim import __version__, atomic, storage
 from slim.columns import MANIFEST
 
 
@@ -25,20 +24,21 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_fingerprint(path: str | Path) -> str:
-    """Size + mtime + name for big files (cheap); a directory hashes its files' fingerprints."""
-    p = Path(path)
+def file_fingerprint(path) -> str:
+    """Size + mtime + name for big files (cheap); a directory hashes its files' fingerprints. Local or remote
+    (an object's mtime is its upload time)."""
+    p = storage.path(path)
     if p.is_dir():
         return fingerprint([file_fingerprint(f) for f in sorted(p.rglob("*")) if f.is_file()])
     st = p.stat()
     return fingerprint([p.name, st.st_size, st.st_mtime_ns])
 
 
-def content_fingerprint(path: str | Path) -> str:
+def content_fingerprint(path) -> str:
     """Hash of a file's bytes: for inputs that are rewritten with the same content (item vectors when the encode
     stage reruns for new rationales), where size + mtime would retrain what did not change."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
@@ -89,23 +89,19 @@ class Manifest:
 
 
 class RunDir:
-    def __init__(self, root: str | Path):
-        if "://" in str(root):
-            # Stages write with plain file I/O (atomic renames, appended shards); an object store has neither.
-            raise ValueError(f"run_dir {str(root)!r}: object-store URIs are not supported; use a local path, or on a "
-                             "multi-node cluster a shared filesystem mounted at the same path on every node (NFS, "
-                             "a FUSE mount of the bucket)")
-        self.root = Path(root)
+    def __init__(self, root):
+        # a local path (on a multi-node cluster a shared mount) or a URI on object storage (slim.storage)
+        self.root = storage.path(root)
 
-    def stage_dir(self, stage: str) -> Path:
+    def stage_dir(self, stage: str):
         d = self.root / stage
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def path(self, rel: str) -> Path:
+    def path(self, rel: str):
         return self.root / rel
 
-    def manifest_path(self, stage: str) -> Path:
+    def manifest_path(self, stage: str):
         return self.root / stage / MANIFEST
 
     def read_manifest(self, stage: str) -> Manifest | None:
@@ -114,7 +110,7 @@ class RunDir:
             return None
         return Manifest(**json.loads(p.read_text()))
 
-    def write_manifest(self, m: Manifest) -> Path:
+    def write_manifest(self, m: Manifest):
         # atomic: a manifest exists only for a finished stage
         return atomic.write_json(self.manifest_path(m.stage), m.__dict__, sort_keys=True)
 

@@ -1,6 +1,6 @@
 """Per-user row shards, shared by the teacher and the student: one writer, one reader, one "latest row wins" rule.
 
-A shard is a Parquet file `<prefix>-<20-digit ns time>-<random>.parquet` written atomically (slim.io). Rows may
+A shard is a Parquet file `<prefix>-<20-digit ns time>-<random>.parquet` written atomically (slim.atomic; on object storage one put). Rows may
 carry their own write time (column `written_at`, ns); rows without it take the time in their shard's name (or the
 file's mtime for names without one). The rule, for every stage: a user's row with the greatest write time wins,
 ties broken by shard name and then row position. So a retried row supersedes the older one wherever either
@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import atomic
+from slim import atomic, storage
 
 ORDER = "__order"  # helper column: the write time used by `latest`
 
@@ -28,25 +27,26 @@ def shard_name(prefix: str = "part") -> str:
     return f"{prefix}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def _name_time(p: Path) -> int:
+def _name_time(p) -> int:
     parts = p.stem.split("-")
     if len(parts) >= 3 and parts[1].isdigit() and len(parts[1]) == 20:
         return int(parts[1])
     return p.stat().st_mtime_ns
 
 
-def shard_files(*dirs: str | Path) -> list[Path]:
-    """Every shard in `dirs`, oldest first; temporary and state files (leading "." or "_") are not shards."""
-    files = [p for d in dirs if Path(d).exists() for p in Path(d).glob("*.parquet")
-             if not p.name.startswith((".", "_"))]
+def shard_files(*dirs: str | Path) -> list:
+    """Every shard in `dirs` (local or object storage), oldest first; temporary and state files (leading "." or
+    "_") are not shards."""
+    folders = [storage.path(d) for d in dirs]
+    files = [p for d in folders if d.exists() for p in d.glob("*.parquet") if not p.name.startswith((".", "_"))]
     return sorted(files, key=lambda p: (_name_time(p), p.name))
 
 
-def write_shard(folder: str | Path, table: pa.Table, prefix: str = "part") -> Path | None:
+def write_shard(folder: str | Path, table: pa.Table, prefix: str = "part"):
     """One new shard; it appears whole or not at all. Returns None for an empty table."""
     if table.num_rows == 0:
         return None
-    return atomic.write_parquet(Path(folder) / shard_name(prefix), table)
+    return atomic.write_parquet(storage.path(folder) / shard_name(prefix), table)
 
 
 def read_shards(*dirs: str | Path, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
@@ -54,9 +54,9 @@ def read_shards(*dirs: str | Path, columns: list[str] | None = None, schema: pa.
     parts = []
     for f in shard_files(*dirs):
         try:
-            t = pq.read_table(f, columns=columns, schema=schema)
-            has_time = C.WRITTEN_AT in pq.read_schema(f).names
-            when = pq.read_table(f, columns=[C.WRITTEN_AT]).column(0) if has_time else None
+            t = storage.read_table(f, columns=columns, schema=schema)
+            has_time = C.WRITTEN_AT in storage.read_schema(f).names
+            when = storage.read_table(f, columns=[C.WRITTEN_AT]).column(0) if has_time else None
         except (pa.ArrowInvalid, KeyError, OSError) as e:
             raise ValueError(f"{f}: not a readable shard with columns {columns or schema}: {e}") from e
         order = pc.fill_null(when, _name_time(f)) if when is not None else pa.array(

@@ -59,11 +59,11 @@ def test_missing_config_file_named():
         config.load_raw("nope.yaml")
 
 
-def test_object_store_run_dir_refused_with_reason(tmp_path):
+def test_run_dir_local_or_object_store(tmp_path):
     from slim.rundir import RunDir
 
-    with pytest.raises(ValueError, match=r"run_dir 's3://bucket/runs'.*not supported"):
-        RunDir("s3://bucket/runs")
+    # object storage: paths stay URIs (tests/test_storage.py writes and reads them on a local S3 server)
+    assert str(RunDir("s3://bucket/runs").path("data")) == "s3://bucket/runs/data"
     rd = RunDir(tmp_path / "run")
     assert rd.stage_dir("data") == tmp_path / "run" / "data" and (tmp_path / "run" / "data").is_dir()
 

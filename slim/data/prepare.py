@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slim import atomic
+from slim import atomic, storage
 from slim import columns as C
 from slim.data import sequences as S
 from slim.data import sources, tables
@@ -199,9 +199,17 @@ def write_candidates(cfg: DataConfig, users: pa.Table, items: pa.Table, out_dir)
         S.candidates_batch, batch_size=1024, batch_format="numpy",
         fn_kwargs={"seed": cfg.seed, "num_items": n_items, "n": cfg.num_negatives, "cdf": cdf},
     )
-    with atomic.writing(out_dir, replace_dir=True) as tmp:  # the folder appears whole or not at all
-        ds.write_parquet(str(tmp))
-    return pq.ParquetDataset(str(out_dir)).read(columns=[C.USER_ID]).num_rows
+    if storage.is_remote(out_dir):
+        # Workers on any node write their files straight to the bucket (no rename there): the folder counts once
+        # the data manifest, invalidated before and written after, names it.
+        storage.remove_tree(out_dir)
+        where, fs = storage.ray_paths(out_dir)
+        ds.write_parquet(where, filesystem=fs)
+    else:
+        with atomic.writing(out_dir, replace_dir=True) as tmp:  # the folder appears whole or not at all
+            ds.write_parquet(str(tmp))
+        where, fs = str(out_dir), None
+    return pq.ParquetDataset(where, filesystem=fs).read(columns=[C.USER_ID]).num_rows
 
 
 def run(cfg: DataConfig, force: bool = False) -> Manifest:

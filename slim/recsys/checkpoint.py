@@ -37,11 +37,15 @@ def save_run(out: Path, model, spec, num_items: int, rec: dict, fp: str) -> dict
 def load_model(path: str | Path, item_text: Optional[np.ndarray] = None):
     """A saved run -> (model, RunSpec), rebuilt from the checkpoint alone: the item-text buffer, the rationale
     width and field are saved with the weights."""
+    import io
+
     import torch
 
+    from slim import storage
     from slim.recsys.train import RunSpec, build_model
 
-    ck = torch.load(Path(path) / WEIGHTS, map_location="cpu", weights_only=False)
+    with storage.open_input(storage.path(path) / WEIGHTS) as f:  # a local file or an object in a bucket
+        ck = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
     spec = RunSpec(**ck["spec"])
     sd = ck["state_dict"]
     key = next((k for k in sd if k == "text" or k.endswith("items.text")), None)  # None: an ID table only (init)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import storage
 
 
 class RecDataError(ValueError):
@@ -37,13 +37,13 @@ class SeqData:
 
 
 def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
-    root = Path(run_dir)
+    root = storage.path(run_dir)
     up, ip, cp = root / C.USERS_FILE, root / C.ITEMS_FILE, root / C.CANDIDATES_DIR
     for p in (up, ip, cp):
         if not p.exists():
             raise RecDataError(f"{p} not found: run the data stage first (jobs/prepare_data.py)")
-    users = pq.read_table(up, columns=[C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM])
-    num_items = pq.read_metadata(ip).num_rows
+    users = storage.read_table(up, columns=[C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM])
+    num_items = storage.read_metadata(ip).num_rows
     if max_users and users.num_rows > max_users:  # fixed-seed subsample for reduced benchmarks
         pick = np.sort(np.random.default_rng(seed).choice(users.num_rows, max_users, replace=False))
         users = users.take(pick)
@@ -67,7 +67,7 @@ def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
 
 
 def _candidates(path: Path, uid: np.ndarray) -> dict:
-    t = pq.read_table(path, columns=[C.USER_ID, C.SPLIT, C.PROTOCOL, C.TARGET, C.NEGATIVES])
+    t = storage.read_table(path, columns=[C.USER_ID, C.SPLIT, C.PROTOCOL, C.TARGET, C.NEGATIVES])
     t = t.filter(pc.is_in(t.column(C.USER_ID), value_set=__import__("pyarrow").array(uid)))
     out = {}
     pos = {u: i for i, u in enumerate(uid.tolist())}

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slim import storage
+
 
 class _Step(nn.Module):
     """The loss as a module forward, so DDP/DeepSpeed see one forward per step (gradient sync hooks)."""
@@ -117,7 +119,7 @@ def _loop(conf: dict) -> None:
     dist.all_reduce(group)  # the targets of the whole group: ranks' shares differ in targets per window
     if rank == 0:
         rec = stopper.record(model, spec, d, conf["test_protocols"], int(group.item()), t_train, ut)
-        save_run(Path(conf["out"]), model, spec, d.num_items,
+        save_run(storage.path(conf["out"]), model, spec, d.num_items,
                  {**rec, "strategy": conf["strategy"], "workers": world, "device": device.type,
                   "amp": conf["amp"] if device.type == "cuda" else "none"}, conf["fp"])
 
@@ -129,6 +131,7 @@ def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg) -> None:
     from slim.raycluster import init_ray
 
     init_ray(cfg.ray_address, cfg.num_cpus)
+    where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
     conf = {"spec": spec, "data": d, "text": text, "ut": ut, "out": str(out), "fp": fp, "strategy": cfg.strategy,
             "valid_protocol": cfg.valid_protocol, "test_protocols": tuple(cfg.test_protocols), "amp": cfg.amp}
     trainer = TorchTrainer(
@@ -136,6 +139,6 @@ def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg) -> None:
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_run}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(Path(out).parent.resolve() / "_ray")),
+        run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(where), storage_filesystem=fs),
     )
     trainer.fit()

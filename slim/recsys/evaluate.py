@@ -14,7 +14,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from slim import atomic
+from slim import atomic, storage
 from slim import metrics as M
 from slim.columns import EVAL_PROTOCOLS, SPLITS
 from slim.recsys import plots as P
@@ -159,8 +159,8 @@ def student_model(rd: RunDir) -> Optional[dict]:
     if m is None or "model" not in m.extra:
         return None
     info = dict(m.extra["model"])
-    path = Path(info.get("path", "")).resolve()
-    info["cross_domain"] = info.get("kind") != "base" and rd.root.resolve() not in path.parents
+    path, root = str(storage.path(info.get("path", "")).resolve()), str(rd.root.resolve()).rstrip("/")
+    info["cross_domain"] = info.get("kind") != "base" and not path.startswith(root + "/")
     return info
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import storage
 
 RATIONALE_COLS = (C.RATIONALE, C.STEP1, C.STEP2, C.STEP3, C.STATUS)
 
@@ -27,7 +27,7 @@ class NoModelError(RuntimeError):
 
 def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: Optional[int] = None) -> Path:
     """models/<run>/ with the best valid NDCG@10 among finished runs matching the filters."""
-    root = Path(run_dir) / "models"
+    root = storage.path(run_dir) / "models"
     want = {"backbone": backbone, "variant": variant, "seed": seed}
     found = []
     for m in sorted(root.glob("*/metrics.json")):
@@ -47,7 +47,7 @@ def rationales(run_dir: str | Path, source: str = "student") -> dict:
     the shards' own latest-row rule (slim.shards); {} when that stage has not run."""
     from slim import shards
 
-    folder = Path(run_dir) / (C.STUDENT_SHARDS if source == "student" else C.TEACHER_SHARDS)
+    folder = storage.path(run_dir) / (C.STUDENT_SHARDS if source == "student" else C.TEACHER_SHARDS)
     if not shards.shard_files(folder):
         return {}
     t = shards.read_latest(folder, columns=[C.USER_ID, *RATIONALE_COLS])
@@ -74,13 +74,13 @@ class Explainer:
     def load(cls, run_dir: str | Path, run: Optional[str] = None) -> "Explainer":
         from slim.recsys.checkpoint import load_model
 
-        root = Path(run_dir)
+        root = storage.path(run_dir)
         rel = run if run and run.startswith("models/") else (f"models/{run}" if run else
                                                              f"models/{pick_run(root).name}")
         model, spec = load_model(root / rel)
-        items = pq.read_table(root / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TITLE])
+        items = storage.read_table(root / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TITLE])
         titles = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TITLE).to_pylist()))
-        t = pq.read_table(root / C.USERS_FILE, columns=[C.USER_ID, C.ITEM_IDS])
+        t = storage.read_table(root / C.USERS_FILE, columns=[C.USER_ID, C.ITEM_IDS])
         users = dict(zip(t.column(C.USER_ID).to_pylist(), t.column(C.ITEM_IDS).to_pylist()))
         vectors = {}
         if spec.rationale_field:  # read once here, not per call

@@ -18,6 +18,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from slim import storage
 from slim.columns import EVAL_PROTOCOLS
 from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
@@ -140,7 +141,7 @@ def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, cfg: TrainConfig)
     model, rec = fit(spec, d, text, cfg.valid_protocol, cfg.test_protocols, progress=_progress,
                      ut=uts.get((spec.variant, spec.rationale_field)))
     rec["wall_seconds"] = time.time() - t0
-    return save_run(Path(out), model, spec, d.num_items, rec, fp)
+    return save_run(storage.path(out), model, spec, d.num_items, rec, fp)  # a bucket: straight from this task
 
 
 def fan_out(todo: list, d, text, uts: dict, root: Path, cfg: TrainConfig) -> list:

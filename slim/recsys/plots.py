@@ -73,8 +73,16 @@ def per_backbone(path: Path, panels: dict, labels: list, title: str) -> None:
             axes[r][c].set_title(bb, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
+
+
+def _save(fig, path) -> None:
+    """A whole PNG or none, on a local disk or object storage."""
+    from slim import atomic
+
+    with atomic.writing(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
 
 
 def protocol_bars(path: Path, rows: dict, protocol: str, chance: float) -> None:
@@ -88,5 +96,5 @@ def protocol_bars(path: Path, rows: dict, protocol: str, chance: float) -> None:
     ax.legend()
     plt.xticks(rotation=40, ha="right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)

@@ -12,10 +12,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import atomic
+from slim import atomic, storage
 from slim.rundir import content_fingerprint
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ def cache_file(encoder: str) -> str:
 
 
 def item_text_path(run_dir: str | Path, encoder: str = DEFAULT_ENCODER) -> Path:
-    root = Path(run_dir)
+    root = storage.path(run_dir)
     enc, manifest = root / C.ITEM_EMB_FILE, root / C.EMBEDDINGS_DIR / C.MANIFEST
     if enc.exists() and manifest.exists():
         model = json.loads(manifest.read_text()).get("config", {}).get("model")
@@ -50,11 +49,11 @@ def item_text_path(run_dir: str | Path, encoder: str = DEFAULT_ENCODER) -> Path:
 
 def item_text(run_dir: str | Path, encoder: str = DEFAULT_ENCODER, batch_size: int = 256) -> np.ndarray:
     """[N+1, D] float32, row i = item_id i, row 0 zeros, L2-normalised rows."""
-    root = Path(run_dir)
+    root = storage.path(run_dir)
     p = item_text_path(root, encoder)
-    n = pq.read_metadata(root / C.ITEMS_FILE).num_rows
+    n = storage.read_metadata(root / C.ITEMS_FILE).num_rows
     if p.exists():
-        emb = np.load(p).astype(np.float32)
+        emb = storage.load_npy(p).astype(np.float32)
         if emb.shape[0] != n + 1:
             raise ValueError(f"{p}: {emb.shape[0]} rows, expected items+1 = {n + 1}; rerun the encode stage")
         return emb
@@ -62,7 +61,7 @@ def item_text(run_dir: str | Path, encoder: str = DEFAULT_ENCODER, batch_size: i
 
     from slim.llm_models import resolve_encoder
 
-    items = pq.read_table(root / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TEXT])
+    items = storage.read_table(root / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TEXT])
     ids = items.column(C.ITEM_ID).to_numpy()
     if not np.array_equal(ids, np.arange(1, n + 1)):
         raise ValueError(f"{root / C.ITEMS_FILE}: {C.ITEM_ID} must be 1..{n} in order")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from slim import columns as C
+from slim import storage
 from slim.prompts import HISTORY_CUT
 
 # train.rationale_field -> the encode stage's field name
@@ -39,7 +39,7 @@ class UserText:
 def emb_path(root: str | Path, variant: str, field: str) -> Path:
     if field not in FIELDS:
         raise UserTextError(f"train.rationale_field: {field!r} is not one of {', '.join(FIELDS)}")
-    return Path(root) / SOURCES[variant][1].format(field=FIELDS[field])
+    return storage.path(root) / SOURCES[variant][1].format(field=FIELDS[field])
 
 
 def check_cut(root: str | Path, variant: str) -> int:
@@ -48,7 +48,7 @@ def check_cut(root: str | Path, variant: str) -> int:
     import json
 
     stage = SOURCES[variant][2]
-    p = Path(root) / stage / C.MANIFEST
+    p = storage.path(root) / stage / C.MANIFEST
     if not p.exists():
         raise UserTextError(f"{p} not found: variant {variant!r} needs the {stage} stage's rationales")
     cut = json.loads(p.read_text())["config"].get("history_cut", 2)
@@ -65,7 +65,7 @@ def load(root: str | Path, user_ids: np.ndarray, seq_lens: np.ndarray, variant: 
     p = emb_path(root, variant, field)
     if not p.exists():
         raise UserTextError(f"{p} not found: run the encode stage with '{SOURCES[variant][0]}' in encode.sources")
-    t = pq.read_table(p, columns=[C.USER_ID, C.EMBEDDING])
+    t = storage.read_table(p, columns=[C.USER_ID, C.EMBEDDING])
     ids = t.column(C.USER_ID).to_numpy()
     lists = t.column(C.EMBEDDING).combine_chunks()
     dim = len(lists[0]) if len(lists) else 0

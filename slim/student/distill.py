@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from slim import atomic
+from slim import atomic, storage
 from slim import columns as C
 from slim.prompts import PromptConfig
 from slim.rundir import Manifest, RunDir, fingerprint
@@ -134,26 +134,28 @@ def build_examples(cfg: DistillConfig, base_path: str, rd: RunDir) -> dict:
 
 def loop_config(cfg: DistillConfig, base_path: str, rd: RunDir) -> dict:
     conf = dataclasses.asdict(cfg)
-    ex = rd.path(EXAMPLES_DIR).resolve()  # workers read the examples from the (shared) run dir
+    ex = rd.path(EXAMPLES_DIR).resolve()  # workers read the examples from the run dir (shared mount or bucket)
     conf.update(base_path=base_path, bf16=cfg.use_gpu, train_path=str(ex / "train.parquet"),
                 val_path=str(ex / "val.parquet"))
     return conf
 
 
-def fit(cfg: DistillConfig, conf: dict, storage: Path, name: str):
+def fit(cfg: DistillConfig, conf: dict, ray_dir, name: str):
     """Run the Ray Train job; a folder left by a killed run with the same name is resumed from."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from slim.student.trainloop import train_loop
 
+    where, fs = storage.ray_paths(ray_dir)
     trainer = TorchTrainer(
         train_loop, train_loop_config=conf,
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(storage),
+            # on object storage Ray Train uploads each worker's checkpoint itself (a filesystem from slim.storage)
+            name=name, storage_path=str(where), storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=0)),
     )
@@ -172,6 +174,7 @@ def merge(base_path: str, adapter: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    adapter = storage.local_copy(adapter)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     with atomic.writing(out, replace_dir=True) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -196,10 +199,10 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
     built = build_examples(cfg, base_path, rd)
     t_build = time.perf_counter()
     name = "distill-" + Manifest("student", scfg, inputs).key()
-    storage = rd.path(RAY_DIR).resolve()
+    ray_dir = rd.path(RAY_DIR).resolve()
     if force:
-        shutil.rmtree(storage, ignore_errors=True)
-    result = fit(cfg, loop_config(cfg, base_path, rd), storage, name)
+        storage.remove_tree(ray_dir)
+    result = fit(cfg, loop_config(cfg, base_path, rd), ray_dir, name)
     t_fit = time.perf_counter()
     from slim.student.trainloop import ADAPTER_DIR, STATE_FILE
 
@@ -218,7 +221,7 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
                  extra={"base_path": base_path, "val_loss_before": metrics["val_loss_before"],
                         "val_loss_after": metrics["val_loss_after"], "tokens_per_s": metrics["tokens_per_s"]})
     rd.write_manifest(m)
-    shutil.rmtree(storage, ignore_errors=True)  # the adapter and manifest are out; checkpoints are no longer needed
+    storage.remove_tree(ray_dir)  # the adapter and manifest are out; checkpoints are no longer needed
     print_summary(metrics, rd)
     return m
 

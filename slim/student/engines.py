@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slim import atomic
+from slim import atomic, storage
 from slim import columns as C
 from slim.raycluster import work_actor_env
 from slim.rundir import file_fingerprint
@@ -32,11 +32,11 @@ class StudentModelError(FileNotFoundError):
     """No student model where the config says; the message names the path and the setting."""
 
 
-def _is_adapter(p: Path) -> bool:
+def _is_adapter(p) -> bool:
     return (p / "adapter_config.json").exists()
 
 
-def _is_model(p: Path) -> bool:
+def _is_model(p) -> bool:
     return (p / "config.json").exists() and any(p.glob("*.safetensors"))
 
 
@@ -46,7 +46,7 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
     adapter: "auto" (student/merged if present, else merge student/adapter), "none" (the base model), or a path
     to an adapter, a full checkpoint, or another run directory's student/ folder (cross-domain transfer).
     """
-    root = Path(run_dir)
+    root = storage.path(run_dir)
     if adapter == "none":
         return base_path, {"kind": "base", "path": base_path}
     if adapter == "auto":
@@ -60,7 +60,7 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
             )
         src = lora
     else:
-        src = Path(adapter).expanduser()
+        src = storage.path(adapter).expanduser()
         if (src / "adapter").is_dir() or (src / "merged").is_dir():
             # another run directory's student/ folder: cross-domain transfer (the paper's Tables 6-7), the student
             # distilled on one dataset writing this one's rationales
@@ -70,7 +70,9 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
         if not _is_adapter(src):
             raise StudentModelError(f"student.adapter={adapter}: no adapter_config.json or model checkpoint there")
     fp = file_fingerprint(src)
-    out = cache / f"_merged-{fp}"  # "_": Parquet dataset readers skip it
+    # "_": Parquet dataset readers skip it. On object storage vLLM engines download it on their own node
+    # (ray.data.llm fetches s3:// / gs:// model sources), other readers through slim.storage.local_copy.
+    out = cache / f"_merged-{fp}"
     if not _is_model(out):
         merge_adapter(base_path, str(src), out)
     return str(out), {"kind": "adapter", "path": str(src), "fingerprint": fp, "merged_into": str(out)}
@@ -84,7 +86,7 @@ def merge_adapter(base_path: str, adapter_path: str, out: Path) -> None:
 
     log.info("merging LoRA adapter %s into %s -> %s", adapter_path, base_path, out)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, adapter_path).merge_and_unload()
+    model = PeftModel.from_pretrained(base, str(storage.local_copy(adapter_path))).merge_and_unload()
     with atomic.writing(out, replace_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
@@ -165,6 +167,7 @@ class HFGenerator:
 
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.torch = torch
+        model_path = str(storage.local_copy(model_path))  # on this actor's node
         self.tok = AutoTokenizer.from_pretrained(model_path)
         self.tok.padding_side = "left"  # generation continues from the right edge of every row
         if self.tok.pad_token is None:

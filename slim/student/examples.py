@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim import atomic, prompts, shards
+from slim import atomic, prompts, shards, storage
 from slim.prompts import PromptConfig
 from slim.rationale import parse
 
@@ -154,11 +153,11 @@ def build(run_dir: str | Path, tokenizer, pc: PromptConfig, max_seq_len: int,
           max_examples: int = 0, keep_unstructured: bool = False,
           structured: bool = False) -> tuple[pd.DataFrame, BuildReport]:
     """Teacher shards + data stage tables -> one row per example (user_id, input_ids, labels, prompt_len, ...)."""
-    run_dir = Path(run_dir)
+    run_dir = storage.path(run_dir)
     report = BuildReport()
     df = clean_rationales(read_teacher(run_dir / C.TEACHER_SHARDS, report), report, keep_unstructured, structured)
-    users = pq.read_table(run_dir / C.USERS_FILE, columns=[C.USER_ID, C.ITEM_IDS]).to_pandas()
-    items = pq.read_table(run_dir / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TEXT]).to_pandas()
+    users = storage.read_table(run_dir / C.USERS_FILE, columns=[C.USER_ID, C.ITEM_IDS]).to_pandas()
+    items = storage.read_table(run_dir / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TEXT]).to_pandas()
     item_text = dict(zip(items[C.ITEM_ID].astype(int), items[C.TEXT]))
     hist = dict(zip(users[C.USER_ID].astype(int), users[C.ITEM_IDS]))
     rows = []

@@ -24,7 +24,6 @@ from typing import Literal, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from slim import columns as C
 from slim import atomic, quality
@@ -101,8 +100,10 @@ class PromptBuilder:
     def __init__(self, tokenizer_path: str, items_path: str, prompt: dict):
         from transformers import AutoTokenizer
 
-        self.tok = AutoTokenizer.from_pretrained(tokenizer_path)
-        items = pq.read_table(items_path, columns=[C.ITEM_ID, C.TEXT])
+        from slim import storage  # files of the run dir, local or on object storage, read on this actor's node
+
+        self.tok = AutoTokenizer.from_pretrained(str(storage.local_copy(tokenizer_path, skip=("*.safetensors",))))
+        items = storage.read_table(items_path, columns=[C.ITEM_ID, C.TEXT])
         self.text = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TEXT).to_pylist()))
         self.pc = PromptConfig(**prompt)
 

@@ -98,9 +98,9 @@ def evaluate(strategy, rows: list[dict], conf: dict, rank: int, world: int, pad_
 
 
 def _rows(path: str) -> list[dict]:
-    import pyarrow.parquet as pq
+    from slim import storage  # the run dir's examples, local (a shared mount) or on object storage
 
-    t = pq.read_table(path, columns=[INPUT_IDS, LABELS]).to_pydict()
+    t = storage.read_table(path, columns=[INPUT_IDS, LABELS]).to_pydict()
     return [{INPUT_IDS: a, LABELS: b} for a, b in zip(t[INPUT_IDS], t[LABELS])]
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from slim import columns as C
-from slim import atomic
+from slim import atomic, storage
 from slim.teacher import client as K
 from slim.teacher import shards
 from slim.teacher.worker import api_key
@@ -25,6 +25,8 @@ DONE = ("completed", "failed", "expired", "cancelled")
 
 def _submit(client, settings: K.CallSettings, todo: list[dict], work: Path) -> dict:
     jsonl = work / "batch_input.jsonl"
+    if storage.is_remote(jsonl):  # only uploaded to the provider: a local file is enough
+        jsonl = storage.scratch("batch", storage.key_of(work)) / "batch_input.jsonl"
     with open(jsonl, "w") as f:
         for r in todo:
             body = {"messages": r["messages"], **K.request_fields(settings, flat=True)}

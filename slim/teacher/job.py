@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from slim import columns as C, quality
-from slim import atomic
+from slim import atomic, storage
 from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
 from slim.teacher import client as K
@@ -145,6 +144,8 @@ def teacher_endpoint(cfg: TeacherConfig, rd: RunDir, host: str = "127.0.0.1"):
 
     path = llm_models.resolve(cfg.local_model, cfg.cache_dir)
     log_path = rd.stage_dir("teacher") / "server.log"
+    if storage.is_remote(log_path):  # the server appends to it as it runs: a local file on this node
+        log_path = storage.scratch("logs", storage.key_of(rd.root)) / "teacher-server.log"
     with vllm_server(path, cfg.model, log_path, port=cfg.local_server_port or None, host=host,
                      extra_args=tuple(cfg.local_server_args), startup_timeout_s=cfg.local_server_timeout_s) as server:
         log.info("teacher: local vLLM server at %s", server.url)
@@ -169,7 +170,7 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
     if skipped is not None:
         return skipped
     t0 = time.perf_counter()
-    users, items = pq.read_table(rd.path(C.USERS_FILE)), pq.read_table(rd.path(C.ITEMS_FILE))
+    users, items = storage.read_table(rd.path(C.USERS_FILE)), storage.read_table(rd.path(C.ITEMS_FILE))
     pos = select.stratified_sample(users.column(C.HISTORY_LEN).to_numpy(), cfg.num_users, cfg.seed, cfg.strata)
     chosen = select.build_prompts(users, items, pos, cfg.prompt)
     prompts = {r[C.USER_ID]: r[C.PROMPT] for r in chosen}

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from slim import columns as C
-from slim import atomic
+from slim import atomic, storage
 from slim import shards as S
 
 SCHEMA = pa.schema([
@@ -47,25 +47,33 @@ def write_shard(shard_dir: str | Path, rows: list[dict], prefix: str = "part") -
 
 class RowLog:
     """One actor's append-only log. It holds an exclusive lock on its file while alive, so a fold never deletes
-    a log that is still being written (it folds its rows and leaves the file)."""
+    a log that is still being written (it folds its rows and leaves the file). On object storage it puts one
+    object per row instead (complete once visible, so a fold may delete whatever it has read)."""
 
     def __init__(self, stage_dir: str | Path):
-        d = Path(stage_dir) / LOG
+        d = storage.path(stage_dir) / LOG
         d.mkdir(parents=True, exist_ok=True)
         self.path = d / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        self.f = open(self.path, "a", encoding="utf-8")
-        fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.remote = storage.is_remote(d)
         self.lock = threading.Lock()
+        self.n = 0
+        if not self.remote:
+            self.f = open(self.path, "a", encoding="utf-8")
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def append(self, row: dict) -> None:
         line = json.dumps(row) + "\n"
         with self.lock:
+            if self.remote:
+                self.n += 1
+                self.path.with_name(f"{self.path.stem}-{self.n:08d}.json").write_text(line)  # one put per row
+                return
             self.f.write(line)
             self.f.flush()
             os.fsync(self.f.fileno())  # on disk before the row counts as done
 
 
-def _read_log(path: Path) -> list[dict]:
+def _read_log(path) -> list[dict]:
     """Rows of one log; a last line cut by a kill is skipped (its request counts as in flight)."""
     lines = path.read_text(encoding="utf-8").split("\n")
     rows = []
@@ -80,7 +88,9 @@ def _read_log(path: Path) -> list[dict]:
     return rows
 
 
-def _live(path: Path) -> bool:
+def _live(path) -> bool:
+    if storage.is_remote(path):
+        return False  # an object holds whole rows only: once read into a shard it may go
     with open(path, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,8 +102,9 @@ def _live(path: Path) -> bool:
 
 def fold_logs(stage_dir: str | Path) -> int:
     """Every log's rows into one new shard of rationales/, then the logs of finished actors are deleted."""
-    stage_dir = Path(stage_dir)
-    logs = sorted((stage_dir / LOG).glob("*.jsonl")) if (stage_dir / LOG).exists() else []
+    stage_dir = storage.path(stage_dir)
+    d = stage_dir / LOG
+    logs = sorted(list(d.glob("*.jsonl")) + list(d.glob("*.json"))) if d.exists() else []
     rows = [r for p in logs for r in _read_log(p)]
     write_shard(stage_dir / MAIN, rows, prefix="log")
     for p in logs:
@@ -105,13 +116,13 @@ def fold_logs(stage_dir: str | Path) -> int:
 def recover(stage_dir: str | Path) -> int:
     """After a kill: temporary files go (they were never renamed into place), logs are folded."""
     for sub in (MAIN, ARCHIVE):
-        atomic.clean_tmp(Path(stage_dir) / sub)
+        atomic.clean_tmp(storage.path(stage_dir) / sub)
     return fold_logs(stage_dir)
 
 
 def read_all(stage_dir: str | Path) -> pa.Table:
     """Every paid row once (deduplicated by row_id), with its write time in S.ORDER."""
-    d = Path(stage_dir)
+    d = storage.path(stage_dir)
     t = S.read_shards(d / MAIN, d / ARCHIVE, schema=SCHEMA)
     if t.num_rows == 0:
         return t
@@ -136,7 +147,7 @@ def compact(stage_dir: str | Path, keep_users: set[int]) -> pa.Table:
 
     Both new shards are written before any old file is deleted; a kill in between leaves duplicates of the same
     row_ids, which `read_all` folds back into one."""
-    d = Path(stage_dir)
+    d = storage.path(stage_dir)
     folded = fold_logs(d)
     old = S.shard_files(d / MAIN, d / ARCHIVE)
     everything = read_all(d)
@@ -155,7 +166,7 @@ def compact(stage_dir: str | Path, keep_users: set[int]) -> pa.Table:
     return final
 
 
-def _same(d: Path, final: pa.Table, everything: pa.Table) -> bool:
+def _same(d, final: pa.Table, everything: pa.Table) -> bool:
     """rationales/ is one shard holding exactly `final`, archive/ at most one, and no duplicates anywhere."""
     if len(S.shard_files(d / MAIN)) != 1 or len(S.shard_files(d / ARCHIVE)) > 1:
         return False
