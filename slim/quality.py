@@ -102,12 +102,13 @@ def of_table(t) -> dict:
 
 
 def of_shards(files) -> dict:
-    """`measure` over rationale shards read one file at a time (each user once: call after compaction)."""
-    import pyarrow.parquet as pq
+    """`measure` over rationale shards read one file at a time (each user once: call after compaction); local
+    files or objects in a bucket."""
+    from slim import storage
 
     tally = Tally()
     for f in files:
-        tally.add(_rows(pq.read_table(f, columns=list(_COLUMNS))))
+        tally.add(_rows(storage.read_table(f, columns=list(_COLUMNS))))
     return tally.result()
 
 
