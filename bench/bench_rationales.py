@@ -149,8 +149,10 @@ def main() -> None:
 def write(a, lines: list[str], wall: dict, load0: float) -> None:
     cmd = "PYTHONPATH=. .venv/bin/python bench/bench_rationales.py " + " ".join(sys.argv[1:])
     head = ["# Rationale quality: schema and repetition control, teacher and student", "", f"Command: `{cmd}`", "",
-            f"Machine: 2 CPU cores, load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-            "(other work ran beside it; seconds per user are wall time on a shared machine). Models: SmolLM2-135M-"
+            ("Machine: 2 CPU cores; this table was read from finished runs (--report-only), whose load was not "
+             "recorded. " if a.report_only else f"Machine: 2 CPU cores, load average {load0:.1f} at the start, "
+             f"{os.getloadavg()[0]:.1f} at the end (other work may run beside it). ")
+            + "Seconds per user are wall time. Models: SmolLM2-135M-"
             f"Instruct (teacher, and the distilled student), all-MiniLM-L6-v2. {a.users} users per dataset "
             f"(fixed-seed subsample), the teacher writes for {a.teacher_users} of them. Options: `schema` = "
             "slim.rationale.SCHEMA through the teacher's response_format, the distillation target and the student's "
