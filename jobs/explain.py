@@ -33,5 +33,8 @@ if __name__ == "__main__":
     r = out["rationale"] or {"steps": ["(no rationale)", "", ""], "status": "missing"}
     for n, step in enumerate(r["steps"], 1):
         print(f"step {n}: {step.strip()[:400]}")
+    found = [p for p in r.get("products", []) if p["item_id"]]
+    if found:  # step 3's products that are real catalogue items
+        print("in the catalogue: " + "; ".join(f"{p['product']} -> {p['title']} (item {p['item_id']})" for p in found))
     for n, it in enumerate(out["items"], 1):
         print(f"{n:3d}. {it['score']:8.3f}  {it['title']} (item {it['item_id']})")

@@ -47,6 +47,10 @@ def _rationales(root: Path) -> None:
          C.STATUS: "ok"},
         {C.USER_ID: 4, C.RATIONALE: "garbled", C.STEP1: "", C.STEP2: "", C.STEP3: "", C.STATUS: "malformed"},
     ]), root / C.STUDENT_SHARDS / "part-0.parquet")
+    # the encode stage's matches of user 3's step-3 products: one to item 7, one to nothing (0)
+    (root / C.EMBEDDINGS_DIR).mkdir(exist_ok=True)
+    pq.write_table(pa.table({C.USER_ID: [3], "products": [["Game 7 remake", "a toaster"]], "item_ids": [[7, 0]],
+                             "sims": [[0.9, 0.1]]}), root / C.GROUNDING_FILE.format(source="student"))
 
 
 def _train(root: Path):
@@ -188,6 +192,8 @@ def test_known_user_full_ranking_titles_and_rationale(app):
     assert [h["item_id"] for h in r["history"]] == seqs[3].tolist()
     assert r["rationale"]["steps"] == list(STEPS) and r["fallback"] is None
     assert r["rationale"]["status"] == "ok" and r["rationale"]["text"] == " ".join(STEPS)
+    assert r["rationale"]["products"] == [{"product": "Game 7 remake", "item_id": 7, "title": titles[6]},
+                                          {"product": "a toaster", "item_id": None, "title": None}]
     assert c.post("/recommend", json={"user_id": 4}).json()["rationale"]["status"] == "malformed"  # shown as stored
     assert c.post("/recommend", json={"user_id": 5}).json()["rationale"] is None
     # the library's explanation (jobs/explain.py) gives the same items, scores and rationale
@@ -328,6 +334,7 @@ def test_page_renders_a_recommendation_in_headless_chromium(app, tmp_path):
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     top = app["client"].post("/recommend", json={"user_id": 3, "k": 5}).json()
     assert top["items"][0]["title"] in dom and STEPS[1] in dom
+    assert 'items/7"' in dom  # the grounded product links to its item
     assert f"<td>{top['items'][0]['score']:.4f}</td>" in dom
     # picked items (a new user): the history is shown with titles, and no rationale exists
     dom = subprocess.run(flags + ["--dump-dom", url.replace("user_id=3", "history=21,22,23")], capture_output=True,

@@ -43,7 +43,7 @@ def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: O
 
 
 def rationales(run_dir: str | Path, source: str = "student") -> dict:
-    """user_id -> {text, steps, status}: the stored rationales of `source` ("student" or "teacher"), one per user by
+    """user_id -> {text, steps, status, products}: the stored rationales of `source` ("student" or "teacher"), one per user by
     the shards' own latest-row rule (slim.shards); {} when that stage has not run."""
     from slim import shards
 
@@ -52,9 +52,22 @@ def rationales(run_dir: str | Path, source: str = "student") -> dict:
         return {}
     t = shards.read_latest(folder, columns=[C.USER_ID, *RATIONALE_COLS])
     cols = {c: t.column(c).to_pylist() for c in (C.USER_ID, *RATIONALE_COLS)}
+    found = grounded(run_dir, source)
     return {int(u): {"text": cols[C.RATIONALE][i] or "", "status": cols[C.STATUS][i],
-                     "steps": [cols[s][i] or "" for s in (C.STEP1, C.STEP2, C.STEP3)]}
+                     "steps": [cols[s][i] or "" for s in (C.STEP1, C.STEP2, C.STEP3)],
+                     "products": found.get(int(u), [])}
             for i, u in enumerate(cols[C.USER_ID])}
+
+
+def grounded(run_dir: str | Path, source: str = "student") -> dict:
+    """user_id -> [{product, item_id}]: the products named in step 3 and the catalogue item each matched (the
+    encode stage's grounding file; item_id None where nothing passed encode.ground_threshold); {} without one."""
+    p = storage.path(run_dir) / C.GROUNDING_FILE.format(source=source)
+    if not p.exists():
+        return {}
+    t = storage.read_table(p, columns=[C.USER_ID, "products", "item_ids"]).to_pydict()
+    return {int(u): [{"product": name, "item_id": int(i) or None} for name, i in zip(names, ids)]
+            for u, names, ids in zip(t[C.USER_ID], t["products"], t["item_ids"])}
 
 
 @dataclass
@@ -116,9 +129,12 @@ class Explainer:
         if user_id not in self.users:
             raise KeyError(f"user_id {user_id} is not in {self.root / C.USERS_FILE}")
         hist = list(self.users[user_id])
+        why = self.texts.get(user_id)
+        if why is not None:  # grounded products link to real items: their titles beside the names the model wrote
+            why = {**why, "products": [{**p, "title": self.titles.get(p["item_id"])} for p in why["products"]]}
         return {"user_id": user_id, "run": self.run,
                 "history": [{"item_id": int(i), "title": self.titles.get(int(i))} for i in hist],
-                "rationale": self.texts.get(user_id),
+                "rationale": why,
                 "rationale_used": self.user_vector(user_id) is not None,
                 "items": self.recommend(hist, k, user_id)}
 

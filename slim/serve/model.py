@@ -128,8 +128,12 @@ class Ranker:
         return self.titles[item_id - 1]
 
     def explain(self, user_id: Optional[int]) -> Optional[dict]:
-        """The stored rationale of a known user split into its steps, else None."""
-        return self.rationales.get(user_id) if user_id is not None else None
+        """The stored rationale of a known user split into its steps, with its grounded products, else None."""
+        why = self.rationales.get(user_id) if user_id is not None else None
+        if why is None:
+            return None
+        return {**why, "products": [{**p, "title": self.title(p["item_id"]) if p["item_id"] else None}
+                                    for p in why.get("products", [])]}
 
     def user_text(self, q: Query) -> tuple[Optional[np.ndarray], Optional[str]]:
         """(the rationale vector the model gets [Du] or None, why the request went without one or None): the one

@@ -59,6 +59,10 @@ function render(d) {
   if (d.rationale) { const ol = document.createElement('ol');
     d.rationale.steps.filter(s => s).forEach(s => ol.append(text('li', s)));
     $('why').append(ol.children.length ? ol : text('p', d.rationale.text));
+    const found = (d.rationale.products || []).filter(p => p.item_id);
+    if (found.length) { const p = text('p', 'In the catalogue: '); found.forEach(g => { const a = text('a', g.title);
+      a.href = base + 'items/' + g.item_id; a.className = 'chip'; a.title = g.product; p.append(a); });
+      $('why').append(p); }
     if (d.generation) $('why').append(text('p', 'Written for this history by the student in ' +
       d.generation.seconds.toFixed(1) + ' s.')); }
   else $('why').append(text('p', d.fallback || 'No stored rationale for this request.'));

@@ -51,9 +51,16 @@ class ScoredItem(Item):
     score: float
 
 
+class Product(BaseModel):
+    product: str = Field(description="a product as step 3 names it")
+    item_id: Optional[int] = Field(None, description="the catalogue item it was matched to (encode stage), if any")
+    title: Optional[str] = None
+
+
 class Rationale(BaseModel):
     text: str
     steps: list[str]
+    products: list[Product] = Field([], description="step 3's products grounded in the catalogue (GET /items/{id})")
     status: Optional[str] = Field(None, description="ok | malformed | failed, as the generating stage wrote it")
 
 
