@@ -70,6 +70,14 @@ def grounded(run_dir: str | Path, source: str = "student") -> dict:
             for u, names, ids in zip(t[C.USER_ID], t["products"], t["item_ids"])}
 
 
+def titled(why: Optional[dict], title) -> Optional[dict]:
+    """A stored rationale with its grounded products' titles (title: item_id -> title), so they link to real items."""
+    if why is None:
+        return None
+    return {**why, "products": [{**p, "title": title(p["item_id"]) if p["item_id"] else None}
+                                for p in why.get("products", [])]}
+
+
 @dataclass
 class Explainer:
     """One trained run loaded once: item titles, the model, and the user table, for many explain() calls."""
@@ -129,9 +137,7 @@ class Explainer:
         if user_id not in self.users:
             raise KeyError(f"user_id {user_id} is not in {self.root / C.USERS_FILE}")
         hist = list(self.users[user_id])
-        why = self.texts.get(user_id)
-        if why is not None:  # grounded products link to real items: their titles beside the names the model wrote
-            why = {**why, "products": [{**p, "title": self.titles.get(p["item_id"])} for p in why["products"]]}
+        why = titled(self.texts.get(user_id), self.titles.get)
         return {"user_id": user_id, "run": self.run,
                 "history": [{"item_id": int(i), "title": self.titles.get(int(i))} for i in hist],
                 "rationale": why,

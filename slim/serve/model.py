@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from slim import columns as C
-from slim.recsys.explain import NoModelError, pick_run, rationales  # noqa: F401 (re-exported)
+from slim.recsys.explain import NoModelError, pick_run, rationales, titled  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,7 @@ class Ranker:
 
     def explain(self, user_id: Optional[int]) -> Optional[dict]:
         """The stored rationale of a known user split into its steps, with its grounded products, else None."""
-        why = self.rationales.get(user_id) if user_id is not None else None
-        if why is None:
-            return None
-        return {**why, "products": [{**p, "title": self.title(p["item_id"]) if p["item_id"] else None}
-                                    for p in why.get("products", [])]}
+        return titled(self.rationales.get(user_id), self.title) if user_id is not None else None
 
     def user_text(self, q: Query) -> tuple[Optional[np.ndarray], Optional[str]]:
         """(the rationale vector the model gets [Du] or None, why the request went without one or None): the one
