@@ -337,8 +337,8 @@ def test_example_dataset_holds_the_fanout_examples(ray_local):
         model = build_model(spec, N, text)
         want = example_arrays(model.per_position, spec.variant == "text_match", seqs, spec.max_len,
                               *((u.vec, u.present, u.cut) if u else ()))
-        ds, n, targets = example_dataset(model, d, spec.max_len, u, block_users=5)
-        assert ds.num_blocks() >= 8 and n == len(want["x"]) and targets == int((want["y"] > 0).sum()), spec.name
+        ds, n, targets = example_dataset(model, d, spec.max_len, u, block_users=10)
+        assert ds.num_blocks() >= 4 and n == len(want["x"]) and targets == int((want["y"] > 0).sum()), spec.name
         got = ds.to_pandas()
         a, b = np.lexsort((want["pos"], want["user"])), np.lexsort((got["pos"].to_numpy(), got["user"].to_numpy()))
         for k, w in want.items():
