@@ -388,8 +388,8 @@ def test_ranking_in_blocks_on_the_cluster_equals_the_driver(run_dir, ray_local):
     protocols = ("uni100", "pop100", "full", "full_keep")
     ranker = Ranker(d, block_users=23)  # 4 blocks, the last one short
     assert len(ranker.bounds) == 4
-    for spec, u in ((RunSpec("sasrec", "id", 0, hidden=16, max_len=10), None),
-                    (RunSpec("gru4rec", "slim", 0, hidden=16, max_len=10, user_text_dim=8, rationale_field="whole"), ut)):
+    slim = RunSpec("gru4rec", "slim", 0, hidden=16, max_len=10, user_text_dim=8, rationale_field="whole")
+    for spec, u in ((RunSpec("sasrec", "id", 0, hidden=16, max_len=10), None), (slim, ut)):
         model = build_model(spec, N, rng.standard_normal((N + 1, 8)).astype(np.float32)).eval()
         for split in ("valid", "test"):
             want = ranks(model, d, split, protocols, spec.max_len, u, top=10)
