@@ -11,6 +11,10 @@ weighted by its share of the step's targets, so that the step is the one a singl
 
 Seed stability: the permutation of each epoch is fixed by the seed, but `streaming_split` hands blocks to
 whichever worker asks first, so which rank trains on which example (and so the exact weights) varies between runs.
+
+What still travels whole: the item-text table (part of every rank's model) to every worker, and the users'
+sequences and candidates to rank 0, which evaluates (in Ray tasks over blocks of users when they are many:
+recsys.blocks). The driver still holds SeqData (recsys.data.load) while it writes the user blocks.
 """
 
 from __future__ import annotations
