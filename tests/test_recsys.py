@@ -16,17 +16,20 @@ from tests.slimdata import candidates
 U, N = 80, 130
 
 
-def _write_run(root, seed=0):
-    """Users walk the item ids in order (i -> i+1) from a random start: next items are learnable."""
+def _write_run(root, seed=0, users=U, jump=0.0):
+    """Users walk the item ids in order (i -> i+1) from a random start: next items are learnable. jump: the chance
+    of each step going to a random item instead (harder data: accuracy off its ceiling)."""
     rng = np.random.default_rng(seed)
     (root / "data" / "candidates").mkdir(parents=True)
     seqs = []
-    for _ in range(U):
+    for _ in range(users):
         start, n = rng.integers(1, N + 1), rng.integers(6, 14)
-        seqs.append(((start - 1 + np.arange(n)) % N + 1).astype(np.int32))
+        steps = np.where(rng.random(n) < jump, rng.integers(1, N, n), 1) if jump else np.ones(n, np.int64)
+        steps[0] = 0  # (no draw without jump: the other tests' data stay as they were)
+        seqs.append(((start - 1 + np.cumsum(steps)) % N + 1).astype(np.int32))
     pq.write_table(pa.table({
-        C.USER_ID: pa.array(np.arange(U, dtype=np.int64)),
-        C.RAW_USER_ID: [f"u{i}" for i in range(U)],
+        C.USER_ID: pa.array(np.arange(users, dtype=np.int64)),
+        C.RAW_USER_ID: [f"u{i}" for i in range(users)],
         C.ITEM_IDS: pa.array([s.tolist() for s in seqs], pa.list_(pa.int32())),
         C.TIMESTAMPS: pa.array([list(range(len(s))) for s in seqs], pa.list_(pa.int64())),
         C.HISTORY_LEN: pa.array([len(s) for s in seqs], pa.int32()),
@@ -131,6 +134,10 @@ def test_train_fanout_resume_evaluate(run_dir, ray_local):
                           cpus_per_run=1.0)
     m = job.run(cfg)
     assert m.counts == {"runs": 4, "trained_now": 4, "users": U}
+    recs = [json.loads(p.read_text()) for p in (run_dir / "models").glob("*/metrics.json")]
+    assert m.extra["trained_targets"] == sum(r["train_targets"] for r in recs) > 0  # every run trained now
+    assert m.extra["rows_per_s"] == pytest.approx(m.extra["trained_targets"] / m.timings["total_s"])
+    assert 100 < m.extra["driver_peak_rss_mb"] < 64_000  # MB (a KiB/bytes mix-up is off by 1000x)
     rec = json.loads((run_dir / "models" / "gru4rec-id-bce-s0" / "metrics.json").read_text())
     assert rec["test"]["uni100"]["NDCG@10"] > 3 * 4.50  # the i -> i+1 pattern is learnt, far above chance
     assert (run_dir / "models" / "srgnn-id_text-bce-s0" / "model.pt").exists()
@@ -138,8 +145,12 @@ def test_train_fanout_resume_evaluate(run_dir, ray_local):
     (run_dir / "train" / "manifest.json").unlink()
     m2 = job.run(replace(cfg, seeds=(0, 1), backbones=("gru4rec",), variants=("id",)))
     assert m2.counts == {"runs": 2, "trained_now": 1, "users": U}
-    ev = evaluate.run(evaluate.EvaluateConfig(run_dir=str(run_dir), protocols=("uni100", "full")))
+    assert m2.extra["trained_targets"] == json.loads(
+        (run_dir / "models" / "gru4rec-id-bce-s1" / "metrics.json").read_text())["train_targets"]  # the new run only
+    ev = evaluate.run(evaluate.EvaluateConfig(run_dir=str(run_dir), protocols=("uni100", "full"), block_users=30))
     assert ev.counts["runs"] == 2
+    assert ev.extra["rows_per_s"] == pytest.approx(2 * U / ev.timings["rank_s"])  # 3 blocks of users per run
+    assert 100 < ev.extra["driver_peak_rss_mb"] < 64_000
     res = json.loads((run_dir / "reports" / "results.json").read_text())
     row = res["rows"]["bce"]["gru4rec-id"]
     assert row["seeds"] == [0, 1] and row["uni100"]["NDCG@10"][2] == 2
@@ -161,26 +172,73 @@ def _popularity_ndcg10(d, split="test", protocol="uni100") -> float:
     return M.metrics_from_ranks(M.target_rank(counts[d.candidates[(split, protocol)]]))["NDCG@10"]
 
 
-def test_ray_train_ddp_two_workers_matches_fanout(tmp_path, ray_local):
-    """The shared epoch loop: Ray Train (2 gloo workers) and the fan-out path learn the same pattern as well."""
-    from slim.recsys import job
+EPOCHS, TOL_SHARDS = 12, 5.0  # the Ray Train over shards vs fan-out runs below
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, ray_local):
+    """One Ray Train run through the train stage (ddp, 2 gloo workers, 12 epochs) over Ray Data shards, on 400 users
+    whose walks jump to a random item 30% of the time (accuracy well off its ceiling), every rank writing the
+    example ids it trained on per epoch."""
+    from functools import partial
+
+    from slim.recsys import distributed, job
+
+    root = tmp_path_factory.mktemp("sharded")
+    _write_run(root, seed=1, users=400, jump=0.3)
+    trace = root / "trace"
+    trace.mkdir()
+    cfg = job.TrainConfig(run_dir=str(root), backbones=("sasrec",), variants=("id",), seeds=(0,), hidden=16,
+                          max_len=10, epochs=EPOCHS, patience=EPOCHS, batch_size=32, lr=5e-3, strategy="ddp",
+                          num_workers=2, cpus_per_run=1.0, test_protocols=("uni100",))
+    with pytest.MonkeyPatch.context() as mp:  # the stage's own call, with the trace switched on
+        mp.setattr(distributed, "train_distributed", partial(distributed.train_distributed, trace=str(trace)))
+        m = job.run(cfg)
+    return root, trace, m, json.loads((root / "models" / "sasrec-id-bce-s0" / "metrics.json").read_text())
+
+
+def test_ray_train_shards_see_every_example_once_per_epoch(sharded):
+    """Over the 2 workers every training example is trained on exactly once per epoch, each worker sees only part of
+    them, both take the same number of steps (collectives in step although Ray Data's shards are uneven), and the
+    order changes from epoch to epoch."""
+    root, trace, _, rec = sharded
+    d = D.load(root)
+    w = D.train_windows(d.seqs, 10)  # sasrec: per-position windows; an example is (user, its last target's index)
+    every = sorted(zip(w.user.tolist(), w.tpos.max(axis=1).tolist()))
+    assert len(set(every)) == len(every) == rec["train_examples"]
+    rows = max(1, round(32 / ((w.y > 0).sum() / len(w.y))))  # train.batch_rows: 32 targets per rank and step
+    firsts = []
+    for epoch in range(EPOCHS):
+        z = [np.load(trace / f"rank{r}-epoch{epoch}.npz") for r in range(2)]
+        ids = [list(map(tuple, x["ids"].tolist())) for x in z]
+        assert sorted(ids[0] + ids[1]) == every, epoch  # each example once: none dropped, none repeated
+        assert all(0 < len(i) < len(every) for i in ids), [len(i) for i in ids]  # a part each, not the whole set
+        assert int(z[0]["steps"]) == int(z[1]["steps"]) >= -(-len(every) // (2 * rows))
+        firsts.append(ids[0][:20])
+    assert len({tuple(f) for f in firsts}) > 1  # reshuffled between epochs
+
+
+def test_ray_train_over_shards_matches_fanout(sharded):
+    """Ray Train over shards reaches the fan-out path's accuracy within seed noise. Measured on this data (400
+    users, 12 epochs, uni100 NDCG@10): fan-out seeds 0-4 test 60.9-63.9, valid 64.1-66.1 (seeds 0-2, the
+    reference here: test 62.8-63.9, valid 65.6-66.1); Ray Train over shards, 8 runs while this was written (its
+    runs are not bit-reproducible, see recsys.ingest): test 59.6-63.6, valid 62.8-66.5, i.e. down to 3.2 points
+    below the reference. The strided DDP path this replaced scored test 59.6 / 60.7, valid 62.6 / 61.7. So
+    TOL_SHARDS is 5 points, a little over Ray Train's own seed spread (4 points); popularity ranking scores 4.3."""
     from slim.recsys.train import RunSpec, fit
 
-    _write_run(tmp_path, seed=1)
-    cfg = job.TrainConfig(run_dir=str(tmp_path), backbones=("sasrec",), variants=("id",), seeds=(0,), hidden=16,
-                          max_len=10, epochs=8, patience=8, batch_size=32, lr=5e-3, strategy="ddp", num_workers=2,
-                          cpus_per_run=1.0, test_protocols=("uni100",))
-    job.run(cfg)
-    rec = json.loads((tmp_path / "models" / "sasrec-id-bce-s0" / "metrics.json").read_text())
-    assert rec["workers"] == 2 and rec["strategy"] == "ddp" and rec["epochs_run"] == 8
-    d = D.load(tmp_path)
+    root, _, m, rec = sharded
+    assert rec["workers"] == 2 and rec["strategy"] == "ddp" and rec["epochs_run"] == EPOCHS
+    d = D.load(root)
     # the same global batch (2 ranks x 32) and so the same number of optimizer steps
-    spec = RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=8, patience=8, batch_size=64, lr=5e-3)
-    _, fan = fit(spec, d, None, test_protocols=("uni100",))
-    ddp, fo, pop = rec["test"]["uni100"]["NDCG@10"], fan["test"]["uni100"]["NDCG@10"], _popularity_ndcg10(d)
-    assert ddp > pop + 15 and fo > pop + 15, (ddp, fo, pop)
-    assert abs(ddp - fo) < 10, (ddp, fo)  # 80 users: NDCG@10 has a standard error of ~4.5 points per run
-    assert rec["train_targets"] == fan["train_targets"]  # every target once per epoch over the two ranks
+    spec = RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=EPOCHS, patience=EPOCHS, batch_size=64, lr=5e-3)
+    fan = [fit(replace(spec, seed=s), d, None, test_protocols=("uni100",))[1] for s in (0, 1, 2)]
+    assert rec["train_targets"] == fan[0]["train_targets"]  # every target once per epoch over the two ranks
+    pop = _popularity_ndcg10(d)
+    for split in ("valid", "test"):
+        got, ref = rec[split]["uni100"]["NDCG@10"], [f[split]["uni100"]["NDCG@10"] for f in fan]
+        assert got > pop + 30, (split, got, pop)
+        assert min(ref) - TOL_SHARDS <= got <= max(ref) + TOL_SHARDS, (split, got, ref)
 
 
 @pytest.mark.gpu
@@ -260,37 +318,83 @@ def test_ray_train_deepspeed_two_workers(tmp_path, ray_local):
     assert rec["strategy"] == "deepspeed" and rec["workers"] == 2
 
 
-def test_ddp_ranks_take_equal_steps_without_duplicates():
-    import torch
+def test_example_dataset_holds_the_fanout_examples(ray_local):
+    """The Ray Data examples (cut per block of users by Ray tasks) are the fan-out path's examples, rationale
+    columns included, for windows (sasrec + slim), prefixes (srgnn) and the text matcher."""
+    from slim.recsys.ingest import example_dataset
+    from slim.recsys.train import RunSpec, build_model, example_arrays, examples
+    from slim.recsys.usertext import UserText
 
-    from slim.recsys.distributed import rank_batches
+    rng = np.random.default_rng(0)
+    seqs = [((s - 1 + np.arange(n)) % N + 1).astype(np.int64) for s, n in zip(rng.integers(1, N + 1, 37),
+                                                                              rng.integers(4, 30, 37))]
+    d = D.SeqData(np.arange(37), seqs, N, {})
+    ut = UserText(rng.standard_normal((37, 8)).astype(np.float32), rng.random(37) < 0.7, 3, "whole", "student")
+    text = rng.standard_normal((N + 1, 8)).astype(np.float32)
+    for spec, u in ((RunSpec("sasrec", "slim", 0, hidden=8, max_len=10, user_text_dim=8, rationale_field="whole"), ut),
+                    (RunSpec("srgnn", "id", 0, hidden=8, max_len=10), None),
+                    (RunSpec("none", "text_match", 0, user_text_dim=8, rationale_field="whole"), ut)):
+        model = build_model(spec, N, text)
+        want = example_arrays(model.per_position, spec.variant == "text_match", seqs, spec.max_len,
+                              *((u.vec, u.present, u.cut) if u else ()))
+        ds, n, targets = example_dataset(model, d, spec.max_len, u, block_users=10)
+        assert ds.num_blocks() >= 4 and n == len(want["x"]) and targets == int((want["y"] > 0).sum()), spec.name
+        got = ds.to_pandas()
+        a, b = np.lexsort((want["pos"], want["user"])), np.lexsort((got["pos"].to_numpy(), got["user"].to_numpy()))
+        for k, w in want.items():
+            g = got[k].to_numpy()
+            g = np.stack(g) if w.ndim > 1 else g
+            assert np.array_equal(g[b], w[a]), (spec.name, k)
+        if u is not None:  # and what the fan-out path trains on: its Batches are these columns
+            assert np.array_equal(examples(model, d, spec.max_len, u).text.numpy(), want["text"])
 
-    for total, world, bs in ((64, 2, 8), (65, 2, 8), (7, 2, 8), (100, 4, 5)):
-        order = torch.randperm(total)
-        per_rank = [rank_batches(order[r::world], total, world, bs) for r in range(world)]
-        assert len({len(b) for b in per_rank}) == 1  # same step count on every rank
-        seen = torch.cat([i for b in per_rank for i in b])
-        assert sorted(seen.tolist()) == list(range(total))  # each example once: none dropped, none repeated
-    assert len(rank_batches(torch.arange(32), 64, 2, 8)) == 4  # evenly divisible: no extra step
+
+def test_workers_get_refs_not_the_users(ray_local):
+    """What every Ray Train worker receives (train_loop_config) stays the same small size as users grow: the
+    users' sequences and candidates travel as an object ref that rank 0 alone fetches, the training examples as
+    Ray Data shards."""
+    import pickle
+
+    import ray
+
+    from slim.recsys import job
+    from slim.recsys.distributed import loop_config
+    from slim.recsys.train import RunSpec
+
+    cfg = job.TrainConfig(strategy="ddp")
+    spec = RunSpec("sasrec", "id", 0)
+    sizes = []
+    for users in (100, 20_000):
+        rng = np.random.default_rng(0)
+        seqs = [rng.integers(1, N + 1, 20) for _ in range(users)]
+        d = D.SeqData(np.arange(users), seqs, N, {("valid", "uni100"): rng.integers(1, N + 1, (users, 101))})
+        conf = loop_config(spec, d, None, None, "out", "fp", cfg, rows=8, examples=users)
+        assert all(not isinstance(v, (D.SeqData, np.ndarray, list)) for v in conf.values())
+        sizes.append(len(pickle.dumps(conf)))
+        assert ray.get(conf["eval"])[0].seqs[-1].tolist() == seqs[-1].tolist()  # rank 0 gets the users back
+    assert sizes[1] - sizes[0] < 64 and sizes[1] < 4096, sizes
 
 
-def test_ddp_epochs_see_every_example_once_over_ranks():
-    """Each epoch's permutation is the same on every rank even though the ranks draw different numbers of negatives
-    from their own generators between epochs (the permutation was drawn from that generator before)."""
-    import torch
+def test_ranking_in_blocks_on_the_cluster_equals_the_driver(run_dir, ray_local):
+    """Ray tasks over blocks of users (model put once) give the in-driver ranks exactly: every protocol, the
+    full-ranking top-10, a rationale model's vectors cut with its users."""
+    from slim.recsys.blocks import Ranker
+    from slim.recsys.train import RunSpec, build_model, evaluate, ranks
+    from slim.recsys.usertext import UserText
 
-    from slim.recsys.distributed import epoch_batches
-
-    total, world, bs = 101, 3, 8
-    ranks = [epoch_batches(total, 7, r, world, bs) for r in range(world)]
-    neg = [torch.Generator().manual_seed(7) for _ in range(world)]
-    firsts = []
-    for epoch in range(3):
-        per_rank = [ranks[r](epoch) for r in range(world)]
-        for r in range(world):  # rank-dependent draws in between, as the negative sampling does
-            torch.randint(1, 10, (5 + r * 3,), generator=neg[r])
-        assert len({len(b) for b in per_rank}) == 1
-        seen = torch.cat([i for b in per_rank for i in b])
-        assert sorted(seen.tolist()) == list(range(total))
-        firsts.append(per_rank[0][0].tolist())
-    assert firsts[0] != firsts[1]  # a new permutation every epoch
+    d = D.load(run_dir)
+    rng = np.random.default_rng(0)
+    ut = UserText(rng.standard_normal((U, 8)).astype(np.float32), rng.random(U) < 0.7, 3, "whole", "student")
+    protocols = ("uni100", "pop100", "full", "full_keep")
+    ranker = Ranker(d, block_users=23)  # 4 blocks, the last one short
+    assert len(ranker.bounds) == 4
+    slim = RunSpec("gru4rec", "slim", 0, hidden=16, max_len=10, user_text_dim=8, rationale_field="whole")
+    for spec, u in ((RunSpec("sasrec", "id", 0, hidden=16, max_len=10), None), (slim, ut)):
+        model = build_model(spec, N, rng.standard_normal((N + 1, 8)).astype(np.float32)).eval()
+        for split in ("valid", "test"):
+            want = ranks(model, d, split, protocols, spec.max_len, u, top=10)
+            got = ranker.ranks(model, split, protocols, spec.max_len, u, top=10)
+            assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want), (spec.name, split)
+        assert ranker.evaluate(model, "test", protocols, spec.max_len, u) == evaluate(model, d, "test", protocols,
+                                                                                      spec.max_len, u)
+    assert len(ranker._refs) == 2  # the blocks went to the object store once per user-text table, not per call

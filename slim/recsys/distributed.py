@@ -1,12 +1,14 @@
 """One large run on Ray Train `TorchTrainer`: DDP (gloo on CPU, nccl on GPU) or DeepSpeed ZeRO-2.
 
-Each worker trains on its shard of the training examples; rank 0 evaluates the validation split after every
-epoch and broadcasts the early-stopping decision, and at the end writes the best weights + metrics.json.
+Each worker trains on its shard of the training examples, read from a Ray Data dataset (slim.recsys.ingest); rank 0
+evaluates the validation split after every epoch and broadcasts the early-stopping decision, and at the end writes
+the best weights + metrics.json.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -62,83 +64,89 @@ def on_device(fwd, device: torch.device, amp: str):
     return forward
 
 
-def rank_batches(mine: torch.Tensor, total: int, world: int, bs: int) -> list:
-    """This rank's batches: every rank takes the same number of steps (ceil(total / (world * bs))) so collectives
-    stay in step; a rank whose share runs out gets an empty batch rather than a duplicated example."""
-    steps = -(-total // (world * bs))
-    return [mine[i * bs:(i + 1) * bs] for i in range(steps)]
-
-
-def epoch_batches(total: int, seed: int, rank: int, world: int, bs: int):
-    """batches(epoch) for this rank: one permutation per epoch, the same on every rank, each rank taking a stride.
-    Its own generator: the negatives' generator advances by a rank-dependent amount (targets per batch differ),
-    so permutations drawn from it would differ between ranks after the first epoch."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def batches(epoch: int) -> list:
-        order = torch.randperm(total, generator=gen)
-        return rank_batches(order[rank::world], total, world, bs)
-
-    return batches
-
-
 def _loop(conf: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
 
     from slim.recsys.checkpoint import save_run
-    from slim.recsys.train import EarlyStop, build_model, evaluate, examples, rows_per_batch, train_epochs
+    from slim.recsys.ingest import TRAIN, placeholder, shard_batches
+    from slim.recsys.blocks import Ranker
+    from slim.recsys.train import EarlyStop, build_model, train_epochs
 
-    spec, d, text = conf["spec"], conf["data"], conf["text"]
+    spec = conf["spec"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
     torch.manual_seed(spec.seed)  # same init on every rank
     torch.set_num_threads(spec.threads)
-    ut = conf["ut"]
-    model = build_model(spec, d.num_items, text).to(device)
+    text = None if conf["text"] is None else ray.get(conf["text"])  # item vectors: part of every rank's model
+    model = build_model(spec, conf["num_items"], text).to(device)
     fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])
     fwd = on_device(fwd, device, conf["amp"])
-    b = examples(model, d, spec.max_len, ut)
-    batches = epoch_batches(len(b.x), spec.seed, rank, world, rows_per_batch(spec, b.y))
-    gen = torch.Generator().manual_seed(spec.seed)  # the negatives
+    torch.manual_seed(spec.seed + 7919 * rank)  # the init was the same everywhere; dropout masks differ per rank
+    idle = placeholder(model.per_position, spec.user_text_dim)
+    batches = shard_batches(ray.train.get_dataset_shard(TRAIN), conf["rows"], device, idle, conf["trace"], rank)
+    # the negatives: a generator per rank, else every rank draws the same negatives for its step's targets
+    gen = torch.Generator().manual_seed(spec.seed + 7919 * rank)
     stopper = EarlyStop(spec.patience, conf["valid_protocol"])
+    d, ut = ray.get(conf["eval"]) if rank == 0 else (None, None)  # the users, for rank 0's evaluation only
+    ranker = Ranker(d, conf["block_users"]) if rank == 0 else None  # in blocks on the cluster when they are many
 
     def end_epoch(epoch, loss, t0):
         stop = torch.zeros(1, device=device)  # nccl collectives take GPU tensors
         if rank == 0:  # rank 0's mean loss stands for the group's
-            val = evaluate(model, d, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
+            val = ranker.evaluate(model, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
             stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"]))
         dist.broadcast(stop, src=0)
         ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
         return bool(stop.item())
 
-    n_targets, t_train = train_epochs(spec, model, b, batches, fwd, backward, opt_step, gen, end_epoch)
+    n_targets, t_train = train_epochs(spec, model, batches, fwd, backward, opt_step, gen, end_epoch)
     group = torch.tensor([n_targets], device=device)
     dist.all_reduce(group)  # the targets of the whole group: ranks' shares differ in targets per window
     if rank == 0:
-        rec = stopper.record(model, spec, d, conf["test_protocols"], int(group.item()), t_train, ut)
-        save_run(storage.path(conf["out"]), model, spec, d.num_items,
+        rec = stopper.record(model, spec, d, conf["test_protocols"], int(group.item()), t_train, ut, ranker.evaluate)
+        save_run(storage.path(conf["out"]), model, spec, conf["num_items"],
                  {**rec, "strategy": conf["strategy"], "workers": world, "device": device.type,
-                  "amp": conf["amp"] if device.type == "cuda" else "none"}, conf["fp"])
+                  "amp": conf["amp"] if device.type == "cuda" else "none", "train_examples": conf["examples"]},
+                 conf["fp"])
 
 
-def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg) -> None:
+def loop_config(spec, d, text, ut, out, fp: str, cfg, rows: int, examples: int, trace=None) -> dict:
+    """What every worker receives: the spec and object refs, not the users: the training examples come as Ray Data
+    shards; the users' sequences and candidates (d, ut) are fetched by rank 0 alone, which evaluates."""
+    import ray
+
+    return {"spec": spec, "num_items": d.num_items, "text": None if text is None else ray.put(text),
+            "eval": ray.put((d, ut)), "rows": rows, "examples": examples, "out": str(out), "fp": fp,
+            "strategy": cfg.strategy, "valid_protocol": cfg.valid_protocol,
+            "test_protocols": tuple(cfg.test_protocols), "amp": cfg.amp, "trace": trace,
+            "block_users": cfg.eval_block_users}
+
+
+def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg, trace: Optional[str] = None) -> dict:
+    """One Ray Train run; -> {"examples", "targets"} of one epoch. trace: see ingest.shard_batches."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from slim.raycluster import init_ray
+    from slim.recsys.ingest import TRAIN, NoDropSplit, epoch_shuffled, example_dataset
+    from slim.recsys.train import batch_rows, build_model
 
     init_ray(cfg.ray_address, cfg.num_cpus)
     where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
-    conf = {"spec": spec, "data": d, "text": text, "ut": ut, "out": str(out), "fp": fp, "strategy": cfg.strategy,
-            "valid_protocol": cfg.valid_protocol, "test_protocols": tuple(cfg.test_protocols), "amp": cfg.amp}
+    model = build_model(spec, d.num_items, text)  # what kind of examples it trains on
+    ds, n_ex, n_tg = example_dataset(model, d, spec.max_len, ut, world=cfg.num_workers)
+    rows = batch_rows(spec, n_tg / max(1, n_ex) if model.per_position else None)
     trainer = TorchTrainer(
-        _loop, train_loop_config=conf,
+        _loop, train_loop_config=loop_config(spec, d, text, ut, out, fp, cfg, rows, n_ex, trace),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_run}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(where), storage_filesystem=fs),
+        datasets={TRAIN: epoch_shuffled(ds, spec.seed)}, dataset_config=NoDropSplit(),
     )
     trainer.fit()
+    return {"examples": n_ex, "targets": n_tg}

@@ -19,6 +19,7 @@ from slim import metrics as M
 from slim.columns import EVAL_PROTOCOLS, SPLITS
 from slim.recsys import plots as P
 from slim.recsys import report as R
+from slim.recsys.summary import peak_rss_mb, scale_line
 from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class EvaluateConfig:
     run_dir: str = "runs/default"
     protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = EVAL_PROTOCOLS  # checked at load
     split: Literal[SPLITS] = "test"
+    block_users: int = 50_000  # users per Ray task when ranking (one block: ranked in the driver)
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 
@@ -48,13 +50,14 @@ def chance_levels(d, split: str, protocols) -> dict:
     return out
 
 
-def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols) -> tuple[list, dict, dict, dict]:
+def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols, block_users: int = 50_000) -> tuple:
     """Every run -> its record with eval metrics; (loss, row) -> {protocol: [S, U] ranks}; (loss, row) -> [S, U, 10];
     (variant, field) -> the UserText read for the rationale runs."""
     from slim.recsys import usertext as UT
+    from slim.recsys.blocks import Ranker
     from slim.recsys.checkpoint import METRICS, load_model
-    from slim.recsys.train import ranks
 
+    ranker = Ranker(d, block_users)  # the users' blocks go to the object store once, for every run
     recs, rk, top, uts = [], defaultdict(lambda: defaultdict(list)), defaultdict(list), {}
     lens = np.array([len(s) for s in d.seqs])
     for rel in outputs:
@@ -64,7 +67,7 @@ def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols) -> tuple[list
         if spec.rationale_field:
             k = (spec.variant, spec.rationale_field)
             ut = uts[k] if k in uts else uts.setdefault(k, UT.load(rd.root, d.user_ids, lens, *k))
-        r = ranks(model, d, split, protocols, spec.max_len, ut, top=10)
+        r = ranker.ranks(model, split, protocols, spec.max_len, ut, top=10)
         rec["eval"] = {p: M.metrics_from_ranks(r[p]) for p in protocols}
         key = (rec["loss"], R.row_key(rec))
         for p in protocols:
@@ -111,7 +114,13 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
         return rd.read_manifest(STAGE)
     t0 = time.time()
     d = D.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
-    recs, rk, top, uts = rank_runs(rd, tm.outputs, d, cfg.split, cfg.protocols)
+    if len(d.seqs) > cfg.block_users:  # ranked in Ray tasks, block by block
+        from slim.raycluster import init_ray
+
+        init_ray(cfg.ray_address, cfg.num_cpus)
+    t_rank = time.time()
+    recs, rk, top, uts = rank_runs(rd, tm.outputs, d, cfg.split, cfg.protocols, cfg.block_users)
+    t_rank = time.time() - t_rank
     res = {"users": len(d.seqs), "items": d.num_items, "split": cfg.split,
            "chance": chance_levels(d, cfg.split, cfg.protocols), "rows": R.aggregate(recs, cfg.protocols),
            "gains": R.gains(per_user(rk), cfg.protocols),
@@ -133,9 +142,13 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     atomic.write_json(rep / "results.json", res)
     atomic.write_text(rep / "results.md", md)
     m = Manifest(STAGE, conf, inputs, outputs=["reports/results.md", "reports/results.json", "reports/plots"],
-                 counts={"runs": len(recs), "users": len(d.seqs)}, timings={"total_s": time.time() - t0})
+                 counts={"runs": len(recs), "users": len(d.seqs)},
+                 timings={"total_s": time.time() - t0, "rank_s": t_rank},
+                 extra={"rows_per_s": len(d.seqs) * len(recs) / max(t_rank, 1e-9), "block_users": cfg.block_users,
+                        "driver_peak_rss_mb": peak_rss_mb()})
     rd.write_manifest(m)
     print(md)
+    print(scale_line(STAGE, len(d.seqs) * len(recs), "user rankings (users x runs)", t_rank))
     return m
 
 

@@ -24,6 +24,7 @@ from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
 from slim.models.item_repr import VARIANTS
 from slim.recsys.checkpoint import METRICS, is_done, save_run
+from slim.recsys.summary import peak_rss_mb, scale_line
 from slim.rundir import Manifest, RunDir, fingerprint
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class TrainConfig:
     num_workers: int = 2  # Ray Train workers for ddp/deepspeed
     use_gpu: bool = False  # ddp/deepspeed: one GPU per Ray Train worker, nccl (CPU workers use gloo)
     amp: Literal["bf16", "none"] = "none"  # bf16 autocast of the training forward on GPU workers; CPU stays fp32
+    eval_block_users: int = 50_000  # ddp/deepspeed: rank 0 evaluates in Ray tasks of this many users each
     cpus_per_run: float = 1.0  # Ray CPUs per fanned-out run (fractional is fine)
     threads_per_run: int = 1  # torch threads inside a run
     ray_address: Optional[str] = None
@@ -73,7 +75,7 @@ class TrainConfig:
 
 
 RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "strategy", "num_workers", "cpus_per_run", "threads_per_run",
-                "use_gpu")
+                "use_gpu", "eval_block_users")
 
 
 def stage_config(cfg: TrainConfig) -> dict:
@@ -221,13 +223,18 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
                                   rd.root / MODELS_DIR / s.name, fp, cfg)
     recs = [json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()) for s in all_specs]
     missing = {f"{v}/{f}": int((~ut.present).sum()) for (v, f), ut in uts.items()}
+    now = {s.name for s, _ in todo}
+    trained = sum(r["train_targets"] for r in recs if r["run"] in now)  # next-item targets, every epoch
+    total_s = time.time() - t0
     m = Manifest(STAGE, stage_config(cfg), inputs, outputs=[f"{MODELS_DIR}/{s.name}" for s in all_specs],
                  counts={"runs": len(all_specs), "trained_now": len(todo), "users": len(d.seqs)},
-                 timings={"total_s": time.time() - t0},
+                 timings={"total_s": total_s},
                  extra={"targets_per_s": {r["run"]: r["targets_per_s"] for r in recs},
-                        "users_without_rationale": missing})
+                        "users_without_rationale": missing, "trained_targets": trained,
+                        "rows_per_s": trained / max(total_s, 1e-9), "driver_peak_rss_mb": peak_rss_mb()})
     rd.write_manifest(m)
     _summary(recs, missing)
+    print(scale_line(STAGE, trained, "training targets (all runs and epochs)", total_s))
     return m
 
 

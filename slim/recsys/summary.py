@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from slim.recsys import report as R
 
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (the driver's; Ray workers are other processes), in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def scale_line(stage: str, rows: int, what: str, seconds: float) -> str:
+    return (f"[{stage}] {rows:,} {what} in {seconds:.1f}s ({rows / max(seconds, 1e-9):,.0f}/s); "
+            f"driver peak RSS {peak_rss_mb():,.0f} MB")
+
 PROTOCOL_NOTES = {
     "full": "full ranking over all items, the user's history excluded (ours; the headline)",
     "full_keep": "full ranking over all items, history kept (RecBole's default for sequential models)",

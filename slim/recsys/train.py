@@ -84,29 +84,46 @@ class Batches:
                 None if self.text is None else self.text[idx], None if self.use is None else cut(self.use))
 
 
+def example_arrays(per_position: bool, text_only: bool, seqs: list, max_len: int, vec=None, present=None,
+                   cut: int = 0) -> dict:
+    """The training examples of `seqs` as numpy columns, [E, max_len] wide whatever the longest example (a Ray Data
+    block of users gives the same columns as the whole set): x, y, lens, user (row in seqs), pos (index in that
+    user's item_ids of the example's last target: (user, pos) names an example) and, with rationale vectors
+    (vec [U, Du], present [U]), text and use. text_only (the text matcher) keeps only targets where a rationale
+    may be fused (one per user: item_ids[-3]); per_position: windows for causal backbones, else prefixes."""
+    ex = (D.train_windows if per_position else D.train_prefixes)(seqs, max_len)
+    w = (lambda a, fill=0: np.pad(a, ((0, 0), (0, max_len - a.shape[1])), constant_values=fill) if a.ndim == 2 else a)
+    cols = {"x": w(ex.x), "y": w(ex.y), "lens": ex.lens, "user": ex.user,
+            "pos": ex.tpos.max(axis=1) if ex.tpos.ndim == 2 else ex.tpos}
+    if vec is None:
+        return cols
+    after = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in seqs]), cut)  # unseen targets
+    have = present[ex.user]  # [E]
+    cols.update(text=vec[ex.user], use=w(after & (have[:, None] if after.ndim == 2 else have), False))
+    if text_only:  # no sequence model: it learns only from targets after the prefix
+        cols = {k: v[after] for k, v in cols.items()}
+    return cols
+
+
 def examples(model, d: D.SeqData, max_len: int, ut: Optional[UserText] = None) -> Batches:
-    """Per-position windows for causal backbones, prefixes for session (graph) models and the text matcher; the
-    text matcher trains only where a rationale may be fused (one target per user: item_ids[-3])."""
-    ex = (D.train_windows if model.per_position else D.train_prefixes)(d.seqs, max_len)
-    if ut is None:
-        return Batches(torch.from_numpy(ex.x), torch.from_numpy(ex.y), torch.from_numpy(ex.lens))
-    after = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in d.seqs]), ut.cut)  # unseen targets
-    present = ut.present[ex.user]  # [E]
-    use = after & (present[:, None] if after.ndim == 2 else present)
-    if isinstance(model, TextMatch):  # no sequence model: it learns only from targets after the prefix
-        ex = D.Examples(*(a[after] for a in (ex.x, ex.y, ex.lens, ex.user, ex.tpos)))
-        use = use[after]
-    return Batches(torch.from_numpy(ex.x), torch.from_numpy(ex.y), torch.from_numpy(ex.lens),
-                   torch.from_numpy(ut.vec[ex.user]), torch.from_numpy(use))
+    """All of d's training examples as tensors (the fan-out path; Ray Train reads them in shards: recsys.ingest)."""
+    c = example_arrays(model.per_position, isinstance(model, TextMatch), d.seqs, max_len,
+                       *((ut.vec, ut.present, ut.cut) if ut is not None else ()))
+    t = (lambda k: torch.from_numpy(c[k]) if k in c else None)
+    return Batches(t("x"), t("y"), t("lens"), t("text"), t("use"))
 
 
 def rows_per_batch(spec: RunSpec, y: torch.Tensor) -> int:
+    return batch_rows(spec, None if y.dim() == 1 else float((y > 0).sum()) / max(1, len(y)))
+
+
+def batch_rows(spec: RunSpec, targets_per_row: Optional[float]) -> int:
     """batch_size counts next-item targets (as a RecBole row is one target): a window of a per-position model
-    holds several targets, so fewer windows go in a batch and an epoch takes as many optimizer steps."""
-    if y.dim() == 1:
+    holds several targets (targets_per_row; None: one, session models), so fewer windows go in a batch and an
+    epoch takes as many optimizer steps."""
+    if targets_per_row is None:
         return spec.batch_size
-    per_row = float((y > 0).sum()) / max(1, len(y))
-    return max(1, round(spec.batch_size / max(per_row, 1.0)))
+    return max(1, round(spec.batch_size / max(targets_per_row, 1.0)))
 
 
 def batch_loss(model, spec: RunSpec, x, y, lens, gen: torch.Generator, text=None, use=None) -> tuple[torch.Tensor, int]:
@@ -203,8 +220,10 @@ class EarlyStop:
         return self.bad >= self.patience
 
     def record(self, model, spec: RunSpec, d: D.SeqData, protocols, n_targets: int, t_train: float,
-               ut: Optional[UserText] = None) -> dict:
-        """Loads the best weights into `model`; its metrics record (valid and test on `protocols`)."""
+               ut: Optional[UserText] = None, ev=None) -> dict:
+        """Loads the best weights into `model`; its metrics record (valid and test on `protocols`).
+        ev(model, split, protocols, max_len, ut): how to evaluate (default: `evaluate` on d in this process)."""
+        ev = ev or (lambda m, split, ps, max_len, u: evaluate(m, d, split, ps, max_len, u))
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
         extra = {"item_norms": item_norms(model)}
@@ -218,8 +237,8 @@ class EarlyStop:
             "best_epoch": int(np.argmax(best)),
             "epochs_run": len(self.history), "history": self.history,
             "train_targets": n_targets, "train_seconds": t_train, "targets_per_s": n_targets / max(t_train, 1e-9),
-            "valid": evaluate(model, d, "valid", protocols, spec.max_len, ut),
-            "test": evaluate(model, d, "test", protocols, spec.max_len, ut),
+            "valid": ev(model, "valid", protocols, spec.max_len, ut),
+            "test": ev(model, "test", protocols, spec.max_len, ut),
         }
 
 
@@ -250,25 +269,25 @@ def item_norms(model) -> dict:
     return out
 
 
-def train_epochs(spec: RunSpec, model, b: Batches, batches, forward, backward, step, gen: torch.Generator,
+def train_epochs(spec: RunSpec, model, batches, forward, backward, step, gen: torch.Generator,
                  end_epoch) -> tuple[int, float]:
     """The epoch loop shared by `fit` (one process) and the Ray Train workers (slim.recsys.distributed).
-    batches(epoch) -> this process's index tensors for the epoch (drawn before any negative, so a shared generator
-    keeps its order); forward(x, y, lens, gen, text, use) -> (loss, targets); backward(loss); step() updates and
-    clears the gradients; end_epoch(epoch, mean loss, start time) -> True to stop. An empty index tensor is a step
-    taken with a zero gradient, on no example (a distributed rank whose share ran out keeps the collectives in step).
+    batches(epoch) -> this process's steps of the epoch, each ((x, y, lens, text, use), weight); it is called
+    before any negative of the epoch is drawn, so a shared generator keeps its order. The loss is multiplied by
+    weight before backward: 1 in one process; a Ray Train rank's share of the step's targets times the world size
+    (DDP averages the ranks' gradients: so the step follows the mean over all its targets, as one process would);
+    0 for a placeholder batch, a step on no example that keeps the collectives in step once a rank's shard ran out.
+    forward(x, y, lens, gen, text, use) -> (loss, targets); backward(loss); step() updates and clears the
+    gradients; end_epoch(epoch, mean loss, start time) -> True to stop.
     Returns (targets trained on by this process, training seconds)."""
     n_targets, t_train = 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
-        for idx in batches(epoch):
-            empty = len(idx) == 0
-            x, y, lens, text, use = b.take(torch.zeros(1, dtype=torch.long) if empty else idx)
-            loss, n = forward(x, y, lens, gen, text, use)
-            if empty:
-                loss, n = loss * 0.0, 0
-            backward(loss)
+        for batch, weight in batches(epoch):
+            loss, n = forward(*batch[:3], gen, *batch[3:])
+            n = n if weight else 0
+            backward(loss * weight)
             step()
             total += float(loss.detach()) * n
             count += n
@@ -295,7 +314,7 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
 
     def batches(epoch):
         order = torch.randperm(len(b.x), generator=gen)
-        return [order[i:i + bs] for i in range(0, len(b.x), bs)]
+        return ((b.take(order[i:i + bs]), 1.0) for i in range(0, len(b.x), bs))
 
     def step():
         opt.step()
@@ -309,6 +328,6 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
                       "seconds": time.perf_counter() - t0})
         return stop
 
-    n_targets, t_train = train_epochs(spec, model, b, batches, lambda *a: batch_loss(model, spec, *a),
+    n_targets, t_train = train_epochs(spec, model, batches, lambda *a: batch_loss(model, spec, *a),
                                       lambda loss: loss.backward(), step, gen, end_epoch)
     return model, stopper.record(model, spec, d, test_protocols, n_targets, t_train, ut)
