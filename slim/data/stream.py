@@ -39,13 +39,15 @@ class Spilled:
 
 
 def run_tasks(fn, args: list, parallel: bool) -> list:
-    """fn(*a) for each a, as Ray tasks (1 CPU each) when `parallel`; arrays shared by the calls are put in the
-    object store once."""
+    """fn(*a) for each a, as Ray tasks when `parallel`: one real core each, so that no more buckets are in memory
+    at once than there are cores; arrays shared by the calls are put in the object store once."""
     if not parallel:
         return [fn(*a) for a in args]
     import ray
 
-    task = ray.remote(num_cpus=1)(fn)
+    from slim.raycluster import cores_request
+
+    task = ray.remote(num_cpus=1, resources=cores_request(1))(fn)
     shared = {id(x): ray.put(x) for a in args for x in a if isinstance(x, np.ndarray) and x.nbytes > 65_536}
     return ray.get([task.remote(*[shared.get(id(x), x) for x in a]) for a in args])
 
