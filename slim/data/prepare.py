@@ -79,6 +79,7 @@ class DataConfig:
                 raise ConfigError("title_columns: name at least one items-table column for the item title")
 
 
+CANDIDATE_BLOCK_KIB = 1024  # user rows (id, item ids) per block of the candidate sampling
 RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "block_rows", "bucket_rows")
 TABLE_KEYS = ("interactions", "items", "user_column", "item_column", "time_column", "title_columns",
               "category_column", "brand_column")
@@ -133,14 +134,15 @@ def build_tables(cfg: DataConfig, source: sources.Source, problems: sources.Prob
 def write_candidates(cfg: DataConfig, parts: list, n_items: int, max_len: int, items: pa.Table, out_dir) -> int:
     """Sample valid/test x uni100/pop100 candidates for every user on Ray Data, streaming the users part files;
     returns rows written."""
-    import ray
+    from slim.raycluster import read_parquet
 
     pop = items.column(C.POPULARITY).to_numpy().astype(np.float64) + 1.0  # +1: unseen items stay drawable
     cdf = np.cumsum(pop / pop.sum())
     if n_items - max_len < cfg.num_negatives:
         raise sources.DataError(f"only {n_items} items: too few to draw {cfg.num_negatives} negatives per user")
-    where, fs = storage.ray_paths(parts)
-    ds = ray.data.read_parquet(where, filesystem=fs, columns=[C.USER_ID, C.ITEM_IDS])
+    # Small blocks: a sampling task holds one block's users and their candidates (4 rows of 100 negatives per
+    # user), so its memory follows the block size, not the bucket's.
+    ds = read_parquet(parts, [C.USER_ID, C.ITEM_IDS], CANDIDATE_BLOCK_KIB)
     ds = ds.map_batches(
         S.candidates_batch, batch_size=1024, batch_format="numpy",
         fn_kwargs={"seed": cfg.seed, "num_items": n_items, "n": cfg.num_negatives, "cdf": cdf},
