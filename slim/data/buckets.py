@@ -75,17 +75,14 @@ def _select(ucode: np.ndarray, item: np.ndarray, alive: np.ndarray, min_user: in
 
 def core_pass(where: str, alive: np.ndarray, min_user: int, min_history: int) -> dict:
     """One pass of the k-core over a bucket: users are cut at `min_user` events on the `alive` items; returns how
-    many events each item keeps, and the users left below `min_history` (their count and the first raw id)."""
+    many events each item keeps, and the users left below `min_history` (their count and the first one's row)."""
     t = read(where, ["ucode", "item"])
     ucode, item = t.column("ucode").to_numpy(), t.column("item").to_numpy()
     keep, cnt, keep_u = _select(ucode, item, alive, min_user, None)
     short = np.flatnonzero(keep_u & (cnt < min_history))
-    first = None
-    if len(short):
-        row = int(np.searchsorted(ucode, short[0]))
-        first = read(where, ["user"]).column("user")[row].as_py()
+    first = int(np.searchsorted(ucode, short[0])) if len(short) else None  # its row; the raw id is read once
     return {"item_counts": np.bincount(item[keep], minlength=len(alive)), "users": int(keep_u.sum()),
-            "short": len(short), "first_short": first}
+            "short": len(short), "first_short_row": first}
 
 
 def item_counts(where: str, alive: np.ndarray, min_user: int, picks) -> dict:

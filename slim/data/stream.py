@@ -121,7 +121,8 @@ def k_core(files: list, alive: np.ndarray, min_user: int, min_item: int, min_his
         new = alive & (counts >= min_item)
         if np.array_equal(new, alive):
             short = sum(r["short"] for r in res)
-            first = next((r["first_short"] for r in res if r["short"]), None)
+            at = next(((f, r["first_short_row"]) for f, r in zip(files, res) if r["short"]), None)
+            first = B.read(at[0], ["user"]).column("user")[at[1]].as_py() if at else None
             return alive, passes, sum(r["users"] for r in res), short, first
         alive = new
 
