@@ -262,6 +262,7 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
     assert cand(uri).num_rows == m_local.counts["candidate_rows"] and cand(uri).equals(cand(tmp_path / "run"))
     written = objects(cli, uri)
     assert "run/data/manifest.json" in written and any(k.startswith("run/data/candidates/") for k in written)
+    assert not any(k.startswith("run/data/.scratch/") for k in written)  # the stage's chunks and buckets: removed
     assert not any(SECRET.encode() in b for b in written.values())
     assert SECRET not in r.stdout + r.stderr
     assert run(stages.load_all(config.load_raw(str(ROOT / "configs" / "tiny.yaml"), over + [f"run_dir={uri}"]))[

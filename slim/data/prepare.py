@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import resource
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 from slim import atomic, storage
 from slim import columns as C
 from slim.data import sequences as S
-from slim.data import sources, tables
+from slim.data import sources, stream, tables
 from slim.rundir import Manifest, RunDir, file_fingerprint
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class DataConfig:
     num_negatives: int = C.NUM_NEGATIVES
     seed: int = 2024
     cache_dir: str = "~/.cache/slim"
+    # How the work is cut (not what it produces): rows per chunk read by the driver, rows per bucket of users
+    # handled by one task. Memory grows with these and the number of workers, not with the number of users.
+    block_rows: int = 1_000_000
+    bucket_rows: int = 2_000_000
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 
@@ -62,6 +67,8 @@ class DataConfig:
         if self.min_history < 3:  # else the data stage writes users that training rejects
             raise ConfigError(f"min_history: {self.min_history} is below 3; the leave-one-out split needs at least "
                               "one training item, a validation item and a test item per user")
+        if self.block_rows < 1 or self.bucket_rows < 1:
+            raise ConfigError(f"block_rows: {self.block_rows}, bucket_rows: {self.bucket_rows}: both must be >= 1")
         if self.num_negatives < 1:
             raise ConfigError(f"num_negatives: {self.num_negatives} must be at least 1")
         if self.source == "interactions-table":
@@ -72,7 +79,8 @@ class DataConfig:
                 raise ConfigError("title_columns: name at least one items-table column for the item title")
 
 
-RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir")
+CANDIDATE_BLOCK_KIB = 1024  # user rows (id, item ids) per block of the candidate sampling
+RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "block_rows", "bucket_rows")
 TABLE_KEYS = ("interactions", "items", "user_column", "item_column", "time_column", "title_columns",
               "category_column", "brand_column")
 
@@ -106,7 +114,7 @@ def _inputs(cfg: DataConfig) -> dict:
     return {p: file_fingerprint(Path(p).expanduser()) for p in local}
 
 
-def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Raw:
+def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Source:
     if cfg.source in JSONL_SEQUENCES:
         return sources.read_seqrec(cfg.path, cfg.cache_dir, problems)
     if cfg.source == "interactions-table":
@@ -116,85 +124,25 @@ def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Raw:
     return sources.read_ml100k(cfg.cache_dir, problems)
 
 
-def filter_interactions(cfg: DataConfig, ucodes: np.ndarray, icodes: np.ndarray, text_ok: np.ndarray,
-                        user_vocab: np.ndarray, problems: sources.Problems) -> np.ndarray:
-    """Keep-mask over interactions: items with text, then the k-core, then users long enough to split, each
-    inside one fixed point, so that no later filter takes a user or an item back below its threshold."""
-    keep = S.k_core(ucodes, icodes, cfg.min_user_interactions, cfg.min_item_interactions, text_ok)
-    counts = np.bincount(ucodes[keep], minlength=len(user_vocab))
-    short = (counts > 0) & (counts < cfg.min_history)
-    if short.any():
-        ex = user_vocab[short][0]
-        msg = f"{short.sum()} user(s) have fewer than {cfg.min_history} interactions (e.g. user {ex})"
-        problems.report("short_history", msg + "; set data.on_bad_row=skip to drop them")
-        # skipped: the stricter user threshold can take items below theirs, so the fixed point runs again
-        keep = S.k_core(ucodes, icodes, max(cfg.min_user_interactions, cfg.min_history),
-                        cfg.min_item_interactions, keep)
-    return keep
+def build_tables(cfg: DataConfig, source: sources.Source, problems: sources.Problems) -> tuple[pa.Table, pa.Table]:
+    """(users, items) in this process, without Ray: for small inputs and tests (`run` streams them to disk)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = stream.build(cfg, source, problems, tmp, parallel=False)
+        return pa.concat_tables([pq.read_table(p) for p in out["parts"]]), out["items"]
 
 
-def build_tables(cfg: DataConfig, raw: sources.Raw, problems: sources.Problems) -> tuple[pa.Table, pa.Table]:
-    text_ok = S.drop_items_without_text(raw, cfg.missing_text, problems)
-    user_vocab, ucodes = S.encode_ids(raw.users)
-    _, icodes0 = S.encode_ids(raw.items)
-    times = np.asarray(raw.times, dtype=np.int64)
-    keep = filter_interactions(cfg, ucodes, icodes0, text_ok, user_vocab, problems)
-    if not keep.any():
-        raise sources.DataError("no users left after filtering; check the input and the k-core thresholds")
-    g = S.build_users(ucodes[keep], icodes0[keep], times[keep])
-    users_keep = np.ones(len(g["lengths"]), dtype=bool)
-    if cfg.max_users and users_keep.sum() > cfg.max_users:
-        # a sample drawn from the core (not a filter: re-coring it would change the runs prepared so far)
-        pick = np.random.default_rng(cfg.seed).choice(np.flatnonzero(users_keep), cfg.max_users, replace=False)
-        users_keep = np.zeros_like(users_keep)
-        users_keep[pick] = True
-    per_event = np.repeat(users_keep, g["lengths"])
-    # Re-index items over what survived so ids are contiguous 1..N (0 is padding).
-    item_vocab0 = np.unique(np.asarray(raw.items, dtype=object).astype(str))
-    used, item_idx = np.unique(g["items"][per_event], return_inverse=True)
-    item_ids = (item_idx + 1).astype(np.int32)
-    lengths = g["lengths"][users_keep]
-    offsets = np.r_[0, np.cumsum(lengths)]
-    ts = g["times"][per_event]
-    ends = offsets[1:]
-    users = pa.table({
-        C.USER_ID: pa.array(np.arange(len(lengths), dtype=np.int64)),
-        C.RAW_USER_ID: pa.array(user_vocab[g["user_codes"][users_keep]].astype(str)),
-        C.ITEM_IDS: S.list_array(item_ids, offsets, np.int32),
-        C.TIMESTAMPS: S.list_array(ts, offsets, np.int64),
-        C.HISTORY_LEN: pa.array(lengths.astype(np.int32)),
-        C.VALID_ITEM: pa.array(item_ids[ends - 2]),
-        C.TEST_ITEM: pa.array(item_ids[ends - 1]),
-    })
-    train_mask = np.ones(len(item_ids), dtype=bool)
-    train_mask[ends - 1] = False
-    train_mask[ends - 2] = False
-    pop = np.bincount(item_ids[train_mask], minlength=len(used) + 1)[1:]
-    raw_ids = item_vocab0[used]
-    meta = [raw.item_text[r] for r in raw_ids]
-    items = pa.table({
-        C.ITEM_ID: pa.array(np.arange(1, len(used) + 1, dtype=np.int32)),
-        C.RAW_ITEM_ID: pa.array(raw_ids.astype(str)),
-        C.TITLE: [m["title"] for m in meta],
-        C.CATEGORY: [m["category"] for m in meta],
-        C.BRAND: [m["brand"] for m in meta],
-        C.TEXT: [S.item_text(m["title"], m["category"], m["brand"]) for m in meta],
-        C.POPULARITY: pa.array(pop.astype(np.int64)),
-    })
-    return users, items
-
-
-def write_candidates(cfg: DataConfig, users: pa.Table, items: pa.Table, out_dir) -> int:
-    """Sample valid/test x uni100/pop100 candidates for every user on Ray Data; returns rows written."""
-    import ray
+def write_candidates(cfg: DataConfig, parts: list, n_items: int, max_len: int, items: pa.Table, out_dir) -> int:
+    """Sample valid/test x uni100/pop100 candidates for every user on Ray Data, streaming the users part files;
+    returns rows written."""
+    from slim.raycluster import read_parquet
 
     pop = items.column(C.POPULARITY).to_numpy().astype(np.float64) + 1.0  # +1: unseen items stay drawable
     cdf = np.cumsum(pop / pop.sum())
-    n_items = items.num_rows
-    if n_items - int(users.column(C.HISTORY_LEN).to_numpy().max()) < cfg.num_negatives:
+    if n_items - max_len < cfg.num_negatives:
         raise sources.DataError(f"only {n_items} items: too few to draw {cfg.num_negatives} negatives per user")
-    ds = ray.data.from_arrow(users.select([C.USER_ID, C.ITEM_IDS]))
-    ds = ds.repartition(max(1, min(64, users.num_rows // 2000)))
+    # Small blocks: a sampling task holds one block's users and their candidates (4 rows of 100 negatives per
+    # user), so its memory follows the block size, not the bucket's.
+    ds = read_parquet(parts, [C.USER_ID, C.ITEM_IDS], CANDIDATE_BLOCK_KIB)
     ds = ds.map_batches(
         S.candidates_batch, batch_size=1024, batch_format="numpy",
         fn_kwargs={"seed": cfg.seed, "num_items": n_items, "n": cfg.num_negatives, "cdf": cdf},
@@ -209,7 +157,19 @@ def write_candidates(cfg: DataConfig, users: pa.Table, items: pa.Table, out_dir)
         with atomic.writing(out_dir, replace_dir=True) as tmp:  # the folder appears whole or not at all
             ds.write_parquet(str(tmp))
         where, fs = str(out_dir), None
-    return pq.ParquetDataset(where, filesystem=fs).read(columns=[C.USER_ID]).num_rows
+    # counted from the files' footers: reading a column back would hold 4 values per user in the driver
+    return sum(f.metadata.num_rows for f in pq.ParquetDataset(where, filesystem=fs).fragments)
+
+
+def write_users(parts: list, dest) -> None:
+    """users.parquet as one file, appended part after part (one bucket's users in memory at a time)."""
+    with atomic.writing(dest) as tmp:
+        writer = None
+        for p in parts:
+            t = storage.read_table(p)
+            writer = writer or pq.ParquetWriter(tmp, t.schema)
+            writer.write_table(t)
+        writer.close()
 
 
 def run(cfg: DataConfig, force: bool = False) -> Manifest:
@@ -221,30 +181,35 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
         log.info("data: manifest matches, skipping (use --force to rerun)")
         return rd.read_manifest("data")
     t0 = time.perf_counter()
-    problems = sources.Problems(cfg.on_bad_row)
-    raw = _read(cfg, problems)
-    input_rows = len(raw.users)
-    t_read = time.perf_counter()
-    users, items = build_tables(cfg, raw, problems)
-    del raw
-    t_build = time.perf_counter()
-    out = rd.stage_dir("data")
-    rd.invalidate("data")
-    atomic.write_parquet(out / "users.parquet", users)
-    atomic.write_parquet(out / "items.parquet", items)
     init_ray(cfg.ray_address, cfg.num_cpus)
-    n_cand = write_candidates(cfg, users, items, out / "candidates")
+    problems = sources.Problems(cfg.on_bad_row)
+    out = rd.stage_dir("data")
+    # Chunks and buckets of a run live under the stage folder (shared by every node, local or a bucket); a killed
+    # run's leftovers are removed first and the whole folder at the end.
+    scratch = out / ".scratch" if storage.is_remote(out) else storage.path(out).resolve() / ".scratch"
+    storage.remove_tree(scratch)
+    try:
+        built = stream.build(cfg, _read(cfg, problems), problems, str(scratch), parallel=True)
+        t_build = time.perf_counter()
+        rd.invalidate("data")
+        write_users(built["parts"], out / "users.parquet")
+        atomic.write_parquet(out / "items.parquet", built["items"])
+        items = built["items"]
+        n_cand = write_candidates(cfg, built["parts"], items.num_rows, built["max_len"], items, out / "candidates")
+    finally:
+        storage.remove_tree(scratch)
     t_end = time.perf_counter()
-    counts = {
-        "users": users.num_rows, "items": items.num_rows,
-        "interactions": int(users.column(C.HISTORY_LEN).to_numpy().sum()), "candidate_rows": n_cand,
-    }
+    counts = {"users": built["users"], "items": items.num_rows, "interactions": built["interactions"],
+              "candidate_rows": n_cand}
+    rows = built["input_rows"]
     m = Manifest(
         "data", stage_config(cfg), inputs,
         outputs=[C.USERS_FILE, C.ITEMS_FILE, C.CANDIDATES_DIR], counts=counts,
-        timings={"read_s": t_read - t0, "build_s": t_build - t_read, "candidates_s": t_end - t_build,
-                 "total_s": t_end - t0},
-        extra={"skipped": problems.summary(), "input_rows": input_rows, "rows_per_s": input_rows / (t_end - t0),
+        timings={**built["timings"], "build_s": t_build - t0 - built["timings"]["read_s"],
+                 "candidates_s": t_end - t_build, "total_s": t_end - t0},
+        extra={"skipped": problems.summary(), "input_rows": rows, "rows_per_s": rows / (t_end - t0),
+               "read_rows_per_s": rows / max(built["timings"]["read_s"], 1e-9),
+               "buckets": built["buckets"], "kcore_passes": built["kcore_passes"],
                "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     )
     rd.write_manifest(m)
@@ -257,6 +222,8 @@ def print_summary(m: Manifest) -> None:
     print(f"data: {c['users']:,} users / {c['items']:,} items / {c['interactions']:,} interactions; "
           f"{c['candidate_rows']:,} candidate rows; {t['total_s']:.1f}s "
           f"(read {t['read_s']:.1f}s, build {t['build_s']:.1f}s, candidates {t['candidates_s']:.1f}s); "
-          f"{m.extra.get('rows_per_s', 0):,.0f} input rows/s; driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
+          f"{m.extra.get('rows_per_s', 0):,.0f} input rows/s ({m.extra.get('read_rows_per_s', 0):,.0f} read); "
+          f"{m.extra.get('buckets', 1)} bucket(s), {m.extra.get('kcore_passes', 1)} k-core pass(es); "
+          f"driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
     for kind, v in m.extra["skipped"].items():
         print(f"  skipped {v['count']:,} ({kind}), e.g. {v['example']}")

@@ -1,4 +1,5 @@
-"""Pure array transforms: text filter, k-core, chronological sequences, leave-one-out, candidate sampling."""
+"""Pure array transforms: the in-memory k-core (the reference the bucketed passes of slim.data.stream agree with),
+list columns, candidate sampling, item text."""
 
 from __future__ import annotations
 
@@ -6,36 +7,11 @@ import numpy as np
 import pyarrow as pa
 
 from slim import columns as C
-from slim.data.sources import DataError, Problems, Raw
-
-
-def encode_ids(raw: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Strings -> (sorted unique vocabulary, int codes). Sorted so ids are the same on every machine."""
-    vocab, codes = np.unique(np.asarray(raw, dtype=object).astype(str), return_inverse=True)
-    return vocab, codes.astype(np.int64)
-
-
-def drop_items_without_text(raw: Raw, policy: str, problems: Problems) -> np.ndarray:
-    """Boolean keep-mask over interactions; items whose title/category/brand are all empty are missing text."""
-    def has_text(i: str) -> bool:
-        t = raw.item_text.get(i)
-        return bool(t and any(t.get(k) for k in ("title", "category", "brand")))
-
-    vocab, codes = encode_ids(raw.items)
-    ok = np.fromiter((has_text(i) for i in vocab), dtype=bool, count=len(vocab))
-    missing = vocab[~ok]
-    if len(missing):
-        msg = f"{len(missing)} item id(s) have no text (e.g. {', '.join(missing[:5])})"
-        if policy == "error":
-            raise DataError(msg + "; set data.missing_text=skip to drop their interactions")
-        problems.counts["item_without_text"] += len(missing)
-        problems.examples.setdefault("item_without_text", msg)
-    return ok[codes]
 
 
 def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int,
            keep: np.ndarray | None = None) -> np.ndarray:
-    """Keep-mask after iteratively dropping users/items with fewer interactions than the thresholds, starting
+    """In memory, over interactions: keep-mask after iteratively dropping users/items with fewer interactions than the thresholds, starting
     from `keep` (what earlier filters left): a fixed point, so every user and item left meets its threshold."""
     keep = np.ones(len(users), dtype=bool) if keep is None else keep.copy()
     while min_user > 1 or min_item > 1:
@@ -46,15 +22,6 @@ def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int,
             break
         keep = new
     return keep
-
-
-def build_users(user_codes: np.ndarray, item_codes: np.ndarray, times: np.ndarray) -> dict:
-    """Group interactions into chronological sequences. Ties keep the source order (stable sort)."""
-    order = np.lexsort((np.arange(len(times)), times, user_codes))
-    u, it, ts = user_codes[order], item_codes[order], times[order]
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-    lengths = np.diff(np.r_[starts, len(u)])
-    return {"user_codes": u[starts], "items": it, "times": ts, "offsets": np.r_[starts, len(u)], "lengths": lengths}
 
 
 def list_array(values: np.ndarray, offsets: np.ndarray, dtype) -> pa.ListArray:

@@ -1,4 +1,5 @@
-"""Readers for the supported sources. Each returns `Raw`: interactions (one row per event) and item text.
+"""Readers for the supported sources. Each returns a `Source`: its interactions (one row per event) in chunks of
+bounded size, then its item text, so that no reader holds a whole input in memory.
 
 Bad input never becomes a traceback deep in Ray: a missing file, a malformed line or a field of the wrong
 type raises `DataError` naming the file and line, or, with `on_bad_row="skip"`, is counted and logged.
@@ -20,7 +21,7 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -62,14 +63,28 @@ class Problems:
 
 
 @dataclass
-class Raw:
-    """Interactions as parallel arrays + item text keyed by the source's item id (all strings)."""
+class Source:
+    """An input read in two steps, in the order the in-memory readers used: `chunks(rows)` yields its interactions
+    as (users, items, times) lists of at most `rows` rows in file order (all strings but the int times), then
+    `text()` gives the item text keyed by the source's item id: {"title", "category", "brand"}."""
 
-    users: list[str]
-    items: list[str]
-    times: list[int]
-    item_text: dict[str, dict]  # raw item id -> {"title", "category", "brand"}
-    has_time: bool = True
+    chunks: Callable[[int], Iterator[tuple[list, list, list]]]
+    text: Callable[[], dict]
+
+
+class Rows:
+    """A chunk being filled by a reader."""
+
+    def __init__(self):
+        self.users, self.items, self.times = [], [], []
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self) -> tuple[list, list, list]:
+        out = self.users, self.items, self.times
+        self.__init__()
+        return out
 
 
 def fetch(path_or_url: str, cache_dir: str) -> Path:
@@ -181,40 +196,50 @@ def _find(root: Path, names: tuple[str, ...]) -> Path:
     raise DataError(f"{root}: none of {', '.join(names)} found")
 
 
-def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Raw:
+def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Source:
     """The jsonl-sequences layout: sequences.jsonl(.gz) ({user_id, item_ids, timestamps}) + items.tsv
     (ItemID, Title), e.g. the SeqRecBenchmark export of Amazon 2018 Games."""
     root = fetch(path, cache_dir)
     seq_path = _find(root, ("sequences.jsonl.gz", "sequences.jsonl"))
     items_path = _find(root, ("items.tsv",))
-    users, items, times = [], [], []
-    for lineno, obj in iter_json_lines(seq_path, problems):
-        where = f"{seq_path}:{lineno}"
-        ids, ts = obj.get("item_ids"), obj.get("timestamps")
-        if "user_id" not in obj or not isinstance(ids, list):
-            problems.report("bad_field", f"{where}: needs 'user_id' and a list 'item_ids'")
-            continue
-        if ts is None:
-            ts = list(range(len(ids)))
-        if not isinstance(ts, list) or len(ts) != len(ids):
-            problems.report("bad_field", f"{where}: 'timestamps' must be a list as long as 'item_ids'")
-            continue
-        try:
-            ts = [int(t) for t in ts]
-        except (TypeError, ValueError) as e:
-            problems.report("bad_timestamp", f"{where}: bad timestamp, expected integer seconds ({e})")
-            continue
-        uid = str(obj["user_id"])
-        if not ids:
-            problems.report("short_history", f"{where}: user {uid} has an empty history")
-            continue
-        users.extend([uid] * len(ids))
-        items.extend(str(i) for i in ids)
-        times.extend(ts)
-    text = {}
-    for _, (item, title) in iter_csv(items_path, ["ItemID", "Title"], problems, "\t"):
-        text[item] = {"title": title.strip(), "category": "", "brand": ""}
-    return Raw(users, items, times, text)
+
+    def chunks(rows: int) -> Iterator[tuple[list, list, list]]:
+        buf = Rows()
+        for lineno, obj in iter_json_lines(seq_path, problems):
+            where = f"{seq_path}:{lineno}"
+            ids, ts = obj.get("item_ids"), obj.get("timestamps")
+            if "user_id" not in obj or not isinstance(ids, list):
+                problems.report("bad_field", f"{where}: needs 'user_id' and a list 'item_ids'")
+                continue
+            if ts is None:
+                ts = list(range(len(ids)))
+            if not isinstance(ts, list) or len(ts) != len(ids):
+                problems.report("bad_field", f"{where}: 'timestamps' must be a list as long as 'item_ids'")
+                continue
+            try:
+                ts = [int(t) for t in ts]
+            except (TypeError, ValueError) as e:
+                problems.report("bad_timestamp", f"{where}: bad timestamp, expected integer seconds ({e})")
+                continue
+            uid = str(obj["user_id"])
+            if not ids:
+                problems.report("short_history", f"{where}: user {uid} has an empty history")
+                continue
+            buf.users.extend([uid] * len(ids))
+            buf.items.extend(str(i) for i in ids)
+            buf.times.extend(ts)
+            if len(buf) >= rows:
+                yield buf.take()
+        if len(buf):
+            yield buf.take()
+
+    def text() -> dict:
+        out = {}
+        for _, (item, title) in iter_csv(items_path, ["ItemID", "Title"], problems, "\t"):
+            out[item] = {"title": title.strip(), "category": "", "brand": ""}
+        return out
+
+    return Source(chunks, text)
 
 
 def _category(value) -> str:
@@ -225,31 +250,41 @@ def _category(value) -> str:
     return str(value or "").strip()
 
 
-def read_amazon_raw(reviews: str, meta: str, cache_dir: str, problems: Problems) -> Raw:
+def read_amazon_raw(reviews: str, meta: str, cache_dir: str, problems: Problems) -> Source:
     """Amazon Reviews raw files: reviews JSON lines (reviewerID, asin, unixReviewTime) + metadata lines."""
     rpath, mpath = fetch(reviews, cache_dir), fetch(meta, cache_dir)
-    users, items, times = [], [], []
-    for lineno, obj in iter_json_lines(rpath, problems):
-        try:
-            u, i, t = str(obj["reviewerID"]), str(obj["asin"]), int(obj["unixReviewTime"])
-        except (KeyError, TypeError, ValueError) as e:
-            problems.report("bad_field", f"{rpath}:{lineno}: missing or bad field {e}")
-            continue
-        users.append(u)
-        items.append(i)
-        times.append(t)
-    text = {}
-    for lineno, obj in iter_json_lines(mpath, problems):
-        if "asin" not in obj:
-            problems.report("bad_field", f"{mpath}:{lineno}: missing field 'asin'")
-            continue
-        title = obj.get("title")
-        text[str(obj["asin"])] = {
-            "title": str(title).strip() if title else "",
-            "category": _category(obj.get("category") or obj.get("categories")),
-            "brand": str(obj.get("brand") or "").strip(),
-        }
-    return Raw(users, items, times, text)
+
+    def chunks(rows: int) -> Iterator[tuple[list, list, list]]:
+        buf = Rows()
+        for lineno, obj in iter_json_lines(rpath, problems):
+            try:
+                u, i, t = str(obj["reviewerID"]), str(obj["asin"]), int(obj["unixReviewTime"])
+            except (KeyError, TypeError, ValueError) as e:
+                problems.report("bad_field", f"{rpath}:{lineno}: missing or bad field {e}")
+                continue
+            buf.users.append(u)
+            buf.items.append(i)
+            buf.times.append(t)
+            if len(buf) >= rows:
+                yield buf.take()
+        if len(buf):
+            yield buf.take()
+
+    def text() -> dict:
+        out = {}
+        for lineno, obj in iter_json_lines(mpath, problems):
+            if "asin" not in obj:
+                problems.report("bad_field", f"{mpath}:{lineno}: missing field 'asin'")
+                continue
+            title = obj.get("title")
+            out[str(obj["asin"])] = {
+                "title": str(title).strip() if title else "",
+                "category": _category(obj.get("category") or obj.get("categories")),
+                "brand": str(obj.get("brand") or "").strip(),
+            }
+        return out
+
+    return Source(chunks, text)
 
 
 def recbole_wheel(cache_dir: str) -> Path:
@@ -266,8 +301,18 @@ def recbole_wheel(cache_dir: str) -> Path:
     return found[0]
 
 
-def read_ml100k(cache_dir: str, problems: Problems) -> Raw:
-    """MovieLens-100K from inside the recbole wheel; checksums verified; genres become the category."""
+def in_memory(users: list, items: list, times: list, text: dict) -> Source:
+    """A source already read whole (small inputs), served in chunks like the streaming ones."""
+    def chunks(rows: int) -> Iterator[tuple[list, list, list]]:
+        for a in range(0, len(users), rows):
+            yield users[a:a + rows], items[a:a + rows], times[a:a + rows]
+
+    return Source(chunks, lambda: text)
+
+
+def read_ml100k(cache_dir: str, problems: Problems) -> Source:
+    """MovieLens-100K from inside the recbole wheel (100,000 rows, read whole); checksums verified; genres become
+    the category."""
     whl = recbole_wheel(cache_dir)
     files = {}
     with zipfile.ZipFile(whl) as z:
@@ -283,4 +328,4 @@ def read_ml100k(cache_dir: str, problems: Problems) -> Raw:
         if len(parts) >= 4:
             title = f"{parts[1]} ({parts[2]})" if parts[2] else parts[1]
             text[parts[0]] = {"title": title, "category": ", ".join(parts[3].split()), "brand": ""}
-    return Raw(list(inter[:, 0]), list(inter[:, 1]), [int(float(t)) for t in inter[:, 3]], text)
+    return in_memory(list(inter[:, 0]), list(inter[:, 1]), [int(float(t)) for t in inter[:, 3]], text)

@@ -13,7 +13,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slim.data.sources import DataError, Problems, Raw, fetch, iter_csv, parse_time
+from slim.data.sources import DataError, Problems, Rows, Source, fetch, iter_csv, parse_time
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -53,10 +53,11 @@ def _text(v) -> str:
     return "" if v is None else str(v).strip()
 
 
-def read_interactions(p: Path, cfg, problems: Problems) -> tuple[list, list, list]:
-    """users, items, times; without a time column (`time_column: ""`) the row order is the time."""
+def read_interactions(p: Path, cfg, problems: Problems, rows: int) -> Iterator[tuple[list, list, list]]:
+    """(users, items, times) chunks of at most `rows` rows; without a time column (`time_column: ""`) the row
+    order is the time."""
     cols = [cfg.user_column, cfg.item_column] + ([cfg.time_column] if cfg.time_column else [])
-    users, items, times = [], [], []
+    buf, n = Rows(), 0
     for where, values in iter_table(p, cols, problems):
         u, i = _text(values[0]), _text(values[1])
         if not u or not i:
@@ -70,11 +71,15 @@ def read_interactions(p: Path, cfg, problems: Problems) -> tuple[list, list, lis
                                                  f"{cfg.time_column!r} (expected integer seconds or an ISO 8601 date)")
                 continue
         else:
-            t = len(times)
-        users.append(u)
-        items.append(i)
-        times.append(t)
-    return users, items, times
+            t = n
+        n += 1
+        buf.users.append(u)
+        buf.items.append(i)
+        buf.times.append(t)
+        if len(buf) >= rows:
+            yield buf.take()
+    if len(buf):
+        yield buf.take()
 
 
 def read_item_text(p: Path, cfg, problems: Problems) -> dict[str, dict]:
@@ -94,8 +99,8 @@ def read_item_text(p: Path, cfg, problems: Problems) -> dict[str, dict]:
     return text
 
 
-def read_tables(cfg, problems: Problems) -> Raw:
+def read_tables(cfg, problems: Problems) -> Source:
     """`cfg` is a DataConfig (interactions, items, *_column(s), cache_dir)."""
     inter, items = fetch(cfg.interactions, cfg.cache_dir), fetch(cfg.items, cfg.cache_dir)
-    users, item_ids, times = read_interactions(inter, cfg, problems)
-    return Raw(users, item_ids, times, read_item_text(items, cfg, problems), has_time=bool(cfg.time_column))
+    return Source(lambda rows: read_interactions(inter, cfg, problems, rows),
+                  lambda: read_item_text(items, cfg, problems))

@@ -1,0 +1,120 @@
+"""The streaming data stage writes what the in-memory one wrote: the digests below were computed by the data stage
+before it streamed (commit 8e6c2ae, `tests/datastream.py` on the same inputs and configs), and the new one must give
+them with one bucket and with many; the k-core holds after every filter when users are spread over many buckets."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from slim import columns as C
+from slim.data import DataConfig, prepare, sources, stream
+from tests.datagen import write_seqrec
+from tests.datastream import run_digests, table_digest, write_ties
+from tests.test_data_kcore import _input as kcore_input
+
+# (users, items, candidates) digests from the in-memory stage (tests/datastream.py: table_digest, run_digests)
+BEFORE = {
+    "ml100k": ("a171fdddb0a100559d15751b685398edb3353ccfa0aa5cc8c0fc28cba5cbb115",
+               "21607986030ea64235813bbd51691beaccf04cb686a80698999e1984dc5e8706",
+               "ddbd3b97f50aa16916b1729d792b6d21e4594007c30b4c65b54b27814d45ea40"),
+    "ml100k_tiny": ("c41cf86cd7926a262e9935651785d8ff41bd6f0e8ce960ff13b19c586c624ad5",
+                    "04e614d7620d30e19f25b2af9770a236f0ea7fcefa88e4cc1290e88dfbaf7113",
+                    "ac745c60895b3f7f6e42cdbcde2c389805a2e45eddabf70c03d01fc6c67eb99d"),
+    "gen_short": ("01c962cea3ec2fb03fbedaef488581356c69341aaf38eaef4368d4bb3268a8aa",
+                  "51cc6971ab8249c4003ddde4b2fafa05290d953fe05a1270b2295c57fd41af27",
+                  "ff6424140564edf88941ec4ec3b3a666c2452a39556ba45c266d51ea9732a245"),
+    "gen_sample": ("c4a7f0ac1d1407010df2aa1abd5a1870306f9190187bdeee0143618fc15153ca",
+                   "c560cf1bae4e94c78c09c35823c149b1fbb6c60e4ad32595f0aea4179f8be28a",
+                   "bc215680f99cb2d66debb3ef40d58989054dd93706df927b37d2b378d6b07b3a"),
+    "ties_core": ("9af2545ecf485d45efa143de25ff86dffba3da5e26d3740c9a5b48bffce6349e",
+                  "ace0e207600aad56defc01e9463cc43b7e91375f290920af2c17e28b84532e06",
+                  "e8fef4a01b1fedc1bb6111591c2bf832e89ed713099a6466405227316ebd83c3"),
+    "ties_all": ("6d434a33c9ccb9835caab503df47e0fc36bf190bcd0e5f9a8cc5b2a17db9fc35",
+                 "e0b6b6fa98ea3ada42a26cdf8a7e111efba05184709ca886d5b7a893a002fa3d",
+                 "bfd1402ad39a45d28168a046918b4a574dadb4cbea90ca266a4344149d9d20dc"),
+}
+# what the in-memory stage reported for the users too short to split (the first of them in raw-id order)
+SHORT = {"gen_short": "40 user(s) have fewer than 3 interactions (e.g. user 1002)",
+         "ties_all": "44 user(s) have fewer than 3 interactions (e.g. user 172)"}
+# about 5 chunks read and 25 buckets of users per input (rows: 100,000 ml-100k, 27,000 gen, 4,800 ties)
+MANY = {"ml": {"block_rows": 20_000, "bucket_rows": 4_000}, "ge": {"block_rows": 5_000, "bucket_rows": 1_000},
+        "ti": {"block_rows": 1_000, "bucket_rows": 200}}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, cache_dir):
+    """The inputs and configs the digests were computed on."""
+    tmp = tmp_path_factory.mktemp("inputs")
+    gen = str(write_seqrec(tmp / "gen", 3000, 800, seed=7, items_without_title=tuple(range(100, 900, 41))))
+    ties = str(write_ties(tmp / "ties"))
+    return {
+        "ml100k": dict(source="ml-100k", min_user_interactions=5, min_item_interactions=5, cache_dir=cache_dir),
+        "ml100k_tiny": dict(source="ml-100k", min_user_interactions=5, min_item_interactions=5, max_users=150,
+                            cache_dir=cache_dir),
+        "gen_short": dict(source="jsonl-sequences", path=gen, min_item_interactions=20, on_bad_row="skip"),
+        "gen_sample": dict(source="jsonl-sequences", path=gen, min_user_interactions=6, min_item_interactions=10,
+                           max_users=1000, seed=3),
+        "ties_core": dict(source="jsonl-sequences", path=ties, min_user_interactions=4, min_item_interactions=6,
+                          on_bad_row="skip", num_negatives=50),
+        "ties_all": dict(source="jsonl-sequences", path=ties, on_bad_row="skip", num_negatives=50),
+    }
+
+
+def _build(cfg, tmp_path):
+    """The stage's tables in this process (no Ray), with the figures `run` reports."""
+    problems = sources.Problems(cfg.on_bad_row)
+    out = stream.build(cfg, prepare._read(cfg, problems), problems, str(tmp_path / "scratch"), parallel=False)
+    users = pa.concat_tables([pq.read_table(p) for p in out["parts"]])
+    return users, out["items"], out, problems
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one-bucket", "many-buckets"])
+@pytest.mark.parametrize("case", list(BEFORE))
+def test_same_tables_as_before(inputs, case, many, tmp_path):
+    cfg = DataConfig(**inputs[case], **(MANY[case[:2]] if many else {}))
+    users, items, out, problems = _build(cfg, tmp_path)
+    assert table_digest(users, [C.USER_ID]) == BEFORE[case][0]
+    assert table_digest(items, [C.ITEM_ID]) == BEFORE[case][1]
+    assert (out["buckets"] > 10) == many
+    if case in SHORT:
+        assert problems.summary()["short_history"]["example"].startswith(SHORT[case])
+    assert not list((tmp_path / "scratch").glob("raw/*")) and not list((tmp_path / "scratch").glob("parts/*"))
+
+
+@pytest.mark.parametrize("case", ["ml100k", "gen_sample", "ties_all"])
+def test_same_run_output_as_before(inputs, case, tmp_path, ray_local):
+    """The whole stage on Ray with many buckets: users.parquet (one file), items.parquet and the candidates."""
+    cfg = DataConfig(run_dir=str(tmp_path / "run"), **inputs[case], **MANY[case[:2]])
+    left = tmp_path / "run" / "data" / ".scratch" / "parts" / "b00000" / "c000000.parquet"  # as a killed run left it
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half a file")
+    m = prepare.run(cfg)
+    assert tuple(run_digests(tmp_path / "run").values()) == BEFORE[case]
+    assert m.extra["buckets"] > 10 and m.timings["read_s"] > 0 and m.extra["read_rows_per_s"] > 0
+    assert len(list((tmp_path / "run" / "data").glob("*.parquet"))) == 2  # users and items, one file each
+    assert not (tmp_path / "run" / "data" / ".scratch").exists()  # removed at the end
+
+
+@pytest.mark.parametrize("min_user,min_item", [(5, 5), (0, 5), (4, 8)])
+def test_k_core_holds_with_many_buckets(tmp_path, min_user, min_item):
+    """tests/test_data_kcore.py's input (built to break a k-core run before the other filters), its users spread
+    over dozens of buckets: every user and item left meets its threshold, and the users left are those of the
+    in-memory k-core (slim.data.sequences.k_core) over the same interactions."""
+    from slim.data import sequences as S
+
+    cfg = DataConfig(source="jsonl-sequences", path=str(kcore_input(tmp_path / "src")), on_bad_row="skip",
+                     missing_text="skip", min_user_interactions=min_user, min_item_interactions=min_item,
+                     block_rows=97, bucket_rows=60)
+    users, items, out, _ = _build(cfg, tmp_path)
+    assert out["buckets"] > 20
+    lens = users.column(C.HISTORY_LEN).to_numpy()
+    counts = np.bincount(np.concatenate(users.column(C.ITEM_IDS).to_numpy(zero_copy_only=False)))[1:]
+    assert users.num_rows > 100 and len(counts) == items.num_rows
+    assert lens.min() >= max(min_user, cfg.min_history) and counts.min() >= min_item
+    # the reference: the in-memory k-core with the text mask, at the stricter user threshold
+    rows = [(u, i) for us, its, _ in prepare._read(cfg, sources.Problems("skip")).chunks(10**6) for u, i in zip(us, its)]
+    uv, uc = np.unique([u for u, _ in rows], return_inverse=True)
+    iv, ic = np.unique([i for _, i in rows], return_inverse=True)
+    keep = S.k_core(uc, ic, max(min_user, 3), min_item, ~np.isin(iv, ["0", "1", "2"])[ic])
+    assert users.column(C.RAW_USER_ID).to_pylist() == sorted(set(uv[uc[keep]]))
