@@ -181,7 +181,6 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
         log.info("data: manifest matches, skipping (use --force to rerun)")
         return rd.read_manifest("data")
     t0 = time.perf_counter()
-    init_ray(cfg.ray_address, cfg.num_cpus)
     problems = sources.Problems(cfg.on_bad_row)
     out = rd.stage_dir("data")
     # Chunks and buckets of a run live under the stage folder (shared by every node, local or a bucket); a killed
@@ -189,7 +188,8 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
     scratch = out / ".scratch" if storage.is_remote(out) else storage.path(out).resolve() / ".scratch"
     storage.remove_tree(scratch)
     try:
-        built = stream.build(cfg, _read(cfg, problems), problems, str(scratch), parallel=True)
+        built = stream.build(cfg, _read(cfg, problems), problems, str(scratch), parallel=True,
+                             start=lambda: init_ray(cfg.ray_address, cfg.num_cpus))
         t_build = time.perf_counter()
         rd.invalidate("data")
         write_users(built["parts"], out / "users.parquet")

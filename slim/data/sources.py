@@ -72,19 +72,19 @@ class Source:
     text: Callable[[], dict]
 
 
-class Rows:
-    """A chunk being filled by a reader."""
-
-    def __init__(self):
-        self.users, self.items, self.times = [], [], []
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def take(self) -> tuple[list, list, list]:
-        out = self.users, self.items, self.times
-        self.__init__()
-        return out
+def chunked(records: Iterator[tuple[list, list, list]], rows: int) -> Iterator[tuple[list, list, list]]:
+    """A reader's records (users, items, times: parallel lists, one event or a whole history) regrouped into
+    (users, items, times) chunks of at least `rows` events (a record is never split), the last one shorter."""
+    users, items, times = [], [], []
+    for u, i, t in records:
+        users.extend(u)
+        items.extend(i)
+        times.extend(t)
+        if len(users) >= rows:
+            yield users, items, times
+            users, items, times = [], [], []
+    if users:
+        yield users, items, times
 
 
 def fetch(path_or_url: str, cache_dir: str) -> Path:
@@ -203,8 +203,7 @@ def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Source:
     seq_path = _find(root, ("sequences.jsonl.gz", "sequences.jsonl"))
     items_path = _find(root, ("items.tsv",))
 
-    def chunks(rows: int) -> Iterator[tuple[list, list, list]]:
-        buf = Rows()
+    def records() -> Iterator[tuple[list, list, list]]:
         for lineno, obj in iter_json_lines(seq_path, problems):
             where = f"{seq_path}:{lineno}"
             ids, ts = obj.get("item_ids"), obj.get("timestamps")
@@ -225,13 +224,7 @@ def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Source:
             if not ids:
                 problems.report("short_history", f"{where}: user {uid} has an empty history")
                 continue
-            buf.users.extend([uid] * len(ids))
-            buf.items.extend(str(i) for i in ids)
-            buf.times.extend(ts)
-            if len(buf) >= rows:
-                yield buf.take()
-        if len(buf):
-            yield buf.take()
+            yield [uid] * len(ids), [str(i) for i in ids], ts
 
     def text() -> dict:
         out = {}
@@ -239,7 +232,7 @@ def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Source:
             out[item] = {"title": title.strip(), "category": "", "brand": ""}
         return out
 
-    return Source(chunks, text)
+    return Source(lambda rows: chunked(records(), rows), text)
 
 
 def _category(value) -> str:
@@ -254,21 +247,14 @@ def read_amazon_raw(reviews: str, meta: str, cache_dir: str, problems: Problems)
     """Amazon Reviews raw files: reviews JSON lines (reviewerID, asin, unixReviewTime) + metadata lines."""
     rpath, mpath = fetch(reviews, cache_dir), fetch(meta, cache_dir)
 
-    def chunks(rows: int) -> Iterator[tuple[list, list, list]]:
-        buf = Rows()
+    def records() -> Iterator[tuple[list, list, list]]:
         for lineno, obj in iter_json_lines(rpath, problems):
             try:
                 u, i, t = str(obj["reviewerID"]), str(obj["asin"]), int(obj["unixReviewTime"])
             except (KeyError, TypeError, ValueError) as e:
                 problems.report("bad_field", f"{rpath}:{lineno}: missing or bad field {e}")
                 continue
-            buf.users.append(u)
-            buf.items.append(i)
-            buf.times.append(t)
-            if len(buf) >= rows:
-                yield buf.take()
-        if len(buf):
-            yield buf.take()
+            yield [u], [i], [t]
 
     def text() -> dict:
         out = {}
@@ -284,7 +270,7 @@ def read_amazon_raw(reviews: str, meta: str, cache_dir: str, problems: Problems)
             }
         return out
 
-    return Source(chunks, text)
+    return Source(lambda rows: chunked(records(), rows), text)
 
 
 def recbole_wheel(cache_dir: str) -> Path:

@@ -173,9 +173,10 @@ def items_table(names: list, text: dict, all_counts: np.ndarray, train_counts: n
     return table, item_ids
 
 
-def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool) -> dict:
+def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool, start=None) -> dict:
     """Every table of the stage but the candidates: users as part files (scratch/users/b<k>.parquet, in user-id
-    order), the items table, and figures for the manifest."""
+    order), the items table, and figures for the manifest. start(): called once the whole input has been read and
+    checked, before the first task (connecting to Ray there: a bad row is reported without a cluster)."""
     t0 = time.perf_counter()
     sp = spill(source, scratch, cfg.block_rows)
     text = source.text()
@@ -185,6 +186,8 @@ def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool)
     text_ok = text_mask(names, text, cfg.missing_text, problems)
     if not sp.rows:
         raise DataError("no users left after filtering; check the input and the k-core thresholds")
+    if start is not None:
+        start()
     files = make_buckets(sp, scratch, cfg.bucket_rows, parallel)
     t_buckets = time.perf_counter()
     alive, mu, passes = filter_core(cfg, files, text_ok, problems, parallel)

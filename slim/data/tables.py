@@ -13,7 +13,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slim.data.sources import DataError, Problems, Rows, Source, fetch, iter_csv, parse_time
+from slim.data.sources import DataError, Problems, Source, chunked, fetch, iter_csv, parse_time
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -53,11 +53,11 @@ def _text(v) -> str:
     return "" if v is None else str(v).strip()
 
 
-def read_interactions(p: Path, cfg, problems: Problems, rows: int) -> Iterator[tuple[list, list, list]]:
-    """(users, items, times) chunks of at most `rows` rows; without a time column (`time_column: ""`) the row
-    order is the time."""
+def read_interactions(p: Path, cfg, problems: Problems) -> Iterator[tuple[list, list, list]]:
+    """One ([user], [item], [time]) record per good row; without a time column (`time_column: ""`) the row order
+    is the time."""
     cols = [cfg.user_column, cfg.item_column] + ([cfg.time_column] if cfg.time_column else [])
-    buf, n = Rows(), 0
+    n = 0
     for where, values in iter_table(p, cols, problems):
         u, i = _text(values[0]), _text(values[1])
         if not u or not i:
@@ -73,13 +73,7 @@ def read_interactions(p: Path, cfg, problems: Problems, rows: int) -> Iterator[t
         else:
             t = n
         n += 1
-        buf.users.append(u)
-        buf.items.append(i)
-        buf.times.append(t)
-        if len(buf) >= rows:
-            yield buf.take()
-    if len(buf):
-        yield buf.take()
+        yield [u], [i], [t]
 
 
 def read_item_text(p: Path, cfg, problems: Problems) -> dict[str, dict]:
@@ -102,5 +96,5 @@ def read_item_text(p: Path, cfg, problems: Problems) -> dict[str, dict]:
 def read_tables(cfg, problems: Problems) -> Source:
     """`cfg` is a DataConfig (interactions, items, *_column(s), cache_dir)."""
     inter, items = fetch(cfg.interactions, cfg.cache_dir), fetch(cfg.items, cfg.cache_dir)
-    return Source(lambda rows: read_interactions(inter, cfg, problems, rows),
+    return Source(lambda rows: chunked(read_interactions(inter, cfg, problems), rows),
                   lambda: read_item_text(items, cfg, problems))
