@@ -134,3 +134,11 @@ class RunDir:
         p = self.manifest_path(stage)
         if p.exists():
             p.unlink()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (a stage's driver; Ray workers are other processes), in MB: the
+    figure every stage's manifest records as driver_peak_rss_mb."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

