@@ -1,10 +1,12 @@
 """Data stage: wall time and peak memory (PSS) on generated inputs of growing size, against the in-memory stage of an
 earlier commit run on the smallest input in the same session.
 
-    .venv/bin/python bench/bench_prepare.py [--sizes 200000,1000000,5000000] [--baseline 8e6c2ae] [--nodes 1,4,16]
+    .venv/bin/python bench/bench_prepare.py [--sizes 200000,1000000,5000000] [--items N] [--baseline 8e6c2ae]
+        [--nodes 1,4,16]
 
-Each input is `tests.datagen.write_seqrec` (9 events per user on average, 5% as many items as users, at least
-20,000). Memory is the PSS of the driver and every process it started (Ray's included), sampled every 0.2 s: the
+Each input is `tests.datagen.write_seqrec` (9 events per user on average; 5% as many items as users, at least
+20,000, or `--items` for every size: the driver keeps per-item state by design, so a fixed item count shows what
+grows with users alone). Memory is the PSS of the driver and every process it started (Ray's included), sampled every 0.2 s: the
 peak of the sum, of the driver, and of the largest other process. The 50M-user projection is computed from the
 largest run's measured rates (see `projection`).
 """
@@ -88,6 +90,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="200000,1000000,5000000")
     p.add_argument("--baseline", default="8e6c2ae", help="commit of the in-memory stage, run on the smallest size")
+    p.add_argument("--items", type=int, default=0, help="items in every input (default: 5%% of users)")
     p.add_argument("--nodes", default="1,4,16")
     p.add_argument("--node-cores", type=int, default=16)
     p.add_argument("--out", default="bench/results/prepare.md")
@@ -96,7 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for k, n in enumerate(int(s) for s in a.sizes.split(",")):
             t0 = time.perf_counter()
-            src = write_seqrec(Path(tmp) / f"gen{n}", n, max(20_000, n // 20), seed=1)
+            src = write_seqrec(Path(tmp) / f"gen{n}", n, a.items or max(20_000, n // 20), seed=1)
             print(f"generated {n:,} users in {time.perf_counter() - t0:.0f}s", flush=True)
             if k == 0 and a.baseline:  # before this process starts Ray: the baseline's job starts its own
                 base = baseline(a.baseline, src, tmp, 0)
@@ -112,12 +115,12 @@ def main() -> None:
 
 def write_report(a, rows: list, base: dict | None) -> None:
     first = rows[0]
-    lines = ["| input | users | interactions | buckets | wall s | read s | buckets s | k-core s (passes) | users s | "
+    lines = ["| input | users | items | interactions | buckets | wall s | read s | buckets s | k-core s (passes) | users s | "
              "candidates s | rows/s | peak PSS MB (all) | driver PSS MB | largest other process PSS MB | "
-             "x users | x time | x PSS | load |", "|" + "---|" * 18]
+             "x users | x time | x PSS | load |", "|" + "---|" * 19]
     for r in ([base] if base else []) + rows:
         lines.append(
-            f"| {r['input']} | {r['users']:,} | {r['interactions']:,} | {r.get('buckets', '')} | {r['wall_s']} | "
+            f"| {r['input']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | {r.get('buckets', '')} | {r['wall_s']} | "
             f"{r['read_s']} | {r.get('buckets_s', '')} | {r.get('kcore_s', '')} ({r.get('passes', '')}) | "
             f"{r.get('users_s', '')} | {r['candidates_s']} | {r['input_rows'] / r['wall_s']:,.0f} | "
             f"{r['peak_pss_mb']:,} | {r['driver_pss_mb']:,} | {r['top_process_pss_mb']:,} ({r['top_process']}) | "

@@ -78,6 +78,29 @@ def test_candidates_do_not_depend_on_batching():
     assert not np.array_equal(whole[C.NEGATIVES], other[C.NEGATIVES])  # the seed matters
 
 
+def _fresh_reference(draw, hist_rows, hist_items):
+    out = np.zeros(draw.shape, bool)
+    for r, row in enumerate(draw):
+        seen = set(hist_items[hist_rows == r].tolist())
+        for c, x in enumerate(row.tolist()):
+            out[r, c] = x not in seen
+            seen.add(x)
+    return out
+
+
+@pytest.mark.parametrize("num_items", [50, 1 << 50])  # 2^50: keys overflow int64 unless rows go in slices
+def test_fresh_draws_rejects_history_and_repeats(num_items):
+    rng = np.random.default_rng(3)
+    draw = rng.integers(1, 40, (300, 60)) + (num_items - 50)  # [300, 60], many repeats and history hits
+    lens = rng.integers(0, 20, 300)
+    hist_rows = np.repeat(np.arange(300), lens)
+    hist_items = rng.integers(1, 40, lens.sum()) + (num_items - 50)
+    got = S.fresh_draws(draw, hist_rows, hist_items, num_items)
+    assert np.array_equal(got, _fresh_reference(draw, hist_rows, hist_items))
+    assert 0.1 < got.mean() < 0.9  # both kinds occur
+    assert not S.fresh_draws(draw, np.arange(300), draw[:, 0], num_items)[:, 0].any()  # its own history
+
+
 def test_k_core():
     users = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     items = np.array([0, 1, 2, 0, 1, 0, 1, 3])

@@ -50,28 +50,63 @@ def uniforms(seed: int, uids: np.ndarray, stream: int, start: int, k: int) -> np
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+SORTED_LOOKUP_MIN = 1 << 15  # cdf entries beyond which sorted lookups pay (the cdf no longer sits in cache)
+
+
+def draw_items(u: np.ndarray, num_items: int, cdf: np.ndarray | None) -> np.ndarray:
+    """Uniforms [B, k] -> items [B, k] in 1..num_items: uniform, or by inverse cdf. A large cdf is searched with the
+    uniforms in sorted order (the lookups then walk it in order instead of missing the cache every time)."""
+    if cdf is None:
+        idx = (u * num_items).astype(np.int64)
+    elif len(cdf) < SORTED_LOOKUP_MIN:
+        idx = np.searchsorted(cdf, u, "right")
+    else:
+        flat = u.ravel()
+        order = np.argsort(flat)
+        idx = np.empty(flat.size, np.int64)
+        idx[order] = np.searchsorted(cdf, flat[order], "right")
+        idx = idx.reshape(u.shape)
+    return np.minimum(idx, num_items - 1) + 1
+
+
+def fresh_draws(draw: np.ndarray, hist_rows: np.ndarray, hist_items: np.ndarray, num_items: int) -> np.ndarray:
+    """[B, k] bool: the draw is in neither its row's history nor earlier in its row. One sort of tagged keys:
+    (row * (num_items + 1) + item) << bits | tag, tag 0 for history and 1 + column for draws, so among equal
+    (row, item) the history comes first and then draws in stream order; a draw is fresh iff the entry sorted
+    before it holds another (row, item). Rows go in slices small enough for the keys to fit in int64."""
+    B, k = draw.shape
+    stride, bits = num_items + 1, int(k).bit_length()
+    rows_per = max(1, ((1 << 62) >> bits) // stride)
+    fresh = np.ones((B, k), bool)
+    tag = np.arange(1, k + 1, dtype=np.int64)
+    for a in range(0, B, rows_per):
+        b = min(B, a + rows_per)
+        h = (hist_rows >= a) & (hist_rows < b)
+        hist = ((hist_rows[h] - a) * stride + hist_items[h]) << bits  # [H], tag 0
+        keys = ((np.arange(b - a)[:, None] * stride + draw[a:b]) << bits) | tag  # [b - a, k]
+        s = np.sort(np.concatenate([hist, keys.ravel()]))
+        key, pos = s >> bits, s & ((1 << bits) - 1)
+        stale = np.flatnonzero(key[1:] == key[:-1]) + 1  # sorted positions that repeat the entry before
+        stale = stale[pos[stale] > 0]  # draws only
+        fresh[a + key[stale] // stride, pos[stale] - 1] = False
+    return fresh
+
+
 def sample_negatives(
     seed: int, stream: int, uids: np.ndarray, histories: list, num_items: int, n: int, cdf: np.ndarray | None
 ) -> np.ndarray:
     """[B, n] distinct items in 1..num_items, none in the user's history; uniform, or popularity-weighted
     when `cdf` is given. Row b holds the first n acceptable draws of user b's own stream."""
     out = np.zeros((len(uids), n), np.int32)
+    lens = np.fromiter((len(h) for h in histories), np.int64, len(histories))
     # Short first prefix: most rows need barely more than n draws. Rows that fall short redraw a longer prefix of
     # the same stream, so the result does not depend on k.
     todo, k = np.arange(len(uids)), n + n // 4 + 16
     while len(todo):
-        B, stride = len(todo), num_items + 1
-        u = uniforms(seed, uids[todo], stream, 0, k)  # [B, k]
-        idx = (u * num_items).astype(np.int64) if cdf is None else np.searchsorted(cdf, u, "right")
-        draw = np.minimum(idx, num_items - 1) + 1  # [B, k] in 1..num_items
-        keys = np.arange(B)[:, None] * stride + draw  # [B, k], unique per (row, item)
-        lens = np.fromiter((len(histories[t]) for t in todo), np.int64, B)
-        hist = np.repeat(np.arange(B), lens) * stride + np.concatenate([histories[t] for t in todo])
-        ok = ~np.isin(keys, hist)
-        _, first = np.unique(keys.ravel(), return_index=True)
-        is_first = np.zeros(B * k, bool)
-        is_first[first] = True
-        accept = ok & is_first.reshape(B, k)
+        draw = draw_items(uniforms(seed, uids[todo], stream, 0, k), num_items, cdf)  # [B, k] in 1..num_items
+        hist_rows = np.repeat(np.arange(len(todo)), lens[todo])
+        hist_items = np.concatenate([np.asarray(histories[t], np.int64) for t in todo])
+        accept = fresh_draws(draw, hist_rows, hist_items, num_items)
         rank = np.cumsum(accept, axis=1)
         done = rank[:, -1] >= n
         sel = accept & (rank <= n)

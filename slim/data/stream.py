@@ -12,6 +12,7 @@ their count.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 from dataclasses import dataclass, field
@@ -47,9 +48,21 @@ def run_tasks(fn, args: list, parallel: bool) -> list:
 
     from slim.raycluster import cores_request
 
-    task = ray.remote(num_cpus=1, resources=cores_request(1))(fn)
+    task = ray.remote(num_cpus=1, resources=cores_request(1))(released)
     shared = {id(x): ray.put(x) for a in args for x in a if isinstance(x, np.ndarray) and x.nbytes > 65_536}
-    return ray.get([task.remote(*[shared.get(id(x), x) for x in a]) for a in args])
+    return ray.get([task.remote(fn, *[shared.get(id(x), x) for x in a]) for a in args])
+
+
+def released(fn, *args):
+    """fn(*args), then the memory it freed handed back to the system: Arrow's pool and glibc's heap keep freed
+    pages for reuse, so a worker reused across buckets would otherwise hold its largest bucket's peak for good."""
+    out = fn(*args)
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        pass
+    return out
 
 
 def spill(source: Source, scratch: str, block_rows: int) -> Spilled:
