@@ -41,10 +41,14 @@ print("RESULT " + json.dumps({"counts": m.counts, "timings": m.timings, "wall": 
 
 def measured(name: str, mem: PeakMem, wall: float, counts: dict, timings: dict, rows: int) -> dict:
     others = [(t, mb) for t, mb in mem.process_peaks_mb(10) if t != DRIVER]
+    heaps = [(t, mb) for t, mb in mem.process_peaks_mb(10, anon=True) if t != DRIVER]
+    at_peak = sorted(((t, b / 2**20) for t, b in mem.peak_titles.items()), key=lambda r: -r[1])[:6]
     row = {"input": name, **counts, "input_rows": rows, "wall_s": round(wall, 1),
            "peak_pss_mb": round(mem.peak_mb), "driver_pss_mb": round(dict(mem.process_peaks_mb(50)).get(DRIVER, 0)),
            "top_process": others[0][0] if others else "", "top_process_pss_mb": round(others[0][1]) if others else 0,
            "peak_rss_sum_mb": round(mem.peak_rss_mb), "load1": round(os.getloadavg()[0], 1),
+           "top_heap": heaps[0][0] if heaps else "", "top_heap_mb": round(heaps[0][1]) if heaps else 0,
+           "pss_at_peak_mb": {t: round(mb) for t, mb in at_peak},
            **{k: round(v, 1) for k, v in timings.items()}}
     print(json.dumps(row), flush=True)
     return row
@@ -86,11 +90,23 @@ def projection(r: dict, users: int, nodes: list, cores: int) -> list:
     return [(n, (read + rest_core_s / (n * cores)) / 3600) for n in nodes]
 
 
+def generated(root: Path, users: int, items: int) -> Path:
+    """The generated input for (users, items), written unless a finished one is there (`--inputs`: kept)."""
+    src = root / f"gen{users}-{items}"
+    if not (src / "done").exists():
+        t0 = time.perf_counter()
+        write_seqrec(src, users, items, seed=1)
+        (src / "done").touch()
+        print(f"generated {users:,} users in {time.perf_counter() - t0:.0f}s", flush=True)
+    return src
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="200000,1000000,5000000")
     p.add_argument("--baseline", default="8e6c2ae", help="commit of the in-memory stage, run on the smallest size")
     p.add_argument("--items", type=int, default=0, help="items in every input (default: 5%% of users)")
+    p.add_argument("--inputs", default="", help="folder that keeps the generated inputs between runs")
     p.add_argument("--nodes", default="1,4,16")
     p.add_argument("--node-cores", type=int, default=16)
     p.add_argument("--out", default="bench/results/prepare.md")
@@ -98,9 +114,7 @@ def main() -> None:
     rows, base = [], None
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for k, n in enumerate(int(s) for s in a.sizes.split(",")):
-            t0 = time.perf_counter()
-            src = write_seqrec(Path(tmp) / f"gen{n}", n, a.items or max(20_000, n // 20), seed=1)
-            print(f"generated {n:,} users in {time.perf_counter() - t0:.0f}s", flush=True)
+            src = generated(Path(a.inputs or tmp), n, a.items or max(20_000, n // 20))
             if k == 0 and a.baseline:  # before this process starts Ray: the baseline's job starts its own
                 base = baseline(a.baseline, src, tmp, 0)
             init_ray()  # started once, outside the timed runs
@@ -108,7 +122,8 @@ def main() -> None:
                                                          path=str(src))))
             if base and not base["input_rows"]:
                 base["input_rows"] = rows[-1]["input_rows"]
-            prepare.storage.remove_tree(src)
+            if not a.inputs:
+                prepare.storage.remove_tree(src)
             prepare.storage.remove_tree(f"{tmp}/run{n}")
             write_report(a, rows, base)  # after every size: a bench stopped early keeps what it measured
 

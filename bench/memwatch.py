@@ -57,6 +57,7 @@ class PeakMem:
         self._last: tuple = (0, {}, {})  # (summed RSS, PSS by title, anonymous by title)
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (process title, CPU seconds), last seen
         self.proc_peak: dict[int, tuple[str, int]] = {}  # pid -> (process title then, PSS bytes) at its own peak
+        self.proc_anon_peak: dict[int, tuple[str, int]] = {}  # pid -> (title then, anonymous bytes) at its peak
         self._t = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> int:
@@ -64,7 +65,7 @@ class PeakMem:
         me = psutil.Process()
         rss, pss, anon = _mem(me)
         pss_by, anon_by = {DRIVER: pss}, {DRIVER: anon}
-        self._peak_of(me.pid, DRIVER, pss)
+        self._peak_of(me.pid, DRIVER, pss, anon)
         t = me.cpu_times()
         self.cpu[me.pid] = DRIVER, t.user + t.system
         for c in me.children(recursive=True):
@@ -73,20 +74,23 @@ class PeakMem:
             except psutil.Error:
                 continue
             rss += r
-            self._peak_of(c.pid, title, s)
+            self._peak_of(c.pid, title, s, a)
             pss_by[title] = pss_by.get(title, 0) + s
             anon_by[title] = anon_by.get(title, 0) + a
             self.cpu[c.pid] = title, t.user + t.system  # Ray retitles a worker per task
         self._last = rss, pss_by, anon_by
         return sum(pss_by.values())
 
-    def _peak_of(self, pid: int, title: str, pss: int) -> None:
+    def _peak_of(self, pid: int, title: str, pss: int, anon: int) -> None:
         if pss > self.proc_peak.get(pid, ("", -1))[1]:
             self.proc_peak[pid] = title, pss
+        if anon > self.proc_anon_peak.get(pid, ("", -1))[1]:
+            self.proc_anon_peak[pid] = title, anon
 
-    def process_peaks_mb(self, top: int = 5) -> list:
-        """The processes with the highest PSS each reached, as (title at that moment, MB), highest first."""
-        rows = sorted(self.proc_peak.values(), key=lambda r: -r[1])[:top]
+    def process_peaks_mb(self, top: int = 5, anon: bool = False) -> list:
+        """The processes with the highest PSS (or, with `anon`, anonymous memory: the process's own heap, not the
+        shared object store or libraries) each reached, as (title at that moment, MB), highest first."""
+        rows = sorted((self.proc_anon_peak if anon else self.proc_peak).values(), key=lambda r: -r[1])[:top]
         return [(t, b / 2**20) for t, b in rows]
 
     def change_by_title(self, lo: tuple[float, float], hi: tuple[float, float], top: int = 5,

@@ -297,6 +297,14 @@ def read_table(p, **kw):
     return pq.read_table(where, filesystem=fs, **kw)
 
 
+def dataset(p):
+    """A pyarrow Parquet dataset over a file or folder here or in a bucket (filters push down to row groups)."""
+    import pyarrow.dataset as ds
+
+    where, fs = _pq_args(p)
+    return ds.dataset(where, filesystem=fs, format="parquet")
+
+
 def read_metadata(p):
     import pyarrow.parquet as pq
 

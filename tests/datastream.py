@@ -32,6 +32,7 @@ def table_digest(table, keys: list) -> str:
 
 def run_digests(run_dir) -> dict:
     """Digests of users.parquet, items.parquet and the candidates folder of a data stage's output."""
+    import ray.data  # noqa: F401  registers Ray's tensor type: the negatives' type then reads as it did when pinned
     root = Path(run_dir)
     return {
         "users": table_digest(pq.read_table(root / C.USERS_FILE), [C.USER_ID]),

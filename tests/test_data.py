@@ -56,6 +56,14 @@ def test_candidates_valid_and_fixed(ml100k, ray_local):
     prepare.run(cfg, force=True)
     again = _cands(__import__("pathlib").Path(cfg.run_dir))
     assert np.array_equal(np.stack(c[C.NEGATIVES]), np.stack(again[C.NEGATIVES]))
+    # The recommender stages read them back per protocol and per block of users, as stored.
+    from slim.recsys.data import load
+
+    d = load(cfg.run_dir)
+    rows = c[(c[C.SPLIT] == "test") & (c[C.PROTOCOL] == "pop100")].set_index(C.USER_ID)
+    got = d.candidates.subset(100, 300)[("test", "pop100")]  # [200, 101]
+    want = [[rows.loc[u, C.TARGET], *np.asarray(rows.loc[u, C.NEGATIVES]).tolist()] for u in d.user_ids[100:300]]
+    assert want == got.tolist()
 
 
 def test_rerun_is_skipped_by_manifest(ml100k):

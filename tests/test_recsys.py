@@ -80,6 +80,46 @@ def test_subsample_is_fixed(run_dir):
     assert np.array_equal(a.candidates[("valid", "pop100")][:, 0], a.targets("valid"))
 
 
+def test_candidates_are_read_when_ranked_and_per_block(run_dir, tmp_path):
+    """`load` reads no candidates; a protocol is read for exactly the loaded users (a subsample, a block) and
+    equals the stored rows; a block pickles without the rows (a Ray task reads its own); a user without rows is
+    an error naming the folder and the protocol, raised when that protocol is read."""
+    import pickle
+    import shutil
+
+    import pyarrow.compute as pc
+
+    stored = pq.read_table(run_dir / C.CANDIDATES_DIR).to_pandas()
+    stored = stored[(stored[C.SPLIT] == "valid") & (stored[C.PROTOCOL] == "pop100")].set_index(C.USER_ID)
+    want = {u: [r[C.TARGET], *r[C.NEGATIVES]] for u, r in stored.iterrows()}
+    d = D.load(run_dir)
+    assert not d.candidates._cache
+    got = d.candidates[("valid", "pop100")]
+    assert got.shape == (U, 101) and all(got[i].tolist() == want[u] for i, u in enumerate(d.user_ids))
+    assert set(d.candidates._cache) == {("valid", "pop100")}
+    blk = pickle.loads(pickle.dumps(d.candidates.subset(30, 50)))
+    assert not blk._cache and len(pickle.dumps(blk)) < len(pickle.dumps(got[30:50])) / 4
+    assert np.array_equal(blk[("valid", "pop100")], got[30:50]) and blk.width(("test", "uni100")) == 101
+    sub = D.load(run_dir, max_users=20, seed=1)
+    assert all(r.tolist() == want[u] for r, u in zip(sub.candidates[("valid", "pop100")], sub.user_ids))
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    t = pq.read_table(bad / C.CANDIDATES_DIR)
+    hit = pc.and_(pc.equal(t[C.USER_ID], 7), pc.equal(t[C.PROTOCOL], "uni100"))  # user 7's uni100 rows
+    shutil.rmtree(bad / C.CANDIDATES_DIR)
+    (bad / C.CANDIDATES_DIR).mkdir()
+    pq.write_table(t.filter(pc.invert(hit)), bad / C.CANDIDATES_DIR / "part-0.parquet")
+    with pytest.raises(D.RecDataError, match=r"candidates: 318 rows for 80 users in users.parquet, expected 4"):
+        D.load(bad)  # a missing row is found by counting, before any is read
+    uid = pc.if_else(hit, 8, t[C.USER_ID])  # user 8 twice instead: the count is right
+    pq.write_table(t.set_column(t.schema.get_field_index(C.USER_ID), C.USER_ID, uid),
+                   bad / C.CANDIDATES_DIR / "part-0.parquet")
+    d = D.load(bad)
+    assert d.candidates[("valid", "pop100")].shape == (U, 101)  # the other protocol is whole
+    with pytest.raises(D.RecDataError, match=r"candidates: 80 rows for split=test protocol=uni100 over 80 users"):
+        d.candidates[("test", "uni100")]
+
+
 def test_bad_input_names_file_and_user(tmp_path):
     with pytest.raises(D.RecDataError, match="users.parquet not found"):
         D.load(tmp_path)

@@ -260,6 +260,10 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
     cand = lambda r: storage.read_table(f"{r}/{C.CANDIDATES_DIR}").sort_by(  # noqa: E731
         [(C.USER_ID, "ascending"), (C.SPLIT, "ascending"), (C.PROTOCOL, "ascending")])
     assert cand(uri).num_rows == m_local.counts["candidate_rows"] and cand(uri).equals(cand(tmp_path / "run"))
+    from slim.recsys import data as D  # the recommender stages read a block of users' candidates from the bucket
+
+    k = ("test", "pop100")
+    assert np.array_equal(D.load(uri).candidates.subset(10, 30)[k], D.load(tmp_path / "run").candidates[k][10:30])
     written = objects(cli, uri)
     assert "run/data/manifest.json" in written and any(k.startswith("run/data/candidates/") for k in written)
     assert not any(k.startswith("run/data/.scratch/") for k in written)  # the stage's chunks and buckets: removed

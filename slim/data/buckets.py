@@ -28,6 +28,15 @@ def write(table: pa.Table, where: str) -> None:
         pq.write_table(table, p)
 
 
+def writer(where: str, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet file written table by table (one row group each), here or in a bucket."""
+    p = storage.path(where)
+    if storage.is_remote(p):
+        return pq.ParquetWriter(p.key, schema, filesystem=p.fs)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return pq.ParquetWriter(p, schema)
+
+
 def read(where: str, columns: list | None = None) -> pa.Table:
     return storage.read_table(where, columns=columns)
 
@@ -124,3 +133,28 @@ def build_users(where: str, alive: np.ndarray, min_user: int, picks, item_ids: n
     })
     write(users, out)
     return {"users": users.num_rows, "max_len": int(lengths.max()) if len(lengths) else 0}
+
+
+def candidates(users: str, out: str, seed: int, num_items: int, n: int, cdf: np.ndarray, batch: int) -> int:
+    """A bucket's users (a part of users.parquet) -> their candidate rows (valid/test x uni100/pop100: 4 per user)
+    in `out`, sampled and written `batch` users at a time, so memory follows the bucket and the batch. The negatives
+    are a tensor column, as Ray Data wrote them before. Returns the rows written."""
+    from ray.data.extensions import ArrowTensorArray
+
+    t = read(users, [C.USER_ID, C.ITEM_IDS])
+    w, rows = None, 0
+    for a in range(0, t.num_rows, batch):
+        part = t.slice(a, batch)
+        lists = part.column(C.ITEM_IDS).combine_chunks()
+        flat, off = lists.flatten().to_numpy(), lists.offsets.to_numpy() - lists.offsets[0].as_py()
+        seqs = [flat[off[i]:off[i + 1]] for i in range(len(lists))]
+        got = S.candidates_batch({C.USER_ID: part.column(C.USER_ID).to_numpy(), C.ITEM_IDS: seqs},
+                                 seed, num_items, n, cdf)
+        table = pa.table({C.USER_ID: got[C.USER_ID], C.SPLIT: got[C.SPLIT], C.PROTOCOL: got[C.PROTOCOL],
+                          C.TARGET: got[C.TARGET], C.NEGATIVES: ArrowTensorArray.from_numpy(got[C.NEGATIVES])})
+        w = w or writer(out, table.schema)
+        w.write_table(table)
+        rows += table.num_rows
+    if w is not None:
+        w.close()
+    return rows

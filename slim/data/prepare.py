@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from slim import atomic, storage
 from slim import columns as C
-from slim.data import sequences as S
+from slim.data import buckets as B
 from slim.data import sources, stream, tables
 from slim.rundir import Manifest, RunDir, file_fingerprint, peak_rss_mb
 
@@ -78,7 +78,7 @@ class DataConfig:
                 raise ConfigError("title_columns: name at least one items-table column for the item title")
 
 
-CANDIDATE_BLOCK_KIB = 1024  # user rows (id, item ids) per block of the candidate sampling
+CANDIDATE_BATCH = 1024  # users sampled (and written as one row group) at a time in a bucket's task
 RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "block_rows", "bucket_rows")
 TABLE_KEYS = ("interactions", "items", "user_column", "item_column", "time_column", "title_columns",
               "category_column", "brand_column")
@@ -131,33 +131,25 @@ def build_tables(cfg: DataConfig, source: sources.Source, problems: sources.Prob
 
 
 def write_candidates(cfg: DataConfig, parts: list, n_items: int, max_len: int, items: pa.Table, out_dir) -> int:
-    """Sample valid/test x uni100/pop100 candidates for every user on Ray Data, streaming the users part files;
-    returns rows written."""
-    from slim.raycluster import read_parquet
-
+    """Sample valid/test x uni100/pop100 candidates for every user: one Ray task per users part file (a bucket),
+    each writing its own candidates file. Returns rows written."""
     pop = items.column(C.POPULARITY).to_numpy().astype(np.float64) + 1.0  # +1: unseen items stay drawable
     cdf = np.cumsum(pop / pop.sum())
     if n_items - max_len < cfg.num_negatives:
         raise sources.DataError(f"only {n_items} items: too few to draw {cfg.num_negatives} negatives per user")
-    # Small blocks: a sampling task holds one block's users and their candidates (4 rows of 100 negatives per
-    # user), so its memory follows the block size, not the bucket's.
-    ds = read_parquet(parts, [C.USER_ID, C.ITEM_IDS], CANDIDATE_BLOCK_KIB)
-    ds = ds.map_batches(
-        S.candidates_batch, batch_size=1024, batch_format="numpy",
-        fn_kwargs={"seed": cfg.seed, "num_items": n_items, "n": cfg.num_negatives, "cdf": cdf},
-    )
+
+    def sample(where: str) -> int:
+        args = [(p, f"{where}/part-b{k:05d}.parquet", cfg.seed, n_items, cfg.num_negatives, cdf, CANDIDATE_BATCH)
+                for k, p in enumerate(parts)]
+        return sum(stream.run_tasks(B.candidates, args, parallel=True))
+
     if storage.is_remote(out_dir):
         # Workers on any node write their files straight to the bucket (no rename there): the folder counts once
         # the data manifest, invalidated before and written after, names it.
         storage.remove_tree(out_dir)
-        where, fs = storage.ray_paths(out_dir)
-        ds.write_parquet(where, filesystem=fs)
-    else:
-        with atomic.writing(out_dir, replace_dir=True) as tmp:  # the folder appears whole or not at all
-            ds.write_parquet(str(tmp))
-        where, fs = str(out_dir), None
-    # counted from the files' footers: reading a column back would hold 4 values per user in the driver
-    return sum(f.metadata.num_rows for f in pq.ParquetDataset(where, filesystem=fs).fragments)
+        return sample(str(out_dir))
+    with atomic.writing(out_dir, replace_dir=True) as tmp:  # the folder appears whole or not at all
+        return sample(str(tmp))
 
 
 def write_users(parts: list, dest) -> None:

@@ -13,6 +13,7 @@ their count.
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from slim.data import buckets as B
 from slim.data import sequences as S
 from slim.data.sources import DataError, Problems, Source
 
+log = logging.getLogger(__name__)
 SAMPLE_PER_CHUNK, SAMPLE_CAP = 2048, 200_000  # raw user ids kept to place the bucket boundaries
 
 
@@ -50,7 +52,12 @@ def run_tasks(fn, args: list, parallel: bool) -> list:
 
     task = ray.remote(num_cpus=1, resources=cores_request(1))(released)
     shared = {id(x): ray.put(x) for a in args for x in a if isinstance(x, np.ndarray) and x.nbytes > 65_536}
-    return ray.get([task.remote(fn, *[shared.get(id(x), x) for x in a]) for a in args])
+    refs = [task.remote(fn, *[shared.get(id(x), x) for x in a]) for a in args]
+    pending, step = list(refs), max(1, len(refs) // 10)
+    while pending:  # progress: every tenth of the tasks
+        _, pending = ray.wait(pending, num_returns=min(step, len(pending)))
+        log.info("data: %s %d/%d", fn.__name__, len(refs) - len(pending), len(refs))
+    return ray.get(refs)
 
 
 def released(fn, *args):

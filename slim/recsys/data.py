@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
 from slim import columns as C
 from slim import storage
+from slim.recsys.candidates import Candidates
 
 
 class RecDataError(ValueError):
@@ -25,7 +25,11 @@ class SeqData:
     user_ids: np.ndarray  # [U] int64, ids in users.parquet
     seqs: list  # U arrays of int64 item ids (full history, chronological)
     num_items: int
-    candidates: dict  # (split, protocol) -> [U, 1 + negatives] int64, target in column 0
+    candidates: Candidates  # (split, protocol) -> [U, 1 + negatives] int64, target in column 0; or such a dict
+
+    def __post_init__(self):
+        if isinstance(self.candidates, dict):  # built in memory
+            self.candidates = Candidates(None, self.user_ids, self.candidates)
 
     def inputs(self, split: str) -> list:
         cut = {"valid": 2, "test": 1}[split]
@@ -44,6 +48,10 @@ def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
             raise RecDataError(f"{p} not found: run the data stage first (jobs/prepare_data.py)")
     users = storage.read_table(up, columns=[C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM])
     num_items = storage.read_metadata(ip).num_rows
+    n_cand, per_user = storage.dataset(cp).count_rows(), len(C.SPLITS) * len(C.PROTOCOLS)  # count: file footers
+    if n_cand != per_user * users.num_rows:  # checked now, though each protocol is read only when ranked
+        raise RecDataError(f"{cp}: {n_cand} rows for {users.num_rows} users in {up.name}, expected {per_user} "
+                           "per user: rerun the data stage")
     if max_users and users.num_rows > max_users:  # fixed-seed subsample for reduced benchmarks
         pick = np.sort(np.random.default_rng(seed).choice(users.num_rows, max_users, replace=False))
         users = users.take(pick)
@@ -63,27 +71,7 @@ def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
         if not np.array_equal(got, want):
             bad = np.flatnonzero(got != want)[0]
             raise RecDataError(f"{up}: user_id {uid[bad]}: {col} != {C.ITEM_IDS}[-{cut}]")
-    return SeqData(uid, seqs, num_items, _candidates(cp, uid))
-
-
-def _candidates(path: Path, uid: np.ndarray) -> dict:
-    t = storage.read_table(path, columns=[C.USER_ID, C.SPLIT, C.PROTOCOL, C.TARGET, C.NEGATIVES])
-    t = t.filter(pc.is_in(t.column(C.USER_ID), value_set=__import__("pyarrow").array(uid)))
-    out = {}
-    pos = {u: i for i, u in enumerate(uid.tolist())}
-    for split in C.SPLITS:
-        for proto in C.PROTOCOLS:
-            part = t.filter(pc.and_(pc.equal(t.column(C.SPLIT), split), pc.equal(t.column(C.PROTOCOL), proto)))
-            if part.num_rows != len(uid):
-                raise RecDataError(f"{path}: {part.num_rows} rows for split={split} protocol={proto}, "
-                                   f"expected one per user ({len(uid)})")
-            rows = np.array([pos[u] for u in part.column(C.USER_ID).to_numpy().tolist()])
-            neg = np.stack(part.column(C.NEGATIVES).to_numpy(zero_copy_only=False)).astype(np.int64)
-            cand = np.empty((len(uid), 1 + neg.shape[1]), dtype=np.int64)
-            cand[rows, 0] = part.column(C.TARGET).to_numpy()
-            cand[rows, 1:] = neg
-            out[(split, proto)] = cand
-    return out
+    return SeqData(uid, seqs, num_items, Candidates(cp, uid))  # read per protocol when first ranked
 
 
 def pad_right(seqs: list, max_len: int) -> tuple[np.ndarray, np.ndarray]:

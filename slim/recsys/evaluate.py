@@ -46,7 +46,7 @@ def chance_levels(d, split: str, protocols) -> dict:
             sizes = M.full_sizes(d.num_items, d.inputs(split), d.targets(split), exclude_history=(p == "full"))
             out[p] = M.chance_mean(sizes)
         else:
-            out[p] = M.chance(d.candidates[(split, p)].shape[1])
+            out[p] = M.chance(d.candidates.width((split, p)))
     return out
 
 
