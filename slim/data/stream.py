@@ -50,7 +50,7 @@ def run_tasks(fn, args: list, parallel: bool) -> list:
 
     from slim.raycluster import cores_request
 
-    task = ray.remote(num_cpus=1, resources=cores_request(1))(released)
+    task = ray.remote(num_cpus=1, resources=cores_request(1))(released).options(name=fn.__name__)  # its title
     shared = {id(x): ray.put(x) for a in args for x in a if isinstance(x, np.ndarray) and x.nbytes > 65_536}
     refs = [task.remote(fn, *[shared.get(id(x), x) for x in a]) for a in args]
     pending, step = list(refs), max(1, len(refs) // 10)
