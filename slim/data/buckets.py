@@ -19,15 +19,6 @@ from slim import storage
 from slim.data import sequences as S
 
 
-def write(table: pa.Table, where: str) -> None:
-    p = storage.path(where)
-    if storage.is_remote(p):
-        pq.write_table(table, p.key, filesystem=p.fs)
-    else:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, p)
-
-
 def writer(where: str, schema: pa.Schema) -> pq.ParquetWriter:
     """A Parquet file written table by table (one row group each), here or in a bucket."""
     p = storage.path(where)
@@ -35,6 +26,11 @@ def writer(where: str, schema: pa.Schema) -> pq.ParquetWriter:
         return pq.ParquetWriter(p.key, schema, filesystem=p.fs)
     p.parent.mkdir(parents=True, exist_ok=True)
     return pq.ParquetWriter(p, schema)
+
+
+def write(table: pa.Table, where: str) -> None:
+    with writer(where, table.schema) as w:
+        w.write_table(table)
 
 
 def read(where: str, columns: list | None = None) -> pa.Table:

@@ -130,9 +130,10 @@ def build_tables(cfg: DataConfig, source: sources.Source, problems: sources.Prob
         return pa.concat_tables([pq.read_table(p) for p in out["parts"]]), out["items"]
 
 
-def write_candidates(cfg: DataConfig, parts: list, n_items: int, max_len: int, items: pa.Table, out_dir) -> int:
+def write_candidates(cfg: DataConfig, parts: list, max_len: int, items: pa.Table, out_dir) -> int:
     """Sample valid/test x uni100/pop100 candidates for every user: one Ray task per users part file (a bucket),
     each writing its own candidates file. Returns rows written."""
+    n_items = items.num_rows
     pop = items.column(C.POPULARITY).to_numpy().astype(np.float64) + 1.0  # +1: unseen items stay drawable
     cdf = np.cumsum(pop / pop.sum())
     if n_items - max_len < cfg.num_negatives:
@@ -158,7 +159,7 @@ def write_users(parts: list, dest) -> None:
         writer = None
         for p in parts:
             t = storage.read_table(p)
-            writer = writer or pq.ParquetWriter(tmp, t.schema)
+            writer = writer or B.writer(str(tmp), t.schema)
             writer.write_table(t)
         writer.close()
 
@@ -186,7 +187,7 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
         write_users(built["parts"], out / "users.parquet")
         atomic.write_parquet(out / "items.parquet", built["items"])
         items = built["items"]
-        n_cand = write_candidates(cfg, built["parts"], items.num_rows, built["max_len"], items, out / "candidates")
+        n_cand = write_candidates(cfg, built["parts"], built["max_len"], items, out / "candidates")
     finally:
         storage.remove_tree(scratch)
     t_end = time.perf_counter()

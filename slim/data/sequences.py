@@ -11,8 +11,9 @@ from slim import columns as C
 
 def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int,
            keep: np.ndarray | None = None) -> np.ndarray:
-    """In memory, over interactions: keep-mask after iteratively dropping users/items with fewer interactions than the thresholds, starting
-    from `keep` (what earlier filters left): a fixed point, so every user and item left meets its threshold."""
+    """In memory, over interactions: keep-mask after iteratively dropping users/items with fewer interactions than
+    the thresholds, starting from `keep` (what earlier filters left): a fixed point, so every user and item left
+    meets its threshold."""
     keep = np.ones(len(users), dtype=bool) if keep is None else keep.copy()
     while min_user > 1 or min_item > 1:
         u_cnt = np.bincount(users[keep], minlength=users.max() + 1 if len(users) else 0)

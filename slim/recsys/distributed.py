@@ -116,7 +116,8 @@ def _loop(conf: dict) -> None:
 
 def loop_config(spec, d, text, ut, out, fp: str, cfg, rows: int, examples: int, trace=None) -> dict:
     """What every worker receives: the spec and object refs, not the users: the training examples come as Ray Data
-    shards; the users' sequences and candidates (d, ut) are fetched by rank 0 alone, which evaluates."""
+    shards; the users' sequences (d, ut) are fetched by rank 0 alone, which evaluates (candidates are read where
+    they are ranked: recsys.candidates)."""
     import ray
 
     return {"spec": spec, "num_items": d.num_items, "text": None if text is None else ray.put(text),

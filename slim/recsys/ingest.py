@@ -13,8 +13,8 @@ Seed stability: the permutation of each epoch is fixed by the seed, but `streami
 whichever worker asks first, so which rank trains on which example (and so the exact weights) varies between runs.
 
 What still travels whole: the item-text table (part of every rank's model) to every worker, and the users'
-sequences and candidates to rank 0, which evaluates (in Ray tasks over blocks of users when they are many:
-recsys.blocks). The driver still holds SeqData (recsys.data.load) while it writes the user blocks.
+sequences to rank 0, which evaluates (in Ray tasks over blocks of users when they are many: recsys.blocks; each
+task reads its own users' candidates, recsys.candidates). The driver still holds SeqData (recsys.data.load) while it writes the user blocks.
 """
 
 from __future__ import annotations
