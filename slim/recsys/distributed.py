@@ -139,7 +139,7 @@ def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg, trace: Optiona
     init_ray(cfg.ray_address, cfg.num_cpus)
     where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
     model = build_model(spec, d.num_items, text)  # what kind of examples it trains on
-    ds, n_ex, n_tg = example_dataset(model, d, spec.max_len, ut, world=cfg.num_workers)
+    ds, n_ex, n_tg = example_dataset(model, d, spec.max_len, ut, world=cfg.num_workers, positions=spec.positions)
     rows = batch_rows(spec, n_tg / max(1, n_ex) if model.per_position else None)
     trainer = TorchTrainer(
         _loop, train_loop_config=loop_config(spec, d, text, ut, out, fp, cfg, rows, n_ex, trace),
