@@ -7,6 +7,7 @@ the best weights + metrics.json.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -97,8 +98,9 @@ def _loop(conf: dict) -> None:
     def end_epoch(epoch, loss, t0):
         stop = torch.zeros(1, device=device)  # nccl collectives take GPU tensors
         if rank == 0:  # rank 0's mean loss stands for the group's
+            t_val = time.perf_counter()
             val = ranker.evaluate(model, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
-            stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"]))
+            stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"], time.perf_counter() - t_val))
         dist.broadcast(stop, src=0)
         ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
         return bool(stop.item())

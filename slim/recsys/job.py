@@ -145,7 +145,7 @@ def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
 def _progress(r: dict) -> None:
     # print, not logging: a Ray worker has no log handler, while its stdout reaches the driver (and `ray job logs`)
     print(f"[train] {r['run']} epoch {r['epoch']}: loss {r['loss']:.4f}, valid NDCG@10 {r['valid_ndcg10']:.2f} "
-          f"({r['seconds']:.1f}s)", flush=True)
+          f"({r['seconds']:.1f}s, of which validation {r.get('valid_s', 0.0):.1f}s)", flush=True)
 
 
 def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, cfg: TrainConfig) -> dict:

@@ -214,10 +214,11 @@ class EarlyStop:
         self.patience, self.best, self.best_state, self.bad, self.history = patience, -1.0, None, 0, []
         self.valid_protocol = valid_protocol
 
-    def update(self, model, epoch: int, loss: float, ndcg10: float) -> bool:
+    def update(self, model, epoch: int, loss: float, ndcg10: float, valid_s: float = 0.0) -> bool:
         """Record one epoch; True when `patience` epochs in a row did not improve. An epoch whose loss is not
-        finite has diverged: it is never the best, whatever its metrics."""
-        self.history.append({"epoch": epoch, "loss": loss, "valid_ndcg10": ndcg10})
+        finite has diverged: it is never the best, whatever its metrics. valid_s: what the validation took (the
+        cost of selecting on full ranking shows here, beside the epoch's training seconds)."""
+        self.history.append({"epoch": epoch, "loss": loss, "valid_ndcg10": ndcg10, "valid_s": valid_s})
         if math.isfinite(loss) and math.isfinite(ndcg10) and ndcg10 > self.best:
             self.best, self.best_state, self.bad = ndcg10, copy.deepcopy(model.state_dict()), 0
         else:
@@ -327,11 +328,13 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
         opt.zero_grad()
 
     def end_epoch(epoch, loss, t0):
+        t_val = time.perf_counter()
         val = evaluate(model, d, "valid", (valid_protocol,), spec.max_len, ut)[valid_protocol]
-        stop = stopper.update(model, epoch, loss, val["NDCG@10"])
+        t_val = time.perf_counter() - t_val
+        stop = stopper.update(model, epoch, loss, val["NDCG@10"], t_val)
         if progress:
             progress({"run": spec.name, "epoch": epoch, "loss": loss, "valid_ndcg10": val["NDCG@10"],
-                      "seconds": time.perf_counter() - t0})
+                      "seconds": time.perf_counter() - t0, "valid_s": t_val})
         return stop
 
     n_targets, t_train = train_epochs(spec, model, batches, lambda *a: batch_loss(model, spec, *a),
