@@ -180,6 +180,12 @@ def test_rankings_equal_offline_evaluation(app):
     sc = c.post("/score", json={"history": inputs[5].tolist(), "candidates": cand[5].tolist()}).json()["scores"]
     assert [s["item_id"] for s in sc] == cand[5].tolist()
     np.testing.assert_allclose([s["score"] for s in sc], want[5], atol=1e-5)
+    # a repeated candidate: one row per candidate sent, every copy with the very same score
+    twice = cand[5][[0, 1, 0, 2, 1, 0]].tolist()
+    sc = c.post("/score", json={"history": inputs[5].tolist(), "candidates": twice}).json()["scores"]
+    assert [s["item_id"] for s in sc] == twice
+    assert sc[0]["score"] == sc[2]["score"] == sc[5]["score"] and sc[1]["score"] == sc[4]["score"]
+    np.testing.assert_allclose([s["score"] for s in sc], want[5][[0, 1, 0, 2, 1, 0]], atol=1e-5)
 
 
 def test_known_user_full_ranking_titles_and_rationale(app):

@@ -228,9 +228,13 @@ class RecommenderApp:
 
     @api.post("/score", response_model=S.ScoreResponse, responses=ERRORS)
     async def score(self, req: S.ScoreRequest):
+        """One row per candidate sent, in their order; a repeated candidate is scored once and every copy of it
+        gets that score (scored twice, the copies sat at different rows of one matrix product and could differ in
+        the last bits)."""
         q = S.score_query(self.ranker, req)
-        ids, scores = await self._rank(q)
-        return {"run": self.ranker.run_name, "scores": self._items(ids, scores)}
+        distinct, where = np.unique(q.candidates, return_inverse=True)
+        ids, scores = await self._rank(dataclasses.replace(q, candidates=distinct))
+        return {"run": self.ranker.run_name, "scores": self._items(ids[where], scores[where])}
 
 
 def build(cfg: ServeConfig):

@@ -39,7 +39,8 @@ class RecommendRequest(Strict):
 class ScoreRequest(Strict):
     user_id: Optional[StrictInt] = None
     history: Optional[list[Union[StrictInt, StrictStr]]] = None
-    candidates: list[StrictInt] = Field(..., description="item ids to score, answered in this order")
+    candidates: list[StrictInt] = Field(..., description="item ids to score, answered in this order (a repeated "
+                                        "id is scored once: every copy gets the same score)")
 
 
 class Item(BaseModel):
