@@ -122,7 +122,8 @@ def app(tmp_path_factory, ray_local):
     os.environ[TOKEN_ENV] = TOKEN
     try:
         serve.run(build(ServeConfig(**base)), name="open", route_prefix="/")
-        serve.run(build(ServeConfig(**base, auth_token_env=TOKEN_ENV)), name="auth", route_prefix="/auth")
+        serve.run(build(ServeConfig(**base, auth_token_env=TOKEN_ENV, allowed_hosts=("localhost", "127.0.0.1"))),
+                  name="auth", route_prefix="/auth")
     finally:
         del os.environ[TOKEN_ENV]
     serve.run(build(ServeConfig(**base, variant="slim")), name="slim", route_prefix="/slim")
@@ -248,17 +249,27 @@ BAD = [  # (path, body, status, field)
     ("/recommend", {"history": list(range(1, 100)) * 20}, 413, "body"),
     ("/score", {"history": [1]}, 422, "candidates"),
     ("/score", {"history": [1], "candidates": [N + 5]}, 422, "candidates[0]"),
+    # bodies FastAPI cannot read as JSON for reasons other than a syntax error: still 422 naming the body
+    ("/recommend", b'{"user_id": 1\xff}', 422, "body"),  # not UTF-8
+    ("/recommend", '{"history": ["Caf\xe9"]}'.encode("latin-1"), 422, "body"),  # latin-1 text
+    ("/recommend", '{"history": ' + "[" * 2000 + "]" * 2000 + "}", 422, "body"),  # nested past the parser's depth
+    ("/recommend", "", 422, "body"),
+    ("/recommend", '{"history": [NaN]}', 422, "history[0]"),
+    ("/recommend", '{"history": [1e999]}', 422, "history[0]"),
+    ("/recommend", '{"history": ["\\ud800"]}', 422, "history[0]"),  # a lone surrogate: no such title
+    ("/recommend", '{"history": [1], "history": [2], "k": 3', 422, "body"),
+    ("/nowhere", {"history": [1]}, 404, "path"),
 ]
 
 
 def test_bad_inputs_get_4xx_naming_the_field(app):
     c = app["client"]
     for path, body, status, field in BAD:
-        content = body if isinstance(body, str) else None
-        r = c.post(path, content=content, json=None if content else body,
+        content = body if isinstance(body, (str, bytes)) else None
+        r = c.post(path, content=content, json=None if content is not None else body,
                    headers={"Content-Type": "application/json"})
-        assert (r.status_code, r.json()["field"]) == (status, field), (body, r.text)
-        assert r.json()["error"]
+        assert (r.status_code, r.json()["field"]) == (status, field), (body[:80], r.text)
+        assert r.json()["error"] and set(r.json()) == {"error", "field"}
     chunks = iter([b'{"history": ['] + [b"1," * 500] * 6 + [b"1]}"])  # no Content-Length: sent chunked
     r = c.post("/recommend", content=chunks, headers={"Content-Type": "application/json"})
     assert r.status_code == 413
@@ -280,6 +291,19 @@ def test_auth_enforced_when_configured_and_absent_otherwise(app):
     assert c.get("/auth/healthz").json()["auth"] is True and c.get("/auth/").status_code == 200
     assert c.get("/healthz").json()["auth"] is False
     assert c.get("/items/3").status_code == 200  # the open app asks for nothing
+
+
+def test_host_header_checked_only_when_allowed_hosts_is_set(app):
+    """`auth` lists localhost and 127.0.0.1: another Host (a DNS-rebound name) gets 400 naming the host, on every
+    path, the page included; the open app (no list) answers any Host."""
+    c, auth = app["client"], {"Authorization": f"Bearer {TOKEN}"}
+    for host in ("evil.example", "evil.example:80", "127.0.0.2", "localhost.evil.example"):
+        for path in ("/auth/", "/auth/healthz"):
+            r = c.get(path, headers={"Host": host, **auth})
+            assert (r.status_code, r.json()["field"]) == (400, "host"), (host, path, r.text)
+    for host in (f"127.0.0.1:{app['port']}", "LOCALHOST", "localhost:1"):
+        assert c.get("/auth/healthz", headers={"Host": host}).status_code == 200, host
+    assert c.get("/healthz", headers={"Host": "evil.example"}).status_code == 200
 
 
 def test_token_never_logged(app):

@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import FastAPI, Query as Q, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from slim import __version__
@@ -43,9 +44,11 @@ def _error(status: int, field: str, message: str, headers: Optional[dict] = None
 
 
 class Guard:
-    """ASGI middleware in front of every route: bodies over max_body_bytes get 413 (checked on the declared length
-    and again on the bytes received, so a chunked upload cannot pass it), and when a token is configured, requests
-    other than the page, health and schema need `Authorization: Bearer <token>` (401 otherwise)."""
+    """ASGI middleware in front of every route: a Host header not in serve.allowed_hosts (when set) gets 400 (a page
+    reached through someone else's DNS name cannot call the API); bodies over max_body_bytes get 413 (checked on the
+    declared length and again on the bytes received, so a chunked upload cannot pass it), and when a token is
+    configured, requests other than the page, health and schema need `Authorization: Bearer <token>` (401
+    otherwise)."""
 
     def __init__(self, app):
         self.app = app
@@ -54,12 +57,22 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refused = self._auth(scope, headers)
+        refused = self._host(headers) or self._auth(scope, headers)
         if refused is None:
             refused, receive = await self._body(headers, receive)
         if refused is not None:
             return await refused(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    def _host(self, headers: dict) -> Optional[JSONResponse]:
+        allowed = _guard()["allowed_hosts"]
+        if not allowed:
+            return None
+        host = headers.get("host", "").strip().lower()
+        name = host[:host.find("]") + 1] if host.startswith("[") else host.rsplit(":", 1)[0]  # without the port
+        if name in allowed:
+            return None
+        return _error(400, "host", f"host {host[:100]!r} is not in serve.allowed_hosts")
 
     def _auth(self, scope, headers: dict) -> Optional[JSONResponse]:
         token: Optional[Secret] = _guard()["token"]
@@ -116,6 +129,20 @@ async def _invalid(request: Request, exc: RequestValidationError):
     return _error(422, field, e.get("msg", "invalid"))
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http(request: Request, exc: StarletteHTTPException):
+    """Starlette's and FastAPI's own errors in the API's shape. A 400 is FastAPI failing to read the body as JSON
+    for a reason json.loads does not report as a decode error: a 422 naming the body, with that reason."""
+    if exc.status_code != 400:
+        return _error(exc.status_code, "path" if exc.status_code in (404, 405) else "request", str(exc.detail),
+                      getattr(exc, "headers", None))
+    cause = exc.__cause__
+    why = {UnicodeDecodeError: "not UTF-8 text", RecursionError: "JSON nested too deeply"}.get(type(cause))
+    if why is None:
+        why = type(cause).__name__ if cause is not None else str(exc.detail)
+    return _error(422, "body", f"not a JSON body: {why}")
+
+
 @api.exception_handler(S.FieldError)
 async def _bad_field(request: Request, exc: S.FieldError):
     return _error(exc.status, exc.field, exc.message)
@@ -131,7 +158,8 @@ class RecommenderApp:
         self.cfg = from_dict(cfg)
         self.ranker = Ranker(model_dir, self.cfg.run_dir, self.cfg.torch_threads)
         self.writer = writer  # a handle to the RationaleWriter deployment, when serve.generate_rationales
-        _guard().update(max_body_bytes=self.cfg.max_body_bytes, token=token)
+        _guard().update(max_body_bytes=self.cfg.max_body_bytes, token=token,
+                        allowed_hosts=tuple(h.lower() for h in self.cfg.allowed_hosts))
         self._batched.set_max_batch_size(self.cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
 

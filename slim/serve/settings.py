@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 STAGE = "serve"
 MAX_K = 1000  # the API's upper bound on k
 # A replica's request guard (slim/serve/app.py): body limit and token, set once by the replica at start.
-GUARD: dict = {"max_body_bytes": 65536, "token": None}
+GUARD: dict = {"max_body_bytes": 65536, "token": None, "allowed_hosts": ()}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,9 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.005
     max_ongoing_requests: int = 64
     max_body_bytes: int = 65536  # larger request bodies get 413
+    # Host names (no port) the app answers to, e.g. [localhost, 127.0.0.1]; others get 400. Empty = any host. Set it
+    # when the port is reachable by browsers, so a page on another site cannot reach the API by DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
     access_log: bool = True  # one log line per request (method, path, status, ms; never headers or bodies)
     # Name of an environment variable holding a bearer token; "" = no auth. The token itself is never in configs.
     auth_token_env: str = ""
