@@ -34,6 +34,7 @@ class Query:
     candidates: Optional[np.ndarray] = None  # int64; None = rank every item
     exclude_history: bool = True
     user_vec: Optional[np.ndarray] = None  # [Du] float32: a rationale vector written for this request (new users)
+    history_cut: int = 0  # the oldest items of a sent history left out (serve.max_history_items)
 
 
 def _items(root: Path) -> tuple[np.ndarray, list, list]:
