@@ -479,6 +479,7 @@ def test_page_renders_a_recommendation_in_headless_chromium(app, tmp_path):
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     top = app["client"].post("/recommend", json={"user_id": 3, "k": 5}).json()
     assert top["items"][0]["title"] in dom and STEPS[1] in dom
+    assert "not used by this model" in dom and top["rationale_used"] is False  # an ID model: shown, not used
     assert 'items/7"' in dom  # the grounded product links to its item
     assert f"<td>{top['items'][0]['score']:.4f}</td>" in dom
     # picked items (a new user): the history is shown with titles, and no rationale exists
@@ -493,6 +494,41 @@ def test_page_renders_a_recommendation_in_headless_chromium(app, tmp_path):
 
     img = imread(shot)
     assert img.shape[:2] == (1200, 1000) and img.std() > 0.05  # a real page, not a blank frame
+
+
+def test_default_page_shows_popular_items_and_docs_work_offline(app, tmp_path):
+    """`/` with nothing typed shows the ten most popular items (most interactions in the users' histories), in
+    headless Chromium (no network but this server); /docs renders Swagger UI from this server's own copy of its
+    files when a package here ships them (vLLM does), else from FastAPI's CDN."""
+    from collections import Counter
+
+    from slim.serve.page import _swagger_dir
+
+    exe, c = _chromium(), app["client"]
+    counts = Counter(i for s in app["seqs"] for i in s.tolist())
+    want = sorted(range(1, N + 1), key=lambda i: (-counts[i], i))[:10]
+    assert [it["item_id"] for it in c.get("/items", params={"limit": 10}).json()] == want
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--window-size=1000,1200"]
+    url = f"http://127.0.0.1:{app['port']}/"
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td [^>]*>([^<]*)</td></tr>", dom)
+    assert [(int(n), int(i), t) for n, i, t in rows] == [(n + 1, i, app["titles"][i - 1]) for n, i in enumerate(want)]
+    assert '<section id="popular">' in dom  # shown (no longer hidden)
+    shot = Path(os.environ.get("SLIM_SCREENSHOT_DIR", tmp_path)) / "serve_default_page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(flags + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    from matplotlib.image import imread
+
+    img = imread(shot)[..., :3]
+    ink = (img.mean(axis=2) < 0.5).mean(axis=1)  # dark pixels per row: text
+    assert img.shape[:2] == (1200, 1000) and (ink[350:700] > 0.005).sum() > 100  # the table's rows drawn below the form
+    docs = c.get("/docs").text
+    assert "/openapi.json" in docs and ("cdn.jsdelivr.net" in docs) == (_swagger_dir() is None)
+    if _swagger_dir() is not None:
+        assert c.get("/docs/swagger-ui-bundle.js").status_code == 200 and c.get("/docs/x.js").status_code == 404
+        dom = subprocess.run(flags + ["--dump-dom", url + "docs"], capture_output=True, text=True, timeout=120).stdout
+        assert "/recommend" in dom and "opblock" in dom  # Swagger UI rendered the schema, offline
 
 
 def test_slim_model_uses_the_stored_rationale_vector_else_falls_back(app):

@@ -15,17 +15,18 @@ from typing import Optional
 
 import numpy as np
 
-from fastapi import FastAPI, Query as Q
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Query as Q, Request
+from fastapi.responses import FileResponse, HTMLResponse
 from ray import serve
 
 from slim import __version__
 from slim.serve import guard, schemas as S
 from slim.serve.model import Ranker, pick_run
-from slim.serve.page import PAGE
+from slim.serve.page import PAGE, swagger_asset, swagger_page
 from slim.serve.settings import STAGE, Secret, ServeConfig, check, from_dict, read_token
 
-api = FastAPI(title="SLIM recommender", version=__version__,
+# /docs is this app's own route (below): Swagger UI from local assets where a package here ships them
+api = FastAPI(title="SLIM recommender", version=__version__, docs_url=None,
               description="Top-k items from a trained sequential recommender, with the user's stored rationale.")
 guard.install(api)
 
@@ -82,6 +83,17 @@ class RecommenderApp:
     async def page(self):
         return PAGE
 
+    @api.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs(self, request: Request):
+        return swagger_page(request.scope.get("root_path", ""), api.title)
+
+    @api.get("/docs/{name}", include_in_schema=False)
+    async def docs_asset(self, name: str):
+        path = swagger_asset(name)
+        if path is None:
+            raise S.FieldError("name", f"no such asset {name[:40]!r}", 404)
+        return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         r = self.ranker
@@ -94,8 +106,11 @@ class RecommenderApp:
 
     @api.get("/items", response_model=list[S.Item], responses=ERRORS)
     async def search(self, q: str = Q("", max_length=200), limit: int = Q(20, ge=1, le=100)):
-        """Items whose title contains q (case-insensitive), for picking a history."""
+        """Items whose title contains q (case-insensitive), by id, for picking a history; without q, the most
+        popular (most interactions in the users' histories) first."""
         q, r = q.lower(), self.ranker
+        if not q:
+            return self._items(r.popular[:limit])
         hits = [i for i, t in enumerate(r.titles, start=1) if q in t.lower()][:limit]
         return self._items(hits)
 
@@ -148,6 +163,7 @@ class RecommenderApp:
             rationale, source = {k: gen[k] for k in ("text", "steps", "status")}, "generated"
         fallback = r.user_text(q)[1]
         return {"run": r.run_name, "user_id": q.user_id, "history": self._items(q.history[-most:]),
+                "rationale_used": r.user_text_model,
                 "history_cut": q.history_cut + max(len(q.history) - most, 0),
                 "items": self._items(ids, scores), "rationale": rationale,
                 "rationale_source": source if rationale is not None else "none",

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from slim.serve.schemas import FieldError
 from slim.serve.settings import Secret
 
-OPEN_PATHS = ("/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
+OPEN_PATHS = ("/", "/healthz", "/openapi.json", "/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css")
 
 
 def limits() -> dict:

@@ -58,6 +58,13 @@ def _users(root: Path) -> dict:
             zip(t.column(C.USER_ID).to_pylist(), t.column(C.ITEM_IDS).to_pylist())}
 
 
+def _popular(users: dict, num_items: int) -> np.ndarray:
+    """Item ids by their interactions in the users' histories, most first (ties by id): the page's default view."""
+    seen = list(users.values())
+    counts = np.bincount(np.concatenate(seen), minlength=num_items + 1)[1:] if seen else np.zeros(num_items)
+    return np.argsort(-counts, kind="stable") + 1
+
+
 def _user_vectors(root: Path, users: dict, spec) -> tuple[np.ndarray, dict]:
     """(rationale vectors [U, D], user_id -> row) of the users with a usable rationale, for a user-text model."""
     from slim.recsys import usertext as UT
@@ -108,6 +115,7 @@ class Ranker:
         for i, t in enumerate(self.titles, start=1):
             self.by_title.setdefault(t, []).append(i)
         self.users = _users(root)
+        self.popular = _popular(self.users, self.num_items)
         self.user_text_model = bool(getattr(self.spec, "rationale_field", ""))
         source = "teacher" if self.spec.variant == "slim_teacher" else "student"
         self.rationales = rationales(root, source)

@@ -82,6 +82,8 @@ class RecommendResponse(BaseModel):
     rationale: Optional[Rationale] = Field(None, description="the stored rationale of a known user (the teacher's "
                                            "for a slim_teacher model, else the student's), or the one written for "
                                            "this request's history (serve.generate_rationales)")
+    rationale_used: bool = Field(False, description="whether the served model ranks with the user's rationale "
+                                 "(slim, slim_teacher, text_match); an id / id_text model shows it but ignores it")
     rationale_source: Literal["stored", "generated", "none"] = Field(
         "none", description="where `rationale` comes from: a known user's stored row, written by the student for "
         "this request, or none")
