@@ -331,6 +331,32 @@ def test_known_user_echo_capped_and_a_stalled_model_times_out(app):
     assert asyncio.run(inst.recommend(S.RecommendRequest(user_id=3, k=5)))["items"] == want["items"]
 
 
+def test_a_lone_request_does_not_wait_for_a_batch(app):
+    """A replica batching with a long wait (1 s): a request with nothing else pending is scored at once (well under
+    the wait), while requests sent together are still batched (the replica's largest batch > 1)."""
+    from ray import serve
+
+    from slim.serve.app import build
+
+    wait = 1.0
+    serve.run(build(ServeConfig(**{**app["base"], "batch_wait_timeout_s": wait})), name="wait", route_prefix="/wait")
+    c, body = app["client"], {"history": [3, 4, 5], "k": 5}
+    try:
+        c.post("/wait/recommend", json=body)
+        lone = []
+        for _ in range(5):
+            t = time.perf_counter()
+            assert c.post("/wait/recommend", json=body).status_code == 200
+            lone.append(time.perf_counter() - t)
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda i: c.post("/wait/recommend", json={**body, "k": 5 + i}), range(8)))
+        health = c.get("/wait/healthz").json()
+    finally:
+        serve.delete("wait")
+    assert max(lone) < 0.5 * wait, lone
+    assert all(r.status_code == 200 for r in together) and health["largest_batch"] > 1
+
+
 def _p99_ms(c: httpx.Client, path: str, body: dict, n: int) -> float:
     lat = []
     for _ in range(n):

@@ -43,7 +43,7 @@ class RecommenderApp:
         self.writer = writer  # a handle to the RationaleWriter deployment, when serve.generate_rationales
         self.pending = 0  # requests waiting for or in a forward pass (queued in the batcher or computing)
         guard.limits().update(max_body_bytes=self.cfg.max_body_bytes, token=token,
-                        allowed_hosts=tuple(h.lower() for h in self.cfg.allowed_hosts))
+                              allowed_hosts=tuple(h.lower() for h in self.cfg.allowed_hosts))
         self._batched.set_max_batch_size(self.cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
 
