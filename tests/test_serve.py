@@ -399,6 +399,9 @@ def test_flood_of_heavy_requests_keeps_a_normal_requests_p99_bounded(app):
                 codes.append((r.status_code, len(r.content)))
 
     try:
+        deep = c.post("/flood/recommend", content="[" * 30000 + "]" * 30000,  # the 30,000 deep, at 64 KB
+                      headers={"Content-Type": "application/json"})
+        assert (deep.status_code, deep.json()["field"]) == (422, "body"), deep.text
         _p99_ms(c, "/flood/recommend", normal, 10)  # warm
         alone = _p99_ms(c, "/flood/recommend", normal, 100)
         clients = [threading.Thread(target=flood) for _ in range(3)]
