@@ -36,6 +36,24 @@ def test_ml100k_counts_and_split(ml100k):
     assert items[C.ITEM_ID].tolist() == list(range(1, len(items) + 1))
     assert items[C.TEXT].str.contains("Category: ").mean() > 0.99  # genres kept as category
     assert "Toy Story (1995)" in set(items[C.TITLE])
+    assert set(ML100K_ACCENTED.values()) <= set(items[C.TITLE]) and not items[C.TITLE].str.contains("Ã").any()
+
+
+# Titles of ml-100k items kept by a 5-core whose bytes are UTF-8 (item id -> title as the data stage writes it)
+ML100K_ACCENTED = {"543": "Misérables, Les (1995)",
+                   "1005": "Double vie de Véronique, La (Double Life of Veronique, The) (1991)",
+                   "1252": "Contempt (Mépris, Le) (1963)"}
+
+
+def test_ml100k_titles_decoded_as_utf8(cache_dir):
+    """The wheel's ml-100k files are UTF-8: decoded as latin-1 these titles came out double-encoded
+    ("Double vie de VÃ©ronique"), so an exact title request matched only the garbled form."""
+    from slim.data import sources
+
+    text = sources.read_ml100k(cache_dir, sources.Problems()).text()
+    assert {i: text[i]["title"] for i in ML100K_ACCENTED} == ML100K_ACCENTED
+    assert not [t["title"] for t in text.values() if "Ã" in t["title"] or "Â" in t["title"]]
+    assert text["1"]["title"] == "Toy Story (1995)"
 
 
 def test_candidates_valid_and_fixed(ml100k, ray_local):

@@ -61,6 +61,19 @@ def inputs(tmp_path_factory, cache_dir):
     }
 
 
+def _as_pinned(items: pa.Table, case: str) -> pa.Table:
+    """The ml-100k digests were pinned when the reader decoded the wheel's UTF-8 files as latin-1 (double-encoded
+    titles such as "VÃ©ronique"); the items decoded that way again must give them, so the decoding is the only change
+    (test_ml100k_titles_decoded_as_utf8 checks the titles themselves)."""
+    if not case.startswith("ml100k"):
+        return items
+    for i, f in enumerate(items.schema):
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            old = [None if v is None else v.encode().decode("latin-1") for v in items.column(i).to_pylist()]
+            items = items.set_column(i, f, pa.array(old, f.type))
+    return items
+
+
 def _build(cfg, tmp_path):
     """The stage's tables in this process (no Ray), with the figures `run` reports."""
     problems = sources.Problems(cfg.on_bad_row)
@@ -75,7 +88,7 @@ def test_same_tables_as_before(inputs, case, many, tmp_path):
     cfg = DataConfig(**inputs[case], **(MANY[case[:2]] if many else {}))
     users, items, out, problems = _build(cfg, tmp_path)
     assert table_digest(users, [C.USER_ID]) == BEFORE[case][0]
-    assert table_digest(items, [C.ITEM_ID]) == BEFORE[case][1]
+    assert table_digest(_as_pinned(items, case), [C.ITEM_ID]) == BEFORE[case][1]
     assert (out["buckets"] > 10) == many
     if case in SHORT:
         assert problems.summary()["short_history"]["example"].startswith(SHORT[case])
@@ -90,7 +103,9 @@ def test_same_run_output_as_before(inputs, case, tmp_path, ray_local):
     left.parent.mkdir(parents=True)
     left.write_bytes(b"half a file")
     m = prepare.run(cfg)
-    assert tuple(run_digests(tmp_path / "run").values()) == BEFORE[case]
+    got = run_digests(tmp_path / "run")
+    got["items"] = table_digest(_as_pinned(pq.read_table(tmp_path / "run" / C.ITEMS_FILE), case), [C.ITEM_ID])
+    assert tuple(got.values()) == BEFORE[case]
     assert m.extra["buckets"] > 10 and m.timings["read_s"] > 0 and m.extra["read_rows_per_s"] > 0
     assert len(list((tmp_path / "run" / "data").glob("*.parquet"))) == 2  # users and items, one file each
     assert not (tmp_path / "run" / "data" / ".scratch").exists()  # removed at the end

@@ -306,7 +306,9 @@ def read_ml100k(cache_dir: str, problems: Problems) -> Source:
             blob = z.read(f"recbole/dataset_example/ml-100k/{name}")
             if hashlib.sha256(blob).hexdigest() != sha:
                 raise DataError(f"{whl}!{name}: checksum mismatch (expected sha256 {sha[:12]}...)")
-            files[name] = blob.decode("latin-1").splitlines()
+            # The files are UTF-8 (a handful of titles, e.g. "Double vie de Véronique"); read as latin-1 they
+            # came out double-encoded ("VÃ©ronique") and an exact title request matched only that form.
+            files[name] = blob.decode("utf-8").splitlines()
     inter = np.array([ln.split("\t") for ln in files["ml-100k.inter"][1:] if ln], dtype=object)
     text = {}
     for line in files["ml-100k.item"][1:]:

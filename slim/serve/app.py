@@ -16,112 +16,22 @@ from typing import Optional
 import numpy as np
 
 from fastapi import FastAPI, Query as Q, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from ray import serve
 
 from slim import __version__
-from slim.serve import schemas as S
+from slim.serve import guard, schemas as S
 from slim.serve.model import Ranker, pick_run
-from slim.serve.page import PAGE
+from slim.serve.page import PAGE, swagger_asset, swagger_page
 from slim.serve.settings import STAGE, Secret, ServeConfig, check, from_dict, read_token
 
-OPEN_PATHS = ("/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
-
-
-def _guard() -> dict:
-    """The replica's limits, set by its deployment instance (one per process). Imported at call time: Serve ships
-    the FastAPI app (and so this module's functions) by value, with a copy of this module's globals, so a global
-    here would not be the one the instance sets."""
-    from slim.serve import settings
-
-    return settings.GUARD
-
-
-def _error(status: int, field: str, message: str, headers: Optional[dict] = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
-
-
-class Guard:
-    """ASGI middleware in front of every route: bodies over max_body_bytes get 413 (checked on the declared length
-    and again on the bytes received, so a chunked upload cannot pass it), and when a token is configured, requests
-    other than the page, health and schema need `Authorization: Bearer <token>` (401 otherwise)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refused = self._auth(scope, headers)
-        if refused is None:
-            refused, receive = await self._body(headers, receive)
-        if refused is not None:
-            return await refused(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-    def _auth(self, scope, headers: dict) -> Optional[JSONResponse]:
-        token: Optional[Secret] = _guard()["token"]
-        path, root = scope["path"], scope.get("root_path", "")
-        path = (path[len(root):] if root and path.startswith(root) else path) or "/"
-        if token is None or path in OPEN_PATHS:
-            return None
-        scheme, _, presented = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.matches(presented.strip()):
-            return None
-        return _error(401, "authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-
-    async def _body(self, headers: dict, receive):
-        limit = _guard()["max_body_bytes"]
-        too_big = _error(413, "body", f"request body over {limit} bytes (serve.max_body_bytes)")
-        declared = headers.get("content-length", "0")
-        if not declared.isdigit():
-            return _error(400, "content-length", f"not a byte count: {declared[:40]!r}"), receive
-        if int(declared) > limit:
-            return too_big, receive
-        messages, size, more = [], 0, True
-        while more:
-            m = await receive()
-            messages.append(m)
-            size += len(m.get("body", b""))
-            more = m.get("more_body", False) and m["type"] == "http.request"
-            if size > limit:
-                return too_big, receive
-
-        async def replay():
-            return messages.pop(0) if messages else await receive()
-
-        return None, replay
-
-
-api = FastAPI(title="SLIM recommender", version=__version__,
+# /docs is this app's own route (below): Swagger UI from local assets where a package here ships them
+api = FastAPI(title="SLIM recommender", version=__version__, docs_url=None,
               description="Top-k items from a trained sequential recommender, with the user's stored rationale.")
-api.add_middleware(Guard)
+guard.install(api)
 
 
-def _field(loc) -> str:
-    """("body", "history", 0, "int") -> "history[0]": where the error is, without pydantic's union-member tags."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "int", "str")]
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid(request: Request, exc: RequestValidationError):
-    e = exc.errors()[0]
-    field = "body" if e.get("type") == "json_invalid" else _field(e.get("loc", ()))
-    return _error(422, field, e.get("msg", "invalid"))
-
-
-@api.exception_handler(S.FieldError)
-async def _bad_field(request: Request, exc: S.FieldError):
-    return _error(exc.status, exc.field, exc.message)
-
-
-ERRORS = {s: {"model": S.ErrorBody} for s in (401, 404, 413, 422)}
+ERRORS = {s: {"model": S.ErrorBody} for s in (400, 401, 404, 413, 422, 503)}
 
 
 @serve.deployment(name="recommender")
@@ -131,7 +41,9 @@ class RecommenderApp:
         self.cfg = from_dict(cfg)
         self.ranker = Ranker(model_dir, self.cfg.run_dir, self.cfg.torch_threads)
         self.writer = writer  # a handle to the RationaleWriter deployment, when serve.generate_rationales
-        _guard().update(max_body_bytes=self.cfg.max_body_bytes, token=token)
+        self.pending = 0  # requests waiting for or in a forward pass (queued in the batcher or computing)
+        guard.limits().update(max_body_bytes=self.cfg.max_body_bytes, token=token,
+                              allowed_hosts=tuple(h.lower() for h in self.cfg.allowed_hosts))
         self._batched.set_max_batch_size(self.cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
 
@@ -141,7 +53,23 @@ class RecommenderApp:
         return await asyncio.to_thread(self.ranker.rank, queries)
 
     async def _rank(self, q):
-        if self.cfg.max_batch_size == 1:  # batching off: every request is its own forward pass
+        """(ids, scores) of one query within serve.request_timeout_s, else a 503 naming the limit (the forward
+        pass, if started, still finishes; its answer is dropped)."""
+        t = self.cfg.request_timeout_s
+        self.pending += 1
+        try:
+            return await asyncio.wait_for(self._forward(q), t)
+        except asyncio.TimeoutError:
+            raise S.FieldError("request", f"not ranked within {t:g} s (serve.request_timeout_s): the replica is "
+                               "overloaded, retry later", 503) from None
+        finally:
+            self.pending -= 1
+
+    async def _forward(self, q):
+        # A lone request (nothing else queued or computing) goes straight to the model: a batch could only fill
+        # with requests not yet sent, so waiting batch_wait_timeout_s for them would be pure delay. Requests that
+        # arrive while one is pending are batched. Batching off: every request is its own forward pass.
+        if self.cfg.max_batch_size == 1 or self.pending == 1:
             return (await asyncio.to_thread(self.ranker.rank, [q]))[0]
         return await self._batched(q)
 
@@ -155,20 +83,34 @@ class RecommenderApp:
     async def page(self):
         return PAGE
 
+    @api.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs(self, request: Request):
+        return swagger_page(request.scope.get("root_path", ""), api.title)
+
+    @api.get("/docs/{name}", include_in_schema=False)
+    async def docs_asset(self, name: str):
+        path = swagger_asset(name)
+        if path is None:
+            raise S.FieldError("name", f"no such asset {name[:40]!r}", 404)
+        return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         r = self.ranker
         return {"status": "ok", "run": r.run_name, "backbone": r.spec.backbone, "variant": r.spec.variant,
                 "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
                 "max_batch_size": self.cfg.max_batch_size, "encoder_passes": r.passes,
-                "largest_batch": r.largest_batch, "auth": _guard()["token"] is not None,
+                "largest_batch": r.largest_batch, "auth": guard.limits()["token"] is not None,
                 "generate_rationales": self.writer is not None,
                 "pid": os.getpid()}
 
     @api.get("/items", response_model=list[S.Item], responses=ERRORS)
     async def search(self, q: str = Q("", max_length=200), limit: int = Q(20, ge=1, le=100)):
-        """Items whose title contains q (case-insensitive), for picking a history."""
+        """Items whose title contains q (case-insensitive), by id, for picking a history; without q, the most
+        popular (most interactions in the users' histories) first."""
         q, r = q.lower(), self.ranker
+        if not q:
+            return self._items(r.popular[:limit])
         hits = [i for i, t in enumerate(r.titles, start=1) if q in t.lower()][:limit]
         return self._items(hits)
 
@@ -208,8 +150,8 @@ class RecommenderApp:
 
     @api.post("/recommend", response_model=S.RecommendResponse, responses=ERRORS)
     async def recommend(self, req: S.RecommendRequest):
-        r = self.ranker
-        q = S.recommend_query(r, req)
+        r, most = self.ranker, self.cfg.max_history_items
+        q = S.recommend_query(r, req, most, self.cfg.max_candidates)
         gen, why = None, None
         if q.user_id is None and r.user_text_model:  # a new user: no stored rationale to read
             gen, why = await self._write(q)
@@ -220,7 +162,9 @@ class RecommenderApp:
         if gen is not None:
             rationale, source = {k: gen[k] for k in ("text", "steps", "status")}, "generated"
         fallback = r.user_text(q)[1]
-        return {"run": r.run_name, "user_id": q.user_id, "history": self._items(q.history),
+        return {"run": r.run_name, "user_id": q.user_id, "history": self._items(q.history[-most:]),
+                "rationale_used": r.user_text_model,
+                "history_cut": q.history_cut + max(len(q.history) - most, 0),
                 "items": self._items(ids, scores), "rationale": rationale,
                 "rationale_source": source if rationale is not None else "none",
                 "generation": {k: gen[k] for k in ("model", "tokens", "seconds")} if gen else None,
@@ -228,9 +172,14 @@ class RecommenderApp:
 
     @api.post("/score", response_model=S.ScoreResponse, responses=ERRORS)
     async def score(self, req: S.ScoreRequest):
-        q = S.score_query(self.ranker, req)
-        ids, scores = await self._rank(q)
-        return {"run": self.ranker.run_name, "scores": self._items(ids, scores)}
+        """One row per candidate sent, in their order; a repeated candidate is scored once and every copy of it
+        gets that score (scored twice, the copies sat at different rows of one matrix product and could differ in
+        the last bits)."""
+        q = S.score_query(self.ranker, req, self.cfg.max_history_items, self.cfg.max_candidates)
+        distinct, where = np.unique(q.candidates, return_inverse=True)
+        ids, scores = await self._rank(dataclasses.replace(q, candidates=distinct))
+        return {"run": self.ranker.run_name, "history_cut": q.history_cut,
+                "scores": self._items(ids[where], scores[where])}
 
 
 def build(cfg: ServeConfig):

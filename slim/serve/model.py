@@ -34,6 +34,7 @@ class Query:
     candidates: Optional[np.ndarray] = None  # int64; None = rank every item
     exclude_history: bool = True
     user_vec: Optional[np.ndarray] = None  # [Du] float32: a rationale vector written for this request (new users)
+    history_cut: int = 0  # the oldest items of a sent history left out (serve.max_history_items)
 
 
 def _items(root: Path) -> tuple[np.ndarray, list, list]:
@@ -55,6 +56,13 @@ def _users(root: Path) -> dict:
     t = pq.read_table(p, columns=[C.USER_ID, C.ITEM_IDS])
     return {int(u): np.asarray(s, dtype=np.int64) for u, s in
             zip(t.column(C.USER_ID).to_pylist(), t.column(C.ITEM_IDS).to_pylist())}
+
+
+def _popular(users: dict, num_items: int) -> np.ndarray:
+    """Item ids by their interactions in the users' histories, most first (ties by id): the page's default view."""
+    seen = list(users.values())
+    counts = np.bincount(np.concatenate(seen), minlength=num_items + 1)[1:] if seen else np.zeros(num_items)
+    return np.argsort(-counts, kind="stable") + 1
 
 
 def _user_vectors(root: Path, users: dict, spec) -> tuple[np.ndarray, dict]:
@@ -107,6 +115,7 @@ class Ranker:
         for i, t in enumerate(self.titles, start=1):
             self.by_title.setdefault(t, []).append(i)
         self.users = _users(root)
+        self.popular = _popular(self.users, self.num_items)
         self.user_text_model = bool(getattr(self.spec, "rationale_field", ""))
         source = "teacher" if self.spec.variant == "slim_teacher" else "student"
         self.rationales = rationales(root, source)

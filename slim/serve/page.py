@@ -1,7 +1,46 @@
-"""The page at `/`: plain HTML and JavaScript, no build step. It calls the same JSON API as any client.
+"""The page at `/` and the API docs at `/docs`: plain HTML and JavaScript, no build step, nothing from the network
+but this server. The page calls the same JSON API as any client.
 
-`/?user_id=3` or `/?history=1,2,3&k=5` fills the form and recommends on load (how the browser test drives it).
+`/` opens on the most popular items (click one to start a history); `/?user_id=3` or `/?history=1,2,3&k=5` fills
+the form and recommends on load (how the browser test drives it).
 """
+
+import functools
+from pathlib import Path
+from typing import Optional
+
+SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
+
+
+@functools.lru_cache(maxsize=1)
+def _swagger_dir() -> Optional[Path]:
+    """Swagger UI's files where an installed package ships them (vLLM, of the cpu/gpu extras, keeps a copy for its
+    own offline docs), found without importing the package; None: /docs loads them from FastAPI's CDN."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.origin:
+        return None
+    d = Path(spec.origin).parent / "entrypoints" / "serve" / "instrumentator" / "static"
+    return d if all((d / f).is_file() for f in SWAGGER_FILES) else None
+
+
+def swagger_asset(name: str) -> Optional[Path]:
+    d = _swagger_dir()
+    return d / name if d is not None and name in SWAGGER_FILES else None
+
+
+def swagger_page(root: str, title: str):
+    """Swagger UI over this app's schema, its script and style from this server when they are here."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    local = {}
+    if _swagger_dir() is not None:
+        js, css = (f"{root}/docs/{f}" for f in SWAGGER_FILES)
+        local = {"swagger_js_url": js, "swagger_css_url": css}
+    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{title} - API", swagger_favicon_url="",
+                               **local)
+
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>SLIM recommender</title>
@@ -24,6 +63,11 @@ PAGE = """<!doctype html>
  <button id="go">Recommend</button>
 </fieldset>
 <div id="error"></div>
+<section id="popular" hidden>
+ <h2>Most popular items</h2>
+ <p class="muted">Click an item to add it to a history, or type a user id; then Recommend.</p>
+ <table><thead><tr><th>#</th><th>item</th><th>title</th></tr></thead><tbody id="pop"></tbody></table>
+</section>
 <section id="out" hidden>
  <h2>History</h2><ol id="history"></ol>
  <h2>Why</h2><div id="why"></div>
@@ -53,8 +97,20 @@ async function search() {
   for (const it of await r.json()) { const c = text('span', it.title); c.className = 'chip';
     c.onclick = () => { picked.push(it); $('user_id').value = ''; showPicked(); }; $('hits').append(c); }
 }
+async function popular() {
+  const r = await fetch(base + 'items?limit=10', {headers: headers()});
+  if (!r.ok) return;
+  (await r.json()).forEach((it, i) => { const tr = document.createElement('tr'); const t = text('td', it.title);
+    t.className = 'chip'; t.title = 'add to the history';
+    t.onclick = () => { picked.push(it); $('user_id').value = ''; showPicked(); };
+    tr.append(text('td', String(i + 1)), text('td', String(it.item_id)), t); $('pop').append(tr); });
+  $('popular').hidden = false;
+}
 function render(d) {
   $('out').hidden = false; $('history').textContent = ''; $('top').textContent = ''; $('why').textContent = '';
+  $('popular').hidden = true;
+  if (!d.rationale_used) $('why').append(text('p', 'Rationales are not used by this model: it ranks from the ' +
+    'history alone.' + (d.rationale ? ' The stored one, for reading:' : '')));
   d.history.forEach(it => $('history').append(text('li', it.title + ' (' + it.item_id + ')')));
   if (d.rationale) { const ol = document.createElement('ol');
     d.rationale.steps.filter(s => s).forEach(s => ol.append(text('li', s)));
@@ -88,6 +144,7 @@ if (qs.get('user_id')) { $('user_id').value = qs.get('user_id'); go(); }
 else if (qs.get('history')) {
   picked = qs.get('history').split(',').map(s => ({item_id: parseInt(s, 10), title: '#' + s})); showPicked(); go();
 }
+else popular();
 </script>
 </body></html>
 """

@@ -39,7 +39,8 @@ class RecommendRequest(Strict):
 class ScoreRequest(Strict):
     user_id: Optional[StrictInt] = None
     history: Optional[list[Union[StrictInt, StrictStr]]] = None
-    candidates: list[StrictInt] = Field(..., description="item ids to score, answered in this order")
+    candidates: list[StrictInt] = Field(..., description="item ids to score, answered in this order (a repeated "
+                                        "id is scored once: every copy gets the same score)")
 
 
 class Item(BaseModel):
@@ -73,11 +74,16 @@ class Generation(BaseModel):
 class RecommendResponse(BaseModel):
     run: str
     user_id: Optional[int]
-    history: list[Item]
+    history: list[Item] = Field(description="the history used, oldest first (at most serve.max_history_items)")
+    history_cut: int = Field(0, description="the oldest history items not shown in `history`: of a sent history, "
+                             "left out of the ranking (over serve.max_history_items); of a known user's stored "
+                             "history, used but not echoed")
     items: list[ScoredItem]
     rationale: Optional[Rationale] = Field(None, description="the stored rationale of a known user (the teacher's "
                                            "for a slim_teacher model, else the student's), or the one written for "
                                            "this request's history (serve.generate_rationales)")
+    rationale_used: bool = Field(False, description="whether the served model ranks with the user's rationale "
+                                 "(slim, slim_teacher, text_match); an id / id_text model shows it but ignores it")
     rationale_source: Literal["stored", "generated", "none"] = Field(
         "none", description="where `rationale` comes from: a known user's stored row, written by the student for "
         "this request, or none")
@@ -88,6 +94,7 @@ class RecommendResponse(BaseModel):
 
 class ScoreResponse(BaseModel):
     run: str
+    history_cut: int = Field(0, description="the oldest sent history items left out (serve.max_history_items)")
     scores: list[ScoredItem]
 
 
@@ -113,34 +120,40 @@ def _item_id(r: Ranker, v, field: str) -> int:
     return v
 
 
-def _history(r: Ranker, req) -> tuple[np.ndarray, Optional[int]]:
+def _history(r: Ranker, req, most: int) -> tuple[np.ndarray, Optional[int], int]:
+    """(item ids, user id or None, how many of the oldest sent items were left out to keep the `most` recent)."""
     if (req.user_id is None) == (req.history is None):
         raise FieldError("user_id", "send exactly one of user_id and history")
     if req.user_id is not None:
         if req.user_id not in r.users:
             raise FieldError("user_id", f"unknown user {req.user_id}; send a history for a new user", 404)
-        return r.users[req.user_id], req.user_id
+        return r.users[req.user_id], req.user_id, 0
     if not req.history:
         raise FieldError("history", "empty: send at least one item id or title")
-    return np.array([_item_id(r, v, f"history[{i}]") for i, v in enumerate(req.history)], np.int64), None
+    cut = max(len(req.history) - most, 0)  # checked after the cut: items left out cost nothing
+    ids = [_item_id(r, v, f"history[{cut + i}]") for i, v in enumerate(req.history[cut:])]
+    return np.array(ids, np.int64), None, cut
 
 
-def _candidates(r: Ranker, cand: Optional[list]) -> Optional[np.ndarray]:
+def _candidates(r: Ranker, cand: Optional[list], most: int) -> Optional[np.ndarray]:
     if cand is None:
         return None
     if not cand:
         raise FieldError("candidates", "empty: leave it out to rank every item")
+    if len(cand) > most:
+        raise FieldError("candidates", f"{len(cand)} candidates, over serve.max_candidates ({most})")
     return np.array([_item_id(r, v, f"candidates[{i}]") for i, v in enumerate(cand)], np.int64)
 
 
-def recommend_query(r: Ranker, req: RecommendRequest) -> Query:
-    hist, uid = _history(r, req)
-    cand = _candidates(r, req.candidates)
+def recommend_query(r: Ranker, req: RecommendRequest, max_history: int, max_candidates: int) -> Query:
+    hist, uid, cut = _history(r, req, max_history)
+    cand = _candidates(r, req.candidates, max_candidates)
     if cand is not None:
         cand = cand[np.sort(np.unique(cand, return_index=True)[1])]  # duplicates once, first place kept
-    return Query(hist, req.k, uid, cand, req.exclude_history)
+    return Query(hist, req.k, uid, cand, req.exclude_history, history_cut=cut)
 
 
-def score_query(r: Ranker, req: ScoreRequest) -> Query:
-    hist, uid = _history(r, req)
-    return Query(hist, 0, uid, _candidates(r, req.candidates), exclude_history=False)
+def score_query(r: Ranker, req: ScoreRequest, max_history: int, max_candidates: int) -> Query:
+    hist, uid, cut = _history(r, req, max_history)
+    return Query(hist, 0, uid, _candidates(r, req.candidates, max_candidates), exclude_history=False,
+                 history_cut=cut)

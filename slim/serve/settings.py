@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 STAGE = "serve"
 MAX_K = 1000  # the API's upper bound on k
 # A replica's request guard (slim/serve/app.py): body limit and token, set once by the replica at start.
-GUARD: dict = {"max_body_bytes": 65536, "token": None}
+GUARD: dict = {"max_body_bytes": 65536, "token": None, "allowed_hosts": ()}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,17 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.005
     max_ongoing_requests: int = 64
     max_body_bytes: int = 65536  # larger request bodies get 413
+    # A sent history longer than this: its most recent max_history_items are used (the answer's history_cut says how
+    # many were left out); a known user's stored history is used whole but echoed only this far back. Bounds the work
+    # and the answer of a request whatever its body holds.
+    max_history_items: int = 500
+    max_candidates: int = 1000  # more candidates get 422 (a list is answered whole: cutting it would change it)
+    # Ranking (queueing for the model and scoring) not done within this many seconds: 503, so a flood of work cannot
+    # hold a client indefinitely (rationale writing has its own, serve.generator.timeout_s).
+    request_timeout_s: float = 30.0
+    # Host names (no port) the app answers to, e.g. [localhost, 127.0.0.1]; others get 400. Empty = any host. Set it
+    # when the port is reachable by browsers, so a page on another site cannot reach the API by DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
     access_log: bool = True  # one log line per request (method, path, status, ms; never headers or bodies)
     # Name of an environment variable holding a bearer token; "" = no auth. The token itself is never in configs.
     auth_token_env: str = ""
@@ -96,6 +107,9 @@ def check(cfg: ServeConfig) -> None:
         raise ConfigError("serve.num_replicas must be >= 1 and serve.max_replicas 0 or >= num_replicas")
     if cfg.batch_wait_timeout_s < 0 or cfg.max_body_bytes < 1024:
         raise ConfigError("serve.batch_wait_timeout_s must be >= 0 and serve.max_body_bytes >= 1024")
+    if cfg.max_history_items < 1 or cfg.max_candidates < 1 or cfg.request_timeout_s <= 0:
+        raise ConfigError("serve.max_history_items and serve.max_candidates must be >= 1, "
+                          "serve.request_timeout_s > 0")
     g = cfg.generator
     if g.timeout_s <= 0 or g.num_replicas < 1 or g.max_ongoing_requests < 1:
         raise ConfigError("serve.generator.timeout_s must be > 0, num_replicas and max_ongoing_requests >= 1")

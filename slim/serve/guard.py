@@ -1,0 +1,134 @@
+"""The request guard of the Serve app: host, auth and body-size checks in front of every route, and every error in
+one shape, `{"error": message, "field": where}` (slim/serve/app.py installs both on its FastAPI app)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from slim.serve.schemas import FieldError
+from slim.serve.settings import Secret
+
+OPEN_PATHS = ("/", "/healthz", "/openapi.json", "/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css")
+
+
+def limits() -> dict:
+    """The replica's limits, set by its deployment instance (one per process). Imported at call time: Serve ships
+    the FastAPI app (and so this module's functions) by value, with a copy of this module's globals, so a global
+    here would not be the one the instance sets."""
+    from slim.serve import settings
+
+    return settings.GUARD
+
+
+def error(status: int, field: str, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+class Guard:
+    """ASGI middleware in front of every route: a Host header not in serve.allowed_hosts (when set) gets 400 (a page
+    reached through someone else's DNS name cannot call the API); bodies over max_body_bytes get 413 (checked on the
+    declared length and again on the bytes received, so a chunked upload cannot pass it), and when a token is
+    configured, requests other than the page, health and schema need `Authorization: Bearer <token>` (401
+    otherwise)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refused = self._host(headers) or self._auth(scope, headers)
+        if refused is None:
+            refused, receive = await self._body(headers, receive)
+        if refused is not None:
+            return await refused(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _host(self, headers: dict) -> Optional[JSONResponse]:
+        allowed = limits()["allowed_hosts"]
+        if not allowed:
+            return None
+        host = headers.get("host", "").strip().lower()
+        name = host[:host.find("]") + 1] if host.startswith("[") else host.rsplit(":", 1)[0]  # without the port
+        if name in allowed:
+            return None
+        return error(400, "host", f"host {host[:100]!r} is not in serve.allowed_hosts")
+
+    def _auth(self, scope, headers: dict) -> Optional[JSONResponse]:
+        token: Optional[Secret] = limits()["token"]
+        path, root = scope["path"], scope.get("root_path", "")
+        path = (path[len(root):] if root and path.startswith(root) else path) or "/"
+        if token is None or path in OPEN_PATHS:
+            return None
+        scheme, _, presented = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.matches(presented.strip()):
+            return None
+        return error(401, "authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+    async def _body(self, headers: dict, receive):
+        limit = limits()["max_body_bytes"]
+        too_big = error(413, "body", f"request body over {limit} bytes (serve.max_body_bytes)")
+        declared = headers.get("content-length", "0")
+        if not declared.isdigit():
+            return error(400, "content-length", f"not a byte count: {declared[:40]!r}"), receive
+        if int(declared) > limit:
+            return too_big, receive
+        messages, size, more = [], 0, True
+        while more:
+            m = await receive()
+            messages.append(m)
+            size += len(m.get("body", b""))
+            more = m.get("more_body", False) and m["type"] == "http.request"
+            if size > limit:
+                return too_big, receive
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return None, replay
+
+
+def _field(loc) -> str:
+    """("body", "history", 0, "int") -> "history[0]": where the error is, without pydantic's union-member tags."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "int", "str")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+async def _invalid(request: Request, exc: RequestValidationError):
+    e = exc.errors()[0]
+    field = "body" if e.get("type") == "json_invalid" else _field(e.get("loc", ()))
+    return error(422, field, e.get("msg", "invalid"))
+
+
+async def _http(request: Request, exc: StarletteHTTPException):
+    """Starlette's and FastAPI's own errors in the API's shape. A 400 is FastAPI failing to read the body as JSON
+    for a reason json.loads does not report as a decode error: a 422 naming the body, with that reason."""
+    if exc.status_code != 400:
+        return error(exc.status_code, "path" if exc.status_code in (404, 405) else "request", str(exc.detail),
+                      getattr(exc, "headers", None))
+    cause = exc.__cause__
+    why = {UnicodeDecodeError: "not UTF-8 text", RecursionError: "JSON nested too deeply"}.get(type(cause))
+    if why is None:
+        why = type(cause).__name__ if cause is not None else str(exc.detail)
+    return error(422, "body", f"not a JSON body: {why}")
+
+
+async def _bad_field(request: Request, exc: FieldError):
+    return error(exc.status, exc.field, exc.message)
+
+
+def install(api: FastAPI) -> None:
+    """The guard in front of every route of `api`, and its error handlers."""
+    api.add_middleware(Guard)
+    api.add_exception_handler(RequestValidationError, _invalid)
+    api.add_exception_handler(StarletteHTTPException, _http)
+    api.add_exception_handler(FieldError, _bad_field)
