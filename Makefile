@@ -33,7 +33,9 @@ browser:
 	    { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; }; } || \
 	  echo "chromium not installed: the serve page test will skip"
 
+# lint-imports first: the layers and the no-cycle rule of .importlinter (README "Architecture") fail fast
 test: $(STAMP) browser
+	PYTHONPATH=. $(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 test-slow: $(STAMP)

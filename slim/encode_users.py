@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -14,8 +15,13 @@ import pyarrow.parquet as pq
 
 from slim import atomic, shards, storage
 from slim import columns as C
-from slim.encode import FIELDS, EncodeConfig, Encoder, _pool
+from slim.encoder import Encoder, pool
 from slim.rundir import RunDir
+
+if TYPE_CHECKING:  # the stage's config: only its fields are read here
+    from slim.encode import EncodeConfig
+
+FIELDS = C.USER_EMB_FIELDS  # rationale, step1, step2, step3
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +66,7 @@ def history_prompt(rd: RunDir) -> dict:
             "max_title_chars": int(got.get("max_title_chars", pc.max_title_chars))}
 
 
-def _dataset(cfg: EncodeConfig, rd: RunDir, source: str):
+def _dataset(cfg: "EncodeConfig", rd: RunDir, source: str):
     from slim.raycluster import read_parquet
 
     if source != "history":
@@ -90,7 +96,7 @@ GROUNDING_SCHEMA = pa.schema([(C.USER_ID, pa.int64()), ("products", pa.list_(pa.
                               ("item_ids", pa.list_(pa.int64())), ("sims", pa.list_(pa.float32()))])
 
 
-def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path, source: str, item_vecs: str) -> dict:
+def encode_users(cfg: "EncodeConfig", rd: RunDir, out: Path, source: str, item_vecs: str) -> dict:
     """One rationale source -> users_<field>.parquet (+ <source>_grounding.parquet), written as batches arrive,
     with the quality measures of what was encoded (slim.quality)."""
     from slim.quality import Tally
@@ -105,8 +111,8 @@ def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path, source: str, item_vec
     counts = {"users": 0, **{f"{f}_truncated": 0 for f in fields}, **{f"{f}_empty": 0 for f in fields}}
     tally, t0 = Tally(), time.perf_counter()
     try:
-        pool = _pool(cfg, fields, item_vecs if "grounding" in writers else "")
-        for b in ds.map_batches(Encoder, **pool).iter_batches(batch_format="numpy", batch_size=None):
+        actors = pool(cfg, fields, item_vecs if "grounding" in writers else "")
+        for b in ds.map_batches(Encoder, **actors).iter_batches(batch_format="numpy", batch_size=None):
             uid = pa.array(b[C.USER_ID].astype(np.int64))
             for f in fields:
                 writers[f].write_table(pa.table({C.USER_ID: uid, C.EMBEDDING: _emb_array(b[f"emb_{f}"])}, schema))

@@ -51,9 +51,9 @@ def _evaluate():
 
 
 def _serve():
-    from slim.serve import settings
+    from slim.serve import settings, stage
 
-    return settings.ServeConfig, settings.run
+    return settings.ServeConfig, stage.run
 
 
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {

@@ -241,6 +241,13 @@ def download(src, local: str | Path, skip: tuple = ()) -> Path:
     return local
 
 
+def _signature(p) -> str:
+    """What identifies a remote file's or folder's content for the scratch copy: its files' names, sizes and times
+    (here rather than slim.rundir's fingerprints: the storage layer imports nothing above it)."""
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return key_of(repr([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]))
+
+
 def local_copy(p, skip: tuple = ()) -> Path:
     """A local path holding what `p` holds: `p` itself when local; for a URI a scratch copy, downloaded again only
     when the remote content changed (its files' names, sizes and times). For models, adapters and vectors that
@@ -248,9 +255,7 @@ def local_copy(p, skip: tuple = ()) -> Path:
     p = path(p)
     if isinstance(p, Path):
         return p
-    from slim.rundir import file_fingerprint
-
-    dst = scratch("copies", key_of(p), file_fingerprint(p) + (f"-{key_of(skip)}" if skip else "")) / p.name
+    dst = scratch("copies", key_of(p), _signature(p) + (f"-{key_of(skip)}" if skip else "")) / p.name
     if not dst.exists():
         tmp = download(p, dst.with_name(f".tmp-{p.name}"), skip)
         os.replace(tmp, dst)

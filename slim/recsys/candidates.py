@@ -15,6 +15,11 @@ from slim import columns as C
 from slim import storage
 
 
+class RecDataError(ValueError):
+    """The recommender stages' input tables are missing or inconsistent; the message names the file and field.
+    Defined here, the lowest module that raises it (slim.recsys.data re-exports it)."""
+
+
 class Candidates:
     """(split, protocol) -> [U, 1 + negatives] int64 (target in column 0), rows in the order of `user_ids`."""
 
@@ -44,8 +49,6 @@ class Candidates:
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
-
-        from slim.recsys.data import RecDataError
 
         uid = self.user_ids
         if self.path is None:

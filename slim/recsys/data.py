@@ -13,11 +13,7 @@ import numpy as np
 
 from slim import columns as C
 from slim import storage
-from slim.recsys.candidates import Candidates
-
-
-class RecDataError(ValueError):
-    """Input tables are missing or inconsistent; the message names the file and field."""
+from slim.recsys.candidates import Candidates, RecDataError  # noqa: F401 (RecDataError: this module's error)
 
 
 @dataclass

@@ -6,11 +6,8 @@ a server that runs until interrupted; `jobs/serve.py` starts it directly.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Optional
-
-log = logging.getLogger(__name__)
 
 STAGE = "serve"
 MAX_K = 1000  # the API's upper bound on k
@@ -113,47 +110,6 @@ def check(cfg: ServeConfig) -> None:
     g = cfg.generator
     if g.timeout_s <= 0 or g.num_replicas < 1 or g.max_ongoing_requests < 1:
         raise ConfigError("serve.generator.timeout_s must be > 0, num_replicas and max_ongoing_requests >= 1")
-
-
-def start(cfg: ServeConfig):
-    """Start Ray (private local unless an address is given), Serve's HTTP proxy on host:port, and the app.
-    Returns the app's handle once every replica is ready; a run directory without a trained model raises first."""
-    from ray import serve
-
-    from slim.raycluster import init_ray
-    from slim.serve.app import build
-
-    check(cfg)
-    application = build(cfg)  # resolves the run and the token before any Ray work: errors come early
-    init_ray(cfg.ray_address, cfg.num_cpus)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    handle = serve.run(application, name=cfg.app_name, route_prefix=cfg.route_prefix)
-    log.info("serving at http://%s:%d%s", cfg.host, cfg.port, cfg.route_prefix)
-    return handle
-
-
-def run(cfg: ServeConfig, force: bool = False):
-    """The stage entry: start the app and block until interrupted (force has nothing to redo here)."""
-    import time
-
-    import sys
-
-    from ray import serve
-
-    from slim.serve.model import NoModelError
-    from slim.student.engines import StudentModelError
-
-    try:
-        start(cfg)
-    except (NoModelError, StudentModelError) as e:
-        print(f"serve: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    print(f"serving http://{cfg.host}:{cfg.port}{cfg.route_prefix} (Ctrl-C stops)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
 
 
 class Secret:

@@ -1,0 +1,50 @@
+"""The `serve` stage's entry: start Ray Serve with the app over a finished run directory and block until
+interrupted. Apart from settings.py (config, token) so that the config does not import the app it configures."""
+
+from __future__ import annotations
+
+import logging
+
+from slim.serve.settings import ServeConfig, check
+
+log = logging.getLogger(__name__)
+
+
+def start(cfg: ServeConfig):
+    """Start Ray (private local unless an address is given), Serve's HTTP proxy on host:port, and the app.
+    Returns the app's handle once every replica is ready; a run directory without a trained model raises first."""
+    from ray import serve
+
+    from slim.raycluster import init_ray
+    from slim.serve.app import build
+
+    check(cfg)
+    application = build(cfg)  # resolves the run and the token before any Ray work: errors come early
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    handle = serve.run(application, name=cfg.app_name, route_prefix=cfg.route_prefix)
+    log.info("serving at http://%s:%d%s", cfg.host, cfg.port, cfg.route_prefix)
+    return handle
+
+
+def run(cfg: ServeConfig, force: bool = False):
+    """The stage entry: start the app and block until interrupted (force has nothing to redo here)."""
+    import sys
+    import time
+
+    from ray import serve
+
+    from slim.serve.model import NoModelError
+    from slim.student.engines import StudentModelError
+
+    try:
+        start(cfg)
+    except (NoModelError, StudentModelError) as e:
+        print(f"serve: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"serving http://{cfg.host}:{cfg.port}{cfg.route_prefix} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
