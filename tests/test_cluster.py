@@ -250,6 +250,38 @@ def test_stop_and_resubmit_train(head, prepared):
     assert f"{len(names) - len(before)} of {len(names)} runs to do" in r.stdout
 
 
+def test_stop_and_resubmit_forced_train(head, prepared):
+    """`--force` train stopped midway, then the plain command: the runs the forced job retrained are kept, the rest
+    are trained (not skipped over the old manifest, not all trained again)."""
+    config, run, r = prepared
+    assert r.returncode == 0, r.stderr[-3000:]
+    models, names = run / "models", sorted(f"gru4rec-id-ce-s{s}" for s in SEEDS)
+    r = submit(head, config, job="train_recommender", submit_args="--submission-id force-0")  # every run done
+    assert r.returncode == 0 and job_status(head, "force-0") == "SUCCEEDED", r.stdout[-3000:] + r.stderr[-3000:]
+    old = {n: (models / n / "metrics.json").stat().st_mtime_ns for n in names}
+    redone = lambda: [n for n in names if (models / n / "metrics.json").exists()  # noqa: E731
+                      and (models / n / "metrics.json").stat().st_mtime_ns != old[n]]
+
+    r = submit(head, config, "--force", job="train_recommender", submit_args="--no-wait --submission-id force-1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    _wait_for(lambda: redone() or job_status(head, "force-1") in ("FAILED", "SUCCEEDED"), 300, "a retrained run")
+    client(head).stop_job("force-1")
+    _wait_for(lambda: job_status(head, "force-1") in ("STOPPED", "SUCCEEDED", "FAILED"), 120, "the job to end")
+    kept = {n: (models / n / "metrics.json").read_bytes() for n in redone()}
+    assert job_status(head, "force-1") == "STOPPED" and 1 <= len(kept) < len(names), \
+        f"the stop did not land halfway: {job_status(head, 'force-1')}, runs retrained {sorted(kept)}"
+    # the forced job marked the rest not done and dropped the manifest before training: nothing old looks finished
+    assert sorted(p.parent.name for p in models.glob("*/metrics.json")) == sorted(kept)
+    assert not (run / "train" / "manifest.json").exists()
+
+    r = submit(head, config, job="train_recommender", submit_args="--submission-id force-2")  # the plain command
+    assert r.returncode == 0 and job_status(head, "force-2") == "SUCCEEDED", r.stdout[-3000:] + r.stderr[-3000:]
+    for n, b in kept.items():
+        assert (models / n / "metrics.json").read_bytes() == b
+    m = json.loads((run / "train" / "manifest.json").read_text())
+    assert m["counts"]["trained_now"] == len(names) - len(kept) and sorted(redone()) == names
+
+
 def test_submitted_job_refuses_a_relative_run_dir(monkeypatch):
     """Under `ray job submit` a relative run_dir would land in the job's temporary copy of the working directory."""
     from slim import check, config, stages
