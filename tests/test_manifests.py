@@ -158,3 +158,19 @@ def test_pip_runtime_env_follows_pyproject():
     for f in ("runtime_env.yaml", "runtime_env_pip.yaml"):
         env = yaml.safe_load((ROOT / "cluster" / f).read_text())
         assert env["py_modules"] == ["slim"] and (ROOT / "slim" / "__init__.py").exists()
+
+
+def test_bucket_runtime_env_is_runtime_env_plus_the_endpoint():
+    """cluster/runtime_env_s3.yaml ships the code as cluster/runtime_env.yaml does and adds only the bucket's
+    endpoint and region: no key (a runtime_env is shown in the dashboard)."""
+    from ray._private.runtime_env.validation import parse_and_validate_excludes
+
+    base = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+    s3 = yaml.safe_load((ROOT / "cluster" / "runtime_env_s3.yaml").read_text())
+    added = {k: v for k, v in s3["env_vars"].items() if k not in base["env_vars"]}
+    assert {k: v for k, v in s3.items() if k != "env_vars"} == {k: v for k, v in base.items() if k != "env_vars"}
+    assert {k: s3["env_vars"][k] for k in base["env_vars"]} == base["env_vars"]
+    assert set(added) == {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"}
+    assert added["AWS_ENDPOINT_URL"] == added["AWS_ENDPOINT_URL_S3"]
+    assert not any(SECRET_NAME.search(k) for k in s3["env_vars"])
+    parse_and_validate_excludes(s3["excludes"])

@@ -274,6 +274,31 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
     assert objects(cli, uri) == written
 
 
+def test_check_reads_the_runtime_env(s3, tmp_path):
+    """`--check --runtime-env FILE` sees a bucket whose endpoint and keys only the job's runtime_env carries (here
+    cluster/runtime_env_s3.yaml with a throwaway server's key added); without it the bucket cannot be read."""
+    import yaml
+
+    uri, _ = s3
+    rt = yaml.safe_load((ROOT / "cluster" / "runtime_env_s3.yaml").read_text())
+    rt["env_vars"].update(aws_env(os.environ["AWS_ENDPOINT_URL"]))
+    (tmp_path / "rt.yaml").write_text(yaml.safe_dump(rt))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # the shell has none of them
+    cmd = [sys.executable, "jobs/pipeline.py", "--config", "configs/tiny.yaml", "--check", "--stages", "data",
+           f"run_dir={uri}"]
+    run = lambda *a: subprocess.run(cmd + list(a), cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    r = run("--runtime-env", str(tmp_path / "rt.yaml"))
+    assert r.returncode == 0 and "data      RUN       no manifest yet" in r.stdout, r.stdout + r.stderr
+    assert "AWS_SECRET_ACCESS_KEY" in r.stdout and SECRET not in r.stdout + r.stderr  # names, never values
+    r = run()
+    assert r.returncode == 2 and "cannot tell (OSError)" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "jobs/pipeline.py", "--config", "configs/tiny.yaml", "--runtime-env",
+                        str(tmp_path / "rt.yaml")], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--runtime-env is read by --check only" in r.stderr
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, tmp_path, monkeypatch):
     """configs/tiny.yaml, every stage, submitted to a head on 127.0.0.1 (tests/test_cluster.py's) with
@@ -289,7 +314,7 @@ def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, t
     cli = _boto(s3_endpoint)
     cli.create_bucket(Bucket=bucket)
     uri = f"s3://{bucket}/tiny"
-    rt = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+    rt = yaml.safe_load((ROOT / "cluster" / "runtime_env_s3.yaml").read_text())  # the shipped bucket example
     rt["env_vars"].update(aws_env(s3_endpoint))  # a throwaway server's key: a real one stays in the nodes' env
     (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(rt))
     cores = os.cpu_count() or 1
