@@ -274,6 +274,38 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
     assert objects(cli, uri) == written
 
 
+def test_merged_student_stays_off_the_bucket(s3, cache_dir, tmp_path):
+    """The student stage (`jobs/student_rationales.py`, its own Ray cluster) on a bucket run directory merges base +
+    adapter into a local folder (SLIM_SCRATCH), named in the manifest, and uploads only its shards: the merged fp32
+    model (~540 MB here) is not an object."""
+    from slim.student import generate
+    from tests.student_data import write_run_data
+    from tests.tiny_adapter import make_tiny_adapter
+
+    uri, cli = s3
+    local = write_run_data(tmp_path / "run", num_users=4, num_items=30)
+    make_tiny_adapter(local / C.STUDENT_ADAPTER, cache_dir)
+    storage.upload(local, uri)
+    # a local run directory keeps the merge next to its shards (a cluster's shared mount): the rule is the bucket's
+    assert generate.merge_cache(RunDir(local)) == local / C.STUDENT_SHARDS
+    job = [sys.executable, "jobs/student_rationales.py", f"run_dir={uri}", "num_cpus=4", "student.engine=hf",
+           "student.max_users=3", "student.batch_size=3", "student.shard_rows=3", "student.max_model_len=420",
+           "student.sampling.max_tokens=8", f"student.cache_dir={cache_dir}", "student.hf_threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = RunDir(uri).read_manifest("rationales")
+    merged = Path(m.extra["model"]["merged_into"])
+    assert m.counts["users"] == 3 and (merged / "config.json").exists()
+    assert merged.is_relative_to(os.environ["SLIM_SCRATCH"])
+    size = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file())
+    written = objects(cli, uri)
+    adapter = sum(len(b) for k, b in written.items() if "/student/adapter/" in k)
+    assert not any("merged" in k for k in written) and sum(map(len, written.values())) - adapter < size / 20
+    assert any(k.startswith("run/rationales/part-") for k in written) and "run/rationales/manifest.json" in written
+
+
 def test_check_reads_the_runtime_env(s3, tmp_path):
     """`--check --runtime-env FILE` sees a bucket whose endpoint and keys only the job's runtime_env carries (here
     cluster/runtime_env_s3.yaml with a throwaway server's key added); without it the bucket cannot be read."""
