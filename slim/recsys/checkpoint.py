@@ -21,13 +21,6 @@ def is_done(out: Path, fp: str) -> bool:
     return p.exists() and json.loads(p.read_text()).get("fingerprint") == fp
 
 
-def forget(out: Path) -> None:
-    """Mark a run not done (its metrics.json goes; the weights stay until retrained): what --force does to every
-    run before training any, so a forced train stopped midway resumes with the plain command, training only the
-    runs the forced one had not finished yet."""
-    (out / METRICS).unlink(missing_ok=True)
-
-
 def save_run(out: Path, model, spec, num_items: int, rec: dict, fp: str) -> dict:
     """Weights first, metrics.json last (atomic): a run with metrics.json is complete."""
     import torch

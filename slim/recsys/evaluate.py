@@ -112,7 +112,6 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     conf = {"protocols": list(cfg.protocols), "split": cfg.split}
     if not force and rd.is_current(STAGE, conf, inputs):
         return rd.read_manifest(STAGE)
-    rd.invalidate(STAGE)  # before the reports are rewritten: a stopped rerun is not taken for finished
     t0 = time.time()
     d = D.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
     if len(d.seqs) > cfg.block_users:  # ranked in Ray tasks, block by block

@@ -23,7 +23,7 @@ from slim.columns import EVAL_PROTOCOLS
 from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
 from slim.models.item_repr import VARIANTS
-from slim.recsys.checkpoint import METRICS, forget, is_done, save_run
+from slim.recsys.checkpoint import METRICS, is_done, save_run
 from slim.recsys.summary import scale_line
 from slim.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
 
@@ -212,10 +212,6 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
         if force or not is_done(rd.root / MODELS_DIR / s.name, fp):
             todo.append((s, fp))
     log.info("train: %d of %d runs to do (%s)", len(todo), len(all_specs), cfg.strategy)
-    rd.invalidate(STAGE)  # before the first write: until the new manifest, no plain rerun skips half-written runs
-    if force:
-        for s, _ in todo:
-            forget(rd.root / MODELS_DIR / s.name)
     if todo:
         if cfg.strategy == "fanout":
             fan_out(todo, d, text, uts, rd.root, cfg)
