@@ -274,6 +274,28 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
     assert objects(cli, uri) == written
 
 
+def test_data_input_from_a_bucket(s3, tmp_path):
+    """data.path may be a bucket URI (a KubeRay cluster has no shared disk): read through a local scratch copy, and
+    fingerprinted by its objects, so a resubmission sees the same input until an object changes."""
+    from slim.data import prepare, sources
+    from slim.data.prepare import DataConfig
+    from tests.datagen import write_seqrec
+
+    uri, _ = s3
+    src = write_seqrec(tmp_path / "src", 30, 60)
+    storage.upload(src, f"{uri}-input")
+    cfg = DataConfig(run_dir=str(tmp_path / "run"), source="jsonl-sequences", path=f"{uri}-input")
+    fp = prepare._inputs(cfg)
+    local = sources.fetch(cfg.path, str(tmp_path / "cache"))
+    assert prepare._inputs(cfg) == fp and sources.fetch(cfg.path, str(tmp_path / "cache")) == local
+    assert {f.name: f.read_bytes() for f in local.iterdir()} == {f.name: f.read_bytes() for f in src.iterdir()}
+    (src / "items.tsv").write_text((src / "items.tsv").read_text() + "\n")
+    storage.upload(src / "items.tsv", f"{uri}-input/items.tsv")  # a changed input: a new fingerprint, a new copy
+    assert prepare._inputs(cfg) != fp and sources.fetch(cfg.path, str(tmp_path / "cache")) != local
+    with pytest.raises(sources.DataError, match="input not found: s3://"):
+        prepare._inputs(DataConfig(source="jsonl-sequences", path=f"{uri}-nothing"))
+
+
 def test_merged_student_stays_off_the_bucket(s3, cache_dir, tmp_path):
     """The student stage (`jobs/student_rationales.py`, its own Ray cluster) on a bucket run directory merges base +
     adapter into a local folder (SLIM_SCRATCH), named in the manifest, and uploads only its shards: the merged fp32
@@ -304,6 +326,8 @@ def test_merged_student_stays_off_the_bucket(s3, cache_dir, tmp_path):
     adapter = sum(len(b) for k, b in written.items() if "/student/adapter/" in k)
     assert not any("merged" in k for k in written) and sum(map(len, written.values())) - adapter < size / 20
     assert any(k.startswith("run/rationales/part-") for k in written) and "run/rationales/manifest.json" in written
+    print(f"bucket: {len(written)} objects, {sum(map(len, written.values())) / 1e6:.2f} MB (adapter "
+          f"{adapter / 1e6:.2f} MB); merged student kept locally: {size / 1e6:.1f} MB")
 
 
 def test_check_reads_the_runtime_env(s3, tmp_path):
@@ -372,4 +396,11 @@ def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, t
     assert m["train"].counts["runs"] == len(runs) == m["evaluate"].counts["runs"] > 0
     assert all((rd.root / o / "model.pt").exists() and (rd.root / o / "metrics.json").exists() for o in runs)
     assert "gru4rec" in rd.path("reports/results.md").read_text()
-    assert not any(SECRET.encode() in b for b in objects(cli, uri).values())
+    written = objects(cli, uri)
+    assert not any(SECRET.encode() in b for b in written.values())
+    # the merged student is local scratch named in the manifest, not an object of the run directory
+    merged = m["rationales"].extra["model"].get("merged_into", "")
+    assert not any("merged" in k for k in written) and merged and "://" not in merged
+    local = sum(f.stat().st_size for f in Path(merged).rglob("*") if f.is_file())
+    print(f"bucket run dir: {len(written)} objects, {sum(map(len, written.values())) / 1e6:.1f} MB; merged student "
+          f"kept locally at {merged}: {local / 1e6:.1f} MB")
