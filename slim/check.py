@@ -226,6 +226,16 @@ def _path_line(key: str, p: str, problems: list) -> str:
         return f"{key}: (empty)"
     if p.startswith(("http://", "https://")):
         return f"{key}: {p} (downloaded once into the cache)"
+    if storage.is_remote(p):
+        try:
+            found = storage.path(p).exists()
+        except OSError as e:  # no endpoint or keys here: see --runtime-env
+            problems.append(f"{key}: cannot read {p} ({' '.join(str(e).split())[:200]})")
+            return f"{key}: {p} CANNOT TELL"
+        if not found:
+            problems.append(f"{key}: {p} not found")
+            return f"{key}: {p} NOT FOUND"
+        return f"{key}: {p} (bucket, copied into local scratch)"
     if not Path(p).expanduser().exists():
         problems.append(f"{key}: {p} not found (from {os.getcwd()})")
         return f"{key}: {p} NOT FOUND"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -59,6 +60,22 @@ def dry_run(raw: dict, only: list[str] | None = None, force: list[str] | None = 
     return 2 if problems else 0
 
 
+def runtime_env_vars(path: str) -> dict[str, str]:
+    """The env_vars of a runtime_env YAML (what a submitted job's driver and workers get): --check reads a bucket
+    whose endpoint or keys only the job's runtime_env carries. ConfigError names the file for anything else."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise config.ConfigError(f"--runtime-env {path}: cannot read it ({type(e).__name__}: {e})") from None
+    env = doc.get("env_vars", {}) if isinstance(doc, dict) else None
+    if not isinstance(env, dict) or not all(isinstance(v, (str, int, float)) for v in env.values()):
+        raise config.ConfigError(f"--runtime-env {path}: env_vars must be a mapping of names to strings")
+    return {str(k): str(v) for k, v in env.items()}
+
+
 def print_summary(summary: dict) -> None:
     print("\n=== pipeline summary ===")
     for name, s in summary.items():
@@ -79,11 +96,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="check the config, models and paths, print what each stage would do; start nothing")
     p.add_argument("--retry-failed", default="", help="comma-separated stages (teacher, student) whose failed rows "
                    "to redo, keeping the rest")
+    p.add_argument("--runtime-env", default="", help="with --check: a runtime_env YAML whose env_vars the job "
+                   "would run with (a bucket's endpoint and keys), e.g. cluster/runtime_env_s3.yaml")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     retry = [f"{s}.retry_failed=true" for s in args.retry_failed.split(",") if s]
     try:
+        if args.runtime_env and not args.check:
+            raise config.ConfigError("--runtime-env is read by --check only; a submitted job gets its runtime_env "
+                                     "from `ray job submit --runtime-env` (cluster/submit.sh: SLIM_RUNTIME_ENV)")
+        if args.runtime_env:
+            env = runtime_env_vars(args.runtime_env)
+            os.environ.update(env)
+            # names only: the values may be keys of a throwaway server
+            print(f"runtime_env {args.runtime_env}: env_vars {', '.join(sorted(env)) or '(none)'}")
         raw = config.load_raw(args.config, list(args.overrides) + retry)
         only = stage_list(args.stages, "--stages")
         force = stage_list(args.force, "--force", ("all",))

@@ -96,7 +96,32 @@ def load(stage: str, raw: dict) -> Any:
 
 def run(stage: str, cfg: Any, force: bool = False):
     _, fn = REGISTRY[stage]()
+    if force and not getattr(cfg, "dry_run", False):  # a teacher dry run writes nothing, so drops nothing
+        force = _drop_for_force(stage, cfg)
     return fn(cfg, force=force)
+
+
+def _drop_for_force(stage: str, cfg: Any) -> bool:
+    """--force, before the stage writes anything: its manifest goes, so a forced run stopped midway is not taken
+    for finished by the next plain run (which resumes it instead). For train every run's metrics.json goes too and
+    the stage then runs as a plain one: a stopped forced train resumes with the plain command, keeping the runs it
+    retrained and training the rest. -> the force flag to pass on to the stage."""
+    from slim.check import MANIFESTS
+    from slim.rundir import RunDir
+
+    if stage not in MANIFESTS:
+        return True
+    rd = RunDir(cfg.run_dir)
+    rd.invalidate(MANIFESTS[stage])
+    if stage != "train":
+        return True
+    from slim.recsys.checkpoint import METRICS
+    from slim.recsys.job import MODELS_DIR
+
+    models = rd.root / MODELS_DIR
+    for p in models.glob(f"*/{METRICS}") if models.is_dir() else []:  # done markers; weights stay until retrained
+        p.unlink(missing_ok=True)
+    return False
 
 
 def load_all(raw: dict) -> dict[str, Any]:

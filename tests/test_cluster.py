@@ -2,10 +2,10 @@
 cluster/submit.sh (`ray job submit` with cluster/runtime_env.yaml); a stopped train job resubmitted with the same
 command finishes the runs without redoing or duplicating any.
 
-The head is this module's own: a unique --temp-dir and free ports, so that nothing else joins it (the session's
-`ray_local` cluster is private, started with address="local"; RAY_ADDRESS is set only in the submitting
-subprocess). It is stopped by ending exactly its processes: `ray stop` would end every Ray process of this user on
-the machine, other test sessions' clusters included.
+The head is this module's own: start_local.sh picks free ports and a fresh --temp-dir, so that nothing else joins
+it (the session's `ray_local` cluster is private, started with address="local"; RAY_ADDRESS is set only in the
+submitting subprocess), and cluster/stop_local.sh ends exactly its processes: `ray stop` would end every Ray
+process of this user on the machine, other test sessions' clusters included.
 """
 
 import contextlib
@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
@@ -27,17 +26,6 @@ from tests.datagen import write_seqrec
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = list(range(8))  # 8 training runs, 2 at a time (slim_cores=2): the stop lands with most still to do
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _env(**extra) -> dict:
@@ -49,51 +37,62 @@ def _env(**extra) -> dict:
 
 
 def _stop_head(temp_dir: str) -> None:
-    """End the processes of the head started with `temp_dir`: Ray's daemons and workers name it on their command
-    line, job drivers run in a copy of the working directory under it; plus their children."""
-    procs = []
-    for p in psutil.process_iter(["cmdline", "cwd"]):
-        cmd, cwd = " ".join(p.info["cmdline"] or []), p.info["cwd"] or ""
-        if temp_dir in cmd or cwd.startswith(temp_dir):
-            procs.append(p)
-    for p in list(procs):
-        with contextlib.suppress(psutil.Error):
-            procs += p.children(recursive=True)
-    procs = list({p.pid: p for p in procs}.values())
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=10)
+    """End the processes of the head started with `temp_dir` (what cluster/stop_local.sh does), when the script
+    could not: a start that failed half-way, a test that failed before its stop."""
+    _helper().stop(temp_dir)
+
+
+def _helper():
+    """cluster/local_head.py (the scripts' helper, not a package module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_local_head", ROOT / "cluster" / "local_head.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _state(path: Path) -> dict:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
+
+
+def start_local(num_cpus: int, cores: int, state: Path, **env_extra) -> tuple[subprocess.CompletedProcess, dict]:
+    """cluster/start_local.sh as a user runs it (a fresh temp dir, the ports it picks) -> (result, environment)."""
+    env = _env(NUM_CPUS=str(num_cpus), SLIM_CORES=str(cores), SLIM_RAY_STATE=str(state), **env_extra)
+    for attempt in range(2):
+        # Ray gives the raylet a fixed 30 s to register; on a busy 2-core machine that can pass: start again.
+        r = subprocess.run([str(ROOT / "cluster" / "start_local.sh"), "--object-store-memory=300000000"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=420, start_new_session=True)
+        if r.returncode == 0 or "timed out during startup" not in r.stdout + r.stderr:
+            break
+    return r, env
+
+
+def stop_local(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "cluster" / "stop_local.sh")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 @contextlib.contextmanager
 def local_head(num_cpus: int, cores: int):
-    """cluster/start_local.sh on free ports -> (dashboard URL, the environment to submit from)."""
-    temp = tempfile.mkdtemp(prefix="slimray-", dir="/tmp")  # short: Ray's socket paths live under it
-    gcs, dash, client, agent, agent_grpc, rt_env, metrics = _free_ports(7)
-    env = _env(RAY_PORT=str(gcs), DASHBOARD_PORT=str(dash), NUM_CPUS=str(num_cpus), SLIM_CORES=str(cores))
-    args = [f"--temp-dir={temp}", f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={rt_env}",
-            f"--metrics-export-port={metrics}", "--object-store-memory=300000000"]
+    """cluster/start_local.sh -> (dashboard URL, the environment to submit from); cluster/stop_local.sh at the end."""
+    tmp = Path(tempfile.mkdtemp(prefix="slimstate-"))
+    state, temp = tmp / "head.env", None
     try:
-        for attempt in range(2):
-            # Ray gives the raylet a fixed 30 s to register; on a busy 2-core machine that can pass: start again.
-            r = subprocess.run([str(ROOT / "cluster" / "start_local.sh"), *args], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=240, start_new_session=True)
-            if r.returncode == 0 or "timed out during startup" not in r.stderr:
-                break
-            _stop_head(temp)
+        r, env = start_local(num_cpus, cores, state)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        url = f"http://127.0.0.1:{dash}"
-        assert url in r.stdout  # the script prints how to submit to it
+        st = _state(state)
+        url, temp = st["RAY_ADDRESS"], st["RAY_TEMP_DIR"]
+        assert f"export RAY_ADDRESS={url}" in r.stdout  # the script prints the address to submit to
         yield url, {**env, "RAY_ADDRESS": url}
     finally:
-        _stop_head(temp)
-        shutil.rmtree(temp, ignore_errors=True)
+        if state.exists():
+            temp = temp or _state(state).get("RAY_TEMP_DIR")
+            stop_local(_env(SLIM_RAY_STATE=str(state)))
+        if temp:
+            _stop_head(temp)
+            shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +152,67 @@ def test_submitted_data_job_joins_the_head(head, prepared):
     assert "'node:127.0.0.1': 1.0" in logs.stdout
 
 
+def test_port_choice():
+    """A port someone holds is never chosen: the default moves to a free one; a variable naming it is refused."""
+    lh = _helper()
+    with socket.socket() as held, socket.socket() as spare:
+        held.bind(("127.0.0.1", 0))  # loopback only, as a private `ray.init()` holds its agent's port
+        held.listen()
+        spare.bind(("127.0.0.1", 0))
+        busy, free = held.getsockname()[1], spare.getsockname()[1]
+        spare.close()
+        lh.PORTS = {"A": ("--a", busy), "B": ("--b", free), "C": ("--c", None)}
+        got = lh.choose({})
+        assert got["A"] != busy and got["B"] == free and len(set(got.values())) == 3
+        assert lh.choose({"A": str(got["A"])})["A"] == got["A"]
+        with pytest.raises(SystemExit, match=f"A={busy} is in use"):
+            lh.choose({"A": str(busy)})
+
+
+def _hold(ports: list[int]) -> list[socket.socket]:
+    """Listen on each port nobody holds yet (what another Ray on its defaults does); taken ones are held already."""
+    out = []
+    for p in ports:
+        s = socket.socket()
+        try:
+            s.bind(("0.0.0.0", p))
+            s.listen()
+            out.append(s)
+        except OSError:
+            s.close()
+    return out
+
+
+def test_start_local_beside_another_ray(head, tmp_path):
+    """Ray's default ports held by another Ray (and the module's head running): start_local.sh still gives a head
+    that takes a job, on other ports; stop_local.sh ends that head and leaves the other one running."""
+    defaults = [6379, 8265, 52365, 10001]
+    held = _hold(defaults)
+    try:
+        r, env = start_local(2, 1, tmp_path / "head.env")
+    finally:
+        for s in held:
+            s.close()
+    try:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        st = _state(tmp_path / "head.env")
+        ports = {int(v) for k, v in st.items() if k.endswith("_PORT")}
+        assert len(ports) == 9 and not ports & set(defaults), st
+        url = st["RAY_ADDRESS"]
+        assert f"export RAY_ADDRESS={url}" in r.stdout and url != head[0]
+        job = subprocess.run(["ray", "job", "submit", "--submission-id", "beside-1", "--", "python", "-c",
+                              "import ray; ray.init(); print('slim_cores', ray.cluster_resources()['slim_cores'])"],
+                             cwd=ROOT, env={**env, "RAY_ADDRESS": url}, capture_output=True, text=True, timeout=300)
+        assert job.returncode == 0 and "slim_cores 1.0" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+    finally:
+        stop = stop_local(env)
+    assert stop.returncode == 0, stop.stderr
+    assert not _helper().head_processes(st["RAY_TEMP_DIR"]) and not (tmp_path / "head.env").exists()
+    assert not Path(st["RAY_TEMP_DIR"]).exists()
+    # the other head still answers, and is the one start_local.sh made ready before this test
+    assert any(j.submission_id.startswith("start-local-ready-") for j in client(head).list_jobs())
+
+
 def _wait_for(pred, timeout, what):
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -188,6 +248,38 @@ def test_stop_and_resubmit_train(head, prepared):
     m = json.loads((run / "train" / "manifest.json").read_text())
     assert m["counts"]["runs"] == len(names) and m["counts"]["trained_now"] == len(names) - len(before)
     assert f"{len(names) - len(before)} of {len(names)} runs to do" in r.stdout
+
+
+def test_stop_and_resubmit_forced_train(head, prepared):
+    """`--force` train stopped midway, then the plain command: the runs the forced job retrained are kept, the rest
+    are trained (not skipped over the old manifest, not all trained again)."""
+    config, run, r = prepared
+    assert r.returncode == 0, r.stderr[-3000:]
+    models, names = run / "models", sorted(f"gru4rec-id-ce-s{s}" for s in SEEDS)
+    r = submit(head, config, job="train_recommender", submit_args="--submission-id force-0")  # every run done
+    assert r.returncode == 0 and job_status(head, "force-0") == "SUCCEEDED", r.stdout[-3000:] + r.stderr[-3000:]
+    old = {n: (models / n / "metrics.json").stat().st_mtime_ns for n in names}
+    redone = lambda: [n for n in names if (models / n / "metrics.json").exists()  # noqa: E731
+                      and (models / n / "metrics.json").stat().st_mtime_ns != old[n]]
+
+    r = submit(head, config, "--force", job="train_recommender", submit_args="--no-wait --submission-id force-1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    _wait_for(lambda: redone() or job_status(head, "force-1") in ("FAILED", "SUCCEEDED"), 300, "a retrained run")
+    client(head).stop_job("force-1")
+    _wait_for(lambda: job_status(head, "force-1") in ("STOPPED", "SUCCEEDED", "FAILED"), 120, "the job to end")
+    kept = {n: (models / n / "metrics.json").read_bytes() for n in redone()}
+    assert job_status(head, "force-1") == "STOPPED" and 1 <= len(kept) < len(names), \
+        f"the stop did not land halfway: {job_status(head, 'force-1')}, runs retrained {sorted(kept)}"
+    # the forced job marked the rest not done and dropped the manifest before training: nothing old looks finished
+    assert sorted(p.parent.name for p in models.glob("*/metrics.json")) == sorted(kept)
+    assert not (run / "train" / "manifest.json").exists()
+
+    r = submit(head, config, job="train_recommender", submit_args="--submission-id force-2")  # the plain command
+    assert r.returncode == 0 and job_status(head, "force-2") == "SUCCEEDED", r.stdout[-3000:] + r.stderr[-3000:]
+    for n, b in kept.items():
+        assert (models / n / "metrics.json").read_bytes() == b
+    m = json.loads((run / "train" / "manifest.json").read_text())
+    assert m["counts"]["trained_now"] == len(names) - len(kept) and sorted(redone()) == names
 
 
 def test_submitted_job_refuses_a_relative_run_dir(monkeypatch):

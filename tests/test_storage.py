@@ -274,6 +274,87 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
     assert objects(cli, uri) == written
 
 
+def test_data_input_from_a_bucket(s3, tmp_path):
+    """data.path may be a bucket URI (a KubeRay cluster has no shared disk): read through a local scratch copy, and
+    fingerprinted by its objects, so a resubmission sees the same input until an object changes."""
+    from slim.data import prepare, sources
+    from slim.data.prepare import DataConfig
+    from tests.datagen import write_seqrec
+
+    uri, _ = s3
+    src = write_seqrec(tmp_path / "src", 30, 60)
+    storage.upload(src, f"{uri}-input")
+    cfg = DataConfig(run_dir=str(tmp_path / "run"), source="jsonl-sequences", path=f"{uri}-input")
+    fp = prepare._inputs(cfg)
+    local = sources.fetch(cfg.path, str(tmp_path / "cache"))
+    assert prepare._inputs(cfg) == fp and sources.fetch(cfg.path, str(tmp_path / "cache")) == local
+    assert {f.name: f.read_bytes() for f in local.iterdir()} == {f.name: f.read_bytes() for f in src.iterdir()}
+    (src / "items.tsv").write_text((src / "items.tsv").read_text() + "\n")
+    storage.upload(src / "items.tsv", f"{uri}-input/items.tsv")  # a changed input: a new fingerprint, a new copy
+    assert prepare._inputs(cfg) != fp and sources.fetch(cfg.path, str(tmp_path / "cache")) != local
+    with pytest.raises(sources.DataError, match="input not found: s3://"):
+        prepare._inputs(DataConfig(source="jsonl-sequences", path=f"{uri}-nothing"))
+
+
+def test_merged_student_stays_off_the_bucket(s3, cache_dir, tmp_path):
+    """The student stage (`jobs/student_rationales.py`, its own Ray cluster) on a bucket run directory merges base +
+    adapter into a local folder (SLIM_SCRATCH), named in the manifest, and uploads only its shards: the merged fp32
+    model (~540 MB here) is not an object."""
+    from slim.student import generate
+    from tests.student_data import write_run_data
+    from tests.tiny_adapter import make_tiny_adapter
+
+    uri, cli = s3
+    local = write_run_data(tmp_path / "run", num_users=4, num_items=30)
+    make_tiny_adapter(local / C.STUDENT_ADAPTER, cache_dir)
+    storage.upload(local, uri)
+    # a local run directory keeps the merge next to its shards (a cluster's shared mount): the rule is the bucket's
+    assert generate.merge_cache(RunDir(local)) == local / C.STUDENT_SHARDS
+    job = [sys.executable, "jobs/student_rationales.py", f"run_dir={uri}", "num_cpus=4", "student.engine=hf",
+           "student.max_users=3", "student.batch_size=3", "student.shard_rows=3", "student.max_model_len=420",
+           "student.sampling.max_tokens=8", f"student.cache_dir={cache_dir}", "student.hf_threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = RunDir(uri).read_manifest("rationales")
+    merged = Path(m.extra["model"]["merged_into"])
+    assert m.counts["users"] == 3 and (merged / "config.json").exists()
+    assert merged.is_relative_to(os.environ["SLIM_SCRATCH"])
+    size = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file())
+    written = objects(cli, uri)
+    adapter = sum(len(b) for k, b in written.items() if "/student/adapter/" in k)
+    assert not any("merged" in k for k in written) and sum(map(len, written.values())) - adapter < size / 20
+    assert any(k.startswith("run/rationales/part-") for k in written) and "run/rationales/manifest.json" in written
+    print(f"bucket: {len(written)} objects, {sum(map(len, written.values())) / 1e6:.2f} MB (adapter "
+          f"{adapter / 1e6:.2f} MB); merged student kept locally: {size / 1e6:.1f} MB")
+
+
+def test_check_reads_the_runtime_env(s3, tmp_path):
+    """`--check --runtime-env FILE` sees a bucket whose endpoint and keys only the job's runtime_env carries (here
+    cluster/runtime_env_s3.yaml with a throwaway server's key added); without it the bucket cannot be read."""
+    import yaml
+
+    uri, _ = s3
+    rt = yaml.safe_load((ROOT / "cluster" / "runtime_env_s3.yaml").read_text())
+    rt["env_vars"].update(aws_env(os.environ["AWS_ENDPOINT_URL"]))
+    (tmp_path / "rt.yaml").write_text(yaml.safe_dump(rt))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # the shell has none of them
+    cmd = [sys.executable, "jobs/pipeline.py", "--config", "configs/tiny.yaml", "--check", "--stages", "data",
+           f"run_dir={uri}"]
+    run = lambda *a: subprocess.run(cmd + list(a), cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    r = run("--runtime-env", str(tmp_path / "rt.yaml"))
+    assert r.returncode == 0 and "data      RUN       no manifest yet" in r.stdout, r.stdout + r.stderr
+    assert "AWS_SECRET_ACCESS_KEY" in r.stdout and SECRET not in r.stdout + r.stderr  # names, never values
+    r = run()
+    assert r.returncode == 2 and "cannot tell (OSError)" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "jobs/pipeline.py", "--config", "configs/tiny.yaml", "--runtime-env",
+                        str(tmp_path / "rt.yaml")], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--runtime-env is read by --check only" in r.stderr
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, tmp_path, monkeypatch):
     """configs/tiny.yaml, every stage, submitted to a head on 127.0.0.1 (tests/test_cluster.py's) with
@@ -289,7 +370,7 @@ def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, t
     cli = _boto(s3_endpoint)
     cli.create_bucket(Bucket=bucket)
     uri = f"s3://{bucket}/tiny"
-    rt = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+    rt = yaml.safe_load((ROOT / "cluster" / "runtime_env_s3.yaml").read_text())  # the shipped bucket example
     rt["env_vars"].update(aws_env(s3_endpoint))  # a throwaway server's key: a real one stays in the nodes' env
     (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(rt))
     cores = os.cpu_count() or 1
@@ -315,4 +396,11 @@ def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, t
     assert m["train"].counts["runs"] == len(runs) == m["evaluate"].counts["runs"] > 0
     assert all((rd.root / o / "model.pt").exists() and (rd.root / o / "metrics.json").exists() for o in runs)
     assert "gru4rec" in rd.path("reports/results.md").read_text()
-    assert not any(SECRET.encode() in b for b in objects(cli, uri).values())
+    written = objects(cli, uri)
+    assert not any(SECRET.encode() in b for b in written.values())
+    # the merged student is local scratch named in the manifest, not an object of the run directory
+    merged = m["rationales"].extra["model"].get("merged_into", "")
+    assert not any("merged" in k for k in written) and merged and "://" not in merged
+    local = sum(f.stat().st_size for f in Path(merged).rglob("*") if f.is_file())
+    print(f"bucket run dir: {len(written)} objects, {sum(map(len, written.values())) / 1e6:.1f} MB; merged student "
+          f"kept locally at {merged}: {local / 1e6:.1f} MB")

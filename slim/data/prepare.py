@@ -106,11 +106,13 @@ def input_paths(cfg: DataConfig) -> dict:
 
 
 def _inputs(cfg: DataConfig) -> dict:
+    """Input path -> fingerprint (a bucket URI's from its objects' names, sizes and upload times)."""
     local = [p for p in input_paths(cfg).values() if p and not p.startswith(("http://", "https://"))]
-    for p in local:
-        if not Path(p).expanduser().exists():
+    paths = {p: storage.path(p) if storage.is_remote(p) else Path(p).expanduser() for p in local}
+    for p, where in paths.items():
+        if not where.exists():
             raise sources.DataError(f"input not found: {p} (data.source={cfg.source})")
-    return {p: file_fingerprint(Path(p).expanduser()) for p in local}
+    return {p: file_fingerprint(where) for p, where in paths.items()}
 
 
 def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Source:

@@ -88,7 +88,14 @@ def chunked(records: Iterator[tuple[list, list, list]], rows: int) -> Iterator[t
 
 
 def fetch(path_or_url: str, cache_dir: str) -> Path:
-    """A local path as is; an http(s) URL downloaded once into the cache (for users with internet)."""
+    """A local path as is; an http(s) URL downloaded once into the cache (for users with internet); a bucket URI
+    (s3://...: a cluster without a shared disk) copied into local scratch, again only when it changed."""
+    from slim import storage
+
+    if storage.is_remote(path_or_url) and not path_or_url.startswith(("http://", "https://")):
+        if not storage.path(path_or_url).exists():
+            raise DataError(f"input not found: {path_or_url}")
+        return storage.local_copy(path_or_url)
     if path_or_url.startswith(("http://", "https://")):
         dest = Path(cache_dir).expanduser() / "downloads" / Path(path_or_url).name
         if not dest.exists():

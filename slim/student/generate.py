@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from slim import columns as C
-from slim import atomic, quality
+from slim import atomic, quality, storage
 from slim import shards as S
 from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
@@ -192,7 +192,11 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
 
     rd = RunDir(cfg.run_dir)
     base = llm_models.resolve(cfg.base_model, cfg.cache_dir)
-    model_path, model_info = engines.resolve_model(cfg.run_dir, cfg.adapter, base, rd.stage_dir(C.STUDENT_SHARDS))
+    cache = merge_cache(rd)
+    model_path, model_info = engines.resolve_model(cfg.run_dir, cfg.adapter, base, cache)
+    if storage.is_remote(rd.root) and "merged_into" in model_info:
+        for old in (p for p in cache.iterdir() if p.name != Path(model_path).name):
+            storage.remove_tree(old)  # a merge of an earlier adapter of this run directory
     inputs = {"data": rd.upstream("data"), "model": model_info.get("fingerprint", model_info["path"])}
     sc = stage_config(cfg)
     if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
@@ -223,6 +227,16 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
         tokens += int(pc.sum(table.column(C.TOKENS_OUT)).as_py() or 0)
         log.info("student: %d new rationales (%d tokens) in %.0fs", new, tokens, time.perf_counter() - t0)
     return _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first)
+
+
+def merge_cache(rd: RunDir) -> Path:
+    """Where the base + adapter merge goes: next to the shards for a local run directory (on a cluster a mount every
+    node sees); for one on a bucket a local folder (storage.scratch, per run directory), since the merged fp32
+    model is scratch (538 MB for SmolLM2-135M, most of a tiny run's bytes) that the adapter already determines. The
+    manifest names it (extra.model.merged_into); earlier merges of the same run directory there are removed."""
+    if not storage.is_remote(rd.root):
+        return rd.stage_dir(C.STUDENT_SHARDS)
+    return storage.scratch("student-merged", storage.key_of(rd.root))
 
 
 def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> Manifest:
