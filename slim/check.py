@@ -16,11 +16,9 @@ from slim import columns as C
 from slim import storage
 from slim.config import ConfigError
 from slim.rundir import RunDir, file_fingerprint, fingerprint
+from slim.stages import MANIFESTS, STAGE_OF
 
 # pipeline stage -> the folder (and manifest stage name) it writes
-MANIFESTS = {"data": "data", "teacher": "teacher", "distill": "student", "student": "rationales",
-             "encode": "embeddings", "train": "train", "evaluate": "evaluate"}
-STAGE_OF = {m: s for s, m in MANIFESTS.items()}
 MINILM = ("all-MiniLM-L6-v2", "all-minilm-l6-v2")
 
 

@@ -56,6 +56,11 @@ def _serve():
     return settings.ServeConfig, stage.run
 
 
+# stage -> the folder its manifest is written in (three still carry older names: README "Architecture")
+MANIFESTS = {"data": "data", "teacher": "teacher", "distill": "student", "student": "rationales",
+             "encode": "embeddings", "train": "train", "evaluate": "evaluate"}
+STAGE_OF = {m: s for s, m in MANIFESTS.items()}
+
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     "data": _data,
     "train": _train,
@@ -106,7 +111,6 @@ def _drop_for_force(stage: str, cfg: Any) -> bool:
     for finished by the next plain run (which resumes it instead). For train every run's metrics.json goes too and
     the stage then runs as a plain one: a stopped forced train resumes with the plain command, keeping the runs it
     retrained and training the rest. -> the force flag to pass on to the stage."""
-    from slim.check import MANIFESTS
     from slim.rundir import RunDir
 
     if stage not in MANIFESTS:
