@@ -53,8 +53,14 @@ def test_whole_chain_on_a_bucket_then_one_served_request(s3_endpoint, cache_dir,
                                                  "sasrec-slim@all-ce-s0"]
     res = json.loads(rd.path("reports/results.json").read_text())
     assert {g["baseline"] for g in res["gains"] if g["model"] == "slim@all"} >= {"history_text@all"}
-    assert not any(SECRET.encode() in b for b in objects(cli, uri).values())  # the key is in no object
+    objs = objects(cli, uri)
+    assert not any(SECRET.encode() in b for b in objs.values())  # the key is in no object
     assert SECRET not in r.stdout + r.stderr
+    # model scratch (the student merged from base + adapter for vLLM) stays off the bucket: only the adapter is there
+    assert not any("/merged" in k or "_merged" in k for k in objs), sorted(k for k in objs if "merged" in k)
+    size_mb = sum(len(b) for b in objs.values()) / 2**20
+    print(f"bucket run dir: {len(objs)} objects, {size_mb:.1f} MB")
+    assert size_mb < 100  # a merged 135M student alone is ~540 MB
 
     # the serving app reads a local run directory: the finished bucket run is copied down, then served
     from ray import serve
