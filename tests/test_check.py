@@ -139,12 +139,16 @@ def test_text_encoder_decides_the_item_vectors(tmp_path):
     assert T.fingerprint(tmp_path, "BAAI/bge-small-en-v1.5") == "missing"
 
 
-def test_submit_usage_run_dir_is_accepted():
+def test_submit_usage_run_dir_is_accepted(monkeypatch):
     usage = [ln for ln in (ROOT / "cluster" / "submit.sh").read_text().splitlines() if "run_dir=" in ln]
     dirs = [m for ln in usage for m in re.findall(r"run_dir=(\S+)", ln)]
     assert dirs
-    raw = config.load_raw(CONFIGS[0], [f"run_dir={d}" for d in dirs])
-    pipeline.prepare(raw)  # raises ConfigError for a run directory the stages refuse
+    # the refusal of a relative run_dir only fires in a submitted job's driver: be one
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    with pytest.raises(config.ConfigError, match="run_dir 'runs/x' is relative"):
+        pipeline.prepare(config.load_raw(CONFIGS[0], ["run_dir=runs/x"]))
+    for d in dirs:
+        pipeline.prepare(config.load_raw(CONFIGS[0], [f"run_dir={d}"]))  # the usage's own run_dir is accepted
 
 
 def test_training_fanout_runs_at_most_one_run_per_core(tmp_path, ray_local):

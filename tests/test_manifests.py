@@ -93,13 +93,40 @@ def test_rayjob_lifecycle_and_entrypoint():
     parse_and_validate_excludes(env["excludes"])
 
 
-def test_serve_config_parses():
+SERVE_CONFIGS = {"rayservice.yaml": lambda: yaml.safe_load(yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
+                                                               ["spec"]["serveConfigV2"]),
+                 "serve_deploy.yaml": lambda: yaml.safe_load((ROOT / "cluster" / "serve_deploy.yaml").read_text())}
+
+
+@pytest.mark.parametrize("name", SERVE_CONFIGS)
+def test_serve_config_parses(name, monkeypatch):
+    """Ray Serve's schema accepts the file, its import path resolves to the builder, and the builder turns the
+    file's args into the ServeConfig they name (an unknown or mistyped key is a ConfigError here, not on the
+    cluster); only the last step, which needs a trained run, is left out."""
+    import importlib
+
     from ray.serve.schema import ServeDeploySchema
 
-    svc = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())["spec"]
-    cfg = ServeDeploySchema.parse_obj(yaml.safe_load(svc["serveConfigV2"]))
+    from slim.serve import app as serve_app
+    from slim.serve import settings
+
+    cfg = ServeDeploySchema.parse_obj(SERVE_CONFIGS[name]())
     assert [a.name for a in cfg.applications] == ["slim"]
-    assert cfg.applications[0].import_path.startswith("slim.serve")  # a placeholder until the Serve app lands
+    application = cfg.applications[0]
+    module, attr = application.import_path.split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    built = []
+    monkeypatch.setattr(serve_app, "build", built.append)  # the builder's config, not the deployment
+    monkeypatch.chdir(ROOT)  # `config:` paths are relative to where `serve deploy` runs
+    builder(dict(application.args))
+    (serve,) = built
+    assert isinstance(serve, settings.ServeConfig)
+    settings.check(serve)
+    for key, value in application.args.items():
+        if key.startswith("serve."):
+            assert getattr(serve, key.removeprefix("serve.")) == value, key
+    if "run_dir" in application.args:
+        assert serve.run_dir == application.args["run_dir"]
 
 
 def _walk(node):
