@@ -15,6 +15,7 @@ import numpy as np
 from slim import columns as C
 from slim import storage
 from slim.prompts import HISTORY_CUT
+from slim.recsys.data import RecDataError
 
 # train.rationale_field -> the encode stage's field name
 FIELDS = {"whole": C.RATIONALE, "step1": C.STEP1, "step2": C.STEP2, "step3": C.STEP3}
@@ -23,7 +24,7 @@ SOURCES = {"slim": ("student", C.USER_EMB_FILE, "rationales"), "text_match": ("s
            "slim_teacher": ("teacher", C.TEACHER_USER_EMB_FILE, "teacher")}
 
 
-class UserTextError(ValueError):
+class UserTextError(RecDataError):  # a RecDataError: the CLI prints it as one line
     """Rationale embeddings missing, misaligned, or written from a prefix that would look ahead."""
 
 
