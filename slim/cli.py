@@ -42,7 +42,8 @@ def retry_stages() -> list[str]:
 
     from slim import stages
 
-    return [n for n in stages.names() if "retry_failed" in {f.name for f in dataclasses.fields(stages.REGISTRY[n]()[0])}]
+    return [n for n in stages.names()
+            if "retry_failed" in {f.name for f in dataclasses.fields(stages.REGISTRY[n]()[0])}]
 
 
 def report(e: Exception) -> int:

@@ -122,8 +122,8 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
                                "limiter": limiter, "stage_dir": stage_dir, "threads": cfg.threads_per_actor,
                                "timeout_s": cfg.request_timeout_s, "budget": budget},
     )
-    stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, K.UNSENT: 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0,
-             "attempts": 0, "billed_requests": 0}
+    stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, K.UNSENT: 0, "tokens_in": 0, "tokens_out": 0,
+             "cost_usd": 0.0, "attempts": 0, "billed_requests": 0}
     t0, next_log = time.perf_counter(), 0.0
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         stats["rows"] += len(b[C.USER_ID])
