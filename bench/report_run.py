@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 STAGES = [("data", "data"), ("teacher", "teacher"), ("distill", "student"), ("student", "rationales"),
-          ("encode", "embeddings"), ("train", "train"), ("evaluate", "evaluate")]
+          ("encode", "embeddings"), ("train", "train"), ("evaluate", "evaluate")]  # (stage, its manifest's folder)
 PLOTS = ("long_tail_{}.png", "sparse_users_{}.png", "text_match_steps_{}.png", "ndcg10_full_{}.png")
 
 
@@ -46,25 +46,68 @@ def quality_lines(run: Path) -> list[str]:
     return out
 
 
+def parse_rate(run: Path) -> list[str]:
+    """The student's parse rate (all three steps), from its stage's manifest counts."""
+    p = run / "rationales" / "manifest.json"
+    if not p.exists():
+        return []
+    c = json.loads(p.read_text())["counts"]
+    ok, users = int(c.get("ok", 0)), int(c.get("users", 0))
+    return [f"- student parse rate (three steps found): {ok:,} of {users:,} users = {100 * ok / max(users, 1):.1f}%"]
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, run = [0.0] * len(ps), 0.0
+    for k, i in enumerate(order):
+        run = max(run, min(1.0, (len(ps) - k) * ps[i]))
+        out[i] = run
+    return out
+
+
+def verdicts(res: dict, protocol: str = "full") -> list[str]:
+    """Plain words per backbone and loss: SLIM (each position mode) against id_text and against the no-LLM control
+    history_text, on the headline protocol, with Holm-adjusted Wilcoxon p-values over every comparison stated."""
+    want = [g for g in res["gains"] if g["protocol"] == protocol and g["model"].split("+")[0] in ("slim", "slim@all")
+            and g["baseline"].split("@")[0] in ("id_text", "history_text")]
+    if not want:
+        return []
+    adj = holm([g["p_wilcoxon"] for g in want])
+    lines = [f"## Verdict ({protocol} NDCG@10; Holm-adjusted Wilcoxon p over the {len(want)} comparisons below)", ""]
+    for g, p in sorted(zip(want, adj), key=lambda x: (x[0]["backbone"], x[0]["loss"], x[0]["model"], x[0]["baseline"])):
+        if p < 0.05:
+            word = "SLIM is better" if g["gain_pct"] > 0 else "SLIM is worse"
+        else:
+            word = "no significant difference"
+        lines.append(f"- {g['backbone']} {g['loss']}: {g['model']} vs {g['baseline']}: {g['mean_a']:.2f} vs "
+                     f"{g['mean_b']:.2f} ({g['gain_pct']:+.1f}%, p={p:.2g}): {word}.")
+    return lines + [""]
+
+
 def main() -> None:
     a = argparse.ArgumentParser(description=__doc__)
     a.add_argument("--run-dir", required=True)
     a.add_argument("--name", required=True)
     a.add_argument("--command", required=True, help="the command that produced the run, recorded as is")
+    a.add_argument("--commit", default="", help="the commit the run was made at")
     args = a.parse_args()
     run, out = Path(args.run_dir), Path(__file__).parent / "results"
     rows, total = stage_rows(run)
     # "Run made by", not "Command": bench/run_all.py reruns the "Command:" line of every results file, and this
     # is a pipeline run (an hour or more), not a benchmark
-    md = [f"# {args.name}: a whole pipeline run", "", f"Run made by: `{args.command}`", "",
+    md = [f"# {args.name}: a whole pipeline run", "", f"Run made by: `{args.command}`"
+          + (f" at commit {args.commit}" if args.commit else ""), "",
           f"Report written by: `PYTHONPATH=. .venv/bin/python bench/report_run.py --run-dir {args.run_dir} "
           f"--name {args.name} --command \"...\"` (figures copied from the run's manifests and report).", "",
           "## Wall time per stage (each stage's manifest)", ""] + rows + [""]
-    q = quality_lines(run)
+    q = parse_rate(run) + quality_lines(run)
     md += (["## Rationale quality", ""] + q + [""]) if q else []
     report = (run / "reports" / "results.md").read_text().replace("](plots/", f"]({args.name}_")
     md += ["## The evaluate stage's report", "", report.replace("\n# ", "\n### ").lstrip("# ")]
-    losses = json.loads((run / "reports" / "results.json").read_text())["rows"]
+    res = json.loads((run / "reports" / "results.json").read_text())
+    md[md.index("## The evaluate stage's report"):md.index("## The evaluate stage's report")] = verdicts(res)
+    losses = res["rows"]
     for loss in losses:
         for tmpl in PLOTS:
             src = run / "reports" / "plots" / tmpl.format(loss)

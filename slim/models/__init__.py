@@ -14,7 +14,7 @@ from torch import nn
 
 from slim.models.fusion import FUSIONS, ScoreSum, align_loss, text_init
 from slim.models.gru4rec import GRU4Rec, GRU4RecConfig
-from slim.models.item_repr import USER_TEXT_VARIANTS, VARIANTS, ItemRepr, item_variant
+from slim.models.item_repr import FUSED_USER_VARIANTS, USER_TEXT_VARIANTS, VARIANTS, ItemRepr, item_variant
 from slim.models.sasrec import SASRec, SASRecConfig
 from slim.models.srgnn import SRGNN, SRGNNConfig
 from slim.models.user_repr import TextMatch, UserFusion
@@ -92,4 +92,4 @@ def build(backbone: str, num_items: int, hidden: int = 64, backbone_cfg=None, **
     return Recommender(backbone, num_items, hidden, backbone_cfg, **kw)
 
 
-__all__ = ["FUSIONS", "ScoreSum", "REGISTRY", "VARIANTS", "USER_TEXT_VARIANTS", "item_variant", "Recommender", "TextMatch", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]
+__all__ = ["FUSIONS", "ScoreSum", "REGISTRY", "VARIANTS", "USER_TEXT_VARIANTS", "FUSED_USER_VARIANTS", "item_variant", "Recommender", "TextMatch", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]

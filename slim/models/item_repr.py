@@ -19,14 +19,16 @@ from torch import nn
 
 ITEM_VARIANTS = ("id", "id_text", "text")
 # train.variants: the item variants, SLIM (items as id_text, users fused with the student's or the teacher's
-# rationale) and the ID-agnostic text matcher (slim.models.user_repr).
-VARIANTS = ITEM_VARIANTS + ("slim", "slim_teacher", "text_match")
-USER_TEXT_VARIANTS = ("slim", "slim_teacher", "text_match")
+# rationale), the no-LLM control history_text (fused exactly as slim, with the encoded titles of the prefix the
+# prompt showed instead of a rationale) and the ID-agnostic text matcher (slim.models.user_repr).
+FUSED_USER_VARIANTS = ("slim", "slim_teacher", "history_text")
+VARIANTS = ITEM_VARIANTS + FUSED_USER_VARIANTS + ("text_match",)
+USER_TEXT_VARIANTS = FUSED_USER_VARIANTS + ("text_match",)
 
 
 def item_variant(variant: str) -> str:
     """The item side of a train variant: SLIM's items are the paper's id_text."""
-    return "id_text" if variant in ("slim", "slim_teacher") else variant
+    return "id_text" if variant in FUSED_USER_VARIANTS else variant
 
 
 class Fusion(nn.Module):

@@ -132,14 +132,30 @@ def train_prefixes(seqs: list, max_len: int) -> Examples:
                     np.asarray(ps, dtype=np.int64))
 
 
-def rationale_positions(tpos: np.ndarray, user: np.ndarray, seq_lens: np.ndarray, cut: int) -> np.ndarray:
-    """Where a user's rationale may be fused: targets after the prefix it was written from.
+POSITIONS = ("after_prefix", "all")  # train.rationale_positions
+
+
+def rationale_positions(tpos: np.ndarray, user: np.ndarray, seq_lens: np.ndarray, cut: int,
+                        mode: str = "after_prefix") -> np.ndarray:
+    """Where a user's rationale is fused in training: `after_prefix`, only targets after the prefix it was written
+    from (below); `all`, every training target (the paper's way).
+
+    The trade-off: `after_prefix` never shows the user side a target already named in the text, so the fusion layer
+    cannot learn to read the answer off the rationale, but it sees one fused example per user in training (the
+    target item_ids[-3]) and a rationale for every user at test time. `all` trains the fusion on every position,
+    as evaluation uses it, at the price that a training target may be named in the text (step 3 recommends
+    products, step 1 summarises bought ones). Evaluation is clean in both modes: the prefix never holds the
+    validation or test target.
 
     The rationale of user u saw item_ids[:len_u - cut] (slim.prompts.HISTORY_CUT = 3). A target at index p is
     named in that text when p < len_u - cut, so fusing the rationale there would train the user side to read the
     answer off the text (look-ahead); only p >= len_u - cut is a fair target: item_ids[-3] in training, the
     validation and test targets in evaluation. tpos: [E] or [E, L] (-1 = no target), user: [E] -> bool like tpos.
     """
+    if mode not in POSITIONS:
+        raise ValueError(f"train.rationale_positions: {mode!r} is not one of {', '.join(POSITIONS)}")
+    if mode == "all":
+        return tpos >= 0
     limit = seq_lens[user] - cut  # [E]
     if tpos.ndim == 2:
         limit = limit[:, None]

@@ -7,6 +7,7 @@ the best weights + metrics.json.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -97,8 +98,9 @@ def _loop(conf: dict) -> None:
     def end_epoch(epoch, loss, t0):
         stop = torch.zeros(1, device=device)  # nccl collectives take GPU tensors
         if rank == 0:  # rank 0's mean loss stands for the group's
+            t_val = time.perf_counter()
             val = ranker.evaluate(model, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
-            stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"]))
+            stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"], time.perf_counter() - t_val))
         dist.broadcast(stop, src=0)
         ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
         return bool(stop.item())
@@ -139,7 +141,7 @@ def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg, trace: Optiona
     init_ray(cfg.ray_address, cfg.num_cpus)
     where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
     model = build_model(spec, d.num_items, text)  # what kind of examples it trains on
-    ds, n_ex, n_tg = example_dataset(model, d, spec.max_len, ut, world=cfg.num_workers)
+    ds, n_ex, n_tg = example_dataset(model, d, spec.max_len, ut, world=cfg.num_workers, positions=spec.positions)
     rows = batch_rows(spec, n_tg / max(1, n_ex) if model.per_position else None)
     trainer = TorchTrainer(
         _loop, train_loop_config=loop_config(spec, d, text, ut, out, fp, cfg, rows, n_ex, trace),

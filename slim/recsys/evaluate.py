@@ -98,7 +98,7 @@ def subset_recs(recs: list, rk: dict, mask: np.ndarray, protocols) -> list:
         key = (rec["loss"], R.row_key(rec))
         i = seen[key]
         seen[key] += 1
-        if rec["variant"] in ("id", "id_text", "slim", "slim_teacher"):
+        if rec["variant"] in ("id", "id_text", "slim", "slim_teacher", "history_text"):
             out.append({**rec, "eval": {p: M.metrics_from_ranks(rk[key][p][i][mask]) for p in protocols}})
     return out
 
@@ -124,7 +124,9 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     res = {"users": len(d.seqs), "items": d.num_items, "split": cfg.split,
            "chance": chance_levels(d, cfg.split, cfg.protocols), "rows": R.aggregate(recs, cfg.protocols),
            "gains": R.gains(per_user(rk), cfg.protocols),
-           "users_without_rationale": tm.extra.get("users_without_rationale", {})}
+           "users_without_rationale": tm.extra.get("users_without_rationale", {}),
+           "valid_protocol": tm.config.get("valid_protocol", "uni100"),
+           "rationale_positions": tm.config.get("rationale_positions", ["after_prefix"])}
     res.update(teacher_subset(recs, rk, uts, cfg.protocols))
     res["student_model"] = student_model(rd)
     bucket = P.popularity_buckets(np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1))
@@ -162,8 +164,9 @@ def teacher_subset(recs: list, rk: dict, uts: dict, protocols) -> dict:
         return {"teacher_users": 0}
     sub = subset_recs(recs, rk, mask, protocols)
     return {"teacher_users": int(mask.sum()), "teacher_rows": R.aggregate(sub, protocols),
-            "teacher_gains": [g for g in R.gains(per_user(rk, mask), protocols) if "slim" in (g["model"], g["baseline"])
-                              or g["model"] == "slim_teacher"]}
+            "teacher_gains": [g for g in R.gains(per_user(rk, mask), protocols)
+                              if "slim" in {R.parse_variant(g["model"])[0], R.parse_variant(g["baseline"])[0]}
+                              or g["model"].startswith("slim_teacher")]}
 
 
 def student_model(rd: RunDir) -> Optional[dict]:

@@ -49,17 +49,20 @@ def user_blocks(d, ut, block_users: int) -> list:
     return out
 
 
-def _block_examples(batch: dict, per_position: bool, text_only: bool, max_len: int, cut: int) -> dict:
+def _block_examples(batch: dict, per_position: bool, text_only: bool, max_len: int, cut: int,
+                    positions: str) -> dict:
     from slim.recsys.train import example_arrays
 
     seqs = [np.asarray(s, dtype=np.int64) for s in batch["item_ids"]]
-    cols = example_arrays(per_position, text_only, seqs, max_len, batch.get("vec"), batch.get("present"), cut)
+    cols = example_arrays(per_position, text_only, seqs, max_len, batch.get("vec"), batch.get("present"), cut,
+                          positions)
     cols["user"] = np.asarray(batch["row"])[cols["user"]]  # the row in SeqData, not in the block
     cols["targets"] = (cols["y"] > 0).sum(axis=1) if cols["y"].ndim == 2 else np.ones(len(cols["y"]), np.int64)
     return cols
 
 
-def example_dataset(model, d, max_len: int, ut=None, block_users: int = 0, world: int = 2):
+def example_dataset(model, d, max_len: int, ut=None, block_users: int = 0, world: int = 2,
+                    positions: str = "after_prefix"):
     """-> (materialized dataset of training examples, examples, targets). block_users 0: enough blocks that every
     worker gets several (at most 20,000 users each)."""
     import ray.data
@@ -70,7 +73,7 @@ def example_dataset(model, d, max_len: int, ut=None, block_users: int = 0, world
     users = ray.data.from_arrow(user_blocks(d, ut, block_users))
     ds = users.map_batches(_block_examples, batch_size=None, batch_format="numpy", fn_kwargs=dict(
         per_position=model.per_position, text_only=isinstance(model, TextMatch), max_len=max_len,
-        cut=ut.cut if ut is not None else 0)).materialize()  # cut once, into the object store
+        cut=ut.cut if ut is not None else 0, positions=positions)).materialize()  # cut once, into the object store
     return ds, ds.count(), int(ds.sum("targets") or 0)
 
 

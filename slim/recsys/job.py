@@ -22,7 +22,8 @@ from slim import storage
 from slim.columns import EVAL_PROTOCOLS
 from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
-from slim.models.item_repr import VARIANTS
+from slim.models.item_repr import FUSED_USER_VARIANTS, VARIANTS
+from slim.recsys.data import POSITIONS
 from slim.recsys.checkpoint import METRICS, is_done, save_run
 from slim.recsys.summary import scale_line
 from slim.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
@@ -54,11 +55,18 @@ class TrainConfig:
     srgnn: SRGNNConfig = SRGNNConfig()
     max_users: int = 0  # 0 = all users; else a fixed-seed subsample (reduced benchmarks)
     subsample_seed: int = 0
-    valid_protocol: Literal["uni100", "pop100"] = "uni100"
+    # model selection (early stopping, the sum fusion's weight) on the validation target under this protocol: full
+    # ranking, the headline, by default (a sampled protocol favours epochs that separate easy negatives by text)
+    valid_protocol: Literal["full", "uni100", "pop100"] = "full"
     test_protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = ("uni100", "pop100", "full")
     text_encoder: str = "all-MiniLM-L6-v2"
     rationale_field: Literal["whole", "step1", "step2", "step3"] = "whole"  # what slim / slim_teacher fuse
-    text_match_fields: tuple[Literal["whole", "step1", "step2", "step3"], ...] = ("whole", "step1", "step2", "step3")
+    # text_match: one run per field; "history" matches on the no-LLM control's vector (the prompt's titles)
+    text_match_fields: tuple[Literal["whole", "step1", "step2", "step3", "history"], ...] = (
+        "whole", "step1", "step2", "step3")
+    # where user text is fused in training, one run per entry (slim.recsys.data.rationale_positions): after_prefix
+    # (only targets after the prompt's prefix: none named in the text) or all (the paper's: every position)
+    rationale_positions: tuple[Literal[POSITIONS], ...] = ("after_prefix",)
     # How item text is used by id_text / slim / slim_teacher: one run per entry (slim.models.fusion); concat is the
     # paper's. sum (late fusion of an ID and a text-only model) applies to id_text only.
     text_fusions: tuple[Literal["concat", "init", "sum", "align"], ...] = ("concat",)
@@ -85,7 +93,7 @@ def stage_config(cfg: TrainConfig) -> dict:
 
 
 def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
-    """Every run of the stage. user_text_dims: variant -> rationale vector width (0 until known)."""
+    """Every run of the stage. user_text_dims: (variant, field) -> user-text vector width (0 until known)."""
     from slim.models import REGISTRY, VARIANTS
     from slim.recsys.train import RunSpec
 
@@ -105,21 +113,25 @@ def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
     for loss in cfg.losses:
         for v in cfg.variants:
             if v == "text_match":  # ID-agnostic: no backbone, one run per rationale field
-                out += [RunSpec("none", v, s, loss=loss, rationale_field=f, user_text_dim=dims.get(v, 0), **common)
-                        for f in cfg.text_match_fields for s in cfg.seeds]
+                out += [RunSpec("none", v, s, loss=loss, rationale_field=f, user_text_dim=dims.get((v, f), 0),
+                                positions=at, **common)
+                        for f in cfg.text_match_fields for at in cfg.rationale_positions for s in cfg.seeds]
                 continue
-            field = cfg.rationale_field if v in ("slim", "slim_teacher") else ""
+            field = ("history" if v == "history_text" else cfg.rationale_field) if v in FUSED_USER_VARIANTS else ""
             fusions = ("concat",) if v in ("id", "text") else [f for f in cfg.text_fusions if not (field and f == "sum")]
             out += [RunSpec(b, v, s, loss=loss, backbone_cfg=dataclasses.asdict(getattr(cfg, b)),
-                            rationale_field=field, user_text_dim=dims.get(v, 0) if field else 0, text_fusion=f,
-                            align_weight=cfg.align_weight, **common)
-                    for f in fusions for b in cfg.backbones for s in cfg.seeds]
+                            rationale_field=field, user_text_dim=dims.get((v, field), 0) if field else 0,
+                            text_fusion=f, align_weight=cfg.align_weight, positions=at, **common)
+                    for f in fusions for b in cfg.backbones for s in cfg.seeds
+                    for at in (cfg.rationale_positions if field else ("after_prefix",))]
     return out
 
 
 def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
     d = dataclasses.asdict(spec)
     d.pop("threads")
+    if d["positions"] == "after_prefix":  # the default before the setting existed: those runs stay current
+        d.pop("positions")
     if spec.variant == "id":  # an id run depends on no text: item text and rationales are left out
         inputs = {k: v for k, v in inputs.items() if k not in ("item_text", "embeddings")}
     elif not spec.rationale_field:  # id_text / text: the item vectors, not the rationales
@@ -133,7 +145,7 @@ def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
 def _progress(r: dict) -> None:
     # print, not logging: a Ray worker has no log handler, while its stdout reaches the driver (and `ray job logs`)
     print(f"[train] {r['run']} epoch {r['epoch']}: loss {r['loss']:.4f}, valid NDCG@10 {r['valid_ndcg10']:.2f} "
-          f"({r['seconds']:.1f}s)", flush=True)
+          f"({r['seconds']:.1f}s, of which validation {r.get('valid_s', 0.0):.1f}s)", flush=True)
 
 
 def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, cfg: TrainConfig) -> dict:
@@ -176,7 +188,8 @@ def user_texts(cfg: TrainConfig, root: Path, d) -> dict:
     from slim.recsys import usertext as UT
 
     lens = np.array([len(s) for s in d.seqs])
-    want = {(v, cfg.rationale_field) for v in cfg.variants if v in ("slim", "slim_teacher")}
+    want = {(v, "history" if v == "history_text" else cfg.rationale_field) for v in cfg.variants
+            if v in FUSED_USER_VARIANTS}
     want |= {("text_match", f) for f in cfg.text_match_fields} if "text_match" in cfg.variants else set()
     by_file = {}  # slim and text_match read the same student file for the same field: once
     for k in sorted(want):
@@ -205,7 +218,7 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     t0 = time.time()
     d = D.load(rd.root, cfg.max_users, cfg.subsample_seed)
     uts = user_texts(cfg, rd.root, d)
-    all_specs = specs(cfg, {v: ut.vec.shape[1] for (v, _), ut in uts.items()})
+    all_specs = specs(cfg, {k: ut.vec.shape[1] for k, ut in uts.items()})
     todo = []
     for s in all_specs:
         fp = run_fingerprint(s, inputs, cfg)

@@ -12,15 +12,38 @@ from collections import defaultdict
 import numpy as np
 
 SHOWN = ("NDCG@10", "Hit@10", "Hit@20")
-# (better, baseline): every gain the report states
-PAIRS = (("slim", "id_text"), ("slim", "id"), ("id_text", "id"), ("slim_teacher", "id_text"), ("slim_teacher", "slim"))
+# (better, baseline): every gain the report states. history_text is the no-LLM control: SLIM's gain over it is
+# what the LLM's reasoning adds beyond the encoded titles of the same history.
+PAIRS = (("slim", "id_text"), ("slim", "history_text"), ("slim", "id"), ("history_text", "id_text"),
+         ("id_text", "id"), ("slim_teacher", "id_text"), ("slim_teacher", "slim"))
+USER_FUSED = ("slim", "slim_teacher", "history_text")  # a baseline of these is taken in the same position mode
 
 
 def row_key(r: dict) -> str:
+    """'sasrec-slim', 'sasrec-slim@all' (fused at every training position), 'sasrec-id_text+init' (a fusion),
+    'text_match (step3)'."""
+    at = "@all" if r.get("positions") == "all" else ""
     if r["variant"] == "text_match":
-        return f"text_match ({r['rationale_field']})"
+        return f"text_match ({r['rationale_field']}{at})"
     fusion = r.get("text_fusion") or "concat"
-    return f"{r['backbone']}-{r['variant']}" + ("" if fusion == "concat" else f"+{fusion}")
+    return f"{r['backbone']}-{r['variant']}{at}" + ("" if fusion == "concat" else f"+{fusion}")
+
+
+def parse_variant(v: str) -> tuple[str, str, str]:
+    """'slim@all+init' -> ('slim', '@all', '+init')."""
+    rest, plus, fusion = v.partition("+")
+    base, at, mode = rest.partition("@")
+    return base, at + mode, plus + fusion
+
+
+def baselines(v: str) -> list[str]:
+    """The row names a row `v` is compared with: PAIRS in the same position mode and fusion, a fusion against id
+    and concat, and a row fused at every position against the same row fused after the prefix only."""
+    base, at, fusion = parse_variant(v)
+    if fusion and not at and base == "id_text":
+        return ["id", base]
+    out = [b + (at if b in USER_FUSED else "") + fusion for a, b in PAIRS if a == base]
+    return out + ([base + fusion] if at else [])
 
 
 def ndcg10(ranks: np.ndarray) -> np.ndarray:
@@ -63,11 +86,11 @@ def gains(per_user: dict, protocols, subset: dict | None = None) -> list:
     user mask to compare on (slim_teacher: the users the teacher covered). -> one dict per (pair, backbone, loss)."""
     out = []
     for (loss, bb, v), pu in sorted(per_user.items()):
-        pairs = PAIRS if "+" not in v else [(v, "id"), (v, v.split("+")[0])]  # a fusion: against id and concat
-        for better, base in pairs:
-            if v != better or (loss, bb, base) not in per_user:
+        for base in baselines(v):
+            if (loss, bb, base) not in per_user:
                 continue
-            mask = (subset or {}).get(better, (subset or {}).get(base))
+            better = v
+            mask = (subset or {}).get(parse_variant(better)[0], (subset or {}).get(parse_variant(base)[0]))
             for p in protocols:
                 a, b = pu[p], per_user[(loss, bb, base)][p]
                 if mask is not None:
@@ -100,12 +123,12 @@ def table(agg: dict, protocols, chance: dict) -> list[str]:
 
 
 def _order(key: str):
-    variants = ("id", "id_text", "text", "slim_teacher", "slim")
+    variants = ("id", "id_text", "text", "history_text", "slim_teacher", "slim")
     if key.startswith("text_match"):
-        return (1, "", key, "")
+        return (1, "", key, "", "")
     bb, v = key.split("-", 1)
-    base, _, fusion = v.partition("+")
-    return (0, bb, str(variants.index(base)) if base in variants else base, fusion)
+    base, at, fusion = parse_variant(v)
+    return (0, bb, str(variants.index(base)) if base in variants else base, fusion, at)
 
 
 def gains_table(rows: list, title: str) -> list[str]:

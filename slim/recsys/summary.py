@@ -24,6 +24,13 @@ def markdown(res: dict, protocols) -> str:
              "Mean ± std over seeds, in percent; losses side by side (bce: sampled negatives, the paper's; ce: full "
              "softmax). Chance is computed from the candidates each user actually ranks.", ""]
     lines += [f"- `{p}`: {PROTOCOL_NOTES.get(p, p)}" for p in order] + [""]
+    if res.get("valid_protocol"):
+        lines += [f"Models selected (early stopping, the `sum` fusion's weight) on validation NDCG@10 under "
+                  f"`{res['valid_protocol']}`. User text is fused in training "
+                  + " and ".join({"after_prefix": "after the prompt's prefix only (rows without a mark)",
+                                  "all": "at every position (rows marked `@all`, the paper's way)"}[m]
+                                 for m in res.get("rationale_positions", ["after_prefix"]))
+                  + "; `history_text` fuses the encoded titles of the prompt's prefix (no LLM: the control).", ""]
     sm = res.get("student_model")
     if sm:
         lines += [f"Rationales (`slim`, `text_match`) written by the student `{sm.get('path')}` ({sm.get('kind')}"

@@ -42,13 +42,16 @@ class RunSpec:
     user_text_dim: int = 0  # width of the rationale vectors (0: no user text)
     text_fusion: str = "concat"  # how item text is used (slim.models.fusion); concat is the paper's
     align_weight: float = 0.1  # text_fusion=align: weight of the alignment loss
+    positions: str = "after_prefix"  # user-text runs: where the text is fused in training (data.rationale_positions)
 
     @property
     def name(self) -> str:
+        # the position mode is part of the name (and the report's row) only where it differs from the default
+        at = "@all" if self.rationale_field and self.positions == "all" else ""
         if self.variant == "text_match":  # no backbone: one run per rationale field
-            return f"text_match-{self.rationale_field}-{self.loss}-s{self.seed}"
+            return f"text_match-{self.rationale_field}{at}-{self.loss}-s{self.seed}"
         fusion = "" if self.text_fusion == "concat" else f"+{self.text_fusion}"
-        return f"{self.backbone}-{self.variant}{fusion}-{self.loss}-s{self.seed}"
+        return f"{self.backbone}-{self.variant}{at}{fusion}-{self.loss}-s{self.seed}"
 
 
 def build_model(spec: RunSpec, num_items: int, item_text: Optional[np.ndarray]):
@@ -85,19 +88,20 @@ class Batches:
 
 
 def example_arrays(per_position: bool, text_only: bool, seqs: list, max_len: int, vec=None, present=None,
-                   cut: int = 0) -> dict:
+                   cut: int = 0, positions: str = "after_prefix") -> dict:
     """The training examples of `seqs` as numpy columns, [E, max_len] wide whatever the longest example (a Ray Data
     block of users gives the same columns as the whole set): x, y, lens, user (row in seqs), pos (index in that
     user's item_ids of the example's last target: (user, pos) names an example) and, with rationale vectors
     (vec [U, Du], present [U]), text and use. text_only (the text matcher) keeps only targets where a rationale
-    may be fused (one per user: item_ids[-3]); per_position: windows for causal backbones, else prefixes."""
+    is fused (positions: after_prefix, one per user: item_ids[-3]; all: every target); per_position: windows for
+    causal backbones, else prefixes."""
     ex = (D.train_windows if per_position else D.train_prefixes)(seqs, max_len)
     w = (lambda a, fill=0: np.pad(a, ((0, 0), (0, max_len - a.shape[1])), constant_values=fill) if a.ndim == 2 else a)
     cols = {"x": w(ex.x), "y": w(ex.y), "lens": ex.lens, "user": ex.user,
             "pos": ex.tpos.max(axis=1) if ex.tpos.ndim == 2 else ex.tpos}
     if vec is None:
         return cols
-    after = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in seqs]), cut)  # unseen targets
+    after = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in seqs]), cut, positions)  # fused here
     have = present[ex.user]  # [E]
     cols.update(text=vec[ex.user], use=w(after & (have[:, None] if after.ndim == 2 else have), False))
     if text_only:  # no sequence model: it learns only from targets after the prefix
@@ -105,10 +109,11 @@ def example_arrays(per_position: bool, text_only: bool, seqs: list, max_len: int
     return cols
 
 
-def examples(model, d: D.SeqData, max_len: int, ut: Optional[UserText] = None) -> Batches:
+def examples(model, d: D.SeqData, max_len: int, ut: Optional[UserText] = None,
+             positions: str = "after_prefix") -> Batches:
     """All of d's training examples as tensors (the fan-out path; Ray Train reads them in shards: recsys.ingest)."""
     c = example_arrays(model.per_position, isinstance(model, TextMatch), d.seqs, max_len,
-                       *((ut.vec, ut.present, ut.cut) if ut is not None else ()))
+                       *((ut.vec, ut.present, ut.cut, positions) if ut is not None else ()))
     t = (lambda k: torch.from_numpy(c[k]) if k in c else None)
     return Batches(t("x"), t("y"), t("lens"), t("text"), t("use"))
 
@@ -209,10 +214,11 @@ class EarlyStop:
         self.patience, self.best, self.best_state, self.bad, self.history = patience, -1.0, None, 0, []
         self.valid_protocol = valid_protocol
 
-    def update(self, model, epoch: int, loss: float, ndcg10: float) -> bool:
+    def update(self, model, epoch: int, loss: float, ndcg10: float, valid_s: float = 0.0) -> bool:
         """Record one epoch; True when `patience` epochs in a row did not improve. An epoch whose loss is not
-        finite has diverged: it is never the best, whatever its metrics."""
-        self.history.append({"epoch": epoch, "loss": loss, "valid_ndcg10": ndcg10})
+        finite has diverged: it is never the best, whatever its metrics. valid_s: what the validation took (the
+        cost of selecting on full ranking shows here, beside the epoch's training seconds)."""
+        self.history.append({"epoch": epoch, "loss": loss, "valid_ndcg10": ndcg10, "valid_s": valid_s})
         if math.isfinite(loss) and math.isfinite(ndcg10) and ndcg10 > self.best:
             self.best, self.best_state, self.bad = ndcg10, copy.deepcopy(model.state_dict()), 0
         else:
@@ -233,6 +239,7 @@ class EarlyStop:
         return {**extra,
             "run": spec.name, "backbone": spec.backbone, "variant": spec.variant, "seed": spec.seed,
             "loss": spec.loss, "rationale_field": spec.rationale_field, "text_fusion": spec.text_fusion,
+            "positions": spec.positions if spec.rationale_field else "", "valid_protocol": self.valid_protocol,
             "best_valid_ndcg10": self.best, "diverged": self.best_state is None,
             "best_epoch": int(np.argmax(best)),
             "epochs_run": len(self.history), "history": self.history,
@@ -308,7 +315,7 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
     gen = torch.Generator().manual_seed(spec.seed)  # the permutations and the negatives, in that order
     model = build_model(spec, d.num_items, item_text)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    b = examples(model, d, spec.max_len, ut)
+    b = examples(model, d, spec.max_len, ut, spec.positions)
     bs = rows_per_batch(spec, b.y)
     stopper = EarlyStop(spec.patience, valid_protocol)
 
@@ -321,11 +328,13 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
         opt.zero_grad()
 
     def end_epoch(epoch, loss, t0):
+        t_val = time.perf_counter()
         val = evaluate(model, d, "valid", (valid_protocol,), spec.max_len, ut)[valid_protocol]
-        stop = stopper.update(model, epoch, loss, val["NDCG@10"])
+        t_val = time.perf_counter() - t_val
+        stop = stopper.update(model, epoch, loss, val["NDCG@10"], t_val)
         if progress:
             progress({"run": spec.name, "epoch": epoch, "loss": loss, "valid_ndcg10": val["NDCG@10"],
-                      "seconds": time.perf_counter() - t0})
+                      "seconds": time.perf_counter() - t0, "valid_s": t_val})
         return stop
 
     n_targets, t_train = train_epochs(spec, model, batches, lambda *a: batch_loss(model, spec, *a),

@@ -17,11 +17,19 @@ from slim import storage
 from slim.prompts import HISTORY_CUT
 from slim.recsys.data import RecDataError
 
-# train.rationale_field -> the encode stage's field name
-FIELDS = {"whole": C.RATIONALE, "step1": C.STEP1, "step2": C.STEP2, "step3": C.STEP3}
-# variant -> (rationale source, its embedding files, the stage that wrote the rationales)
-SOURCES = {"slim": ("student", C.USER_EMB_FILE, "rationales"), "text_match": ("student", C.USER_EMB_FILE, "rationales"),
-           "slim_teacher": ("teacher", C.TEACHER_USER_EMB_FILE, "teacher")}
+# train.rationale_field -> the encode stage's field name; "history" is the no-LLM control's one vector per user
+FIELDS = {"whole": C.RATIONALE, "step1": C.STEP1, "step2": C.STEP2, "step3": C.STEP3, "history": C.RATIONALE}
+# source -> (its embedding files, the stage whose manifest says which prefix the text was written from)
+SOURCES = {"student": (C.USER_EMB_FILE, "rationales"), "teacher": (C.TEACHER_USER_EMB_FILE, "teacher"),
+           "history": (C.HISTORY_USER_EMB_FILE, "embeddings")}
+
+
+def source(variant: str, field: str) -> str:
+    """Whose text a (variant, field) run reads: history_text and text_match on "history" read the encoded titles
+    of the prompt's prefix (no LLM), slim_teacher the teacher's rationales, the rest the student's."""
+    if variant == "history_text" or field == "history":
+        return "history"
+    return "teacher" if variant == "slim_teacher" else "student"
 
 
 class UserTextError(RecDataError):  # a RecDataError: the CLI prints it as one line
@@ -40,19 +48,20 @@ class UserText:
 def emb_path(root: str | Path, variant: str, field: str) -> Path:
     if field not in FIELDS:
         raise UserTextError(f"train.rationale_field: {field!r} is not one of {', '.join(FIELDS)}")
-    return storage.path(root) / SOURCES[variant][1].format(field=FIELDS[field])
+    return storage.path(root) / SOURCES[source(variant, field)][0].format(field=FIELDS[field])
 
 
-def check_cut(root: str | Path, variant: str) -> int:
+def check_cut(root: str | Path, variant: str, field: str = "whole") -> int:
     """The prefix cut the rationales were written with, from their stage's manifest; older runs wrote from
     item_ids[:-2], which names every training target: those are refused rather than silently leaking."""
     import json
 
-    stage = SOURCES[variant][2]
+    stage = SOURCES[source(variant, field)][1]
     p = storage.path(root) / stage / C.MANIFEST
     if not p.exists():
-        raise UserTextError(f"{p} not found: variant {variant!r} needs the {stage} stage's rationales")
-    cut = json.loads(p.read_text())["config"].get("history_cut", 2)
+        raise UserTextError(f"{p} not found: variant {variant!r} needs the {stage} stage's output")
+    m = json.loads(p.read_text())
+    cut = m["extra"].get("history_cut", 2) if stage == "embeddings" else m["config"].get("history_cut", 2)
     if cut < HISTORY_CUT:
         raise UserTextError(f"{p}: rationales were written from item_ids[:-{cut}], which holds every training target "
                             f"(look-ahead); rerun with `--force teacher,student` to write them from "
@@ -62,10 +71,10 @@ def check_cut(root: str | Path, variant: str) -> int:
 
 def load(root: str | Path, user_ids: np.ndarray, seq_lens: np.ndarray, variant: str, field: str) -> UserText:
     """user_ids/seq_lens: SeqData's rows -> UserText aligned with them."""
-    cut = check_cut(root, variant)
+    cut = check_cut(root, variant, field)
     p = emb_path(root, variant, field)
     if not p.exists():
-        raise UserTextError(f"{p} not found: run the encode stage with '{SOURCES[variant][0]}' in encode.sources")
+        raise UserTextError(f"{p} not found: run the encode stage with '{source(variant, field)}' in encode.sources")
     t = storage.read_table(p, columns=[C.USER_ID, C.EMBEDDING])
     ids = t.column(C.USER_ID).to_numpy()
     lists = t.column(C.EMBEDDING).combine_chunks()
@@ -80,4 +89,4 @@ def load(root: str | Path, user_ids: np.ndarray, seq_lens: np.ndarray, variant: 
     keep = rows >= 0  # rationales of users outside the (sub)sample are not needed
     vec[rows[keep]] = emb[keep]
     present = (np.abs(vec).sum(axis=1) > 0) & (np.asarray(seq_lens) > cut)
-    return UserText(vec, present, cut, field, SOURCES[variant][0])
+    return UserText(vec, present, cut, field, source(variant, field))
