@@ -32,8 +32,9 @@ def user_errors() -> tuple[type, ...]:
     from slim.recsys.data import RecDataError
     from slim.rundir import StageNotFinished
     from slim.shards import ShardError
+    from slim.student.engines import StudentModelError
 
-    return ConfigError, DataError, RecDataError, StageNotFinished, ShardError
+    return ConfigError, DataError, RecDataError, StageNotFinished, ShardError, StudentModelError
 
 
 def retry_stages() -> list[str]:
@@ -50,12 +51,13 @@ def report(e: Exception) -> int:
     """One line on stderr, exit code 2."""
     from slim.config import ConfigError
     from slim.rundir import StageNotFinished
+    from slim.student.engines import StudentModelError
 
     # raised in a Ray task: Ray's error is also an instance of the cause's class; the cause's message is the line
     cause = getattr(e, "cause", None)
     e = cause if isinstance(cause, Exception) else e
     kind = "config error" if isinstance(e, ConfigError) else "data error"
-    kind = "error" if isinstance(e, StageNotFinished) else kind
+    kind = "error" if isinstance(e, (StageNotFinished, StudentModelError)) else kind
     print(f"{kind}: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
 

@@ -28,7 +28,7 @@ CASES = {
                            r"^config error: teacher\.price_in_per_mtok / teacher\.price_out_per_mtok: not set for "
                            r"the paid API at https://api\.example\.com/v1"),
     "distill_student": ([], UNFINISHED.format("data")),
-    "student_rationales": ([], UNFINISHED.format("data")),
+    "student_rationales": ([], r"^error: no student model: neither .*/run/student/merged .* run the distill stage"),
     "encode": ([], UNFINISHED.format("data")),
     "train_recommender": (["train.use_gpu=true", "train.strategy=fanout"],
                           r"^config error: train\.use_gpu=true needs train\.strategy ddp or deepspeed"),
