@@ -5,26 +5,37 @@ import argparse
 import json
 import sys
 
-if __name__ == "__main__":
+
+def _load(a) -> dict:
+    """explain()'s answer; a config or run-directory problem is one line on stderr and exit code 2."""
     from slim import config
+    from slim.cli import report
     from slim.recsys.explain import explain
 
+    try:
+        raw = config.load_raw(a.config, a.overrides)
+        if not raw.get("run_dir"):
+            raise config.ConfigError(f"{a.config}: no run_dir (the top-level key naming the trained run's "
+                                     "directory); add it to the file or pass run_dir=PATH")
+        return explain(raw["run_dir"], a.user, a.k, a.run)
+    except config.ConfigError as e:
+        sys.exit(report(e))
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", required=True)
     p.add_argument("--user", type=int, required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--run", default=None, help="models/<name>; default: the best by validation NDCG@10")
     p.add_argument("--json", action="store_true")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run_dir=runs/tiny")
     a = p.parse_args()
-    try:
-        raw = config.load_raw(a.config, a.overrides)
-    except config.ConfigError as e:
-        sys.exit(f"config error: {e}")
-    try:
-        out = explain(raw["run_dir"], a.user, a.k, a.run)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"explain: {e}")
+    out = _load(a)
     if a.json:
         print(json.dumps(out, indent=2))
         sys.exit(0)

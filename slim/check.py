@@ -26,9 +26,16 @@ def validate(cfgs: dict, wanted: list[str]) -> None:
     """Constraints between sections (and on the run directory) for the stages about to run."""
     _submitted_run_dir(cfgs, wanted)
     data = cfgs.get("data")
+    if "teacher" in wanted:
+        from slim.teacher import budget
+
+        budget.check(cfgs["teacher"])  # an endpoint, and prices for a paid one
     sampled = []
     if "train" in wanted:
         t = cfgs["train"]
+        if t.use_gpu and t.strategy == "fanout":  # before the data loads (the stage itself raises it later)
+            raise ConfigError("train.use_gpu=true needs train.strategy ddp or deepspeed: GPUs are used by Ray "
+                              "Train runs, the fanout strategy trains on CPUs")
         sampled += [f"train.valid_protocol={t.valid_protocol}"]
         sampled += [f"train.test_protocols={p}" for p in t.test_protocols if p in C.PROTOCOLS]
     if "evaluate" in wanted:
@@ -202,7 +209,11 @@ def resources(name: str, cfg: Any, problems: list) -> list[str]:
         if cfg.local_server:
             out.append(_model_line("teacher.local_model", cfg.local_model, cfg.cache_dir, problems))
         else:
-            out.append(f"teacher model {cfg.model!r} at {cfg.base_url}")
+            from slim.teacher.budget import is_paid
+
+            ceiling = "no ceiling" if cfg.max_cost_usd is None else f"at most ${cfg.max_cost_usd:g} in this run dir"
+            out.append(f"teacher model {cfg.model!r} at {cfg.base_url}"
+                       + (f" (paid API: {ceiling}, teacher.max_cost_usd)" if is_paid(cfg) else ""))
             if cfg.api_key_env and not cfg.dry_run and cfg.api_key_env not in os.environ:
                 out.append(f"note: ${cfg.api_key_env} (teacher.api_key_env) is not set here; the job needs it")
     elif name == "distill":

@@ -10,13 +10,16 @@ import logging
 import sys
 
 
-def parse(argv: list[str] | None = None, description: str = "") -> argparse.Namespace:
+def parse(argv: list[str] | None = None, description: str = "", retry_failed: bool = False) -> argparse.Namespace:
+    """retry_failed: offer --retry-failed (only stages whose config has `retry_failed` keep failed rows to redo)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="YAML config (one section per stage)")
     p.add_argument("--force", action="store_true", help="rerun even if the stage's manifest matches")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="redo only the rows that failed before, keep the rest (teacher, student)")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.min_count=5")
+    if retry_failed:
+        p.add_argument("--retry-failed", action="store_true",
+                       help="redo only the rows that failed before, keep the rest")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.min_history=5 "
+                   "(every key: docs/config.md)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args
@@ -28,17 +31,33 @@ def user_errors() -> tuple[type, ...]:
     from slim.data.sources import DataError
     from slim.recsys.data import RecDataError
     from slim.rundir import StageNotFinished
+    from slim.shards import ShardError
+    from slim.student.engines import StudentModelError
 
-    return ConfigError, DataError, RecDataError, StageNotFinished
+    return ConfigError, DataError, RecDataError, StageNotFinished, ShardError, StudentModelError
+
+
+def retry_stages() -> list[str]:
+    """Stages whose config has `retry_failed`: they keep failed rows and can redo only those."""
+    import dataclasses
+
+    from slim import stages
+
+    return [n for n in stages.names()
+            if "retry_failed" in {f.name for f in dataclasses.fields(stages.REGISTRY[n]()[0])}]
 
 
 def report(e: Exception) -> int:
     """One line on stderr, exit code 2."""
     from slim.config import ConfigError
     from slim.rundir import StageNotFinished
+    from slim.student.engines import StudentModelError
 
+    # raised in a Ray task: Ray's error is also an instance of the cause's class; the cause's message is the line
+    cause = getattr(e, "cause", None)
+    e = cause if isinstance(cause, Exception) else e
     kind = "config error" if isinstance(e, ConfigError) else "data error"
-    kind = "error" if isinstance(e, StageNotFinished) else kind
+    kind = "error" if isinstance(e, (StageNotFinished, StudentModelError)) else kind
     print(f"{kind}: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
 
@@ -47,9 +66,10 @@ def main_stage(stage: str, argv: list[str] | None = None) -> int:
     """Entry point shared by jobs/<stage>.py: load and check the config, then run the stage."""
     from slim import check, config, stages
 
-    args = parse(argv, description=f"SLIM stage: {stage}")
+    args = parse(argv, description=f"SLIM stage: {stage}", retry_failed=stage in retry_stages())
     try:
-        overrides = list(args.overrides) + ([f"{stage}.retry_failed=true"] if args.retry_failed else [])
+        retry = getattr(args, "retry_failed", False)
+        overrides = list(args.overrides) + ([f"{stage}.retry_failed=true"] if retry else [])
         raw = config.load_raw(args.config, overrides)
         cfgs = stages.load_all(raw)
         check.validate(cfgs, [stage])

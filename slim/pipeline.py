@@ -22,6 +22,19 @@ def stage_list(value: str, flag: str, extra: tuple[str, ...] = ()) -> list[str]:
     return names
 
 
+def retry_list(value: str) -> list[str]:
+    """--retry-failed's stages; one whose config keeps no failed rows to redo is a ConfigError naming those that do."""
+    from slim.cli import retry_stages
+
+    names = stage_list(value, "--retry-failed")
+    allowed = retry_stages()
+    wrong = [s for s in names if s not in allowed]
+    if wrong:
+        raise config.ConfigError(f"--retry-failed: {', '.join(wrong)} keeps no failed rows to redo; "
+                                 f"stages that do: {', '.join(allowed)}")
+    return names
+
+
 def prepare(raw: dict, only: list[str] | None = None) -> tuple[dict, list[str]]:
     """Every section loaded and checked, and the constraints between the stages to run: (configs, stages)."""
     from slim import check
@@ -98,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                    "to redo, keeping the rest")
     p.add_argument("--runtime-env", default="", help="with --check: a runtime_env YAML whose env_vars the job "
                    "would run with (a bucket's endpoint and keys), e.g. cluster/runtime_env_s3.yaml")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides (every key: docs/config.md)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    retry = [f"{s}.retry_failed=true" for s in args.retry_failed.split(",") if s]
     try:
         if args.runtime_env and not args.check:
             raise config.ConfigError("--runtime-env is read by --check only; a submitted job gets its runtime_env "
@@ -111,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.update(env)
             # names only: the values may be keys of a throwaway server
             print(f"runtime_env {args.runtime_env}: env_vars {', '.join(sorted(env)) or '(none)'}")
+        retry = [f"{s}.retry_failed=true" for s in retry_list(args.retry_failed)]
         raw = config.load_raw(args.config, list(args.overrides) + retry)
         only = stage_list(args.stages, "--stages")
         force = stage_list(args.force, "--force", ("all",))

@@ -46,12 +46,12 @@ class Example:
 class PromptConfig:
     """Embedded in the teacher, distill and student configs under `prompt:`."""
 
-    teacher_system: str = TEACHER_SYSTEM
-    teacher_template: str = TEACHER_TEMPLATE
+    teacher_system: str = TEACHER_SYSTEM  # the teacher's system message
+    teacher_template: str = TEACHER_TEMPLATE  # the paper's zero-shot CoT prompt; {history} is the titled prefix
     teacher_examples: tuple[Example, ...] = ()  # few-shot turns before the user's; the paper's prompt is zero-shot
-    student_template: str = STUDENT_TEMPLATE
+    student_template: str = STUDENT_TEMPLATE  # the student's prompt (distill and student stages alike)
     max_history_items: int = 20  # most recent items of the training prefix
-    max_title_chars: int = 120
+    max_title_chars: int = 120  # longer item titles are cut in prompts
 
 
 # Items held back from every rationale prompt: the test and validation targets and the last training target.

@@ -23,6 +23,10 @@ from slim import atomic, storage
 ORDER = "__order"  # helper column: the write time used by `latest`
 
 
+class ShardError(ValueError):
+    """A shard in the run directory cannot be read; the message names the file (the CLI prints it as one line)."""
+
+
 def shard_name(prefix: str = "part") -> str:
     return f"{prefix}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
 
@@ -58,7 +62,7 @@ def read_shards(*dirs: str | Path, columns: list[str] | None = None, schema: pa.
             has_time = C.WRITTEN_AT in storage.read_schema(f).names
             when = storage.read_table(f, columns=[C.WRITTEN_AT]).column(0) if has_time else None
         except (pa.ArrowInvalid, KeyError, OSError) as e:
-            raise ValueError(f"{f}: not a readable shard with columns {columns or schema}: {e}") from e
+            raise ShardError(f"{f}: not a readable shard with columns {columns or schema}: {e}") from e
         order = pc.fill_null(when, _name_time(f)) if when is not None else pa.array(
             np.full(t.num_rows, _name_time(f), np.int64))
         parts.append(t.append_column(ORDER, order.cast(pa.int64())))

@@ -22,16 +22,33 @@ def test_config_error_names_the_key(tmp_path):
 
 
 
-def test_retry_failed_flag_reaches_the_stage_config(monkeypatch):
-    """--retry-failed sets <stage>.retry_failed; a stage without failed rows to redo says so by name."""
-    from slim import cli, stages
+def test_retry_failed_flag_reaches_the_stage_config(monkeypatch, capsys):
+    """--retry-failed sets <stage>.retry_failed (over the config's value) for the stages that keep failed rows, in
+    the stage's own job and in the pipeline; without the flag the config decides; other jobs do not offer it."""
+    import pytest
+
+    from slim import cli, pipeline, stages
 
     seen = {}
-    monkeypatch.setattr(stages, "run", lambda stage, cfg, force=False: seen.setdefault(stage, cfg))
-    assert cli.main_stage("student", ["--retry-failed"]) == 0 and seen["student"].retry_failed
-    assert cli.main_stage("teacher", ["--retry-failed", "teacher.retry_failed=false"]) == 0
-    assert seen["teacher"].retry_failed  # the flag wins over the config
-    assert cli.main_stage("encode", ["--retry-failed"]) == 2
+    monkeypatch.setattr(stages, "run", lambda stage, cfg, force=False: seen.__setitem__(stage, cfg))
+    local = ["teacher.local_server=true"]  # the default teacher has no endpoint: --check refuses it
+    assert cli.main_stage("student", []) == 0 and seen.pop("student").retry_failed is False
+    assert cli.main_stage("student", ["--retry-failed"]) == 0 and seen.pop("student").retry_failed is True
+    assert cli.main_stage("teacher", [*local, "teacher.retry_failed=false"]) == 0
+    assert seen.pop("teacher").retry_failed is False
+    assert cli.main_stage("teacher", ["--retry-failed", *local, "teacher.retry_failed=false"]) == 0
+    assert seen.pop("teacher").retry_failed is True  # the flag wins over the config
+    with pytest.raises(SystemExit) as e:
+        cli.main_stage("encode", ["--retry-failed"])
+    assert e.value.code == 2 and "unrecognized arguments: --retry-failed" in capsys.readouterr().err
+    assert not seen
+    base = ["--config", "configs/tiny.yaml", "--stages", "teacher,student"]
+    monkeypatch.chdir(ROOT)
+    assert pipeline.main(base) == 0 and not seen["student"].retry_failed and seen["teacher"].retry_failed
+    assert pipeline.main([*base, "--retry-failed", "student", "teacher.retry_failed=false"]) == 0
+    assert seen["student"].retry_failed and not seen["teacher"].retry_failed
+    assert pipeline.main([*base, "--retry-failed", "student,encode"]) == 2
+    assert "--retry-failed: encode keeps no failed rows to redo" in capsys.readouterr().err
 
 
 def test_pipeline_data_stage_then_skip(tmp_path, cache_dir):

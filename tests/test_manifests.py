@@ -98,27 +98,43 @@ def test_rayjob_lifecycle_and_entrypoint():
     parse_and_validate_excludes(env["excludes"])
 
 
-def test_serve_config_parses():
-    """The RayService's Serve config: Ray Serve's schema, the real builder, and args the ServeConfig accepts."""
-    import ast
+SERVE_CONFIGS = {"rayservice.yaml": lambda: yaml.safe_load(yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
+                                                               ["spec"]["serveConfigV2"]),
+                 "serve_deploy.yaml": lambda: yaml.safe_load((ROOT / "cluster" / "serve_deploy.yaml").read_text())}
+
+
+@pytest.mark.parametrize("name", SERVE_CONFIGS)
+def test_serve_config_parses(name, monkeypatch):
+    """Ray Serve's schema accepts the file, its import path resolves to the builder, and the builder turns the
+    file's args into the ServeConfig they name (an unknown or mistyped key is a ConfigError here, not on the
+    cluster); only the last step, which needs a trained run, is left out."""
+    import importlib
 
     from ray.serve.schema import ServeDeploySchema
 
-    from slim import config
-    from slim.serve.settings import ServeConfig
+    from slim.serve import app as serve_app
+    from slim.serve import settings
 
-    svc = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())["spec"]
-    cfg = ServeDeploySchema.parse_obj(yaml.safe_load(svc["serveConfigV2"]))
+    cfg = ServeDeploySchema.parse_obj(SERVE_CONFIGS[name]())
     assert [a.name for a in cfg.applications] == ["slim"]
-    app = cfg.applications[0]
-    module, builder = app.import_path.split(":")
-    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
-    assert builder in {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
-    args = dict(app.args)
-    serve = config.section(config.load_raw(None, [f"{k}={v}" for k, v in args.items()]), "serve", ServeConfig)
-    assert serve.run_dir == "/mnt/runs/games" and serve.host == "0.0.0.0"
-    assert app.runtime_env["env_vars"] == yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())[
-        "env_vars"]
+    application = cfg.applications[0]
+    module, attr = application.import_path.split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    built = []
+    monkeypatch.setattr(serve_app, "build", built.append)  # the builder's config, not the deployment
+    monkeypatch.chdir(ROOT)  # `config:` paths are relative to where `serve deploy` runs
+    builder(dict(application.args))
+    (serve,) = built
+    assert isinstance(serve, settings.ServeConfig)
+    settings.check(serve)
+    for key, value in application.args.items():
+        if key.startswith("serve."):
+            assert getattr(serve, key.removeprefix("serve.")) == value, key
+    if "run_dir" in application.args:
+        assert serve.run_dir == application.args["run_dir"]
+    if name == "rayservice.yaml":  # the RayService's Serve app runs with the jobs' runtime_env variables
+        assert application.runtime_env["env_vars"] == yaml.safe_load(
+            (ROOT / "cluster" / "runtime_env.yaml").read_text())["env_vars"]
 
 
 def _walk(node):

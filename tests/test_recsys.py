@@ -347,15 +347,33 @@ def test_use_gpu_settings(run_dir):
 
 @pytest.mark.slow
 def test_ray_train_deepspeed_two_workers(tmp_path, ray_local):
+    """strategy=deepspeed (ZeRO-2 over 2 gloo workers) trains as the fan-out path does: the loss falls, the test
+    targets rank far above popularity and within TOL_SHARDS of fan-out runs with the same global batch, and the
+    weights it saved score the same when reloaded. (gru4rec barely learns here in 6 epochs on either path: test
+    NDCG@10 8.1 fan-out, 8.5 deepspeed, popularity 6.5; sasrec: 62.8 fan-out.)"""
     from slim.recsys import job
+    from slim.recsys.checkpoint import load_model
+    from slim.recsys.train import RunSpec, evaluate, fit
 
     _write_run(tmp_path, seed=2)
-    cfg = job.TrainConfig(run_dir=str(tmp_path), backbones=("gru4rec",), variants=("id",), seeds=(0,), hidden=16,
-                          max_len=10, epochs=1, batch_size=32, strategy="deepspeed", num_workers=2,
-                          cpus_per_run=1.0, test_protocols=("uni100",))
+    cfg = job.TrainConfig(run_dir=str(tmp_path), backbones=("sasrec",), variants=("id",), seeds=(0,), hidden=16,
+                          max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3, strategy="deepspeed",
+                          num_workers=2, cpus_per_run=1.0, test_protocols=("uni100",))
     job.run(cfg)
-    rec = json.loads((tmp_path / "models" / "gru4rec-id-bce-s0" / "metrics.json").read_text())
-    assert rec["strategy"] == "deepspeed" and rec["workers"] == 2
+    out = tmp_path / "models" / "sasrec-id-bce-s0"
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["strategy"] == "deepspeed" and rec["workers"] == 2 and rec["epochs_run"] == 6
+    losses = [h["loss"] for h in rec["history"]]
+    assert losses[-1] < 0.9 * losses[0], losses
+    d = D.load(tmp_path)
+    ndcg, pop = rec["test"]["uni100"]["NDCG@10"], _popularity_ndcg10(d)
+    spec = RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=6, patience=6, batch_size=64, lr=5e-3)
+    ref = [fit(replace(spec, seed=s), d, None, test_protocols=("uni100",))[1]["test"]["uni100"]["NDCG@10"]
+           for s in (0, 1)]
+    assert ndcg > pop + 30 and min(ref) - TOL_SHARDS <= ndcg <= max(ref) + TOL_SHARDS, (ndcg, pop, ref)
+    model, spec = load_model(out)
+    # the stage evaluates in Ray tasks over blocks of users; a tie broken differently moves one of 80 users
+    assert evaluate(model, d, "test", ("uni100",), spec.max_len)["uni100"]["NDCG@10"] == pytest.approx(ndcg, abs=2.5)
 
 
 def test_example_dataset_holds_the_fanout_examples(ray_local):

@@ -31,32 +31,32 @@ SOURCES = ("jsonl-sequences", "amazon2018-games", "interactions-table", "amazon-
 @dataclass(frozen=True)
 class DataConfig:
     run_dir: str = "runs/default"
-    source: Literal[SOURCES] = "ml-100k"
+    source: Literal[SOURCES] = "ml-100k"  # the input format (README "Data sources")
     path: str = ""  # jsonl-sequences: folder or URL with sequences.jsonl(.gz) + items.tsv
     reviews: str = ""  # amazon-raw: reviews JSON lines (gz or not)
     meta: str = ""  # amazon-raw: metadata JSON lines (title, category, brand)
     # interactions-table: two CSV / TSV (.gz or not) / Parquet files; the items table is joined on `item_column`
     interactions: str = ""
     items: str = ""
-    user_column: str = "user_id"
-    item_column: str = "item_id"
+    user_column: str = "user_id"  # interactions-table: the user id column
+    item_column: str = "item_id"  # interactions-table: the item id column, in both tables
     time_column: str = "timestamp"  # integer seconds or ISO 8601; "" = the row order is the time
     title_columns: tuple[str, ...] = ("title",)  # joined with ". " into the item title
     category_column: str = ""  # "" = none
-    brand_column: str = ""
+    brand_column: str = ""  # "" = none
     min_user_interactions: int = 0  # k-core thresholds; 0/1 = no filter
-    min_item_interactions: int = 0
+    min_item_interactions: int = 0  # k-core: users per item; 0/1 = no filter
     min_history: int = 3  # leave-one-out needs >= 1 training item + valid + test
     max_users: int = 0  # 0 = all; else a fixed-seed subsample (tiny runs)
     on_bad_row: Literal["error", "skip"] = "error"  # malformed lines and short histories
     missing_text: Literal["error", "skip"] = "skip"  # items with no title/category/brand
-    num_negatives: int = C.NUM_NEGATIVES
-    seed: int = 2024
-    cache_dir: str = "~/.cache/slim"
+    num_negatives: int = C.NUM_NEGATIVES  # sampled candidates per target (uni100, pop100)
+    seed: int = 2024  # the candidate sampling and the max_users subsample
+    cache_dir: str = "~/.cache/slim"  # downloads (the recbole wheel for ml-100k)
     # How the work is cut (not what it produces): rows per chunk read by the driver, rows per bucket of users
     # handled by one task. Memory grows with these and the number of workers, not with the number of users.
     block_rows: int = 1_000_000
-    bucket_rows: int = 2_000_000
+    bucket_rows: int = 2_000_000  # (block_rows, bucket_rows: see above)
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 

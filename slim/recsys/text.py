@@ -15,6 +15,7 @@ import numpy as np
 
 from slim import columns as C
 from slim import atomic, storage
+from slim.recsys.data import RecDataError
 from slim.rundir import content_fingerprint
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def item_text(run_dir: str | Path, encoder: str = DEFAULT_ENCODER, batch_size: i
     if p.exists():
         emb = storage.load_npy(p).astype(np.float32)
         if emb.shape[0] != n + 1:
-            raise ValueError(f"{p}: {emb.shape[0]} rows, expected items+1 = {n + 1}; rerun the encode stage")
+            raise RecDataError(f"{p}: {emb.shape[0]} rows, expected items+1 = {n + 1}; rerun the encode stage")
         return emb
     from sentence_transformers import SentenceTransformer
 
@@ -64,7 +65,7 @@ def item_text(run_dir: str | Path, encoder: str = DEFAULT_ENCODER, batch_size: i
     items = storage.read_table(root / C.ITEMS_FILE, columns=[C.ITEM_ID, C.TEXT])
     ids = items.column(C.ITEM_ID).to_numpy()
     if not np.array_equal(ids, np.arange(1, n + 1)):
-        raise ValueError(f"{root / C.ITEMS_FILE}: {C.ITEM_ID} must be 1..{n} in order")
+        raise RecDataError(f"{root / C.ITEMS_FILE}: {C.ITEM_ID} must be 1..{n} in order")
     log.info("encoding %d item texts with %s (no encode-stage embeddings from that model)", n, encoder)
     model = SentenceTransformer(resolve_encoder(encoder), device="cpu")
     texts = [t or "" for t in items.column(C.TEXT).to_pylist()]

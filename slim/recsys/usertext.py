@@ -15,6 +15,7 @@ import numpy as np
 from slim import columns as C
 from slim import storage
 from slim.prompts import HISTORY_CUT
+from slim.recsys.data import RecDataError
 
 # train.rationale_field -> the encode stage's field name; "history" is the no-LLM control's one vector per user
 FIELDS = {"whole": C.RATIONALE, "step1": C.STEP1, "step2": C.STEP2, "step3": C.STEP3, "history": C.RATIONALE}
@@ -31,7 +32,7 @@ def source(variant: str, field: str) -> str:
     return "teacher" if variant == "slim_teacher" else "student"
 
 
-class UserTextError(ValueError):
+class UserTextError(RecDataError):  # a RecDataError: the CLI prints it as one line
     """Rationale embeddings missing, misaligned, or written from a prefix that would look ahead."""
 
 

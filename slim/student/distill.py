@@ -36,15 +36,15 @@ class DistillError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # the layers LoRA adapts
 
 
 @dataclass(frozen=True)
 class DeepSpeedSettings:
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: Literal[0, 1, 2, 3] = 2  # DeepSpeed ZeRO stage
     offload_optimizer: bool = False  # optimizer state in CPU memory (torch AdamW, no DeepSpeedCPUAdam)
     offload_param: bool = False  # ZeRO-3 only
 
@@ -53,35 +53,35 @@ class DeepSpeedSettings:
 class DistillConfig:
     run_dir: str = "runs/default"
     base_model: str = "smollm2-135m-instruct"  # Hugging Face id, local path, or the packaged SmolLM2
-    cache_dir: str = "~/.cache/slim"
+    cache_dir: str = "~/.cache/slim"  # where base_model is found or converted
     prompt: PromptConfig = field(default_factory=PromptConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
-    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    strategy: Literal["ddp", "deepspeed"] = "ddp"  # Ray Train: DDP, or DeepSpeed ZeRO (distill.deepspeed)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
-    num_workers: int = 2
+    num_workers: int = 2  # Ray Train workers
     use_gpu: bool = False  # one GPU per worker, nccl, bf16
     cpus_per_worker: float = 0.5  # fractional: whole-CPU workers starve Ray on 2 cores
     torch_threads: int = 1  # per worker
-    max_seq_len: int = 1024
+    max_seq_len: int = 1024  # prompt + rationale tokens; longer examples are cut
     max_examples: int = 0  # 0 = every usable teacher rationale
     keep_unstructured: bool = False  # keep answers without the three steps (a toy teacher's); counted in the report
     structured: bool = False  # targets as JSON (slim.rationale.SCHEMA): set with student.sampling.structured
-    val_fraction: float = 0.1
-    max_val_examples: int = 64
+    val_fraction: float = 0.1  # of the examples, held out for validation loss
+    max_val_examples: int = 64  # at most this many validation examples
     batch_size: int = 4  # micro-batch per worker
-    grad_accum: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    epochs: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4  # AdamW learning rate of the LoRA weights
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 0  # linear warm-up, in optimizer steps
+    max_grad_norm: float = 1.0  # gradient clipping
+    epochs: int = 1  # passes over the training examples
     max_steps: int = 0  # 0 = `epochs` decide
     eval_every: int = 0  # optimizer steps; 0 = before and after training only
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    log_every: int = 1
+    checkpoint_every: int = 50  # optimizer steps between Ray Train checkpoints (a killed run resumes)
+    keep_checkpoints: int = 2  # checkpoints kept
+    log_every: int = 1  # optimizer steps between loss reports
     merge: bool = False  # also write student/merged (base + adapter in one checkpoint)
-    seed: int = 2024
+    seed: int = 2024  # example order, validation split and LoRA init
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 

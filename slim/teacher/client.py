@@ -153,23 +153,44 @@ def _classify(exc: Exception) -> tuple[bool, float | None, str, bool]:
     return True, None, f"bad response: {type(exc).__name__}: {str(exc)[:200]}", True
 
 
+UNSENT = "unsent"  # the status of a row the cost ceiling kept from being sent: returned, never written
+
+
 def call(client, user_id: int, prompt: str, messages: list[dict], s: CallSettings,
          reserve: Callable[[int], float], adjust: Callable[[int], None], pause: Callable[[float], None],
-         rng: random.Random, sleep=time.sleep) -> dict:
-    """Send one user's prompt until it succeeds, fails for good, or runs out of attempts; always returns the row."""
+         rng: random.Random, sleep=time.sleep, budget=None) -> dict:
+    """Send one user's prompt until it succeeds, fails for good, or runs out of attempts; always returns the row.
+    budget: a slim.teacher.budget.Budget (or handle) each attempt reserves its largest cost from first."""
+    from slim.teacher.budget import OverBudget
+
     bill, tries = Bill(), [0]
     try:
-        return _attempts(client, user_id, prompt, messages, s, reserve, adjust, pause, rng, sleep, bill, tries)
+        return _attempts(client, user_id, prompt, messages, s, reserve, adjust, pause, rng, sleep, bill, tries, budget)
+    except OverBudget:
+        if bill.requests == 0:  # nothing paid: no row, the next run sends it
+            return _row(user_id, prompt, s, tries[0] - 1, bill, UNSENT, "teacher.max_cost_usd reached")
+        return failed_row(user_id, prompt, "teacher.max_cost_usd reached before a retry", s, tries[0] - 1, bill)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a failed row, never a failed batch
         log.warning("user %s: unexpected %s: %s", user_id, type(exc).__name__, exc)
         return failed_row(user_id, prompt, f"internal error: {type(exc).__name__}: {exc}", s, tries[0], bill)
 
 
-def _attempts(client, user_id, prompt, messages, s, reserve, adjust, pause, rng, sleep, bill, tries) -> dict:
+def _settle(budget, reserved: float, spent: float) -> None:
+    """Give back to the budget what an attempt reserved and did not cost (negative: it cost more)."""
+    if budget is not None and spent != reserved:
+        budget.give(reserved - spent)
+
+
+def _attempts(client, user_id, prompt, messages, s, reserve, adjust, pause, rng, sleep, bill, tries, budget) -> dict:
+    from slim.teacher.budget import OverBudget
+
     est = estimate_tokens(messages, s.max_tokens)
+    most = cost(est - s.max_tokens, s.max_tokens, s)  # the largest this attempt can cost: a full-length answer
     error = ""
     for attempt in range(1, s.max_attempts + 1):
         tries[0] = attempt
+        if budget is not None and not budget.take(most):
+            raise OverBudget()
         sleep(reserve(est))
         after, retryable = None, True
         try:
@@ -180,10 +201,12 @@ def _attempts(client, user_id, prompt, messages, s, reserve, adjust, pause, rng,
             retryable, after, error, billed = _classify(exc)
             if billed:
                 bill.add(0, 0, s, priced=False)
+            _settle(budget, most, most if billed else 0.0)  # billed, usage unknown: the whole reservation stays
         else:
             usage = resp.usage
             tin, tout = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
             adjust(tin + tout - est)
+            _settle(budget, most, cost(tin, tout, s) if usage else most)
             choice = resp.choices[0] if resp.choices else None
             text = choice.message.content if choice is not None and choice.message is not None else None
             if text and text.strip():

@@ -31,7 +31,7 @@ from slim import atomic, storage
 from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
 from slim.teacher import client as K
-from slim.teacher import select, shards
+from slim.teacher import budget, select, shards
 
 log = logging.getLogger(__name__)
 
@@ -40,46 +40,51 @@ log = logging.getLogger(__name__)
 class TeacherConfig:
     run_dir: str = "runs/default"
     model: str = "gpt-4o-mini"  # the served model name; with local_server, the name vLLM serves it under
-    base_url: str = "https://api.openai.com/v1"
+    # The OpenAI-compatible API, e.g. https://api.openai.com/v1; "" = none (then local_server must be on): a config
+    # without a teacher section never reaches a paid API
+    base_url: str = ""
     api_key_env: str = "OPENAI_API_KEY"  # name of the env variable holding the key; "" = no auth (local server)
     local_server: bool = False  # start vLLM in the driver over `local_model` and send requests there
     # Where that server listens: "auto" = 127.0.0.1 on a private local cluster, the driver node's address when the
     # job joined a cluster (its actors may run on other nodes); or an address to bind to. 0 = any free port.
     local_server_host: str = "auto"
-    local_server_port: int = 0
+    local_server_port: int = 0  # the local server's port; 0 = any free port
     local_model: str = "smollm2-135m-instruct"  # a slim.llm_models name or a local path
     # float32: CPUs without AVX-512 emulate bfloat16 (vLLM's default downcast), several times slower.
     local_server_args: tuple[str, ...] = ("--max-model-len", "2048", "--enforce-eager", "--dtype", "float32")
     local_server_timeout_s: float = 600.0  # vLLM on CPU starts in ~45 s idle, minutes on a busy machine
     num_users: int = 2000  # the labelled subset; 0 = every user
-    seed: int = 2024
+    seed: int = 2024  # the stratified sample of users
     strata: int = 5  # history-length quantile bins for the stratified sample
-    max_tokens: int = 512
-    temperature: float = 0.0
+    max_tokens: int = 512  # longest answer; also what each request reserves of tokens/min and the cost ceiling
+    temperature: float = 0.0  # sampling temperature; 0 = greedy
     extra_body: dict = field(default_factory=dict)  # passed through, e.g. {repetition_penalty: 1.2} for vLLM
     # Answers as JSON under slim.rationale.SCHEMA through the API's response_format (OpenAI, vLLM's server); off
     # for APIs without schemas, whose free text is parsed by its "Step N:" markers
     structured: bool = False
-    mode: Literal["online", "batch"] = "online"
+    mode: Literal["online", "batch"] = "online"  # online requests on Ray Data, or one provider Batch API job
     requests_per_min: float = 500.0  # one limit over all actors; 0 = unlimited
-    tokens_per_min: float = 200_000.0
-    num_actors: int = 2
+    tokens_per_min: float = 200_000.0  # one limit over all actors (prompt + max_tokens); 0 = unlimited
+    num_actors: int = 2  # worker actors sending requests
     threads_per_actor: int = 8  # requests in flight per actor
     batch_size: int = 16  # rows per Ray Data batch = rows per shard file
     actor_num_cpus: float = 0.25  # fractional: 2-core machines deadlock with whole-CPU actors
-    request_timeout_s: float = 60.0
-    max_attempts: int = 6
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
+    request_timeout_s: float = 60.0  # per attempt
+    max_attempts: int = 6  # per row, the first included; then the row fails with its last error
+    backoff_base_s: float = 1.0  # first retry waits about this long, doubling per attempt (with jitter)
+    backoff_max_s: float = 60.0  # longest backoff between attempts
     retry_after_max_s: float = 120.0  # a provider's Retry-After above this is cut to it (a garbled one is ignored)
     retry_failed: bool = True  # a rerun retries rows that failed before (--retry-failed sets it too)
-    price_in_per_mtok: float = 0.0  # USD per million prompt tokens
-    price_out_per_mtok: float = 0.0
+    price_in_per_mtok: float = 0.0  # USD per million prompt tokens; required (> 0) for a paid API
+    price_out_per_mtok: float = 0.0  # USD per million answer tokens; required (> 0) for a paid API
+    price_unknown_ok: bool = False  # allow a paid API without prices (cost.json then says $0, no ceiling holds)
+    # Stop before everything billed in this run directory would exceed this many USD (null = no ceiling)
+    max_cost_usd: Optional[float] = 10.0
     batch_discount: float = 0.5  # Batch API price factor
-    batch_poll_s: float = 30.0
-    batch_max_wait_s: float = 86_400.0
+    batch_poll_s: float = 30.0  # batch mode: seconds between status checks
+    batch_max_wait_s: float = 86_400.0  # batch mode: give up waiting after this long (rerun collects it)
     dry_run: bool = False  # print estimated tokens and cost for the users still to do, send nothing
-    cache_dir: str = "~/.cache/slim"
+    cache_dir: str = "~/.cache/slim"  # where local_model is found or converted
     prompt: PromptConfig = field(default_factory=PromptConfig)
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
@@ -164,6 +169,7 @@ def _skip(rd: RunDir, cfg: TeacherConfig, inputs: dict, force: bool) -> Manifest
 
 
 def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
+    budget.check(cfg)  # before anything: prices for a paid API, an endpoint at all
     rd = RunDir(cfg.run_dir)
     inputs = {"data": rd.upstream("data")}
     skipped = _skip(rd, cfg, inputs, force)
@@ -190,6 +196,8 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
     stats = _generate(cfg, rd, todo, prompts, stage_dir)
     t_gen = time.perf_counter()
     final = shards.compact(stage_dir, set(prompts))
+    if stats.get(K.UNSENT):  # paid rows are in the shards; the manifest is not written, a rerun sends the rest
+        raise budget.CeilingReached(budget.stop_message(cfg, _billed(stage_dir), stats[K.UNSENT], len(chosen)))
     if final.num_rows != len(chosen):
         raise RuntimeError(f"teacher: {final.num_rows} rows for {len(chosen)} users in {stage_dir}; rerun to resume")
     return _finish(cfg, rd, inputs, final, stats, est, {"generate_s": t_gen - t0, "total_s": time.perf_counter() - t0})
@@ -202,6 +210,7 @@ def _generate(cfg: TeacherConfig, rd: RunDir, todo: list[dict], prompts: dict, s
     if not todo:
         return {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, "tokens_in": 0, "tokens_out": 0,
                 "cost_usd": 0.0, "attempts": 0, "billed_requests": 0}
+    billed = _ceiling(cfg, stage_dir, todo, len(prompts))
     if cfg.mode == "batch":  # the driver alone calls the endpoint: no Ray, loopback unless told otherwise
         from slim.teacher.batch_api import run_batch
 
@@ -214,7 +223,30 @@ def _generate(cfg: TeacherConfig, rd: RunDir, todo: list[dict], prompts: dict, s
     # Ray first: on a cluster the local server binds to this node's address, which the worker actors call.
     init_ray(cfg.ray_address, cfg.num_cpus)
     with teacher_endpoint(cfg, rd, server_host(cfg.local_server_host, cfg.ray_address)) as base_url:
-        return run_online(cfg, settings(cfg), base_url, todo, str(stage_dir))
+        return run_online(cfg, settings(cfg), base_url, todo, str(stage_dir), billed)
+
+
+def _ceiling(cfg: TeacherConfig, stage_dir, todo: list[dict], users: int) -> float:
+    """What the run directory was billed so far; CeilingReached when teacher.max_cost_usd leaves nothing to send
+    or (Batch API: one batch, all or nothing) less than the batch may cost."""
+    billed = _billed(stage_dir)
+    if cfg.max_cost_usd is None:
+        return billed
+    if billed >= cfg.max_cost_usd:
+        raise budget.CeilingReached(budget.stop_message(cfg, billed, len(todo), users))
+    most = estimate(todo, shards.read_latest(stage_dir), cfg)["cost_usd_max"]
+    collecting = storage.path(stage_dir / "batch_state.json").exists()  # submitted by a killed run: paid already
+    if cfg.mode == "batch" and not collecting and billed + most > cfg.max_cost_usd:
+        raise budget.CeilingReached(f"teacher.max_cost_usd={cfg.max_cost_usd}: the batch of {len(todo):,} requests "
+                                    f"may cost up to ${most:.4f} on top of ${billed:.4f} billed; raise the ceiling "
+                                    "or lower teacher.num_users")
+    return billed
+
+
+def _billed(stage_dir) -> float:
+    """USD billed in this run directory so far (every paid row, as cost.json's `billed`)."""
+    everything = shards.read_all(stage_dir)
+    return float(pc.sum(everything.column(C.COST_USD)).as_py() or 0.0) if everything.num_rows else 0.0
 
 
 def _finish(cfg, rd, inputs, final, stats, est, timings) -> Manifest:

@@ -51,12 +51,15 @@ class TeacherWorker:
     """A Ray Data callable class: one batch of prompts in, each row logged as it finishes, a summary out."""
 
     def __init__(self, settings: K.CallSettings, base_url: str, key: Secret, limiter, stage_dir: str,
-                 threads: int, timeout_s: float):
+                 threads: int, timeout_s: float, budget=None):
+        from slim.teacher.budget import BudgetHandle
+
         import openai
 
         self.client = openai.OpenAI(base_url=base_url, api_key=key.value, max_retries=0, timeout=timeout_s)
         self.s = settings
         self.limiter = limiter
+        self.budget = BudgetHandle(budget) if budget is not None else None
         self.log = shards.RowLog(stage_dir)
         self.pool = ThreadPoolExecutor(threads)
         self.rng = random.Random(os.getpid() ^ time.time_ns())
@@ -81,8 +84,9 @@ class TeacherWorker:
             row = K.failed_row(int(uid), str(prompt), f"internal error: messages: {e}", self.s, 0)
         else:
             row = K.call(self.client, int(uid), str(prompt), messages, self.s, self._reserve, self._adjust,
-                         self._pause, self.rng)
-        self.log.append(row)  # durable before the batch (or anything else) is done
+                         self._pause, self.rng, budget=self.budget)
+        if row[C.STATUS] != K.UNSENT:  # an unsent row cost nothing and is not done: the next run sends it
+            self.log.append(row)  # durable before the batch (or anything else) is done
         return row
 
     def __call__(self, batch: dict) -> dict:
@@ -90,16 +94,21 @@ class TeacherWorker:
         return {k: [r[k] for r in rows] for k in SUMMARY}
 
 
-def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], stage_dir: str) -> dict:
-    """Process `todo` rows on Ray Data; returns counts of this run's rows by status, tokens and cost."""
+def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], stage_dir: str,
+               billed_usd: float = 0.0) -> dict:
+    """Process `todo` rows on Ray Data; returns counts of this run's rows by status (`unsent`: kept back by
+    teacher.max_cost_usd), tokens and cost. billed_usd: what the run directory was billed before this run."""
     import ray
     from ray.data import ActorPoolStrategy
 
+    from slim.teacher.budget import remote_budget
     from slim.teacher.ratelimit import remote_limiter
 
-    limiter = None
+    limiter = budget = None
     if cfg.requests_per_min > 0 or cfg.tokens_per_min > 0:
         limiter = remote_limiter(cfg.requests_per_min, cfg.tokens_per_min)
+    if cfg.max_cost_usd is not None and (settings.price_in_per_mtok > 0 or settings.price_out_per_mtok > 0):
+        budget = remote_budget(cfg.max_cost_usd, billed_usd)
     items = [{C.USER_ID: r[C.USER_ID], C.PROMPT: r[C.PROMPT], "messages": json.dumps(r["messages"])} for r in todo]
     n_blocks = max(1, -(-len(items) // cfg.batch_size))
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
@@ -111,10 +120,10 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
                                   enable_true_multi_threading=True),
         fn_constructor_kwargs={"settings": settings, "base_url": base_url, "key": Secret(api_key(cfg.api_key_env)),
                                "limiter": limiter, "stage_dir": stage_dir, "threads": cfg.threads_per_actor,
-                               "timeout_s": cfg.request_timeout_s},
+                               "timeout_s": cfg.request_timeout_s, "budget": budget},
     )
-    stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0,
-             "attempts": 0, "billed_requests": 0}
+    stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, K.UNSENT: 0, "tokens_in": 0, "tokens_out": 0,
+             "cost_usd": 0.0, "attempts": 0, "billed_requests": 0}
     t0, next_log = time.perf_counter(), 0.0
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         stats["rows"] += len(b[C.USER_ID])
@@ -129,6 +138,7 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
                      stats["rows"], len(items), stats["failed"], stats["malformed"], el,
                      60 * stats["rows"] / max(el, 1e-9), stats["cost_usd"])
             next_log += 0.1
-    if limiter is not None:
-        ray.kill(limiter)
+    for actor in (limiter, budget):
+        if actor is not None:
+            ray.kill(actor)
     return stats
