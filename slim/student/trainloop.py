@@ -85,11 +85,16 @@ def evaluate(strategy, rows: list[dict], conf: dict, rank: int, world: int, pad_
 
     strategy.train(False)
     tot, n = 0.0, 0.0
-    mine = rows[rank::world]
+    bs, mine = conf["batch_size"], rows[rank::world]
+    # every rank runs as many forward passes as the rank with the most rows: a DDP forward is a collective (it
+    # syncs buffers), so a rank with fewer held-out rows (1 row, 2 workers) would otherwise leave the others waiting
+    # forever. The extra passes score a real row and are not counted.
+    passes = -(-(-(-len(rows) // world)) // bs)
     with torch.no_grad():
-        for k in range(0, len(mine), conf["batch_size"]):
-            batch = collate(mine[k:k + conf["batch_size"]], pad_id, device)
-            count = float((batch["labels"][:, 1:] != IGNORE).sum())  # shifted: token t predicts t+1
+        for k in range(0, passes * bs, bs):
+            part = mine[k:k + bs]
+            batch = collate(part or rows[:1], pad_id, device)
+            count = float((batch["labels"][:, 1:] != IGNORE).sum()) if part else 0.0  # shifted: t predicts t+1
             tot += float(strategy.loss(batch)) * count
             n += count
     strategy.train(True)
