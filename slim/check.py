@@ -36,7 +36,7 @@ def validate(cfgs: dict, wanted: list[str]) -> None:
         if t.use_gpu and t.strategy == "fanout":  # before the data loads (the stage itself raises it later)
             raise ConfigError("train.use_gpu=true needs train.strategy ddp or deepspeed: GPUs are used by Ray "
                               "Train runs, the fanout strategy trains on CPUs")
-        sampled += [f"train.valid_protocol={t.valid_protocol}"]
+        sampled += [f"train.valid_protocol={t.valid_protocol}"] if t.valid_protocol in C.PROTOCOLS else []
         sampled += [f"train.test_protocols={p}" for p in t.test_protocols if p in C.PROTOCOLS]
     if "evaluate" in wanted:
         sampled += [f"evaluate.protocols={p}" for p in cfgs["evaluate"].protocols if p in C.PROTOCOLS]

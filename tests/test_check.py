@@ -42,7 +42,13 @@ def test_every_config_file_passes_check_without_ray(path, tmp_path):
         args += ["--stages", ",".join(wanted)]
     r = _py("import sys; from slim.pipeline import main; rc = main(" + repr(args) + ");"
             "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
-    assert r.returncode == 0, r.stdout + r.stderr
+    if path.name == "games_gpu.yaml":  # passes apart from its 7B hub student, which --check names (no hub here)
+        problems = [x for x in r.stderr.splitlines() if x.startswith("problem:")]
+        assert r.returncode == 2 and len(problems) == 2, r.stdout + r.stderr
+        assert all("Qwen/Qwen2.5-7B-Instruct is neither a local path nor in the Hugging Face cache" in x
+                   for x in problems), problems
+    else:
+        assert r.returncode == 0, r.stdout + r.stderr
     assert "ray imported: False" in r.stdout and "Traceback" not in r.stderr
     for stage in wanted:
         assert re.search(rf"^{stage} +RUN ", r.stdout, re.M), r.stdout
@@ -96,7 +102,7 @@ def test_force_stage_names_checked(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("stages_,override,message", [
-    ("data,train", "data.num_negatives=20", r"data\.num_negatives=20, but train\.valid_protocol=uni100"),
+    ("data,train", "data.num_negatives=20", r"data\.num_negatives=20, but train\.test_protocols=uni100"),
     ("data,student", "student.base_model=Qwen/Qwen2.5-0.5B-Instruct",
      r"student\.base_model='Qwen/Qwen2.5-0.5B-Instruct' but .* distill\.base_model='smollm2-135m-instruct'"),
 ])
