@@ -67,6 +67,8 @@ def history_prompt(rd: RunDir) -> dict:
 
 
 def _dataset(cfg: "EncodeConfig", rd: RunDir, source: str):
+    import ray
+
     from slim.raycluster import read_parquet
 
     if source != "history":
@@ -74,7 +76,7 @@ def _dataset(cfg: "EncodeConfig", rd: RunDir, source: str):
         return read_parquet(source_files(source, rd), cols, cfg.block_kib, cfg.object_store_mib)
     ds = read_parquet(str(rd.path(C.USERS_FILE)), [C.USER_ID, C.ITEM_IDS], cfg.block_kib, cfg.object_store_mib)
     return ds.map_batches(HistoryText, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=0.25,
-                          compute=__import__("ray").data.ActorPoolStrategy(size=1),
+                          compute=ray.data.ActorPoolStrategy(size=1),
                           fn_constructor_kwargs={"items_path": str(rd.path(C.ITEMS_FILE)), **history_prompt(rd)})
 
 

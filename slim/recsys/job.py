@@ -92,6 +92,14 @@ def stage_config(cfg: TrainConfig) -> dict:
             if k not in RUNTIME_KEYS and not (k == "amp" and v == "none")}
 
 
+def user_field(cfg: TrainConfig, variant: str) -> str:
+    """The user text a variant fuses: the history control its one vector, slim / slim_teacher the configured
+    rationale field, the others none."""
+    if variant not in FUSED_USER_VARIANTS:
+        return ""
+    return "history" if variant == "history_text" else cfg.rationale_field
+
+
 def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
     """Every run of the stage. user_text_dims: (variant, field) -> user-text vector width (0 until known)."""
     from slim.models import REGISTRY, VARIANTS
@@ -117,7 +125,7 @@ def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
                                 positions=at, **common)
                         for f in cfg.text_match_fields for at in cfg.rationale_positions for s in cfg.seeds]
                 continue
-            field = ("history" if v == "history_text" else cfg.rationale_field) if v in FUSED_USER_VARIANTS else ""
+            field = user_field(cfg, v)
             fusions = ("concat",) if v in ("id", "text") else [f for f in cfg.text_fusions if not (field and f == "sum")]
             out += [RunSpec(b, v, s, loss=loss, backbone_cfg=dataclasses.asdict(getattr(cfg, b)),
                             rationale_field=field, user_text_dim=dims.get((v, field), 0) if field else 0,
@@ -188,8 +196,7 @@ def user_texts(cfg: TrainConfig, root: Path, d) -> dict:
     from slim.recsys import usertext as UT
 
     lens = np.array([len(s) for s in d.seqs])
-    want = {(v, "history" if v == "history_text" else cfg.rationale_field) for v in cfg.variants
-            if v in FUSED_USER_VARIANTS}
+    want = {(v, user_field(cfg, v)) for v in cfg.variants if v in FUSED_USER_VARIANTS}
     want |= {("text_match", f) for f in cfg.text_match_fields} if "text_match" in cfg.variants else set()
     by_file = {}  # slim and text_match read the same student file for the same field: once
     for k in sorted(want):

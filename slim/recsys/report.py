@@ -11,12 +11,14 @@ from collections import defaultdict
 
 import numpy as np
 
+# a baseline that fuses user text is taken in the same position mode
+from slim.models.item_repr import FUSED_USER_VARIANTS
+
 SHOWN = ("NDCG@10", "Hit@10", "Hit@20")
 # (better, baseline): every gain the report states. history_text is the no-LLM control: SLIM's gain over it is
 # what the LLM's reasoning adds beyond the encoded titles of the same history.
 PAIRS = (("slim", "id_text"), ("slim", "history_text"), ("slim", "id"), ("history_text", "id_text"),
          ("id_text", "id"), ("slim_teacher", "id_text"), ("slim_teacher", "slim"))
-USER_FUSED = ("slim", "slim_teacher", "history_text")  # a baseline of these is taken in the same position mode
 
 
 def row_key(r: dict) -> str:
@@ -42,7 +44,7 @@ def baselines(v: str) -> list[str]:
     base, at, fusion = parse_variant(v)
     if fusion and not at and base == "id_text":
         return ["id", base]
-    out = [b + (at if b in USER_FUSED else "") + fusion for a, b in PAIRS if a == base]
+    out = [b + (at if b in FUSED_USER_VARIANTS else "") + fusion for a, b in PAIRS if a == base]
     return out + ([base + fusion] if at else [])
 
 
