@@ -30,6 +30,19 @@ def _billed_usd(url) -> float:
     return sum((tin * PRICE_IN + tout * PRICE_OUT) / 1e6 for _, _, tin, tout in stats["billed"])
 
 
+def _billed_users(url) -> set[int]:
+    stats = json.loads(urllib.request.urlopen(url[:-3] + "/stats").read())
+    return {int(u) for u, _, _, _ in stats["billed"]}
+
+
+def _faults(url) -> dict[int, list[str]]:
+    """Each user's faults, request by request ("" for a normal answer)."""
+    out: dict[int, list[str]] = {}
+    for _, u, fault in json.loads(urllib.request.urlopen(url[:-3] + "/stats").read())["requests"]:
+        out.setdefault(int(u), []).append(fault)
+    return out
+
+
 def _requests(url) -> list[int]:
     stats = json.loads(urllib.request.urlopen(url[:-3] + "/stats").read())
     return [int(u) for _, u, _ in stats["requests"]]
@@ -122,7 +135,11 @@ def test_cost_ceiling_stops_the_stage_before_it_is_exceeded(tmp_path, ray_local)
         first, billed = _requests(srv.url), _billed_usd(srv.url)
         assert 0 < billed <= ceiling and 0 < len(set(first)) < 40
         kept = shards.read_latest(rd.stage_dir("teacher"))
-        assert set(kept.column(C.USER_ID).to_pylist()) == set(first)  # every user sent has its row, no others
+        kept_users = set(kept.column(C.USER_ID).to_pylist())
+        assert kept_users == _billed_users(srv.url)  # every user billed has its row, no others
+        # a user sent but not kept got only unbilled 500s, then the ceiling refused its retry: unsent, not failed
+        faults = _faults(srv.url)
+        assert all(set(faults[u]) == {"500"} for u in set(first) - kept_users)
         assert rd.read_manifest("teacher") is None
         m = job.run(_cfg(rd, srv.url, max_cost_usd=1.0))
         again = _requests(srv.url)[len(first):]
