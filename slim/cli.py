@@ -6,8 +6,9 @@ A bad config or bad input ends a job with one line naming the key, file or row (
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from slim import console
 
 
 def parse(argv: list[str] | None = None, description: str = "", retry_failed: bool = False) -> argparse.Namespace:
@@ -18,11 +19,17 @@ def parse(argv: list[str] | None = None, description: str = "", retry_failed: bo
     if retry_failed:
         p.add_argument("--retry-failed", action="store_true",
                        help="redo only the rows that failed before, keep the rest")
+    add_verbose(p)
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.min_history=5 "
                    "(every key: docs/config.md)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose)
     return args
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="show Ray's, Ray Data's, Ray Train's and vLLM's logs on "
+                   "the console too (they are always in <run_dir>/logs/<stage>.log)")
 
 
 def user_errors() -> tuple[type, ...]:
@@ -74,6 +81,11 @@ def main_stage(stage: str, argv: list[str] | None = None) -> int:
         cfgs = stages.load_all(raw)
         check.validate(cfgs, [stage])
         stages.run(stage, cfgs[stage], force=args.force)
+        if stage == "evaluate":
+            from slim.recsys.evaluate import headline
+
+            for line in headline(cfgs[stage].run_dir):
+                console.say(line)
     except user_errors() as e:
         return report(e)
     return 0

@@ -30,6 +30,7 @@ from slim import atomic, storage
 from slim.encoder import Encoder, fit_rationale, pool  # noqa: F401 (Encoder, fit_rationale: the stage's API)
 from slim.prompts import HISTORY_CUT
 from slim.rundir import Manifest, RunDir
+from slim.console import Progress, say
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     n = storage.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
     ds = read_parquet(str(rd.path(C.ITEMS_FILE)), [C.ITEM_ID, C.TEXT], cfg.block_kib, cfg.object_store_mib)
     tmp, arr, seen, counts = atomic.tmp_path(rd.path(C.ITEM_EMB_FILE)), None, 0, {"item_truncated": 0, "item_empty": 0}
+    prog = Progress("encode (items)", n, "items")
     for b in ds.map_batches(Encoder, **pool(cfg, (C.TEXT,))).iter_batches(batch_format="numpy", batch_size=None):
         e = b[f"emb_{C.TEXT}"]  # [B, D]
         if arr is None:
@@ -89,6 +91,7 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
             raise ValueError(f"{rd.path(C.ITEMS_FILE)}: item_id {ids.min()}..{ids.max()} outside 1..{n}")
         arr[ids] = e
         seen += len(ids)
+        prog.update(seen)
         counts["item_truncated"] += int(b[f"cut_{C.TEXT}"].sum())
         counts["item_empty"] += int(b[f"empty_{C.TEXT}"].sum())
     if seen != n:
@@ -124,7 +127,8 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
         staged = rd.path(C.ITEM_EMB_FILE).with_name(f".tmp-{rd.path(C.ITEM_EMB_FILE).name}")
         storage.upload(item_vecs, staged)
         item_vecs = str(staged)
-    per_source = {s: encode_users(cfg, rd, out, s, item_vecs) for s in cfg.sources}
+    expected = {s: rd.read_manifest(SOURCE_STAGES[s]).counts.get("users", 0) for s in cfg.sources}
+    per_source = {s: encode_users(cfg, rd, out, s, item_vecs, expected[s]) for s in cfg.sources}
     quality = {s: c.pop("_quality") for s, c in per_source.items()}
     t2 = time.perf_counter()
     tmps = items.pop("_tmp")
@@ -145,12 +149,12 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
                         **({"history_cut": HISTORY_CUT, "history_prompt": history_prompt(rd)}
                            if "history" in cfg.sources else {})})
     rd.write_manifest(m)
-    print(f"encode: {items['items']:,} items ({t1 - t0:.1f}s, truncated {items['item_truncated']:,}), "
+    say(f"encode: {items['items']:,} items ({t1 - t0:.1f}s, truncated {items['item_truncated']:,}), "
           f"{n_users:,} rationales x {len(FIELDS)} fields ({t2 - t1:.1f}s)")
     for s, c in per_source.items():
         fs = source_fields(s)
-        print(f"  {s}: {c['users']:,} users; truncated " + ", ".join(f"{f} {c[f + '_truncated']:,}" for f in fs)
+        say(f"  {s}: {c['users']:,} users; truncated " + ", ".join(f"{f} {c[f + '_truncated']:,}" for f in fs)
               + "; empty " + ", ".join(f"{f} {c[f + '_empty']:,}" for f in fs))
         if quality[s]:
-            print("    quality: " + describe(quality[s]))
+            say("    quality: " + describe(quality[s]))
     return m

@@ -5,7 +5,6 @@ what was encoded (slim.quality), reported in the stage's summary and manifest.""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from slim import atomic, shards, storage
 from slim import columns as C
 from slim.encoder import Encoder, pool
 from slim.rundir import RunDir
+from slim.console import Progress
 
 if TYPE_CHECKING:  # the stage's config: only its fields are read here
     from slim.encode import EncodeConfig
@@ -98,9 +98,9 @@ GROUNDING_SCHEMA = pa.schema([(C.USER_ID, pa.int64()), ("products", pa.list_(pa.
                               ("item_ids", pa.list_(pa.int64())), ("sims", pa.list_(pa.float32()))])
 
 
-def encode_users(cfg: "EncodeConfig", rd: RunDir, out: Path, source: str, item_vecs: str) -> dict:
+def encode_users(cfg: "EncodeConfig", rd: RunDir, out: Path, source: str, item_vecs: str, expected: int = 0) -> dict:
     """One rationale source -> users_<field>.parquet (+ <source>_grounding.parquet), written as batches arrive,
-    with the quality measures of what was encoded (slim.quality)."""
+    with the quality measures of what was encoded (slim.quality). expected: its users (the progress line's total)."""
     from slim.quality import Tally
 
     ds, fields = _dataset(cfg, rd, source), source_fields(source)
@@ -111,7 +111,7 @@ def encode_users(cfg: "EncodeConfig", rd: RunDir, out: Path, source: str, item_v
     tmps = {f: atomic.tmp_path(p) for f, p in finals.items()}
     writers = {f: pq.ParquetWriter(tmps[f], GROUNDING_SCHEMA if f == "grounding" else schema) for f in tmps}
     counts = {"users": 0, **{f"{f}_truncated": 0 for f in fields}, **{f"{f}_empty": 0 for f in fields}}
-    tally, t0 = Tally(), time.perf_counter()
+    tally, prog = Tally(), Progress(f"encode ({source})", expected, "users")
     try:
         actors = pool(cfg, fields, item_vecs if "grounding" in writers else "")
         for b in ds.map_batches(Encoder, **actors).iter_batches(batch_format="numpy", batch_size=None):
@@ -129,7 +129,8 @@ def encode_users(cfg: "EncodeConfig", rd: RunDir, out: Path, source: str, item_v
                 tally.add([{C.RATIONALE: b[C.RATIONALE][i], C.STEP1: b[C.STEP1][i], C.STEP2: b[C.STEP2][i],
                             C.STEP3: b[C.STEP3][i], "ok": b[C.STATUS][i] == "ok"} for i in range(len(uid))])
             counts["users"] += len(uid)
-            log.info("encode (%s): %d users in %.0fs", source, counts["users"], time.perf_counter() - t0)
+            prog.update(counts["users"])
+        prog.close()
     finally:
         for w in writers.values():
             w.close()

@@ -7,7 +7,8 @@ import os
 import sys
 import time
 
-from slim import config, stages
+from slim import config, console, stages
+from slim.console import say
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,23 @@ def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None
     cfgs, wanted = prepare(raw, only)
     stage_list(",".join(force or []), "--force", ("all",))
     summary = {}
-    for name in (s for s in stages.names() if s in wanted):
-        t0 = time.perf_counter()
-        print(f"=== {name} ===", flush=True)
+    todo = [s for s in stages.names() if s in wanted]
+    for i, name in enumerate(todo, 1):
+        t0, started = time.perf_counter(), time.time()
+        say(f"[{i}/{len(todo)}] {name}")
         m = stages.run(name, cfgs[name], force=bool(force and (name in force or "all" in force)))
-        summary[name] = {"seconds": time.perf_counter() - t0, "counts": getattr(m, "counts", {})}
+        fresh = getattr(m, "created", started) >= started  # an older manifest: the stage was up to date
+        summary[name] = {"seconds": time.perf_counter() - t0, "counts": getattr(m, "counts", {}), "fresh": fresh}
+        if not fresh:
+            say(f"{name}: up to date (its manifest matches the config and inputs; --force {name} reruns it)")
     print_summary(summary)
+    if "evaluate" in summary:
+        from slim.recsys.evaluate import headline
+
+        say("")
+        for line in headline(cfgs["evaluate"].run_dir):
+            say(line)
+    say(f"stage logs (Ray, Ray Data, Ray Train, vLLM): {stages.log_dir(cfgs)}")
     return summary
 
 
@@ -90,16 +102,17 @@ def runtime_env_vars(path: str) -> dict[str, str]:
 
 
 def print_summary(summary: dict) -> None:
-    print("\n=== pipeline summary ===")
+    say("")
+    say("pipeline summary")
     for name, s in summary.items():
         counts = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in list(s["counts"].items())[:5])
-        print(f"{name:10s} {s['seconds']:8.1f}s  {counts}")
+        say(f"  {name:10s} {s['seconds']:8.1f}s  {'' if s['fresh'] else '(up to date) '}{counts}")
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from slim.cli import user_errors
+    from slim.cli import add_verbose, user_errors
 
     p = argparse.ArgumentParser(description="Run the SLIM pipeline (all stages, or --stages a,b)")
     p.add_argument("--config", required=True)
@@ -112,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime-env", default="", help="with --check: a runtime_env YAML whose env_vars the job "
                    "would run with (a bucket's endpoint and keys), e.g. cluster/runtime_env_s3.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (every key: docs/config.md)")
+    add_verbose(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose)
     try:
         if args.runtime_env and not args.check:
             raise config.ConfigError("--runtime-env is read by --check only; a submitted job gets its runtime_env "

@@ -8,6 +8,8 @@ import copy
 import logging
 import os
 
+from slim import console
+
 log = logging.getLogger(__name__)
 
 # Ray starts every worker process at niceness 15, so that raylet and GCS win the CPU from it. An actor that does
@@ -45,6 +47,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    console.quiet_ray()  # Ray's loggers first: ray.init logs too
     address = cluster_address(address)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address:
@@ -52,12 +55,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         if num_cpus:
             log.info("num_cpus=%s ignored: joining the cluster at %s", num_cpus, address)
         ray.init(address=address, log_to_driver=True)
+        console.quiet_ray()
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
         return
     # More logical CPUs than cores: on 2 cores an actor pool holding whole CPUs starves the read tasks.
     n = num_cpus or max(4, 2 * (os.cpu_count() or 2))
     cores = os.cpu_count() or 1
     ray.init(address="local", num_cpus=n, resources={CORES: cores}, include_dashboard=False, log_to_driver=True)
+    console.quiet_ray()  # worker output reaches the driver, then the stage log (the console with --verbose)
     log.info("started a local Ray cluster with %d logical CPUs on %d cores", n, cores)
 
 

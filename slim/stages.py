@@ -99,11 +99,23 @@ def load(stage: str, raw: dict) -> Any:
     return config.section(raw, stage, cls)
 
 
+def log_dir(cfgs: dict) -> str:
+    """Where the stages of these configs write their logs (slim.console.stage_log)."""
+    run_dir = next((getattr(c, "run_dir", "") for c in cfgs.values() if getattr(c, "run_dir", "")), "")
+    return f"{str(run_dir).rstrip('/')}/logs/"
+
+
 def run(stage: str, cfg: Any, force: bool = False):
+    from slim import console
+
     _, fn = REGISTRY[stage]()
     if force and not getattr(cfg, "dry_run", False):  # a teacher dry run writes nothing, so drops nothing
         force = _drop_for_force(stage, cfg)
-    return fn(cfg, force=force)
+    run_dir = getattr(cfg, "run_dir", "")
+    if not run_dir:
+        return fn(cfg, force=force)
+    with console.stage_log(stage, run_dir):  # the libraries' logs: <run_dir>/logs/<stage>.log
+        return fn(cfg, force=force)
 
 
 def _drop_for_force(stage: str, cfg: Any) -> bool:

@@ -55,6 +55,13 @@ def test_whole_chain_on_a_bucket_then_one_served_request(s3_endpoint, cache_dir,
     assert {g["baseline"] for g in res["gains"] if g["model"] == "slim@all"} >= {"history_text@all"}
     objs = objects(cli, uri)
     assert not any(SECRET.encode() in b for b in objs.values())  # the key is in no object
+    # issue 29's console: progress, summaries and the headline on it; the libraries' lines in the stage logs
+    console = (r.stdout + r.stderr).splitlines()
+    assert len(console) < 60 and "headline: full NDCG@10" in r.stdout, r.stdout + r.stderr
+    assert not [ln for ln in console if "ray.data" in ln or "vLLM" in ln or "streaming_executor" in ln], console
+    logs = {k.rsplit("/", 1)[-1]: b.decode() for k, b in objs.items() if "/logs/" in k}
+    assert set(logs) == {f"{s}.log" for s in ("data", "teacher", "distill", "student", "encode", "train", "evaluate")}
+    assert "vLLM" in logs["student.log"] and "Execution plan of Dataset" in logs["encode.log"]
     assert SECRET not in r.stdout + r.stderr
     # model scratch (the student merged from base + adapter for vLLM) stays off the bucket: only the adapter is there
     assert not any("/merged" in k or "_merged" in k for k in objs), sorted(k for k in objs if "merged" in k)

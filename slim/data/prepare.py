@@ -19,6 +19,7 @@ from slim import columns as C
 from slim.data import buckets as B
 from slim.data import sources, stream, tables
 from slim.rundir import Manifest, RunDir, file_fingerprint, peak_rss_mb
+from slim.console import say
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +214,11 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
 
 def print_summary(m: Manifest) -> None:
     c, t = m.counts, m.timings
-    print(f"data: {c['users']:,} users / {c['items']:,} items / {c['interactions']:,} interactions; "
+    say(f"data: {c['users']:,} users / {c['items']:,} items / {c['interactions']:,} interactions; "
           f"{c['candidate_rows']:,} candidate rows; {t['total_s']:.1f}s "
           f"(read {t['read_s']:.1f}s, build {t['build_s']:.1f}s, candidates {t['candidates_s']:.1f}s); "
           f"{m.extra.get('rows_per_s', 0):,.0f} input rows/s ({m.extra.get('read_rows_per_s', 0):,.0f} read); "
           f"{m.extra.get('buckets', 1)} bucket(s), {m.extra.get('kcore_passes', 1)} k-core pass(es); "
           f"driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
     for kind, v in m.extra["skipped"].items():
-        print(f"  skipped {v['count']:,} ({kind}), e.g. {v['example']}")
+        say(f"  skipped {v['count']:,} ({kind}), e.g. {v['example']}")

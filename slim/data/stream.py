@@ -53,10 +53,14 @@ def run_tasks(fn, args: list, parallel: bool) -> list:
     task = ray.remote(num_cpus=1, resources=cores_request(1))(released).options(name=fn.__name__)  # its title
     shared = {id(x): ray.put(x) for a in args for x in a if isinstance(x, np.ndarray) and x.nbytes > 65_536}
     refs = [task.remote(fn, *[shared.get(id(x), x) for x in a]) for a in args]
-    pending, step = list(refs), max(1, len(refs) // 10)
-    while pending:  # progress: every tenth of the tasks
-        _, pending = ray.wait(pending, num_returns=min(step, len(pending)))
-        log.info("data: %s %d/%d", fn.__name__, len(refs) - len(pending), len(refs))
+    from slim.console import Progress
+
+    if len(refs) > 1:  # one bucket: nothing to follow
+        pending, prog = list(refs), Progress(f"data ({fn.__name__})", len(refs), "buckets")
+        while pending:
+            _, pending = ray.wait(pending, num_returns=1)
+            prog.update(len(refs) - len(pending))
+        prog.close()
     return ray.get(refs)
 
 

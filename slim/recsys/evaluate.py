@@ -19,6 +19,7 @@ from slim import metrics as M
 from slim.columns import EVAL_PROTOCOLS, SPLITS
 from slim.recsys import plots as P
 from slim.recsys import report as R
+from slim.console import say
 from slim.recsys.summary import scale_line
 from slim.rundir import Manifest, RunDir, peak_rss_mb
 
@@ -149,9 +150,18 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
                  extra={"rows_per_s": len(d.seqs) * len(recs) / max(t_rank, 1e-9), "block_users": cfg.block_users,
                         "driver_peak_rss_mb": peak_rss_mb()})
     rd.write_manifest(m)
-    print(md)
-    print(scale_line(STAGE, len(d.seqs) * len(recs), "user rankings (users x runs)", t_rank))
+    log.info("reports/results.md:\n%s", md)  # the stage log has it whole; the console gets the headline
+    say(scale_line(STAGE, len(d.seqs) * len(recs), "user rankings (users x runs)", t_rank))
     return m
+
+
+def headline(run_dir) -> list[str]:
+    """The headline of the finished evaluate stage in `run_dir` (slim.recsys.summary.headline)."""
+    from slim.recsys.summary import headline as lines
+
+    rd = RunDir(run_dir)
+    res = json.loads(rd.path("reports/results.json").read_text())
+    return lines(res, str(rd.path("reports/results.md")))
 
 
 def teacher_subset(recs: list, rk: dict, uts: dict, protocols) -> dict:

@@ -27,6 +27,7 @@ from slim.recsys.data import POSITIONS
 from slim.recsys.checkpoint import METRICS, is_done, save_run
 from slim.recsys.summary import scale_line
 from slim.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
+from slim.console import Progress, say
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
 
 
 def _progress(r: dict) -> None:
-    # print, not logging: a Ray worker has no log handler, while its stdout reaches the driver (and `ray job logs`)
+    # print, not logging: a Ray worker has no log handler, while its stdout reaches the driver, which writes it to
+    # the stage log (slim.console; the console too with --verbose)
     print(f"[train] {r['run']} epoch {r['epoch']}: loss {r['loss']:.4f}, valid NDCG@10 {r['valid_ndcg10']:.2f} "
           f"({r['seconds']:.1f}s, of which validation {r.get('valid_s', 0.0):.1f}s)", flush=True)
 
@@ -179,6 +181,7 @@ def fan_out(todo: list, d, text, uts: dict, root: Path, cfg: TrainConfig) -> lis
     refs = [ray.put(x) for x in (d, text, uts)]  # shared once through the object store, not per task
     pending = {task.remote(s, *refs, str(root / MODELS_DIR / s.name), fp, cfg): s for s, fp in todo}
     out, t0 = [], time.time()
+    prog = Progress("train", len(todo), "runs")
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         spec = pending.pop(ready[0])
@@ -188,6 +191,8 @@ def fan_out(todo: list, d, text, uts: dict, root: Path, cfg: TrainConfig) -> lis
                  len(out), len(todo), time.time() - t0, spec.name, rec["epochs_run"],
                  rec["test"].get("full", {}).get("NDCG@10", float("nan")),
                  rec["test"].get("uni100", {}).get("NDCG@10", float("nan")), rec["targets_per_s"])
+        prog.update(len(out), f"last {spec.name}")
+    prog.close()
     return out
 
 
@@ -238,9 +243,12 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
         else:
             from slim.recsys.distributed import train_distributed
 
-            for s, fp in todo:
+            prog = Progress("train", len(todo), "runs")
+            for i, (s, fp) in enumerate(todo, 1):
                 train_distributed(s, d, text, uts.get((s.variant, s.rationale_field)),
                                   rd.root / MODELS_DIR / s.name, fp, cfg)
+                prog.update(i, f"last {s.name}")
+            prog.close()
     recs = [json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()) for s in all_specs]
     missing = {f"{v}/{f}": int((~ut.present).sum()) for (v, f), ut in uts.items()}
     now = {s.name for s, _ in todo}
@@ -254,16 +262,21 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
                         "rows_per_s": trained / max(total_s, 1e-9), "driver_peak_rss_mb": peak_rss_mb()})
     rd.write_manifest(m)
     _summary(recs, missing)
-    print(scale_line(STAGE, trained, "training targets (all runs and epochs)", total_s))
+    say(scale_line(STAGE, trained, "training targets (all runs and epochs)", total_s))
     return m
 
 
 def _summary(recs: list, missing: dict) -> None:
-    print(f"{'run':34s} {'epochs':>6s} {'valid N@10':>10s} {'test full N@10':>14s} {'test uni100 N@10':>16s}")
+    """Every run in the stage log; on the console the count and the best run (the table is evaluate's job)."""
+    table = [f"{'run':34s} {'epochs':>6s} {'valid N@10':>10s} {'test full N@10':>14s} {'test uni100 N@10':>16s}"]
     for r in recs:
         t = {p: r["test"].get(p, {}).get("NDCG@10", float("nan")) for p in ("full", "uni100")}
-        print(f"{r['run']:34s} {r['epochs_run']:6d} {r['best_valid_ndcg10']:10.2f} {t['full']:14.2f} "
-              f"{t['uni100']:16.2f}")
+        table.append(f"{r['run']:34s} {r['epochs_run']:6d} {r['best_valid_ndcg10']:10.2f} {t['full']:14.2f} "
+                     f"{t['uni100']:16.2f}")
+    log.info("train runs:\n%s", "\n".join(table))
+    full = [(r["test"].get("full", {}).get("NDCG@10", float("nan")), r["run"]) for r in recs]
+    top = max((f for f in full if f[0] == f[0]), default=None)  # NaN-free: runs tested on full ranking
+    say(f"train: {len(recs):,} runs" + (f"; best test full NDCG@10 {top[0]:.2f} ({top[1]})" if top else ""))
     if missing:
-        print("users without a usable rationale (learned missing vector): "
+        say("users without a usable rationale (learned missing vector): "
               + ", ".join(f"{k} {v:,}" for k, v in missing.items()))

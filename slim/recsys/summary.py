@@ -59,3 +59,38 @@ def markdown(res: dict, protocols) -> str:
     if res.get("plots"):
         lines += ["## Plots", ""] + [f"- [{f}](plots/{f})" for f in res["plots"]] + [""]
     return "\n".join(lines)
+
+
+
+def headline(res: dict, report_path: str) -> list[str]:
+    """The one screen the pipeline ends with: full-ranking NDCG@10 per backbone x variant (mean over seeds, the
+    better loss named), chance, SLIM's gains over id_text and history_text with their paired p, the report's path."""
+    protos = {q for rows in res["rows"].values() for row in rows.values() for q in row if q != "seeds"}
+    p = "full" if "full" in protos else sorted(protos)[0]
+    best: dict[tuple[str, str], tuple[float, str]] = {}  # (backbone or "text_match", variant or field) -> (mean, loss)
+    for loss, rows in res["rows"].items():
+        for key, row in rows.items():
+            bb, v = ("text_match", key[len("text_match "):].strip("()")) if key.startswith("text_match") \
+                else key.split("-", 1)
+            if (bb, v) not in best or row[p]["NDCG@10"][0] > best[(bb, v)][0]:
+                best[(bb, v)] = (row[p]["NDCG@10"][0], loss)
+    bbs = sorted({b for b, _ in best} - {"text_match"})
+    variants = sorted({v for b, v in best if b != "text_match"}, key=lambda v: R._order(f"x-{v}"))
+    width = max([len(v) for v in variants] + [14])
+    lines = [f"headline: {p} NDCG@10 (%), mean over seeds, the better of the losses; chance "
+             f"{res['chance'][p]['NDCG@10']:.2f}; {res['users']:,} users, {res['items']:,} items",
+             f"{'':{width}s} " + " ".join(f"{b:>13s}" for b in bbs)]
+    for v in variants:
+        lines.append(f"{v:{width}s} " + " ".join(f"{best[(b, v)][0]:7.2f} {best[(b, v)][1]:>5s}"
+                                                 if (b, v) in best else f"{'-':>13s}" for b in bbs))
+    tm = [f"{v} {m:.2f} {loss}" for (b, v), (m, loss) in sorted(best.items()) if b == "text_match"]
+    if tm:
+        lines.append("text_match (no IDs): " + ", ".join(tm))
+    vs: dict[tuple, list[str]] = {}
+    for g in res.get("gains", []):
+        if g["protocol"] == p and R.parse_variant(g["model"])[0] == "slim" \
+                and R.parse_variant(g["baseline"])[0] in ("id_text", "history_text"):
+            vs.setdefault((g["backbone"], g["loss"], g["model"]), []).append(
+                f"vs {g['baseline']} {g['gain_pct']:+.1f}% (p {g['p_wilcoxon']:.2g})")
+    lines += [f"{bb} {loss} {model}: " + ", ".join(parts) for (bb, loss, model), parts in sorted(vs.items())]
+    return lines + [f"full report (every protocol and metric, all gains, plots): {report_path}"]

@@ -22,6 +22,7 @@ from slim import atomic, storage
 from slim import columns as C
 from slim.prompts import PromptConfig
 from slim.rundir import Manifest, RunDir, fingerprint
+from slim.console import say
 
 log = logging.getLogger(__name__)
 
@@ -255,4 +256,5 @@ def print_summary(metrics: dict, rd: RunDir) -> None:
         f"  {metrics['tokens_per_s']:.0f} tokens/s over {metrics['train_seconds']:.1f} s of training",
         f"  adapter: {rd.path(C.STUDENT_ADAPTER)}",
     ]
-    print("\n".join(lines), flush=True)
+    for line in lines:
+        say(line)

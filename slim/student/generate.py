@@ -30,6 +30,7 @@ from slim import atomic, quality, storage
 from slim import shards as S
 from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
+from slim.console import Progress, say
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,13 @@ def _todo_filter(batch: dict, done: np.ndarray, max_users: int) -> dict:
     if max_users:
         keep &= batch[C.USER_ID] < max_users
     return {k: v[keep] for k, v in batch.items()}
+
+
+def _todo_count(rd: RunDir, done: np.ndarray, max_users: int) -> int:
+    """How many users _todo_filter lets through (ids are 0..N-1): the progress line's total."""
+    n = storage.read_metadata(rd.path(C.USERS_FILE)).num_rows
+    cap = min(n, max_users) if max_users else n
+    return cap - int(np.count_nonzero(np.asarray(done) < cap))
 
 
 def shards(out: Path) -> list[Path]:
@@ -219,13 +227,15 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
                                                "prompt": dataclasses.asdict(cfg.prompt)})
     new, tokens = 0, 0
     t_first = None
+    prog = Progress("student", _todo_count(rd, done, cfg.max_users), "users")
     for batch in engine(ds).iter_batches(batch_size=cfg.shard_rows, batch_format="pyarrow"):
         t_first = t_first or time.perf_counter()
         table = finalize(batch, model_info["path"])
         write_shard(out, table)
         new += table.num_rows
         tokens += int(pc.sum(table.column(C.TOKENS_OUT)).as_py() or 0)
-        log.info("student: %d new rationales (%d tokens) in %.0fs", new, tokens, time.perf_counter() - t0)
+        prog.update(new, f"{tokens:,} tokens")
+    prog.close()
     return _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first)
 
 
@@ -251,8 +261,8 @@ def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> M
                           "rationales_per_s": new / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
                  extra={"model": model_info, "engine": cfg.engine, "quality": quality.of_shards(shards(out))})
     rd.write_manifest(m)
-    print(f"student ({cfg.engine}): {counts['users']:,} users ({new:,} new), ok {counts['ok']:,}, malformed "
+    say(f"student ({cfg.engine}): {counts['users']:,} users ({new:,} new), ok {counts['ok']:,}, malformed "
           f"{counts['malformed']:,}, failed {counts['failed']:,}; {tokens:,} tokens in {t_end - t0:.1f}s "
           f"({m.timings['tokens_per_s']:.0f} tok/s); model {model_info['kind']} {model_info['path']}")
-    print("  quality: " + quality.describe(m.extra["quality"]))
+    say("  quality: " + quality.describe(m.extra["quality"]))
     return m

@@ -32,6 +32,7 @@ from slim.prompts import HISTORY_CUT, PromptConfig
 from slim.rundir import Manifest, RunDir
 from slim.teacher import client as K
 from slim.teacher import budget, select, shards
+from slim.console import say
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
     done = _done_users(existing, prompts, cfg)
     todo = [r for r in chosen if r[C.USER_ID] not in done]
     est = estimate(todo, existing, cfg)
-    print(f"teacher: {len(chosen):,} users selected, {len(done):,} done, {len(todo):,} to send to {cfg.model} "
+    say(f"teacher: {len(chosen):,} users selected, {len(done):,} done, {len(todo):,} to send to {cfg.model} "
           f"({cfg.mode}); estimated {est['tokens_in']:,} tokens in, <= {est['tokens_out_max']:,} out, "
           f"<= ${est['cost_usd_max']:.4f}" + (f" (likely ${est['cost_usd_typical']:.4f})" if "cost_usd_typical"
                                              in est else ""))
@@ -274,13 +275,13 @@ def _finish(cfg, rd, inputs, final, stats, est, timings) -> Manifest:
 
 def print_summary(m: Manifest, cost: dict) -> None:
     c, r = m.counts, cost["this_run"]
-    print(f"teacher: {c['users']:,} users: {c['ok']:,} ok, {c['malformed']:,} malformed, {c['failed']:,} failed; "
+    say(f"teacher: {c['users']:,} users: {c['ok']:,} ok, {c['malformed']:,} malformed, {c['failed']:,} failed; "
           f"{cost['tokens_in']:,} tokens in / {cost['tokens_out']:,} out, ${cost['cost_usd']:.4f} "
           f"({cost['model']}, {cost['mode']}); this run {r['rows']:,} rows in {m.timings['generate_s']:.1f}s")
     b, u = cost["billed"], cost["useful"]
-    print(f"  billed: {b['requests']:,} responses ({b['unpriced_requests']:,} with unreadable usage), "
+    say(f"  billed: {b['requests']:,} responses ({b['unpriced_requests']:,} with unreadable usage), "
           f"${b['cost_usd']:.4f}; useful: {u['rows']:,} ok answers, ${u['cost_usd']:.4f}")
     if c["failed"]:
-        print(f"  {c['failed']} failed rows keep their error; rerun the same command to retry them")
+        say(f"  {c['failed']} failed rows keep their error; rerun the same command to retry them")
     if m.extra.get("quality"):
-        print("  quality: " + quality.describe(m.extra["quality"]))
+        say("  quality: " + quality.describe(m.extra["quality"]))

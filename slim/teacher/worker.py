@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from slim import columns as C
 from slim.teacher import client as K
 from slim.teacher import shards
+from slim.console import Progress
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
     )
     stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, K.UNSENT: 0, "tokens_in": 0, "tokens_out": 0,
              "cost_usd": 0.0, "attempts": 0, "billed_requests": 0}
-    t0, next_log = time.perf_counter(), 0.0
+    prog = Progress("teacher", len(items), "users")
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         stats["rows"] += len(b[C.USER_ID])
         for st in b[C.STATUS]:
@@ -132,12 +133,9 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
         for k in (C.TOKENS_IN, C.TOKENS_OUT, C.ATTEMPTS, C.BILLED):
             stats[k] += int(b[k].sum())
         stats["cost_usd"] += float(b[C.COST_USD].sum())
-        if stats["rows"] / max(1, len(items)) >= next_log:
-            el = time.perf_counter() - t0
-            log.info("teacher: %d/%d rows (%d failed, %d malformed) in %.0fs, %.1f rows/min, $%.4f",
-                     stats["rows"], len(items), stats["failed"], stats["malformed"], el,
-                     60 * stats["rows"] / max(el, 1e-9), stats["cost_usd"])
-            next_log += 0.1
+        prog.update(stats["rows"], f"{stats['failed']} failed, {stats['malformed']} malformed, "
+                                   f"${stats['cost_usd']:.4f}")
+    prog.close()
     for actor in (limiter, budget):
         if actor is not None:
             ray.kill(actor)
