@@ -127,9 +127,9 @@ def _worker_lines(data: dict) -> None:
     f.flush()
 
 
-def say(msg: str) -> None:
-    """A line for the person: the console (stdout) and the stage log."""
-    print(msg, file=_real(sys.stdout), flush=True)
+def say(msg: str, err: bool = False) -> None:
+    """A line for the person: the console (stdout; stderr with err=True) and the stage log."""
+    print(msg, file=_real(sys.stderr if err else sys.stdout), flush=True)
     logging.getLogger("slim.console").info(msg, extra={"said": True})
 
 

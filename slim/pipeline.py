@@ -59,8 +59,6 @@ def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None
         m = stages.run(name, cfgs[name], force=bool(force and (name in force or "all" in force)))
         fresh = getattr(m, "created", started) >= started  # an older manifest: the stage was up to date
         summary[name] = {"seconds": time.perf_counter() - t0, "counts": getattr(m, "counts", {}), "fresh": fresh}
-        if not fresh:
-            say(f"{name}: up to date (its manifest matches the config and inputs; --force {name} reruns it)")
     print_summary(summary)
     if "evaluate" in summary:
         from slim.recsys.evaluate import headline
@@ -68,7 +66,7 @@ def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None
         say("")
         for line in headline(cfgs["evaluate"].run_dir):
             say(line)
-    say(f"stage logs (Ray, Ray Data, Ray Train, vLLM): {stages.log_dir(cfgs)}")
+    say(f"stage logs: {stages.log_dir(cfgs)}")
     return summary
 
 

@@ -56,7 +56,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             log.info("num_cpus=%s ignored: joining the cluster at %s", num_cpus, address)
         ray.init(address=address, log_to_driver=True)
         console.quiet_ray()
-        log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
+        console.say(f"joined Ray cluster at {address}: {ray.cluster_resources()}")
         return
     # More logical CPUs than cores: on 2 cores an actor pool holding whole CPUs starves the read tasks.
     n = num_cpus or max(4, 2 * (os.cpu_count() or 2))

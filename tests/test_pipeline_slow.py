@@ -40,5 +40,5 @@ def test_tiny_pipeline_end_to_end(tmp_path, cache_dir):
                        timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     check_results(json.loads((tmp_path / "reports" / "results.json").read_text()))
-    assert "Gains with paired tests over users" in r.stdout and "pipeline summary" in r.stdout
+    assert "headline: full NDCG@10" in r.stdout and "pipeline summary" in r.stdout
     assert (tmp_path / "reports" / "plots" / "long_tail_bce.png").exists()

@@ -83,7 +83,8 @@ def test_tiny_config_job_starts_and_stops_its_own_server(tmp_path, cache_dir):
     cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())["teacher"]
     rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
     assert rows.num_rows == cfg["num_users"] and "teacher:" in r.stdout
-    assert "server ready" in r.stderr and (rd.root / "teacher" / "server.log").exists()
-    port = int(re.search(r"server ready at http://127.0.0.1:(\d+)/v1", r.stderr).group(1))
+    log = (rd.root / "logs" / "teacher.log").read_text()  # the stage log (slim.console): INFO lines go there
+    assert "server ready" in log and (rd.root / "teacher" / "server.log").exists()
+    port = int(re.search(r"server ready at http://127.0.0.1:(\d+)/v1", log).group(1))
     with pytest.raises(OSError):  # the job stopped the server it started
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -225,7 +225,7 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     if any(v in USER_TEXT_VARIANTS for v in cfg.variants):
         inputs["embeddings"] = rd.upstream("embeddings")  # the rationale vectors: a new student run retrains these
     if not force and rd.is_current(STAGE, stage_config(cfg), inputs):
-        log.info("train: up to date in %s", rd.root)
+        say("train: manifest matches, skipping (use --force to rerun)")
         return rd.read_manifest(STAGE)
     t0 = time.time()
     d = D.load(rd.root, cfg.max_users, cfg.subsample_seed)
@@ -236,7 +236,7 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
         fp = run_fingerprint(s, inputs, cfg)
         if force or not is_done(rd.root / MODELS_DIR / s.name, fp):
             todo.append((s, fp))
-    log.info("train: %d of %d runs to do (%s)", len(todo), len(all_specs), cfg.strategy)
+    say(f"train: {len(todo)} of {len(all_specs)} runs to do ({cfg.strategy})")
     if todo:
         if cfg.strategy == "fanout":
             fan_out(todo, d, text, uts, rd.root, cfg)

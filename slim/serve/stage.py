@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from slim.console import say
 from slim.serve.settings import ServeConfig, check
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ def start(cfg: ServeConfig):
 
 def run(cfg: ServeConfig, force: bool = False):
     """The stage entry: start the app and block until interrupted (force has nothing to redo here)."""
-    import sys
     import time
 
     from ray import serve
@@ -40,9 +40,9 @@ def run(cfg: ServeConfig, force: bool = False):
     try:
         start(cfg)
     except (NoModelError, StudentModelError) as e:
-        print(f"serve: {e}", file=sys.stderr)
+        say(f"serve: {e}", err=True)
         raise SystemExit(2)
-    print(f"serving http://{cfg.host}:{cfg.port}{cfg.route_prefix} (Ctrl-C stops)", flush=True)
+    say(f"serving http://{cfg.host}:{cfg.port}{cfg.route_prefix} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)

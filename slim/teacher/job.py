@@ -154,7 +154,7 @@ def teacher_endpoint(cfg: TeacherConfig, rd: RunDir, host: str = "127.0.0.1"):
         log_path = storage.scratch("logs", storage.key_of(rd.root)) / "teacher-server.log"
     with vllm_server(path, cfg.model, log_path, port=cfg.local_server_port or None, host=host,
                      extra_args=tuple(cfg.local_server_args), startup_timeout_s=cfg.local_server_timeout_s) as server:
-        log.info("teacher: local vLLM server at %s", server.url)
+        say(f"teacher: local vLLM server at {server.url}")
         yield server.url
 
 
@@ -165,7 +165,7 @@ def _skip(rd: RunDir, cfg: TeacherConfig, inputs: dict, force: bool) -> Manifest
     if cfg.retry_failed and m.counts.get("failed", 0):
         log.info("teacher: %d failed rows from the last run will be retried", m.counts["failed"])
         return None
-    log.info("teacher: manifest matches, skipping (use --force to rerun)")
+    say("teacher: manifest matches, skipping (use --force to rerun)")
     return m
 
 
