@@ -50,10 +50,10 @@ class EncodeConfig:
     # Catalogue grounding: each product named in step 3 is matched to its nearest item (cosine of this encoder's
     # vectors); kept at or above this similarity (MiniLM: a title ~0.75 to its item, unrelated text < 0.3). 0: off.
     ground_threshold: float = 0.6
-    batch_size: int = 64
-    num_actors: int = 1
+    batch_size: int = 64  # texts per encoder forward pass
+    num_actors: int = 1  # encoder actors (Ray Data actor pool); each holds one copy of the model
     actor_cpus: float = 0.5  # fractional: whole-CPU actors starve the read tasks on 2 cores
-    num_gpus_per_actor: float = 0.0
+    num_gpus_per_actor: float = 0.0  # GPUs per encoder actor; 0 = CPU
     threads: int = 0  # torch threads per actor; 0 = Ray's OMP_NUM_THREADS, floor(actor_cpus) and at least 1. On
     #                   a CPU node set it to the cores an actor may use (bench_encode.py: 2 threads = 0.93x plain)
     block_kib: int = 512  # Ray Data block target: an actor hands embeddings on once this many KiB are ready, so

@@ -10,7 +10,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class GRU4RecConfig:
-    layers: int = 1
+    layers: int = 1  # stacked GRU layers
     dropout: float = 0.2  # on the input embeddings, as in RecBole's GRU4Rec
 
 

@@ -11,9 +11,9 @@ from torch import nn
 
 @dataclass(frozen=True)
 class SASRecConfig:
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
+    layers: int = 2  # self-attention blocks
+    heads: int = 2  # attention heads per block
+    dropout: float = 0.2  # on embeddings, attention and feed-forward outputs
     ffn_mult: int = 4  # inner size = ffn_mult * hidden (RecBole: inner_size 256 for hidden 64)
 
 

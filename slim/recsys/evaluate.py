@@ -33,7 +33,7 @@ HEADLINE = "full"  # full ranking: sampled metrics can reorder models (Krichene 
 class EvaluateConfig:
     run_dir: str = "runs/default"
     protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = EVAL_PROTOCOLS  # checked at load
-    split: Literal[SPLITS] = "test"
+    split: Literal[SPLITS] = "test"  # which held-out item is ranked: valid (the second last) or test (the last)
     block_users: int = 50_000  # users per Ray task when ranking (one block: ranked in the driver)
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None

