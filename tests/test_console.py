@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slim import console
@@ -125,3 +126,26 @@ def test_headline_is_one_screen_with_the_better_loss_and_slims_gains():
     assert "sasrec bce slim@all: vs id_text -18.7% (p 2e-05), vs history_text@all +1.2% (p 0.6)" in text
     assert "+9.0%" not in text  # the headline is full ranking only
     assert lines[-1].endswith("runs/x/reports/results.md")
+
+
+def test_protocol_plot_groups_bars_by_backbone_one_colour_per_variant(tmp_path):
+    """The report's NDCG@10 plot: backbones as groups (text_match last), each variant in one colour everywhere,
+    the chance line; the PNG is written whole."""
+    import matplotlib.image as mpimg
+
+    from slim.recsys import plots as P
+
+    rows = {"gru4rec-id": (3.0, 0.4), "gru4rec-slim@all": (3.9, 1.0), "sasrec-id": (6.0, 0.7),
+            "sasrec-id_text": (6.1, 1.4), "sasrec-slim@all": (4.6, 0.9), "text_match (step1)": (1.3, 0.1)}
+    groups, variants, cells = P.grouped(rows)
+    assert groups == ["gru4rec", "sasrec", "text_match"] and variants == ["id", "slim@all", "id_text", "step1"]
+    assert cells[("sasrec", "slim@all")] == (4.6, 0.9) and ("gru4rec", "id_text") not in cells
+    P.protocol_bars(tmp_path / "p.png", rows, "full", 0.41)
+    img = mpimg.imread(tmp_path / "p.png")  # [H, W, 4]
+    assert img.shape[0] > 200 and img.shape[1] > 400
+    # the variant 'id' is drawn in one colour in both groups: that colour's pixels appear left and right
+    blue = (abs(img[..., 0] - 0.12) < 0.02) & (abs(img[..., 1] - 0.47) < 0.02) & (abs(img[..., 2] - 0.71) < 0.02)
+    orange = (abs(img[..., 0] - 1.0) < 0.02) & (abs(img[..., 1] - 0.50) < 0.03) & (abs(img[..., 2] - 0.05) < 0.03)
+    cols, w = np.nonzero(blue.any(0))[0], img.shape[1]
+    assert cols.min() < w * 0.3 and w * 0.35 < cols.max() < w * 0.7  # gru4rec and sasrec, never text_match
+    assert orange.sum() > 100  # id_text has a colour of its own

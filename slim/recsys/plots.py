@@ -85,16 +85,36 @@ def _save(fig, path) -> None:
         fig.savefig(tmp, dpi=90, format="png")
 
 
+def grouped(rows: dict) -> tuple[list, list, dict]:
+    """Report rows ('sasrec-slim@all', 'text_match (step1)') -> (groups: backbones, then text_match; variants in
+    first-seen order; (group, variant) -> row)."""
+    groups, variants, cells = [], [], {}
+    for k, v in rows.items():
+        g, var = ("text_match", k[len("text_match "):].strip("()")) if k.startswith("text_match") else k.split("-", 1)
+        groups += [g] if g not in groups else []
+        variants += [var] if var not in variants else []
+        cells[(g, var)] = v
+    return groups, variants, cells
+
+
 def protocol_bars(path: Path, rows: dict, protocol: str, chance: float) -> None:
-    """rows: label -> (mean, std) NDCG@10 of one protocol."""
+    """rows: label -> (mean, std) NDCG@10 of one protocol. Bars grouped by backbone (text_match last), one colour
+    per variant in every group, the chance level as a dashed line."""
     plt = _plt()
-    keys = list(rows)
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(keys)), 3.8))
-    ax.bar(keys, [rows[k][0] for k in keys], yerr=[rows[k][1] for k in keys], capsize=3)
-    ax.axhline(chance, color="k", ls="--", label="chance")
+    groups, variants, cells = grouped(rows)
+    colours = plt.get_cmap("tab20" if len(variants) > 10 else "tab10")
+    w = 0.8 / max(1, max(sum((g, v) in cells for v in variants) for g in groups))
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(groups) + 0.25 * len(cells)), 4))
+    for gi, g in enumerate(groups):
+        present = [v for v in variants if (g, v) in cells]  # side by side, no gaps for variants a group lacks
+        for j, v in enumerate(present):
+            mean, std = cells[(g, v)]
+            ax.bar(gi - 0.4 + (j + 0.5) * w, mean, w, yerr=std, capsize=2, color=colours(variants.index(v)),
+                   label=v if gi == next(i for i, h in enumerate(groups) if (h, v) in cells) else None)
+    ax.axhline(chance, color="k", ls="--", lw=1, label=f"chance ({chance:.2f})")
+    ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(f"NDCG@10 ({protocol}, %)")
-    ax.legend()
-    plt.xticks(rotation=40, ha="right", fontsize=7)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
