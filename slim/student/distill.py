@@ -252,7 +252,8 @@ def print_summary(metrics: dict, rd: RunDir) -> None:
         f"{ex['dropped_too_long']} too long; {ex['history_truncated']} histories shortened"
         + (f"; {ex['kept_unstructured']} kept without the three steps" if ex.get("kept_unstructured") else ""),
         f"  train loss {tr[0]['loss']:.4f} -> {tr[-1]['loss']:.4f}" if tr else "  no training steps",
-        f"  val loss {metrics['val_loss_before']} -> {metrics['val_loss_after']}",
+        "  val loss " + " -> ".join("n/a" if v is None else f"{v:.4f}"
+                                    for v in (metrics["val_loss_before"], metrics["val_loss_after"])),
         f"  {metrics['tokens_per_s']:.0f} tokens/s over {metrics['train_seconds']:.1f} s of training",
         f"  adapter: {rd.path(C.STUDENT_ADAPTER)}",
     ]
