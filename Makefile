@@ -2,7 +2,8 @@
 VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+# -q here and -q in each call: pip prints errors only (a host's pip configuration can add a warning per package)
+PIP := $(PY) -m pip -q
 STAMP := $(VENV)/.installed
 export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
