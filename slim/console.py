@@ -184,7 +184,8 @@ class Progress:
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         eta = f", ETA {_eta((self.total - self.done) / rate)}" if rate > 0 and self.done < self.total else ""
         tail = f", {extra}" if extra else ""
-        return f"{self.stage}: {self.done:,}/{self.total:,} {self.unit}{pct}, {rate:.1f} {self.unit}/s{eta}{tail}"
+        speed = f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{60 * rate:.1f} {self.unit}/min"  # slow: per minute
+        return f"{self.stage}: {self.done:,}/{self.total:,} {self.unit}{pct}, {speed}{eta}{tail}"
 
     def update(self, done: int, extra: str = "") -> None:
         self.done = done

@@ -90,14 +90,18 @@ def test_progress_line_rate_eta_and_throttle(tty):
         clock.t = 3.0 * i
         p.update(i)
         if i == 50:
-            assert p.line() == "student: 50/100 users (50%), 0.3 users/s, ETA 2m30s"
+            assert p.line() == "student: 50/100 users (50%), 20.0 users/min, ETA 2m30s"
     text = stream.getvalue()
+    fast = console.Progress("encode", 1000, "items", stream=io.StringIO(), clock=clock)
+    clock.t += 4.0
+    fast.done = 400
+    assert fast.line() == "encode: 400/1,000 items (40%), 100.0 items/s, ETA 0m06s"  # at least 1/s: per second
     if tty:
-        assert text.count("\n") == 1 and text.endswith("student: 100/100 users (100%), 0.3 users/s\n")
+        assert text.count("\n") == 1 and text.endswith("student: 100/100 users (100%), 20.0 users/min\n")
         assert text.count("\r") > 10  # rewritten in place
     else:
         lines = text.splitlines()
-        assert 10 <= len(lines) <= 11 and lines[-1] == "student: 100/100 users (100%), 0.3 users/s"
+        assert 10 <= len(lines) <= 11 and lines[-1] == "student: 100/100 users (100%), 20.0 users/min"
         assert "\r" not in text
 
 
