@@ -111,7 +111,6 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     inputs = {"data": rd.upstream("data"), **{SOURCE_STAGES[s]: rd.upstream(SOURCE_STAGES[s]) for s in cfg.sources}}
     sc = stage_config(cfg)
     if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
-        say("encode: manifest matches, skipping (use --force to rerun)")
         return rd.read_manifest(MANIFEST_STAGE)
     out = rd.stage_dir(C.EMBEDDINGS_DIR)
     rd.invalidate(MANIFEST_STAGE)

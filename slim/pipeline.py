@@ -57,7 +57,7 @@ def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None
         t0, started = time.perf_counter(), time.time()
         say(f"[{i}/{len(todo)}] {name}")
         m = stages.run(name, cfgs[name], force=bool(force and (name in force or "all" in force)))
-        fresh = getattr(m, "created", started) >= started  # an older manifest: the stage was up to date
+        fresh = not stages.skipped(m, started)
         summary[name] = {"seconds": time.perf_counter() - t0, "counts": getattr(m, "counts", {}), "fresh": fresh}
     print_summary(summary)
     if "evaluate" in summary:

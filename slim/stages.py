@@ -5,6 +5,7 @@ Each entry imports its module only when used, so `import slim.stages` stays ligh
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 
@@ -111,11 +112,19 @@ def run(stage: str, cfg: Any, force: bool = False):
     _, fn = REGISTRY[stage]()
     if force and not getattr(cfg, "dry_run", False):  # a teacher dry run writes nothing, so drops nothing
         force = _drop_for_force(stage, cfg)
-    run_dir = getattr(cfg, "run_dir", "")
+    run_dir, started = getattr(cfg, "run_dir", ""), time.time()
     if not run_dir:
         return fn(cfg, force=force)
     with console.stage_log(stage, run_dir):  # the libraries' logs: <run_dir>/logs/<stage>.log
-        return fn(cfg, force=force)
+        m = fn(cfg, force=force)
+        if skipped(m, started):
+            console.say(f"{stage}: manifest matches, skipping (use --force to rerun)")
+    return m
+
+
+def skipped(m: Any, started: float) -> bool:
+    """A stage whose manifest matched returns that older manifest instead of writing one (time.time() seconds)."""
+    return getattr(m, "created", started) < started
 
 
 def _drop_for_force(stage: str, cfg: Any) -> bool:

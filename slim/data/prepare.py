@@ -173,7 +173,6 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
     rd = RunDir(cfg.run_dir)
     inputs = _inputs(cfg)
     if not force and rd.is_current("data", stage_config(cfg), inputs):
-        say("data: manifest matches, skipping (use --force to rerun)")
         return rd.read_manifest("data")
     t0 = time.perf_counter()
     problems = sources.Problems(cfg.on_bad_row)

@@ -112,7 +112,6 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     tm = rd.read_manifest("train")
     conf = {"protocols": list(cfg.protocols), "split": cfg.split}
     if not force and rd.is_current(STAGE, conf, inputs):
-        say("evaluate: manifest matches, skipping (use --force to rerun)")
         return rd.read_manifest(STAGE)
     t0 = time.time()
     d = D.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])

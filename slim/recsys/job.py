@@ -227,7 +227,6 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     if any(v in USER_TEXT_VARIANTS for v in cfg.variants):
         inputs["embeddings"] = rd.upstream("embeddings")  # the rationale vectors: a new student run retrains these
     if not force and rd.is_current(STAGE, stage_config(cfg), inputs):
-        say("train: manifest matches, skipping (use --force to rerun)")
         return rd.read_manifest(STAGE)
     t0 = time.time()
     d = D.load(rd.root, cfg.max_users, cfg.subsample_seed)

@@ -190,7 +190,6 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
     inputs = {"data": rd.upstream("data"), "teacher": rd.upstream("teacher")}
     scfg = stage_config(cfg)
     if not force and rd.is_current("student", scfg, inputs):
-        say("distill: manifest matches, skipping (use --force to rerun)")
         return rd.read_manifest("student")
     init_ray(cfg.ray_address, cfg.num_cpus)
     check_resources(cfg)

@@ -210,7 +210,6 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
         m = rd.read_manifest(MANIFEST_STAGE)
         if not (cfg.retry_failed and m.counts.get("failed", 0)):
-            say("student: manifest matches, skipping (use --force to rerun, --retry-failed for failed rows)")
             return m
         log.info("student: retrying %d failed rows", m.counts["failed"])
     out = _prepare_out(rd, Manifest(MANIFEST_STAGE, sc, inputs).key(), force)

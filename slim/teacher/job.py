@@ -165,7 +165,6 @@ def _skip(rd: RunDir, cfg: TeacherConfig, inputs: dict, force: bool) -> Manifest
     if cfg.retry_failed and m.counts.get("failed", 0):
         log.info("teacher: %d failed rows from the last run will be retried", m.counts["failed"])
         return None
-    say("teacher: manifest matches, skipping (use --force to rerun)")
     return m
 
 
