@@ -41,7 +41,7 @@ def write_rationales(run_dir: Path, num_users: int, shard_rows: int = 5000, seed
         pq.write_table(pa.table({C.USER_ID: pa.array(np.arange(start, start + n, dtype=np.int64)),
                                  C.RATIONALE: text, C.STEP1: s1, C.STEP2: s2, C.STEP3: s3}),
                        out / f"part-bench-{start // shard_rows:06d}.parquet")
-    RunDir(run_dir).write_manifest(Manifest("rationales", {"generated": num_users}))
+    RunDir(run_dir).write_manifest(Manifest(C.STUDENT_DIR, {"generated": num_users}))
 
 
 def plain_encode(texts: list[str], batch_size: int) -> float:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slim import columns as C
+
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {"free": (False, 1.0), "free+rep": (False, 1.1), "schema": (True, 1.0), "schema+rep": (True, 1.1)}
 FIELDS = {"whole": "rationale", "step1": "step1", "step2": "step2", "step3": "step3"}
@@ -68,11 +70,11 @@ def zero_shot(run: Path, prefix: str) -> dict:
 
     users = pq.read_table(run / "data/users.parquet", columns=["user_id", "item_ids"]).to_pydict()
     seqs = dict(zip(users["user_id"], users["item_ids"]))
-    items = np.load(run / "embeddings/items.npy").astype(np.float32)  # [N+1, D]
+    items = np.load(run / C.ITEM_EMB_FILE).astype(np.float32)  # [N+1, D]
     items /= np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-9)
     out = {}
     for name, field in FIELDS.items():
-        t = pq.read_table(run / f"embeddings/{prefix}users_{field}.parquet").to_pydict()
+        t = pq.read_table(run / C.ENCODE_DIR / f"{prefix}users_{field}.parquet").to_pydict()
         vecs = np.asarray(t["embedding"], dtype=np.float32)  # [U, D]
         hist = [seqs[u] for u in t["user_id"]]
         ranks = metrics.full_rank(vecs @ items.T, np.array([h[-1] for h in hist]), [h[:-1] for h in hist])
@@ -83,17 +85,17 @@ def zero_shot(run: Path, prefix: str) -> dict:
 
 
 def collect(run: Path) -> dict:
-    t, st, emb = manifest(run, "teacher"), manifest(run, "rationales"), manifest(run, "embeddings")
+    t, st, emb = manifest(run, C.TEACHER_DIR), manifest(run, C.STUDENT_DIR), manifest(run, C.ENCODE_DIR)
     q = emb["extra"]["quality"]
     res = json.loads((run / "reports/results.json").read_text())
     trained = {f: res["rows"]["ce"][f"text_match ({f})"]["full"]["NDCG@10"][0] for f in FIELDS}
-    stages = ("data", "teacher", "student", "rationales", "embeddings", "train", "evaluate")
+    stages = C.STAGE_DIRS
     return {"wall_s": sum(manifest(run, f).get("timings", {}).get("total_s", 0.0) for f in stages),
             "teacher": {**q["teacher"], "s_per_user": t["timings"]["generate_s"] / max(t["extra"]["this_run"]["rows"], 1),
                         "zero_shot": zero_shot(run, "teacher_")},
             "student": {**q["student"], "s_per_user": st["timings"]["total_s"] / max(st["counts"]["new"], 1),
                         "zero_shot": zero_shot(run, ""), "trained": trained},
-            "distill_s": manifest(run, "student")["timings"]["total_s"],
+            "distill_s": manifest(run, C.DISTILL_DIR)["timings"]["total_s"],
             "chance_full": res["chance"]["full"]["NDCG@10"]}
 
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from slim.raycluster import init_ray  # noqa: E402
 from slim.teacher import job  # noqa: E402
-from slim.teacher.local_server import fault_server  # noqa: E402
+from slim.testing import fault_server  # noqa: E402
 from teacherdata import write_data_stage  # noqa: E402
 
 

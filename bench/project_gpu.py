@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from slim import columns as C
+
 ROOT = Path(__file__).resolve().parents[1]
 GAMES_USERS = 50_597  # all users of the Amazon 2018 Video Games export (data stage, 5-core)
 VLLM_7B_A100_TOK_S = 3363.0
@@ -35,7 +37,7 @@ def manifest(run: Path, folder: str) -> dict:
 def measured(run: Path) -> dict:
     """Tokens per user of the teacher (in, out) and the student (out)."""
     t = manifest(run, "teacher")["extra"]["billed"]
-    s = manifest(run, "rationales")["counts"]
+    s = manifest(run, C.STUDENT_DIR)["counts"]
     return {"teacher_in": t["tokens_in"] / t["requests"], "teacher_out": t["tokens_out"] / t["requests"],
             "student_out": s["new_tokens_out"] / max(s["new"], 1), "student_parse": s["ok"] / max(s["users"], 1)}
 

@@ -14,15 +14,16 @@ import json
 import shutil
 from pathlib import Path
 
-STAGES = [("data", "data"), ("teacher", "teacher"), ("distill", "student"), ("student", "rationales"),
-          ("encode", "embeddings"), ("train", "train"), ("evaluate", "evaluate")]  # (stage, its manifest's folder)
+from slim import columns as C
+
+STAGES = C.STAGE_DIRS  # each stage's manifest is in the folder of its name
 PLOTS = ("long_tail_{}.png", "sparse_users_{}.png", "text_match_steps_{}.png", "ndcg10_full_{}.png")
 
 
 def stage_rows(run: Path) -> tuple[list[str], float]:
     lines, total = ["| stage | wall s | counts |", "|---|---:|---|"], 0.0
-    for name, folder in STAGES:
-        p = run / folder / "manifest.json"
+    for name in STAGES:
+        p = run / name / "manifest.json"
         if not p.exists():
             continue
         m = json.loads(p.read_text())
@@ -37,7 +38,7 @@ def quality_lines(run: Path) -> list[str]:
     from slim.quality import describe
 
     out = []
-    for folder, key in (("teacher", None), ("embeddings", "student"), ("embeddings", "teacher")):
+    for folder, key in ((C.TEACHER_DIR, None), (C.ENCODE_DIR, "student"), (C.ENCODE_DIR, "teacher")):
         p = run / folder / "manifest.json"
         q = json.loads(p.read_text())["extra"].get("quality") if p.exists() else None
         q = (q or {}).get(key) if key else q
@@ -48,7 +49,7 @@ def quality_lines(run: Path) -> list[str]:
 
 def parse_rate(run: Path) -> list[str]:
     """The student's parse rate (all three steps), from its stage's manifest counts."""
-    p = run / "rationales" / "manifest.json"
+    p = run / C.STUDENT_DIR / "manifest.json"
     if not p.exists():
         return []
     c = json.loads(p.read_text())["counts"]

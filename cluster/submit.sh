@@ -3,7 +3,7 @@
 #   export RAY_ADDRESS=http://127.0.0.1:8265          # the cluster's dashboard (cluster/start_local.sh prints it)
 #   cluster/submit.sh configs/games.yaml run_dir=/shared/runs/games                       # every stage
 #   cluster/submit.sh configs/games.yaml --stages data,train run_dir=/shared/runs/games
-#   SLIM_JOB=train_recommender cluster/submit.sh configs/games.yaml run_dir=/shared/runs/games  # jobs/<name>.py
+#   SLIM_JOB=train cluster/submit.sh configs/games.yaml run_dir=/shared/runs/games  # jobs/<name>.py
 # run_dir must be an absolute path on a filesystem every node mounts at that path (one node: any local folder);
 # a relative one is refused, since a submitted job runs in a temporary copy of the working directory.
 # Check the config first, without starting anything: python jobs/pipeline.py --config CONFIG --check

@@ -10,6 +10,7 @@ def _load(a) -> dict:
     """explain()'s answer; a config or run-directory problem is one line on stderr and exit code 2."""
     from slim import config
     from slim.cli import report
+    from slim.migrate import refuse_old_layout
     from slim.recsys.explain import explain
 
     try:
@@ -17,6 +18,7 @@ def _load(a) -> dict:
         if not raw.get("run_dir"):
             raise config.ConfigError(f"{a.config}: no run_dir (the top-level key naming the trained run's "
                                      "directory); add it to the file or pass run_dir=PATH")
+        refuse_old_layout(raw["run_dir"])  # a run directory from before 0.2 names its folders differently
         return explain(raw["run_dir"], a.user, a.k, a.run)
     except config.ConfigError as e:
         sys.exit(report(e))

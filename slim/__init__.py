@@ -4,4 +4,4 @@ Importing `slim` is cheap: heavy or GPU-only libraries (torch, ray, vllm, deepsp
 the functions that need them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

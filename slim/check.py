@@ -16,15 +16,18 @@ from slim import columns as C
 from slim import storage
 from slim.config import ConfigError
 from slim.rundir import RunDir, file_fingerprint, fingerprint
-from slim.stages import MANIFESTS, STAGE_OF
 
-# pipeline stage -> the folder (and manifest stage name) it writes
 MINILM = ("all-MiniLM-L6-v2", "all-minilm-l6-v2")
 
 
 def validate(cfgs: dict, wanted: list[str]) -> None:
     """Constraints between sections (and on the run directory) for the stages about to run."""
+    from slim.migrate import refuse_old_layout
+
     _submitted_run_dir(cfgs, wanted)
+    for run_dir in dict.fromkeys(str(getattr(cfgs[n], "run_dir", "")) for n in wanted if n in cfgs):
+        if run_dir:
+            refuse_old_layout(run_dir)  # a run directory from before 0.2: migrate it first
     data = cfgs.get("data")
     if "teacher" in wanted:
         from slim.teacher import budget
@@ -130,8 +133,8 @@ def _why_run(name: str, cfg: Any, rd: RunDir, running: dict, forced: bool) -> st
         return "--force"
     if name == "teacher" and cfg.dry_run:
         return "teacher.dry_run: estimates tokens and cost, sends nothing"
-    m = rd.read_manifest(MANIFESTS[name])
-    ups = depends(name, cfg) + [STAGE_OF[k] for k in (m.inputs if m else {}) if k in STAGE_OF]
+    m = rd.read_manifest(name)  # each stage writes its manifest in the folder of its name
+    ups = depends(name, cfg) + [k for k in (m.inputs if m else {}) if k in C.STAGE_DIRS]
     after = [u for u in dict.fromkeys(ups) if u in running]
     if after:
         return f"after {', '.join(after)}"
@@ -141,7 +144,7 @@ def _why_run(name: str, cfg: Any, rd: RunDir, running: dict, forced: bool) -> st
     changed = sorted(k for k in set(now) | set(m.config) if fingerprint(now.get(k)) != fingerprint(m.config.get(k)))
     if changed:
         return "config changed: " + ", ".join(f"{name}.{k}" for k in changed)
-    inputs = {u: rd.upstream(u) for u in m.inputs if u in STAGE_OF and rd.read_manifest(u) is not None}
+    inputs = {u: rd.upstream(u) for u in m.inputs if u in C.STAGE_DIRS and rd.read_manifest(u) is not None}
     inputs.update(_own_inputs(name, cfg, rd.root))
     stale = sorted(k for k in set(inputs) | set(m.inputs) if inputs.get(k, "?") != m.inputs.get(k))
     if stale:
@@ -166,9 +169,9 @@ def plan(cfgs: dict, wanted: list[str], force: list[str]) -> tuple[list[str], li
             continue
         rd = RunDir(cfg.run_dir)
         for up in depends(name, cfg):
-            if up not in wanted and rd.read_manifest(MANIFESTS[up]) is None:
+            if up not in wanted and rd.read_manifest(up) is None:
                 problems.append(f"{name} reads the output of {up}, which has not finished in {rd.root} "
-                                f"(no {MANIFESTS[up]}/{C.MANIFEST}) and is not in --stages")
+                                f"(no {up}/{C.MANIFEST}) and is not in --stages")
         try:
             why = _why_run(name, cfg, rd, running, name in force or "all" in force)
         except Exception as e:  # noqa: BLE001 - a missing input is a problem to list, not a crash of --check

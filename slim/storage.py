@@ -276,6 +276,21 @@ def remove_tree(p) -> None:
         p.unlink(missing_ok=True)
 
 
+def move_tree(src, dst) -> None:
+    """Rename a folder, local or remote. Local: one atomic rename (dst must not exist). A bucket has no rename: every
+    object is copied, then the source deleted, so a move stopped midway is finished by calling it again."""
+    import pyarrow.fs as pafs
+
+    src, dst = path(src), path(dst)
+    if isinstance(src, Path):
+        src.rename(dst)
+        return
+    for info in src._walk(recursive=True):
+        if info.type == pafs.FileType.File:
+            src.fs.copy_file(info.path, f"{dst.key}/{src._rel(info)}")
+    remove_tree(src)
+
+
 def open_input(p):
     """A readable binary file object (local or remote)."""
     p = path(p)

@@ -62,7 +62,7 @@ def _data(rd: RunDir, seqs: list, rng) -> None:
 
 
 def _embeddings(rd: RunDir, item_vec: np.ndarray, user_vec: np.ndarray) -> None:
-    rd.stage_dir(C.EMBEDDINGS_DIR)
+    rd.stage_dir(C.ENCODE_DIR)
     items = np.zeros((N + 1, D), np.float16)
     items[1:] = _unit(item_vec)
     np.save(rd.path(C.ITEM_EMB_FILE), items)
@@ -75,10 +75,10 @@ def _embeddings(rd: RunDir, item_vec: np.ndarray, user_vec: np.ndarray) -> None:
             files.append(tmpl.format(field=f))
             pq.write_table(pa.table({C.USER_ID: pa.array(np.arange(U, dtype=np.int64)), C.EMBEDDING: emb}),
                            rd.path(files[-1]))
-    for stage in ("rationales", "teacher"):  # the stages that wrote the rationales, from item_ids[:-3]
+    for stage in ("student", "teacher"):  # the stages that wrote the rationales, from item_ids[:-3]
         rd.write_manifest(Manifest(stage, {"history_cut": 3}))
     # the encode stage's vectors are used by train only when its manifest names train.text_encoder
-    rd.write_manifest(Manifest("embeddings", {"model": "all-MiniLM-L6-v2"}, outputs=[C.ITEM_EMB_FILE] + files))
+    rd.write_manifest(Manifest("encode", {"model": "all-MiniLM-L6-v2"}, outputs=[C.ITEM_EMB_FILE] + files))
 
 
 def _rationales(rd: RunDir, user_cluster: np.ndarray) -> None:

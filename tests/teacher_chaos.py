@@ -21,7 +21,7 @@ import yaml
 
 from slim import columns as C
 from slim.teacher import shards
-from slim.teacher.local_server import fault_server
+from slim.testing import fault_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = {"429": 5, "500": 11, "timeout": 19, "malformed": 13, "truncated": 17, "empty": 7}
@@ -60,7 +60,7 @@ def billed_in_rows(run_dir: Path) -> int:
 
 
 def _start(cfg: Path, env: dict, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "jobs/teacher_rationales.py", "--config", str(cfg)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "jobs/teacher.py", "--config", str(cfg)], cwd=ROOT, env=env,
                             stdout=open(out, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

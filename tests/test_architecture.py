@@ -1,6 +1,8 @@
 """The import contract (`.importlinter`, checked by `lint-imports` in `make test`) holds for the package, and fails
-on a deliberately added cycle and on an upward import into the foundations: the check can fail."""
+on a deliberately added cycle, an upward import into the foundations and a stage importing a test double: the check
+can fail. And each run-directory folder is spelled in one place."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -37,3 +39,37 @@ def test_contract_holds_and_fails_on_a_new_cycle_or_upward_import(tmp_path):
         f.write("\nfrom slim.recsys import report  # noqa\n")
     r = _lint(up)
     assert r.returncode == 1 and "slim.columns -> slim.recsys.report" in r.stdout, r.stdout[-3000:]
+
+    double = _copy(tmp_path / "double")  # a stage that reaches for a test double
+    with open(double / "slim" / "encode.py", "a") as f:
+        f.write("\nfrom slim import testing  # noqa\n")
+    r = _lint(double)
+    assert r.returncode == 1 and "slim.encode -> slim.testing" in r.stdout, r.stdout[-3000:]
+
+
+# One name per stage: a run-directory folder is spelled only in slim/columns.py (and the old ones only in
+# slim/migrate.py); everything else names it through the constants. What the grep in the README looks for:
+FOLDER_PATH = re.compile(r"[\"'](data|teacher|distill|student|encode|train|evaluate)/")
+MANIFEST_BY_LITERAL = re.compile(r"\b(read_manifest|upstream|is_current|invalidate|stage_dir|write_manifest|Manifest)"
+                                 r"\([\"']")
+OLD_FOLDER = re.compile(r"[\"'](rationales|embeddings)/|/ [\"'](rationales|embeddings)[\"']")
+ALLOWED = {FOLDER_PATH: {"slim/columns.py"}, MANIFEST_BY_LITERAL: set(), OLD_FOLDER: {"slim/migrate.py"}}
+
+
+def spelled_outside(files: dict) -> list[str]:
+    """path -> text: 'path:line: text' for each folder name spelled where it should not be."""
+    return [f"{path}:{i}: {line.strip()}" for path, text in files.items()
+            for i, line in enumerate(text.splitlines(), 1)
+            for rx, allowed in ALLOWED.items() if path not in allowed and rx.search(line)]
+
+
+def test_stage_folders_are_spelled_in_one_place():
+    files = {str(p.relative_to(ROOT)): p.read_text() for d in ("slim", "jobs")
+             for p in sorted((ROOT / d).rglob("*.py"))}
+    assert spelled_outside(files) == []
+    planted = {"slim/recsys/job.py": 'x = rd.read_manifest("encode")\n',
+               "slim/serve/model.py": 'p = root / "encode/items.npy"\n',
+               "slim/encode.py": 'p = root / "embeddings"\n'}
+    assert len(spelled_outside(planted)) == 3  # each kind is found
+    assert spelled_outside({"slim/columns.py": 'ITEM = "encode/items.npy"\n',
+                            "slim/migrate.py": 'old = root / "rationales"\n'}) == []

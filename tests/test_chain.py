@@ -27,7 +27,7 @@ MICRO = [f"data.max_users={USERS}", f"teacher.num_users={TEACHER_USERS}", "teach
          "train.backbones=[sasrec]", "train.seeds=[0]", "train.losses=[ce]", "train.variants=[id,slim,history_text]",
          "train.rationale_positions=[all]", "train.epochs=1", "train.patience=1", "train.hidden=16",
          "evaluate.protocols=[uni100,full]"]
-STAGES = ("data", "teacher", "student", "rationales", "embeddings", "train", "evaluate")  # manifests' folders
+STAGES = C.STAGE_DIRS  # one manifest per stage, in the folder of its name
 
 
 def test_whole_chain_on_a_bucket_then_one_served_request(s3_endpoint, cache_dir, tmp_path, monkeypatch, ray_local):
@@ -48,7 +48,7 @@ def test_whole_chain_on_a_bucket_then_one_served_request(s3_endpoint, cache_dir,
     assert all(m.values()), [s for s, v in m.items() if v is None]
     assert m["data"].counts["users"] == USERS and m["teacher"].counts["users"] == TEACHER_USERS
     assert shards.read_shards(rd.path(C.STUDENT_SHARDS), columns=[C.USER_ID]).num_rows == USERS  # once each
-    assert m["embeddings"].counts["users"] == USERS and m["embeddings"].counts["history_users"] == USERS
+    assert m["encode"].counts["users"] == USERS and m["encode"].counts["history_users"] == USERS
     runs = m["train"].outputs
     assert sorted(Path(o).name for o in runs) == ["sasrec-history_text@all-ce-s0", "sasrec-id-ce-s0",
                                                  "sasrec-slim@all-ce-s0"]

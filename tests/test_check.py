@@ -119,7 +119,7 @@ def test_bad_row_is_one_line_naming_file_line_and_key(tmp_path):
     with open(src / "items.tsv", "a") as f:
         f.write('777\t"Zelda: Collector\'s\nEdition"\n778\tZelda\textra\n')
     bad_line = 150 + 4  # header, 150 items, the two lines of the quoted title, then the bad row
-    for script, extra in (("jobs/prepare_data.py", []), ("jobs/pipeline.py", ["--stages", "data"])):
+    for script, extra in (("jobs/data.py", []), ("jobs/pipeline.py", ["--stages", "data"])):
         r = _job(script, "--config", str(CONFIGS[0]), *extra, f"run_dir={tmp_path / 'run'}",
                  "data.source=amazon2018-games", f"data.path={src}")
         errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
@@ -129,7 +129,7 @@ def test_bad_row_is_one_line_naming_file_line_and_key(tmp_path):
 
 
 def test_unfinished_upstream_is_one_line(tmp_path):
-    r = _job("jobs/train_recommender.py", "--config", str(CONFIGS[0]), f"run_dir={tmp_path}")
+    r = _job("jobs/train.py", "--config", str(CONFIGS[0]), f"run_dir={tmp_path}")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert re.search(r"^error: stage 'data' has not finished in .*run it first$", r.stderr, re.M)
 
@@ -138,11 +138,11 @@ def test_text_encoder_decides_the_item_vectors(tmp_path):
     """train.text_encoder is in the train fingerprint, so it must also decide which vectors train uses."""
     from slim.recsys import text as T
 
-    (tmp_path / "embeddings").mkdir()
-    enc = tmp_path / "embeddings" / "items.npy"
+    (tmp_path / "encode").mkdir()
+    enc = tmp_path / "encode" / "items.npy"
     np.save(enc, np.zeros((4, 8), np.float16))
     assert T.item_text_path(tmp_path, "all-MiniLM-L6-v2") != enc  # no manifest: a killed encode stage
-    (tmp_path / "embeddings" / "manifest.json").write_text(json.dumps({"config": {"model": "all-MiniLM-L6-v2"}}))
+    (tmp_path / "encode" / "manifest.json").write_text(json.dumps({"config": {"model": "all-MiniLM-L6-v2"}}))
     assert T.item_text_path(tmp_path, "all-minilm-l6-v2") == enc
     assert T.fingerprint(tmp_path, "all-MiniLM-L6-v2") == content_fingerprint(enc)
     other = T.item_text_path(tmp_path, "BAAI/bge-small-en-v1.5")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slim import columns as C
 from tests.datagen import write_seqrec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def prepared(head, tmp_path_factory):
                      "cpus_per_run": 1.0, "threads_per_run": 1}}
     path = tmp / "cluster.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    r = submit(head, path, job="prepare_data", submit_args="--submission-id data-1")
+    r = submit(head, path, job="data", submit_args="--submission-id data-1")
     return path, tmp / "run", r
 
 
@@ -229,7 +230,7 @@ def test_stop_and_resubmit_train(head, prepared):
     models = run / "models"
     done = lambda: sorted(p.parent.name for p in models.glob("*/metrics.json"))  # noqa: E731
 
-    r = submit(head, config, job="train_recommender", submit_args="--no-wait --submission-id train-1")
+    r = submit(head, config, job="train", submit_args="--no-wait --submission-id train-1")
     assert r.returncode == 0, r.stderr[-3000:]
     _wait_for(lambda: done() or job_status(head, "train-1") in ("FAILED", "SUCCEEDED"), 300, "a finished run")
     client(head).stop_job("train-1")  # what `ray job stop train-1` does, without the CLI's seconds of start-up
@@ -239,7 +240,7 @@ def test_stop_and_resubmit_train(head, prepared):
         f"the stop did not land halfway: {job_status(head, 'train-1')}, runs done {sorted(before)}"
     assert not (run / "train" / "manifest.json").exists()
 
-    r = submit(head, config, job="train_recommender", submit_args="--submission-id train-2")  # the same command
+    r = submit(head, config, job="train", submit_args="--submission-id train-2")  # the same command
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert job_status(head, "train-2") == "SUCCEEDED"
     assert sorted(p.name for p in models.iterdir()) == names and done() == names
@@ -256,13 +257,13 @@ def test_stop_and_resubmit_forced_train(head, prepared):
     config, run, r = prepared
     assert r.returncode == 0, r.stderr[-3000:]
     models, names = run / "models", sorted(f"gru4rec-id-ce-s{s}" for s in SEEDS)
-    r = submit(head, config, job="train_recommender", submit_args="--submission-id force-0")  # every run done
+    r = submit(head, config, job="train", submit_args="--submission-id force-0")  # every run done
     assert r.returncode == 0 and job_status(head, "force-0") == "SUCCEEDED", r.stdout[-3000:] + r.stderr[-3000:]
     old = {n: (models / n / "metrics.json").stat().st_mtime_ns for n in names}
     redone = lambda: [n for n in names if (models / n / "metrics.json").exists()  # noqa: E731
                       and (models / n / "metrics.json").stat().st_mtime_ns != old[n]]
 
-    r = submit(head, config, "--force", job="train_recommender", submit_args="--no-wait --submission-id force-1")
+    r = submit(head, config, "--force", job="train", submit_args="--no-wait --submission-id force-1")
     assert r.returncode == 0, r.stderr[-3000:]
     _wait_for(lambda: redone() or job_status(head, "force-1") in ("FAILED", "SUCCEEDED"), 300, "a retrained run")
     client(head).stop_job("force-1")
@@ -274,7 +275,7 @@ def test_stop_and_resubmit_forced_train(head, prepared):
     assert sorted(p.parent.name for p in models.glob("*/metrics.json")) == sorted(kept)
     assert not (run / "train" / "manifest.json").exists()
 
-    r = submit(head, config, job="train_recommender", submit_args="--submission-id force-2")  # the plain command
+    r = submit(head, config, job="train", submit_args="--submission-id force-2")  # the plain command
     assert r.returncode == 0 and job_status(head, "force-2") == "SUCCEEDED", r.stdout[-3000:] + r.stderr[-3000:]
     for n, b in kept.items():
         assert (models / n / "metrics.json").read_bytes() == b
@@ -340,7 +341,7 @@ def test_tiny_pipeline_submitted(tmp_path, cache_dir):
                    submit_args="--submission-id tiny-1", timeout=3600)
         assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
         assert job_status(h, "tiny-1") == "SUCCEEDED"
-    for stage in ("data", "teacher", "student", "rationales", "embeddings", "train", "evaluate"):
+    for stage in C.STAGE_DIRS:
         assert (run / stage / "manifest.json").exists(), stage
     assert "teacher: local vLLM server at http://127.0.0.1:" in r.stdout
     assert (run / "reports" / "results.md").read_text().count("gru4rec") >= 1

@@ -158,7 +158,7 @@ def test_more_gpus_than_the_cluster_fails_fast(run_dir, ray_local):
 
 def _job(run_dir, address, extra=()):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    args = [sys.executable, "jobs/distill_student.py", "--config", "configs/tiny.yaml", f"run_dir={run_dir}",
+    args = [sys.executable, "jobs/distill.py", "--config", "configs/tiny.yaml", f"run_dir={run_dir}",
             f"ray_address={address}", "distill.max_examples=16", "distill.max_seq_len=256", "distill.batch_size=1",
             "distill.grad_accum=1", "distill.lr=0.001", "distill.max_steps=4", "distill.checkpoint_every=1",
             "distill.val_fraction=0.25", "distill.prompt.max_history_items=6",
@@ -186,7 +186,7 @@ def test_two_workers_resume_after_kill(run_dir, ray_local, tmp_path, strategy):
     assert p.poll() is None, p.stdout.read()[-3000:]
     os.killpg(p.pid, signal.SIGKILL)  # the driver and its children, mid-training
     p.wait()
-    assert not (d / "student" / "manifest.json").exists()
+    assert not (d / "distill" / "manifest.json").exists()
     p = _job(d, address, [f"distill.strategy={strategy}"])
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]

@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory):
     t = _rationales(8)
     pq.write_table(t.slice(0, 5), shards / "part-a-000000.parquet")
     pq.write_table(t.slice(5), shards / "part-a-000001.parquet")
-    RunDir(d).write_manifest(Manifest("rationales", {"hand": True}))
+    RunDir(d).write_manifest(Manifest("student", {"hand": True}))
     return d
 
 

@@ -109,7 +109,7 @@ def _history_run(root) -> dict:
 def test_history_text_finds_a_signal_planted_in_titles_and_not_when_shuffled(tmp_path, ray_local):
     _titled(tmp_path / "planted", shuffle_titles=False)
     got = _history_run(tmp_path / "planted")
-    m = json.loads((tmp_path / "planted" / "embeddings" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "planted" / "encode" / "manifest.json").read_text())
     assert m["extra"]["history_cut"] == HISTORY_CUT and m["counts"]["history_users"] == U_H
     full = {k: r["test"]["full"]["NDCG@10"] for k, r in got.items()}
     # the prefix's genre names 25 of 600 items (chance NDCG@10 ~1.7): text alone finds them, and fused at every

@@ -22,16 +22,16 @@ def _job(args: list[str], cwd=ROOT) -> subprocess.CompletedProcess:
 UNFINISHED = r"^error: stage '{}' has not finished in .*run it first$"
 
 CASES = {
-    "prepare_data": (["data.source=amazon2018-games", "data.path=/nonexistent/seqrec"],
-                     r"^data error: .*/nonexistent/seqrec"),
-    "teacher_rationales": (["teacher.local_server=false", "teacher.base_url=https://api.example.com/v1"],
-                           r"^config error: teacher\.price_in_per_mtok / teacher\.price_out_per_mtok: not set for "
-                           r"the paid API at https://api\.example\.com/v1"),
-    "distill_student": ([], UNFINISHED.format("data")),
-    "student_rationales": ([], r"^error: no student model: neither .*/run/student/merged .* run the distill stage"),
+    "data": (["data.source=amazon2018-games", "data.path=/nonexistent/seqrec"],
+             r"^data error: .*/nonexistent/seqrec"),
+    "teacher": (["teacher.local_server=false", "teacher.base_url=https://api.example.com/v1"],
+                r"^config error: teacher\.price_in_per_mtok / teacher\.price_out_per_mtok: not set for "
+                r"the paid API at https://api\.example\.com/v1"),
+    "distill": ([], UNFINISHED.format("data")),
+    "student": ([], r"^error: no student model: neither .*/run/distill/merged .* run the distill stage"),
     "encode": ([], UNFINISHED.format("data")),
-    "train_recommender": (["train.use_gpu=true", "train.strategy=fanout"],
-                          r"^config error: train\.use_gpu=true needs train\.strategy ddp or deepspeed"),
+    "train": (["train.use_gpu=true", "train.strategy=fanout"],
+              r"^config error: train\.use_gpu=true needs train\.strategy ddp or deepspeed"),
     "evaluate": ([], UNFINISHED.format("train")),
     "serve": ([], r"^serve: .*"),
     "pipeline": (["--retry-failed", "encode"],
@@ -67,14 +67,13 @@ def test_explain_errors_are_one_line_exit_2(tmp_path):
     _one_error_line(r, r"^error: .*empty")
 
 
-@pytest.mark.parametrize("job", ["encode", "prepare_data", "distill_student", "train_recommender", "evaluate",
-                                 "serve"])
+@pytest.mark.parametrize("job", ["encode", "data", "distill", "train", "evaluate", "serve"])
 def test_retry_failed_is_offered_only_where_it_means_something(job, tmp_path):
     r = _job([f"jobs/{job}.py", "--config", TINY, "--retry-failed", f"run_dir={tmp_path}"])
     assert r.returncode == 2 and "unrecognized arguments: --retry-failed" in r.stderr, r.stderr[-2000:]
     r = _job([f"jobs/{job}.py", "--help"])
     assert r.returncode == 0 and "--retry-failed" not in r.stdout
-    for offered in ("teacher_rationales", "student_rationales"):
+    for offered in ("teacher", "student"):
         r = _job([f"jobs/{offered}.py", "--help"])
         assert r.returncode == 0 and "--retry-failed" in r.stdout
 
@@ -96,13 +95,13 @@ def test_user_errors_from_the_stages_reach_the_one_line_handler(tmp_path, monkey
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"item_id": pa.array([1, 2, 3], pa.int32()), "text": ["a", "b", "c"]}),
                    tmp_path / "data" / "items.parquet")
-    (tmp_path / "embeddings").mkdir()
-    np.save(tmp_path / "embeddings" / "items.npy", np.zeros((7, 4), np.float32))  # 3 items + 1 rows expected
-    (tmp_path / "embeddings" / "manifest.json").write_text('{"config": {"model": "all-MiniLM-L6-v2"}}')
+    (tmp_path / "encode").mkdir()
+    np.save(tmp_path / "encode" / "items.npy", np.zeros((7, 4), np.float32))  # 3 items + 1 rows expected
+    (tmp_path / "encode" / "manifest.json").write_text('{"config": {"model": "all-MiniLM-L6-v2"}}')
     raisers = {
         "shard": lambda: shards.read_shards(tmp_path / "shards", columns=["user_id"]),
         "item text": lambda: text.item_text(tmp_path),
-        "user text": lambda: usertext.check_cut(tmp_path, "slim"),  # no rationales/manifest.json
+        "user text": lambda: usertext.check_cut(tmp_path, "slim"),  # no student/manifest.json
     }
     for name, fn in raisers.items():
         with pytest.raises(cli.user_errors()):

@@ -15,7 +15,7 @@ def _run(args, cwd=ROOT):
 
 
 def test_config_error_names_the_key(tmp_path):
-    r = _run(["jobs/prepare_data.py", "--config", "configs/tiny.yaml", "data.min_histroy=2"])
+    r = _run(["jobs/data.py", "--config", "configs/tiny.yaml", "data.min_histroy=2"])
     assert r.returncode == 2 and "data.min_histroy" in r.stderr and "Traceback" not in r.stderr
     r = _run(["jobs/pipeline.py", "--config", "configs/tiny.yaml", "--stages", "nope"])
     assert r.returncode == 2 and "nope" in r.stderr

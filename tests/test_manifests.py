@@ -89,7 +89,7 @@ def test_rayjob_lifecycle_and_entrypoint():
     i = argv.index("--config")
     cfgs = stages.load_all(config.load_raw(str(ROOT / argv[i + 1]), argv[i + 2:]))  # every override is a real key
     assert cfgs["train"].run_dir == BUCKET_RUN and cfgs["data"].path.startswith("s3://") and cfgs["distill"].use_gpu
-    assert cfgs["distill"].merge  # the student engines on GPU pods load student/merged from the bucket
+    assert cfgs["distill"].merge  # the student engines on GPU pods load distill/merged from the bucket
     env = yaml.safe_load(job["runtimeEnvYAML"])
     assert set(env) <= {"working_dir", "py_modules", "excludes", "env_vars"}
     assert env["py_modules"] == [env["working_dir"] + "/slim"]  # the image's copy of this repository

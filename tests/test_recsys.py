@@ -143,9 +143,9 @@ def test_item_text_minilm_then_encode_stage_file(tmp_path):
     assert sims[0, 1] > sims[0, 100]  # "game 1 series 0" is closer to "game 2 series 0" than to series 10
     enc = np.zeros((N + 1, 8), np.float16)
     enc[1:, 0] = 1
-    (tmp_path / C.EMBEDDINGS_DIR).mkdir()
+    (tmp_path / C.ENCODE_DIR).mkdir()
     np.save(tmp_path / C.ITEM_EMB_FILE, enc)
-    (tmp_path / C.EMBEDDINGS_DIR / C.MANIFEST).write_text(json.dumps({"config": {"model": "all-MiniLM-L6-v2"}}))
+    (tmp_path / C.ENCODE_DIR / C.MANIFEST).write_text(json.dumps({"config": {"model": "all-MiniLM-L6-v2"}}))
     assert T.item_text(tmp_path).shape == (N + 1, 8)  # the encode stage's file wins (same encoder, finished)
 
 

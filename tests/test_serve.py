@@ -51,7 +51,7 @@ def _rationales(root: Path) -> None:
         {C.USER_ID: 4, C.RATIONALE: "garbled", C.STEP1: "", C.STEP2: "", C.STEP3: "", C.STATUS: "malformed"},
     ]), root / C.STUDENT_SHARDS / "part-0.parquet")
     # the encode stage's matches of user 3's step-3 products: one to item 7, one to nothing (0)
-    (root / C.EMBEDDINGS_DIR).mkdir(exist_ok=True)
+    (root / C.ENCODE_DIR).mkdir(exist_ok=True)
     pq.write_table(pa.table({C.USER_ID: [3], "products": [["Game 7 remake", "a toaster"]], "item_ids": [[7, 0]],
                              "sims": [[0.9, 0.1]]}), root / C.GROUNDING_FILE.format(source="student"))
 
@@ -81,13 +81,13 @@ def _slim_run(root: Path, d) -> tuple[str, np.ndarray]:
     from slim.recsys.train import RunSpec, fit
     from slim.rundir import Manifest, RunDir
 
-    (root / C.EMBEDDINGS_DIR).mkdir(exist_ok=True)
+    (root / C.ENCODE_DIR).mkdir(exist_ok=True)
     vecs = np.random.default_rng(0).normal(size=(2, DU))
     vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float16)
     vecs[1] = 0
     pq.write_table(pa.table({C.USER_ID: [3, 4], C.EMBEDDING: [v.tolist() for v in vecs]}),
                    root / C.USER_EMB_FILE.format(field="rationale"))
-    RunDir(root).write_manifest(Manifest("rationales", {"history_cut": HISTORY_CUT}))  # the student stage's
+    RunDir(root).write_manifest(Manifest("student", {"history_cut": HISTORY_CUT}))  # the student stage's
     ut = UT.load(root, d.user_ids, np.array([len(s) for s in d.seqs]), "slim", "whole")
     text = np.random.default_rng(1).normal(size=(N + 1, 16)).astype(np.float32)
     text[0] = 0
@@ -656,7 +656,7 @@ def test_new_user_on_a_slim_model_falls_back_when_generation_is_off(app, cache_d
     assert plain["rationale_source"] == "none" and plain["fallback"] is None
     on = ServeConfig(**app["base"], variant="slim", generate_rationales=True,
                      generator=GeneratorConfig(cache_dir=cache_dir))
-    with pytest.raises(StudentModelError, match="no student model: neither .*student/merged"):
+    with pytest.raises(StudentModelError, match="no student model: neither .*distill/merged"):
         build(on)
 
 
@@ -732,8 +732,8 @@ def test_generated_rationale_for_a_new_user_over_http(app, tmp_path, cache_dir):
     from slim.serve.settings import GeneratorConfig
     from tests.tiny_adapter import make_tiny_adapter
 
-    make_tiny_adapter(tmp_path / "student" / "adapter", cache_dir)  # another run's student/ folder
-    gen = GeneratorConfig(adapter=str(tmp_path / "student"), structured=True, repetition_penalty=1.1,
+    make_tiny_adapter(tmp_path / "distill" / "adapter", cache_dir)  # another run's distill/ folder
+    gen = GeneratorConfig(adapter=str(tmp_path / "distill"), structured=True, repetition_penalty=1.1,
                           max_tokens=384, timeout_s=300, cache_dir=cache_dir, merge_dir=str(tmp_path / "merged"))
     t0 = time.perf_counter()
     serve.run(build(ServeConfig(**app["base"], variant="slim", generate_rationales=True, generator=gen)),
@@ -753,7 +753,7 @@ def test_generated_rationale_for_a_new_user_over_http(app, tmp_path, cache_dir):
     assert r["rationale_source"] == "generated" and r["fallback"] is None, r
     rat = r["rationale"]
     assert rat["status"] == "ok" and len(rat["steps"]) == 3 and all(s.strip() for s in rat["steps"]), rat
-    assert r["generation"]["model"] == str(tmp_path / "student" / "adapter") and any((tmp_path / "merged").iterdir())
+    assert r["generation"]["model"] == str(tmp_path / "distill" / "adapter") and any((tmp_path / "merged").iterdir())
     enc = Encoder(minilm_path(), (C.RATIONALE,), 0, 0.75, 1, "cpu")  # the encode stage's encoder and settings
     vec = enc({C.RATIONALE: np.array([rat["text"]], object), **{f: np.array([s], object) for f, s in
                                                                 zip((C.STEP1, C.STEP2, C.STEP3), rat["steps"])}})

@@ -66,10 +66,10 @@ def test_no_rationale_is_fused_into_a_target_it_saw(planted):
     # rationales an older version wrote from item_ids[:-2] name every training target: refused, not fused
     from slim.rundir import Manifest, RunDir
 
-    RunDir(root).write_manifest(Manifest("rationales", {"history_cut": 2}))
+    RunDir(root).write_manifest(Manifest("student", {"history_cut": 2}))
     with pytest.raises(UT.UserTextError, match=r"item_ids\[:-2\].*look-ahead"):
         UT.load(root, d.user_ids, lens, "slim", "whole")
-    RunDir(root).write_manifest(Manifest("rationales", {"history_cut": 3}))
+    RunDir(root).write_manifest(Manifest("student", {"history_cut": 3}))
     # the model's batches carry the same mask
     for name in ("gru4rec-slim-ce-s0", "text_match-whole-ce-s0"):
         model, _ = load_model(root / "models" / name)
@@ -129,12 +129,12 @@ def test_new_rationales_retrain_the_slim_rows_only(tmp_path, ray_local):
     cfg = job.TrainConfig(run_dir=str(tmp_path), variants=("id", "id_text", "slim"), **{**FAST, "epochs": 1})
     assert job.run(cfg).counts["trained_now"] == 3
     rd = RunDir(tmp_path)
-    before, items = rd.upstream("embeddings"), np.load(rd.path("embeddings/items.npy"))
+    before, items = rd.upstream("encode"), np.load(rd.path("encode/items.npy"))
     # the encode stage reruns after a new student run: new rationale vectors, the item vectors rewritten unchanged
     rng = np.random.default_rng(1)
     G._embeddings(rd, rng.normal(size=(G.N, G.D)), rng.normal(size=(G.U, G.D)))
-    np.save(rd.path("embeddings/items.npy"), items)
-    assert rd.upstream("embeddings") != before  # same manifest key, new outputs
+    np.save(rd.path("encode/items.npy"), items)
+    assert rd.upstream("encode") != before  # same manifest key, new outputs
     m = job.run(cfg)
     assert m.counts["trained_now"] == 1, "only the slim run reads the rationales"
     assert job.run(cfg).counts["trained_now"] == 1  # the stage manifest matches now: skipped, counts as written

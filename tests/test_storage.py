@@ -129,7 +129,7 @@ def test_folder_upload_download_and_local_copy(root, tmp_path):
     (src / "sub").mkdir(parents=True)
     (src / "config.json").write_text("{}")
     (src / "sub" / "w.bin").write_bytes(b"\x00" * 1000)
-    dst = storage.path(root) / "student" / "adapter"
+    dst = storage.path(root) / C.STUDENT_ADAPTER
     with atomic.writing(dst, replace_dir=True) as tmp:
         import shutil
 
@@ -237,7 +237,7 @@ def test_teacher_row_log_on_a_bucket(s3):
 
 
 def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp_path):
-    """The data stage (MovieLens-100K from the recbole wheel) run as a user runs it, `jobs/prepare_data.py` with
+    """The data stage (MovieLens-100K from the recbole wheel) run as a user runs it, `jobs/data.py` with
     run_dir=s3://... (its own Ray cluster, whose workers write the candidates to the bucket with the credentials of
     its environment), writes what it writes on disk, skips when rerun, and no secret lands in any object or in its
     output."""
@@ -248,7 +248,7 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
     over = [f"data.cache_dir={cache_dir}", "data.max_users=60"]
     m_local = run(stages.load_all(config.load_raw(str(ROOT / "configs" / "tiny.yaml"),
                                                   over + [f"run_dir={tmp_path / 'run'}"]))["data"])
-    job = [sys.executable, "jobs/prepare_data.py", "--config", "configs/tiny.yaml", *over, f"run_dir={uri}"]
+    job = [sys.executable, "jobs/data.py", "--config", "configs/tiny.yaml", *over, f"run_dir={uri}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -297,7 +297,7 @@ def test_data_input_from_a_bucket(s3, tmp_path):
 
 
 def test_merged_student_stays_off_the_bucket(s3, cache_dir, tmp_path):
-    """The student stage (`jobs/student_rationales.py`, its own Ray cluster) on a bucket run directory merges base +
+    """The student stage (`jobs/student.py`, its own Ray cluster) on a bucket run directory merges base +
     adapter into a local folder (SLIM_SCRATCH), named in the manifest, and uploads only its shards: the merged fp32
     model (~540 MB here) is not an object."""
     from slim.student import generate
@@ -310,22 +310,22 @@ def test_merged_student_stays_off_the_bucket(s3, cache_dir, tmp_path):
     storage.upload(local, uri)
     # a local run directory keeps the merge next to its shards (a cluster's shared mount): the rule is the bucket's
     assert generate.merge_cache(RunDir(local)) == local / C.STUDENT_SHARDS
-    job = [sys.executable, "jobs/student_rationales.py", f"run_dir={uri}", "num_cpus=4", "student.engine=hf",
+    job = [sys.executable, "jobs/student.py", f"run_dir={uri}", "num_cpus=4", "student.engine=hf",
            "student.max_users=3", "student.batch_size=3", "student.shard_rows=3", "student.max_model_len=420",
            "student.sampling.max_tokens=8", f"student.cache_dir={cache_dir}", "student.hf_threads=1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    m = RunDir(uri).read_manifest("rationales")
+    m = RunDir(uri).read_manifest(C.STUDENT_DIR)
     merged = Path(m.extra["model"]["merged_into"])
     assert m.counts["users"] == 3 and (merged / "config.json").exists()
     assert merged.is_relative_to(os.environ["SLIM_SCRATCH"])
     size = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file())
     written = objects(cli, uri)
-    adapter = sum(len(b) for k, b in written.items() if "/student/adapter/" in k)
+    adapter = sum(len(b) for k, b in written.items() if "/distill/adapter/" in k)
     assert not any("merged" in k for k in written) and sum(map(len, written.values())) - adapter < size / 20
-    assert any(k.startswith("run/rationales/part-") for k in written) and "run/rationales/manifest.json" in written
+    assert any(k.startswith("run/student/part-") for k in written) and "run/student/manifest.json" in written
     print(f"bucket: {len(written)} objects, {sum(map(len, written.values())) / 1e6:.2f} MB (adapter "
           f"{adapter / 1e6:.2f} MB); merged student kept locally: {size / 1e6:.1f} MB")
 
@@ -384,13 +384,12 @@ def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, t
     for k, v in aws_env(s3_endpoint).items():
         monkeypatch.setenv(k, v)
     rd = RunDir(uri)
-    m = {s: rd.read_manifest(s) for s in ("data", "teacher", "student", "rationales", "embeddings", "train",
-                                          "evaluate")}
+    m = {s: rd.read_manifest(s) for s in C.STAGE_DIRS}
     assert all(m.values()), [s for s, v in m.items() if v is None]
     assert m["data"].counts["users"] == 150 and m["teacher"].counts["users"] == 24
     assert shards.read_latest(rd.path(C.TEACHER_SHARDS), columns=[C.USER_ID]).num_rows == 24
     assert shards.read_shards(rd.path(C.STUDENT_SHARDS), columns=[C.USER_ID]).num_rows == 150  # no duplicates
-    assert m["rationales"].counts["users"] == 150 and m["embeddings"].counts["users"] == 150
+    assert m["student"].counts["users"] == 150 and m["encode"].counts["users"] == 150
     assert storage.load_npy(rd.path(C.ITEM_EMB_FILE)).shape[0] == m["data"].counts["items"] + 1
     runs = m["train"].outputs
     assert m["train"].counts["runs"] == len(runs) == m["evaluate"].counts["runs"] > 0
@@ -399,7 +398,7 @@ def test_tiny_pipeline_submitted_with_a_bucket_run_dir(s3_endpoint, cache_dir, t
     written = objects(cli, uri)
     assert not any(SECRET.encode() in b for b in written.values())
     # the merged student is local scratch named in the manifest, not an object of the run directory
-    merged = m["rationales"].extra["model"].get("merged_into", "")
+    merged = m["student"].extra["model"].get("merged_into", "")
     assert not any("merged" in k for k in written) and merged and "://" not in merged
     local = sum(f.stat().st_size for f in Path(merged).rglob("*") if f.is_file())
     print(f"bucket run dir: {len(written)} objects, {sum(map(len, written.values())) / 1e6:.1f} MB; merged student "

@@ -44,7 +44,7 @@ def _cfg(run_dir, cache_dir, **kw):
 
 def test_missing_student_names_the_path(tmp_path, cache_dir):
     write_run_data(tmp_path, num_users=3)
-    with pytest.raises(engines.StudentModelError, match="student/adapter"):
+    with pytest.raises(engines.StudentModelError, match="distill/adapter"):
         run(_cfg(tmp_path, cache_dir))
 
 
@@ -62,8 +62,9 @@ def test_merged_adapter_changes_the_model(run_dir, cache_dir):
     assert not np.allclose(a[q], b[q])  # LoRA merged into q_proj
     o = [k for k in a if k.endswith("o_proj.weight")][0]
     assert np.array_equal(a[o], b[o])  # o_proj has no adapter: untouched
-    # cross-domain transfer: another run directory's student/ folder names the same adapter
-    other, other_info = engines.resolve_model("/nonexistent-run", str(run_dir / "student"), base, run_dir / "tmp-merge")
+    # cross-domain transfer: another run directory's distill/ folder names the same adapter
+    other, other_info = engines.resolve_model("/nonexistent-run", str(run_dir / C.DISTILL_DIR), base,
+                                              run_dir / "tmp-merge")
     assert other == path and other_info["path"] == str(run_dir / C.STUDENT_ADAPTER)
 
 
@@ -131,7 +132,7 @@ def test_work_actor_env_runs_at_the_drivers_priority(ray_local):
 
 
 def _job(run_dir, cache_dir, *extra):
-    args = [sys.executable, str(ROOT / "jobs/student_rationales.py"), f"run_dir={run_dir}", "num_cpus=4",
+    args = [sys.executable, str(ROOT / "jobs/student.py"), f"run_dir={run_dir}", "num_cpus=4",
             "student.engine=hf", "student.max_users=10", "student.batch_size=2", "student.shard_rows=2",
             f"student.max_model_len={MAX_LEN}", "student.sampling.max_tokens=32", f"student.cache_dir={cache_dir}",
             "student.hf_threads=1", "student.block_kib=1", *extra]

@@ -11,7 +11,7 @@ from slim import columns as C
 from slim.prompts import PromptConfig
 from slim.teacher import client as K
 from slim.teacher import job, select, shards
-from slim.teacher.local_server import fault_server
+from slim.testing import fault_server
 from slim.teacher.ratelimit import RateLimiter
 from teacherdata import write_data_stage
 

@@ -17,7 +17,7 @@ from slim import columns as C
 from slim.config import ConfigError
 from slim.teacher import budget, job, shards
 from slim.teacher import client as K
-from slim.teacher.local_server import fault_server
+from slim.testing import fault_server
 from teacherdata import write_data_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_config_without_teacher_section_reaches_no_api(tmp_path):
     assert "teacher" not in __import__("yaml").safe_load((ROOT / "configs/games_fusion.yaml").read_text())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "OPENAI_API_KEY": "sk-test",
            "RAY_ADDRESS": "127.0.0.1:9"}
-    for args in (["jobs/teacher_rationales.py"], ["jobs/pipeline.py", "--check"]):
+    for args in (["jobs/teacher.py"], ["jobs/pipeline.py", "--check"]):
         r = subprocess.run([sys.executable, *args, "--config", "configs/games_fusion.yaml", f"run_dir={tmp_path}",
                             f"data.path={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         errors = [ln for ln in r.stderr.splitlines() if "error" in ln]

@@ -10,7 +10,7 @@ import pytest
 
 from slim import columns as C
 from slim.teacher import client as K
-from slim.teacher.local_server import fault_server
+from slim.testing import fault_server
 
 MSGS = [{"role": "user", "content": "1. Game A\n2. Game B\nStep 3: recommend"}]
 

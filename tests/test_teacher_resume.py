@@ -15,7 +15,7 @@ import yaml
 
 from slim import columns as C
 from slim.teacher import shards
-from slim.teacher.local_server import fault_server
+from slim.testing import fault_server
 from teacherdata import write_data_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_kill_halfway_then_rerun_completes_without_duplicates_and_never_leaks_th
            "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     rd = write_data_stage(tmp_path / "run", 80)
     shard_dir = rd.path(C.TEACHER_SHARDS)
-    cmd = [sys.executable, "jobs/teacher_rationales.py", "--config"]
+    cmd = [sys.executable, "jobs/teacher.py", "--config"]
     with fault_server(tmp_path / "fs.log", {"429": 9, "500": 10}, latency_s=0.2, retry_after=0.3) as srv:
         cfg = _config(tmp_path / "c.yaml", rd.root, srv.url)
         out1 = open(tmp_path / "run1.log", "wb")

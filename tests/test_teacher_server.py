@@ -76,7 +76,7 @@ def test_structured_answers_through_response_format(tmp_path, vllm_teacher, ray_
 def test_tiny_config_job_starts_and_stops_its_own_server(tmp_path, cache_dir):
     rd = write_data_stage(tmp_path / "run", 40)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "jobs/teacher_rationales.py", "--config", "configs/tiny.yaml",
+    r = subprocess.run([sys.executable, "jobs/teacher.py", "--config", "configs/tiny.yaml",
                         f"run_dir={rd.root}", f"teacher.cache_dir={cache_dir}", "num_cpus=4"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -23,6 +23,8 @@ from slim.console import say
 
 log = logging.getLogger(__name__)
 
+STAGE = C.DATA_DIR  # data/manifest.json
+
 
 # One layout, two names: `amazon2018-games` was its first name (the SeqRecBenchmark Games export uses it).
 JSONL_SEQUENCES = ("jsonl-sequences", "amazon2018-games")
@@ -172,11 +174,11 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
 
     rd = RunDir(cfg.run_dir)
     inputs = _inputs(cfg)
-    if not force and rd.is_current("data", stage_config(cfg), inputs):
-        return rd.read_manifest("data")
+    if not force and rd.is_current(STAGE, stage_config(cfg), inputs):
+        return rd.read_manifest(STAGE)
     t0 = time.perf_counter()
     problems = sources.Problems(cfg.on_bad_row)
-    out = rd.stage_dir("data")
+    out = rd.stage_dir(STAGE)
     # Chunks and buckets of a run live under the stage folder (shared by every node, local or a bucket); a killed
     # run's leftovers are removed first and the whole folder at the end.
     scratch = out / ".scratch" if storage.is_remote(out) else storage.path(out).resolve() / ".scratch"
@@ -185,7 +187,7 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
         built = stream.build(cfg, _read(cfg, problems), problems, str(scratch), parallel=True,
                              start=lambda: init_ray(cfg.ray_address, cfg.num_cpus))
         t_build = time.perf_counter()
-        rd.invalidate("data")
+        rd.invalidate(STAGE)
         write_users(built["parts"], out / "users.parquet")
         atomic.write_parquet(out / "items.parquet", built["items"])
         items = built["items"]
@@ -197,7 +199,7 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
               "candidate_rows": n_cand}
     rows = built["input_rows"]
     m = Manifest(
-        "data", stage_config(cfg), inputs,
+        STAGE, stage_config(cfg), inputs,
         outputs=[C.USERS_FILE, C.ITEMS_FILE, C.CANDIDATES_DIR], counts=counts,
         timings={**built["timings"], "build_s": t_build - t0 - built["timings"]["read_s"],
                  "candidates_s": t_end - t_build, "total_s": t_end - t0},

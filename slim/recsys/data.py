@@ -41,7 +41,7 @@ def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
     up, ip, cp = root / C.USERS_FILE, root / C.ITEMS_FILE, root / C.CANDIDATES_DIR
     for p in (up, ip, cp):
         if not p.exists():
-            raise RecDataError(f"{p} not found: run the data stage first (jobs/prepare_data.py)")
+            raise RecDataError(f"{p} not found: run the data stage first (jobs/data.py)")
     users = storage.read_table(up, columns=[C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM])
     num_items = storage.read_metadata(ip).num_rows
     n_cand, per_user = storage.dataset(cp).count_rows(), len(C.SPLITS) * len(C.PROTOCOLS)  # count: file footers

@@ -15,6 +15,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from slim import atomic, storage
+from slim import columns as C
 from slim import metrics as M
 from slim.columns import EVAL_PROTOCOLS, SPLITS
 from slim.recsys import plots as P
@@ -25,7 +26,7 @@ from slim.rundir import Manifest, RunDir, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
-STAGE = "evaluate"
+STAGE = C.EVALUATE_DIR
 HEADLINE = "full"  # full ranking: sampled metrics can reorder models (Krichene & Rendle 2020)
 
 
@@ -108,8 +109,8 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     from slim.recsys import data as D
 
     rd = RunDir(cfg.run_dir)
-    inputs = {"train": rd.upstream("train")}
-    tm = rd.read_manifest("train")
+    inputs = {C.TRAIN_DIR: rd.upstream(C.TRAIN_DIR)}
+    tm = rd.read_manifest(C.TRAIN_DIR)
     conf = {"protocols": list(cfg.protocols), "split": cfg.split}
     if not force and rd.is_current(STAGE, conf, inputs):
         return rd.read_manifest(STAGE)
@@ -181,7 +182,7 @@ def teacher_subset(recs: list, rk: dict, uts: dict, protocols) -> dict:
 
 def student_model(rd: RunDir) -> Optional[dict]:
     """Which student wrote the rationales; cross_domain when it was distilled in another run directory."""
-    m = rd.read_manifest("rationales")
+    m = rd.read_manifest(C.STUDENT_DIR)
     if m is None or "model" not in m.extra:
         return None
     info = dict(m.extra["model"])

@@ -37,7 +37,7 @@ def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: O
     if not found:
         asked = ", ".join(f"{k}={v}" for k, v in want.items() if v not in ("", None)) or "any run"
         raise NoModelError(f"{root}: no trained model ({asked}; a run is models/<run>/model.pt + metrics.json): "
-                           f"run the train stage first (jobs/train_recommender.py)")
+                           f"run the train stage first (jobs/train.py)")
     found.sort(key=lambda t: (-t[0], t[1]))  # best first; ties by name, so the choice is stable
     return found[0][2]
 

@@ -18,20 +18,21 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from slim import columns as C
 from slim import storage
 from slim.columns import EVAL_PROTOCOLS
 from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
 from slim.models.item_repr import FUSED_USER_VARIANTS, VARIANTS
 from slim.recsys.data import POSITIONS
-from slim.recsys.checkpoint import METRICS, is_done, save_run
+from slim.recsys.checkpoint import METRICS, WEIGHTS, is_done, save_run
 from slim.recsys.summary import scale_line
 from slim.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
 from slim.console import Progress, say
 
 log = logging.getLogger(__name__)
 
-STAGE = "train"
+STAGE = C.TRAIN_DIR
 MODELS_DIR = "models"
 
 
@@ -139,18 +140,45 @@ def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
 
 
 def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
-    d = dataclasses.asdict(spec)
-    d.pop("threads")
+    return spec_fingerprint(dataclasses.asdict(spec), inputs, stage_config(cfg))
+
+
+def spec_fingerprint(d: dict, inputs: dict, conf: dict) -> str:
+    """What a trained run depends on, from its spec as saved with its weights (d) and the stage's config as its
+    manifest records it (conf): `jobs/migrate.py` recomputes it for runs trained before a rename of their inputs."""
+    d = {k: v for k, v in d.items() if k != "threads"}
     if d["positions"] == "after_prefix":  # the default before the setting existed: those runs stay current
         d.pop("positions")
-    if spec.variant == "id":  # an id run depends on no text: item text and rationales are left out
-        inputs = {k: v for k, v in inputs.items() if k not in ("item_text", "embeddings")}
-    elif not spec.rationale_field:  # id_text / text: the item vectors, not the rationales
-        inputs = {k: v for k, v in inputs.items() if k != "embeddings"}
-    amp = {"amp": cfg.amp} if cfg.amp != "none" else {}  # as in stage_config: fp32 runs keep their fingerprint
-    return fingerprint({"spec": d, "inputs": inputs, "max_users": cfg.max_users,
-                        "subsample_seed": cfg.subsample_seed, "valid": cfg.valid_protocol,
-                        "test": list(cfg.test_protocols), "encoder": cfg.text_encoder, **amp})
+    if d["variant"] == "id":  # an id run depends on no text: item text and rationales are left out
+        inputs = {k: v for k, v in inputs.items() if k not in ("item_text", C.ENCODE_DIR)}
+    elif not d["rationale_field"]:  # id_text / text: the item vectors, not the rationales
+        inputs = {k: v for k, v in inputs.items() if k != C.ENCODE_DIR}
+    amp = {"amp": conf["amp"]} if conf.get("amp", "none") != "none" else {}  # fp32 runs keep their fingerprint
+    return fingerprint({"spec": d, "inputs": inputs, "max_users": conf["max_users"],
+                        "subsample_seed": conf["subsample_seed"], "valid": conf["valid_protocol"],
+                        "test": list(conf["test_protocols"]), "encoder": conf["text_encoder"], **amp})
+
+
+def refingerprint(root, runs: list, inputs: dict, conf: dict) -> int:
+    """Finished runs whose inputs were renamed, not changed (slim.migrate): each run's fingerprint recomputed from
+    the spec saved with its weights; weights and metrics stay. runs: the train manifest's outputs. -> runs done."""
+    import io
+
+    import torch
+
+    from slim import atomic
+
+    done = 0
+    for rel in runs:
+        out = storage.path(root) / rel
+        if not (out / METRICS).exists():
+            continue
+        with storage.open_input(out / WEIGHTS) as f:
+            spec = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["spec"]
+        rec = json.loads((out / METRICS).read_text())
+        atomic.write_json(out / METRICS, {**rec, "fingerprint": spec_fingerprint(spec, inputs, conf)})
+        done += 1
+    return done
 
 
 def _progress(r: dict) -> None:
@@ -219,13 +247,13 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     from slim.recsys import text as T
 
     rd = RunDir(cfg.run_dir)
-    inputs = {"data": rd.upstream("data")}
+    inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR)}
     need_text = any(v != "id" for v in cfg.variants)
     text = T.item_text(rd.root, cfg.text_encoder) if need_text else None
     if need_text:
         inputs["item_text"] = T.fingerprint(rd.root, cfg.text_encoder)
     if any(v in USER_TEXT_VARIANTS for v in cfg.variants):
-        inputs["embeddings"] = rd.upstream("embeddings")  # the rationale vectors: a new student run retrains these
+        inputs[C.ENCODE_DIR] = rd.upstream(C.ENCODE_DIR)  # the rationale vectors: a new student run retrains these
     if not force and rd.is_current(STAGE, stage_config(cfg), inputs):
         return rd.read_manifest(STAGE)
     t0 = time.time()

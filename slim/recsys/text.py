@@ -1,6 +1,6 @@
 """Item-text embeddings for the text variants: the encode stage's when it used the same encoder, else computed here.
 
-`train.text_encoder` decides the vectors: the encode stage's embeddings/items.npy is used only when its finished
+`train.text_encoder` decides the vectors: the encode stage's encode/items.npy is used only when its finished
 manifest names the same model; any other encoder is computed here once and cached per encoder.
 """
 
@@ -21,7 +21,7 @@ from slim.rundir import content_fingerprint
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
-CACHE_FILE = "models/item_text_minilm.npy"  # ours, for the default encoder; embeddings/ belongs to the encode stage
+CACHE_FILE = "models/item_text_minilm.npy"  # ours, for the default encoder; encode/ belongs to the encode stage
 
 
 def _same_encoder(a: str, b: str) -> bool:
@@ -40,7 +40,7 @@ def cache_file(encoder: str) -> str:
 
 def item_text_path(run_dir: str | Path, encoder: str = DEFAULT_ENCODER) -> Path:
     root = storage.path(run_dir)
-    enc, manifest = root / C.ITEM_EMB_FILE, root / C.EMBEDDINGS_DIR / C.MANIFEST
+    enc, manifest = root / C.ITEM_EMB_FILE, root / C.ENCODE_DIR / C.MANIFEST
     if enc.exists() and manifest.exists():
         model = json.loads(manifest.read_text()).get("config", {}).get("model")
         if model is not None and _same_encoder(model, encoder):

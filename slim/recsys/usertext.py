@@ -20,8 +20,8 @@ from slim.recsys.data import RecDataError
 # train.rationale_field -> the encode stage's field name; "history" is the no-LLM control's one vector per user
 FIELDS = {"whole": C.RATIONALE, "step1": C.STEP1, "step2": C.STEP2, "step3": C.STEP3, "history": C.RATIONALE}
 # source -> (its embedding files, the stage whose manifest says which prefix the text was written from)
-SOURCES = {"student": (C.USER_EMB_FILE, "rationales"), "teacher": (C.TEACHER_USER_EMB_FILE, "teacher"),
-           "history": (C.HISTORY_USER_EMB_FILE, "embeddings")}
+SOURCES = {"student": (C.USER_EMB_FILE, C.STUDENT_DIR), "teacher": (C.TEACHER_USER_EMB_FILE, C.TEACHER_DIR),
+           "history": (C.HISTORY_USER_EMB_FILE, C.ENCODE_DIR)}
 
 
 def source(variant: str, field: str) -> str:
@@ -61,7 +61,7 @@ def check_cut(root: str | Path, variant: str, field: str = "whole") -> int:
     if not p.exists():
         raise UserTextError(f"{p} not found: variant {variant!r} needs the {stage} stage's output")
     m = json.loads(p.read_text())
-    cut = m["extra"].get("history_cut", 2) if stage == "embeddings" else m["config"].get("history_cut", 2)
+    cut = m["extra"].get("history_cut", 2) if stage == C.ENCODE_DIR else m["config"].get("history_cut", 2)
     if cut < HISTORY_CUT:
         raise UserTextError(f"{p}: rationales were written from item_ids[:-{cut}], which holds every training target "
                             f"(look-ahead); rerun with `--force teacher,student` to write them from "

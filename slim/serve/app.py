@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from ray import serve
 
 from slim import __version__
+from slim import columns as C
 from slim.serve import guard, schemas as S
 from slim.serve.model import Ranker, pick_run
 from slim.serve.page import PAGE, swagger_asset, swagger_page
@@ -142,7 +143,7 @@ class RecommenderApp:
         width = self.ranker.vecs.shape[1]
         if gen["vector"] is not None and len(gen["vector"]) != width:
             return gen, (f"the encoder gave a {len(gen['vector'])}-d vector, the model takes {width}-d: check "
-                         "embeddings/manifest.json's encoder")
+                         f"{C.ENCODE_DIR}/{C.MANIFEST}'s encoder")
         if gen["vector"] is None:
             field = self.ranker.spec.rationale_field
             return gen, f"the generated rationale has no text for the model's field ({field})"

@@ -19,10 +19,10 @@ GUARD: dict = {"max_body_bytes": 65536, "token": None, "allowed_hosts": ()}
 class GeneratorConfig:
     """`serve.generator`: the on-demand rationale writer (slim/serve/writer.py), used when
     serve.generate_rationales is on. Unset (None / "") = as the run's student stage wrote the stored rationales
-    (rationales/manifest.json), so a generated rationale is written the way the model's training rationales were."""
+    (student/manifest.json), so a generated rationale is written the way the model's training rationales were."""
 
     base_model: str = ""  # "" = the student stage's base model
-    adapter: str = ""  # "" = the student stage's: auto (student/merged, else student/adapter merged once) | none | path
+    adapter: str = ""  # "" = the student stage's: auto (distill/merged, else distill/adapter merged once) | none | path
     max_tokens: Optional[int] = None  # most tokens of a generated rationale
     structured: Optional[bool] = None  # JSON under slim.rationale.SCHEMA (vLLM structured outputs)
     repetition_penalty: Optional[float] = None  # vLLM sampling's repetition_penalty

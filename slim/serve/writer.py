@@ -2,12 +2,12 @@
 in one Serve deployment that the ingress calls through a handle (composed in only when serve.generate_rationales).
 
 Each part is the one the pipeline used, so a generated rationale enters the model the way stored ones did:
-- model: the student stage's resolution (slim.student.engines.resolve_model: student/merged, else base + LoRA
+- model: the student stage's resolution (slim.student.engines.resolve_model: distill/merged, else base + LoRA
   adapter merged once, here into a cache outside the run directory, which serving never writes);
-- prompt and sampling: the student stage's config from rationales/manifest.json (prompt templates, max_tokens,
+- prompt and sampling: the student stage's config from student/manifest.json (prompt templates, max_tokens,
   structured outputs under slim.rationale.SCHEMA, repetition penalty), each overridable under serve.generator;
 - status: the student stage's rule (slim.student.generate.finalize: ok | malformed);
-- vector: the encode stage's Encoder with its config from embeddings/manifest.json (model, max_seq_length,
+- vector: the encode stage's Encoder with its config from encode/manifest.json (model, max_seq_length,
   step3_share), float16 as stored, for the model's rationale field.
 
 History: the stages write from item_ids[:-HISTORY_CUT] because the last three items are training/valid/test
@@ -44,16 +44,16 @@ def student_config(run_dir: str, gen) -> "StudentConfig":
     """The student stage's config as the run recorded it, with serve.generator's overrides."""
     from slim import config
     from slim.rundir import RunDir
-    from slim.student.generate import StudentConfig
+    from slim.student.generate import STAGE, StudentConfig
 
-    m = RunDir(run_dir).read_manifest("rationales")
+    m = RunDir(run_dir).read_manifest(STAGE)
     raw = {**_known(StudentConfig, m.config if m else {}), "run_dir": run_dir, "cache_dir": gen.cache_dir}
     for key in ("base_model", "adapter", "dtype"):
         if getattr(gen, key):
             raw[key] = getattr(gen, key)
     if gen.max_model_len is not None:
         raw["max_model_len"] = gen.max_model_len
-    cfg = config.build(StudentConfig, raw, "student (rationales/manifest.json + serve.generator)")
+    cfg = config.build(StudentConfig, raw, "student (student/manifest.json + serve.generator)")
     over = {k: getattr(gen, k) for k in ("max_tokens", "structured", "repetition_penalty", "temperature")
             if getattr(gen, k) is not None}
     return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, **over))
@@ -62,10 +62,10 @@ def student_config(run_dir: str, gen) -> "StudentConfig":
 def encode_config(run_dir: str) -> "EncodeConfig":
     """The encode stage's config as the run recorded it (its defaults where the run has no manifest)."""
     from slim import config
-    from slim.encode import MANIFEST_STAGE, EncodeConfig
+    from slim.encode import STAGE, EncodeConfig
     from slim.rundir import RunDir
 
-    m = RunDir(run_dir).read_manifest(MANIFEST_STAGE)
+    m = RunDir(run_dir).read_manifest(STAGE)
     return config.build(EncodeConfig, {**_known(EncodeConfig, m.config if m else {}), "run_dir": run_dir}, "encode")
 
 

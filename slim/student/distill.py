@@ -2,8 +2,8 @@
 
 Driver side: build the examples (examples.py), check the cluster can hold the workers, run a TorchTrainer whose
 workers run trainloop.train_loop with a DDP or DeepSpeed strategy, then copy the adapter from the final
-checkpoint to <run_dir>/student/adapter (optionally merged into student/merged) and write the manifest.
-Resumable: checkpoints live under student/ray_train/<config key>; the same command after a kill continues from
+checkpoint to <run_dir>/distill/adapter (optionally merged into distill/merged) and write the manifest.
+Resumable: checkpoints live under distill/ray_train/<config key>; the same command after a kill continues from
 the last one (Ray Train restores its checkpoint manager from that folder). A changed config trains afresh.
 """
 
@@ -26,9 +26,10 @@ from slim.console import say
 
 log = logging.getLogger(__name__)
 
-TRAIN_METRICS = "student/train_metrics.json"
-EXAMPLES_DIR = "student/examples"
-RAY_DIR = "student/ray_train"
+STAGE = C.DISTILL_DIR  # distill/manifest.json
+TRAIN_METRICS = f"{STAGE}/train_metrics.json"
+EXAMPLES_DIR = f"{STAGE}/examples"
+RAY_DIR = f"{STAGE}/ray_train"
 
 
 class DistillError(RuntimeError):
@@ -81,7 +82,7 @@ class DistillConfig:
     checkpoint_every: int = 50  # optimizer steps between Ray Train checkpoints (a killed run resumes)
     keep_checkpoints: int = 2  # checkpoints kept
     log_every: int = 1  # optimizer steps between loss reports
-    merge: bool = False  # also write student/merged (base + adapter in one checkpoint)
+    merge: bool = False  # also write distill/merged (base + adapter in one checkpoint)
     seed: int = 2024  # example order, validation split and LoRA init
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
@@ -112,7 +113,7 @@ def check_resources(cfg: DistillConfig) -> None:
 
 
 def build_examples(cfg: DistillConfig, base_path: str, rd: RunDir) -> dict:
-    """Tokenised train/val example files under student/examples; returns the build report and sizes."""
+    """Tokenised train/val example files under distill/examples; returns the build report and sizes."""
     from transformers import AutoTokenizer
 
     from slim.student import examples as E
@@ -187,18 +188,18 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
     from slim.raycluster import init_ray
 
     rd = RunDir(cfg.run_dir)
-    inputs = {"data": rd.upstream("data"), "teacher": rd.upstream("teacher")}
+    inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR), C.TEACHER_DIR: rd.upstream(C.TEACHER_DIR)}
     scfg = stage_config(cfg)
-    if not force and rd.is_current("student", scfg, inputs):
-        return rd.read_manifest("student")
+    if not force and rd.is_current(STAGE, scfg, inputs):
+        return rd.read_manifest(STAGE)
     init_ray(cfg.ray_address, cfg.num_cpus)
     check_resources(cfg)
     t0 = time.perf_counter()
-    rd.invalidate("student")
+    rd.invalidate(STAGE)
     base_path = resolve(cfg.base_model, cfg.cache_dir)
     built = build_examples(cfg, base_path, rd)
     t_build = time.perf_counter()
-    name = "distill-" + Manifest("student", scfg, inputs).key()
+    name = "distill-" + Manifest(STAGE, scfg, inputs).key()
     ray_dir = rd.path(RAY_DIR).resolve()
     if force:
         storage.remove_tree(ray_dir)
@@ -215,7 +216,7 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
         outputs.append(C.STUDENT_MERGED)
     metrics = summarize(cfg, state, built)
     atomic.write_json(rd.path(TRAIN_METRICS), metrics)
-    m = Manifest("student", scfg, inputs, outputs=outputs,
+    m = Manifest(STAGE, scfg, inputs, outputs=outputs,
                  counts={k: v for k, v in built.items() if isinstance(v, int)},
                  timings={"build_s": t_build - t0, "fit_s": t_fit - t_build, "total_s": time.perf_counter() - t0},
                  extra={"base_path": base_path, "val_loss_before": metrics["val_loss_before"],

@@ -43,8 +43,8 @@ def _is_model(p) -> bool:
 def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tuple[str, dict]:
     """-> (path of a plain checkpoint to load, description for the manifest).
 
-    adapter: "auto" (student/merged if present, else merge student/adapter), "none" (the base model), or a path
-    to an adapter, a full checkpoint, or another run directory's student/ folder (cross-domain transfer).
+    adapter: "auto" (distill/merged if present, else merge distill/adapter), "none" (the base model), or a path
+    to an adapter, a full checkpoint, or another run directory's distill/ folder (cross-domain transfer).
     """
     root = storage.path(run_dir)
     if adapter == "none":
@@ -62,7 +62,7 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
     else:
         src = storage.path(adapter).expanduser()
         if (src / "adapter").is_dir() or (src / "merged").is_dir():
-            # another run directory's student/ folder: cross-domain transfer (the paper's Tables 6-7), the student
+            # another run directory's distill/ folder (student/ before 0.2): cross-domain transfer (the paper's Tables 6-7), the student
             # distilled on one dataset writing this one's rationales
             src = src / "merged" if _is_model(src / "merged") else src / "adapter"
         if _is_model(src):

@@ -33,7 +33,7 @@ class DistillDataError(ValueError):
 
 @dataclass
 class BuildReport:
-    """What happened to every teacher row; written to student/train_metrics.json and the manifest."""
+    """What happened to every teacher row; written to distill/train_metrics.json and the manifest."""
 
     rows: int = 0  # rows read from the shards (a user retried in a later shard counts once, see `superseded`)
     superseded: int = 0  # older rows of a user replaced by a later shard

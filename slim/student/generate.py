@@ -1,14 +1,13 @@
 """The `student` stage: the distilled student writes a rationale for every user, sharded by Ray Data.
 
-Streaming and resumable: users not yet in rationales/part-*.parquet flow through prompt building (actor pool,
+Streaming and resumable: users not yet in student/part-*.parquet flow through prompt building (actor pool,
 one tokenizer each) and an engine (vLLM processor or batched HF generate); the driver writes every `shard_rows`
 rows as one Parquet shard, atomically (slim.shards). A killed job restarted with the same command skips the
 users already in a shard, so memory never depends on the number of users and a kill loses at most the rows not
 yet in a shard (shard_rows plus what the pipeline holds). Rows that fail (prompt too long, engine error) are
 written with status "failed" and their error; they count as done, and `--retry-failed` (retry_failed) redoes
 only them: the new row wins by the shared "latest row wins" rule, and the stage then rewrites its shards so
-each user has one row. The manifest is rationales/manifest.json (Manifest.stage "rationales",
-named after its folder because student/ belongs to the distill stage).
+each user has one row. The shards and the manifest live in student/, the stage's folder.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from slim.console import Progress, say
 
 log = logging.getLogger(__name__)
 
-MANIFEST_STAGE = "rationales"  # rationales/manifest.json
+STAGE = C.STUDENT_DIR  # student/manifest.json, beside the shards
 STATE_FILE = "_state.json"  # the config key the present shards were written under
 
 
@@ -52,7 +51,7 @@ class SamplingConfig:
 class StudentConfig:
     run_dir: str = "runs/default"
     base_model: str = "smollm2-135m-instruct"  # a slim.llm_models name, HF id or path
-    adapter: str = "auto"  # auto: student/merged, else student/adapter merged once | none: base | a path
+    adapter: str = "auto"  # auto: distill/merged, else distill/adapter merged once | none: base | a path
     engine: Literal["vllm", "hf"] = "vllm"  # vLLM through ray.data.llm, or transformers generate() in actors
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -186,7 +185,7 @@ def _prepare_out(rd: RunDir, key: str, force: bool) -> Path:
         for p in shards(out):
             p.unlink()
     atomic.clean_tmp(out)  # left by a kill mid-write
-    rd.invalidate(MANIFEST_STAGE)
+    rd.invalidate(STAGE)
     atomic.write_json(state, {"key": key})
     return out
 
@@ -205,14 +204,14 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     if storage.is_remote(rd.root) and "merged_into" in model_info:
         for old in (p for p in cache.iterdir() if p.name != Path(model_path).name):
             storage.remove_tree(old)  # a merge of an earlier adapter of this run directory
-    inputs = {"data": rd.upstream("data"), "model": model_info.get("fingerprint", model_info["path"])}
+    inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR), "model": model_info.get("fingerprint", model_info["path"])}
     sc = stage_config(cfg)
-    if not force and rd.is_current(MANIFEST_STAGE, sc, inputs):
-        m = rd.read_manifest(MANIFEST_STAGE)
+    if not force and rd.is_current(STAGE, sc, inputs):
+        m = rd.read_manifest(STAGE)
         if not (cfg.retry_failed and m.counts.get("failed", 0)):
             return m
         log.info("student: retrying %d failed rows", m.counts["failed"])
-    out = _prepare_out(rd, Manifest(MANIFEST_STAGE, sc, inputs).key(), force)
+    out = _prepare_out(rd, Manifest(STAGE, sc, inputs).key(), force)
     t0 = time.perf_counter()
     init_ray(cfg.ray_address, cfg.num_cpus)
     done = done_users(out, cfg.retry_failed)
@@ -255,7 +254,7 @@ def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> M
     st = status.column(C.STATUS).to_pylist()
     counts = {"users": status.num_rows, "new": new, **{s: st.count(s) for s in ("ok", "malformed", "failed")},
               "new_tokens_out": tokens, "superseded": superseded}
-    m = Manifest(MANIFEST_STAGE, sc, inputs, outputs=[C.STUDENT_SHARDS], counts=counts,
+    m = Manifest(STAGE, sc, inputs, outputs=[C.STUDENT_SHARDS], counts=counts,
                  timings={"total_s": t_end - t0, "to_first_shard_s": (t_first or t_end) - t0,
                           "rationales_per_s": new / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
                  extra={"model": model_info, "engine": cfg.engine, "quality": quality.of_shards(shards(out))})

@@ -2,5 +2,5 @@
 
 Modules: job (config + stage run), select (the labelled subset), ratelimit (one global limiter actor),
 client (one request with retries), shards (per-actor logs, shards, archive of paid rows), batch_api (provider Batch API mode),
-local_server (a vLLM OpenAI server on 127.0.0.1), fault_server (a test double that injects faults).
+local_server (a vLLM OpenAI server on 127.0.0.1); its fault-injecting test double is slim/testing.
 """

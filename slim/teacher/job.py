@@ -36,6 +36,9 @@ from slim.console import say
 
 log = logging.getLogger(__name__)
 
+STAGE = C.TEACHER_DIR  # teacher/manifest.json
+COST_FILE = f"{STAGE}/cost.json"
+
 
 @dataclass(frozen=True)
 class TeacherConfig:
@@ -149,7 +152,7 @@ def teacher_endpoint(cfg: TeacherConfig, rd: RunDir, host: str = "127.0.0.1"):
     from slim.teacher.local_server import vllm_server
 
     path = llm_models.resolve(cfg.local_model, cfg.cache_dir)
-    log_path = rd.stage_dir("teacher") / "server.log"
+    log_path = rd.stage_dir(STAGE) / "server.log"
     if storage.is_remote(log_path):  # the server appends to it as it runs: a local file on this node
         log_path = storage.scratch("logs", storage.key_of(rd.root)) / "teacher-server.log"
     with vllm_server(path, cfg.model, log_path, port=cfg.local_server_port or None, host=host,
@@ -159,8 +162,8 @@ def teacher_endpoint(cfg: TeacherConfig, rd: RunDir, host: str = "127.0.0.1"):
 
 
 def _skip(rd: RunDir, cfg: TeacherConfig, inputs: dict, force: bool) -> Manifest | None:
-    m = rd.read_manifest("teacher")
-    if force or cfg.dry_run or m is None or not rd.is_current("teacher", stage_config(cfg), inputs):
+    m = rd.read_manifest(STAGE)
+    if force or cfg.dry_run or m is None or not rd.is_current(STAGE, stage_config(cfg), inputs):
         return None
     if cfg.retry_failed and m.counts.get("failed", 0):
         log.info("teacher: %d failed rows from the last run will be retried", m.counts["failed"])
@@ -171,7 +174,7 @@ def _skip(rd: RunDir, cfg: TeacherConfig, inputs: dict, force: bool) -> Manifest
 def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
     budget.check(cfg)  # before anything: prices for a paid API, an endpoint at all
     rd = RunDir(cfg.run_dir)
-    inputs = {"data": rd.upstream("data")}
+    inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR)}
     skipped = _skip(rd, cfg, inputs, force)
     if skipped is not None:
         return skipped
@@ -180,7 +183,7 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
     pos = select.stratified_sample(users.column(C.HISTORY_LEN).to_numpy(), cfg.num_users, cfg.seed, cfg.strata)
     chosen = select.build_prompts(users, items, pos, cfg.prompt)
     prompts = {r[C.USER_ID]: r[C.PROMPT] for r in chosen}
-    stage_dir = rd.stage_dir("teacher")
+    stage_dir = rd.stage_dir(STAGE)
     shards.recover(stage_dir)  # what a killed run left: its logs become shards
     existing = shards.read_latest(stage_dir)  # every paid row, including users outside the selection
     done = _done_users(existing, prompts, cfg)
@@ -191,8 +194,8 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
           f"<= ${est['cost_usd_max']:.4f}" + (f" (likely ${est['cost_usd_typical']:.4f})" if "cost_usd_typical"
                                              in est else ""))
     if cfg.dry_run:
-        return Manifest("teacher", stage_config(cfg), inputs, extra={"dry_run": est})
-    rd.invalidate("teacher")
+        return Manifest(STAGE, stage_config(cfg), inputs, extra={"dry_run": est})
+    rd.invalidate(STAGE)
     stats = _generate(cfg, rd, todo, prompts, stage_dir)
     t_gen = time.perf_counter()
     final = shards.compact(stage_dir, set(prompts))
@@ -252,7 +255,7 @@ def _billed(stage_dir) -> float:
 def _finish(cfg, rd, inputs, final, stats, est, timings) -> Manifest:
     statuses = final.column(C.STATUS).to_pylist()
     counts = {"users": final.num_rows, **{s: statuses.count(s) for s in shards.STATUSES}}
-    led = shards.ledger(shards.read_all(rd.stage_dir("teacher")), final)
+    led = shards.ledger(shards.read_all(rd.stage_dir(STAGE)), final)
     cost = {
         "model": cfg.model, "mode": cfg.mode, **counts,
         # Every response billed in this run directory (all runs, kept rows, superseded and archived ones).
@@ -262,8 +265,8 @@ def _finish(cfg, rd, inputs, final, stats, est, timings) -> Manifest:
                                 "factor": settings(cfg).price_factor},
         "this_run": stats, "estimate_this_run": est,
     }
-    atomic.write_json(rd.path("teacher/cost.json"), cost)
-    m = Manifest("teacher", stage_config(cfg), inputs, outputs=[C.TEACHER_SHARDS, "teacher/cost.json"],
+    atomic.write_json(rd.path(COST_FILE), cost)
+    m = Manifest(STAGE, stage_config(cfg), inputs, outputs=[C.TEACHER_SHARDS, COST_FILE],
                  counts=counts, timings=timings,
                  extra={"cost_usd": cost["cost_usd"], "billed": led["billed"], "useful": led["useful"],
                         "this_run": stats, "quality": quality.of_table(final)})

@@ -99,18 +99,3 @@ def vllm_server(model_path: str, served_name: str, log_path: str | Path, port: i
     env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1"}
     return ServerProcess(cmd, port, log_path, env=env, startup_timeout_s=startup_timeout_s, host=host)
-
-
-def fault_server(log_path: str | Path, schedule: dict | None = None, latency_s: float = 0.0,
-                 port: int | None = None, **kwargs) -> ServerProcess:
-    """The fault-injecting test double (slim/teacher/fault_server.py) as a separate process."""
-    import json
-
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "slim.teacher.fault_server", "--port", str(port),
-           "--schedule", json.dumps(schedule or {}), "--latency", str(latency_s)]
-    for k, v in kwargs.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
-    root = str(Path(__file__).resolve().parents[2])
-    env = {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return ServerProcess(cmd, port, log_path, env=env, startup_timeout_s=60)

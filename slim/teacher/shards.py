@@ -143,7 +143,7 @@ def read_latest(stage_dir: str | Path) -> pa.Table:
 
 
 def compact(stage_dir: str | Path, keep_users: set[int]) -> pa.Table:
-    """rationales/ <- the latest row of each selected user; archive/ <- every other paid row. Returns the former.
+    """Its rationales/ <- the latest row of each selected user; archive/ <- every other paid row. Returns the former.
 
     Both new shards are written before any old file is deleted; a kill in between leaves duplicates of the same
     row_ids, which `read_all` folds back into one."""
@@ -167,7 +167,7 @@ def compact(stage_dir: str | Path, keep_users: set[int]) -> pa.Table:
 
 
 def _same(d, final: pa.Table, everything: pa.Table) -> bool:
-    """rationales/ is one shard holding exactly `final`, archive/ at most one, and no duplicates anywhere."""
+    """Its rationales/ is one shard holding exactly `final`, archive/ at most one, and no duplicates anywhere."""
     if len(S.shard_files(d / MAIN)) != 1 or len(S.shard_files(d / ARCHIVE)) > 1:
         return False
     raw = S.read_shards(d / MAIN, d / ARCHIVE, columns=[C.USER_ID]).num_rows

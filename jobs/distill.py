@@ -1,5 +1,5 @@
 """Distil the teacher's rationales into a LoRA student in Ray Train:
-python jobs/distill_student.py --config configs/tiny.yaml [distill.strategy=deepspeed]"""
+python jobs/distill.py --config configs/tiny.yaml [distill.strategy=deepspeed]"""
 
 import sys
 

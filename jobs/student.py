@@ -1,4 +1,4 @@
-"""Student rationales for every user (vLLM on Ray Data): python jobs/student_rationales.py --config configs/games.yaml"""
+"""Student rationales for every user (vLLM on Ray Data): python jobs/student.py --config configs/games.yaml"""
 
 import sys
 

@@ -9,7 +9,7 @@ body), truncated (an answer cut off inside step 2 with finish_reason=length), em
 Billing is that of a provider: every 200 it sends is billed with its usage, whether the body is usable or not;
 a request whose client hung up before the answer is not. /stats lists the billed ones. It also implements the Batch API
 subset the job uses (/v1/files, /v1/batches), and /stats reports what it saw for the tests' assertions.
-Run: python -m slim.teacher.fault_server --port 8011 --schedule '{"429": 7}'
+Run: python -m slim.testing.fault_api --port 8011 --schedule '{"429": 7}'
 """
 
 

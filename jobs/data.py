@@ -1,0 +1,8 @@
+"""Prepare sequences, splits and evaluation candidates: python jobs/data.py --config configs/games.yaml"""
+
+import sys
+
+from slim.cli import main_stage
+
+if __name__ == "__main__":
+    sys.exit(main_stage("data"))

@@ -1,8 +1,0 @@
-"""Prepare sequences, splits and evaluation candidates: python jobs/prepare_data.py --config configs/games.yaml"""
-
-import sys
-
-from slim.cli import main_stage
-
-if __name__ == "__main__":
-    sys.exit(main_stage("data"))

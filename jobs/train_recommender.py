@@ -1,8 +1,0 @@
-"""Train GRU4Rec/SASRec/SRGNN (id, id_text) over seeds: python jobs/train_recommender.py --config configs/games.yaml"""
-
-import sys
-
-from slim.cli import main_stage
-
-if __name__ == "__main__":
-    sys.exit(main_stage("train"))
