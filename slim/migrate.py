@@ -165,8 +165,9 @@ def _finish(rd: RunDir, plan: dict) -> dict:
 
 
 def summary(res: dict) -> list[str]:
+    dry = res["note"].startswith("dry run")
     lines = [f"{res['run_dir']}: {res['note']}"]
-    lines += [f"  moved {m}" for m in res["moved"]]
-    lines += [f"  manifest {m}" for m in res["manifests"]]
+    lines += [f"  {'would move' if dry else 'moved'} {m}" for m in res["moved"]]
+    lines += [f"  manifest {m}{' (rewritten)' if dry else ''}" for m in res["manifests"]]
     lines += [f"  train runs re-fingerprinted: {res['train_runs']}"] if res["train_runs"] else []
     return lines
