@@ -110,3 +110,37 @@ def main_migrate(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return report(e)
     return 0
+
+
+def main_explain(argv: list[str] | None = None) -> int:
+    """jobs/explain.py: one user's top-k items and the rationale behind them, from a finished run directory."""
+    import json
+
+    from slim import config
+    from slim.migrate import refuse_old_layout
+    from slim.recsys.explain import explain, text_lines
+
+    p = argparse.ArgumentParser(description="Top-k items and the rationale behind them for one user of a finished run")
+    p.add_argument("--config", required=True)
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--run", default=None, help="models/<name>; default: the best by validation NDCG@10")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run_dir=runs/tiny")
+    a = p.parse_args(argv)
+    try:
+        raw = config.load_raw(a.config, a.overrides)
+        if not raw.get("run_dir"):
+            raise config.ConfigError(f"{a.config}: no run_dir (the top-level key naming the trained run's "
+                                     "directory); add it to the file or pass run_dir=PATH")
+        refuse_old_layout(raw["run_dir"])  # a run directory from before 0.2 names its folders differently
+        out = explain(raw["run_dir"], a.user, a.k, a.run)
+    except config.ConfigError as e:
+        return report(e)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2) if a.json else "\n".join(text_lines(out)))
+    return 0
+

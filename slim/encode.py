@@ -109,7 +109,8 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     from slim.raycluster import init_ray
 
     rd = RunDir(cfg.run_dir)
-    inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR), **{SOURCE_STAGES[s]: rd.upstream(SOURCE_STAGES[s]) for s in cfg.sources}}
+    inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR),
+              **{SOURCE_STAGES[s]: rd.upstream(SOURCE_STAGES[s]) for s in cfg.sources}}
     sc = stage_config(cfg)
     if not force and rd.is_current(STAGE, sc, inputs):
         return rd.read_manifest(STAGE)
@@ -158,3 +159,22 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
         if quality[s]:
             say("    quality: " + describe(quality[s]))
     return m
+
+
+# The stage's face (slim/stages.py): --check, the planner and the manifests read only these.
+CONFIG = EncodeConfig
+WRITES = (STAGE,)
+
+
+def reads(cfg: EncodeConfig) -> list[str]:
+    return [C.DATA_DIR] + [SOURCE_STAGES[s] for s in cfg.sources if s != "history"]  # history reads data only
+
+
+def own_inputs(cfg: EncodeConfig, root=None) -> dict:
+    return {}
+
+
+def resources(cfg: EncodeConfig, problems: list) -> list[str]:
+    from slim.preflight import model_line
+
+    return [model_line("encode.model", cfg.model, "", problems)]

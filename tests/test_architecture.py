@@ -73,3 +73,20 @@ def test_stage_folders_are_spelled_in_one_place():
     assert len(spelled_outside(planted)) == 3  # each kind is found
     assert spelled_outside({"slim/columns.py": 'ITEM = "encode/items.npy"\n',
                             "slim/migrate.py": 'old = root / "rationales"\n'}) == []
+
+
+def test_every_stage_shows_the_same_face():
+    """slim/stages.py's interface, which --check, the planner and the manifests read (no per-stage branch in
+    slim/check.py): each stage module has it, named after the stage and its folder."""
+    from slim import stages
+    from slim.columns import STAGE_DIRS
+
+    face = ("CONFIG", "run", "STAGE", "WRITES", "reads", "stage_config", "own_inputs", "resources")
+    for name in stages.names():
+        f = stages.face(name)
+        assert [a for a in face if not hasattr(f, a)] == [], name
+        assert f.STAGE == name and stages.REGISTRY[name]() == (f.CONFIG, f.run)
+        assert (f.WRITES[:1] == (name,)) == (name in STAGE_DIRS)  # its folder first; serve writes none
+        assert all(u in STAGE_DIRS and stages.ORDER.index(u) < stages.ORDER.index(name) for u in f.reads(f.CONFIG()))
+    check = (ROOT / "slim" / "check.py").read_text()
+    assert not re.search(r"name == [\"']", check)  # no per-stage branch left in the planner

@@ -223,3 +223,29 @@ def print_summary(m: Manifest) -> None:
           f"driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
     for kind, v in m.extra["skipped"].items():
         say(f"  skipped {v['count']:,} ({kind}), e.g. {v['example']}")
+
+
+# The stage's face (slim/stages.py): --check, the planner and the manifests read only these.
+CONFIG = DataConfig
+WRITES = (STAGE,)
+
+
+def reads(cfg: DataConfig) -> list[str]:
+    """The upstream stages whose output this stage reads: none, it reads the source files."""
+    return []
+
+
+def own_inputs(cfg: DataConfig, root=None) -> dict:
+    """The inputs fingerprinted from files rather than upstream manifests."""
+    return _inputs(cfg)
+
+
+def resources(cfg: DataConfig, problems: list) -> list[str]:
+    """Where the source files come from, for --check; a missing one is appended to problems."""
+    from slim.preflight import path_line
+
+    out = [path_line(f"data.{key}", p, problems) for key, p in input_paths(cfg).items()]
+    if cfg.source == "ml-100k":
+        cached = sorted((Path(cfg.cache_dir).expanduser() / "wheels").glob("recbole-1.2.1-*.whl"))
+        out.append(f"MovieLens-100K from {cached[0] if cached else 'recbole==1.2.1 (fetched with pip once)'}")
+    return out

@@ -105,13 +105,18 @@ def subset_recs(recs: list, rk: dict, mask: np.ndarray, protocols) -> list:
     return out
 
 
+def stage_config(cfg: EvaluateConfig) -> dict:
+    """What decides the reports (not where or how the ranking runs)."""
+    return {"protocols": list(cfg.protocols), "split": cfg.split}
+
+
 def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     from slim.recsys import data as D
 
     rd = RunDir(cfg.run_dir)
     inputs = {C.TRAIN_DIR: rd.upstream(C.TRAIN_DIR)}
     tm = rd.read_manifest(C.TRAIN_DIR)
-    conf = {"protocols": list(cfg.protocols), "split": cfg.split}
+    conf = stage_config(cfg)
     if not force and rd.is_current(STAGE, conf, inputs):
         return rd.read_manifest(STAGE)
     t0 = time.time()
@@ -228,3 +233,20 @@ def write_plots(out: Path, d, rd: RunDir, res: dict, rk: dict, top: dict, cfg: E
                            [k[len("text_match ("):-1] for k in tm_rows], f"ID-agnostic text matching per rationale step, {loss}")
             files.append(f"text_match_steps_{loss}.png")
     return files
+
+
+# The stage's face (slim/stages.py): --check, the planner and the manifests read only these.
+CONFIG = EvaluateConfig
+WRITES = (STAGE, "reports")
+
+
+def reads(cfg: EvaluateConfig) -> list[str]:
+    return [C.TRAIN_DIR]
+
+
+def own_inputs(cfg: EvaluateConfig, root=None) -> dict:
+    return {}
+
+
+def resources(cfg: EvaluateConfig, problems: list) -> list[str]:
+    return []

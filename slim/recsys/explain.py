@@ -148,3 +148,19 @@ class Explainer:
 def explain(run_dir: str | Path, user_id: int, k: int = 10, run: Optional[str] = None) -> dict:
     """For one user: top-k items with titles and scores, the history, and the rationale split into its steps."""
     return Explainer.load(run_dir, run).explain(user_id, k)
+
+
+def text_lines(out: dict) -> list[str]:
+    """explain()'s answer as jobs/explain.py prints it: the run, the last 10 history items, the three steps, step 3's
+    products found in the catalogue, and the ranked items with scores."""
+    lines = [f"user {out['user_id']} ({out['run']}; rationale used: {out['rationale_used']})",
+             "history: " + "; ".join(h["title"] or str(h["item_id"]) for h in out["history"][-10:])]
+    r = out["rationale"] or {"steps": ["(no rationale)", "", ""], "status": "missing"}
+    lines += [f"step {n}: {step.strip()[:400]}" for n, step in enumerate(r["steps"], 1)]
+    found = [p for p in r.get("products", []) if p["item_id"]]
+    if found:  # step 3's products that are real catalogue items
+        lines.append("in the catalogue: " + "; ".join(f"{p['product']} -> {p['title']} (item {p['item_id']})"
+                                                      for p in found))
+    return lines + [f"{n:3d}. {it['score']:8.3f}  {it['title']} (item {it['item_id']})"
+                    for n, it in enumerate(out["items"], 1)]
+

@@ -309,3 +309,46 @@ def _summary(recs: list, missing: dict) -> None:
     if missing:
         say("users without a usable rationale (learned missing vector): "
               + ", ".join(f"{k} {v:,}" for k, v in missing.items()))
+
+
+# The stage's face (slim/stages.py): --check, the planner and the manifests read only these.
+CONFIG = TrainConfig
+WRITES = (STAGE, MODELS_DIR)
+
+
+def reads(cfg: TrainConfig) -> list[str]:
+    from slim.models import USER_TEXT_VARIANTS
+
+    return [C.DATA_DIR] + ([C.ENCODE_DIR] if any(v in USER_TEXT_VARIANTS for v in cfg.variants) else [])
+
+
+def own_inputs(cfg: TrainConfig, root) -> dict:
+    from slim.recsys import text as T
+
+    return {"item_text": T.fingerprint(root, cfg.text_encoder)} if any(v != "id" for v in cfg.variants) else {}
+
+
+def check(cfg: TrainConfig) -> None:
+    """Before the data loads (the stage itself raises it later too)."""
+    from slim.config import ConfigError
+
+    if cfg.use_gpu and cfg.strategy == "fanout":
+        raise ConfigError("train.use_gpu=true needs train.strategy ddp or deepspeed: GPUs are used by Ray "
+                          "Train runs, the fanout strategy trains on CPUs")
+
+
+def resources(cfg: TrainConfig, problems: list) -> list[str]:
+    from slim.preflight import model_line
+
+    return [model_line("train.text_encoder", cfg.text_encoder, "", problems)] if any(
+        v != "id" for v in cfg.variants) else []
+
+
+def on_force(rd: RunDir) -> bool:
+    """--force (slim.stages): every run's done marker goes, weights stay until retrained; the stage then runs as a
+    plain one, so a stopped forced train resumes with the plain command. -> the force flag to pass on."""
+    models = rd.root / MODELS_DIR
+    for p in models.glob(f"*/{METRICS}") if models.is_dir() else []:
+        p.unlink(missing_ok=True)
+    return False
+

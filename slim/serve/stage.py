@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from slim.console import say
-from slim.serve.settings import ServeConfig, check
+from slim.serve.settings import STAGE, ServeConfig, check  # noqa: F401 (STAGE: the face)
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +48,37 @@ def run(cfg: ServeConfig, force: bool = False):
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+
+
+# The stage's face (slim/stages.py). Serve runs only when named, writes nothing and has no manifest.
+CONFIG = ServeConfig
+WRITES = ()
+
+
+def reads(cfg: ServeConfig) -> list[str]:
+    return []  # a trained run, found by plan_line (the train stage's manifest is not needed to serve one)
+
+
+def stage_config(cfg: ServeConfig) -> dict:
+    return {}  # nothing to fingerprint: serving writes nothing
+
+
+def own_inputs(cfg: ServeConfig, root=None) -> dict:
+    return {}
+
+
+def resources(cfg: ServeConfig, problems: list) -> list[str]:
+    return []
+
+
+def plan_line(cfg: ServeConfig, training: bool, problems: list) -> str:
+    """What --check says: the run it would serve, which must exist unless train runs first."""
+    from slim.serve.model import NoModelError, pick_run
+
+    try:
+        return f"serves {pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)} until interrupted"
+    except NoModelError as e:
+        if not training:
+            problems.append(f"serve: {e}")
+        return "serves the best run train writes" if training else "no trained model to serve"
+

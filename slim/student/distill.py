@@ -259,3 +259,22 @@ def print_summary(metrics: dict, rd: RunDir) -> None:
     ]
     for line in lines:
         say(line)
+
+
+# The stage's face (slim/stages.py): --check, the planner and the manifests read only these.
+CONFIG = DistillConfig
+WRITES = (STAGE,)
+
+
+def reads(cfg: DistillConfig) -> list[str]:
+    return [C.DATA_DIR, C.TEACHER_DIR]
+
+
+def own_inputs(cfg: DistillConfig, root=None) -> dict:
+    return {}
+
+
+def resources(cfg: DistillConfig, problems: list) -> list[str]:
+    from slim.preflight import model_line
+
+    return [model_line("distill.base_model", cfg.base_model, cfg.cache_dir, problems)]

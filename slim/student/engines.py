@@ -62,8 +62,8 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
     else:
         src = storage.path(adapter).expanduser()
         if (src / "adapter").is_dir() or (src / "merged").is_dir():
-            # another run directory's distill/ folder (student/ before 0.2): cross-domain transfer (the paper's Tables 6-7), the student
-            # distilled on one dataset writing this one's rationales
+            # another run directory's distill/ folder (student/ before 0.2): cross-domain transfer (the paper's
+            # Tables 6-7), the student distilled on one dataset writing this one's rationales
             src = src / "merged" if _is_model(src / "merged") else src / "adapter"
         if _is_model(src):
             return str(src), {"kind": "merged", "path": str(src), "fingerprint": file_fingerprint(src)}

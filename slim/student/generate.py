@@ -264,3 +264,38 @@ def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> M
           f"({m.timings['tokens_per_s']:.0f} tok/s); model {model_info['kind']} {model_info['path']}")
     say("  quality: " + quality.describe(m.extra["quality"]))
     return m
+
+
+# The stage's face (slim/stages.py): --check, the planner and the manifests read only these.
+CONFIG = StudentConfig
+WRITES = (STAGE,)
+
+
+def reads(cfg: StudentConfig) -> list[str]:
+    return [C.DATA_DIR] + ([C.DISTILL_DIR] if cfg.adapter == "auto" else [])
+
+
+def own_inputs(cfg: StudentConfig, root) -> dict:
+    """The `model` input the stage will record, found without merging anything (absent: not there yet)."""
+    from slim.rundir import file_fingerprint
+
+    def is_model(p) -> bool:
+        return (p / "config.json").exists() and any(p.glob("*.safetensors"))
+
+    if cfg.adapter == "none":
+        from slim.llm_models import SMOLLM2
+
+        base = cfg.base_model
+        return {"model": str(Path(cfg.cache_dir).expanduser() / "models" / SMOLLM2) if base == SMOLLM2 else base}
+    auto = [storage.path(root) / C.STUDENT_MERGED, storage.path(root) / C.STUDENT_ADAPTER]
+    for p in auto if cfg.adapter == "auto" else [storage.path(cfg.adapter).expanduser()]:
+        if is_model(p) or (p / "adapter_config.json").exists():
+            return {"model": file_fingerprint(p)}
+    return {}
+
+
+def resources(cfg: StudentConfig, problems: list) -> list[str]:
+    from slim.preflight import model_line, path_line
+
+    out = [model_line("student.base_model", cfg.base_model, cfg.cache_dir, problems)]
+    return out + ([path_line("student.adapter", cfg.adapter, problems)] if cfg.adapter not in ("auto", "none") else [])

@@ -287,3 +287,40 @@ def print_summary(m: Manifest, cost: dict) -> None:
         say(f"  {c['failed']} failed rows keep their error; rerun the same command to retry them")
     if m.extra.get("quality"):
         say("  quality: " + quality.describe(m.extra["quality"]))
+
+
+# The stage's face (slim/stages.py): --check, the planner and the manifests read only these.
+CONFIG = TeacherConfig
+WRITES = (STAGE,)
+
+
+def reads(cfg: TeacherConfig) -> list[str]:
+    return [C.DATA_DIR]
+
+
+def own_inputs(cfg: TeacherConfig, root=None) -> dict:
+    return {}
+
+
+def check(cfg: TeacherConfig) -> None:
+    """Before any stage runs: an endpoint, and prices for a paid one (ConfigError)."""
+    from slim.teacher import budget
+
+    budget.check(cfg)
+
+
+def resources(cfg: TeacherConfig, problems: list) -> list[str]:
+    import os
+
+    from slim.preflight import model_line
+
+    if cfg.local_server:
+        return [model_line("teacher.local_model", cfg.local_model, cfg.cache_dir, problems)]
+    from slim.teacher.budget import is_paid
+
+    ceiling = "no ceiling" if cfg.max_cost_usd is None else f"at most ${cfg.max_cost_usd:g} in this run dir"
+    out = [f"teacher model {cfg.model!r} at {cfg.base_url}"
+           + (f" (paid API: {ceiling}, teacher.max_cost_usd)" if is_paid(cfg) else "")]
+    if cfg.api_key_env and not cfg.dry_run and cfg.api_key_env not in os.environ:
+        out.append(f"note: ${cfg.api_key_env} (teacher.api_key_env) is not set here; the job needs it")
+    return out
