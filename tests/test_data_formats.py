@@ -155,13 +155,14 @@ def test_table_source_job(tmp_path, ray_local):
 
 
 def test_check_names_table_inputs(tmp_path):
-    """`pipeline --check` lists the table source's two files and names the missing one by its key."""
-    from slim import check
+    """`pipeline --check` lists the table source's two files and names the missing one by its key (the data
+    stage's face says what --check prints)."""
+    from slim.data import prepare
 
     inter = _write(tmp_path / "inter.csv", "user_id,item_id,timestamp\n")
     cfg = DataConfig(source="interactions-table", interactions=inter, items=str(tmp_path / "none.csv"))
     problems = []
-    lines = check.resources("data", cfg, problems)
+    lines = prepare.resources(cfg, problems)
     assert lines[0] == f"data.interactions: {inter}"
     assert problems == [f"data.items: {tmp_path / 'none.csv'} not found (from {os.getcwd()})"]
-    assert check.resources("data", DataConfig(source="jsonl-sequences", path=inter), []) == [f"data.path: {inter}"]
+    assert prepare.resources(DataConfig(source="jsonl-sequences", path=inter), []) == [f"data.path: {inter}"]
