@@ -30,22 +30,29 @@ MOVES = (("student", C.DISTILL_DIR), ("rationales", C.STUDENT_DIR), ("embeddings
 NEW = dict(MOVES)
 OLD_ORDER = ("data", "teacher", "student", "rationales", "embeddings", "train", "evaluate")  # pipeline order
 PLAN_FILE = "_migrate.json"
-DISTILL_PARTS = ("adapter", "merged", "examples", "ray_train", "train_metrics.json")  # what only the old student/ held
-STATE_FILE = "_state.json"  # slim.student.generate's shard-state file
+DISTILL_PARTS = {"adapter", "merged", "examples", "ray_train", "train_metrics.json"}  # what only the old student/ held
 
 
-def old_folders(run_dir) -> list[str]:
-    """The pre-0.2 folders in a run directory ([] for today's layout)."""
+def _names(p) -> set:
+    return {q.name for q in p.iterdir()} if p.is_dir() else set()
+
+
+def old_folders(run_dir, top: set | None = None) -> list[str]:
+    """The pre-0.2 folders in a run directory ([] for today's layout): one listing of it (or `top`, its names), and
+    of student/ if any."""
     root = storage.path(run_dir)
-    found = [f for f in ("rationales", "embeddings") if (root / f).exists()]
-    return (["student"] if any((root / "student" / p).exists() for p in DISTILL_PARTS) else []) + found
+    top = _names(root) if top is None else top
+    student = ["student"] if "student" in top and _names(root / "student") & DISTILL_PARTS else []
+    return student + [f for f in ("rationales", "embeddings") if f in top]
 
 
 def refuse_old_layout(run_dir) -> None:
-    """ConfigError for a run directory in the pre-0.2 layout or mid-migration; nothing for a new or empty one."""
+    """ConfigError for a run directory in the pre-0.2 layout or mid-migration; nothing for a new or empty one.
+    Every job calls it before its stage starts: two folder listings at most."""
     root = storage.path(run_dir)
     try:
-        old, midway = (old_folders(root), (root / PLAN_FILE).exists()) if root.exists() else ([], False)
+        top = _names(root)
+        old, midway = old_folders(root, top), PLAN_FILE in top
     except OSError:  # a bucket this machine cannot read (--check without its keys): the stage itself will say so
         return
     if old or midway:
@@ -92,6 +99,8 @@ def _read_plan(rd: RunDir) -> dict:
         path = str(model.get("path", ""))
         inside = bool(path) and _moved_path(path, root) is not None
         plan["model_current"] = inside and st.inputs.get("model") == file_fingerprint(path)
+        from slim.student.generate import STATE_FILE
+
         state = root / "rationales" / STATE_FILE
         plan["state_current"] = state.exists() and json.loads(state.read_text()).get("key") == st.key()
     tm = mans.get("train")
@@ -152,6 +161,8 @@ def _finish(rd: RunDir, plan: dict) -> dict:
             continue
         m = _rewrite(rd, old, d, plan)
         if old == "rationales" and plan["state_current"]:
+            from slim.student.generate import STATE_FILE
+
             atomic.write_json(rd.root / C.STUDENT_DIR / STATE_FILE, {"key": m.key()})
         if old == "train" and plan["train_current"]:
             from slim.recsys.job import refingerprint

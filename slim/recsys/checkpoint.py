@@ -34,18 +34,24 @@ def save_run(out: Path, model, spec, num_items: int, rec: dict, fp: str) -> dict
     return rec
 
 
-def load_model(path: str | Path, item_text: Optional[np.ndarray] = None):
-    """A saved run -> (model, RunSpec), rebuilt from the checkpoint alone: the item-text buffer, the rationale
-    width and field are saved with the weights."""
+def read_checkpoint(path: str | Path) -> dict:
+    """A saved run's model.pt (local or in a bucket): {spec (a RunSpec as a dict), num_items, state_dict}."""
     import io
 
     import torch
 
     from slim import storage
+
+    with storage.open_input(storage.path(path) / WEIGHTS) as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+
+
+def load_model(path: str | Path, item_text: Optional[np.ndarray] = None):
+    """A saved run -> (model, RunSpec), rebuilt from the checkpoint alone: the item-text buffer, the rationale
+    width and field are saved with the weights."""
     from slim.recsys.train import RunSpec, build_model
 
-    with storage.open_input(storage.path(path) / WEIGHTS) as f:  # a local file or an object in a bucket
-        ck = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+    ck = read_checkpoint(path)
     spec = RunSpec(**ck["spec"])
     sd = ck["state_dict"]
     key = next((k for k in sd if k == "text" or k.endswith("items.text")), None)  # None: an ID table only (init)

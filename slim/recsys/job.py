@@ -25,7 +25,7 @@ from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
 from slim.models.item_repr import FUSED_USER_VARIANTS, VARIANTS
 from slim.recsys.data import POSITIONS
-from slim.recsys.checkpoint import METRICS, WEIGHTS, is_done, save_run
+from slim.recsys.checkpoint import METRICS, is_done, read_checkpoint, save_run
 from slim.recsys.summary import scale_line
 from slim.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
 from slim.console import Progress, say
@@ -115,8 +115,7 @@ def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
     for v in cfg.variants:
         if v not in VARIANTS:
             raise ValueError(f"train.variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
-    if cfg.use_gpu and cfg.strategy == "fanout":
-        raise ValueError("train.use_gpu: GPUs are used by Ray Train runs; set train.strategy to ddp or deepspeed")
+    check(cfg)
     dims = user_text_dims or {}
     common = dict(hidden=cfg.hidden, max_len=cfg.max_len, epochs=cfg.epochs, patience=cfg.patience,
                   batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -162,10 +161,6 @@ def spec_fingerprint(d: dict, inputs: dict, conf: dict) -> str:
 def refingerprint(root, runs: list, inputs: dict, conf: dict) -> int:
     """Finished runs whose inputs were renamed, not changed (slim.migrate): each run's fingerprint recomputed from
     the spec saved with its weights; weights and metrics stay. runs: the train manifest's outputs. -> runs done."""
-    import io
-
-    import torch
-
     from slim import atomic
 
     done = 0
@@ -173,8 +168,7 @@ def refingerprint(root, runs: list, inputs: dict, conf: dict) -> int:
         out = storage.path(root) / rel
         if not (out / METRICS).exists():
             continue
-        with storage.open_input(out / WEIGHTS) as f:
-            spec = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["spec"]
+        spec = read_checkpoint(out)["spec"]
         rec = json.loads((out / METRICS).read_text())
         atomic.write_json(out / METRICS, {**rec, "fingerprint": spec_fingerprint(spec, inputs, conf)})
         done += 1
@@ -329,7 +323,7 @@ def own_inputs(cfg: TrainConfig, root) -> dict:
 
 
 def check(cfg: TrainConfig) -> None:
-    """Before the data loads (the stage itself raises it later too)."""
+    """A constraint on the stage's own config: --check and every job say it before any stage runs, specs() again."""
     from slim.config import ConfigError
 
     if cfg.use_gpu and cfg.strategy == "fanout":

@@ -32,11 +32,11 @@ class StudentModelError(FileNotFoundError):
     """No student model where the config says; the message names the path and the setting."""
 
 
-def _is_adapter(p) -> bool:
+def is_adapter(p) -> bool:
     return (p / "adapter_config.json").exists()
 
 
-def _is_model(p) -> bool:
+def is_model(p) -> bool:
     return (p / "config.json").exists() and any(p.glob("*.safetensors"))
 
 
@@ -51,9 +51,9 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
         return base_path, {"kind": "base", "path": base_path}
     if adapter == "auto":
         merged, lora = root / C.STUDENT_MERGED, root / C.STUDENT_ADAPTER
-        if _is_model(merged):
+        if is_model(merged):
             return str(merged), {"kind": "merged", "path": str(merged), "fingerprint": file_fingerprint(merged)}
-        if not _is_adapter(lora):
+        if not is_adapter(lora):
             raise StudentModelError(
                 f"no student model: neither {merged} (config.json + safetensors) nor {lora}/adapter_config.json "
                 "exists; run the distill stage, or set student.adapter=none (base model) or a path"
@@ -64,16 +64,16 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
         if (src / "adapter").is_dir() or (src / "merged").is_dir():
             # another run directory's distill/ folder (student/ before 0.2): cross-domain transfer (the paper's
             # Tables 6-7), the student distilled on one dataset writing this one's rationales
-            src = src / "merged" if _is_model(src / "merged") else src / "adapter"
-        if _is_model(src):
+            src = src / "merged" if is_model(src / "merged") else src / "adapter"
+        if is_model(src):
             return str(src), {"kind": "merged", "path": str(src), "fingerprint": file_fingerprint(src)}
-        if not _is_adapter(src):
+        if not is_adapter(src):
             raise StudentModelError(f"student.adapter={adapter}: no adapter_config.json or model checkpoint there")
     fp = file_fingerprint(src)
     # "_": Parquet dataset readers skip it. On object storage vLLM engines download it on their own node
     # (ray.data.llm fetches s3:// / gs:// model sources), other readers through slim.storage.local_copy.
     out = cache / f"_merged-{fp}"
-    if not _is_model(out):
+    if not is_model(out):
         merge_adapter(base_path, str(src), out)
     return str(out), {"kind": "adapter", "path": str(src), "fingerprint": fp, "merged_into": str(out)}
 

@@ -276,11 +276,10 @@ def reads(cfg: StudentConfig) -> list[str]:
 
 
 def own_inputs(cfg: StudentConfig, root) -> dict:
-    """The `model` input the stage will record, found without merging anything (absent: not there yet)."""
+    """The `model` input the stage will record, found as engines.resolve_model finds it but without converting or
+    merging anything (absent: not there yet)."""
     from slim.rundir import file_fingerprint
-
-    def is_model(p) -> bool:
-        return (p / "config.json").exists() and any(p.glob("*.safetensors"))
+    from slim.student.engines import is_adapter, is_model
 
     if cfg.adapter == "none":
         from slim.llm_models import SMOLLM2
@@ -289,7 +288,7 @@ def own_inputs(cfg: StudentConfig, root) -> dict:
         return {"model": str(Path(cfg.cache_dir).expanduser() / "models" / SMOLLM2) if base == SMOLLM2 else base}
     auto = [storage.path(root) / C.STUDENT_MERGED, storage.path(root) / C.STUDENT_ADAPTER]
     for p in auto if cfg.adapter == "auto" else [storage.path(cfg.adapter).expanduser()]:
-        if is_model(p) or (p / "adapter_config.json").exists():
+        if is_model(p) or is_adapter(p):
             return {"model": file_fingerprint(p)}
     return {}
 

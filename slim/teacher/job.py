@@ -304,8 +304,6 @@ def own_inputs(cfg: TeacherConfig, root=None) -> dict:
 
 def check(cfg: TeacherConfig) -> None:
     """Before any stage runs: an endpoint, and prices for a paid one (ConfigError)."""
-    from slim.teacher import budget
-
     budget.check(cfg)
 
 
