@@ -21,14 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slim import columns as C  # noqa: E402
-from slim.student import distill as D  # noqa: E402
+from slim.io import columns as C  # noqa: E402
+from slim.distill import stage as D  # noqa: E402
 
 
 def prepare_run_dir(a, tmp: Path) -> tuple[Path, str]:
     if a.run_dir and (Path(a.run_dir) / C.TEACHER_SHARDS).exists():
         return Path(a.run_dir), f"teacher output in {a.run_dir}"
-    from slim.data import DataConfig, prepare
+    from slim.data import DataConfig
+    from slim.data import stage as prepare
     from tests.teacher_rationales import write_teacher_shards
 
     rd = tmp / "run"
@@ -62,8 +63,8 @@ def generate(rd: Path, adapter: Path, users: list[int], max_new: int) -> dict[in
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slim.llm_models import resolve
-    from slim.prompts import PromptConfig, student_chat_text
+    from slim.runtime.llm_models import resolve
+    from slim.text.prompts import PromptConfig, student_chat_text
 
     base = resolve("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(base)
@@ -122,7 +123,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/distill.md")
     a = p.parse_args()
     cmd = "PYTHONPATH=. .venv/bin/python bench/bench_distill.py " + " ".join(sys.argv[1:])
-    from slim.raycluster import init_ray
+    from slim.runtime.raycluster import init_ray
 
     init_ray()
     load0 = os.getloadavg()[0]
@@ -135,7 +136,7 @@ def main() -> None:
                               "val_after": m["val_loss_after"], "wall_s": m["wall_s"]}), flush=True)
         last = strategies[-1]
         val_users = runs[last]["examples"]["val_users"][: a.samples]
-        from slim.student.examples import BuildReport, read_teacher, target_text
+        from slim.distill.examples import BuildReport, read_teacher, target_text
 
         teacher = read_teacher(rd / C.TEACHER_SHARDS, BuildReport())
         teacher = dict(zip(teacher[C.USER_ID], teacher[C.RATIONALE]))

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memwatch import PeakMem  # noqa: E402
-from slim import columns as C  # noqa: E402
-from slim.rundir import Manifest, RunDir  # noqa: E402
+from slim.io import columns as C  # noqa: E402
+from slim.io.rundir import Manifest, RunDir  # noqa: E402
 from tests.student_data import WORDS, write_run_data  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def write_rationales(run_dir: Path, num_users: int, shard_rows: int = 5000, seed
 def plain_encode(texts: list[str], batch_size: int) -> float:
     from sentence_transformers import SentenceTransformer
 
-    from slim.llm_models import minilm_path
+    from slim.runtime.llm_models import minilm_path
 
     st = SentenceTransformer(minilm_path(), device="cpu")
     t0 = time.perf_counter()
@@ -65,8 +65,8 @@ def main() -> None:
     p.add_argument("--root", default="/tmp/slim-bench-encode")
     p.add_argument("--out", default="bench/results/encode.md")
     a = p.parse_args()
-    from slim.encode import EncodeConfig, run
-    from slim.raycluster import init_ray
+    from slim.encode.stage import EncodeConfig, run
+    from slim.runtime.raycluster import init_ray
 
     init_ray(None, 6)
     rows = []

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_encode import write_rationales  # noqa: E402
 from bench.memwatch import PeakMem, peaks_by_fifth, plot_mem  # noqa: E402
-from slim import columns as C  # noqa: E402
+from slim.io import columns as C  # noqa: E402
 
 
 def make_tiny_encoder(out: Path) -> Path:
@@ -34,7 +34,7 @@ def make_tiny_encoder(out: Path) -> Path:
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from slim.llm_models import minilm_path
+    from slim.runtime.llm_models import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(0)
@@ -75,8 +75,8 @@ def main() -> None:
     a = p.parse_args()
     import ray
 
-    from slim.encode import EncodeConfig, run
-    from slim.raycluster import init_ray
+    from slim.encode.stage import EncodeConfig, run
+    from slim.runtime.raycluster import init_ray
     from tests.student_data import write_run_data
 
     d = Path(a.root)
@@ -85,7 +85,7 @@ def main() -> None:
         write_rationales(d, a.users)
     model = make_tiny_encoder(d / "tiny-encoder")
     done = UsersDone()
-    log = logging.getLogger("slim.encode")
+    log = logging.getLogger("slim.encode.stage")
     log.setLevel(logging.INFO)
     log.addHandler(done)
     init_ray(None, 6)

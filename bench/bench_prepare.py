@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.memwatch import DRIVER, PeakMem  # noqa: E402
-from slim.data import DataConfig, prepare  # noqa: E402
-from slim.raycluster import init_ray  # noqa: E402
+from slim.data import DataConfig  # noqa: E402
+from slim.data import stage as prepare
+from slim.runtime.raycluster import init_ray  # noqa: E402
 from tests.datagen import write_seqrec  # noqa: E402
 
 BASELINE_RUN = """
 import json, sys, time
-from slim.data import DataConfig, prepare
+from slim.data import DataConfig
+from slim.data import stage as prepare
 t0 = time.perf_counter()
 m = prepare.run(DataConfig(run_dir=sys.argv[1], source="jsonl-sequences", path=sys.argv[2]), force=True)
 print("RESULT " + json.dumps({"counts": m.counts, "timings": m.timings, "wall": time.perf_counter() - t0}))

@@ -2,7 +2,7 @@
 
 For each dataset and option, one pipeline run (configs/tiny.yaml's demo models: SmolLM2-135M-Instruct as teacher
 and student, all-MiniLM-L6-v2) from data to evaluate, training only the ID-agnostic text matching per rationale
-field. Options: free text or slim.rationale.SCHEMA (teacher response_format, distillation target, student guided
+field. Options: free text or slim.text.rationale.SCHEMA (teacher response_format, distillation target, student guided
 decoding), each with repetition_penalty 1.0 or 1.1 (teacher and student). Measured, per role and option:
 parse rate, empty steps, distinct-2, looping share, grounded-product rate (the stages' own manifests), zero-shot
 text matching (cosine of the rationale vector against every item vector, full ranking, history excluded: teacher
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slim import columns as C
+from slim.io import columns as C
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {"free": (False, 1.0), "free+rep": (False, 1.1), "schema": (True, 1.0), "schema+rep": (True, 1.1)}
@@ -66,7 +66,7 @@ def zero_shot(run: Path, prefix: str) -> dict:
     the source wrote for (an empty or missing rationale ranks its target last)."""
     import pyarrow.parquet as pq
 
-    from slim import metrics
+    from slim.recsys import metrics
 
     users = pq.read_table(run / "data/users.parquet", columns=["user_id", "item_ids"]).to_pydict()
     seqs = dict(zip(users["user_id"], users["item_ids"]))
@@ -157,7 +157,7 @@ def write(a, lines: list[str], wall: dict, load0: float) -> None:
             + "Seconds per user are wall time. Models: SmolLM2-135M-"
             f"Instruct (teacher, and the distilled student), all-MiniLM-L6-v2. {a.users} users per dataset "
             f"(fixed-seed subsample), the teacher writes for {a.teacher_users} of them. Options: `schema` = "
-            "slim.rationale.SCHEMA through the teacher's response_format, the distillation target and the student's "
+            "slim.text.rationale.SCHEMA through the teacher's response_format, the distillation target and the student's "
             "guided decoding; `rep` = repetition_penalty 1.1 for teacher and student (else 1.0). Grounded = step-3 "
             "products matched to a catalogue item (encode.ground_threshold), history items counted as misses. "
             "Zero-shot = cosine of rationale and item vectors, no training; trained = the text_match variant "

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from slim import metrics as M
+from slim.recsys import metrics as M
 from slim.recsys import data as D
-from slim.recsys import text as T
-from slim.recsys.train import RunSpec, fit
+from slim.recsys import itemtext as T
+from slim.recsys.spec import RunSpec
+from slim.train.loop import fit
 
 RB_NAMES = {"gru4rec": "GRU4Rec", "sasrec": "SASRec", "srgnn": "SRGNN"}
 PAPER = {"gru4rec": (17.61, 27.33), "sasrec": (22.73, 27.46), "srgnn": (16.45, 21.54)}  # Games NDCG@10 id, +text

@@ -52,7 +52,8 @@ def main() -> None:
     a = p.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         src = generated(Path(a.inputs or tmp), a.users, 100_000)
-        from slim.data import DataConfig, prepare
+        from slim.data import DataConfig
+        from slim.data import stage as prepare
 
         prepare.run(DataConfig(run_dir=f"{tmp}/run", source="jsonl-sequences", path=str(src)))
         old = Path(tmp) / "baseline"

@@ -23,15 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from slim.raycluster import init_ray  # noqa: E402
+from slim.runtime.raycluster import init_ray  # noqa: E402
 from teacher_chaos import CONFIG, run_chaos  # noqa: E402
 from teacherdata import write_data_stage  # noqa: E402
 
 OTHER_STAGES = """\
-| data | the whole stage run (outputs are renamed into place at the end; a rerun starts over) | not measured: read from the code (`slim/data/prepare.py`, `slim.atomic`) |
+| data | the whole stage run (outputs are renamed into place at the end; a rerun starts over) | not measured: read from the code (`slim/data/stage.py`, `slim.io.atomic`) |
 | distill | the steps since the last checkpoint (`distill.checkpoint_every`, default 50) | `tests/test_distill.py::test_two_workers_resume_after_kill[ddp]`: SIGKILL after the first checkpoint, the rerun resumes from it (2 sessions, steps 1-4 once each); passed for this change, steps lost not measured |
 | student | rows not yet in a shard: up to `student.shard_rows` plus what the pipeline holds (regenerated, not paid) | `tests/test_student.py::test_hf_job_killed_then_rerun_has_no_duplicates`: SIGKILL after the first shard, the rerun keeps those shards and writes every user once; passed for this change, rows lost not measured |
-| encode | the whole stage run (all outputs renamed together at the end) | not measured: read from the code (`slim/encode.py`) |
+| encode | the whole stage run (all outputs renamed together at the end) | not measured: read from the code (`slim/encode/stage.py`) |
 | train | not checked here (slim/recsys is being rewritten) | - |
 """
 
@@ -63,8 +63,8 @@ def main() -> int:
 
 
 def _users(run_dir: Path) -> list:
-    from slim import columns as C
-    from slim import shards as S
+    from slim.io import columns as C
+    from slim.io import shards as S
     from slim.teacher import shards
 
     return S.read_shards(run_dir / C.TEACHER_SHARDS, schema=shards.SCHEMA).column(C.USER_ID).to_pylist()

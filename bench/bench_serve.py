@@ -34,9 +34,9 @@ def make_run(root: Path, n_items: int, n_users: int, hidden: int, max_len: int, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from slim import columns as C
+    from slim.io import columns as C
     from slim.recsys.checkpoint import save_run
-    from slim.recsys.train import RunSpec, build_model
+    from slim.recsys.spec import RunSpec, build_model
 
     import shutil
 
@@ -154,7 +154,7 @@ def floor_app(access_log: bool):
 def start_apps(root: Path, port: int, wait_s: float, access_log: bool):
     from ray import serve
 
-    from slim.raycluster import init_ray
+    from slim.runtime.raycluster import init_ray
     from slim.serve import ServeConfig
     from slim.serve.app import build
 

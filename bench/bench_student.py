@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from bench.memwatch import PeakMem  # noqa: E402
-from slim import columns as C  # noqa: E402
+from slim.io import columns as C  # noqa: E402
 
 
 def direct_vllm(model: str, prompt_sets: list[list[str]], cfg) -> dict:
@@ -101,8 +101,8 @@ def main() -> None:
         return hf_only(a)
     import ray
 
-    from slim.raycluster import init_ray
-    from slim.student.generate import SamplingConfig, StudentConfig, run
+    from slim.runtime.raycluster import init_ray
+    from slim.student.stage import SamplingConfig, StudentConfig, run
     from tests.student_data import write_run_data
     from tests.tiny_adapter import make_tiny_adapter
 
@@ -137,7 +137,7 @@ def main() -> None:
 
 
 def hf_only(a) -> None:
-    from slim.student.generate import SamplingConfig, StudentConfig
+    from slim.student.stage import SamplingConfig, StudentConfig
 
     d = Path(a.root)
     files = sorted(glob.glob(str(d / C.STUDENT_SHARDS / "part-*.parquet")))

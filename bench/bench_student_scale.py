@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from bench.memwatch import PeakMem, peaks_by_fifth, plot_mem  # noqa: E402
-from slim import columns as C  # noqa: E402
+from slim.io import columns as C  # noqa: E402
 
 
 def make_tiny_llama(out: Path, cache_dir: str = "~/.cache/slim") -> Path:
@@ -36,7 +36,7 @@ def make_tiny_llama(out: Path, cache_dir: str = "~/.cache/slim") -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from slim import llm_models
+    from slim.runtime import llm_models
 
     base = llm_models.resolve(llm_models.SMOLLM2, cache_dir)
     tok = AutoTokenizer.from_pretrained(base)
@@ -66,8 +66,8 @@ def main() -> None:
     a = p.parse_args()
     import ray
 
-    from slim.raycluster import init_ray
-    from slim.student.generate import SamplingConfig, StudentConfig, run
+    from slim.runtime.raycluster import init_ray
+    from slim.student.stage import SamplingConfig, StudentConfig, run
     from tests.student_data import write_run_data
 
     d = Path(a.root)

@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from slim.raycluster import init_ray  # noqa: E402
-from slim.teacher import job  # noqa: E402
+from slim.runtime.raycluster import init_ray  # noqa: E402
+from slim.teacher import stage as job  # noqa: E402
 from slim.testing import fault_server  # noqa: E402
 from teacherdata import write_data_stage  # noqa: E402
 

@@ -12,7 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from slim.raycluster import init_ray
+from slim.runtime.raycluster import init_ray
 from tests import slimdata as G
 from tests.test_slim import _train
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from slim import columns as C
+from slim.io import columns as C
 
 ROOT = Path(__file__).resolve().parents[1]
 GAMES_USERS = 50_597  # all users of the Amazon 2018 Video Games export (data stage, 5-core)

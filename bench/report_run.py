@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from slim import columns as C
+from slim.io import columns as C
 
 STAGES = C.STAGE_DIRS  # each stage's manifest is in the folder of its name
 PLOTS = ("long_tail_{}.png", "sparse_users_{}.png", "text_match_steps_{}.png", "ndcg10_full_{}.png")
@@ -35,7 +35,7 @@ def stage_rows(run: Path) -> tuple[list[str], float]:
 
 
 def quality_lines(run: Path) -> list[str]:
-    from slim.quality import describe
+    from slim.text.quality import describe
 
     out = []
     for folder, key in ((C.TEACHER_DIR, None), (C.ENCODE_DIR, "student"), (C.ENCODE_DIR, "teacher")):

@@ -64,7 +64,7 @@ mkdir -p "$(dirname "$state")"
   echo "RAY_TEMP_DIR_OWNED=$owned"
   echo "$ports" | sed 's/^\([A-Z_]*\) \([0-9]*\) .*/\1=\2/'
 } > "$state"
-# slim_cores: one unit per real core; training runs ask for one per thread (slim/raycluster.py), so the extra
+# slim_cores: one unit per real core; training runs ask for one per thread (slim/runtime/raycluster.py), so the extra
 # logical CPUs declared here never put two training runs on one core.
 if ! ray start --head --node-ip-address="$ip" "${args[@]}" \
     --num-cpus="${NUM_CPUS:-6}" --resources="{\"slim_cores\": ${SLIM_CORES:-$(nproc)}}" \

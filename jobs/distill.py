@@ -3,7 +3,7 @@ python jobs/distill.py --config configs/tiny.yaml [distill.strategy=deepspeed]""
 
 import sys
 
-from slim.cli import main_stage
+from slim.runner.cli import main_stage
 
 if __name__ == "__main__":
     sys.exit(main_stage("distill"))

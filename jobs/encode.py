@@ -2,7 +2,7 @@
 
 import sys
 
-from slim.cli import main_stage
+from slim.runner.cli import main_stage
 
 if __name__ == "__main__":
     sys.exit(main_stage("encode"))

@@ -3,7 +3,7 @@ python jobs/explain.py --config configs/tiny.yaml --user 3 [--k 10] [--run sasre
 
 import sys
 
-from slim.cli import main_explain
+from slim.runner.cli import main_explain
 
 if __name__ == "__main__":
     sys.exit(main_explain())

@@ -3,7 +3,7 @@ student/, encode/), keeping every finished stage current: python jobs/migrate.py
 
 import sys
 
-from slim.cli import main_migrate
+from slim.runner.cli import main_migrate
 
 if __name__ == "__main__":
     sys.exit(main_migrate())

@@ -2,7 +2,7 @@
 
 import sys
 
-from slim.pipeline import main
+from slim.runner.pipeline import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ config=configs/tiny.yaml` (see slim/serve/app.py).
 
 import sys
 
-from slim.cli import main_stage
+from slim.runner.cli import main_stage
 
 if __name__ == "__main__":
     sys.exit(main_stage("serve"))

@@ -6,7 +6,7 @@ variable named by teacher.api_key_env (OPENAI_API_KEY by default), never from th
 
 import sys
 
-from slim.cli import main_stage
+from slim.runner.cli import main_stage
 
 if __name__ == "__main__":
     sys.exit(main_stage("teacher"))

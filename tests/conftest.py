@@ -12,7 +12,7 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "
 @pytest.fixture(scope="session")
 def ray_local():
     """One private local Ray cluster for the whole test session (starting one costs ~10 s)."""
-    from slim.raycluster import init_ray
+    from slim.runtime.raycluster import init_ray
 
     import ray
 

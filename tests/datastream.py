@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from slim import columns as C
+from slim.io import columns as C
 
 
 def _plain(v):

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slim import columns as C
-from slim.rundir import Manifest, RunDir
+from slim.io import columns as C
+from slim.io.rundir import Manifest, RunDir
 
 U, N, K, D = 500, 300, 30, 32
 

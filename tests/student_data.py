@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slim import columns as C
-from slim.rundir import Manifest, RunDir
+from slim.io import columns as C
+from slim.io.rundir import Manifest, RunDir
 
 WORDS = ("space", "racing", "puzzle", "dragon", "soccer", "zombie", "pixel", "quest", "ninja", "farm", "galaxy",
          "kart", "chess", "legend", "shadow", "robot", "island", "castle", "hero", "tactics")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slim import columns as C
-from slim import shards as S
-from slim.prompts import training_prefix
-from slim.rundir import Manifest, RunDir
+from slim.io import columns as C
+from slim.io import shards as S
+from slim.text.prompts import training_prefix
+from slim.io.rundir import Manifest, RunDir
 
 
 def _cats(text: str) -> list[str]:

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slim import columns as C
-from slim.rundir import Manifest, RunDir
+from slim.io import columns as C
+from slim.io.rundir import Manifest, RunDir
 
 BRANDS = ("Nintendo", "Sony", "Sega", "")
 CATS = ("Action", "RPG", "Puzzle", "")

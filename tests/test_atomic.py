@@ -1,8 +1,8 @@
-"""slim.atomic: a file or folder appears whole or not at all; a failed writer leaves the old content."""
+"""slim.io.atomic: a file or folder appears whole or not at all; a failed writer leaves the old content."""
 
 import pytest
 
-from slim import atomic
+from slim.io import atomic
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 
-from slim import columns as C
-from slim import shards, storage
-from slim.rundir import RunDir
+from slim.io import columns as C
+from slim.io import shards
+from slim.io import storage
+from slim.io.rundir import RunDir
 from tests.test_storage import SECRET, _boto, _free_port, aws_env, objects, s3_endpoint  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

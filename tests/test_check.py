@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from slim import config, pipeline
-from slim.rundir import content_fingerprint
+from slim.runtime import config
+from slim.runner import pipeline
+from slim.io.rundir import content_fingerprint
 from tests.datagen import write_seqrec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def test_every_config_file_passes_check_without_ray(path, tmp_path):
     if "teacher" not in yaml.safe_load(path.read_text()):  # no teacher endpoint: the stages the file is for
         wanted = ["data", "encode", "train", "evaluate"]  # (test_teacher_budget: without them it refuses)
         args += ["--stages", ",".join(wanted)]
-    r = _py("import sys; from slim.pipeline import main; rc = main(" + repr(args) + ");"
+    r = _py("import sys; from slim.runner.pipeline import main; rc = main(" + repr(args) + ");"
             "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
     if path.name == "games_gpu.yaml":  # passes apart from its 7B hub student, which --check names (no hub here)
         problems = [x for x in r.stderr.splitlines() if x.startswith("problem:")]
@@ -68,8 +69,8 @@ def test_dry_run_alias_and_missing_paths_named(tmp_path):
 
 
 def test_check_says_skip_for_finished_stages_and_why_others_run(tmp_path, ray_local):
-    from slim import check
-    from slim.data import prepare
+    from slim.runner import check
+    from slim.data import stage as prepare
 
     src = write_seqrec(tmp_path / "src", 60, 150)
     base = [f"run_dir={tmp_path / 'run'}", f"data.path={src}", "data.source=amazon2018-games",
@@ -136,7 +137,7 @@ def test_unfinished_upstream_is_one_line(tmp_path):
 
 def test_text_encoder_decides_the_item_vectors(tmp_path):
     """train.text_encoder is in the train fingerprint, so it must also decide which vectors train uses."""
-    from slim.recsys import text as T
+    from slim.recsys import itemtext as T
 
     (tmp_path / "encode").mkdir()
     enc = tmp_path / "encode" / "items.npy"
@@ -166,9 +167,11 @@ def test_training_fanout_runs_at_most_one_run_per_core(tmp_path, ray_local):
     """The local cluster declares more logical CPUs than cores; single-threaded runs must not share a core."""
     from dataclasses import replace
 
-    from slim import check
-    from slim.data import DataConfig, prepare
-    from slim.recsys import evaluate, job
+    from slim.runner import check
+    from slim.data import DataConfig
+    from slim.data import stage as prepare
+    from slim.evaluate import stage as evaluate
+    from slim.train import stage as job
 
     src = write_seqrec(tmp_path / "src", 300, 150, mean_len=12)
     data = DataConfig(run_dir=str(tmp_path), source="amazon2018-games", path=str(src))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slim import columns as C
+from slim.io import columns as C
 from tests.datagen import write_seqrec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,8 +285,10 @@ def test_stop_and_resubmit_forced_train(head, prepared):
 
 def test_submitted_job_refuses_a_relative_run_dir(monkeypatch):
     """Under `ray job submit` a relative run_dir would land in the job's temporary copy of the working directory."""
-    from slim import check, config, stages
-    from slim.config import ConfigError
+    from slim.runner import check
+    from slim.runtime import config
+    from slim.runner import stages
+    from slim.runtime.config import ConfigError
 
     cfgs = stages.load_all(config.load_raw(str(ROOT / "configs" / "tiny.yaml"), ["run_dir=runs/x"]))
     check.validate(cfgs, ["data"])  # run by hand: relative paths are fine
@@ -301,7 +303,7 @@ def test_teacher_server_host(monkeypatch):
     """The offline teacher's server: loopback on a private cluster, the node's address on a joined one."""
     import ray
 
-    from slim.raycluster import server_host
+    from slim.runtime.raycluster import server_host
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert server_host("auto") == "127.0.0.1"

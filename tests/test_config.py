@@ -4,7 +4,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from slim import config, stages
+from slim.runtime import config
+from slim.runner import stages
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -60,7 +61,7 @@ def test_missing_config_file_named():
 
 
 def test_run_dir_local_or_object_store(tmp_path):
-    from slim.rundir import RunDir
+    from slim.io.rundir import RunDir
 
     # object storage: paths stay URIs (tests/test_storage.py writes and reads them on a local S3 server)
     assert str(RunDir("s3://bucket/runs").path("data")) == "s3://bucket/runs/data"
@@ -103,7 +104,7 @@ def _allowed(values):
 def test_enumerated_fields_checked_at_load(override, key, allowed):
     """The first five were only checked deep inside a later stage (or never); the last four were Literal already."""
     if allowed == "EVAL":  # the single constant evaluation is written against
-        from slim.columns import EVAL_PROTOCOLS as allowed
+        from slim.io.columns import EVAL_PROTOCOLS as allowed
     elif allowed == "BACKBONES":
         from slim.models import REGISTRY
 

@@ -1,18 +1,20 @@
-"""docs/config.md is generated from the config dataclasses (python -m slim.configdoc > docs/config.md): it must be
+"""docs/config.md is generated from the config dataclasses (python -m slim.runner.configdoc > docs/config.md): it must be
 what the generator prints now, and the generator must list every key of every section."""
 
 import dataclasses
 import typing
 from pathlib import Path
 
-from slim import config, configdoc, stages
+from slim.runtime import config
+from slim.runner import configdoc
+from slim.runner import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_config_reference_is_up_to_date():
     assert (ROOT / "docs" / "config.md").read_text() == configdoc.render(), (
-        "docs/config.md is out of date: run `python -m slim.configdoc > docs/config.md`")
+        "docs/config.md is out of date: run `python -m slim.runner.configdoc > docs/config.md`")
 
 
 def _keys(cls, prefix):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slim import console
+from slim.runtime import console
 from slim.recsys.summary import headline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = r'''
 import logging, sys, time
 from pathlib import Path
-from slim import console
+from slim.runtime import console
 console.setup(verbose_flag=sys.argv[2] == "1")
 with console.stage_log("probe", sys.argv[1]) as path:
-    from slim.raycluster import init_ray
+    from slim.runtime.raycluster import init_ray
     init_ray(None, 2)
     import ray
     import ray.data
@@ -137,7 +137,7 @@ def test_protocol_plot_groups_bars_by_backbone_one_colour_per_variant(tmp_path):
     the chance line; the PNG is written whole."""
     import matplotlib.image as mpimg
 
-    from slim.recsys import plots as P
+    from slim.evaluate import plots as P
 
     rows = {"gru4rec-id": (3.0, 0.4), "gru4rec-slim@all": (3.9, 1.0), "sasrec-id": (6.0, 0.7),
             "sasrec-id_text": (6.1, 1.4), "sasrec-slim@all": (4.6, 0.9), "text_match (step1)": (1.3, 0.1)}

@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
+from slim.io import columns as C
 from slim.data import DataConfig, DataError
-from slim.data import prepare
+from slim.data import stage as prepare
 from slim.data import sequences as S
 from tests.datagen import write_amazon_raw, write_seqrec
 

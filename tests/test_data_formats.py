@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
-from slim.config import ConfigError
-from slim.data import DataConfig, DataError, prepare, sources
-from slim.rundir import Manifest
+from slim.io import columns as C
+from slim.runtime.config import ConfigError
+from slim.data import DataConfig, DataError, sources
+from slim.data import stage as prepare
+from slim.io.rundir import Manifest
 from tests.datagen import write_seqrec
 
 
@@ -157,7 +158,7 @@ def test_table_source_job(tmp_path, ray_local):
 def test_check_names_table_inputs(tmp_path):
     """`pipeline --check` lists the table source's two files and names the missing one by its key (the data
     stage's face says what --check prints)."""
-    from slim.data import prepare
+    from slim.data import stage as prepare
 
     inter = _write(tmp_path / "inter.csv", "user_id,item_id,timestamp\n")
     cfg = DataConfig(source="interactions-table", interactions=inter, items=str(tmp_path / "none.csv"))

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from slim import columns as C
-from slim.data import DataConfig, prepare, sources
+from slim.io import columns as C
+from slim.data import DataConfig, sources
+from slim.data import stage as prepare
 
 
 def write_sequences(root, seqs: dict, titles: dict):

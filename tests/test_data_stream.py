@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
-from slim.data import DataConfig, prepare, sources, stream
+from slim.io import columns as C
+from slim.data import DataConfig, sources, stream
+from slim.data import stage as prepare
 from tests.datagen import write_seqrec
 from tests.datastream import run_digests, table_digest, write_ties
 from tests.test_data_kcore import _input as kcore_input

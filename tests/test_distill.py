@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from slim import columns as C
-from slim.prompts import PromptConfig, student_chat_text
-from slim.student import distill as D
-from slim.student import examples as E
+from slim.io import columns as C
+from slim.text.prompts import PromptConfig, student_chat_text
+from slim.distill import stage as D
+from slim.distill import examples as E
 from tests.teacher_rationales import write_teacher_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,8 @@ PC = PromptConfig(max_history_items=6)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, ray_local, cache_dir):
     """ml-100k through the data stage (40 users) plus short templated teacher rationales with bad rows."""
-    from slim.data import DataConfig, prepare
+    from slim.data import DataConfig
+    from slim.data import stage as prepare
 
     d = tmp_path_factory.mktemp("distill")
     prepare.run(DataConfig(run_dir=str(d), source="ml-100k", min_user_interactions=5, min_item_interactions=5,
@@ -42,7 +43,7 @@ def run_dir(tmp_path_factory, ray_local, cache_dir):
 def tok():
     from transformers import AutoTokenizer
 
-    from slim.llm_models import resolve
+    from slim.runtime.llm_models import resolve
 
     return AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct"))
 
@@ -120,8 +121,8 @@ def test_lora_step_freezes_base_and_masks_prompt(run_dir, tok):
     import torch
     import torch.nn.functional as F
 
-    from slim.llm_models import resolve
-    from slim.student.trainloop import collate, load_model
+    from slim.runtime.llm_models import resolve
+    from slim.distill.trainloop import collate, load_model
 
     d, _ = run_dir
     df, _ = E.build(d, tok, PC, max_seq_len=256, max_examples=2)

@@ -5,9 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
-from slim.encode import EncodeConfig, fit_rationale, run
-from slim.rundir import Manifest, RunDir
+from slim.io import columns as C
+from slim.encode.stage import EncodeConfig, run
+from slim.text.encoder import fit_rationale
+from slim.io.rundir import Manifest, RunDir
 from tests.student_data import item_titles, write_run_data
 
 LONG = 2  # user whose rationale is far longer than the encoder's window
@@ -40,7 +41,7 @@ def run_dir(tmp_path_factory):
 def test_fit_rationale_keeps_step3():
     from transformers import AutoTokenizer
 
-    from slim.llm_models import minilm_path
+    from slim.runtime.llm_models import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     head, tail = "Step 1: long summary words. " * 100, "Step 3: Portal, Tetris, Forza."
@@ -104,7 +105,7 @@ def test_small_block_pipeline_streams(tmp_path, ray_local):
     comes out of a map in many small blocks (Ray Data's 128 MiB default gives one), and the context is restored."""
     import ray
 
-    from slim.raycluster import read_parquet
+    from slim.runtime.raycluster import read_parquet
 
     path = tmp_path / "one_group.parquet"
     pq.write_table(pa.table({C.USER_ID: np.arange(2000), C.RATIONALE: ["x" * 1000] * 2000}), path,
@@ -129,7 +130,7 @@ def _rows_read_ahead(path, folder, object_store_mib: int) -> int:
     import uuid
     from pathlib import Path
 
-    from slim.raycluster import read_parquet
+    from slim.runtime.raycluster import read_parquet
 
     def mark(batch: dict) -> dict:  # nested: pickled by value, since workers cannot import the tests package
         Path(str(folder), f"{uuid.uuid4().hex}_{len(batch[C.USER_ID])}").touch()  # how far the pipeline has read

@@ -57,7 +57,9 @@ def test_align_pulls_id_vectors_to_their_text():
 
 def test_sum_tunes_its_weight_on_validation_and_reloads(tmp_path):
     from slim.recsys.checkpoint import load_model, save_run
-    from slim.recsys.train import RunSpec, evaluate, fit
+    from slim.recsys.ranking import evaluate
+    from slim.recsys.spec import RunSpec
+    from slim.train.loop import fit
 
     _write_run(tmp_path)
     d = D.load(tmp_path)

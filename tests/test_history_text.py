@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
-from slim.prompts import HISTORY_CUT, PromptConfig, history_text, training_prefix
+from slim.io import columns as C
+from slim.text.prompts import HISTORY_CUT, PromptConfig, history_text, training_prefix
 from slim.recsys import data as D
 from slim.recsys import usertext as UT
 from tests import slimdata as G
@@ -21,7 +21,7 @@ FAST = dict(backbones=("gru4rec",), seeds=(0,), hidden=32, max_len=12, epochs=10
 
 def test_all_positions_fuse_every_training_target_and_the_prefix_never_holds_valid_or_test(tmp_path):
     from slim.models import REGISTRY, Recommender
-    from slim.recsys.train import examples
+    from slim.train.loop import examples
 
     G.write(tmp_path)
     d = D.load(tmp_path)
@@ -66,7 +66,7 @@ def _titled(root, shuffle_titles: bool, seed: int = 0) -> None:
     """Items fall in genres; a user's whole sequence is drawn from one genre among many rarely repeated items
     (IDs see each item ~5 times), and an item's title names its genre: the prefix's titles say what comes next.
     shuffle_titles permutes the titles across items: the text then says nothing about the sequences."""
-    from slim.rundir import Manifest, RunDir
+    from slim.io.rundir import Manifest, RunDir
 
     rng = np.random.default_rng(seed)
     genre = np.arange(N_H) % len(GENRES)  # item id i+1 has genre i % 24
@@ -92,8 +92,8 @@ def _titled(root, shuffle_titles: bool, seed: int = 0) -> None:
 
 
 def _history_run(root) -> dict:
-    from slim import encode
-    from slim.recsys import job
+    from slim.encode import stage as encode
+    from slim.train import stage as job
 
     encode.run(encode.EncodeConfig(run_dir=str(root), sources=("history",), batch_size=128, ground_threshold=0))
     job.run(job.TrainConfig(run_dir=str(root), variants=("id", "history_text", "text_match"),
@@ -124,7 +124,7 @@ def test_history_text_finds_a_signal_planted_in_titles_and_not_when_shuffled(tmp
 
 def test_history_control_text_is_the_prompts_prefix(tmp_path):
     """The control encodes exactly the numbered item texts a rationale prompt shows (same prefix, same cut)."""
-    from slim.encode_users import HistoryText
+    from slim.encode.users import HistoryText
 
     _titled(tmp_path, shuffle_titles=False)
     users = pq.read_table(tmp_path / C.USERS_FILE).to_pydict()
@@ -138,7 +138,7 @@ def test_history_control_text_is_the_prompts_prefix(tmp_path):
 
 
 def test_specs_name_positions_and_history_runs():
-    from slim.recsys import job
+    from slim.train import stage as job
 
     cfg = job.TrainConfig(variants=("id", "id_text", "slim", "history_text", "text_match"), backbones=("sasrec",),
                           seeds=(0,), text_match_fields=("whole", "history"), rationale_positions=("after_prefix", "all"))

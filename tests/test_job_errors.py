@@ -87,8 +87,11 @@ def test_user_errors_from_the_stages_reach_the_one_line_handler(tmp_path, monkey
 
     from ray.exceptions import RayTaskError
 
-    from slim import cli, shards, stages
-    from slim.recsys import text, usertext
+    from slim.runner import cli
+    from slim.io import shards
+    from slim.runner import stages
+    from slim.recsys import usertext
+    from slim.recsys import itemtext as text
 
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "part-1.parquet").write_text("not parquet")

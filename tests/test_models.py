@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from slim.models import REGISTRY, Recommender, build
-from slim.recsys.train import RunSpec, batch_loss
+from slim.recsys.spec import RunSpec
+from slim.train.loop import batch_loss
 
 N, H = 40, 16
 BACKBONES = list(REGISTRY)

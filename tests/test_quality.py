@@ -1,9 +1,9 @@
-"""Rationale quality measures on hand-made examples (slim.quality)."""
+"""Rationale quality measures on hand-made examples (slim.text.quality)."""
 
 import pytest
 
-from slim import quality as Q
-from slim.rationale import parse
+from slim.text import quality as Q
+from slim.text.rationale import parse
 
 GOOD = ("Step 1: The user likes open-world RPGs and racing games from Nintendo.\n"
         "Step 2: 1. RPG 2. Racing 3. Nintendo 4. Strategy 5. Sony\n"
@@ -60,8 +60,8 @@ def test_grounding_maps_titles_to_their_items_and_rejects_unrelated_text():
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from slim import grounding as G
-    from slim.llm_models import resolve_encoder
+    from slim.text import grounding as G
+    from slim.runtime.llm_models import resolve_encoder
 
     st = SentenceTransformer(resolve_encoder("all-MiniLM-L6-v2"), device="cpu")
     catalogue = ["The Legend of Zelda: Breath of the Wild. Category: Action Adventure. Brand: Nintendo",
@@ -82,7 +82,7 @@ def test_grounding_maps_titles_to_their_items_and_rejects_unrelated_text():
 def test_structured_answers_parse_into_the_three_steps():
     import json
 
-    from slim.rationale import parse, render
+    from slim.text.rationale import parse, render
 
     obj = {"preferences": "Open-world RPGs on Nintendo consoles.",
            "categories": [{"name": "RPG", "products": ["Skyrim", "The Witcher 3"]},
@@ -97,11 +97,11 @@ def test_structured_answers_parse_into_the_three_steps():
 
 
 def test_sampling_and_teacher_requests_carry_schema_and_repetition_penalty():
-    from slim.rationale import SCHEMA, parse, to_json
+    from slim.text.rationale import SCHEMA, parse, to_json
     from slim.student.engines import sampling_dict
-    from slim.student.examples import target_text
-    from slim.student.generate import SamplingConfig
-    from slim.teacher.job import TeacherConfig, settings
+    from slim.distill.examples import target_text
+    from slim.student.stage import SamplingConfig
+    from slim.teacher.stage import TeacherConfig, settings
 
     d = sampling_dict(SamplingConfig(repetition_penalty=1.3, structured=True))
     assert d["repetition_penalty"] == 1.3 and d["structured_outputs"] == {"json": SCHEMA}

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
+from slim.io import columns as C
 from slim.recsys import data as D
-from slim.recsys import text as T
+from slim.recsys import itemtext as T
 from tests.slimdata import candidates
 
 U, N = 80, 130
@@ -39,7 +39,7 @@ def _write_run(root, seed=0, users=U, jump=0.0):
     pq.write_table(pa.table({C.ITEM_ID: pa.array(np.arange(1, N + 1, dtype=np.int32)),
                              C.TEXT: [f"game {i} series {i // 10}" for i in range(1, N + 1)]}), root / C.ITEMS_FILE)
     pq.write_table(candidates(seqs, N, rng), root / C.CANDIDATES_DIR / "part-0.parquet")
-    from slim.rundir import Manifest, RunDir
+    from slim.io.rundir import Manifest, RunDir
 
     RunDir(root).write_manifest(Manifest("data", {"generated": seed}))
     return seqs
@@ -150,7 +150,8 @@ def test_item_text_minilm_then_encode_stage_file(tmp_path):
 
 
 def test_fixed_seed_gives_identical_metrics(run_dir):
-    from slim.recsys.train import RunSpec, fit
+    from slim.recsys.spec import RunSpec
+    from slim.train.loop import fit
 
     d = D.load(run_dir)
     spec = RunSpec("sasrec", "id", 3, hidden=16, max_len=10, epochs=2, batch_size=32)
@@ -168,7 +169,8 @@ def test_fixed_seed_gives_identical_metrics(run_dir):
 
 
 def test_train_fanout_resume_evaluate(run_dir, ray_local):
-    from slim.recsys import evaluate, job
+    from slim.evaluate import stage as evaluate
+    from slim.train import stage as job
 
     cfg = job.TrainConfig(run_dir=str(run_dir), backbones=("gru4rec", "srgnn"), variants=("id", "id_text"),
                           seeds=(0,), hidden=32, max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3,
@@ -207,7 +209,7 @@ def test_train_fanout_resume_evaluate(run_dir, ray_local):
 
 def _popularity_ndcg10(d, split="test", protocol="uni100") -> float:
     """NDCG@10 of ranking the candidates by training-part popularity: what a model that learnt nothing beats."""
-    from slim import metrics as M
+    from slim.recsys import metrics as M
 
     counts = np.bincount(np.concatenate([s[:-2] for s in d.seqs]), minlength=d.num_items + 1).astype(float)
     return M.metrics_from_ranks(M.target_rank(counts[d.candidates[(split, protocol)]]))["NDCG@10"]
@@ -223,7 +225,8 @@ def sharded(tmp_path_factory, ray_local):
     example ids it trained on per epoch."""
     from functools import partial
 
-    from slim.recsys import distributed, job
+    from slim.train import distributed
+    from slim.train import stage as job
 
     root = tmp_path_factory.mktemp("sharded")
     _write_run(root, seed=1, users=400, jump=0.3)
@@ -266,7 +269,8 @@ def test_ray_train_over_shards_matches_fanout(sharded):
     runs are not bit-reproducible, see recsys.ingest): test 59.6-63.6, valid 62.8-66.5, i.e. down to 3.2 points
     below the reference. The strided DDP path this replaced scored test 59.6 / 60.7, valid 62.6 / 61.7. So
     TOL_SHARDS is 5 points, a little over Ray Train's own seed spread (4 points); popularity ranking scores 4.3."""
-    from slim.recsys.train import RunSpec, fit
+    from slim.recsys.spec import RunSpec
+    from slim.train.loop import fit
 
     root, _, m, rec = sharded
     assert rec["workers"] == 2 and rec["strategy"] == "ddp" and rec["epochs_run"] == EPOCHS
@@ -286,9 +290,9 @@ def test_ray_train_over_shards_matches_fanout(sharded):
 def test_ray_train_ddp_on_one_gpu_bf16(tmp_path, ray_local):
     """use_gpu: the Ray Train path on a GPU worker (nccl, bf16 autocast) trains: the loss falls, metrics.json says
     cuda, and the reloaded (CPU) weights rank the test targets far above popularity."""
-    from slim.recsys import job
+    from slim.train import stage as job
     from slim.recsys.checkpoint import load_model
-    from slim.recsys.train import evaluate
+    from slim.recsys.ranking import evaluate
 
     _write_run(tmp_path, seed=1)
     cfg = job.TrainConfig(run_dir=str(tmp_path), backbones=("sasrec",), variants=("id",), seeds=(0,), hidden=16,
@@ -313,7 +317,8 @@ def test_bf16_autocast_trains_every_backbone():
     scalar with gradients (the GPU run itself is test_ray_train_ddp_on_one_gpu_bf16)."""
     import torch
 
-    from slim.recsys.train import RunSpec, batch_loss, build_model, examples
+    from slim.recsys.spec import RunSpec, build_model
+    from slim.train.loop import batch_loss, examples
 
     rng = np.random.default_rng(0)
     seqs = [((s - 1 + np.arange(9)) % N + 1).astype(np.int32) for s in rng.integers(1, N + 1, 16)]
@@ -332,7 +337,7 @@ def test_bf16_autocast_trains_every_backbone():
 
 
 def test_use_gpu_settings(run_dir):
-    from slim.recsys import job
+    from slim.train import stage as job
 
     cfg = job.TrainConfig(run_dir=str(run_dir))
     with pytest.raises(ValueError, match="train.use_gpu"):
@@ -353,9 +358,11 @@ def test_ray_train_deepspeed_two_workers(tmp_path, ray_local):
     targets rank far above popularity and within TOL_SHARDS of fan-out runs with the same global batch, and the
     weights it saved score the same when reloaded. (gru4rec barely learns here in 6 epochs on either path: test
     NDCG@10 8.1 fan-out, 8.5 deepspeed, popularity 6.5; sasrec: 62.8 fan-out.)"""
-    from slim.recsys import job
+    from slim.train import stage as job
     from slim.recsys.checkpoint import load_model
-    from slim.recsys.train import RunSpec, evaluate, fit
+    from slim.recsys.ranking import evaluate
+    from slim.recsys.spec import RunSpec
+    from slim.train.loop import fit
 
     _write_run(tmp_path, seed=2)
     cfg = job.TrainConfig(run_dir=str(tmp_path), backbones=("sasrec",), variants=("id",), seeds=(0,), hidden=16,
@@ -381,8 +388,9 @@ def test_ray_train_deepspeed_two_workers(tmp_path, ray_local):
 def test_example_dataset_holds_the_fanout_examples(ray_local):
     """The Ray Data examples (cut per block of users by Ray tasks) are the fan-out path's examples, rationale
     columns included, for windows (sasrec + slim), prefixes (srgnn) and the text matcher."""
-    from slim.recsys.ingest import example_dataset
-    from slim.recsys.train import RunSpec, build_model, example_arrays, examples
+    from slim.train.ingest import example_dataset
+    from slim.recsys.spec import RunSpec, build_model
+    from slim.train.loop import example_arrays, examples
     from slim.recsys.usertext import UserText
 
     rng = np.random.default_rng(0)
@@ -417,9 +425,9 @@ def test_workers_get_refs_not_the_users(ray_local):
 
     import ray
 
-    from slim.recsys import job
-    from slim.recsys.distributed import loop_config
-    from slim.recsys.train import RunSpec
+    from slim.train import stage as job
+    from slim.train.distributed import loop_config
+    from slim.recsys.spec import RunSpec
 
     cfg = job.TrainConfig(strategy="ddp")
     spec = RunSpec("sasrec", "id", 0)
@@ -438,15 +446,16 @@ def test_workers_get_refs_not_the_users(ray_local):
 def test_ranking_in_blocks_on_the_cluster_equals_the_driver(run_dir, ray_local):
     """Ray tasks over blocks of users (model put once) give the in-driver ranks exactly: every protocol, the
     full-ranking top-10, a rationale model's vectors cut with its users."""
-    from slim.recsys.blocks import Ranker
-    from slim.recsys.train import RunSpec, build_model, evaluate, ranks
+    from slim.recsys.blocks import BlockRanker
+    from slim.recsys.ranking import evaluate, ranks
+    from slim.recsys.spec import RunSpec, build_model
     from slim.recsys.usertext import UserText
 
     d = D.load(run_dir)
     rng = np.random.default_rng(0)
     ut = UserText(rng.standard_normal((U, 8)).astype(np.float32), rng.random(U) < 0.7, 3, "whole", "student")
     protocols = ("uni100", "pop100", "full", "full_keep")
-    ranker = Ranker(d, block_users=23)  # 4 blocks, the last one short
+    ranker = BlockRanker(d, block_users=23)  # 4 blocks, the last one short
     assert len(ranker.bounds) == 4
     slim = RunSpec("gru4rec", "slim", 0, hidden=16, max_len=10, user_text_dim=8, rationale_field="whole")
     for spec, u in ((RunSpec("sasrec", "id", 0, hidden=16, max_len=10), None), (slim, ut)):

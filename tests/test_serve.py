@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
-from slim.config import ConfigError
+from slim.io import columns as C
+from slim.runtime.config import ConfigError
 from slim.serve import ServeConfig
 from tests.test_recsys import N, _write_run
 
@@ -60,7 +60,8 @@ def _train(root: Path):
     """Two tiny runs (seconds); SASRec is trained longer so it is the best by valid NDCG@10. -> (data, its name)"""
     from slim.recsys import data as D
     from slim.recsys.checkpoint import save_run
-    from slim.recsys.train import RunSpec, fit
+    from slim.recsys.spec import RunSpec
+    from slim.train.loop import fit
 
     d = D.load(root)
     specs = (RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3),
@@ -75,11 +76,12 @@ def _slim_run(root: Path, d) -> tuple[str, np.ndarray]:
     """A trained SLIM run: stored rationale vectors for users 3 (random, unit norm) and 4 (zeros: the encoder's mark
     for an empty rationale) stand in for the encode stage's file; 1 epoch, so the ID runs stay the best.
     -> (its name, the two vectors)"""
-    from slim.prompts import HISTORY_CUT
+    from slim.text.prompts import HISTORY_CUT
     from slim.recsys import usertext as UT
     from slim.recsys.checkpoint import save_run
-    from slim.recsys.train import RunSpec, fit
-    from slim.rundir import Manifest, RunDir
+    from slim.recsys.spec import RunSpec
+    from slim.train.loop import fit
+    from slim.io.rundir import Manifest, RunDir
 
     (root / C.ENCODE_DIR).mkdir(exist_ok=True)
     vecs = np.random.default_rng(0).normal(size=(2, DU))
@@ -135,10 +137,10 @@ def app(tmp_path_factory, ray_local):
 
 
 def _offline(app, seqs: list, cand, run: str = "", vec=None):
-    """The offline evaluation's scores (slim.recsys.train.scores) of the served run (default: the best); a user-text
+    """The offline evaluation's scores (slim.recsys.ranking.scores) of the served run (default: the best); a user-text
     run gets rationale vector `vec` [Du] for every history, or its missing vector when vec is None."""
     from slim.recsys.checkpoint import load_model
-    from slim.recsys.train import scores
+    from slim.recsys.ranking import scores
 
     model, spec = load_model(app["root"] / "models" / (run or app["best"]))
     if not spec.rationale_field:
@@ -478,7 +480,8 @@ def test_no_trained_model_or_token_is_a_clear_error_at_start(tmp_path, monkeypat
 
 
 def test_pipeline_runs_serve_only_when_named(app, tmp_path, capsys):
-    from slim import pipeline, stages
+    from slim.runner import pipeline
+    from slim.runner import stages
 
     assert "serve" in stages.names() and "serve" not in stages.default_names()
     assert stages.default_names() == [n for n in stages.names() if n != "serve"]
@@ -568,7 +571,7 @@ def test_slim_model_uses_the_stored_rationale_vector_else_falls_back(app):
 
     from slim.models import Recommender
     from slim.recsys.data import pad_right
-    from slim.recsys.train import RunSpec
+    from slim.recsys.spec import RunSpec
     from slim.serve.model import Query, Ranker
 
     root, seqs, vecs = app["root"], app["seqs"], app["vecs"]  # users 3 and 4 (zeros: an empty rationale)
@@ -613,7 +616,7 @@ def test_serve_cli_builder_and_deploy_config(tmp_path):
 
 def test_model_and_item_table_must_agree(app):
     from slim.models import Recommender
-    from slim.recsys.train import RunSpec
+    from slim.recsys.spec import RunSpec
     from slim.serve.model import NoModelError, Ranker
 
     other = Recommender("gru4rec", N + 5, 8, variant="id", max_len=10)
@@ -622,7 +625,7 @@ def test_model_and_item_table_must_agree(app):
 
 
 def test_top_k_breaks_ties_by_item_id_at_the_cut():
-    from slim.serve.model import top_k
+    from slim.recsys.ranking import top_k
 
     ids, sc = np.array([5, 3, 9, 1, 7]), np.array([1.0, 2.0, 2.0, 0.0, 2.0])
     assert top_k(ids, sc, 2)[0].tolist() == [3, 7] and top_k(ids, sc, 4)[0].tolist() == [3, 7, 9, 5]
@@ -726,8 +729,8 @@ def test_generated_rationale_for_a_new_user_over_http(app, tmp_path, cache_dir):
 
     from ray import serve
 
-    from slim.encode import Encoder
-    from slim.llm_models import minilm_path
+    from slim.text.encoder import Encoder
+    from slim.runtime.llm_models import minilm_path
     from slim.serve.app import build
     from slim.serve.settings import GeneratorConfig
     from tests.tiny_adapter import make_tiny_adapter
@@ -774,7 +777,7 @@ def test_generated_rationale_for_a_new_user_over_http(app, tmp_path, cache_dir):
 
 def test_serving_prompts_show_the_whole_history():
     """The stages' prompts hold back the last HISTORY_CUT items (targets); a served history holds none (cut=0)."""
-    from slim.prompts import HISTORY_CUT, PromptConfig, history_text, training_prefix
+    from slim.text.prompts import HISTORY_CUT, PromptConfig, history_text, training_prefix
 
     h = [1, 2, 3, 4, 5]
     assert training_prefix(h) == h[:-HISTORY_CUT] and training_prefix(h, 0) == h

@@ -15,7 +15,7 @@ FAST = dict(backbones=("gru4rec",), seeds=(0,), hidden=32, max_len=12, epochs=12
 
 
 def _train(root, variants):
-    from slim.recsys import job
+    from slim.train import stage as job
 
     job.run(job.TrainConfig(run_dir=str(root), variants=variants, **FAST))
     out = {}
@@ -44,7 +44,7 @@ def test_slim_and_text_match_find_the_planted_signal(planted, tmp_path):
 
 def test_no_rationale_is_fused_into_a_target_it_saw(planted):
     from slim.recsys.checkpoint import load_model
-    from slim.recsys.train import examples
+    from slim.train.loop import examples
 
     root, _ = planted
     d = D.load(root)
@@ -64,7 +64,7 @@ def test_no_rationale_is_fused_into_a_target_it_saw(planted):
         assert (ex.tpos[other] < np.broadcast_to(lens[ex.user][:, None] if ex.tpos.ndim == 2 else lens[ex.user],
                                                   ex.tpos.shape)[other] - 3).all()
     # rationales an older version wrote from item_ids[:-2] name every training target: refused, not fused
-    from slim.rundir import Manifest, RunDir
+    from slim.io.rundir import Manifest, RunDir
 
     RunDir(root).write_manifest(Manifest("student", {"history_cut": 2}))
     with pytest.raises(UT.UserTextError, match=r"item_ids\[:-2\].*look-ahead"):
@@ -79,7 +79,7 @@ def test_no_rationale_is_fused_into_a_target_it_saw(planted):
 
 
 def test_report_gains_paired_tests_and_plots(planted):
-    from slim.recsys import evaluate
+    from slim.evaluate import stage as evaluate
 
     root, got = planted
     evaluate.run(evaluate.EvaluateConfig(run_dir=str(root), protocols=("uni100", "full", "full_keep")))
@@ -122,8 +122,8 @@ def test_explain_ranks_with_the_rationale_and_shows_its_steps(planted):
 
 
 def test_new_rationales_retrain_the_slim_rows_only(tmp_path, ray_local):
-    from slim.recsys import job
-    from slim.rundir import RunDir
+    from slim.train import stage as job
+    from slim.io.rundir import RunDir
 
     G.write(tmp_path)
     cfg = job.TrainConfig(run_dir=str(tmp_path), variants=("id", "id_text", "slim"), **{**FAST, "epochs": 1})

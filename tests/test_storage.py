@@ -1,4 +1,4 @@
-"""Run directories on object storage (slim.storage): the same writes, reads and answers as on a local disk, against
+"""Run directories on object storage (slim.io.storage): the same writes, reads and answers as on a local disk, against
 a real S3-compatible server (moto's standalone server, a subprocess on 127.0.0.1) with credentials from the
 environment only."""
 
@@ -17,9 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from slim import atomic, shards, storage
-from slim import columns as C
-from slim.rundir import Manifest, RunDir
+from slim.io import atomic
+from slim.io import shards
+from slim.io import storage
+from slim.io import columns as C
+from slim.io.rundir import Manifest, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = f"test-secret-{uuid.uuid4().hex}"  # must never appear in anything the stages write
@@ -202,7 +204,7 @@ def test_killed_writer_leaves_nothing_a_reader_sees(s3):
     uri, cli = s3
     code = textwrap.dedent(f"""
         import sys, time
-        from slim import atomic
+        from slim.io import atomic
         with atomic.writing({uri + '/data/users.parquet'!r}) as tmp:
             with open(tmp, "wb") as f:
                 f.write(b"x" * 5_000_000)
@@ -241,8 +243,9 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
     run_dir=s3://... (its own Ray cluster, whose workers write the candidates to the bucket with the credentials of
     its environment), writes what it writes on disk, skips when rerun, and no secret lands in any object or in its
     output."""
-    from slim import config, stages
-    from slim.data.prepare import run
+    from slim.runtime import config
+    from slim.runner import stages
+    from slim.data.stage import run
 
     uri, cli = s3
     over = [f"data.cache_dir={cache_dir}", "data.max_users=60"]
@@ -277,8 +280,9 @@ def test_data_stage_on_a_bucket_matches_local_disk(ray_local, cache_dir, s3, tmp
 def test_data_input_from_a_bucket(s3, tmp_path):
     """data.path may be a bucket URI (a KubeRay cluster has no shared disk): read through a local scratch copy, and
     fingerprinted by its objects, so a resubmission sees the same input until an object changes."""
-    from slim.data import prepare, sources
-    from slim.data.prepare import DataConfig
+    from slim.data import sources
+    from slim.data import stage as prepare
+    from slim.data.stage import DataConfig
     from tests.datagen import write_seqrec
 
     uri, _ = s3
@@ -300,7 +304,7 @@ def test_merged_student_stays_off_the_bucket(s3, cache_dir, tmp_path):
     """The student stage (`jobs/student.py`, its own Ray cluster) on a bucket run directory merges base +
     adapter into a local folder (SLIM_SCRATCH), named in the manifest, and uploads only its shards: the merged fp32
     model (~540 MB here) is not an object."""
-    from slim.student import generate
+    from slim.student import stage as generate
     from tests.student_data import write_run_data
     from tests.tiny_adapter import make_tiny_adapter
 

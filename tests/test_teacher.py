@@ -7,10 +7,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from slim import columns as C
-from slim.prompts import PromptConfig
+from slim.io import columns as C
+from slim.text.prompts import PromptConfig
 from slim.teacher import client as K
-from slim.teacher import job, select, shards
+from slim.teacher import select, shards
+from slim.teacher import stage as job
 from slim.testing import fault_server
 from slim.teacher.ratelimit import RateLimiter
 from teacherdata import write_data_stage
@@ -150,7 +151,7 @@ def test_faults_rate_limit_exactly_one_row_per_user_then_retry_failed(tmp_path, 
                 assert "truncated" in r[C.ERROR] and not r[C.STEP3]
             else:  # a permanent 4xx ends a row at once; retryable faults only after max_attempts (rare here)
                 assert r[C.ERROR].startswith(("HTTP 400", "gave up after 12 attempts")), r[C.ERROR]
-        q = m.extra["quality"]  # slim.quality over the kept answers: the parse rate is the share of ok rows
+        q = m.extra["quality"]  # slim.text.quality over the kept answers: the parse rate is the share of ok rows
         assert q["n"] == 40 and q["parse_rate"] == pytest.approx(100 * m.counts["ok"] / 40)
         gave_up = sum(r[C.ERROR].startswith("gave up") for r in rows.values())
         assert m.counts["failed"] == faults["400"] + gave_up and m.counts["malformed"] == faults["truncated"]
@@ -225,7 +226,7 @@ def test_structured_mode_asks_for_the_schema_online_and_in_batch(tmp_path, ray_l
 
 
 def test_few_shot_examples_are_sent_and_changing_them_asks_again(tmp_path, ray_local):
-    from slim.prompts import Example, PromptConfig
+    from slim.text.prompts import Example, PromptConfig
 
     rd = write_data_stage(tmp_path / "run", 12)
 

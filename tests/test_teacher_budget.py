@@ -13,9 +13,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from slim import columns as C
-from slim.config import ConfigError
-from slim.teacher import budget, job, shards
+from slim.io import columns as C
+from slim.runtime.config import ConfigError
+from slim.teacher import budget, shards
+from slim.teacher import stage as job
 from slim.teacher import client as K
 from slim.testing import fault_server
 from teacherdata import write_data_stage

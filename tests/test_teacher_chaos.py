@@ -6,8 +6,8 @@ import collections
 import pyarrow.compute as pc
 import pytest
 
-from slim import columns as C
-from slim import shards as S
+from slim.io import columns as C
+from slim.io import shards as S
 from slim.teacher import shards
 from teacher_chaos import run_chaos
 from teacherdata import write_data_stage

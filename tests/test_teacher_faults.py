@@ -8,7 +8,7 @@ import urllib.request
 import openai
 import pytest
 
-from slim import columns as C
+from slim.io import columns as C
 from slim.teacher import client as K
 from slim.testing import fault_server
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from slim import columns as C
+from slim.io import columns as C
 from slim.teacher import shards
 from slim.testing import fault_server
 from teacherdata import write_data_stage

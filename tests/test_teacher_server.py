@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slim import columns as C
-from slim import llm_models, rationale
-from slim.teacher import job, shards
+from slim.io import columns as C
+from slim.runtime import llm_models
+from slim.text import rationale
+from slim.teacher import shards
+from slim.teacher import stage as job
 from slim.teacher.local_server import vllm_server
 from teacherdata import write_data_stage
 
@@ -53,7 +55,7 @@ def test_real_server_rationales_parsed_into_steps(tmp_path, vllm_teacher, ray_lo
 
 
 def test_structured_answers_through_response_format(tmp_path, vllm_teacher, ray_local):
-    """teacher.structured: the local vLLM server constrains the answer to slim.rationale.SCHEMA; every row is JSON
+    """teacher.structured: the local vLLM server constrains the answer to slim.text.rationale.SCHEMA; every row is JSON
     that parses into three non-empty steps (the same 135M model's free text rarely has them)."""
     import json
 
@@ -83,7 +85,7 @@ def test_tiny_config_job_starts_and_stops_its_own_server(tmp_path, cache_dir):
     cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())["teacher"]
     rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
     assert rows.num_rows == cfg["num_users"] and "teacher:" in r.stdout
-    log = (rd.root / "logs" / "teacher.log").read_text()  # the stage log (slim.console): INFO lines go there
+    log = (rd.root / "logs" / "teacher.log").read_text()  # the stage log (slim.runtime.console): INFO lines go there
     assert "server ready" in log and (rd.root / "teacher" / "server.log").exists()
     port = int(re.search(r"server ready at http://127.0.0.1:(\d+)/v1", log).group(1))
     with pytest.raises(OSError):  # the job stopped the server it started

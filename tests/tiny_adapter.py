@@ -15,7 +15,7 @@ def make_tiny_adapter(out: str | Path, cache_dir: str = "~/.cache/slim", r: int 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from slim import llm_models
+    from slim.runtime import llm_models
 
     base = AutoModelForCausalLM.from_pretrained(llm_models.resolve(llm_models.SMOLLM2, cache_dir),
                                                 dtype=torch.float32)

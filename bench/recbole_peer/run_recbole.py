@@ -52,7 +52,7 @@ def ranks(model, loader, dataset, cands: dict) -> np.ndarray:
             users = dataset.id2token("user_id", inter["user_id"].numpy())
             rows = np.stack([cands[u] for u in users])  # [B, 101] internal ids, target first
             s = torch.gather(scores, 1, torch.from_numpy(rows)).numpy().astype(np.float64)
-            out.append((s >= s[:, :1]).sum(1) - 1)  # pessimistic ties, as slim.metrics.target_rank
+            out.append((s >= s[:, :1]).sum(1) - 1)  # pessimistic ties, as slim.recsys.metrics.target_rank
     return np.concatenate(out)
 
 

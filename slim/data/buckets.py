@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from slim import columns as C
-from slim import storage
+from slim.io import columns as C
+from slim.io import storage
 from slim.data import sequences as S
 
 

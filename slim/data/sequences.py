@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from slim import columns as C
+from slim.io import columns as C
 
 
 def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int,

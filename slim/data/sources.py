@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from slim import atomic
+from slim.io import atomic
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def chunked(records: Iterator[tuple[list, list, list]], rows: int) -> Iterator[t
 def fetch(path_or_url: str, cache_dir: str) -> Path:
     """A local path as is; an http(s) URL downloaded once into the cache (for users with internet); a bucket URI
     (s3://...: a cluster without a shared disk) copied into local scratch, again only when it changed."""
-    from slim import storage
+    from slim.io import storage
 
     if storage.is_remote(path_or_url) and not path_or_url.startswith(("http://", "https://")):
         if not storage.path(path_or_url).exists():

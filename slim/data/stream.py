@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from slim import columns as C
-from slim import storage
+from slim.io import columns as C
+from slim.io import storage
 from slim.data import buckets as B
 from slim.data import sequences as S
 from slim.data.sources import DataError, Problems, Source
@@ -48,12 +48,12 @@ def run_tasks(fn, args: list, parallel: bool) -> list:
         return [fn(*a) for a in args]
     import ray
 
-    from slim.raycluster import cores_request
+    from slim.runtime.raycluster import cores_request
 
     task = ray.remote(num_cpus=1, resources=cores_request(1))(released).options(name=fn.__name__)  # its title
     shared = {id(x): ray.put(x) for a in args for x in a if isinstance(x, np.ndarray) and x.nbytes > 65_536}
     refs = [task.remote(fn, *[shared.get(id(x), x) for x in a]) for a in args]
-    from slim.console import Progress
+    from slim.runtime.console import Progress
 
     if len(refs) > 1:  # one bucket: nothing to follow
         pending, prog = list(refs), Progress(f"data ({fn.__name__})", len(refs), "buckets")

@@ -1,7 +1,7 @@
 """Ranking millions of users in blocks on the Ray cluster.
 
 The users are cut into blocks of `block_users`; each block goes to the object store once (and is reused for every
-model ranked in the same stage), the model once per model, and one Ray task per block runs `train.ranks` (the
+model ranked in the same stage), the model once per model, and one Ray task per block runs `ranking.ranks` (the
 in-driver code) on its users. The driver gets back ranks only ([U] per protocol, [U, top] item ids), never a
 score matrix: sampled protocols score [users, 101] and full ranking [users, items] inside the tasks. A run with
 a single block ranks in the calling process, with the same code.
@@ -26,14 +26,14 @@ def cut(d: D.SeqData, ut: Optional[UserText], a: int, b: int) -> tuple:
 def _rank_block(model, block, split: str, protocols, max_len: int, top: int) -> dict:
     import torch
 
-    from slim.recsys.train import ranks
+    from slim.recsys.ranking import ranks
 
     torch.set_num_threads(1)  # one core per task (cores_request)
     d, ut = block
     return ranks(model, d, split, protocols, max_len, ut, top)
 
 
-class Ranker:
+class BlockRanker:
     """ranks(model, ...) over d's users in blocks; the blocks are put in the object store on first use."""
 
     def __init__(self, d: D.SeqData, block_users: int = 50_000):
@@ -49,14 +49,14 @@ class Ranker:
         return self._refs[key][1]
 
     def ranks(self, model, split: str, protocols, max_len: int, ut: Optional[UserText] = None, top: int = 0) -> dict:
-        """train.ranks(model, d, ...), computed block by block on the cluster."""
-        from slim.recsys.train import ranks
+        """ranking.ranks(model, d, ...), computed block by block on the cluster."""
+        from slim.recsys.ranking import ranks
 
         if len(self.bounds) <= 1:
             return ranks(model, self.d, split, protocols, max_len, ut, top)
         import ray
 
-        from slim.raycluster import cores_request
+        from slim.runtime.raycluster import cores_request
 
         task = ray.remote(num_cpus=1, resources=cores_request(1), max_retries=1)(_rank_block)
         m = ray.put(model)  # once, shared by every block's task
@@ -65,7 +65,7 @@ class Ranker:
 
     def evaluate(self, model, split: str, protocols, max_len: int, ut: Optional[UserText] = None) -> dict:
         """train.evaluate: protocol -> metrics (percent)."""
-        from slim import metrics as M
+        from slim.recsys import metrics as M
 
         r = self.ranks(model, split, protocols, max_len, ut)
         return {p: M.metrics_from_ranks(r[p]) for p in protocols}

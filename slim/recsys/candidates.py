@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from slim import columns as C
-from slim import storage
+from slim.io import columns as C
+from slim.io import storage
 
 
 class RecDataError(ValueError):

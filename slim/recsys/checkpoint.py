@@ -25,7 +25,7 @@ def save_run(out: Path, model, spec, num_items: int, rec: dict, fp: str) -> dict
     """Weights first, metrics.json last (atomic): a run with metrics.json is complete."""
     import torch
 
-    from slim import atomic
+    from slim.io import atomic
 
     with atomic.writing(out / WEIGHTS) as tmp:
         torch.save({"spec": dataclasses.asdict(spec), "num_items": num_items, "state_dict": model.state_dict()}, tmp)
@@ -40,7 +40,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
     import torch
 
-    from slim import storage
+    from slim.io import storage
 
     with storage.open_input(storage.path(path) / WEIGHTS) as f:
         return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
@@ -49,7 +49,7 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_model(path: str | Path, item_text: Optional[np.ndarray] = None):
     """A saved run -> (model, RunSpec), rebuilt from the checkpoint alone: the item-text buffer, the rationale
     width and field are saved with the weights."""
-    from slim.recsys.train import RunSpec, build_model
+    from slim.recsys.spec import RunSpec, build_model
 
     ck = read_checkpoint(path)
     spec = RunSpec(**ck["spec"])

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slim import columns as C
-from slim import storage
+from slim.io import columns as C
+from slim.io import storage
 from slim.recsys.candidates import Candidates, RecDataError  # noqa: F401 (RecDataError: this module's error)
 
 
@@ -143,7 +143,7 @@ def rationale_positions(tpos: np.ndarray, user: np.ndarray, seq_lens: np.ndarray
     products, step 1 summarises bought ones). Evaluation is clean in both modes: the prefix never holds the
     validation or test target.
 
-    The rationale of user u saw item_ids[:len_u - cut] (slim.prompts.HISTORY_CUT = 3). A target at index p is
+    The rationale of user u saw item_ids[:len_u - cut] (slim.text.prompts.HISTORY_CUT = 3). A target at index p is
     named in that text when p < len_u - cut, so fusing the rationale there would train the user side to read the
     answer off the text (look-ahead); only p >= len_u - cut is a fair target: item_ids[-3] in training, the
     validation and test targets in evaluation. tpos: [E] or [E, L] (-1 = no target), user: [E] -> bool like tpos.

@@ -3,7 +3,7 @@ its steps. Used by jobs/explain.py and by the serving endpoint (slim.serve).
 
 A known user's recommendation reads their whole history (every item they have, the held-out ones included: this
 is what comes next in production, not an evaluation); the rationale is the stored one, written from
-item_ids[:-3] (slim.prompts), so a SLIM model's user side sees it exactly as it did in evaluation.
+item_ids[:-3] (slim.text.prompts), so a SLIM model's user side sees it exactly as it did in evaluation.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from slim import columns as C
-from slim import storage
+from slim.io import columns as C
+from slim.io import storage
 
 RATIONALE_COLS = (C.RATIONALE, C.STEP1, C.STEP2, C.STEP3, C.STATUS)
 
@@ -44,8 +44,8 @@ def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: O
 
 def rationales(run_dir: str | Path, source: str = "student") -> dict:
     """user_id -> {text, steps, status, products}: the stored rationales of `source` ("student" or "teacher"), one per user by
-    the shards' own latest-row rule (slim.shards); {} when that stage has not run."""
-    from slim import shards
+    the shards' own latest-row rule (slim.io.shards); {} when that stage has not run."""
+    from slim.io import shards
 
     folder = storage.path(run_dir) / (C.STUDENT_SHARDS if source == "student" else C.TEACHER_SHARDS)
     if not shards.shard_files(folder):
@@ -121,7 +121,7 @@ class Explainer:
         """-> [{item_id, title, score}] best first."""
         import torch
 
-        from slim import metrics as M
+        from slim.recsys.ranking import top_items
         from slim.recsys import data as D
 
         x, lens = D.pad_right([np.asarray(history, dtype=np.int64)], self.spec.max_len)
@@ -130,8 +130,8 @@ class Explainer:
             s = self.model.encode(torch.from_numpy(x), torch.from_numpy(lens),
                                   None if vec is None else torch.from_numpy(vec))
             sc = self.model.score_all(s).numpy()  # [1, N+1]
-        top = M.top_items(sc, [history if exclude_history else []], k)[0]
-        return [{"item_id": int(i), "title": self.titles.get(int(i)), "score": float(sc[0, i])} for i in top]
+        top = top_items(sc, [history if exclude_history else []], k)[0]
+        return [{"item_id": int(i), "title": self.titles.get(int(i)), "score": float(sc[0, i])} for i in top if i]
 
     def explain(self, user_id: int, k: int = 10) -> dict:
         if user_id not in self.users:

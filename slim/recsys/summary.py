@@ -1,9 +1,9 @@
-"""reports/results.md from the evaluate stage's results (slim.recsys.evaluate)."""
+"""reports/results.md from the evaluate stage's results (slim.evaluate.stage)."""
 
 from __future__ import annotations
 
 from slim.recsys import report as R
-from slim.rundir import peak_rss_mb
+from slim.io.rundir import peak_rss_mb
 
 
 def scale_line(stage: str, rows: int, what: str, seconds: float) -> str:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slim import columns as C
-from slim import storage
-from slim.prompts import HISTORY_CUT
+from slim.io import columns as C
+from slim.io import storage
+from slim.text.prompts import HISTORY_CUT
 from slim.recsys.data import RecDataError
 
 # train.rationale_field -> the encode stage's field name; "history" is the no-LLM control's one vector per user

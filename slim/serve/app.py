@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from ray import serve
 
 from slim import __version__
-from slim import columns as C
+from slim.io import columns as C
 from slim.serve import guard, schemas as S
 from slim.serve.model import Ranker, pick_run
 from slim.serve.page import PAGE, swagger_asset, swagger_page
@@ -186,13 +186,13 @@ class RecommenderApp:
 def build(cfg: ServeConfig):
     """The Application for `cfg`. Resolves the run and the token here, in the caller: a run directory without a
     trained model or a missing token variable fails before any replica starts."""
-    from slim.raycluster import work_actor_env
+    from slim.runtime.raycluster import work_actor_env
 
     check(cfg)
     model_dir = pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)
     token = read_token(cfg)
     writer = _writer(cfg, model_dir)
-    # Replicas do the work: at the driver's priority, not Ray's niceness 15 (see slim/raycluster.py).
+    # Replicas do the work: at the driver's priority, not Ray's niceness 15 (see slim/runtime/raycluster.py).
     opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
             "logging_config": {"enable_access_log": cfg.access_log},
             "ray_actor_options": {"num_cpus": cfg.replica_cpus, "runtime_env": work_actor_env()}}
@@ -220,7 +220,7 @@ def _writer(cfg: ServeConfig, model_dir):
 
 def build_app(args: dict):
     """Builder for `serve run` / `serve deploy`: args = {config: path, "serve.key": value, ...}."""
-    from slim import config
+    from slim.runtime import config
 
     args = dict(args)
     path = args.pop("config", None)

@@ -17,8 +17,9 @@ from typing import Optional
 import numpy as np
 import pyarrow.parquet as pq
 
-from slim import columns as C
+from slim.io import columns as C
 from slim.recsys.explain import NoModelError, pick_run, rationales, titled  # noqa: F401 (re-exported)
+from slim.recsys.ranking import top_k
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,6 @@ def _item_table(model):
     if hasattr(model, "items") and hasattr(model.items, "table"):
         return model.items.table()
     return model.table() if hasattr(model, "table") else None
-
-
-def top_k(ids: np.ndarray, sc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (ids, scores), best first, ties by item id; partitions first, so a full ranking of many items
-    sorts only the k best and the ties at the cut."""
-    if k < len(ids):
-        cut = np.partition(sc, len(sc) - k)[len(sc) - k]  # the k-th best score
-        pick = np.flatnonzero(sc >= cut)
-        ids, sc = ids[pick], sc[pick]
-    order = np.lexsort((ids, -sc))[:k]
-    return ids[order], sc[order]
 
 
 class Ranker:

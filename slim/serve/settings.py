@@ -24,7 +24,7 @@ class GeneratorConfig:
     base_model: str = ""  # "" = the student stage's base model
     adapter: str = ""  # "" = the student stage's: auto (distill/merged, else distill/adapter merged once) | none | path
     max_tokens: Optional[int] = None  # most tokens of a generated rationale
-    structured: Optional[bool] = None  # JSON under slim.rationale.SCHEMA (vLLM structured outputs)
+    structured: Optional[bool] = None  # JSON under slim.text.rationale.SCHEMA (vLLM structured outputs)
     repetition_penalty: Optional[float] = None  # vLLM sampling's repetition_penalty
     temperature: Optional[float] = None  # the student's default is 0 (greedy: the same history, the same rationale)
     max_model_len: Optional[int] = None  # vLLM context length (prompt + rationale)
@@ -93,7 +93,7 @@ def from_dict(d: dict) -> ServeConfig:
 
 def check(cfg: ServeConfig) -> None:
     """Values the dataclass types cannot express; the message names the key."""
-    from slim.config import ConfigError
+    from slim.runtime.config import ConfigError
 
     if cfg.max_batch_size < 1:
         raise ConfigError(f"serve.max_batch_size: must be >= 1, got {cfg.max_batch_size}")
@@ -132,7 +132,7 @@ def read_token(cfg: ServeConfig) -> Optional[Secret]:
     """The token from the environment variable named by serve.auth_token_env; None when auth is off."""
     import os
 
-    from slim.config import ConfigError
+    from slim.runtime.config import ConfigError
 
     if not cfg.auth_token_env:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from slim.console import say
+from slim.runtime.console import say
 from slim.serve.settings import STAGE, ServeConfig, check  # noqa: F401 (STAGE: the face)
 
 log = logging.getLogger(__name__)
@@ -16,7 +16,7 @@ def start(cfg: ServeConfig):
     Returns the app's handle once every replica is ready; a run directory without a trained model raises first."""
     from ray import serve
 
-    from slim.raycluster import init_ray
+    from slim.runtime.raycluster import init_ray
     from slim.serve.app import build
 
     check(cfg)
@@ -50,7 +50,7 @@ def run(cfg: ServeConfig, force: bool = False):
         serve.shutdown()
 
 
-# The stage's face (slim/stages.py). Serve runs only when named, writes nothing and has no manifest.
+# The stage's face (slim/runner/stages.py). Serve runs only when named, writes nothing and has no manifest.
 CONFIG = ServeConfig
 WRITES = ()
 

@@ -5,8 +5,8 @@ Each part is the one the pipeline used, so a generated rationale enters the mode
 - model: the student stage's resolution (slim.student.engines.resolve_model: distill/merged, else base + LoRA
   adapter merged once, here into a cache outside the run directory, which serving never writes);
 - prompt and sampling: the student stage's config from student/manifest.json (prompt templates, max_tokens,
-  structured outputs under slim.rationale.SCHEMA, repetition penalty), each overridable under serve.generator;
-- status: the student stage's rule (slim.student.generate.finalize: ok | malformed);
+  structured outputs under slim.text.rationale.SCHEMA, repetition penalty), each overridable under serve.generator;
+- status: the student stage's rule (slim.student.stage.finalize: ok | malformed);
 - vector: the encode stage's Encoder with its config from encode/manifest.json (model, max_seq_length,
   step3_share), float16 as stored, for the model's rationale field.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from ray import serve
 
-from slim import columns as C
+from slim.io import columns as C
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ def _known(cls, d: dict) -> dict:
 
 def student_config(run_dir: str, gen) -> "StudentConfig":
     """The student stage's config as the run recorded it, with serve.generator's overrides."""
-    from slim import config
-    from slim.rundir import RunDir
-    from slim.student.generate import STAGE, StudentConfig
+    from slim.runtime import config
+    from slim.io.rundir import RunDir
+    from slim.student.stage import STAGE, StudentConfig
 
     m = RunDir(run_dir).read_manifest(STAGE)
     raw = {**_known(StudentConfig, m.config if m else {}), "run_dir": run_dir, "cache_dir": gen.cache_dir}
@@ -61,9 +61,9 @@ def student_config(run_dir: str, gen) -> "StudentConfig":
 
 def encode_config(run_dir: str) -> "EncodeConfig":
     """The encode stage's config as the run recorded it (its defaults where the run has no manifest)."""
-    from slim import config
-    from slim.encode import STAGE, EncodeConfig
-    from slim.rundir import RunDir
+    from slim.runtime import config
+    from slim.encode.stage import STAGE, EncodeConfig
+    from slim.io.rundir import RunDir
 
     m = RunDir(run_dir).read_manifest(STAGE)
     return config.build(EncodeConfig, {**_known(EncodeConfig, m.config if m else {}), "run_dir": run_dir}, "encode")
@@ -83,7 +83,7 @@ def resolve(cfg) -> tuple:
     """(student config, checkpoint path, its description) for ServeConfig `cfg`, resolved where the app is built:
     a missing student stops the start with the student stage's message. An adapter is merged once into
     serve.generator.merge_dir (on a multi-node cluster a path every node mounts), never into the run directory."""
-    from slim import llm_models
+    from slim.runtime import llm_models
     from slim.student import engines
 
     g = cfg.generator
@@ -102,8 +102,8 @@ class RationaleWriter:
         import vllm
         from transformers import AutoTokenizer
 
-        from slim import llm_models
-        from slim.encode import Encoder
+        from slim.runtime import llm_models
+        from slim.text.encoder import Encoder
         from slim.serve.settings import GeneratorConfig
         from slim.student import engines
 
@@ -125,8 +125,8 @@ class RationaleWriter:
     async def write(self, history: list) -> dict:
         import pyarrow as pa
 
-        from slim.prompts import student_chat_text
-        from slim.student.generate import finalize
+        from slim.text.prompts import student_chat_text
+        from slim.student.stage import finalize
 
         t0 = time.perf_counter()
         prompt = student_chat_text(self.tok, history, self.text, self.cfg.prompt, cut=0)
@@ -159,7 +159,7 @@ class RationaleWriter:
 
 def deployment(cfg, field: str):
     """The bound writer deployment for `cfg` (ServeConfig), or None when generation is off."""
-    from slim.raycluster import work_actor_env
+    from slim.runtime.raycluster import work_actor_env
 
     if not cfg.generate_rationales:
         return None

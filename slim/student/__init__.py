@@ -1,1 +1,2 @@
-"""The student: distillation (distill.py, examples.py) and rationale generation for every user (generate.py)."""
+"""The `student` stage: the distilled small LM writes a rationale for every user. stage.py (config + run),
+engines.py (vLLM through ray.data.llm, or llama.cpp for a GGUF model)."""

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from slim import atomic, storage
-from slim import columns as C
-from slim.raycluster import work_actor_env
-from slim.rundir import file_fingerprint
+from slim.io import atomic
+from slim.io import storage
+from slim.io import columns as C
+from slim.runtime.raycluster import work_actor_env
+from slim.io.rundir import file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
             raise StudentModelError(f"student.adapter={adapter}: no adapter_config.json or model checkpoint there")
     fp = file_fingerprint(src)
     # "_": Parquet dataset readers skip it. On object storage vLLM engines download it on their own node
-    # (ray.data.llm fetches s3:// / gs:// model sources), other readers through slim.storage.local_copy.
+    # (ray.data.llm fetches s3:// / gs:// model sources), other readers through slim.io.storage.local_copy.
     out = cache / f"_merged-{fp}"
     if not is_model(out):
         merge_adapter(base_path, str(src), out)
@@ -99,7 +100,7 @@ def sampling_dict(s) -> dict:
     if s.repetition_penalty != 1.0:
         d["repetition_penalty"] = float(s.repetition_penalty)
     if s.structured:  # ray.data.llm turns this into vLLM's StructuredOutputsParams
-        from slim.rationale import SCHEMA
+        from slim.text.rationale import SCHEMA
 
         d["structured_outputs"] = {"json": SCHEMA}
     return d
@@ -128,7 +129,7 @@ def vllm_stage(cfg, model_path: str):
         placement_group_config={"bundles": [bundle]},
         runtime_env=work_actor_env({"VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}),
         should_continue_on_error=True,  # a too-long prompt fails its row, not the job
-        chat_template_stage=False,  # our prompt is the exact distillation text (slim.prompts.student_chat_text)
+        chat_template_stage=False,  # our prompt is the exact distillation text (slim.text.prompts.student_chat_text)
         tokenize_stage=False,  # the engine tokenizes; saves two actor pools
         detokenize_stage=False,  # the engine's own detokenizer fills generated_text
         log_engine_metrics=False,

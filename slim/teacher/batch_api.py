@@ -11,8 +11,9 @@ import logging
 import time
 from pathlib import Path
 
-from slim import columns as C
-from slim import atomic, storage
+from slim.io import columns as C
+from slim.io import atomic
+from slim.io import storage
 from slim.teacher import client as K
 from slim.teacher import shards
 from slim.teacher.worker import api_key

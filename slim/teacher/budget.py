@@ -17,7 +17,7 @@ import ipaddress
 import logging
 from urllib.parse import urlparse
 
-from slim.config import ConfigError
+from slim.runtime.config import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-from slim import columns as C
-from slim import rationale
+from slim.io import columns as C
+from slim.text import rationale
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class CallSettings:
     price_factor: float = 1.0  # 0.5 in Batch API mode
     extra_body: dict | None = None  # provider-specific request fields
     retry_after_max_s: float = 120.0  # a Retry-After longer than this is cut to it
-    response_format: dict | None = None  # structured answers (slim.rationale.SCHEMA) from an API that takes them
+    response_format: dict | None = None  # structured answers (slim.text.rationale.SCHEMA) from an API that takes them
 
 
 def request_fields(s: CallSettings, flat: bool = False) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from slim import columns as C
-from slim import prompts
+from slim.io import columns as C
+from slim.text import prompts
 
 
 def stratified_sample(history_len: np.ndarray, n: int, seed: int, strata: int = 5) -> np.ndarray:

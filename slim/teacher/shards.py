@@ -2,11 +2,11 @@
 
 - log/: each worker actor appends every finished row to its own JSON-lines file (flushed and fsynced), so a kill
   loses only the requests still in flight. A log is folded into a shard when a job starts or ends.
-- rationales/: shards (slim.shards) holding, after a finished run, exactly one row per selected user.
+- rationales/: shards (slim.io.shards) holding, after a finished run, exactly one row per selected user.
 - archive/: every other paid row: rows superseded by a retry, and rows of users outside the current selection
   (reused, without a new request, if the selection grows back).
 Every row has a unique row_id (a row folded twice is one row) and its write time (the latest row of a user wins,
-slim.shards). Nothing here deletes a row before a shard holding it has been renamed into place.
+slim.io.shards). Nothing here deletes a row before a shard holding it has been renamed into place.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from slim import columns as C
-from slim import atomic, storage
-from slim import shards as S
+from slim.io import columns as C
+from slim.io import atomic
+from slim.io import storage
+from slim.io import shards as S
 
 SCHEMA = pa.schema([
     (C.USER_ID, pa.int64()), (C.PROMPT, pa.string()), (C.RATIONALE, pa.string()),

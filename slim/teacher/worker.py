@@ -14,10 +14,10 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from slim import columns as C
+from slim.io import columns as C
 from slim.teacher import client as K
 from slim.teacher import shards
-from slim.console import Progress
+from slim.runtime.console import Progress
 
 log = logging.getLogger(__name__)
 

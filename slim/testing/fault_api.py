@@ -35,7 +35,7 @@ def rationale_for(prompt: str) -> str:
 
 
 def structured_for(prompt: str) -> str:
-    """The same answer as JSON under slim.rationale.SCHEMA, as a server honouring response_format writes it."""
+    """The same answer as JSON under slim.text.rationale.SCHEMA, as a server honouring response_format writes it."""
     titles = re.findall(r"^\d+\. (.+)$", prompt, re.MULTILINE) or ["various games"]
     cats = [{"name": f"Category {c}", "products": [f"Product {c}{k}" for k in range(1, 6)]} for c in "ABCDE"]
     return json.dumps({"preferences": f"The user enjoys items like {titles[0][:60]}.", "categories": cats})

@@ -1,0 +1,148 @@
+"""The shared command line of every job: `--config FILE [--force] key=value ...`.
+
+A bad config or bad input ends a job with one line naming the key, file or row (exit code 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from slim.runtime import console
+
+
+def parse(argv: list[str] | None = None, description: str = "", retry_failed: bool = False) -> argparse.Namespace:
+    """retry_failed: offer --retry-failed (only stages whose config has `retry_failed` keep failed rows to redo)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", default=None, help="YAML config (one section per stage)")
+    p.add_argument("--force", action="store_true", help="rerun even if the stage's manifest matches")
+    if retry_failed:
+        p.add_argument("--retry-failed", action="store_true",
+                       help="redo only the rows that failed before, keep the rest")
+    add_verbose(p)
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.min_history=5 "
+                   "(every key: docs/config.md)")
+    args = p.parse_args(argv)
+    console.setup(args.verbose)
+    return args
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="show Ray's, Ray Data's, Ray Train's and vLLM's logs on "
+                   "the console too (they are always in <run_dir>/logs/<stage>.log)")
+
+
+def user_errors() -> tuple[type, ...]:
+    """Errors that a user fixes in the config or the input files; their messages say what and where."""
+    from slim.runtime.config import ConfigError
+    from slim.data.sources import DataError
+    from slim.recsys.data import RecDataError
+    from slim.io.rundir import StageNotFinished
+    from slim.io.shards import ShardError
+    from slim.student.engines import StudentModelError
+
+    return ConfigError, DataError, RecDataError, StageNotFinished, ShardError, StudentModelError
+
+
+def retry_stages() -> list[str]:
+    """Stages whose config has `retry_failed`: they keep failed rows and can redo only those."""
+    import dataclasses
+
+    from slim.runner import stages
+
+    return [n for n in stages.names()
+            if "retry_failed" in {f.name for f in dataclasses.fields(stages.REGISTRY[n]()[0])}]
+
+
+def report(e: Exception) -> int:
+    """One line on stderr, exit code 2."""
+    from slim.runtime.config import ConfigError
+    from slim.io.rundir import StageNotFinished
+    from slim.student.engines import StudentModelError
+
+    # raised in a Ray task: Ray's error is also an instance of the cause's class; the cause's message is the line
+    cause = getattr(e, "cause", None)
+    e = cause if isinstance(cause, Exception) else e
+    kind = "config error" if isinstance(e, ConfigError) else "data error"
+    kind = "error" if isinstance(e, (StageNotFinished, StudentModelError)) else kind
+    print(f"{kind}: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+
+
+def main_stage(stage: str, argv: list[str] | None = None) -> int:
+    """Entry point shared by jobs/<stage>.py: load and check the config, then run the stage."""
+    from slim.runner import check
+    from slim.runtime import config
+    from slim.runner import stages
+
+    args = parse(argv, description=f"SLIM stage: {stage}", retry_failed=stage in retry_stages())
+    try:
+        retry = getattr(args, "retry_failed", False)
+        overrides = list(args.overrides) + ([f"{stage}.retry_failed=true"] if retry else [])
+        raw = config.load_raw(args.config, overrides)
+        cfgs = stages.load_all(raw)
+        check.validate(cfgs, [stage])
+        stages.run(stage, cfgs[stage], force=args.force)
+        if stage == "evaluate":
+            from slim.evaluate.stage import headline
+
+            for line in headline(cfgs[stage].run_dir):
+                console.say(line)
+    except user_errors() as e:
+        return report(e)
+    return 0
+
+
+def main_migrate(argv: list[str] | None = None) -> int:
+    """jobs/migrate.py: run directories from before 0.2 -> one folder per stage (slim.runner.migrate)."""
+    from slim.runner import migrate
+    from slim.runtime.config import ConfigError
+
+    p = argparse.ArgumentParser(description="Move run directories from before 0.2 to one folder per stage "
+                                "(student/ -> distill/, rationales/ -> student/, embeddings/ -> encode/); "
+                                "every finished stage stays current")
+    p.add_argument("run_dirs", nargs="+", help="run directories (local paths or s3:// / gs:// URIs)")
+    p.add_argument("--dry-run", action="store_true", help="say what would move; change nothing")
+    args = p.parse_args(argv)
+    console.setup(False)
+    try:
+        for run_dir in args.run_dirs:
+            for line in migrate.summary(migrate.migrate(run_dir, args.dry_run)):
+                console.say(line)
+    except ConfigError as e:
+        return report(e)
+    return 0
+
+
+def main_explain(argv: list[str] | None = None) -> int:
+    """jobs/explain.py: one user's top-k items and the rationale behind them, from a finished run directory."""
+    import json
+
+    from slim.runtime import config
+    from slim.runner.migrate import refuse_old_layout
+    from slim.recsys.explain import explain, text_lines
+
+    p = argparse.ArgumentParser(description="Top-k items and the rationale behind them for one user of a finished run")
+    p.add_argument("--config", required=True)
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--run", default=None, help="models/<name>; default: the best by validation NDCG@10")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run_dir=runs/tiny")
+    a = p.parse_args(argv)
+    try:
+        raw = config.load_raw(a.config, a.overrides)
+        if not raw.get("run_dir"):
+            raise config.ConfigError(f"{a.config}: no run_dir (the top-level key naming the trained run's "
+                                     "directory); add it to the file or pass run_dir=PATH")
+        refuse_old_layout(raw["run_dir"])  # a run directory from before 0.2 names its folders differently
+        out = explain(raw["run_dir"], a.user, a.k, a.run)
+    except config.ConfigError as e:
+        return report(e)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2) if a.json else "\n".join(text_lines(out)))
+    return 0
+

@@ -1,0 +1,114 @@
+"""The sentence encoder shared by the encode stage and the serving app's rationale writer: item text, rationales
+(whole and per step, with the whole one cut head + tail so that step 3 survives; see slim.encode.stage's docstring) and the
+history control's text, as L2-normalised float16 vectors, in a Ray Data actor pool."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from slim.io import columns as C
+
+if TYPE_CHECKING:  # the stage's config: only its fields are read here
+    from slim.encode.stage import EncodeConfig
+
+
+def fit_rationale(tok, s12: str, s3: str, budget: int, share: float) -> tuple[str, bool]:
+    """'Step 1..2' head + 'Step 3' tail cut to `budget` word pieces keeping step 3 (up to `share` of budget)."""
+    head = tok(s12, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    tail = tok(s3, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(head) + len(tail) <= budget:
+        return f"{s12}\n{s3}", False
+    keep_tail = min(len(tail), budget - min(len(head), int(budget * (1 - share))))
+    keep_head = budget - keep_tail
+    h = s12[: head[keep_head - 1][1]] if keep_head > 0 else ""
+    t = s3[: tail[keep_tail - 1][1]] if keep_tail > 0 else ""
+    return f"{h}\n{t}".strip(), True
+
+
+class Encoder:
+    """numpy batch of id + text columns -> id + one [B, D] float16 embedding column (and a truncation flag) each."""
+
+    def __init__(self, model_path: str, fields: tuple, max_seq_length: int, step3_share: float, threads: int,
+                 device: str, item_vecs: str = "", ground_threshold: float = 0.6):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.st = SentenceTransformer(model_path, device=device)
+        if max_seq_length:
+            self.st.max_seq_length = max_seq_length
+        self.tok, self.fields, self.share = self.st.tokenizer, fields, step3_share
+        self.budget = self.st.max_seq_length - 2  # [CLS] and [SEP]
+        dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
+        self.dim = dim()
+        self.ground = None
+        if item_vecs:  # user batches: step-3 products matched to catalogue items (slim.text.grounding)
+            from slim.text.grounding import Grounder
+
+            self.ground = Grounder(lambda t: self.st.encode(t, batch_size=len(t), normalize_embeddings=True),
+                                   item_vecs, ground_threshold)
+
+    def _texts(self, batch: dict, f: str) -> tuple[list[str], np.ndarray]:
+        if f != C.RATIONALE:
+            texts = [str(t or "") for t in batch[f]]
+            lens = [len(x) for x in self.tok(texts, add_special_tokens=False)["input_ids"]]
+            return texts, np.array(lens) > self.budget
+        texts, cut = [], []
+        for r, s1, s2, s3 in zip(batch[C.RATIONALE], batch[C.STEP1], batch[C.STEP2], batch[C.STEP3]):
+            t = str(r or "")
+            if t.lstrip().startswith("{") and (s1 or s2 or s3):  # a structured (JSON) answer: its steps as text
+                t = f"Step 1: {s1}\nStep 2: {s2}\nStep 3: {s3}"
+            c = len(self.tok(t, add_special_tokens=False)["input_ids"]) > self.budget
+            if c and s3:  # too long: rebuild as head (steps 1-2) + tail (step 3); else the model's head cut
+                t, c = fit_rationale(self.tok, f"Step 1: {s1}\nStep 2: {s2}", f"Step 3: {s3}", self.budget, self.share)
+            texts.append(t)
+            cut.append(c)
+        return texts, np.array(cut, dtype=bool)
+
+    def __call__(self, batch: dict) -> dict:
+        # ids, and a rationale's text and status through to the driver, which measures its quality (slim.text.quality)
+        out = {k: v for k, v in batch.items() if k in (C.USER_ID, C.ITEM_ID, C.RATIONALE, C.STEP1, C.STEP2, C.STEP3,
+                                                       C.STATUS)}
+        for f in self.fields:
+            texts, cut = self._texts(batch, f)
+            emb = np.zeros((len(texts), self.dim), np.float16)  # [B, D]
+            live = [i for i, t in enumerate(texts) if t.strip()]
+            if live:
+                e = self.st.encode([texts[i] for i in live], batch_size=len(live), normalize_embeddings=True,
+                                   convert_to_numpy=True)  # [b, D] float32, unit norm
+                emb[live] = e.astype(np.float16)
+            out[f"emb_{f}"], out[f"cut_{f}"] = emb, cut
+            out[f"empty_{f}"] = np.array([not t.strip() for t in texts], dtype=bool)
+        if self.ground is not None:
+            names, ids, sims = self.ground(list(batch[C.STEP3]))
+            out["products"], out["product_items"], out["product_sims"] = (_objects(names), _objects(ids),
+                                                                          _objects(sims))
+        return out
+
+
+def _objects(rows: list) -> np.ndarray:
+    """A list of per-row lists/arrays as a 1-D object array (Ray Data's numpy batches need one row per entry)."""
+    out = np.empty(len(rows), dtype=object)
+    out[:] = [list(r) for r in rows]
+    return out
+
+
+def pool(cfg: "EncodeConfig", fields: tuple, item_vecs: str = ""):
+    import ray
+
+    from slim.runtime.llm_models import resolve_encoder
+    from slim.runtime.raycluster import work_actor_env
+
+    return dict(
+        batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.actor_cpus,
+        num_gpus=cfg.num_gpus_per_actor or None, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        runtime_env=work_actor_env(),  # the encoder at the driver's priority: see slim.runtime.raycluster
+        fn_constructor_kwargs={"model_path": resolve_encoder(cfg.model), "fields": fields,
+                               "max_seq_length": cfg.max_seq_length, "step3_share": cfg.step3_share,
+                               "threads": cfg.threads, "device": "cuda" if cfg.num_gpus_per_actor else "cpu",
+                               "item_vecs": item_vecs if cfg.ground_threshold > 0 else "",
+                               "ground_threshold": cfg.ground_threshold},
+    )

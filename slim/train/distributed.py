@@ -1,0 +1,157 @@
+"""One large run on Ray Train `TorchTrainer`: DDP (gloo on CPU, nccl on GPU) or DeepSpeed ZeRO-2.
+
+Each worker trains on its shard of the training examples, read from a Ray Data dataset (slim.train.ingest); rank 0
+evaluates the validation split after every epoch and broadcasts the early-stopping decision, and at the end writes
+the best weights + metrics.json.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from slim.io import storage
+
+
+class _Step(nn.Module):
+    """The loss as a module forward, so DDP/DeepSpeed see one forward per step (gradient sync hooks)."""
+
+    def __init__(self, model, spec):
+        super().__init__()
+        self.model, self.spec = model, spec
+
+    def forward(self, x, y, lens, gen, text=None, use=None):
+        from slim.train.loop import batch_loss
+
+        return batch_loss(self.model, self.spec, x, y, lens, gen, text, use)
+
+
+def _wrap(step: _Step, spec, strategy: str):
+    """-> (callable step, backward fn, optimizer step fn)."""
+    if strategy == "deepspeed":
+        import deepspeed  # heavy; only here
+
+        ds_cfg = {"train_micro_batch_size_per_gpu": spec.batch_size, "gradient_accumulation_steps": 1,
+                  "zero_optimization": {"stage": 2}, "gradient_clipping": 0.0}
+        opt = torch.optim.Adam(step.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)  # no CPUAdam build
+        engine, _, _, _ = deepspeed.initialize(model=step, optimizer=opt, config=ds_cfg)
+        return engine, engine.backward, engine.step
+    import ray.train.torch
+
+    ddp = ray.train.torch.prepare_model(step, move_to_device=False)
+    opt = torch.optim.Adam(ddp.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+
+    def opt_step():
+        opt.step()
+        opt.zero_grad()
+
+    return ddp, (lambda loss: loss.backward()), opt_step
+
+
+def on_device(fwd, device: torch.device, amp: str):
+    """fwd with its batch moved to `device` (no-op on CPU) and, amp="bf16" on CUDA, run under bf16 autocast (the
+    loss comes out fp32; no grad scaler: bf16 has fp32's range). CPU training stays fp32."""
+    on = amp == "bf16" and device.type == "cuda"
+    move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+
+    def forward(x, y, lens, gen, text=None, use=None):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on):
+            return fwd(move(x), move(y), move(lens), gen, move(text), move(use))
+
+    return forward
+
+
+def _loop(conf: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from slim.recsys.checkpoint import save_run
+    from slim.train.ingest import TRAIN, placeholder, shard_batches
+    from slim.recsys.blocks import BlockRanker
+    from slim.recsys.spec import build_model
+    from slim.train.loop import EarlyStop, train_epochs
+
+    spec = conf["spec"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
+    torch.manual_seed(spec.seed)  # same init on every rank
+    torch.set_num_threads(spec.threads)
+    text = None if conf["text"] is None else ray.get(conf["text"])  # item vectors: part of every rank's model
+    model = build_model(spec, conf["num_items"], text).to(device)
+    fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])
+    fwd = on_device(fwd, device, conf["amp"])
+    torch.manual_seed(spec.seed + 7919 * rank)  # the init was the same everywhere; dropout masks differ per rank
+    idle = placeholder(model.per_position, spec.user_text_dim)
+    batches = shard_batches(ray.train.get_dataset_shard(TRAIN), conf["rows"], device, idle, conf["trace"], rank)
+    # the negatives: a generator per rank, else every rank draws the same negatives for its step's targets
+    gen = torch.Generator().manual_seed(spec.seed + 7919 * rank)
+    stopper = EarlyStop(spec.patience, conf["valid_protocol"])
+    d, ut = ray.get(conf["eval"]) if rank == 0 else (None, None)  # the users, for rank 0's evaluation only
+    ranker = BlockRanker(d, conf["block_users"]) if rank == 0 else None  # in blocks on the cluster when they are many
+
+    def end_epoch(epoch, loss, t0):
+        stop = torch.zeros(1, device=device)  # nccl collectives take GPU tensors
+        if rank == 0:  # rank 0's mean loss stands for the group's
+            t_val = time.perf_counter()
+            val = ranker.evaluate(model, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
+            stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"], time.perf_counter() - t_val))
+        dist.broadcast(stop, src=0)
+        ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
+        return bool(stop.item())
+
+    n_targets, t_train = train_epochs(spec, model, batches, fwd, backward, opt_step, gen, end_epoch)
+    group = torch.tensor([n_targets], device=device)
+    dist.all_reduce(group)  # the targets of the whole group: ranks' shares differ in targets per window
+    if rank == 0:
+        rec = stopper.record(model, spec, d, conf["test_protocols"], int(group.item()), t_train, ut, ranker.evaluate)
+        save_run(storage.path(conf["out"]), model, spec, conf["num_items"],
+                 {**rec, "strategy": conf["strategy"], "workers": world, "device": device.type,
+                  "amp": conf["amp"] if device.type == "cuda" else "none", "train_examples": conf["examples"]},
+                 conf["fp"])
+
+
+def loop_config(spec, d, text, ut, out, fp: str, cfg, rows: int, examples: int, trace=None) -> dict:
+    """What every worker receives: the spec and object refs, not the users: the training examples come as Ray Data
+    shards; the users' sequences (d, ut) are fetched by rank 0 alone, which evaluates (candidates are read where
+    they are ranked: recsys.candidates)."""
+    import ray
+
+    return {"spec": spec, "num_items": d.num_items, "text": None if text is None else ray.put(text),
+            "eval": ray.put((d, ut)), "rows": rows, "examples": examples, "out": str(out), "fp": fp,
+            "strategy": cfg.strategy, "valid_protocol": cfg.valid_protocol,
+            "test_protocols": tuple(cfg.test_protocols), "amp": cfg.amp, "trace": trace,
+            "block_users": cfg.eval_block_users}
+
+
+def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg, trace: Optional[str] = None) -> dict:
+    """One Ray Train run; -> {"examples", "targets"} of one epoch. trace: see ingest.shard_batches."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from slim.runtime.raycluster import init_ray
+    from slim.train.ingest import TRAIN, NoDropSplit, epoch_shuffled, example_dataset
+    from slim.recsys.spec import build_model
+    from slim.train.loop import batch_rows
+
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
+    model = build_model(spec, d.num_items, text)  # what kind of examples it trains on
+    ds, n_ex, n_tg = example_dataset(model, d, spec.max_len, ut, world=cfg.num_workers, positions=spec.positions)
+    rows = batch_rows(spec, n_tg / max(1, n_ex) if model.per_position else None)
+    trainer = TorchTrainer(
+        _loop, train_loop_config=loop_config(spec, d, text, ut, out, fp, cfg, rows, n_ex, trace),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_run}),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(where), storage_filesystem=fs),
+        datasets={TRAIN: epoch_shuffled(ds, spec.seed)}, dataset_config=NoDropSplit(),
+    )
+    trainer.fit()
+    return {"examples": n_ex, "targets": n_tg}

@@ -1,0 +1,348 @@
+"""The `train` stage: backbones x variants x seeds, fanned out as Ray tasks (or one big Ray Train run each).
+
+Every run writes models/<backbone>-<variant>-<loss>-s<seed>/{model.pt, metrics.json} (text matching:
+models/text_match-<field>-<loss>-s<seed>/); metrics.json is written last and atomically and carries the run's
+fingerprint (its spec and the inputs it read), so a rerun skips finished runs and redoes killed or stale ones: a new
+student run retrains the rows that read rationales, not the `id` rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+from slim.io import columns as C
+from slim.io import storage
+from slim.io.columns import EVAL_PROTOCOLS
+from slim.models import REGISTRY as BACKBONES
+from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
+from slim.models.item_repr import FUSED_USER_VARIANTS, VARIANTS
+from slim.recsys.data import POSITIONS
+from slim.recsys.checkpoint import METRICS, is_done, read_checkpoint, save_run
+from slim.recsys.summary import scale_line
+from slim.io.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
+from slim.runtime.console import Progress, say
+
+log = logging.getLogger(__name__)
+
+STAGE = C.TRAIN_DIR
+MODELS_DIR = "models"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str = "runs/default"
+    # Literal[<constant>]: the names are checked at load against the code that implements them
+    backbones: tuple[Literal[tuple(BACKBONES)], ...] = ("gru4rec", "sasrec", "srgnn")
+    variants: tuple[Literal[VARIANTS], ...] = ("id", "id_text")  # + slim, slim_teacher, text_match
+    seeds: tuple[int, ...] = (0, 1, 2)  # one run per seed; the report gives mean ± std over them
+    hidden: int = 64  # ID embedding and sequence-state size of every backbone
+    max_len: int = 50  # most recent items a sequence model sees
+    epochs: int = 20  # at most; early stopping (patience) usually ends sooner
+    patience: int = 3  # epochs without a better valid NDCG@10 before stopping
+    batch_size: int = 256  # next-item targets per training batch (as a RecBole row is one target)
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam L2 penalty
+    losses: tuple[Literal["bce", "ce"], ...] = ("bce",)  # bce = sampled negatives (the paper); ce = full softmax
+    num_negatives: int = 1  # bce: uniformly sampled negatives per target (the paper: 1)
+    gru4rec: GRU4RecConfig = GRU4RecConfig()
+    sasrec: SASRecConfig = SASRecConfig()
+    srgnn: SRGNNConfig = SRGNNConfig()
+    max_users: int = 0  # 0 = all users; else a fixed-seed subsample (reduced benchmarks)
+    subsample_seed: int = 0  # the seed of the max_users subsample
+    # model selection (early stopping, the sum fusion's weight) on the validation target under this protocol: full
+    # ranking, the headline, by default (a sampled protocol favours epochs that separate easy negatives by text)
+    valid_protocol: Literal["full", "uni100", "pop100"] = "full"
+    test_protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = ("uni100", "pop100", "full")  # in each run's metrics.json
+    text_encoder: str = "all-MiniLM-L6-v2"  # item text vectors: the encode stage's when it used this model
+    rationale_field: Literal["whole", "step1", "step2", "step3"] = "whole"  # what slim / slim_teacher fuse
+    # text_match: one run per field; "history" matches on the no-LLM control's vector (the prompt's titles)
+    text_match_fields: tuple[Literal["whole", "step1", "step2", "step3", "history"], ...] = (
+        "whole", "step1", "step2", "step3")
+    # where user text is fused in training, one run per entry (slim.recsys.data.rationale_positions): after_prefix
+    # (only targets after the prompt's prefix: none named in the text) or all (the paper's: every position)
+    rationale_positions: tuple[Literal[POSITIONS], ...] = ("after_prefix",)
+    # How item text is used by id_text / slim / slim_teacher: one run per entry (slim.models.fusion); concat is the
+    # paper's. sum (late fusion of an ID and a text-only model) applies to id_text only.
+    text_fusions: tuple[Literal["concat", "init", "sum", "align"], ...] = ("concat",)
+    align_weight: float = 0.1  # text_fusions align: weight of the ID-to-text alignment loss
+    # fanout: one single-process run per Ray task, many at once; ddp / deepspeed: a run on num_workers Ray Train
+    # workers
+    strategy: Literal["fanout", "ddp", "deepspeed"] = "fanout"
+    num_workers: int = 2  # Ray Train workers for ddp/deepspeed
+    use_gpu: bool = False  # ddp/deepspeed: one GPU per Ray Train worker, nccl (CPU workers use gloo)
+    amp: Literal["bf16", "none"] = "none"  # bf16 autocast of the training forward on GPU workers; CPU stays fp32
+    eval_block_users: int = 50_000  # ddp/deepspeed: rank 0 evaluates in Ray tasks of this many users each
+    cpus_per_run: float = 1.0  # Ray CPUs per fanned-out run (fractional is fine)
+    threads_per_run: int = 1  # torch threads inside a run
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = None
+
+
+RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "strategy", "num_workers", "cpus_per_run", "threads_per_run",
+                "use_gpu", "eval_block_users")
+
+
+def stage_config(cfg: TrainConfig) -> dict:
+    # amp="none" is left out: run dirs trained before the setting existed stay current
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in RUNTIME_KEYS and not (k == "amp" and v == "none")}
+
+
+def user_field(cfg: TrainConfig, variant: str) -> str:
+    """The user text a variant fuses: the history control its one vector, slim / slim_teacher the configured
+    rationale field, the others none."""
+    if variant not in FUSED_USER_VARIANTS:
+        return ""
+    return "history" if variant == "history_text" else cfg.rationale_field
+
+
+def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
+    """Every run of the stage. user_text_dims: (variant, field) -> user-text vector width (0 until known)."""
+    from slim.models import REGISTRY, VARIANTS
+    from slim.recsys.spec import RunSpec
+
+    for b in cfg.backbones:
+        if b not in REGISTRY:
+            raise ValueError(f"train.backbones: unknown backbone {b!r}; known: {', '.join(REGISTRY)}")
+    for v in cfg.variants:
+        if v not in VARIANTS:
+            raise ValueError(f"train.variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    check(cfg)
+    dims = user_text_dims or {}
+    common = dict(hidden=cfg.hidden, max_len=cfg.max_len, epochs=cfg.epochs, patience=cfg.patience,
+                  batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                  num_negatives=cfg.num_negatives, threads=cfg.threads_per_run)
+    out = []
+    for loss in cfg.losses:
+        for v in cfg.variants:
+            if v == "text_match":  # ID-agnostic: no backbone, one run per rationale field
+                out += [RunSpec("none", v, s, loss=loss, rationale_field=f, user_text_dim=dims.get((v, f), 0),
+                                positions=at, **common)
+                        for f in cfg.text_match_fields for at in cfg.rationale_positions for s in cfg.seeds]
+                continue
+            field = user_field(cfg, v)
+            fusions = ("concat",) if v in ("id", "text") else [f for f in cfg.text_fusions if not (field and f == "sum")]
+            out += [RunSpec(b, v, s, loss=loss, backbone_cfg=dataclasses.asdict(getattr(cfg, b)),
+                            rationale_field=field, user_text_dim=dims.get((v, field), 0) if field else 0,
+                            text_fusion=f, align_weight=cfg.align_weight, positions=at, **common)
+                    for f in fusions for b in cfg.backbones for s in cfg.seeds
+                    for at in (cfg.rationale_positions if field else ("after_prefix",))]
+    return out
+
+
+def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
+    return spec_fingerprint(dataclasses.asdict(spec), inputs, stage_config(cfg))
+
+
+def spec_fingerprint(d: dict, inputs: dict, conf: dict) -> str:
+    """What a trained run depends on, from its spec as saved with its weights (d) and the stage's config as its
+    manifest records it (conf): `jobs/migrate.py` recomputes it for runs trained before a rename of their inputs."""
+    d = {k: v for k, v in d.items() if k != "threads"}
+    if d["positions"] == "after_prefix":  # the default before the setting existed: those runs stay current
+        d.pop("positions")
+    if d["variant"] == "id":  # an id run depends on no text: item text and rationales are left out
+        inputs = {k: v for k, v in inputs.items() if k not in ("item_text", C.ENCODE_DIR)}
+    elif not d["rationale_field"]:  # id_text / text: the item vectors, not the rationales
+        inputs = {k: v for k, v in inputs.items() if k != C.ENCODE_DIR}
+    amp = {"amp": conf["amp"]} if conf.get("amp", "none") != "none" else {}  # fp32 runs keep their fingerprint
+    return fingerprint({"spec": d, "inputs": inputs, "max_users": conf["max_users"],
+                        "subsample_seed": conf["subsample_seed"], "valid": conf["valid_protocol"],
+                        "test": list(conf["test_protocols"]), "encoder": conf["text_encoder"], **amp})
+
+
+def refingerprint(root, runs: list, inputs: dict, conf: dict) -> int:
+    """Finished runs whose inputs were renamed, not changed (slim.runner.migrate): each run's fingerprint recomputed from
+    the spec saved with its weights; weights and metrics stay. runs: the train manifest's outputs. -> runs done."""
+    from slim.io import atomic
+
+    done = 0
+    for rel in runs:
+        out = storage.path(root) / rel
+        if not (out / METRICS).exists():
+            continue
+        spec = read_checkpoint(out)["spec"]
+        rec = json.loads((out / METRICS).read_text())
+        atomic.write_json(out / METRICS, {**rec, "fingerprint": spec_fingerprint(spec, inputs, conf)})
+        done += 1
+    return done
+
+
+def _progress(r: dict) -> None:
+    # print, not logging: a Ray worker has no log handler, while its stdout reaches the driver, which writes it to
+    # the stage log (slim.runtime.console; the console too with --verbose)
+    print(f"[train] {r['run']} epoch {r['epoch']}: loss {r['loss']:.4f}, valid NDCG@10 {r['valid_ndcg10']:.2f} "
+          f"({r['seconds']:.1f}s, of which validation {r.get('valid_s', 0.0):.1f}s)", flush=True)
+
+
+def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, cfg: TrainConfig) -> dict:
+    from slim.train.loop import fit
+
+    t0 = time.time()
+    model, rec = fit(spec, d, text, cfg.valid_protocol, cfg.test_protocols, progress=_progress,
+                     ut=uts.get((spec.variant, spec.rationale_field)))
+    rec["wall_seconds"] = time.time() - t0
+    return save_run(storage.path(out), model, spec, d.num_items, rec, fp)  # a bucket: straight from this task
+
+
+def fan_out(todo: list, d, text, uts: dict, root: Path, cfg: TrainConfig) -> list:
+    """One Ray task per run; returns their metric records as they finish."""
+    import ray
+
+    from slim.runtime.raycluster import cores_request, init_ray
+
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    # cores_request: at most cores // threads_per_run runs at once on the local cluster (it declares 2 x cores CPUs)
+    task = ray.remote(num_cpus=cfg.cpus_per_run, resources=cores_request(cfg.threads_per_run),
+                      max_retries=1)(_fit_and_save)
+    refs = [ray.put(x) for x in (d, text, uts)]  # shared once through the object store, not per task
+    pending = {task.remote(s, *refs, str(root / MODELS_DIR / s.name), fp, cfg): s for s, fp in todo}
+    out, t0 = [], time.time()
+    prog = Progress("train", len(todo), "runs")
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        spec = pending.pop(ready[0])
+        rec = ray.get(ready[0])
+        out.append(rec)
+        log.info("[%d/%d runs, %.0fs] %s: %d epochs, test full NDCG@10 %.2f, uni100 %.2f (%.0f targets/s)",
+                 len(out), len(todo), time.time() - t0, spec.name, rec["epochs_run"],
+                 rec["test"].get("full", {}).get("NDCG@10", float("nan")),
+                 rec["test"].get("uni100", {}).get("NDCG@10", float("nan")), rec["targets_per_s"])
+        prog.update(len(out), f"last {spec.name}")
+    prog.close()
+    return out
+
+
+def user_texts(cfg: TrainConfig, root: Path, d) -> dict:
+    """(variant, field) -> UserText for every run that reads rationales."""
+    from slim.recsys import usertext as UT
+
+    lens = np.array([len(s) for s in d.seqs])
+    want = {(v, user_field(cfg, v)) for v in cfg.variants if v in FUSED_USER_VARIANTS}
+    want |= {("text_match", f) for f in cfg.text_match_fields} if "text_match" in cfg.variants else set()
+    by_file = {}  # slim and text_match read the same student file for the same field: once
+    for k in sorted(want):
+        path = UT.emb_path(root, *k)
+        if path not in by_file:
+            by_file[path] = UT.load(root, d.user_ids, lens, *k)
+    return {k: by_file[UT.emb_path(root, *k)] for k in sorted(want)}
+
+
+def run(cfg: TrainConfig, force: bool = False) -> Manifest:
+    from slim.models import USER_TEXT_VARIANTS
+    from slim.recsys import data as D
+    from slim.recsys import itemtext as T
+
+    rd = RunDir(cfg.run_dir)
+    inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR)}
+    need_text = any(v != "id" for v in cfg.variants)
+    text = T.item_text(rd.root, cfg.text_encoder) if need_text else None
+    if need_text:
+        inputs["item_text"] = T.fingerprint(rd.root, cfg.text_encoder)
+    if any(v in USER_TEXT_VARIANTS for v in cfg.variants):
+        inputs[C.ENCODE_DIR] = rd.upstream(C.ENCODE_DIR)  # the rationale vectors: a new student run retrains these
+    if not force and rd.is_current(STAGE, stage_config(cfg), inputs):
+        return rd.read_manifest(STAGE)
+    t0 = time.time()
+    d = D.load(rd.root, cfg.max_users, cfg.subsample_seed)
+    uts = user_texts(cfg, rd.root, d)
+    all_specs = specs(cfg, {k: ut.vec.shape[1] for k, ut in uts.items()})
+    todo = []
+    for s in all_specs:
+        fp = run_fingerprint(s, inputs, cfg)
+        if force or not is_done(rd.root / MODELS_DIR / s.name, fp):
+            todo.append((s, fp))
+    say(f"train: {len(todo)} of {len(all_specs)} runs to do ({cfg.strategy})")
+    if todo:
+        if cfg.strategy == "fanout":
+            fan_out(todo, d, text, uts, rd.root, cfg)
+        else:
+            from slim.train.distributed import train_distributed
+
+            prog = Progress("train", len(todo), "runs")
+            for i, (s, fp) in enumerate(todo, 1):
+                train_distributed(s, d, text, uts.get((s.variant, s.rationale_field)),
+                                  rd.root / MODELS_DIR / s.name, fp, cfg)
+                prog.update(i, f"last {s.name}")
+            prog.close()
+    recs = [json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()) for s in all_specs]
+    missing = {f"{v}/{f}": int((~ut.present).sum()) for (v, f), ut in uts.items()}
+    now = {s.name for s, _ in todo}
+    trained = sum(r["train_targets"] for r in recs if r["run"] in now)  # next-item targets, every epoch
+    total_s = time.time() - t0
+    m = Manifest(STAGE, stage_config(cfg), inputs, outputs=[f"{MODELS_DIR}/{s.name}" for s in all_specs],
+                 counts={"runs": len(all_specs), "trained_now": len(todo), "users": len(d.seqs)},
+                 timings={"total_s": total_s},
+                 extra={"targets_per_s": {r["run"]: r["targets_per_s"] for r in recs},
+                        "users_without_rationale": missing, "trained_targets": trained,
+                        "rows_per_s": trained / max(total_s, 1e-9), "driver_peak_rss_mb": peak_rss_mb()})
+    rd.write_manifest(m)
+    _summary(recs, missing)
+    say(scale_line(STAGE, trained, "training targets (all runs and epochs)", total_s))
+    return m
+
+
+def _summary(recs: list, missing: dict) -> None:
+    """Every run in the stage log; on the console the count and the best run (the table is evaluate's job)."""
+    table = [f"{'run':34s} {'epochs':>6s} {'valid N@10':>10s} {'test full N@10':>14s} {'test uni100 N@10':>16s}"]
+    for r in recs:
+        t = {p: r["test"].get(p, {}).get("NDCG@10", float("nan")) for p in ("full", "uni100")}
+        table.append(f"{r['run']:34s} {r['epochs_run']:6d} {r['best_valid_ndcg10']:10.2f} {t['full']:14.2f} "
+                     f"{t['uni100']:16.2f}")
+    log.info("train runs:\n%s", "\n".join(table))
+    full = [(r["test"].get("full", {}).get("NDCG@10", float("nan")), r["run"]) for r in recs]
+    top = max((f for f in full if f[0] == f[0]), default=None)  # NaN-free: runs tested on full ranking
+    say(f"train: {len(recs):,} runs" + (f"; best test full NDCG@10 {top[0]:.2f} ({top[1]})" if top else ""))
+    if missing:
+        say("users without a usable rationale (learned missing vector): "
+              + ", ".join(f"{k} {v:,}" for k, v in missing.items()))
+
+
+# The stage's face (slim/runner/stages.py): --check, the planner and the manifests read only these.
+CONFIG = TrainConfig
+WRITES = (STAGE, MODELS_DIR)
+
+
+def reads(cfg: TrainConfig) -> list[str]:
+    from slim.models import USER_TEXT_VARIANTS
+
+    return [C.DATA_DIR] + ([C.ENCODE_DIR] if any(v in USER_TEXT_VARIANTS for v in cfg.variants) else [])
+
+
+def own_inputs(cfg: TrainConfig, root) -> dict:
+    from slim.recsys import itemtext as T
+
+    return {"item_text": T.fingerprint(root, cfg.text_encoder)} if any(v != "id" for v in cfg.variants) else {}
+
+
+def check(cfg: TrainConfig) -> None:
+    """A constraint on the stage's own config: --check and every job say it before any stage runs, specs() again."""
+    from slim.runtime.config import ConfigError
+
+    if cfg.use_gpu and cfg.strategy == "fanout":
+        raise ConfigError("train.use_gpu=true needs train.strategy ddp or deepspeed: GPUs are used by Ray "
+                          "Train runs, the fanout strategy trains on CPUs")
+
+
+def resources(cfg: TrainConfig, problems: list) -> list[str]:
+    from slim.runtime.preflight import model_line
+
+    return [model_line("train.text_encoder", cfg.text_encoder, "", problems)] if any(
+        v != "id" for v in cfg.variants) else []
+
+
+def on_force(rd: RunDir) -> bool:
+    """--force (slim.runner.stages): every run's done marker goes, weights stay until retrained; the stage then runs as a
+    plain one, so a stopped forced train resumes with the plain command. -> the force flag to pass on."""
+    models = rd.root / MODELS_DIR
+    for p in models.glob(f"*/{METRICS}") if models.is_dir() else []:
+        p.unlink(missing_ok=True)
+    return False
+
