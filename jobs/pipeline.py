@@ -2,7 +2,7 @@
 
 import sys
 
-from slim.runner.pipeline import main
+from slim.runner.cli import main_pipeline as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from slim.runtime import config
-from slim.runner import pipeline
+from slim.runner import cli, pipeline
 from slim.io.rundir import content_fingerprint
 from tests.datagen import write_seqrec
 
@@ -41,7 +41,7 @@ def test_every_config_file_passes_check_without_ray(path, tmp_path):
     if "teacher" not in yaml.safe_load(path.read_text()):  # no teacher endpoint: the stages the file is for
         wanted = ["data", "encode", "train", "evaluate"]  # (test_teacher_budget: without them it refuses)
         args += ["--stages", ",".join(wanted)]
-    r = _py("import sys; from slim.runner.pipeline import main; rc = main(" + repr(args) + ");"
+    r = _py("import sys; from slim.runner.cli import main_pipeline; rc = main_pipeline(" + repr(args) + ");"
             "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
     if path.name == "games_gpu.yaml":  # passes apart from its 7B hub student, which --check names (no hub here)
         problems = [x for x in r.stderr.splitlines() if x.startswith("problem:")]
@@ -97,7 +97,7 @@ def test_check_says_skip_for_finished_stages_and_why_others_run(tmp_path, ray_lo
 
 
 def test_force_stage_names_checked(tmp_path, capsys):
-    rc = pipeline.main(["--config", str(CONFIGS[0]), "--stages", "data", "--force", "dta",
+    rc = cli.main_pipeline(["--config", str(CONFIGS[0]), "--stages", "data", "--force", "dta",
                         f"run_dir={tmp_path}", *NOWHERE])
     assert rc == 2 and "--force: unknown stage(s) dta; stages: data, teacher" in capsys.readouterr().err
 
@@ -109,7 +109,7 @@ def test_force_stage_names_checked(tmp_path, capsys):
 ])
 def test_cross_stage_constraints_checked_before_the_first_stage(tmp_path, capsys, stages_, override, message):
     # the data stage would fail on its missing input at once: the constraint must be reported before that
-    rc = pipeline.main(["--config", str(CONFIGS[0]), "--stages", stages_, f"run_dir={tmp_path}", *NOWHERE, override])
+    rc = cli.main_pipeline(["--config", str(CONFIGS[0]), "--stages", stages_, f"run_dir={tmp_path}", *NOWHERE, override])
     err = capsys.readouterr().err
     assert rc == 2 and re.search("config error: " + message, err), err
 

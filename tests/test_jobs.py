@@ -28,7 +28,6 @@ def test_retry_failed_flag_reaches_the_stage_config(monkeypatch, capsys):
     import pytest
 
     from slim.runner import cli
-    from slim.runner import pipeline
     from slim.runner import stages
 
     seen = {}
@@ -46,10 +45,10 @@ def test_retry_failed_flag_reaches_the_stage_config(monkeypatch, capsys):
     assert not seen
     base = ["--config", "configs/tiny.yaml", "--stages", "teacher,student"]
     monkeypatch.chdir(ROOT)
-    assert pipeline.main(base) == 0 and not seen["student"].retry_failed and seen["teacher"].retry_failed
-    assert pipeline.main([*base, "--retry-failed", "student", "teacher.retry_failed=false"]) == 0
+    assert cli.main_pipeline(base) == 0 and not seen["student"].retry_failed and seen["teacher"].retry_failed
+    assert cli.main_pipeline([*base, "--retry-failed", "student", "teacher.retry_failed=false"]) == 0
     assert seen["student"].retry_failed and not seen["teacher"].retry_failed
-    assert pipeline.main([*base, "--retry-failed", "student,encode"]) == 2
+    assert cli.main_pipeline([*base, "--retry-failed", "student,encode"]) == 2
     assert "--retry-failed: encode keeps no failed rows to redo" in capsys.readouterr().err
 
 

@@ -171,6 +171,11 @@ def headline(run_dir) -> list[str]:
     return lines(res, str(rd.path("reports/results.md")))
 
 
+def closing(cfg: EvaluateConfig) -> list[str]:
+    """The face's last words after a run (slim.runner.stages.closing): a blank line and the headline."""
+    return ["", *headline(cfg.run_dir)]
+
+
 def teacher_subset(recs: list, rk: dict, uts: dict, protocols) -> dict:
     """slim_teacher is compared with slim and id_text on the users the teacher covered only."""
     key = next((k for k in uts if k[0] == "slim_teacher"), None)

@@ -7,7 +7,8 @@ messages read only that (slim/runner/check.py has no per-stage branch):
 - reads(cfg) -> the upstream stages whose output it reads;
 - stage_config(cfg) and own_inputs(cfg, root): what its manifest fingerprints (config; files that are inputs);
 - resources(cfg, problems) -> what --check says about its models and input files;
-- optional: check(cfg) (a constraint on its own config, before any stage runs), plan_line (on-demand stages).
+- optional: check(cfg) (a constraint on its own config, before any stage runs), plan_line (on-demand stages),
+  on_force(rd) (what --force clears beside its folder), closing(cfg) (lines said after it ran: evaluate's headline).
 Each entry imports its module only when used, so `import slim.runner.stages` stays light.
 """
 
@@ -26,6 +27,12 @@ MODULES: dict[str, str] = {
     "student": "slim.student.stage", "encode": "slim.encode.stage", "train": "slim.train.stage",
     "evaluate": "slim.evaluate.stage", "serve": "slim.serve.stage",
 }
+
+
+def closing(stage: str, cfg: Any) -> list[str]:
+    """What a finished stage says last on the console (its face's optional `closing`: evaluate's headline)."""
+    f = face(stage)
+    return f.closing(cfg) if hasattr(f, "closing") else []
 
 
 def face(stage: str) -> ModuleType:
