@@ -25,7 +25,7 @@ from slim.models import REGISTRY as BACKBONES
 from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
 from slim.models.item_repr import FUSED_USER_VARIANTS, VARIANTS
 from slim.recsys.data import POSITIONS
-from slim.recsys.checkpoint import METRICS, is_done, read_checkpoint, save_run
+from slim.recsys.checkpoint import METRICS, is_done, read_checkpoint
 from slim.recsys.summary import scale_line
 from slim.io.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
 from slim.runtime.console import Progress, say
@@ -175,51 +175,6 @@ def refingerprint(root, runs: list, inputs: dict, conf: dict) -> int:
     return done
 
 
-def _progress(r: dict) -> None:
-    # print, not logging: a Ray worker has no log handler, while its stdout reaches the driver, which writes it to
-    # the stage log (slim.runtime.console; the console too with --verbose)
-    print(f"[train] {r['run']} epoch {r['epoch']}: loss {r['loss']:.4f}, valid NDCG@10 {r['valid_ndcg10']:.2f} "
-          f"({r['seconds']:.1f}s, of which validation {r.get('valid_s', 0.0):.1f}s)", flush=True)
-
-
-def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, cfg: TrainConfig) -> dict:
-    from slim.train.loop import fit
-
-    t0 = time.time()
-    model, rec = fit(spec, d, text, cfg.valid_protocol, cfg.test_protocols, progress=_progress,
-                     ut=uts.get((spec.variant, spec.rationale_field)))
-    rec["wall_seconds"] = time.time() - t0
-    return save_run(storage.path(out), model, spec, d.num_items, rec, fp)  # a bucket: straight from this task
-
-
-def fan_out(todo: list, d, text, uts: dict, root: Path, cfg: TrainConfig) -> list:
-    """One Ray task per run; returns their metric records as they finish."""
-    import ray
-
-    from slim.runtime.raycluster import cores_request, init_ray
-
-    init_ray(cfg.ray_address, cfg.num_cpus)
-    # cores_request: at most cores // threads_per_run runs at once on the local cluster (it declares 2 x cores CPUs)
-    task = ray.remote(num_cpus=cfg.cpus_per_run, resources=cores_request(cfg.threads_per_run),
-                      max_retries=1)(_fit_and_save)
-    refs = [ray.put(x) for x in (d, text, uts)]  # shared once through the object store, not per task
-    pending = {task.remote(s, *refs, str(root / MODELS_DIR / s.name), fp, cfg): s for s, fp in todo}
-    out, t0 = [], time.time()
-    prog = Progress("train", len(todo), "runs")
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        spec = pending.pop(ready[0])
-        rec = ray.get(ready[0])
-        out.append(rec)
-        log.info("[%d/%d runs, %.0fs] %s: %d epochs, test full NDCG@10 %.2f, uni100 %.2f (%.0f targets/s)",
-                 len(out), len(todo), time.time() - t0, spec.name, rec["epochs_run"],
-                 rec["test"].get("full", {}).get("NDCG@10", float("nan")),
-                 rec["test"].get("uni100", {}).get("NDCG@10", float("nan")), rec["targets_per_s"])
-        prog.update(len(out), f"last {spec.name}")
-    prog.close()
-    return out
-
-
 def user_texts(cfg: TrainConfig, root: Path, d) -> dict:
     """(variant, field) -> UserText for every run that reads rationales."""
     from slim.recsys import usertext as UT
@@ -262,7 +217,9 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     say(f"train: {len(todo)} of {len(all_specs)} runs to do ({cfg.strategy})")
     if todo:
         if cfg.strategy == "fanout":
-            fan_out(todo, d, text, uts, rd.root, cfg)
+            from slim.train.fanout import fan_out
+
+            fan_out(todo, d, text, uts, rd.root / MODELS_DIR, cfg)
         else:
             from slim.train.distributed import train_distributed
 
