@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -44,10 +43,6 @@ class RecommenderApp:
         self.ranker = Ranker(model_dir, self.cfg.run_dir, self.cfg.torch_threads)
         self.writer = writer  # a handle to the RationaleWriter deployment, when serve.generate_rationales
         self.pending = 0  # requests waiting for or in a forward pass (queued in the batcher or computing)
-        # One thread runs every forward pass, one at a time: the event loop keeps accepting requests (the next batch)
-        # while torch computes, and the model's weights stay in one core's cache. asyncio.to_thread's shared pool
-        # measured slower per pass (bench/results/serve.md notes) and could run two passes at once on a 0.5-CPU replica.
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="slim-model")
         guard.limits().update(max_body_bytes=self.cfg.max_body_bytes, token=token,
                               allowed_hosts=tuple(h.lower() for h in self.cfg.allowed_hosts))
         self._batched.set_max_batch_size(self.cfg.max_batch_size)
@@ -55,10 +50,8 @@ class RecommenderApp:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batched(self, queries: list) -> list:
-        return await self._on_model_thread(queries)
-
-    async def _on_model_thread(self, queries: list) -> list:
-        return await asyncio.get_running_loop().run_in_executor(self.model_thread, self.ranker.rank, queries)
+        # In a thread: the event loop keeps accepting requests (the next batch) while torch computes.
+        return await asyncio.to_thread(self.ranker.rank, queries)
 
     async def _rank(self, q):
         """(ids, scores) of one query within serve.request_timeout_s, else a 503 naming the limit (the forward
@@ -78,7 +71,7 @@ class RecommenderApp:
         # with requests not yet sent, so waiting batch_wait_timeout_s for them would be pure delay. Requests that
         # arrive while one is pending are batched. Batching off: every request is its own forward pass.
         if self.cfg.max_batch_size == 1 or self.pending == 1:
-            return (await self._on_model_thread([q]))[0]
+            return (await asyncio.to_thread(self.ranker.rank, [q]))[0]
         return await self._batched(q)
 
     def _items(self, ids, scores=None) -> list:
