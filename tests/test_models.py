@@ -53,6 +53,22 @@ def test_sasrec_causal():
     assert not torch.allclose(h1[0, 4], h2[0, 4])  # the changed position did change
 
 
+def test_sasrec_last_position_matches_the_full_pass():
+    """encode computes SASRec's last block at each row's last position only: the same state as the full pass read
+    at lengths - 1, for lengths from 1 to the padded width; a wrong position or a missing causal mask would not be."""
+    m = _model("sasrec")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(1, N + 1, (6, 10), generator=g)
+    lens = torch.tensor([1, 2, 5, 7, 9, 10])
+    x[torch.arange(10)[None] >= lens[:, None]] = 0  # right padding
+    with torch.no_grad():
+        full = m.states(x, lens)[torch.arange(6), lens - 1]
+        fast = m.encode(x, lens)
+        wrong = m.states(x, lens)[torch.arange(6), torch.clamp(lens - 2, min=0)]
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fast[1:], wrong[1:], atol=1e-3)
+
+
 @pytest.mark.parametrize("bb", BACKBONES)
 @pytest.mark.parametrize("variant", ["id", "id_text"])
 def test_padding_invariance(bb, variant):

@@ -64,9 +64,12 @@ class Recommender(nn.Module):
     def encode(self, items: torch.Tensor, lengths: torch.Tensor, user_text=None, use=None) -> torch.Tensor:
         """items: [B, L] right-padded, lengths: [B] >= 1, user_text: [B, Du] or None, use: [B] bool -> [B, H].
         A SLIM model given no user_text uses its missing vector (a user without a rationale)."""
-        h = self.backbone(self.items(items), items, lengths)
-        if self.per_position:
-            h = h[torch.arange(len(h), device=h.device), lengths - 1]
+        if hasattr(self.backbone, "last"):  # the last position's state without computing the others' in full
+            h = self.backbone.last(self.items(items), items, lengths)
+        else:
+            h = self.backbone(self.items(items), items, lengths)
+            if self.per_position:
+                h = h[torch.arange(len(h), device=h.device), lengths - 1]
         if self.user_fusion is not None:
             h = self.user_fusion(h, user_text, use)
         return h

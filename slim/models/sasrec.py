@@ -40,6 +40,21 @@ class _Block(nn.Module):
         x = self.ln1(x + self.drop(self.proj(a)))  # post-LN, as in SASRec/RecBole
         return self.ln2(x + self.drop(self.ffn(x)))
 
+    def at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, H], t: [B] one position per row -> [B, H]: forward(x)[b, t[b]], with the query, projection
+        and feed-forward computed at that position only (every key and value is still needed)."""
+        b, l, h = x.shape
+        dh = h // self.heads
+        w, bias = self.qkv.weight, self.qkv.bias  # [3H, H], [3H]: q, k, v rows in that order
+        kv = F.linear(x, w[h:], bias[h:]).view(b, l, 2, self.heads, dh).permute(2, 0, 3, 1, 4)  # 2x[B, nh, L, dh]
+        xt = x[torch.arange(b, device=x.device), t]  # [B, H]
+        q = F.linear(xt, w[:h], bias[:h]).view(b, self.heads, 1, dh)  # [B, nh, 1, dh]
+        see = (torch.arange(l, device=x.device)[None] <= t[:, None])[:, None, None]  # [B, 1, 1, L]: causal at t
+        a = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=see,
+                                           dropout_p=self.p if self.training else 0.0).reshape(b, h)
+        y = self.ln1(xt + self.drop(self.proj(a)))
+        return self.ln2(y + self.drop(self.ffn(y)))
+
 
 class SASRec(nn.Module):
     per_position = True
@@ -61,3 +76,13 @@ class SASRec(nn.Module):
         for blk in self.blocks:
             h = blk(h)
         return h
+
+    def last(self, x: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, H] right-padded -> [B, H]: forward(...)[b, lengths[b] - 1], the state ranking and serving use;
+        the last block runs at that position only (it is half of the encoder's work, and no other output of it is
+        read)."""
+        pos = torch.arange(x.shape[1], device=x.device)
+        h = self.drop(self.ln(x + self.pos(pos)[None]))
+        for blk in self.blocks[:-1]:
+            h = blk(h)
+        return self.blocks[-1].at(h, lengths - 1)
