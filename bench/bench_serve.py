@@ -2,19 +2,16 @@
 
   PYTHONPATH=. .venv/bin/python bench/bench_serve.py --items 5000 --users 2000 --requests 150 --seconds 10 --rounds 3
 
-A generated run directory (random-walk histories, an untrained SASRec of the configured size: the cost of a request
-does not depend on the weights' values) is served by three apps of one replica each (0.5 CPU, same deployment
-options): the recommender with batching on (`/on`, the default config's max_batch_size 32; a lone request is not
-held for a batch) and off (`/off`), and the floor (`/floor`): the same FastAPI ingress (the same guard middleware,
-the same request model parsed from the same body) whose handler returns a constant, i.e. what any Ray Serve app
-pays per request on this machine. A load generator in a second process (asyncio + httpx, loopback only, at most
---requests requests or --seconds per run) sends POST /recommend {history, k: 10} at 1, 8 and 32 concurrent
-clients to each app in turn, in --rounds alternating rounds (floor, on, off at each level, then the next round), so
-drifting machine load hits all three alike; each figure is the median over rounds. The app's requests/s and
-p50/p99 are reported as ratios of the floor's. Also: the served code in this process on the same bodies (serve's
-request -> Query parsing and Ranker.rank, one request at a time and in batches of the client count), from which a
-bound per client level: the floor's time per request plus that in-process time, i.e. the most the app can serve if
-the model's compute is its only cost over the floor; and each replica's memory.
+A generated run directory (random-walk histories, an untrained SASRec: a request's cost does not depend on the
+weights' values) is served by three apps of one replica each (0.5 CPU): the recommender with batching on (`/on`,
+max_batch_size 32; a lone request is not held for a batch) and off (`/off`), and the floor (`/floor`): the same
+FastAPI ingress (guard middleware, request model) returning a constant, i.e. what any Ray Serve app pays per request
+here. A load generator in a second process (asyncio + httpx, loopback) sends POST /recommend {history, k: 10} at 1,
+8 and 32 concurrent clients to each app in turn, in --rounds alternating rounds, so drifting machine load hits all
+three alike; each figure is the median over rounds, reported as a ratio of the floor's. Beside it: each replica's
+CPU per request (steadier than req/s on a shared machine), its requests per forward pass (the batching it got), the
+served code timed in this process by batch size, and from that a bound per client level (the floor's time per
+request plus the in-process time); and each replica's memory.
 """
 
 import argparse
@@ -29,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 LEVELS = (1, 8, 32)
+BATCHES = (1, 2, 4, 8, 16, 32)  # in-process batch sizes: the client counts and what a replica may get
 
 
 def make_run(root: Path, n_items: int, n_users: int, hidden: int, max_len: int, seed: int = 0) -> list:
@@ -59,10 +57,10 @@ def make_run(root: Path, n_items: int, n_users: int, hidden: int, max_len: int, 
     return [s.astype(np.int64) for s in seqs]
 
 
-def in_process(root: Path, seqs: list, batch: int, n: int) -> np.ndarray:
-    """Seconds per call of the served code in this process on `batch` requests at a time: each parsed request
-    turned into a Query (serve's own validation) and one Ranker.rank over them (encode, score every item, drop
-    the history, top 10), one torch thread as a replica (serve.torch_threads). No HTTP, no Serve."""
+def in_process(root: Path, seqs: list, requests: int) -> dict:
+    """Seconds per call of the served code in this process, per batch size in BATCHES: each parsed request turned
+    into a Query (serve's own validation) and one Ranker.rank over the batch (encode, score every item, drop the
+    history, top 10), one torch thread as a replica (serve.torch_threads). No HTTP, no Serve."""
     from slim.serve import ServeConfig, schemas as S
     from slim.serve.model import Ranker
 
@@ -71,13 +69,15 @@ def in_process(root: Path, seqs: list, batch: int, n: int) -> np.ndarray:
     reqs = [S.RecommendRequest(history=s.tolist(), k=10) for s in seqs[:500]]  # the bodies the load generator sends
     for r in reqs[:3]:  # warm, as the load generator warms the replica
         ranker.rank([S.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates)])
-    out = []
-    for i in range(n):
-        part = [reqs[(i * batch + j) % len(reqs)] for j in range(batch)]
-        t0 = time.perf_counter()
-        ranker.rank([S.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates) for r in part])
-        out.append(time.perf_counter() - t0)
-    return np.array(out)
+    out = {}
+    for batch in BATCHES:
+        out[batch] = []
+        for i in range(max(20, requests // batch)):
+            part = [reqs[(i * batch + j) % len(reqs)] for j in range(batch)]
+            t0 = time.perf_counter()
+            ranker.rank([S.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates) for r in part])
+            out[batch].append(time.perf_counter() - t0)
+    return {b: np.array(v) for b, v in out.items()}
 
 
 async def _load(url: str, bodies: list, clients: int, requests: int, seconds: float) -> dict:
@@ -123,6 +123,12 @@ def replica_process(url: str):
     import psutil
 
     return psutil.Process(httpx.get(f"{url}/healthz").json()["pid"])
+
+
+def _passes(url: str) -> int:
+    import httpx
+
+    return httpx.get(f"{url}/healthz").json().get("encoder_passes", 0)
 
 
 def replica_memory(url: str) -> dict:
@@ -201,7 +207,7 @@ def main() -> None:
 
 
 APPS = ("floor", "on", "off")
-METRICS = ("rps", "p50_ms", "p99_ms", "cpu_ms")
+METRICS = ("rps", "p50_ms", "p99_ms", "cpu_ms", "per_pass")
 
 
 def run(a) -> None:
@@ -210,7 +216,7 @@ def run(a) -> None:
     bodies = root / "bodies.json"
     bodies.write_text(json.dumps([{"history": s.tolist(), "k": 10} for s in seqs[:500]]))
     load0 = os.getloadavg()
-    base = {c: in_process(root, seqs, c, max(20, a.requests // c)) for c in LEVELS}
+    base = in_process(root, seqs, a.requests)
     serve = start_apps(root, a.port, a.batch_wait_s, a.access_log)
     runs = {}
     try:
@@ -219,8 +225,11 @@ def run(a) -> None:
         for r in range(a.rounds):  # alternating: floor, on, off at each level, round after round
             for c in LEVELS:
                 for m in APPS:
-                    cpu0 = sum(procs[m].cpu_times()[:2])
+                    cpu0, passes0 = sum(procs[m].cpu_times()[:2]), _passes(f"{url}/{m}")
                     out = loadgen(f"{url}/{m}/recommend", str(bodies), c, a.requests, a.seconds)
+                    # requests per forward pass: how much batching the replica got (the floor has no model: 0)
+                    done = _passes(f"{url}/{m}") - passes0
+                    out["per_pass"] = (out["n"] + out["warm"]) / done if done else 0.0
                     # the replica's CPU per request (warm-up requests included): less noisy than req/s on a shared
                     # machine, since it does not count time spent waiting for the other processes
                     out["cpu_ms"] = 1e3 * (sum(procs[m].cpu_times()[:2]) - cpu0) / (out["n"] + out["warm"])
@@ -264,23 +273,29 @@ def _app_table(runs: dict, med: dict) -> list:
 
 
 def _bound_table(base: dict, med: dict) -> list:
-    ip_rps = {c: c / np.median(base[c]) for c in LEVELS}
+    ms = {b: 1e3 * np.median(v) / b for b, v in base.items()}  # in-process ms per request at batch size b
     # The most the app can serve if its only extra cost per request over the floor is the model's in-process cost:
-    # per-request times add, 1/floor + 1/in-process (batched at the client count).
-    bound = {c: 1 / (1 / med[("floor", c)]["rps"] + 1 / ip_rps[c]) for c in LEVELS}
-    lines = [f"In-process (the served code: Query parsing + Ranker.rank, this process, 1 torch thread, no HTTP): one "
-             f"request p50 {1e3 * np.percentile(base[1], 50):.2f} ms, p99 {1e3 * np.percentile(base[1], 99):.2f} ms. "
-             "Bound = the floor's time per request plus the in-process time per request (batches of the client "
-             "count): what the app could serve if the model's compute were its only cost over the floor.", "",
-             "| clients | floor req/s | in-process ms/req | bound req/s | bound / floor | on req/s | on / bound "
-             "| on's replica CPU over the floor's, ms/req |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    # per-request times add. At batches of the client count, and at the batch size the replica actually got
+    # (requests per forward pass, rounded down to a measured size).
+    got = {c: max([b for b in BATCHES if b <= max(1.0, med[("on", c)]["per_pass"])]) for c in LEVELS}
+    bound = {c: {w: 1 / (1 / med[("floor", c)]["rps"] + ms[w] / 1e3) for w in (c, got[c])} for c in LEVELS}
+    lines = [f"In-process (the served code: Query parsing + Ranker.rank, this process, 1 torch thread, no HTTP), ms "
+             "per request by batch size: " + ", ".join(f"{ms[b]:.2f} at {b}" for b in BATCHES) + ". Bound = the "
+             "floor's time per request plus the in-process time per request: what the app could serve if the model's "
+             "compute were its only cost over the floor; at batches of the client count, and at the batch the "
+             "replica got (its requests per forward pass, rounded down to a measured size).", "",
+             "| clients | floor req/s | on req/s | bound, batches of the clients, req/s | on / it | on's requests per "
+             "forward pass | bound at that batch, req/s | on / it | bound / floor | on's replica CPU over the "
+             "floor's, ms/req |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in LEVELS:
-        f, on = med[("floor", c)], med[("on", c)]
-        lines.append(f"| {c} | {f['rps']:.1f} | {1e3 / ip_rps[c]:.2f} | {bound[c]:.1f} | {bound[c] / f['rps']:.2f} | "
-                     f"{on['rps']:.1f} | {on['rps'] / bound[c]:.2f} | {on['cpu_ms'] - f['cpu_ms']:.2f} |")
-    return lines + ["", "Where bound / floor is under 0.9, the 0.9x goal is out of reach for this model on this "
-                    "machine whatever the serving code does; on / bound is the serving code's own overhead, and the "
-                    "last column the replica's extra CPU per request, to set beside the in-process time per request."]
+        f, on, b = med[("floor", c)], med[("on", c)], bound[c]
+        lines.append(f"| {c} | {f['rps']:.1f} | {on['rps']:.1f} | {b[c]:.1f} | {on['rps'] / b[c]:.2f} | "
+                     f"{on['per_pass']:.1f} | {b[got[c]]:.1f} | {on['rps'] / b[got[c]]:.2f} | "
+                     f"{b[got[c]] / f['rps']:.2f} | {on['cpu_ms'] - f['cpu_ms']:.2f} |")
+    return lines + ["", "bound / floor (at the batch the replica got) under 0.9: the 0.9x goal is out of reach for "
+                    "this model on this machine whatever the serving code does. on / bound is the serving code's own "
+                    "overhead; the CPU column is the replica's extra CPU per request, to set beside the in-process "
+                    "time per request."]
 
 
 def write(a, base: dict, runs: dict, mem: dict, load: tuple) -> None:
