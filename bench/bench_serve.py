@@ -57,7 +57,7 @@ def make_run(root: Path, n_items: int, n_users: int, hidden: int, max_len: int, 
     return [s.astype(np.int64) for s in seqs]
 
 
-def in_process(root: Path, seqs: list, requests: int) -> dict:
+def in_process(root: Path, bodies: list, requests: int) -> dict:
     """Seconds per call of the served code in this process, per batch size in BATCHES: each parsed request turned
     into a Query (serve's own validation) and one Ranker.rank over the batch (encode, score every item, drop the
     history, top 10), one torch thread as a replica (serve.torch_threads). No HTTP, no Serve."""
@@ -66,7 +66,7 @@ def in_process(root: Path, seqs: list, requests: int) -> dict:
 
     cfg = ServeConfig(run_dir=str(root))
     ranker = Ranker(next((root / "models").glob("sasrec-id*")), root, cfg.torch_threads)
-    reqs = [S.RecommendRequest(history=s.tolist(), k=10) for s in seqs[:500]]  # the bodies the load generator sends
+    reqs = [S.RecommendRequest(**b) for b in bodies]  # the bodies the load generator sends
     for r in reqs[:3]:  # warm, as the load generator warms the replica
         ranker.rank([S.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates)])
     out = {}
@@ -117,18 +117,21 @@ def loadgen(url: str, bodies_file: str, clients: int, requests: int, seconds: fl
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _health(url: str) -> dict:
+    import httpx
+
+    return httpx.get(f"{url}/healthz").json()
+
+
 def replica_process(url: str):
     """The replica answering `url`/healthz (it reports its pid; same machine)."""
-    import httpx
     import psutil
 
-    return psutil.Process(httpx.get(f"{url}/healthz").json()["pid"])
+    return psutil.Process(_health(url)["pid"])
 
 
 def _passes(url: str) -> int:
-    import httpx
-
-    return httpx.get(f"{url}/healthz").json().get("encoder_passes", 0)
+    return _health(url).get("encoder_passes", 0)  # the floor has no model: 0
 
 
 def replica_memory(url: str) -> dict:
@@ -213,10 +216,11 @@ METRICS = ("rps", "p50_ms", "p99_ms", "cpu_ms", "per_pass")
 def run(a) -> None:
     root = Path(a.run_dir)
     seqs = make_run(root, a.items, a.users, a.hidden, a.max_len)
+    body_list = [{"history": s.tolist(), "k": 10} for s in seqs[:500]]
     bodies = root / "bodies.json"
-    bodies.write_text(json.dumps([{"history": s.tolist(), "k": 10} for s in seqs[:500]]))
+    bodies.write_text(json.dumps(body_list))
     load0 = os.getloadavg()
-    base = in_process(root, seqs, a.requests)
+    base = in_process(root, body_list, a.requests)
     serve = start_apps(root, a.port, a.batch_wait_s, a.access_log)
     runs = {}
     try:
@@ -227,7 +231,7 @@ def run(a) -> None:
                 for m in APPS:
                     cpu0, passes0 = sum(procs[m].cpu_times()[:2]), _passes(f"{url}/{m}")
                     out = loadgen(f"{url}/{m}/recommend", str(bodies), c, a.requests, a.seconds)
-                    # requests per forward pass: how much batching the replica got (the floor has no model: 0)
+                    # requests per forward pass: how much batching the replica got
                     done = _passes(f"{url}/{m}") - passes0
                     out["per_pass"] = (out["n"] + out["warm"]) / done if done else 0.0
                     # the replica's CPU per request (warm-up requests included): less noisy than req/s on a shared

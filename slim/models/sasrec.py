@@ -36,8 +36,12 @@ class _Block(nn.Module):
         # Causal mask: position t attends to 0..t only. With right padding every valid position sees only valid
         # positions, so no key-padding mask is needed and a padded row can never produce NaN.
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
-        a = a.transpose(1, 2).reshape(b, l, h)
-        x = self.ln1(x + self.drop(self.proj(a)))  # post-LN, as in SASRec/RecBole
+        return self._out(x, a.transpose(1, 2).reshape(b, l, h))
+
+    def _out(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """x: the block's input, a: its attention output (same shape) -> the block's output: post-LN, as in
+        SASRec/RecBole."""
+        x = self.ln1(x + self.drop(self.proj(a)))
         return self.ln2(x + self.drop(self.ffn(x)))
 
     def at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -52,8 +56,7 @@ class _Block(nn.Module):
         see = (torch.arange(l, device=x.device)[None] <= t[:, None])[:, None, None]  # [B, 1, 1, L]: causal at t
         a = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=see,
                                            dropout_p=self.p if self.training else 0.0).reshape(b, h)
-        y = self.ln1(xt + self.drop(self.proj(a)))
-        return self.ln2(y + self.drop(self.ffn(y)))
+        return self._out(xt, a)
 
 
 class SASRec(nn.Module):
@@ -70,19 +73,21 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(_Block(hidden, cfg.heads, cfg.dropout, cfg.ffn_mult) for _ in range(cfg.layers))
 
     def forward(self, x: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # x: [B, L, H] right-padded -> [B, L, H]; positions count from the first (oldest) kept item.
-        pos = torch.arange(x.shape[1], device=x.device)
-        h = self.drop(self.ln(x + self.pos(pos)[None]))
+        # x: [B, L, H] right-padded -> [B, L, H]
+        h = self._embed(x)
         for blk in self.blocks:
             h = blk(h)
         return h
 
-    def last(self, x: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """x: [B, L, H] right-padded -> [B, H]: forward(...)[b, lengths[b] - 1], the state ranking and serving use;
-        the last block runs at that position only (it is half of the encoder's work, and no other output of it is
-        read)."""
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        # positions count from the first (oldest) kept item
         pos = torch.arange(x.shape[1], device=x.device)
-        h = self.drop(self.ln(x + self.pos(pos)[None]))
+        return self.drop(self.ln(x + self.pos(pos)[None]))
+
+    def last(self, x: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, H] right-padded -> [B, H]: forward(...)[b, lengths[b] - 1], the one state ranking and serving
+        read; the last block's query, projection and feed-forward run at that position only."""
+        h = self._embed(x)
         for blk in self.blocks[:-1]:
             h = blk(h)
         return self.blocks[-1].at(h, lengths - 1)
