@@ -389,7 +389,8 @@ def test_example_dataset_holds_the_fanout_examples(ray_local):
     """The Ray Data examples (cut per block of users by Ray tasks) are the fan-out path's examples, rationale
     columns included, for windows (sasrec + slim), prefixes (srgnn) and the text matcher."""
     from slim.train.ingest import example_dataset
-    from slim.recsys.spec import RunSpec, build_model
+    from slim.models import TextMatch
+    from slim.recsys.spec import RunSpec, build_model, example_kind
     from slim.train.loop import example_arrays, examples
     from slim.recsys.usertext import UserText
 
@@ -403,9 +404,10 @@ def test_example_dataset_holds_the_fanout_examples(ray_local):
                     (RunSpec("srgnn", "id", 0, hidden=8, max_len=10), None),
                     (RunSpec("none", "text_match", 0, user_text_dim=8, rationale_field="whole"), ut)):
         model = build_model(spec, N, text)
-        want = example_arrays(model.per_position, spec.variant == "text_match", seqs, spec.max_len,
-                              *((u.vec, u.present, u.cut) if u else ()))
-        ds, n, targets = example_dataset(model, d, spec.max_len, u, block_users=10)
+        kind = example_kind(spec)  # read from the class, without a model: the same as the built model says
+        assert kind == (model.per_position, isinstance(model, TextMatch)), spec.name
+        want = example_arrays(*kind, seqs, spec.max_len, *((u.vec, u.present, u.cut) if u else ()))
+        ds, n, targets = example_dataset(kind, d, spec.max_len, u, block_users=10)
         assert ds.num_blocks() >= 4 and n == len(want["x"]) and targets == int((want["y"] > 0).sum()), spec.name
         got = ds.to_pandas()
         a, b = np.lexsort((want["pos"], want["user"])), np.lexsort((got["pos"].to_numpy(), got["user"].to_numpy()))

@@ -43,6 +43,14 @@ class RunSpec:
         return f"{self.backbone}-{self.variant}{at}{fusion}-{self.loss}-s{self.seed}"
 
 
+def example_kind(spec: RunSpec) -> tuple[bool, bool]:
+    """-> (per_position, text_only): which training examples a run's model takes, read from the backbone's class
+    (slim.models.contract), without building the model. text_match has no backbone: one example per prefix."""
+    if spec.variant == "text_match":
+        return False, True
+    return REGISTRY[spec.backbone][0].per_position, False
+
+
 def build_model(spec: RunSpec, num_items: int, item_text: Optional[np.ndarray]):
     if spec.variant == "text_match":
         return TextMatch(num_items, item_text, spec.user_text_dim)

@@ -137,14 +137,14 @@ def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg, trace: Optiona
 
     from slim.runtime.raycluster import init_ray
     from slim.train.ingest import TRAIN, NoDropSplit, epoch_shuffled, example_dataset
-    from slim.recsys.spec import build_model
+    from slim.recsys.spec import example_kind
     from slim.train.loop import batch_rows
 
     init_ray(cfg.ray_address, cfg.num_cpus)
     where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
-    model = build_model(spec, d.num_items, text)  # what kind of examples it trains on
-    ds, n_ex, n_tg = example_dataset(model, d, spec.max_len, ut, world=cfg.num_workers, positions=spec.positions)
-    rows = batch_rows(spec, n_tg / max(1, n_ex) if model.per_position else None)
+    kind = example_kind(spec)  # (per_position, text_only): what kind of examples it trains on
+    ds, n_ex, n_tg = example_dataset(kind, d, spec.max_len, ut, world=cfg.num_workers, positions=spec.positions)
+    rows = batch_rows(spec, n_tg / max(1, n_ex) if kind[0] else None)
     trainer = TorchTrainer(
         _loop, train_loop_config=loop_config(spec, d, text, ut, out, fp, cfg, rows, n_ex, trace),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,

@@ -61,18 +61,17 @@ def _block_examples(batch: dict, per_position: bool, text_only: bool, max_len: i
     return cols
 
 
-def example_dataset(model, d, max_len: int, ut=None, block_users: int = 0, world: int = 2,
+def example_dataset(kind: tuple[bool, bool], d, max_len: int, ut=None, block_users: int = 0, world: int = 2,
                     positions: str = "after_prefix"):
-    """-> (materialized dataset of training examples, examples, targets). block_users 0: enough blocks that every
-    worker gets several (at most 20,000 users each)."""
+    """kind: (per_position, text_only), slim.recsys.spec.example_kind. -> (materialized dataset of training
+    examples, examples, targets). block_users 0: enough blocks that every worker gets several (at most 20,000 users
+    each)."""
     import ray.data
-
-    from slim.models import TextMatch
 
     block_users = block_users or max(1, min(20_000, -(-len(d.seqs) // (4 * world))))
     users = ray.data.from_arrow(user_blocks(d, ut, block_users))
     ds = users.map_batches(_block_examples, batch_size=None, batch_format="numpy", fn_kwargs=dict(
-        per_position=model.per_position, text_only=isinstance(model, TextMatch), max_len=max_len,
+        per_position=kind[0], text_only=kind[1], max_len=max_len,
         cut=ut.cut if ut is not None else 0, positions=positions)).materialize()  # cut once, into the object store
     return ds, ds.count(), int(ds.sum("targets") or 0)
 
