@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from slim import __version__
@@ -26,14 +28,52 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_fingerprint(path) -> str:
-    """Size + mtime + name for big files (cheap); a directory hashes its files' fingerprints. Local or remote
-    (an object's mtime is its upload time)."""
+def file_fingerprint(path, recorded: dict | None = None) -> str:
+    """What a file or folder holds, not where or when it was written: its files' paths below it, sizes and content
+    hashes, so a copy (`cp -r`, a bucket sync, a restore) has the same fingerprint. Local or remote.
+
+    Hashing every byte on every check would cost minutes on big run directories, so a content hash is reused while
+    the files' names, sizes and modification times are those it was computed on: from `recorded` (a manifest's
+    entry, written once by the stage that produced the files: see RunDir.write_manifest) or from a local cache
+    (storage.scratch). A copy has new times, so it is hashed once; a file changed in place gets a new time too."""
+    d = digest(path, recorded)
+    _OLD_FORMS.setdefault(d["content"], set()).add(d["old"])
+    return d["content"]
+
+
+def digest(path, recorded: dict | None = None) -> dict:
+    """{"stat": paths + sizes + times, "content": paths + sizes + hashes, "old": the old form} of a
+    file or folder (see file_fingerprint); a folder's own manifest is left out (it describes the files, after them)."""
     p = storage.path(path)
-    if p.is_dir():
-        return fingerprint([file_fingerprint(f) for f in sorted(p.rglob("*")) if f.is_file()])
-    st = p.stat()
-    return fingerprint([p.name, st.st_size, st.st_mtime_ns])
+    folder = p.is_dir()
+    every = storage.listing(p)
+    rows = [r for r in every if not (folder and r[0] == MANIFEST)]
+    stat, old = fingerprint([r[:3] for r in rows]), _old_form(p, every, folder)
+    if recorded and recorded.get("stat") == stat:
+        return {"stat": stat, "content": recorded["content"], "old": old}
+    cached = storage.scratch("fingerprints") / storage.key_of(f"{_where(p)}|{stat}")
+    content = cached.read_text() if cached.exists() else ""
+    if not content:
+        content = fingerprint([(rel, size, content_fingerprint(f)) for rel, size, _, f in rows])
+        atomic.write_text(cached, content)
+    return {"stat": stat, "content": content, "old": old}
+
+
+# content fingerprint -> the fingerprints the same files had under the old form (name, size, modification time), so
+# that a run directory made before content fingerprints stays current while its files have not moved (RunDir.accept_old_forms)
+_OLD_FORMS: dict = {}
+
+
+def _old_form(p, rows: list, folder: bool) -> str:
+    """The fingerprint before content fingerprints: name, size, time per file; a folder's manifest included."""
+    if not folder:
+        return fingerprint([p.name, rows[0][1], rows[0][2]])
+    rows = sorted(rows, key=lambda r: r[3])  # the old order: as the path objects sort
+    return fingerprint([fingerprint([f.name, size, mtime]) for _, size, mtime, f in rows])
+
+
+def _where(p) -> str:
+    return str(p if storage.is_remote(p) else p.expanduser().resolve())
 
 
 def content_fingerprint(path) -> str:
@@ -82,6 +122,7 @@ class Manifest:
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    digests: dict = field(default_factory=dict)  # output -> {stat, content} when written (file_fingerprint)
     versions: dict = field(default_factory=versions)
     created: float = field(default_factory=time.time)
 
@@ -113,29 +154,82 @@ class RunDir:
         return Manifest(**json.loads(p.read_text()))
 
     def write_manifest(self, m: Manifest):
-        # atomic: a manifest exists only for a finished stage
+        """Atomic: a manifest exists only for a finished stage. It records its outputs' content fingerprints, hashed
+        once here, so that downstream checks read them instead of hashing the files again (file_fingerprint)."""
+        m.digests = {}
+        for o in m.outputs:
+            if (self.root / o).exists():
+                d = digest(self.root / o)
+                m.digests[o] = {"stat": d["stat"], "content": d["content"]}
         return atomic.write_json(self.manifest_path(m.stage), m.__dict__, sort_keys=True)
 
     def is_current(self, stage: str, config: dict, inputs: dict) -> bool:
+        """Whether the stage's manifest matches; if so, `inputs` takes the fingerprints the manifest recorded in the
+        old form that still hold (accept_old_forms), so a stage that goes on (retrying failed rows) keeps its key."""
         m = self.read_manifest(stage)
-        return m is not None and m.key() == Manifest(stage, config, inputs).key()
+        if m is None:
+            return False
+        held = accept_old_forms(m.inputs, inputs)
+        if m.key() != Manifest(stage, config, held).key():
+            return False
+        inputs.update(held)
+        return True
 
     def upstream(self, stage: str) -> str:
         """Fingerprint of a finished upstream stage, for a downstream manifest's inputs: its key, its counts and
-        its output files (name, size, mtime). The key alone is not enough: a teacher rerun that retries failed
-        rows, or a student `--force`, keeps config and inputs (so the key) but rewrites the outputs."""
+        its outputs' contents (file_fingerprint, from the digests its manifest recorded while the files are those it
+        hashed). The key alone is not enough: a teacher rerun that retries failed rows, or a student `--force`,
+        keeps config and inputs (so the key) but rewrites the outputs."""
         m = self.read_manifest(stage)
         if m is None:
             raise StageNotFinished(
                 f"stage '{stage}' has not finished in {self.root} (no {stage}/{MANIFEST}); run it first"
             )
-        files = {o: file_fingerprint(self.root / o) if (self.root / o).exists() else "missing" for o in m.outputs}
-        return fingerprint({"key": m.key(), "counts": m.counts, "outputs": files})
+        new, old = {}, {}
+        for o in m.outputs:
+            d = digest(self.root / o, m.digests.get(o)) if (self.root / o).exists() else None
+            new[o], old[o] = (d["content"], d["old"]) if d else ("missing", "missing")
+        fp = fingerprint({"key": m.key(), "counts": m.counts, "outputs": new})
+        _OLD_FORMS.setdefault(fp, set()).add(fingerprint({"key": m.key(), "counts": m.counts, "outputs": old}))
+        return fp
+
+    def stored(self, p) -> str:
+        """A path as a manifest stores it: relative to the run directory when inside it (so it means the same from
+        any working directory, and in a copy of the run directory), else absolute (a local path) or a URI."""
+        p = storage.path(p)
+        if storage.is_remote(p):
+            root = str(self.root).rstrip("/")
+            return str(p)[len(root) + 1:] if str(p).startswith(root + "/") else str(p)
+        p, root = (Path(os.path.abspath(q.expanduser())) for q in (p, self.root))
+        return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
+
+    def resolve(self, s: str):
+        """A path a manifest stored, back to a path: relative ones are under the run directory. A manifest written
+        before paths were stored this way holds a path relative to the working directory its stage ran in (e.g.
+        runs/tiny/distill/adapter): when the run directory ends with its first part, the rest is under it."""
+        if storage.is_remote(s) or Path(s).expanduser().is_absolute():
+            return storage.path(s).expanduser()
+        if (self.root / s).exists():
+            return self.root / s
+        parts, at = Path(s).parts, str(self.root.expanduser().absolute() if not storage.is_remote(self.root)
+                                       else self.root).rstrip("/")
+        for i in range(1, len(parts)):
+            if (at + "/").endswith("/" + "/".join(parts[:i]) + "/") and (self.root / Path(*parts[i:])).exists():
+                return self.root / Path(*parts[i:])
+        return self.root / s
 
     def invalidate(self, stage: str) -> None:
         p = self.manifest_path(stage)
         if p.exists():
             p.unlink()
+
+
+def accept_old_forms(recorded: dict, now: dict) -> dict:
+    """`now` with each input whose recorded fingerprint is the old form (name, size, time) of the same files
+    replaced by the recorded one: a run directory made before content fingerprints stays current, without
+    rerunning anything, while its files have not been copied or touched; a stage that reruns records the new form."""
+    return {k: recorded[k] if k in recorded and v != recorded[k] and recorded[k] in _OLD_FORMS.get(v, ()) else v
+            for k, v in now.items()}
 
 
 def peak_rss_mb() -> float:

@@ -248,6 +248,27 @@ def _signature(p) -> str:
     return key_of(repr([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]))
 
 
+def listing(p) -> list:
+    """(path below `p`, size, mtime_ns, file) for every file of a folder, sorted by that path (the same on disk and
+    on a bucket); for a file, one row named by its name. One listing call on a bucket, not one per file."""
+    import pyarrow.fs as pafs
+
+    p = path(p)
+    if isinstance(p, ObjPath) and p.is_dir():
+        rows = [(p._rel(i), i.size, i.mtime_ns or 0, p / p._rel(i)) for i in p._walk(recursive=True)
+                if i.type == pafs.FileType.File]
+    elif p.is_dir():
+        rows = []
+        for f in p.rglob("*"):
+            if f.is_file():
+                st = f.stat()
+                rows.append((f.relative_to(p).as_posix(), st.st_size, st.st_mtime_ns, f))
+    else:
+        st = p.stat()
+        rows = [(p.name, st.st_size, st.st_mtime_ns, p)]
+    return sorted(rows, key=lambda r: r[0])
+
+
 def local_copy(p, skip: tuple = ()) -> Path:
     """A local path holding what `p` holds: `p` itself when local; for a URI a scratch copy, downloaded again only
     when the remote content changed (its files' names, sizes and times). For models, adapters and vectors that

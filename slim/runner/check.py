@@ -14,7 +14,7 @@ from typing import Any
 
 from slim.io import columns as C
 from slim.runtime.config import ConfigError
-from slim.io.rundir import RunDir, fingerprint
+from slim.io.rundir import RunDir, accept_old_forms, fingerprint
 
 
 def validate(cfgs: dict, wanted: list[str]) -> None:
@@ -95,6 +95,7 @@ def _why_run(name: str, cfg: Any, rd: RunDir, running: dict, forced: bool) -> st
         return "config changed: " + ", ".join(f"{name}.{k}" for k in changed)
     inputs = {u: rd.upstream(u) for u in m.inputs if u in C.STAGE_DIRS and rd.read_manifest(u) is not None}
     inputs.update(face.own_inputs(cfg, rd.root))
+    inputs = accept_old_forms(m.inputs, inputs)  # a run directory made before content fingerprints
     stale = sorted(k for k in set(inputs) | set(m.inputs) if inputs.get(k, "?") != m.inputs.get(k))
     if stale:
         return "inputs changed: " + ", ".join(stale)
@@ -103,15 +104,16 @@ def _why_run(name: str, cfg: Any, rd: RunDir, running: dict, forced: bool) -> st
     return ""
 
 
-def plan(cfgs: dict, wanted: list[str], force: list[str]) -> tuple[list[str], list[str]]:
-    """-> (lines to print, problems). Stages are visited in pipeline order; a stage after one that runs runs."""
+def plan(cfgs: dict, wanted: list[str], force: list[str], chosen_by: str = "--stages") -> tuple[list[str], list[str]]:
+    """-> (lines to print, problems). Stages are visited in pipeline order; a stage after one that runs runs.
+    chosen_by: what selected `wanted` (--stages or the config's stages:), named beside the stages left out."""
     from slim.runner import stages
 
     lines, problems, running = [], [], {}
     for name in (n for n in stages.names() if n in cfgs):
         cfg = cfgs[name]
         if name not in wanted:
-            lines.append(f"{name:9s} -         not selected (--stages)")
+            lines.append(f"{name:9s} -         not selected ({chosen_by}): not checked, not run")
             continue
         if name in stages.ON_DEMAND:  # no manifest: it runs whenever named
             lines.append(f"{name:9s} {'RUN':9s} {stages.face(name).plan_line(cfg, 'train' in wanted, problems)}")
@@ -120,7 +122,7 @@ def plan(cfgs: dict, wanted: list[str], force: list[str]) -> tuple[list[str], li
         for up in depends(name, cfg):
             if up not in wanted and rd.read_manifest(up) is None:
                 problems.append(f"{name} reads the output of {up}, which has not finished in {rd.root} "
-                                f"(no {up}/{C.MANIFEST}) and is not in --stages")
+                                f"(no {up}/{C.MANIFEST}) and is not in {chosen_by}")
         try:
             why = _why_run(name, cfg, rd, running, name in force or "all" in force)
         except Exception as e:  # noqa: BLE001 - a missing input is a problem to list, not a crash of --check

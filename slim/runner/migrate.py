@@ -24,7 +24,7 @@ from slim.io import atomic
 from slim.io import columns as C
 from slim.io import storage
 from slim.runtime.config import ConfigError
-from slim.io.rundir import Manifest, RunDir, file_fingerprint
+from slim.io.rundir import Manifest, RunDir, accept_old_forms, file_fingerprint
 
 MOVES = (("student", C.DISTILL_DIR), ("rationales", C.STUDENT_DIR), ("embeddings", C.ENCODE_DIR))  # in this order
 NEW = dict(MOVES)
@@ -90,7 +90,8 @@ def _read_plan(rd: RunDir) -> dict:
     mans = {f: rd.read_manifest(f) for f in OLD_ORDER}
     mans = {f: m for f, m in mans.items() if m is not None}
     up = {f: rd.upstream(f) for f in mans}
-    current = {f: sorted(k for k, v in m.inputs.items() if k in OLD_ORDER and up.get(k) == v) for f, m in mans.items()}
+    current = {f: sorted(k for k, v in accept_old_forms(m.inputs, {k: up[k] for k in m.inputs if k in up}).items()
+                         if k in OLD_ORDER and m.inputs[k] == v) for f, m in mans.items()}
     plan = {"manifests": {f: m.__dict__ for f, m in mans.items()}, "current": current, "moved": [],
             "model_current": False, "state_current": False, "train_current": False}
     st = mans.get("rationales")
@@ -98,7 +99,8 @@ def _read_plan(rd: RunDir) -> dict:
         model = st.extra.get("model", {})
         path = str(model.get("path", ""))
         inside = bool(path) and _moved_path(path, root) is not None
-        plan["model_current"] = inside and st.inputs.get("model") == file_fingerprint(path)
+        now = {"model": file_fingerprint(path)} if inside else {}
+        plan["model_current"] = inside and accept_old_forms(st.inputs, now)["model"] == st.inputs.get("model")
         from slim.student.stage import STATE_FILE
 
         state = root / "rationales" / STATE_FILE
