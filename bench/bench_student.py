@@ -129,7 +129,9 @@ def main() -> None:
         t = pq.ParquetDataset(files).read(columns=[C.USER_ID, C.PROMPT]).sort_by(C.USER_ID)
         prompt_sets.append(t.column(C.PROMPT).to_pylist())
         assert len(prompt_sets[-1]) == n == jobs[-1]["n"], (len(prompt_sets[-1]), n, jobs[-1]["n"])  # force: no leftovers
-    v = direct_vllm(m.extra["model"]["merged_into"], prompt_sets, cfg)
+    from slim.io.rundir import RunDir
+
+    v = direct_vllm(str(RunDir(d).resolve(m.extra["model"]["merged_into"])), prompt_sets, cfg)  # stored relative
     subprocess.run([sys.executable, __file__, "--hf-only", "--root", a.root, "--batch-size", str(a.batch_size),
                     "--max-tokens", str(a.max_tokens)], check=True)
     h = json.loads((d / "hf_direct.json").read_text())

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from slim.io import columns as C
+from slim.io.rundir import RunDir
 from slim.runtime.raycluster import work_actor_env
 from slim.student import engines
 from slim.student.stage import SamplingConfig, StudentConfig, done_users, run
@@ -90,7 +91,8 @@ def test_vllm_job_generates_with_the_adapter(run_dir, cache_dir, ray_local):
     text = dict(zip(items[C.ITEM_ID], items[C.TEXT]))
     assert t[C.PROMPT][0] == student_chat_text(tok, users[C.ITEM_IDS][0], text, PromptConfig())
     # the same engine-independent answer from HF generate (fp32, greedy)
-    gen = engines.HFGenerator(m.extra["model"]["merged_into"], MAX_LEN, engines.sampling_dict(cfg.sampling))
+    merged = str(RunDir(run_dir).resolve(m.extra["model"]["merged_into"]))  # stored relative to the run directory
+    gen = engines.HFGenerator(merged, MAX_LEN, engines.sampling_dict(cfg.sampling))
     ref = gen({C.USER_ID: good[C.USER_ID].to_numpy(), C.PROMPT: good[C.PROMPT].to_numpy()})
     same = sum(a == b for a, b in zip(ref["generated_text"], good[C.RATIONALE]))
     assert same >= len(good) - 1, list(zip(ref["generated_text"], good[C.RATIONALE]))

@@ -15,7 +15,6 @@ from typing import Literal, Optional
 import numpy as np
 
 from slim.io import atomic
-from slim.io import storage
 from slim.io import columns as C
 from slim.recsys import metrics as M
 from slim.io.columns import EVAL_PROTOCOLS, SPLITS
@@ -197,8 +196,13 @@ def student_model(rd: RunDir) -> Optional[dict]:
     if m is None or "model" not in m.extra:
         return None
     info = dict(m.extra["model"])
-    path, root = str(storage.path(info.get("path", "")).resolve()), str(rd.root.resolve()).rstrip("/")
-    info["cross_domain"] = info.get("kind") != "base" and not path.startswith(root + "/")
+    if info.get("kind") == "base":
+        info["cross_domain"] = False
+        return info
+    # stored relative to the run directory when inside it (older manifests: relative to the stage's working
+    # directory, which RunDir.resolve recognises), so the label does not depend on where this job runs
+    path, root = str(rd.resolve(info.get("path", "")).resolve()), str(rd.root.resolve()).rstrip("/")
+    info["cross_domain"] = not path.startswith(root + "/")
     return info
 
 

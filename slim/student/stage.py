@@ -230,7 +230,7 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     prog = Progress("student", _todo_count(rd, done, cfg.max_users), "users")
     for batch in engine(ds).iter_batches(batch_size=cfg.shard_rows, batch_format="pyarrow"):
         t_first = t_first or time.perf_counter()
-        table = finalize(batch, model_info["path"])
+        table = finalize(batch, rd.stored(model_info["path"]) if model_info["kind"] != "base" else model_info["path"])
         write_shard(out, table)
         new += table.num_rows
         tokens += int(pc.sum(table.column(C.TOKENS_OUT)).as_py() or 0)
@@ -259,13 +259,22 @@ def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> M
     m = Manifest(STAGE, sc, inputs, outputs=[C.STUDENT_SHARDS], counts=counts,
                  timings={"total_s": t_end - t0, "to_first_shard_s": (t_first or t_end) - t0,
                           "rationales_per_s": new / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
-                 extra={"model": model_info, "engine": cfg.engine, "quality": quality.of_shards(shards(out))})
+                 extra={"model": stored_model(rd, model_info), "engine": cfg.engine,
+                        "quality": quality.of_shards(shards(out))})
     rd.write_manifest(m)
     say(f"student ({cfg.engine}): {counts['users']:,} users ({new:,} new), ok {counts['ok']:,}, malformed "
           f"{counts['malformed']:,}, failed {counts['failed']:,}; {tokens:,} tokens in {t_end - t0:.1f}s "
           f"({m.timings['tokens_per_s']:.0f} tok/s); model {model_info['kind']} {model_info['path']}")
     say("  quality: " + quality.describe(m.extra["quality"]))
     return m
+
+
+def stored_model(rd: RunDir, info: dict) -> dict:
+    """The model description as the manifest keeps it: the adapter's or checkpoint's path and the merge's relative to
+    the run directory when inside it (the same from any working directory: a job submitted with `ray job submit`
+    runs in another), else absolute; a base model keeps the name or path it was resolved from."""
+    keys = ("path", "merged_into") if info.get("kind") != "base" else ("merged_into",)
+    return {k: rd.stored(v) if k in keys else v for k, v in info.items()}
 
 
 # The stage's face (slim/runner/stages.py): --check, the planner and the manifests read only these.
