@@ -28,7 +28,8 @@ def _keys(cls, prefix):
 def test_every_key_is_documented_with_its_default_and_allowed_values():
     text = configdoc.render()
     documented = {ln.split("`")[1] for ln in text.splitlines() if ln.startswith("| `")}
-    every = {k for n in stages.names() for k in _keys(stages.REGISTRY[n]()[0], n)} | set(config.SHARED)
+    every = {k for n in stages.names() for k in _keys(stages.REGISTRY[n]()[0], n)}
+    every |= set(config.SHARED) | set(stages.PIPELINE_KEYS)
     assert every == documented
     assert "| `train.strategy` | str | `\"fanout\"` | `fanout`, `ddp`, `deepspeed` |" in text
     assert "| `teacher.max_cost_usd` | float or null | `10` |" in text

@@ -11,18 +11,53 @@ import sys
 from slim.runtime import console
 
 
+# --force alone: every stage the command runs (the value of a bare --force after _bare_force)
+FORCE_ALL = "all"
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    """One --force grammar for every job: `--force` alone reruns the stages the command runs, `--force a,b` those
+    stages (a stage's own job: its name, or `all`); see _bare_force for `--force key=value`."""
+    p.add_argument("--force", nargs="?", const=FORCE_ALL, default="", metavar="STAGES",
+                   help="rerun even if the manifest matches: alone, every stage this command runs; or "
+                   "comma-separated stage names")
+
+
+def _bare_force(argv: list[str]) -> list[str]:
+    """`--force` followed by an override (`--force data.min_history=5`, as the README has long shown) or by another
+    option is a bare --force: argparse would otherwise take the next word as its value. Stage names have no '='."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--force" and (i + 1 == len(out) or out[i + 1].startswith("-") or "=" in out[i + 1]):
+            out[i] = f"--force={FORCE_ALL}"
+    return out
+
+
+def _forced(value: str, stage: str) -> bool:
+    """A stage job's --force value -> whether to force it; a stage other than its own is a ConfigError."""
+    from slim.runner.pipeline import stage_list
+    from slim.runtime import config
+
+    names = stage_list(value, "--force", (FORCE_ALL,))
+    other = [n for n in names if n not in (stage, FORCE_ALL)]
+    if other:
+        raise config.ConfigError(f"--force {value}: jobs/{stage}.py runs {stage} only; use `--force` alone or "
+                                 f"jobs/pipeline.py --stages {','.join(dict.fromkeys(other))} --force")
+    return bool(names)
+
+
 def parse(argv: list[str] | None = None, description: str = "", retry_failed: bool = False) -> argparse.Namespace:
     """retry_failed: offer --retry-failed (only stages whose config has `retry_failed` keep failed rows to redo)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="YAML config (one section per stage)")
-    p.add_argument("--force", action="store_true", help="rerun even if the stage's manifest matches")
+    add_force(p)
     if retry_failed:
         p.add_argument("--retry-failed", action="store_true",
                        help="redo only the rows that failed before, keep the rest")
     add_verbose(p)
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.min_history=5 "
                    "(every key: docs/config.md)")
-    args = p.parse_args(argv)
+    args = p.parse_args(_bare_force(sys.argv[1:] if argv is None else argv))
     console.setup(args.verbose)
     return args
 
@@ -82,7 +117,7 @@ def main_stage(stage: str, argv: list[str] | None = None) -> int:
         raw = config.load_raw(args.config, overrides)
         cfgs = stages.load_all(raw)
         check.validate(cfgs, [stage])
-        stages.run(stage, cfgs[stage], force=args.force)
+        stages.run(stage, cfgs[stage], force=_forced(args.force, stage))
         for line in stages.closing(stage, cfgs[stage]):
             console.say(line)
     except user_errors() as e:
@@ -186,7 +221,7 @@ def main_pipeline(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the SLIM pipeline (all stages, or --stages a,b)")
     p.add_argument("--config", required=True)
     p.add_argument("--stages", default="", help="comma-separated stage names (default: all but serve)")
-    p.add_argument("--force", default="", help="comma-separated stages to rerun, or 'all'")
+    add_force(p)
     p.add_argument("--check", "--dry-run", action="store_true", dest="check",
                    help="check the config, models and paths, print what each stage would do; start nothing")
     p.add_argument("--retry-failed", default="", help="comma-separated stages (teacher, student) whose failed rows "
@@ -195,7 +230,7 @@ def main_pipeline(argv: list[str] | None = None) -> int:
                    "would run with (a bucket's endpoint and keys), e.g. cluster/runtime_env_s3.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (every key: docs/config.md)")
     add_verbose(p)
-    args = p.parse_args(argv)
+    args = p.parse_args(_bare_force(sys.argv[1:] if argv is None else argv))
     console.setup(args.verbose)
     try:
         if args.runtime_env and not args.check:
@@ -209,7 +244,7 @@ def main_pipeline(argv: list[str] | None = None) -> int:
         retry = [f"{s}.retry_failed=true" for s in retry_list(args.retry_failed)]
         raw = config.load_raw(args.config, list(args.overrides) + retry)
         only = stage_list(args.stages, "--stages")
-        force = stage_list(args.force, "--force", ("all",))
+        force = stage_list(args.force, "--force", (FORCE_ALL,))
         if args.check:
             return dry_run(raw, only, force)
         run(raw, only, force)

@@ -149,7 +149,8 @@ def render() -> str:
 
     out = [HEADER, "## Top-level keys", ""]
     hints = typing.get_type_hints(stages.REGISTRY[stages.names()[0]]()[0])  # every section declares them alike
-    out += table([(k, type_name(hints[k]), "", "", doc) for k, doc in config.SHARED.items()])
+    out += table([(k, type_name(hints[k]), "", "", doc) for k, doc in config.SHARED.items()]
+                 + [(k, "list[str]", "", ", ".join(stages.names()), doc) for k, doc in stages.PIPELINE_KEYS.items()])
     out += ["", "A section may repeat a top-level key to override it for that stage alone.", ""]
     for name in stages.names():
         cls = stages.REGISTRY[name]()[0]

@@ -24,14 +24,37 @@ def stage_list(value: str, flag: str, extra: tuple[str, ...] = ()) -> list[str]:
     return names
 
 
+def selected(raw: dict, only: list[str] | None = None) -> tuple[list[str], str]:
+    """The stages to run and who chose them: --stages, else the config's top-level `stages:` (a list, or
+    `stages=a,b` on the command line), else every stage but the on-demand ones."""
+    if only:
+        return stage_list(",".join(only), "--stages"), "--stages"
+    listed = raw.get("stages")
+    if listed is None:
+        return stages.default_names(), ""
+    if isinstance(listed, str):
+        listed = listed.split(",")
+    if not isinstance(listed, (list, tuple)) or not all(isinstance(s, str) for s in listed) or not listed:
+        raise config.ConfigError(f"stages: expected a list of stage names, got {listed!r}; stages: "
+                                 f"{', '.join(stages.names())}")
+    return stage_list(",".join(listed), "stages (the config's top-level key)"), "the config's stages:"
+
+
 def prepare(raw: dict, only: list[str] | None = None) -> tuple[dict, list[str]]:
     """Every section loaded and checked, and the constraints between the stages to run: (configs, stages)."""
     from slim.runner import check
 
     cfgs = stages.load_all(raw)
-    wanted = only or stages.default_names()
-    stage_list(",".join(wanted), "--stages")
-    check.validate(cfgs, wanted)
+    wanted, chosen_by = selected(raw, only)
+    try:
+        check.validate(cfgs, wanted)
+    except config.ConfigError as e:
+        if chosen_by:
+            raise
+        # every stage by default: a config meant for some stages says which (the LLM-free ones need no teacher)
+        raise config.ConfigError(f"{e} (jobs/pipeline.py runs every stage but serve unless the config's top-level "
+                                 "`stages:` or --stages names fewer, e.g. stages: [data, encode, train, evaluate])"
+                                 ) from None
     return cfgs, wanted
 
 
@@ -59,8 +82,10 @@ def dry_run(raw: dict, only: list[str] | None = None, force: list[str] | None = 
     from slim.runner import check
 
     cfgs, wanted = prepare(raw, only)
-    lines, problems = check.plan(cfgs, wanted, force or [])
-    print(f"config OK: {len(cfgs)} sections; stages to run: {', '.join(s for s in stages.names() if s in wanted)}")
+    chosen_by = selected(raw, only)[1]
+    lines, problems = check.plan(cfgs, wanted, force or [], chosen_by or "runs only when named in --stages")
+    print(f"config OK: {len(cfgs)} sections; stages to run: {', '.join(s for s in stages.names() if s in wanted)}"
+          + (f" (from {chosen_by})" if chosen_by else " (every stage but serve)"))
     print("\n".join(lines))
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)

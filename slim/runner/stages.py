@@ -56,6 +56,13 @@ ORDER = ("data", "teacher", "distill", "student", "encode", "train", "evaluate",
 ON_DEMAND = ("serve",)
 
 
+# Top-level keys of the pipeline itself (no section reads them), and what they mean: docs/config.md lists them.
+PIPELINE_KEYS = {
+    "stages": "the stages `jobs/pipeline.py` (and its `--check`) runs, in pipeline order, e.g. [data, encode, "
+              "train, evaluate]; --stages wins; unset = every stage but serve",
+}
+
+
 def names() -> list[str]:
     return [n for n in ORDER if n in REGISTRY] + [n for n in REGISTRY if n not in ORDER]
 
@@ -120,10 +127,10 @@ def load_all(raw: dict) -> dict[str, Any]:
     """Every stage config in a file; unknown top-level sections are an error."""
     from slim.runtime import config
 
-    unknown = sorted(set(raw) - set(REGISTRY) - set(config.SHARED_KEYS))
+    unknown = sorted(set(raw) - set(REGISTRY) - set(config.SHARED_KEYS) - set(PIPELINE_KEYS))
     if unknown:
         raise config.ConfigError(
             f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(REGISTRY)}; "
-            f"shared keys: {', '.join(config.SHARED_KEYS)}"
+            f"shared keys: {', '.join((*config.SHARED_KEYS, *PIPELINE_KEYS))}"
         )
     return {name: load(name, raw) for name in REGISTRY}
