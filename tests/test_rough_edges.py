@@ -2,6 +2,7 @@
 --force grammar in every job."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,10 @@ def test_one_force_grammar_in_every_job(tmp_path, capsys, ray_local):
     base = ["--config", FUSION, f"run_dir={run}", f"data.path={src}"]
     assert cli.main_stage("data", base) == 0
     last = _created(run)
+    rows = json.loads((run / "data" / "manifest.json").read_text())["extra"]["input_rows"]
+    said = re.search(r"read ([\d,]+) input rows at [\d,]+ rows/s over the stage \([\d,]+ rows/s while reading\)",
+                     capsys.readouterr().out)  # a count labelled as one, each rate as a rate
+    assert said and int(said.group(1).replace(",", "")) == rows > 0
 
     def forced(argv, job="data") -> bool:
         nonlocal last
@@ -85,3 +90,10 @@ def test_one_force_grammar_in_every_job(tmp_path, capsys, ray_local):
     assert cli.main_stage("data", [*base, "--force", "dta"]) == 2
     assert "--force: unknown stage(s) dta" in capsys.readouterr().err
     assert _created(run) == last  # a refused command wrote nothing
+
+
+def test_scale_line_labels_its_rate():
+    from slim.recsys.summary import scale_line
+
+    line = scale_line("train", 12_000, "training targets (all runs and epochs)", 4.0)
+    assert line.startswith("[train] 12,000 training targets (all runs and epochs) in 4.0s, 3,000 per second; ")

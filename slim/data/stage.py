@@ -219,7 +219,8 @@ def print_summary(m: Manifest) -> None:
     say(f"data: {c['users']:,} users / {c['items']:,} items / {c['interactions']:,} interactions; "
           f"{c['candidate_rows']:,} candidate rows; {t['total_s']:.1f}s "
           f"(read {t['read_s']:.1f}s, build {t['build_s']:.1f}s, candidates {t['candidates_s']:.1f}s); "
-          f"{m.extra.get('rows_per_s', 0):,.0f} input rows/s ({m.extra.get('read_rows_per_s', 0):,.0f} read); "
+          f"read {m.extra.get('input_rows', 0):,} input rows at {m.extra.get('rows_per_s', 0):,.0f} rows/s over the "
+          f"stage ({m.extra.get('read_rows_per_s', 0):,.0f} rows/s while reading); "
           f"{m.extra.get('buckets', 1)} bucket(s), {m.extra.get('kcore_passes', 1)} k-core pass(es); "
           f"driver peak RSS {m.extra['driver_peak_rss_mb']:.0f} MB")
     for kind, v in m.extra["skipped"].items():

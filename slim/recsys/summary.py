@@ -7,7 +7,7 @@ from slim.io.rundir import peak_rss_mb
 
 
 def scale_line(stage: str, rows: int, what: str, seconds: float) -> str:
-    return (f"[{stage}] {rows:,} {what} in {seconds:.1f}s ({rows / max(seconds, 1e-9):,.0f}/s); "
+    return (f"[{stage}] {rows:,} {what} in {seconds:.1f}s, {rows / max(seconds, 1e-9):,.0f} per second; "
             f"driver peak RSS {peak_rss_mb():,.0f} MB")
 
 PROTOCOL_NOTES = {
