@@ -19,7 +19,7 @@ from typing import Any
 from slim import __version__
 from slim.io import atomic
 from slim.io import storage
-from slim.io.columns import MANIFEST
+from slim.io.columns import MANIFEST, STAGE_DIRS
 
 
 def fingerprint(obj: Any) -> str:
@@ -37,7 +37,7 @@ def file_fingerprint(path, recorded: dict | None = None) -> str:
     entry, written once by the stage that produced the files: see RunDir.write_manifest) or from a local cache
     (storage.scratch). A copy has new times, so it is hashed once; a file changed in place gets a new time too."""
     d = digest(path, recorded)
-    _OLD_FORMS.setdefault(d["content"], set()).add(d["old"])
+    _OLD_FORMS[d["content"]] = d["old"]
     return d["content"]
 
 
@@ -59,8 +59,9 @@ def digest(path, recorded: dict | None = None) -> dict:
     return {"stat": stat, "content": content, "old": old}
 
 
-# content fingerprint -> the fingerprints the same files had under the old form (name, size, modification time), so
-# that a run directory made before content fingerprints stays current while its files have not moved (RunDir.accept_old_forms)
+# content fingerprint -> the old form (name, size, modification time) of the files last fingerprinted here with that
+# content (the fingerprints a check compares are computed just before it), so that a run directory made before
+# content fingerprints stays current while its files have not moved (accept_old_forms)
 _OLD_FORMS: dict = {}
 
 
@@ -190,7 +191,7 @@ class RunDir:
             d = digest(self.root / o, m.digests.get(o)) if (self.root / o).exists() else None
             new[o], old[o] = (d["content"], d["old"]) if d else ("missing", "missing")
         fp = fingerprint({"key": m.key(), "counts": m.counts, "outputs": new})
-        _OLD_FORMS.setdefault(fp, set()).add(fingerprint({"key": m.key(), "counts": m.counts, "outputs": old}))
+        _OLD_FORMS[fp] = fingerprint({"key": m.key(), "counts": m.counts, "outputs": old})
         return fp
 
     def stored(self, p) -> str:
@@ -216,7 +217,7 @@ class RunDir:
         for i in range(1, len(parts)):
             if (at + "/").endswith("/" + "/".join(parts[:i]) + "/") and (self.root / Path(*parts[i:])).exists():
                 return self.root / Path(*parts[i:])
-        return self.root / s
+        return self.root / s if parts[0] in STAGE_DIRS else Path(s)  # gone, or an older working-directory path
 
     def invalidate(self, stage: str) -> None:
         p = self.manifest_path(stage)
@@ -228,7 +229,7 @@ def accept_old_forms(recorded: dict, now: dict) -> dict:
     """`now` with each input whose recorded fingerprint is the old form (name, size, time) of the same files
     replaced by the recorded one: a run directory made before content fingerprints stays current, without
     rerunning anything, while its files have not been copied or touched; a stage that reruns records the new form."""
-    return {k: recorded[k] if k in recorded and v != recorded[k] and recorded[k] in _OLD_FORMS.get(v, ()) else v
+    return {k: recorded[k] if k in recorded and v != recorded[k] and recorded[k] == _OLD_FORMS.get(v) else v
             for k, v in now.items()}
 
 
