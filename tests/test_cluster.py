@@ -333,6 +333,40 @@ def test_offline_teacher_submitted(head, tmp_path):
     assert cost["users"] == 6 and cost["failed"] == 0 and cost["tokens_out"] > 0
 
 
+def test_submitted_evaluate_labels_the_run_dirs_own_student(head, prepared, tmp_path, monkeypatch):
+    """Issue 42.3: the student's manifest written by a stage run with a relative run_dir in one working directory
+    (runs/tiny, its student from runs/tiny/distill), then train + evaluate submitted through the head, whose driver
+    runs in a temporary copy of the working directory: the report names the student as this run directory's own,
+    not "cross-domain". The student manifest is written with the stage's own path code (no LLM: a checkpoint stub)."""
+    from slim.io.rundir import Manifest, RunDir
+    from slim.student import engines
+    from slim.student.stage import stored_model
+
+    _, run, r = prepared
+    assert r.returncode == 0, r.stderr[-3000:]
+    work = tmp_path / "work"
+    shutil.copytree(run / "data", work / "runs" / "tiny" / "data")  # the submitted data job's output
+    merged = work / "runs" / "tiny" / C.STUDENT_MERGED
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    (merged / "model.safetensors").write_bytes(b"stub")
+    monkeypatch.chdir(work)
+    _, info = engines.resolve_model("runs/tiny", "auto", "base", Path("cache"))
+    rd = RunDir("runs/tiny")
+    rd.write_manifest(Manifest("student", {}, extra={"model": stored_model(rd, info)}))
+    cfg = {"run_dir": str(work / "runs" / "tiny"), "data": {"source": "amazon2018-games", "path": "unused"},
+           "train": {"backbones": ["gru4rec"], "variants": ["id"], "losses": ["ce"], "seeds": [0], "hidden": 16,
+                     "epochs": 1, "patience": 1, "batch_size": 64, "test_protocols": ["uni100"],
+                     "cpus_per_run": 1.0, "threads_per_run": 1},
+           "evaluate": {"protocols": ["uni100"]}}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    r = submit(head, tmp_path / "eval.yaml", "--stages", "train,evaluate", submit_args="--submission-id label-1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = (work / "runs" / "tiny" / "reports" / "results.md").read_text()
+    assert f"written by the student `{C.STUDENT_MERGED}` (merged)." in report, report[:3000]
+    assert "cross-domain" not in report
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_submitted(tmp_path, cache_dir):
     """configs/tiny.yaml, every stage, submitted to a head with the local cluster's resources; the offline teacher's
