@@ -131,10 +131,12 @@ def build_users(where: str, alive: np.ndarray, min_user: int, picks, item_ids: n
     return {"users": users.num_rows, "max_len": int(lengths.max()) if len(lengths) else 0}
 
 
-def candidates(users: str, out: str, seed: int, num_items: int, n: int, cdf: np.ndarray, batch: int) -> int:
+def candidates(users: str, out: str, seed: int, num_items: int, n: int, cdf: np.ndarray, batch: int,
+               uni_cdf: np.ndarray | None = None) -> int:
     """A bucket's users (a part of users.parquet) -> their candidate rows (valid/test x uni100/pop100: 4 per user)
     in `out`, sampled and written `batch` users at a time, so memory follows the bucket and the batch. The negatives
-    are a tensor column, as Ray Data wrote them before. Returns the rows written."""
+    are a tensor column, as Ray Data wrote them before. uni_cdf: see sequences.candidates_batch. Returns the rows
+    written."""
     from ray.data.extensions import ArrowTensorArray
 
     t = read(users, [C.USER_ID, C.ITEM_IDS])
@@ -145,7 +147,7 @@ def candidates(users: str, out: str, seed: int, num_items: int, n: int, cdf: np.
         flat, off = lists.flatten().to_numpy(), lists.offsets.to_numpy() - lists.offsets[0].as_py()
         seqs = [flat[off[i]:off[i + 1]] for i in range(len(lists))]
         got = S.candidates_batch({C.USER_ID: part.column(C.USER_ID).to_numpy(), C.ITEM_IDS: seqs},
-                                 seed, num_items, n, cdf)
+                                 seed, num_items, n, cdf, uni_cdf)
         table = pa.table({C.USER_ID: got[C.USER_ID], C.SPLIT: got[C.SPLIT], C.PROTOCOL: got[C.PROTOCOL],
                           C.TARGET: got[C.TARGET], C.NEGATIVES: ArrowTensorArray.from_numpy(got[C.NEGATIVES])})
         w = w or writer(out, table.schema)

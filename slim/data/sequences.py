@@ -116,15 +116,27 @@ def sample_negatives(
     return out
 
 
-def candidates_batch(batch: dict, seed: int, num_items: int, n: int, cdf: np.ndarray) -> dict:
-    """Ray Data map_batches fn: users (user_id, item_ids) -> 4 candidate rows each (valid/test x uni/pop)."""
+def weights_cdf(weights: np.ndarray) -> np.ndarray:
+    """The cumulative distribution that draw_items samples items 1..N from (item k + 1 with weight[k]). An item
+    of weight 0 is never drawn: the top is pinned to 1 from the last weighted item on, so no rounding leaves a
+    draw above it. All weights positive: the plain cumulative sum, as it always was."""
+    out = np.cumsum(weights / weights.sum())
+    if not (weights > 0).all():
+        out[np.flatnonzero(weights > 0)[-1]:] = 1.0
+    return out
+
+
+def candidates_batch(batch: dict, seed: int, num_items: int, n: int, cdf: np.ndarray,
+                     uni_cdf: np.ndarray | None = None) -> dict:
+    """Ray Data map_batches fn: users (user_id, item_ids) -> 4 candidate rows each (valid/test x uni/pop).
+    uni_cdf: uniform over some items only (an earlier snapshot's absent items left out); None = over all."""
     uids = np.asarray(batch[C.USER_ID], dtype=np.int64)
     seqs = [np.asarray(s, dtype=np.int64) for s in batch[C.ITEM_IDS]]
     parts = []
     for s, split in enumerate(C.SPLITS):
         target = np.asarray([q[-2] if split == "valid" else q[-1] for q in seqs], dtype=np.int32)
         for p, proto in enumerate(C.PROTOCOLS):
-            neg = sample_negatives(seed, 2 * s + p, uids, seqs, num_items, n, None if proto == "uni100" else cdf)
+            neg = sample_negatives(seed, 2 * s + p, uids, seqs, num_items, n, uni_cdf if proto == "uni100" else cdf)
             parts.append((split, proto, target, neg))
     return {
         C.USER_ID: np.concatenate([uids] * len(parts)),

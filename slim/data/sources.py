@@ -203,9 +203,10 @@ def _find(root: Path, names: tuple[str, ...]) -> Path:
     raise DataError(f"{root}: none of {', '.join(names)} found")
 
 
-def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Source:
+def read_seqrec(path: str, cache_dir: str, problems: Problems, need_time: bool = False) -> Source:
     """The jsonl-sequences layout: sequences.jsonl(.gz) ({user_id, item_ids, timestamps}) + items.tsv
-    (ItemID, Title), e.g. the SeqRecBenchmark export of Amazon 2018 Games."""
+    (ItemID, Title), e.g. the SeqRecBenchmark export of Amazon 2018 Games. A line without timestamps is read in
+    its list order, unless `need_time` (a `data.until` cut): then it is an error."""
     root = fetch(path, cache_dir)
     seq_path = _find(root, ("sequences.jsonl.gz", "sequences.jsonl"))
     items_path = _find(root, ("items.tsv",))
@@ -217,6 +218,8 @@ def read_seqrec(path: str, cache_dir: str, problems: Problems) -> Source:
             if "user_id" not in obj or not isinstance(ids, list):
                 problems.report("bad_field", f"{where}: needs 'user_id' and a list 'item_ids'")
                 continue
+            if ts is None and need_time:
+                raise DataError(f"{where}: no 'timestamps', so data.until cannot cut this source at a time")
             if ts is None:
                 ts = list(range(len(ids)))
             if not isinstance(ts, list) or len(ts) != len(ids):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,8 @@ from slim.io import atomic
 from slim.io import storage
 from slim.io import columns as C
 from slim.data import buckets as B
-from slim.data import sources, stream, tables
+from slim.data import sequences as S
+from slim.data import identity, snapshot, sources, stream, tables
 from slim.io.rundir import Manifest, RunDir, file_fingerprint, peak_rss_mb
 from slim.runtime.console import say
 
@@ -52,6 +54,9 @@ class DataConfig:
     min_item_interactions: int = 0  # k-core: users per item; 0/1 = no filter
     min_history: int = 3  # leave-one-out needs >= 1 training item + valid + test
     max_users: int = 0  # 0 = all; else a fixed-seed subsample (tiny runs)
+    # A snapshot: only interactions with timestamp <= until are read (epoch seconds or an ISO 8601 date / date-time,
+    # naive = UTC, a date = its midnight); the filters above apply after the cut. null = the whole source.
+    until: Optional[Union[int, str, datetime.date]] = None
     on_bad_row: Literal["error", "skip"] = "error"  # malformed lines and short histories
     missing_text: Literal["error", "skip"] = "skip"  # items with no title/category/brand
     num_negatives: int = C.NUM_NEGATIVES  # sampled candidates per target (uni100, pop100)
@@ -80,6 +85,11 @@ class DataConfig:
                     raise ConfigError(f"{key}: must be set for source interactions-table")
             if not self.title_columns:
                 raise ConfigError("title_columns: name at least one items-table column for the item title")
+        # stored as epoch seconds: the fingerprint then says the same for 2024-01-31 and 1706659200
+        object.__setattr__(self, "until", snapshot.until_seconds(self.until))
+        if self.until is not None and self.source == "interactions-table" and not self.time_column:
+            raise ConfigError("until: the interactions table has no timestamps (data.time_column is empty), "
+                              "so it cannot be cut at a time")
 
 
 CANDIDATE_BATCH = 1024  # users sampled (and written as one row group) at a time in a bucket's task
@@ -96,6 +106,8 @@ def stage_config(cfg) -> dict:
     if cfg.source != "interactions-table":
         for k in TABLE_KEYS:
             del out[k]
+    if cfg.until is None:  # runs prepared before the setting existed stay current
+        del out["until"]
     if cfg.source in JSONL_SEQUENCES:
         out["source"] = "amazon2018-games"
     return out
@@ -120,13 +132,16 @@ def _inputs(cfg: DataConfig) -> dict:
 
 
 def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Source:
+    """The configured source, cut at `data.until` when set."""
     if cfg.source in JSONL_SEQUENCES:
-        return sources.read_seqrec(cfg.path, cfg.cache_dir, problems)
-    if cfg.source == "interactions-table":
-        return tables.read_tables(cfg, problems)
-    if cfg.source == "amazon-raw":
-        return sources.read_amazon_raw(cfg.reviews, cfg.meta, cfg.cache_dir, problems)
-    return sources.read_ml100k(cfg.cache_dir, problems)
+        src = sources.read_seqrec(cfg.path, cfg.cache_dir, problems, need_time=cfg.until is not None)
+    elif cfg.source == "interactions-table":
+        src = tables.read_tables(cfg, problems)
+    elif cfg.source == "amazon-raw":
+        src = sources.read_amazon_raw(cfg.reviews, cfg.meta, cfg.cache_dir, problems)
+    else:
+        src = sources.read_ml100k(cfg.cache_dir, problems)
+    return snapshot.cut(src, cfg.until)
 
 
 def build_tables(cfg: DataConfig, source: sources.Source, problems: sources.Problems) -> tuple[pa.Table, pa.Table]:
@@ -140,14 +155,18 @@ def write_candidates(cfg: DataConfig, parts: list, max_len: int, items: pa.Table
     """Sample valid/test x uni100/pop100 candidates for every user: one Ray task per users part file (a bucket),
     each writing its own candidates file. Returns rows written."""
     n_items = items.num_rows
+    present = items.column(C.PRESENT).to_numpy(zero_copy_only=False)
     pop = items.column(C.POPULARITY).to_numpy().astype(np.float64) + 1.0  # +1: unseen items stay drawable
-    cdf = np.cumsum(pop / pop.sum())
-    if n_items - max_len < cfg.num_negatives:
-        raise sources.DataError(f"only {n_items} items: too few to draw {cfg.num_negatives} negatives per user")
+    cdf, uni = S.weights_cdf(pop * present), None
+    if not present.all():  # an earlier snapshot's item that this one lacks is never a candidate
+        uni = S.weights_cdf(present.astype(np.float64))
+    if int(present.sum()) - max_len < cfg.num_negatives:
+        raise sources.DataError(f"only {int(present.sum())} items: too few to draw {cfg.num_negatives} negatives "
+                                "per user")
 
     def sample(where: str) -> int:
-        args = [(p, f"{where}/part-b{k:05d}.parquet", cfg.seed, n_items, cfg.num_negatives, cdf, CANDIDATE_BATCH)
-                for k, p in enumerate(parts)]
+        args = [(p, f"{where}/part-b{k:05d}.parquet", cfg.seed, n_items, cfg.num_negatives, cdf, CANDIDATE_BATCH,
+                 uni) for k, p in enumerate(parts)]
         return sum(stream.run_tasks(B.candidates, args, parallel=True))
 
     if storage.is_remote(out_dir):
@@ -159,12 +178,13 @@ def write_candidates(cfg: DataConfig, parts: list, max_len: int, items: pa.Table
         return sample(str(tmp))
 
 
-def write_users(parts: list, dest) -> None:
-    """users.parquet as one file, appended part after part (one bucket's users in memory at a time)."""
+def write_users(parts: list, dest, columns: list | None = None) -> None:
+    """users.parquet (or the user map: `columns`) as one file, appended part after part (one bucket's users in
+    memory at a time)."""
     with atomic.writing(dest) as tmp:
         writer = None
         for p in parts:
-            t = storage.read_table(p)
+            t = storage.read_table(p, columns=columns)
             writer = writer or B.writer(str(tmp), t.schema)
             writer.write_table(t)
         writer.close()
@@ -180,34 +200,41 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
     t0 = time.perf_counter()
     problems = sources.Problems(cfg.on_bad_row)
     out = rd.stage_dir(STAGE)
+    prev = identity.load(rd.root)  # a previous snapshot's ids are kept (README "Refreshing a run")
     # Chunks and buckets of a run live under the stage folder (shared by every node, local or a bucket); a killed
     # run's leftovers are removed first and the whole folder at the end.
     scratch = out / ".scratch" if storage.is_remote(out) else storage.path(out).resolve() / ".scratch"
     storage.remove_tree(scratch)
     try:
         built = stream.build(cfg, _read(cfg, problems), problems, str(scratch), parallel=True,
-                             start=lambda: init_ray(cfg.ray_address, cfg.num_cpus))
+                             start=lambda: init_ray(cfg.ray_address, cfg.num_cpus), prev=prev)
         t_build = time.perf_counter()
         rd.invalidate(STAGE)
-        write_users(built["parts"], out / "users.parquet")
-        atomic.write_parquet(out / "items.parquet", built["items"])
+        # items and the user map first: each is a superset of the previous one, so a kill between the writes
+        # leaves maps that a rerun carries to the same ids
         items = built["items"]
+        atomic.write_parquet(rd.path(C.ITEMS_FILE), items)
+        write_users(built["ids"], rd.path(C.USER_IDS_FILE), columns=[C.RAW_USER_ID, C.USER_ID])
+        write_users(built["parts"], rd.path(C.USERS_FILE))
         n_cand = write_candidates(cfg, built["parts"], built["max_len"], items, out / "candidates")
     finally:
         storage.remove_tree(scratch)
     t_end = time.perf_counter()
+    absent = int(items.num_rows - np.count_nonzero(items.column(C.PRESENT).to_numpy(zero_copy_only=False)))
     counts = {"users": built["users"], "items": items.num_rows, "interactions": built["interactions"],
               "candidate_rows": n_cand}
+    carried = {"previous_snapshot": prev.items is not None, "items_absent": absent, "users_new": built["new_users"],
+               "until": cfg.until}
     rows = built["input_rows"]
     m = Manifest(
         STAGE, stage_config(cfg), inputs,
-        outputs=[C.USERS_FILE, C.ITEMS_FILE, C.CANDIDATES_DIR], counts=counts,
+        outputs=[C.USERS_FILE, C.ITEMS_FILE, C.USER_IDS_FILE, C.CANDIDATES_DIR], counts=counts,
         timings={**built["timings"], "build_s": t_build - t0 - built["timings"]["read_s"],
                  "candidates_s": t_end - t_build, "total_s": t_end - t0},
         extra={"skipped": problems.summary(), "input_rows": rows, "rows_per_s": rows / (t_end - t0),
                "read_rows_per_s": rows / max(built["timings"]["read_s"], 1e-9),
                "buckets": built["buckets"], "kcore_passes": built["kcore_passes"],
-               "driver_peak_rss_mb": peak_rss_mb()},
+               "driver_peak_rss_mb": peak_rss_mb(), "snapshot": carried},
     )
     rd.write_manifest(m)
     print_summary(m)

@@ -2,7 +2,8 @@
 buckets by range of raw user id, and every step per user runs bucket by bucket (slim.data.buckets), as Ray tasks
 when `parallel`. The driver keeps only what is per item (codes, text, counts) and per bucket.
 
-The output is the in-memory stage's, row for row: user ids 0..U-1 follow the raw user ids' sorted order (buckets are
+In a fresh run directory the output is the in-memory stage's, row for row (a previous snapshot's ids are carried
+instead: slim.data.identity): user ids 0..U-1 follow the raw user ids' sorted order (buckets are
 ranges of it, so a bucket's first id is the number of users in the buckets before it); item ids 1..N the sorted raw
 item ids that survive; sequences sort by (time, source row); the filters (items without text, the k-core, users
 too short to split) reach the same fixed point whatever order they run in, because it is the largest set meeting
@@ -24,6 +25,7 @@ import pyarrow as pa
 from slim.io import columns as C
 from slim.io import storage
 from slim.data import buckets as B
+from slim.data import identity
 from slim.data import sequences as S
 from slim.data.sources import DataError, Problems, Source
 
@@ -177,30 +179,56 @@ def pick_users(cfg, per_bucket: list) -> list:
     return [pick[(pick >= a) & (pick < b)] - a for a, b in zip(first[:-1], first[1:])]
 
 
-def items_table(names: list, text: dict, all_counts: np.ndarray, train_counts: np.ndarray) -> tuple:
-    """items.parquet over the items the kept users touch, ids 1..N in sorted raw-id order. -> (table, code -> id)."""
+def items_table(names: list, text: dict, all_counts: np.ndarray, train_counts: np.ndarray,
+                prev: identity.Previous | None = None) -> tuple:
+    """items.parquet over the items the kept users touch, ids 1..N in sorted raw-id order, or after a previous
+    snapshot's items (slim.data.identity: those keep their ids, absent ones stay, not `present`).
+    -> (table, code -> id)."""
     used = sorted(names[c] for c in np.flatnonzero(all_counts))  # code-point order, as np.unique
+    order, present = identity.item_order(used, prev or identity.Previous())
     code = {n: c for c, n in enumerate(names)}
-    used_codes = np.asarray([code[n] for n in used], dtype=np.int64)
+    ids = {r: k + 1 for k, r in enumerate(order)}
     item_ids = np.zeros(len(names), dtype=np.int32)
-    item_ids[used_codes] = np.arange(1, len(used) + 1, dtype=np.int32)
-    meta = [text[r] for r in used]
+    for r in used:
+        item_ids[code[r]] = ids[r]
+    kept = identity.old_text(prev) if prev is not None and not present.all() else {}
+    meta = [text[r] if p else text.get(r) or kept[r] for r, p in zip(order, present)]
+    pop = np.zeros(len(order), dtype=np.int64)
+    pop[present] = train_counts[[code[r] for r, p in zip(order, present) if p]]
     table = pa.table({
-        C.ITEM_ID: pa.array(np.arange(1, len(used) + 1, dtype=np.int32)),
-        C.RAW_ITEM_ID: pa.array(used, pa.string()),
+        C.ITEM_ID: pa.array(np.arange(1, len(order) + 1, dtype=np.int32)),
+        C.RAW_ITEM_ID: pa.array(order, pa.string()),
         C.TITLE: [m["title"] for m in meta],
         C.CATEGORY: [m["category"] for m in meta],
         C.BRAND: [m["brand"] for m in meta],
         C.TEXT: [S.item_text(m["title"], m["category"], m["brand"]) for m in meta],
-        C.POPULARITY: pa.array(train_counts[used_codes].astype(np.int64)),
+        C.POPULARITY: pa.array(pop),
+        C.PRESENT: pa.array(present, pa.bool_()),
     })
     return table, item_ids
 
 
-def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool, start=None) -> dict:
-    """Every table of the stage but the candidates: users as part files (scratch/users/b<k>.parquet, in user-id
-    order), the items table, and figures for the manifest. start(): called once the whole input has been read and
-    checked, before the first task (connecting to Ray there: a bad row is reported without a cluster)."""
+def carry_users(parts: list, prev: identity.Previous, scratch: str, parallel: bool) -> tuple:
+    """The users parts' ids carried from the previous snapshot's map (rewritten in place); -> the new map's
+    slices in raw-id order, and how many users are new. Without a previous map the parts are the map (their ids
+    are the fresh ones)."""
+    if prev.users is None:
+        return parts, None
+    spans = identity.ranges(parts)
+    new = run_tasks(identity.count_new, [(p, prev.users, lo, hi) for p, (lo, hi) in zip(parts, spans)], parallel)
+    first = (prev.next_user + np.r_[0, np.cumsum(new)]).tolist()
+    out = [f"{scratch}/ids/b{b:05d}.parquet" for b in range(len(parts))]
+    run_tasks(identity.carry, [(p, prev.users, lo, hi, first[b], out[b])
+                               for b, (p, (lo, hi)) in enumerate(zip(parts, spans))], parallel)
+    return out, int(sum(new))
+
+
+def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool, start=None,
+          prev: identity.Previous | None = None) -> dict:
+    """Every table of the stage but the candidates: users as part files (scratch/users/b<k>.parquet, in raw-id
+    order), the user map's slices (`ids`), the items table, and figures for the manifest. start(): called once the
+    whole input has been read and checked, before the first task (connecting to Ray there: a bad row is reported
+    without a cluster). prev: the run directory's previous snapshot, whose ids are carried (slim.data.identity)."""
     t0 = time.perf_counter()
     sp = spill(source, scratch, cfg.block_rows)
     text = source.text()
@@ -224,12 +252,13 @@ def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool,
     if not sum(n_users):
         raise DataError("no users left after filtering; check the input and the k-core thresholds")
     all_counts = np.sum([r["all"] for r in counted], axis=0)
-    items, item_ids = items_table(names, text, all_counts, np.sum([r["train"] for r in counted], axis=0))
+    items, item_ids = items_table(names, text, all_counts, np.sum([r["train"] for r in counted], axis=0), prev)
     parts = [f"{scratch}/users/b{b:05d}.parquet" for b in range(len(files))]
     first = np.r_[0, np.cumsum(n_users)].tolist()
     built = run_tasks(B.build_users, [(f, alive, mu, p, item_ids, first[b], o)
                                       for b, (f, p, o) in enumerate(zip(files, picks, parts))], parallel)
-    return {"parts": parts, "items": items, "input_rows": sp.rows, "users": sum(n_users),
+    ids, new_users = carry_users(parts, prev or identity.Previous(), scratch, parallel)
+    return {"parts": parts, "ids": ids, "new_users": new_users, "items": items, "input_rows": sp.rows, "users": sum(n_users),
             "interactions": int(all_counts.sum()), "max_len": max(r["max_len"] for r in built),
             "buckets": len(files), "kcore_passes": passes,
             "timings": {"read_s": t_read - t0, "buckets_s": t_buckets - t_read, "kcore_s": t_core - t_buckets,

@@ -1,7 +1,7 @@
 """Every column and file name that crosses a stage boundary, in one place."""
 
 # users.parquet: one row per user, items in chronological order (leave-one-out: [..., valid, test])
-USER_ID = "user_id"  # int64, contiguous 0..U-1
+USER_ID = "user_id"  # int64, unique; 0..U-1 in a fresh run directory, carried across snapshots (slim.data.identity)
 RAW_USER_ID = "raw_user_id"  # str, id in the source data
 ITEM_IDS = "item_ids"  # list<int32>, item indices 1..N (0 is padding)
 TIMESTAMPS = "timestamps"  # list<int64>, seconds (or source order when the source has no time)
@@ -17,6 +17,7 @@ CATEGORY = "category"
 BRAND = "brand"
 TEXT = "text"  # title/category/brand assembled for the encoder and prompts
 POPULARITY = "popularity"  # int64, interactions in training prefixes
+PRESENT = "present"  # bool: in this snapshot (false: an item of an earlier snapshot, kept so its id stays its own)
 
 # candidates.parquet: target + 100 sampled negatives per (user, split, protocol)
 SPLIT = "split"  # "valid" | "test"
@@ -36,6 +37,8 @@ ERROR = "error"
 ATTEMPTS = "attempts"
 ROW_ID = "row_id"  # str, unique per row written (the same row folded twice is one row)
 WRITTEN_AT = "written_at"  # int64 ns: when the row was written; the latest row of a user wins (slim.io.shards)
+PROMPT_HASH = "prompt_hash"  # str, student: hash of the exact prompt text sent (slim.student.keys)
+ROW_KEY = "row_key"  # str, student: hash of what decides the row (generation settings + prompt_hash); kept while it holds
 BILLED = "billed_requests"  # int32, teacher: responses the provider billed for this row, usable or not
 UNPRICED = "unpriced_requests"  # int32, teacher: billed responses whose usage could not be read (priced at 0)
 WASTED_USD = "wasted_cost_usd"  # float64, teacher: part of cost_usd spent on responses the row does not keep
@@ -52,6 +55,7 @@ EVALUATE_DIR = "evaluate"
 STAGE_DIRS = (DATA_DIR, TEACHER_DIR, DISTILL_DIR, STUDENT_DIR, ENCODE_DIR, TRAIN_DIR, EVALUATE_DIR)
 USERS_FILE = "data/users.parquet"
 ITEMS_FILE = "data/items.parquet"
+USER_IDS_FILE = "data/user_ids.parquet"  # raw_user_id -> user_id of every user the run directory ever had
 CANDIDATES_DIR = "data/candidates"
 MANIFEST = "manifest.json"
 
@@ -76,5 +80,6 @@ TEACHER_SHARDS = "teacher/rationales"  # *.parquet, columns PROMPT..WASTED_USD a
 TEACHER_ARCHIVE = "teacher/archive"  # every other paid row: superseded ones, users outside the selection
 TEACHER_LOG = "teacher/log"  # append-only JSON lines, one file per worker actor, folded into shards
 STUDENT_SHARDS = STUDENT_DIR  # *.parquet, beside the student stage's manifest
+STUDENT_ARCHIVE = "student/_archive"  # rows of users no longer present ("_": Parquet readers of student/ skip it)
 STUDENT_ADAPTER = "distill/adapter"  # the distill stage's LoRA adapter and the merged student it loads
 STUDENT_MERGED = "distill/merged"

@@ -1,6 +1,9 @@
-"""The labelled subset: a fixed-seed sample of users, stratified by history length, and their prompts."""
+"""The labelled subset: a fixed-seed sample of users, stratified by history length and drawn by a hash of each
+user's raw id (stable as users are added), and their prompts."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pyarrow as pa
@@ -9,11 +12,14 @@ from slim.io import columns as C
 from slim.text import prompts
 
 
-def stratified_sample(history_len: np.ndarray, n: int, seed: int, strata: int = 5) -> np.ndarray:
-    """Row positions of `n` users drawn without replacement, each history-length quantile bin in proportion.
+def stratified_sample(history_len: np.ndarray, n: int, seed: int, strata: int = 5, keys=None) -> np.ndarray:
+    """Row positions of `n` users, each history-length quantile bin in proportion, chosen by a hash of (key, seed).
 
     Bins are quantiles of the length distribution, so short-history users (most of them) and long-history users
-    both appear; per-bin quotas are rounded by largest remainder so they sum to exactly `n`.
+    both appear; per-bin quotas are rounded by largest remainder so they sum to exactly `n`. In each bin the users
+    with the smallest hashes are taken: a user's draw depends on its own key, not on its row, so a snapshot that
+    adds x% of users displaces about x% of the sample (the added users that hash low enough), and paid rows of the
+    rest are reused. keys: the raw user ids (the stage passes them); None = the row positions.
     """
     total = len(history_len)
     if n <= 0 or n >= total:
@@ -25,9 +31,22 @@ def stratified_sample(history_len: np.ndarray, n: int, seed: int, strata: int = 
     quota = np.floor(exact).astype(int)
     for b in np.argsort(-(exact - quota))[: n - quota.sum()]:
         quota[b] += 1
-    rng = np.random.default_rng(seed)
-    picked = [rng.choice(np.flatnonzero(bins == b), q, replace=False) for b, q in enumerate(quota) if q]
+    h = key_hashes(range(total) if keys is None else keys, seed)
+    picked = []
+    for b, q in enumerate(quota):
+        if q:
+            members = np.flatnonzero(bins == b)
+            picked.append(members[np.argsort(h[members], kind="stable")[:q]])
     return np.sort(np.concatenate(picked))
+
+
+def key_hashes(keys, seed: int) -> np.ndarray:
+    """uint64 per key: 8 bytes of blake2b("<seed>:<key>"), the same in every process and Python version (the
+    built-in hash() of a str is salted per process)."""
+    def one(k) -> int:
+        return int.from_bytes(hashlib.blake2b(f"{int(seed)}:{k}".encode(), digest_size=8).digest(), "big")
+
+    return np.fromiter((one(k) for k in keys), dtype=np.uint64)
 
 
 def build_prompts(users: pa.Table, items: pa.Table, pos: np.ndarray, pc: prompts.PromptConfig) -> list[dict]:

@@ -35,6 +35,7 @@ from slim.io.rundir import Manifest, RunDir
 from slim.teacher import client as K
 from slim.teacher import budget, select, shards
 from slim.runtime.console import say
+from slim.runtime.tracking import Tracker, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class TeacherConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
+    # MLflow tracking of tokens and cost (slim.runtime.tracking); the top-level `tracking:` unless set here
+    tracking: TrackingConfig = TrackingConfig()
 
 
 # What decides the rows (model, prompt, sampling, users) is fingerprinted; how fast and where it runs is not.
@@ -182,7 +185,8 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
         return skipped
     t0 = time.perf_counter()
     users, items = storage.read_table(rd.path(C.USERS_FILE)), storage.read_table(rd.path(C.ITEMS_FILE))
-    pos = select.stratified_sample(users.column(C.HISTORY_LEN).to_numpy(), cfg.num_users, cfg.seed, cfg.strata)
+    pos = select.stratified_sample(users.column(C.HISTORY_LEN).to_numpy(), cfg.num_users, cfg.seed, cfg.strata,
+                                   keys=users.column(C.RAW_USER_ID).to_pylist())
     chosen = select.build_prompts(users, items, pos, cfg.prompt)
     prompts = {r[C.USER_ID]: r[C.PROMPT] for r in chosen}
     stage_dir = rd.stage_dir(STAGE)
@@ -273,6 +277,7 @@ def _finish(cfg, rd, inputs, final, stats, est, timings) -> Manifest:
                  extra={"cost_usd": cost["cost_usd"], "billed": led["billed"], "useful": led["useful"],
                         "this_run": stats, "quality": quality.of_table(final)})
     rd.write_manifest(m)
+    Tracker(cfg.tracking, cfg.run_dir).teacher(cost)
     print_summary(m, cost)
     return m
 
