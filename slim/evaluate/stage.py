@@ -21,6 +21,7 @@ from slim.io.columns import EVAL_PROTOCOLS, SPLITS
 from slim.evaluate import plots as P
 from slim.recsys import report as R
 from slim.runtime.console import say
+from slim.runtime.tracking import Tracker, TrackingConfig
 from slim.recsys.summary import scale_line
 from slim.io.rundir import Manifest, RunDir, peak_rss_mb
 
@@ -38,6 +39,8 @@ class EvaluateConfig:
     block_users: int = 50_000  # users per Ray task when ranking (one block: ranked in the driver)
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
+    # MLflow tracking of the report and plots (slim.runtime.tracking); the top-level `tracking:` unless set here
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def chance_levels(d, split: str, protocols) -> dict:
@@ -156,6 +159,7 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
                  extra={"rows_per_s": len(d.seqs) * len(recs) / max(t_rank, 1e-9), "block_users": cfg.block_users,
                         "driver_peak_rss_mb": peak_rss_mb()})
     rd.write_manifest(m)
+    Tracker(cfg.tracking, cfg.run_dir).report(rep, {"protocols": ",".join(cfg.protocols), "split": cfg.split})
     log.info("reports/results.md:\n%s", md)  # the stage log has it whole; the console gets the headline
     say(scale_line(STAGE, len(d.seqs) * len(recs), "user rankings (users x runs)", t_rank))
     return m

@@ -148,7 +148,9 @@ def render() -> str:
     from slim.runner import stages
 
     out = [HEADER, "## Top-level keys", ""]
-    hints = typing.get_type_hints(stages.REGISTRY[stages.names()[0]]()[0])  # every section declares them alike
+    hints = {}  # a top-level key's type, from the sections that declare it (`tracking`: train, evaluate, teacher)
+    for name in reversed(stages.names()):
+        hints.update(typing.get_type_hints(stages.REGISTRY[name]()[0]))
     out += table([(k, type_name(hints[k]), "", "", doc) for k, doc in config.SHARED.items()]
                  + [(k, "list[str]", "", ", ".join(stages.names()), doc) for k, doc in stages.PIPELINE_KEYS.items()])
     out += ["", "A section may repeat a top-level key to override it for that stage alone.", ""]

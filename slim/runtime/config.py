@@ -30,6 +30,8 @@ SHARED = {
                "(s3://, gs://, ...)",
     "ray_address": "a Ray cluster to join (also RAY_ADDRESS); null = start a private local one",
     "num_cpus": "CPUs of the private local Ray cluster; null = twice the cores, at least 4 (ignored when joining)",
+    "tracking": "MLflow tracking of the train, evaluate and teacher stages (slim.runtime.tracking), off by default: "
+                "`tracking: {mlflow_uri: http://127.0.0.1:5000}`; its keys are the `train.tracking.*` keys below",
 }
 SHARED_KEYS = tuple(SHARED)
 
@@ -161,8 +163,11 @@ def section(raw: dict, name: str, cls: type) -> Any:
         raise ConfigError(f"{name}: expected a mapping of keys, got {type(data).__name__} {data!r}")
     data = dict(data or {})
     fields = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     for key in SHARED_KEYS:
         if key in fields and key not in data and key in raw:
+            if dataclasses.is_dataclass(hints[key]):  # a shared section: its errors name the top-level key
+                build(hints[key], raw[key], key)
             data[key] = raw[key]
     return build(cls, data, name)
 

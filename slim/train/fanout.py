@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from slim.io import storage
 from slim.recsys.checkpoint import save_run
 from slim.runtime.console import Progress
+from slim.runtime.tracking import Tracker
 
 if TYPE_CHECKING:
     from slim.train.stage import TrainConfig
@@ -49,12 +50,13 @@ def fan_out(todo: list, d, text, uts: dict, models: Path, cfg: "TrainConfig") ->
     refs = [ray.put(x) for x in (d, text, uts)]  # shared once through the object store, not per task
     pending = {task.remote(s, *refs, str(models / s.name), fp, cfg): s for s, fp in todo}
     out, t0 = [], time.time()
-    prog = Progress("train", len(todo), "runs")
+    prog, tracker = Progress("train", len(todo), "runs"), Tracker(cfg.tracking, cfg.run_dir)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         spec = pending.pop(ready[0])
         rec = ray.get(ready[0])
         out.append(rec)
+        tracker.train_run(spec, rec, models / spec.name)  # from the driver: the task needs no MLflow connection
         log.info("[%d/%d runs, %.0fs] %s: %d epochs, test full NDCG@10 %.2f, uni100 %.2f (%.0f targets/s)",
                  len(out), len(todo), time.time() - t0, spec.name, rec["epochs_run"],
                  rec["test"].get("full", {}).get("NDCG@10", float("nan")),

@@ -29,6 +29,7 @@ from slim.recsys.checkpoint import METRICS, is_done, read_checkpoint
 from slim.recsys.summary import scale_line
 from slim.io.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
 from slim.runtime.console import Progress, say
+from slim.runtime.tracking import Tracker, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,12 @@ class TrainConfig:
     threads_per_run: int = 1  # torch threads inside a run
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
+    # MLflow tracking of every trained model (slim.runtime.tracking); the top-level `tracking:` unless set here
+    tracking: TrackingConfig = TrackingConfig()
 
 
 RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "strategy", "num_workers", "cpus_per_run", "threads_per_run",
-                "use_gpu", "eval_block_users")
+                "use_gpu", "eval_block_users", "tracking")
 
 
 def stage_config(cfg: TrainConfig) -> dict:
@@ -223,10 +226,12 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
         else:
             from slim.train.distributed import train_distributed
 
-            prog = Progress("train", len(todo), "runs")
+            prog, tracker = Progress("train", len(todo), "runs"), Tracker(cfg.tracking, cfg.run_dir)
             for i, (s, fp) in enumerate(todo, 1):
                 train_distributed(s, d, text, uts.get((s.variant, s.rationale_field)),
                                   rd.root / MODELS_DIR / s.name, fp, cfg)
+                tracker.train_run(s, json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()),
+                                  rd.root / MODELS_DIR / s.name)
                 prog.update(i, f"last {s.name}")
             prog.close()
     recs = [json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()) for s in all_specs]
