@@ -144,6 +144,41 @@ def test_run_dir_made_before_content_fingerprints_stays_current_until_moved(made
     assert "inputs changed: data" in rows["train"], rows
 
 
+def test_migrate_rewrites_old_form_fingerprints_so_a_copy_stays_current(made, tmp_path):
+    """`jobs/migrate.py` on such a run directory: the old-form fingerprints that hold are rewritten in the content
+    form (and the manifests that read the rewritten ones after them), so a copy made afterwards is current; one that
+    did not hold stays stale."""
+    from slim.runner import migrate
+
+    run, cfgs = made
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    rd = RunDir(old)
+    m = rd.read_manifest("train")
+    m.inputs = {**m.inputs, "data": _old_form(rd, "data")}
+    rd.write_manifest(m)
+    em = rd.read_manifest("evaluate")
+    em.inputs = {**em.inputs, "train": rd.upstream("train")}
+    rd.write_manifest(em)
+    assert migrate.migrate(old, dry_run=True)["manifests"] == ["train (content fingerprints)",
+                                                                "evaluate (content fingerprints)"]
+    assert rd.read_manifest("train").inputs["data"] == m.inputs["data"]  # a dry run changes nothing
+    res = migrate.migrate(old)
+    assert res["note"] == "done" and len(res["manifests"]) == 2
+    assert rd.read_manifest("train").inputs["data"] == rd.upstream("data")
+    assert skipped(plan(cfgs, old)) and skipped(plan(cfgs, copy_like_cp_r(old, tmp_path / "moved")))
+    assert migrate.migrate(old)["note"] == "already current"
+    # a fingerprint that no longer held is not made current by the rewrite
+    stale = tmp_path / "stale"
+    shutil.copytree(run, stale)
+    rs = RunDir(stale)
+    m = rs.read_manifest("train")
+    m.inputs = {**m.inputs, "data": "0123456789abcdef"}
+    rs.write_manifest(m)
+    assert migrate.migrate(stale)["note"] == "already current"
+    assert "inputs changed: data" in plan(cfgs, stale)["train"]
+
+
 def test_manifest_paths_mean_the_same_from_any_working_directory(tmp_path, monkeypatch):
     """The student stage run with a relative run_dir in one working directory; its manifest read, and the evaluate
     label computed, from another (as a job submitted with `ray job submit` runs in a copy of the working directory)."""

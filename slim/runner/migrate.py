@@ -25,6 +25,7 @@ from slim.io import columns as C
 from slim.io import storage
 from slim.runtime.config import ConfigError
 from slim.io.rundir import Manifest, RunDir, accept_old_forms, file_fingerprint
+from slim.runner.upgrade import upgrade
 
 MOVES = (("student", C.DISTILL_DIR), ("rationales", C.STUDENT_DIR), ("embeddings", C.ENCODE_DIR))  # in this order
 NEW = dict(MOVES)
@@ -135,8 +136,10 @@ def migrate(run_dir, dry_run: bool = False) -> dict:
     if plan_path.exists():
         plan = json.loads(plan_path.read_text())  # a migration stopped midway: finish it
     else:
-        if not old_folders(root):
-            return {"run_dir": str(run_dir), "moved": [], "manifests": [], "train_runs": 0, "note": "already current"}
+        if not old_folders(root):  # today's layout: fingerprints in the old form, if any, to content fingerprints
+            up = [f"{s} (content fingerprints)" for s in upgrade(run_dir, dry_run)]
+            note = "dry run: nothing changed" if dry_run and up else "done" if up else "already current"
+            return {"run_dir": str(run_dir), "moved": [], "manifests": up, "train_runs": 0, "note": note}
         clash = [n for o, n in MOVES if n != "student" and (root / n).exists()]
         if clash:
             raise ConfigError(f"{run_dir} has both layouts ({', '.join(c + '/' for c in clash)} beside the old "
@@ -173,6 +176,7 @@ def _finish(rd: RunDir, plan: dict) -> dict:
         rd.write_manifest(m)
         done.append(f"{old} -> {m.stage}" if old != m.stage else old)
     storage.remove_tree(rd.root / PLAN_FILE)
+    done += [f"{s} (content fingerprints)" for s in upgrade(rd.root)]  # e.g. the data stage's source files
     return {"run_dir": str(rd.root), "moved": [f"{o}/ -> {n}/" for o, n in MOVES if o in plan["moved"]],
             "manifests": done, "train_runs": runs, "note": "done"}
 
