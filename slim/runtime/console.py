@@ -8,7 +8,9 @@ Ray Data, Ray Train, Ray Serve, vLLM, and our own INFO lines) goes to `<run_dir>
 Each library is routed with its own switch, not by filtering its text: Python logging for our loggers and Ray's
 (`ray` propagates to the root's handlers instead of a console handler of its own), RAY_DATA_LOGGING_CONFIG and
 RAY_DATA_DISABLE_PROGRESS_BARS for Ray Data, and Ray's worker-output dispatcher (what `log_to_driver` prints) for every
-task's and actor's stdout and stderr, vLLM's and Ray Train's included.
+task's and actor's stdout and stderr, vLLM's and Ray Train's included. One exception reads text: the local
+autoscaler's monitor log, which comes through that dispatcher whole (a status block every 5 s), is thinned to its
+warnings, events and one status block a minute (AutoscalerLines).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 VERBOSE_ENV = "SLIM_VERBOSE"
+PROGRESS_EVERY_ENV = "SLIM_PROGRESS_EVERY_S"  # off a terminal, a progress line at most this often (default 30 s)
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 _state = {"file": None, "setup": False}  # file: the open stage log (a text file), or None outside a stage
@@ -123,8 +127,43 @@ def _worker_lines(data: dict) -> None:
         return
     who = data.get("actor_name") or data.get("task_name") or ""
     prefix = f"({who} pid={data.get('pid')}) " if data.get("pid") not in ("raylet", "autoscaler") else ""
-    f.write("".join(f"{prefix}{line}\n" for line in data.get("lines", [])))
+    lines = data.get("lines", [])
+    if data.get("pid") == "autoscaler":
+        lines = _AUTOSCALER.keep(lines)
+    f.write("".join(f"{prefix}{line}\n" for line in lines))
     f.flush()
+
+
+class AutoscalerLines:
+    """The local cluster's autoscaler (its monitor log reaches the driver with pid "autoscaler") logs a 25-line
+    status block and two INFO records every 5 s; log_to_driver's own printer shows only its events. Here: every
+    warning, error and event (`:event_summary:`), and a status block at most once per `every_s` (which shows
+    pending resource demands when tasks wait); the routine INFO records go."""
+
+    RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+\s+([A-Z]+)\s")
+    STATUS = "======== Autoscaler status"
+
+    def __init__(self, every_s: float = 60.0, clock=time.monotonic):
+        self.every_s, self.clock = every_s, clock
+        self.last = -float("inf")  # when a status block was last kept
+        self.keeping = False  # whether the lines of the current record are kept
+
+    def keep(self, lines: list) -> list:
+        out = []
+        for line in lines:
+            record = self.RECORD.match(line)
+            if record:
+                self.keeping = record.group(1) not in ("INFO", "DEBUG") or ":event_summary:" in line
+            elif line.startswith(self.STATUS):  # a continuation of an (empty) INFO record: the block
+                now = self.clock()
+                self.keeping = now - self.last >= self.every_s
+                self.last = now if self.keeping else self.last
+            if self.keeping or ":event_summary:" in line:
+                out.append(line)
+        return out
+
+
+_AUTOSCALER = AutoscalerLines()
 
 
 def say(msg: str, err: bool = False) -> None:
@@ -162,16 +201,20 @@ def stage_log(stage: str, run_dir):
             storage.upload(local, storage.path(run_dir) / "logs" / f"{stage}.log")
 
 
-def _eta(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """1h05m, or 4m25s under an hour: an ETA or an elapsed time on a progress line."""
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 class Progress:
     """One live line: `student: 120/943 users (12%), 3.1 users/s, ETA 4m25s`. On a terminal it is rewritten in
-    place; elsewhere (CI, `ray job logs`, a pipe) a new line at most every `every_s` seconds, and the last one."""
+    place; elsewhere (CI, `ray job logs`, a pipe) a new line at most every `every_s` seconds (default 30, or
+    SLIM_PROGRESS_EVERY_S), and the last one."""
 
-    def __init__(self, stage: str, total: int, unit: str, every_s: float = 30.0, stream=None, clock=time.monotonic):
+    def __init__(self, stage: str, total: int, unit: str, every_s: float | None = None, stream=None,
+                 clock=time.monotonic):
+        every_s = float(os.environ.get(PROGRESS_EVERY_ENV) or 30.0) if every_s is None else every_s
         self.stage, self.total, self.unit, self.every_s = stage, total, unit, every_s
         self.stream, self.clock = stream or _real(sys.stderr), clock
         self.t0 = self.last = clock()
@@ -182,20 +225,25 @@ class Progress:
         dt = max(self.clock() - self.t0, 1e-9)
         rate = self.done / dt
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        eta = f", ETA {_eta((self.total - self.done) / rate)}" if rate > 0 and self.done < self.total else ""
+        eta = f", ETA {duration((self.total - self.done) / rate)}" if rate > 0 and self.done < self.total else ""
         tail = f", {extra}" if extra else ""
         speed = f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{60 * rate:.1f} {self.unit}/min"  # slow: per minute
         return f"{self.stage}: {self.done:,}/{self.total:,} {self.unit}{pct}, {speed}{eta}{tail}"
 
     def update(self, done: int, extra: str = "") -> None:
         self.done = done
-        now = self.clock()
-        final = done >= self.total
-        due = now - self.last >= (0.5 if self.tty else self.every_s)
-        if done == self.shown or not (final or due):
+        if self.due(done, done >= self.total):
+            self.show(self.line(extra), done, done >= self.total, now=True)
+
+    def due(self, key, final: bool) -> bool:
+        """Whether a line for `key` (what it shows: done, or any value that changes with it) is due now."""
+        return key != self.shown and (final or self.clock() - self.last >= (0.5 if self.tty else self.every_s))
+
+    def show(self, text: str, key, final: bool = False, now: bool = False) -> None:
+        """Print `text` (a line of the caller's own) if due; now=True: whenever it shows something new."""
+        if key == self.shown or not (now or self.due(key, final)):
             return
-        self.last, self.shown = now, done
-        text = self.line(extra)
+        self.last, self.shown = self.clock(), key
         logging.getLogger("slim.progress").info(text, extra={"said": True})
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
