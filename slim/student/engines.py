@@ -22,7 +22,7 @@ from slim.io import atomic
 from slim.io import storage
 from slim.io import columns as C
 from slim.runtime.raycluster import work_actor_env
-from slim.io.rundir import file_fingerprint
+from slim.io.rundir import file_fingerprint, old_form
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def resolve_model(run_dir: str, adapter: str, base_path: str, cache: Path) -> tu
     # "_": Parquet dataset readers skip it. On object storage vLLM engines download it on their own node
     # (ray.data.llm fetches s3:// / gs:// model sources), other readers through slim.io.storage.local_copy.
     out = cache / f"_merged-{fp}"
+    if not is_model(out) and is_model(cache / f"_merged-{old_form(fp)}"):
+        out = cache / f"_merged-{old_form(fp)}"  # the same adapter, merged when fingerprints were name/size/time
     if not is_model(out):
         merge_adapter(base_path, str(src), out)
     return str(out), {"kind": "adapter", "path": str(src), "fingerprint": fp, "merged_into": str(out)}
