@@ -213,3 +213,21 @@ def test_manifest_paths_mean_the_same_from_any_working_directory(tmp_path, monke
         rd.write_manifest(Manifest("student", {}, extra={"model": {"kind": "merged", "path": old}}))
         monkeypatch.chdir(tmp_path)
         assert student_model(rd)["cross_domain"] is cross, old
+
+
+def test_scratch_and_bookkeeping_files_are_not_content(tmp_path, monkeypatch):
+    """A stage's output folder: files whose names Parquet readers skip ("_", "." at any depth: the student's merged
+    model cache and shard state, a killed writer's temporary file) leave its fingerprint as it was; a new shard not."""
+    monkeypatch.setenv("SLIM_SCRATCH", str(tmp_path / "scratch"))
+    rd = RunDir(tmp_path / "run")
+    out = rd.stage_dir("student")
+    (out / "part-0.parquet").write_bytes(b"rows")
+    rd.write_manifest(Manifest("student", {}, outputs=["student"]))
+    before = rd.upstream("student")
+    (out / "_merged-abc").mkdir()
+    (out / "_merged-abc" / "model.safetensors").write_bytes(b"weights")
+    (out / "_state.json").write_text("{}")
+    (out / ".tmp-part-1.parquet").write_bytes(b"half")
+    assert rd.upstream("student") == before
+    (out / "part-1.parquet").write_bytes(b"more rows")
+    assert rd.upstream("student") != before

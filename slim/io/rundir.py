@@ -42,12 +42,16 @@ def file_fingerprint(path, recorded: dict | None = None) -> str:
 
 
 def digest(path, recorded: dict | None = None) -> dict:
-    """{"stat": paths + sizes + times, "content": paths + sizes + hashes, "old": the old form} of a
-    file or folder (see file_fingerprint); a folder's own manifest is left out (it describes the files, after them)."""
+    """{"stat": paths + sizes + times, "content": paths + sizes + hashes, "old": the old form} of a file or folder
+    (see file_fingerprint). Left out of a folder's: its manifest (it describes the files, after them), and what
+    Parquet dataset readers skip too, names starting with "_" or "." at any depth: bookkeeping and scratch such as
+    the student's shard state and its merged model (a cache the adapter, an input of its own, decides) and the
+    temporary files of a killed writer."""
     p = storage.path(path)
     folder = p.is_dir()
     every = storage.listing(p)
-    rows = [r for r in every if not (folder and r[0] == MANIFEST)]
+    rows = [r for r in every if not folder or (r[0] != MANIFEST and not any(
+        part[:1] in ("_", ".") for part in r[0].split("/")))]
     stat, old = fingerprint([r[:3] for r in rows]), _old_form(p, every, folder)
     if recorded and recorded.get("stat") == stat:
         return {"stat": stat, "content": recorded["content"], "old": old}
@@ -63,6 +67,11 @@ def digest(path, recorded: dict | None = None) -> dict:
 # content (the fingerprints a check compares are computed just before it), so that a run directory made before
 # content fingerprints stays current while its files have not moved (accept_old_forms)
 _OLD_FORMS: dict = {}
+
+
+def old_form(content: str) -> str | None:
+    """The old form of the files last fingerprinted here as `content` (see _OLD_FORMS)."""
+    return _OLD_FORMS.get(content)
 
 
 def _old_form(p, rows: list, folder: bool) -> str:
