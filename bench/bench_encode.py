@@ -95,7 +95,8 @@ def main() -> None:
         "# Encode benchmark (all-MiniLM-L6-v2, CPU)", "",
         f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_encode.py --users {' '.join(map(str, a.users))} "
         f"--items {a.items} --batch-size {a.batch_size} --threads {a.threads}`", "",
-        f"Machine: 2 CPU cores; one encoder actor (0.5 logical CPU, {a.threads} torch threads, as plain encode "
+        f"Machine: {os.cpu_count()} CPU cores; one encoder actor (0.5 logical CPU, {a.threads} torch threads, as "
+        "plain encode "
         "uses).", "",
         "| users | texts (4 fields + items) | job wall s | job texts/s | peak RSS MB (driver+Ray) | RSS before MB |",
         "|---:|---:|---:|---:|---:|---:|",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -123,7 +124,8 @@ def report(a, cfg, m, mem: PeakMem) -> None:
                                           f"{a.object_store_mib}") + "`", "",
         f"Input: {n:,} generated rationales (whole + 3 steps, ~180 word pieces each) and {a.items:,} items. Encoder: a "
         "random 2-layer BERT with all-MiniLM-L6-v2's tokenizer (see the module docstring for why); one actor, "
-        f"0.5 logical CPU; object-store budget {cfg.object_store_mib} MiB (0: Ray Data's default). 2 CPU cores; "
+        f"0.5 logical CPU; object-store budget {cfg.object_store_mib} MiB (0: Ray Data's default). "
+        f"{os.cpu_count()} CPU cores; "
         "memory of the driver and every Ray process, sampled every 0.5 s: PSS summed (shared pages counted once) and "
         "RSS summed (shared pages counted in every process that maps them; bench/memwatch.py).", "",
         f"- {texts:,} texts in {t['total_s']:.0f} s (items {t['items_s']:.0f} s, users {t['users_s']:.0f} s). Once "

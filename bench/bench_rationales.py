@@ -151,8 +151,9 @@ def main() -> None:
 def write(a, lines: list[str], wall: dict, load0: float) -> None:
     cmd = "PYTHONPATH=. .venv/bin/python bench/bench_rationales.py " + " ".join(sys.argv[1:])
     head = ["# Rationale quality: schema and repetition control, teacher and student", "", f"Command: `{cmd}`", "",
-            ("Machine: 2 CPU cores; this table was read from finished runs (--report-only), whose load was not "
-             "recorded. " if a.report_only else f"Machine: 2 CPU cores, load average {load0:.1f} at the start, "
+            (f"Machine: {os.cpu_count()} CPU cores; this table was read from finished runs (--report-only), whose "
+             "load was not recorded. " if a.report_only else
+             f"Machine: {os.cpu_count()} CPU cores, load average {load0:.1f} at the start, "
              f"{os.getloadavg()[0]:.1f} at the end (other work may run beside it). ")
             + "Seconds per user are wall time. Models: SmolLM2-135M-"
             f"Instruct (teacher, and the distilled student), all-MiniLM-L6-v2. {a.users} users per dataset "

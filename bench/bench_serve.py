@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.verdicts import goal, serve_bound  # noqa: E402
+
 LEVELS = (1, 8, 32)
 BATCHES = (1, 2, 4, 8, 16, 32)  # in-process batch sizes: the client counts and what a replica may get
 
@@ -270,10 +274,9 @@ def _app_table(runs: dict, med: dict) -> list:
             lines.append(f"| {m} | {c} | {r['n']} | {r['errors']} | {r['rps']:.1f} | {r['p50_ms']:.2f} | "
                          f"{r['p99_ms']:.2f} | {r['cpu_ms']:.2f} | {r['rps'] / f['rps']:.2f} | "
                          f"{r['p50_ms'] / f['p50_ms']:.2f} | {r['p99_ms'] / f['p99_ms']:.2f} | {per} |")
-    ratio = {c: med[("on", c)]["rps"] / med[("floor", c)]["rps"] for c in LEVELS}
-    met = all(v >= 0.9 for v in ratio.values())
-    return lines + ["", "Goal (issue 30), batching on: at least 0.9x the floor's requests/s at " + ", ".join(
-        f"{c} ({ratio[c]:.2f}x)" for c in LEVELS) + f" clients: **{'met' if met else 'not met'}**."]
+    ratio = {f"{c} clients": med[("on", c)]["rps"] / med[("floor", c)]["rps"] for c in LEVELS}
+    return lines + ["", goal(ratio, 0.9, "Goal (issue 30), batching on: at least 0.9x the floor's requests/s at "
+                         + ", ".join(f"{k} ({v:.2f}x)" for k, v in ratio.items())) + "."]
 
 
 def _bound_table(base: dict, med: dict) -> list:
@@ -296,10 +299,9 @@ def _bound_table(base: dict, med: dict) -> list:
         lines.append(f"| {c} | {f['rps']:.1f} | {on['rps']:.1f} | {b[c]:.1f} | {on['rps'] / b[c]:.2f} | "
                      f"{on['per_pass']:.1f} | {b[got[c]]:.1f} | {on['rps'] / b[got[c]]:.2f} | "
                      f"{b[got[c]] / f['rps']:.2f} | {on['cpu_ms'] - f['cpu_ms']:.2f} |")
-    return lines + ["", "bound / floor (at the batch the replica got) under 0.9: the 0.9x goal is out of reach for "
-                    "this model on this machine whatever the serving code does. on / bound is the serving code's own "
-                    "overhead; the CPU column is the replica's extra CPU per request, to set beside the in-process "
-                    "time per request."]
+    verdict = serve_bound({c: bound[c][got[c]] / med[("floor", c)]["rps"] for c in LEVELS})
+    return lines + ["", verdict + " on / bound is the serving code's own overhead; the CPU column is the replica's "
+                    "extra CPU per request, to set beside the in-process time per request."]
 
 
 def write(a, base: dict, runs: dict, mem: dict, load: tuple) -> None:

