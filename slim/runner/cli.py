@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from slim.runtime import console
+from slim.runtime.signals import job_entry  # SIGINT/SIGTERM and Ray start failures: one line, no traceback
 
 
 # --force alone: every stage the command runs (the value of a bare --force after _bare_force)
@@ -104,6 +105,7 @@ def report(e: Exception) -> int:
     return 2
 
 
+@job_entry
 def main_stage(stage: str, argv: list[str] | None = None) -> int:
     """Entry point shared by jobs/<stage>.py: load and check the config, then run the stage."""
     from slim.runner import check
@@ -125,6 +127,7 @@ def main_stage(stage: str, argv: list[str] | None = None) -> int:
     return 0
 
 
+@job_entry
 def main_migrate(argv: list[str] | None = None) -> int:
     """jobs/migrate.py: run directories from before 0.2 -> one folder per stage (slim.runner.migrate)."""
     from slim.runner import migrate
@@ -146,6 +149,7 @@ def main_migrate(argv: list[str] | None = None) -> int:
     return 0
 
 
+@job_entry
 def main_explain(argv: list[str] | None = None) -> int:
     """jobs/explain.py: one user's top-k items and the rationale behind them, from a finished run directory."""
     import json
@@ -211,6 +215,7 @@ def runtime_env_vars(path: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
+@job_entry
 def main_pipeline(argv: list[str] | None = None) -> int:
     """jobs/pipeline.py: the stages in order (slim.runner.pipeline), or --check's plan."""
     import os

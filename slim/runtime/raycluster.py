@@ -4,7 +4,9 @@ that do a stage's work."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ipaddress
 import logging
 import os
 
@@ -24,6 +26,9 @@ WORK_ACTOR_ENV = {"RAY_worker_niceness": "0"}
 # alone would run 2 x cores single-threaded training runs at once. It also declares this resource, one unit per
 # real core; CPU-bound tasks ask for one unit per thread they run (`cores_request`), so they never share a core.
 CORES = "slim_cores"
+
+# The address a private local cluster binds to (bind_host); the config's top-level `ray_host` sets it.
+RAY_HOST_ENV = "SLIM_RAY_HOST"
 
 
 def work_actor_env(extra: dict | None = None) -> dict:
@@ -54,16 +59,98 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # An existing cluster has its own resources: ray.init(num_cpus=...) raises when joining one.
         if num_cpus:
             log.info("num_cpus=%s ignored: joining the cluster at %s", num_cpus, address)
-        ray.init(address=address, log_to_driver=True)
+        _ray_init(f"join the Ray cluster at {address}", address=address, log_to_driver=True)
         console.quiet_ray()
         console.say(f"joined Ray cluster at {address}: {ray.cluster_resources()}")
         return
     # More logical CPUs than cores: on 2 cores an actor pool holding whole CPUs starves the read tasks.
     n = num_cpus or max(4, 2 * (os.cpu_count() or 2))
     cores = os.cpu_count() or 1
-    ray.init(address="local", num_cpus=n, resources={CORES: cores}, include_dashboard=False, log_to_driver=True)
+    host = bind_host()
+    _ray_init(f"start a local Ray cluster on {host}", address="local", num_cpus=n, resources={CORES: cores},
+              include_dashboard=False, log_to_driver=True, _node_ip_address=host, dashboard_host=host)
     console.quiet_ray()  # worker output reaches the driver, then the stage log (the console with --verbose)
-    log.info("started a local Ray cluster with %d logical CPUs on %d cores", n, cores)
+    log.info("started a local Ray cluster with %d logical CPUs on %d cores, bound to %s", n, cores, host)
+
+
+def bind_host() -> str:
+    """The address a private local cluster binds every listener to: RAY_HOST_ENV (set from the config's top-level
+    `ray_host` by the job's entry point), default 127.0.0.1.
+
+    Ray binds its GCS, raylet, object manager, agents and workers to the node IP, and the client server and
+    dashboard to their own hosts; by default it turns 127.0.0.1 into the machine's network address
+    (services.resolve_ip_for_localhost) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0, its single-machine mode.
+    That mode is set here both in this process (Ray read the variable when it was imported) and in the
+    environment the daemons inherit. Seen with psutil (tests/test_loopback.py): without it, the GCS, raylet and
+    workers listened on `::` and the dashboard agent on the external address."""
+    host = _checked_host(os.environ.get(RAY_HOST_ENV) or "127.0.0.1", RAY_HOST_ENV)
+    if ipaddress.ip_address(host).is_loopback:
+        from ray._private import ray_constants
+
+        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    return host
+
+
+def set_bind_host(value) -> None:
+    """The config's top-level `ray_host` (None: keep RAY_HOST_ENV or the default) -> RAY_HOST_ENV, checked."""
+    if value is not None:
+        os.environ[RAY_HOST_ENV] = _checked_host(value, "ray_host")
+
+
+def _checked_host(value, where: str) -> str:
+    from slim.runtime.config import ConfigError
+
+    try:
+        ip = ipaddress.ip_address(str(value))
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not an IP address of this machine (e.g. 127.0.0.1, the "
+                          "default)") from None
+    if ip.is_unspecified:
+        raise ConfigError(f"{where}: {value} is not one address; Ray binds to the node's address: name it")
+    return str(ip)
+
+
+def _ray_init(what: str, **kwargs) -> None:
+    """ray.init; a failure -> RayStartError: one line with the cause and what to try (slim.runtime.signals)."""
+    import ray
+
+    from slim.runtime.signals import RayStartError, children, keep_handlers
+
+    before = {p.pid for p in children()}
+    try:
+        with keep_handlers():  # ray.init replaces SIGTERM's handler with its own sys.exit
+            try:
+                ray.init(**kwargs)
+            except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception ("timed out during startup")
+                # Ray gives the raylet a fixed 30 s to register; a loaded machine can miss it: one more try
+                if kwargs.get("address") != "local" or "timed out during startup" not in str(e):
+                    raise
+                log.warning("Ray did not start in time (%s); trying once more", e)
+                _end_started(ray, before)
+                ray.init(**kwargs)
+    except Exception as e:  # noqa: BLE001
+        _end_started(ray, before)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        cause = lines[0] if lines else type(e).__name__
+        if "Traceback" in str(e):  # Ray puts the last connection attempt's traceback in the message: its last line
+            cause += f" ({lines[-1]})"
+        cause = cause[:400]
+        hint = ("check that the cluster runs and the address (ray_address or RAY_ADDRESS) is right, e.g. "
+                "`ray status --address ...`" if kwargs.get("address") != "local" else
+                "a busy machine can miss Ray's start-up deadline: rerun; free memory and disk under /tmp, or join "
+                "a running cluster with RAY_ADDRESS")
+        raise RayStartError(f"could not {what}: {cause}; {hint}") from None
+
+
+def _end_started(ray, before: set) -> None:
+    """What a failed ray.init left running: its Node never became Ray's global one, so ray.shutdown alone misses
+    the GCS and raylet it started; they are the processes started since `before`."""
+    from slim.runtime.signals import children, end_processes
+
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    end_processes([p for p in children() if p.pid not in before])
 
 
 def server_host(setting: str, address: str | None = None) -> str:
