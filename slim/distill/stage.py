@@ -84,6 +84,10 @@ class DistillConfig:
     keep_checkpoints: int = 2  # checkpoints kept
     log_every: int = 1  # optimizer steps between loss reports
     merge: bool = False  # also write distill/merged (base + adapter in one checkpoint)
+    refresh: Literal["retrain", "keep"] = "retrain"  # on a new data/teacher snapshot: retrain the adapter, or keep
+    #   the one trained on an earlier snapshot (same settings otherwise); its manifest says which (extra.trained_on).
+    #   keep: the student learns nothing from the new teacher rows, and its rows of unchanged users are reused as
+    #   they are (comparable across snapshots); --force still retrains
     seed: int = 2024  # example order, validation split and LoRA init
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
@@ -193,6 +197,9 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
     scfg = stage_config(cfg)
     if not force and rd.is_current(STAGE, scfg, inputs):
         return rd.read_manifest(STAGE)
+    kept = None if force else keep(cfg, rd, scfg, inputs)
+    if kept is not None:
+        return kept
     init_ray(cfg.ray_address, cfg.num_cpus)
     check_resources(cfg)
     t0 = time.perf_counter()
@@ -221,10 +228,34 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
                  counts={k: v for k, v in built.items() if isinstance(v, int)},
                  timings={"build_s": t_build - t0, "fit_s": t_fit - t_build, "total_s": time.perf_counter() - t0},
                  extra={"base_path": base_path, "val_loss_before": metrics["val_loss_before"],
-                        "val_loss_after": metrics["val_loss_after"], "tokens_per_s": metrics["tokens_per_s"]})
+                        "val_loss_after": metrics["val_loss_after"], "tokens_per_s": metrics["tokens_per_s"],
+                        "refresh": "trained", "trained_on": {"inputs": inputs, "created": time.time()}})
     rd.write_manifest(m)
     storage.remove_tree(ray_dir)  # the adapter and manifest are out; checkpoints are no longer needed
     print_summary(metrics, rd)
+    return m
+
+
+def keep(cfg: DistillConfig, rd: RunDir, scfg: dict, inputs: dict) -> Optional[Manifest]:
+    """The adapter already there, when training again would be for nothing but a new snapshot and distill.refresh is
+    keep (or it was trained on this very snapshot: only `refresh` changed). Its manifest then has this snapshot's
+    inputs and config (the stage is current) and says what it was trained on. None: train."""
+    prev = rd.read_manifest(STAGE)
+    if prev is None or not (rd.path(C.STUDENT_ADAPTER) / "adapter_config.json").exists():
+        return None
+    if fingerprint({**prev.config, "refresh": None}) != fingerprint({**scfg, "refresh": None}):
+        return None  # other settings: a different adapter
+    trained_on = prev.extra.get("trained_on") or {"inputs": prev.inputs, "created": prev.created}
+    same = fingerprint(trained_on["inputs"]) == fingerprint(inputs)
+    if cfg.refresh != "keep" and not same:
+        return None
+    m = dataclasses.replace(prev, config=scfg, inputs=inputs, created=time.time(), digests={},
+                            extra={**prev.extra, "refresh": "trained" if same else "kept", "trained_on": trained_on})
+    rd.write_manifest(m)
+    if not same:
+        say(f"distill: refresh=keep: the adapter trained on the snapshot of "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(trained_on['created']))} UTC is kept, not retrained on "
+            "this one's teacher rows (distill.refresh=retrain trains on them)")
     return m
 
 

@@ -1,6 +1,7 @@
 """What generates student rationales: the model to load (base + merged LoRA adapter) and the two engines.
 
-Both engines are Ray Data stages over rows with a `prompt` column and add the same four columns:
+Both engines are Ray Data stages over rows with a `prompt` column (user_id, prompt_hash and row_key are handed on)
+and add the same four columns:
 generated_text, num_generated_tokens, num_input_tokens, gen_error ("" when the row succeeded).
 - vllm: `ray.data.llm` vLLM processor, one engine per bundle (GPU on a cluster, CPU here).
 - hf: batched `transformers.generate` in an actor pool, for machines where vLLM cannot run.
@@ -27,6 +28,7 @@ from slim.io.rundir import file_fingerprint, old_form
 log = logging.getLogger(__name__)
 
 OUT_COLS = ("generated_text", "num_generated_tokens", "num_input_tokens", "gen_error")
+PASSED = (C.USER_ID, C.PROMPT, C.PROMPT_HASH, C.ROW_KEY)  # the input columns both engines hand on
 
 
 class StudentModelError(FileNotFoundError):
@@ -149,7 +151,7 @@ def _from_vllm(batch):
     """vLLM processor columns -> ours; keeps the user's columns, drops the processor's bookkeeping."""
     import pyarrow as pa
 
-    keep = [c for c in batch.column_names if c in (C.USER_ID, C.PROMPT)]
+    keep = [c for c in batch.column_names if c in PASSED]
     n = batch.num_rows
     err = batch.column("__inference_error__") if "__inference_error__" in batch.column_names else pa.nulls(n)
     return pa.table({
@@ -197,7 +199,7 @@ class HFGenerator:
                     self._generate([i], ids, text, n_out)
                 except Exception as e:  # noqa: BLE001 - recorded per row, the job goes on
                     err[i] = f"{type(e).__name__}: {e}"[:500]
-        out = {k: v for k, v in batch.items() if k in (C.USER_ID, C.PROMPT)}
+        out = {k: v for k, v in batch.items() if k in PASSED}
         out.update(generated_text=np.array(text, dtype=object), num_generated_tokens=np.array(n_out, np.int32),
                    num_input_tokens=np.array([len(x) for x in ids], np.int32), gen_error=np.array(err, dtype=object))
         return out

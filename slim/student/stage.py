@@ -1,13 +1,16 @@
 """The `student` stage: the distilled student writes a rationale for every user, sharded by Ray Data.
 
-Streaming and resumable: users not yet in student/part-*.parquet flow through prompt building (actor pool,
-one tokenizer each) and an engine (vLLM processor or batched HF generate); the driver writes every `shard_rows`
-rows as one Parquet shard, atomically (slim.io.shards). A killed job restarted with the same command skips the
-users already in a shard, so memory never depends on the number of users and a kill loses at most the rows not
-yet in a shard (shard_rows plus what the pipeline holds). Rows that fail (prompt too long, engine error) are
-written with status "failed" and their error; they count as done, and `--retry-failed` (retry_failed) redoes
-only them: the new row wins by the shared "latest row wins" rule, and the stage then rewrites its shards so
-each user has one row. The shards and the manifest live in student/, the stage's folder.
+Every row is keyed by what decides it (slim.student.keys: model, sampling, the exact prompt text), so a rerun on a
+new snapshot generates only the users whose key changed (a new history, a retrained adapter, new sampling) and the
+new users, and keeps every other row. Two passes over the users: a tokenizer pass (KeyCheck, an actor pool) finds
+the users to generate; they flow through prompt building and an engine (vLLM processor or batched HF generate); the
+driver writes every `shard_rows` rows as one Parquet shard, atomically (slim.io.shards). A killed job restarted
+with the same command skips the rows already in a shard, so memory never depends on the number of users and a kill
+loses at most the rows not yet in a shard (shard_rows plus what the pipeline holds). Rows that fail (prompt too
+long, engine error) are written with status "failed" and their error; they count as done, and `--retry-failed`
+(retry_failed) redoes only them: the new row wins by the shared "latest row wins" rule. At the end the shards are
+settled (slim.student.settle): one row per present user, rows of users no longer present moved to
+student/_archive. The shards and the manifest live in student/, the stage's folder.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pyarrow.compute as pc
 
 from slim.io import columns as C
 from slim.io import atomic
+from slim.student import keys as K
 from slim.text import quality
 from slim.io import storage
 from slim.io import shards as S
@@ -36,7 +40,7 @@ from slim.runtime.console import Progress, say
 log = logging.getLogger(__name__)
 
 STAGE = C.STUDENT_DIR  # student/manifest.json, beside the shards
-STATE_FILE = "_state.json"  # the config key the present shards were written under
+STATE_FILE = "_state.json"  # the config key of the last run, and when the refresh under way started (its counts)
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,8 @@ RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "batch_size",
 SCHEMA = pa.schema([
     (C.USER_ID, pa.int64()), (C.PROMPT, pa.string()), (C.RATIONALE, pa.string()), (C.STEP1, pa.string()),
     (C.STEP2, pa.string()), (C.STEP3, pa.string()), (C.MODEL, pa.string()), (C.TOKENS_IN, pa.int32()),
-    (C.TOKENS_OUT, pa.int32()), (C.STATUS, pa.string()), (C.ERROR, pa.string()),
+    (C.TOKENS_OUT, pa.int32()), (C.STATUS, pa.string()), (C.ERROR, pa.string()), (C.PROMPT_HASH, pa.string()),
+    (C.ROW_KEY, pa.string()), (C.WRITTEN_AT, pa.int64()),
 ])
 
 
@@ -96,38 +101,11 @@ def stage_config(cfg: StudentConfig) -> dict:
     return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}, "history_cut": HISTORY_CUT}
 
 
-class PromptBuilder:
-    """user rows -> user_id, prompt (the chat text distillation trains on); loads the tokenizer and items once."""
-
-    def __init__(self, tokenizer_path: str, items_path: str, prompt: dict):
-        from transformers import AutoTokenizer
-
-        from slim.io import storage  # files of the run dir, local or on object storage, read on this actor's node
-
-        self.tok = AutoTokenizer.from_pretrained(str(storage.local_copy(tokenizer_path, skip=("*.safetensors",))))
-        items = storage.read_table(items_path, columns=[C.ITEM_ID, C.TEXT])
-        self.text = dict(zip(items.column(C.ITEM_ID).to_pylist(), items.column(C.TEXT).to_pylist()))
-        self.pc = PromptConfig(**prompt)
-
-    def __call__(self, batch: dict) -> dict:
-        from slim.text.prompts import student_chat_text
-
-        prompts = [student_chat_text(self.tok, ids, self.text, self.pc) for ids in batch[C.ITEM_IDS]]
-        return {C.USER_ID: batch[C.USER_ID], C.PROMPT: np.array(prompts, dtype=object)}
-
-
-def _todo_filter(batch: dict, done: np.ndarray, max_users: int) -> dict:
-    keep = ~np.isin(batch[C.USER_ID], done)
-    if max_users:
-        keep &= batch[C.USER_ID] < max_users
-    return {k: v[keep] for k, v in batch.items()}
-
-
-def _todo_count(rd: RunDir, done: np.ndarray, max_users: int) -> int:
-    """How many users _todo_filter lets through (ids are 0..N-1): the progress line's total."""
-    n = storage.read_metadata(rd.path(C.USERS_FILE)).num_rows
-    cap = min(n, max_users) if max_users else n
-    return cap - int(np.count_nonzero(np.asarray(done) < cap))
+def present_users(rd: RunDir, max_users: int) -> np.ndarray:
+    """The user ids this run covers (sorted): every user of the snapshot, or those below max_users. Ids may have
+    holes (users of an earlier snapshot that this one lacks); one int64 column, not the histories."""
+    users = storage.read_table(rd.path(C.USERS_FILE), columns=[C.USER_ID]).column(C.USER_ID).to_numpy()
+    return np.unique(users[users < max_users] if max_users else users)
 
 
 def shards(out: Path) -> list[Path]:
@@ -143,17 +121,21 @@ def done_users(out: Path, retry_failed: bool = False) -> np.ndarray:
 
 
 def finalize(batch: pa.Table, model_name: str) -> pa.Table:
-    """Engine output -> the rationale schema: steps parsed, status ok | malformed | failed."""
+    """Engine output -> the rationale schema: steps parsed, status ok | malformed | failed; the row's key and its
+    write time (a batch without keys, such as the serve app's, gets none)."""
     from slim.text.rationale import parse
 
     rows = {f.name: [] for f in SCHEMA}
     d = batch.to_pydict()
+    n, now = batch.num_rows, time.time_ns()
+    hashes, row_keys = d.get(C.PROMPT_HASH, [None] * n), d.get(C.ROW_KEY, [None] * n)
     for i, uid in enumerate(d[C.USER_ID]):
         text, err = d["generated_text"][i] or "", d["gen_error"][i] or ""
         p = parse(text)
         status = "failed" if err else ("ok" if p.ok else "malformed")
         vals = [uid, d[C.PROMPT][i], text, p.step1, p.step2, p.step3, model_name, d["num_input_tokens"][i],
-                d["num_generated_tokens"][i], status, err or (p.problem if not p.ok else "")]
+                d["num_generated_tokens"][i], status, err or (p.problem if not p.ok else ""), hashes[i], row_keys[i],
+                now]
         for f, v in zip(SCHEMA, vals):
             rows[f.name].append(v)
     return pa.table(rows, schema=SCHEMA)
@@ -163,40 +145,27 @@ def write_shard(out: Path, table: pa.Table) -> Path:
     return S.write_shard(out, table)  # a shard appears whole or not at all
 
 
-def compact(out: Path) -> int:
-    """After retried rows: one shard of the latest row per user replaces the rest (readers such as encode see
-    each user once). A kill before the deletes leaves duplicates that the same rule resolves on the next run."""
-    old = shards(out)
-    everything = S.read_shards(out, schema=SCHEMA)
-    final = S.latest(everything)
-    if final.num_rows == everything.num_rows:
-        return 0
-    write_shard(out, final.sort_by(C.USER_ID))
-    for p in old:
-        p.unlink(missing_ok=True)
-    return everything.num_rows - final.num_rows
-
-
-def _prepare_out(rd: RunDir, key: str, force: bool) -> Path:
-    """The shard folder; shards written under another config (or with --force) are removed first."""
+def _prepare_out(rd: RunDir, key: str, force: bool) -> tuple[Path, int]:
+    """The shard folder (emptied by --force) and when the refresh began: now, or when the refresh that a kill cut
+    short began (its manifest then counts the whole refresh). Rows of another config stay: their keys decide."""
     out = rd.stage_dir(C.STUDENT_SHARDS)
     state = out / STATE_FILE
-    old = json.loads(state.read_text())["key"] if state.exists() else None
-    if force or (old is not None and old != key) or (old is None and shards(out)):
-        log.info("student: removing %d shard(s) from another config or --force", len(shards(out)))
+    old = json.loads(state.read_text()) if state.exists() else {}
+    if force:
+        log.info("student: --force: removing %d shard(s)", len(shards(out)))
         for p in shards(out):
             p.unlink()
-    atomic.clean_tmp(out)  # left by a kill mid-write
+    for d in (out, rd.path(C.STUDENT_ARCHIVE)):
+        atomic.clean_tmp(d)  # left by a kill mid-write
     rd.invalidate(STAGE)
-    atomic.write_json(state, {"key": key})
-    return out
+    since = old["since"] if old.get("open") and not force else time.time_ns()
+    atomic.write_json(state, {"key": key, "since": since, "open": True})
+    return out, since
 
 
 def run(cfg: StudentConfig, force: bool = False) -> Manifest:
-    import ray
-
     from slim.runtime import llm_models
-    from slim.runtime.raycluster import init_ray, read_parquet
+    from slim.runtime.raycluster import init_ray
     from slim.student import engines
 
     rd = RunDir(cfg.run_dir)
@@ -213,30 +182,40 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
         if not (cfg.retry_failed and m.counts.get("failed", 0)):
             return m
         log.info("student: retrying %d failed rows", m.counts["failed"])
-    out = _prepare_out(rd, Manifest(STAGE, sc, inputs).key(), force)
+    gen = K.generation(cfg, model_info)
+    out, since = _prepare_out(rd, Manifest(STAGE, sc, inputs).key(), force)
     t0 = time.perf_counter()
     init_ray(cfg.ray_address, cfg.num_cpus)
-    done = done_users(out, cfg.retry_failed)
+    present = present_users(rd, cfg.max_users)
+    todo = K.todo(cfg, rd, model_path, K.gen_key(gen), present, out)
+    say(f"student: {len(present):,} users, {len(todo):,} to generate (the others' rows are kept: same key)")
+    model_name = rd.stored(model_info["path"]) if model_info["kind"] != "base" else model_info["path"]
+    made, tokens, t_first = _generate(cfg, rd, model_path, model_name, K.gen_key(gen), todo, out) if len(todo) \
+        else (0, 0, None)
+    return _finish(rd, cfg, (sc, inputs, model_info, gen), out, present, since, (made, tokens, t0, t_first))
+
+
+def _generate(cfg, rd, model_path, model_name, gen_key, todo, out) -> tuple[int, int, Optional[float]]:
+    """Prompts of `todo` through the engine, a shard every shard_rows rows. -> (rows, tokens out, first shard's time)"""
+    import ray
+
+    from slim.student import engines
+
     engine = (engines.vllm_stage if cfg.engine == "vllm" else engines.hf_stage)(cfg, model_path)
-    ds = read_parquet(str(rd.path(C.USERS_FILE)), [C.USER_ID, C.ITEM_IDS], cfg.block_kib, cfg.object_store_mib)
-    ds = ds.map_batches(_todo_filter, fn_kwargs={"done": done, "max_users": cfg.max_users}, batch_format="numpy",
-                        num_cpus=0.1)
-    ds = ds.map_batches(PromptBuilder, batch_size=64, batch_format="numpy", num_cpus=0.25,
-                        compute=ray.data.ActorPoolStrategy(size=1),
-                        fn_constructor_kwargs={"tokenizer_path": model_path, "items_path": str(rd.path(C.ITEMS_FILE)),
-                                               "prompt": dataclasses.asdict(cfg.prompt)})
-    new, tokens = 0, 0
-    t_first = None
-    prog = Progress("student", _todo_count(rd, done, cfg.max_users), "users")
+    ds = K.users_stream(cfg, rd, todo).map_batches(
+        K.PromptBuilder, batch_size=64, batch_format="numpy", num_cpus=0.25, compute=ray.data.ActorPoolStrategy(size=1),
+        fn_constructor_kwargs=K.builder_kwargs(cfg, rd, model_path, gen_key))
+    made, tokens, t_first = 0, 0, None
+    prog = Progress("student", len(todo), "users")
     for batch in engine(ds).iter_batches(batch_size=cfg.shard_rows, batch_format="pyarrow"):
         t_first = t_first or time.perf_counter()
-        table = finalize(batch, rd.stored(model_info["path"]) if model_info["kind"] != "base" else model_info["path"])
+        table = finalize(batch, model_name)
         write_shard(out, table)
-        new += table.num_rows
+        made += table.num_rows
         tokens += int(pc.sum(table.column(C.TOKENS_OUT)).as_py() or 0)
-        prog.update(new, f"{tokens:,} tokens")
+        prog.update(made, f"{tokens:,} tokens")
     prog.close()
-    return _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first)
+    return made, tokens, t_first
 
 
 def merge_cache(rd: RunDir) -> Path:
@@ -249,22 +228,31 @@ def merge_cache(rd: RunDir) -> Path:
     return storage.scratch("student-merged", storage.key_of(rd.root))
 
 
-def _finish(rd, cfg, sc, inputs, out, model_info, new, tokens, t0, t_first) -> Manifest:
+def _finish(rd, cfg, what, out, present, since, tally) -> Manifest:
+    """Settle the shards (slim.student.settle), then the manifest; the refresh is closed before it is written."""
+    from slim.student.settle import settle
+
+    (sc, inputs, model_info, gen), (made, tokens, t0, t_first) = what, tally
     t_end = time.perf_counter()
-    superseded = compact(out)
+    refresh = settle(out, rd.path(C.STUDENT_ARCHIVE), present, since, SCHEMA)
+    if refresh["missing"]:
+        log.warning("student: %d present user(s) have no row; the next run generates them", refresh["missing"])
     status = S.read_latest(out, columns=[C.USER_ID, C.STATUS])
     st = status.column(C.STATUS).to_pylist()
-    counts = {"users": status.num_rows, "new": new, **{s: st.count(s) for s in ("ok", "malformed", "failed")},
-              "new_tokens_out": tokens, "superseded": superseded}
+    counts = {"users": status.num_rows, **refresh, "generated": made,
+              **{s: st.count(s) for s in ("ok", "malformed", "failed")}, "new_tokens_out": tokens}
     m = Manifest(STAGE, sc, inputs, outputs=[C.STUDENT_SHARDS], counts=counts,
                  timings={"total_s": t_end - t0, "to_first_shard_s": (t_first or t_end) - t0,
-                          "rationales_per_s": new / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
-                 extra={"model": stored_model(rd, model_info), "engine": cfg.engine,
-                        "quality": quality.of_shards(shards(out))})
+                          "rationales_per_s": made / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
+                 extra={"model": stored_model(rd, model_info), "engine": cfg.engine, "generation": gen,
+                        "gen_key": K.gen_key(gen), "quality": quality.of_shards(shards(out))})
+    atomic.write_json(out / STATE_FILE, {"key": m.key(), "since": since, "open": False})
     rd.write_manifest(m)
-    say(f"student ({cfg.engine}): {counts['users']:,} users ({new:,} new), ok {counts['ok']:,}, malformed "
-          f"{counts['malformed']:,}, failed {counts['failed']:,}; {tokens:,} tokens in {t_end - t0:.1f}s "
-          f"({m.timings['tokens_per_s']:.0f} tok/s); model {model_info['kind']} {model_info['path']}")
+    say(f"student ({cfg.engine}): {counts['users']:,} users: {counts['reused']:,} reused, {counts['regenerated']:,} "
+        f"regenerated, {counts['new']:,} new, {counts['restored']:,} restored from the archive, {counts['dropped']:,} "
+        f"dropped (archived); {made:,} generated by this run, ok {counts['ok']:,}, malformed {counts['malformed']:,}, "
+        f"failed {counts['failed']:,}; {tokens:,} tokens in {t_end - t0:.1f}s ({m.timings['tokens_per_s']:.0f} tok/s); "
+        f"model {model_info['kind']} {model_info['path']}")
     say("  quality: " + quality.describe(m.extra["quality"]))
     return m
 

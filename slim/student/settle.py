@@ -1,0 +1,82 @@
+"""The end of a student run: the live shards hold one row per present user, and the manifest says what the run did.
+
+- a user's older rows (superseded by a retry or a regeneration) are deleted;
+- the row of a user no longer present (a new snapshot without them, a smaller max_users) moves to the archive
+  (student/_archive), since users come back: a returning user whose prompt and model are unchanged gets that row
+  back without a generation (slim.student.keys.done_set lets them through; `restore` moves the row back);
+- counts, against the start of the refresh (`since`, kept across a kill, so a killed refresh restarted counts what
+  the whole refresh did): reused (a row written before it), regenerated (a new row for a user who had one), new
+  (a user who had none), restored (from the archive), dropped (archived), superseded (older rows deleted).
+
+Shard by shard: a shard whose rows all stay is left as it is; another is rewritten without the rows that go, each
+row keeping its write time (written_at), then deleted. A kill in between leaves the same row twice, which the
+"latest row wins" rule (slim.io.shards) reads once, and the next run settles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from slim.io import columns as C
+from slim.io import shards as S
+from slim.io import storage
+
+ROW = "__row"  # position of a row across the live shards, in shard_files order
+
+
+def _stamped(t: pa.Table, when: np.ndarray) -> pa.Table:
+    """Rows with their write time in written_at, so a rewritten shard does not make them newer."""
+    i = t.schema.get_field_index(C.WRITTEN_AT)
+    return t.set_column(i, C.WRITTEN_AT, pa.array(when, pa.int64()))
+
+
+def _winners(live) -> tuple[list, list, np.ndarray, np.ndarray, pa.Table]:
+    """(shard files, their row counts, every row's user, every row's write time, the latest row per user)."""
+    files = S.shard_files(live)
+    sizes = [storage.read_metadata(f).num_rows for f in files]
+    meta = S.read_shards(live, schema=pa.schema([(C.USER_ID, pa.int64())]))
+    if meta.num_rows != sum(sizes):
+        raise RuntimeError(f"{live}: shards changed while the student stage settled them; is another run writing?")
+    users, order = S.user_ids(meta), meta.column(S.ORDER).to_numpy()
+    meta = meta.append_column(ROW, pa.array(np.arange(meta.num_rows), pa.int64()))
+    return files, sizes, users, order, S.latest(meta)
+
+
+def settle(live, archive, present: np.ndarray, since: int, schema: pa.Schema) -> dict:
+    """Bring live/ to one row per present user (see the module docstring); returns the counts."""
+    files, sizes, users, order, win = _winners(live)
+    rows, who = win.column(ROW).to_numpy(), S.user_ids(win)
+    here, fresh = np.isin(who, present), order[rows] >= since
+    had = np.isin(who, users[order < since])
+    counts = {"reused": int((here & ~fresh).sum()), "regenerated": int((here & fresh & had).sum()),
+              "new": int((here & fresh & ~had).sum()), "dropped": int((~here).sum()),
+              "superseded": int(len(users) - len(rows))}
+    keep, move = np.zeros(len(users), bool), np.zeros(len(users), bool)
+    keep[rows[here]], move[rows[~here]] = True, True
+    start = 0
+    for f, n in zip(files, sizes):
+        k, m, when = keep[start:start + n], move[start:start + n], order[start:start + n]
+        start += n
+        if k.all():
+            continue
+        t = _stamped(storage.read_table(f, schema=schema), when)
+        S.write_shard(live, t.filter(pa.array(k)))  # both written before the old shard goes
+        S.write_shard(archive, t.filter(pa.array(m)), prefix="archive")
+        f.unlink(missing_ok=True)
+    counts["restored"], counts["missing"] = restore(live, archive, np.setdiff1d(present, who[here]), schema)
+    return counts
+
+
+def restore(live, archive, lacking: np.ndarray, schema: pa.Schema) -> tuple[int, int]:
+    """Present users without a live row: their archived row back into live/ (only users whose archived key matched
+    the current one reach here without a generation). -> (restored, still without a row)."""
+    if not len(lacking):
+        return 0, 0
+    old = S.read_shards(archive, schema=schema)
+    old = S.latest(old.append_column("__t", old.column(S.ORDER)))
+    old = old.filter(pc.is_in(old.column(C.USER_ID), pa.array(lacking, pa.int64())))
+    back = _stamped(old.drop_columns(["__t"]), old.column("__t").to_numpy())
+    S.write_shard(live, back.sort_by(C.USER_ID), prefix="restored")
+    return back.num_rows, len(lacking) - back.num_rows
