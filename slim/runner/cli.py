@@ -1,4 +1,5 @@
-"""The shared command line of every job: `--config FILE [--force] key=value ...`.
+"""The shared command line of every job: `--config FILE [--force [STAGES]] key=value ...` (one --force grammar:
+alone, the stages the command runs; with names, those).
 
 A bad config or bad input ends a job with one line naming the key, file or row (exit code 2), not a traceback.
 """
