@@ -104,6 +104,19 @@ def test_ids_survive_a_new_snapshot(tmp_path, ray_local):
     assert sum(items3[r] != items2[r] for r in items3) > len(items3) // 2
 
 
+def test_a_run_prepared_before_the_map_is_carried(tmp_path, ray_local):
+    """A run directory from before user_ids.parquet and the `present` column: carried from its users.parquet."""
+    run, cfg = tmp_path / "run", _write_source(tmp_path)
+    prepare.run(DataConfig(run_dir=str(run), until=CUT1, **cfg))
+    users1, items1, _ = _ids(run)
+    (run / C.USER_IDS_FILE).unlink()
+    pq.write_table(pq.read_table(run / C.ITEMS_FILE).drop_columns([C.PRESENT]), run / C.ITEMS_FILE)
+    prepare.run(DataConfig(run_dir=str(run), until=CUT2, **cfg))
+    users2, items2, _ = _ids(run)
+    assert all(users2[u] == i for u, i in users1.items()) and all(items2[r] == i for r, i in items1.items())
+    assert users2["a000"] == max(users1.values()) + 1
+
+
 def test_until_cuts_the_source(tmp_path, ray_local):
     cfg = _write_source(tmp_path)
     run = tmp_path / "run"
