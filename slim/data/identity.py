@@ -26,6 +26,7 @@ import pyarrow.dataset as ds
 from slim.io import columns as C
 from slim.io import storage
 from slim.data import buckets as B
+from slim.data.sources import DataError
 
 
 @dataclass
@@ -45,7 +46,8 @@ def load(run_dir) -> Previous:
     items = storage.read_table(items_p).sort_by(C.ITEM_ID)
     ids = items.column(C.ITEM_ID).to_numpy()
     if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
-        raise ValueError(f"{items_p}: {C.ITEM_ID} is not 1..{len(ids)}; remove the data folder to start afresh")
+        raise DataError(f"{items_p}: {C.ITEM_ID} is not 1..{len(ids)}, so its ids cannot be carried to a new "
+                        "snapshot; remove the run directory's data/ folder to number afresh")
     users = map_p if map_p.exists() else users_p if users_p.exists() else None
     if users is None:
         return Previous(items)

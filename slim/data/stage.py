@@ -220,11 +220,8 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
     finally:
         storage.remove_tree(scratch)
     t_end = time.perf_counter()
-    absent = int(items.num_rows - np.count_nonzero(items.column(C.PRESENT).to_numpy(zero_copy_only=False)))
     counts = {"users": built["users"], "items": items.num_rows, "interactions": built["interactions"],
               "candidate_rows": n_cand}
-    carried = {"previous_snapshot": prev.items is not None, "items_absent": absent, "users_new": built["new_users"],
-               "until": cfg.until}
     rows = built["input_rows"]
     m = Manifest(
         STAGE, stage_config(cfg), inputs,
@@ -234,11 +231,18 @@ def run(cfg: DataConfig, force: bool = False) -> Manifest:
         extra={"skipped": problems.summary(), "input_rows": rows, "rows_per_s": rows / (t_end - t0),
                "read_rows_per_s": rows / max(built["timings"]["read_s"], 1e-9),
                "buckets": built["buckets"], "kcore_passes": built["kcore_passes"],
-               "driver_peak_rss_mb": peak_rss_mb(), "snapshot": carried},
+               "driver_peak_rss_mb": peak_rss_mb(), "snapshot": _snapshot(cfg, prev, built)},
     )
     rd.write_manifest(m)
     print_summary(m)
     return m
+
+
+def _snapshot(cfg: DataConfig, prev: identity.Previous, built: dict) -> dict:
+    """What the manifest says of the snapshot: the cut, and what was carried from the previous one."""
+    present = built["items"].column(C.PRESENT).to_numpy(zero_copy_only=False)
+    return {"until": cfg.until, "previous_snapshot": prev.items is not None, "users_new": built["new_users"],
+            "items_absent": int(len(present) - np.count_nonzero(present))}
 
 
 def print_summary(m: Manifest) -> None:
