@@ -3,6 +3,7 @@ train + evaluate with `tracking:` on leaves one MLflow run per trained model (sp
 test metrics under every protocol, the model folder) and the report as artifacts; with tracking off, or the server
 down, the stages run as before and nothing is logged."""
 
+import contextlib
 import json
 import logging
 import os
@@ -43,7 +44,8 @@ def mlflow_server(tmp_path_factory):
     proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job workers
     url, deadline = f"http://127.0.0.1:{port}", time.time() + 240  # ~45 s to start on a loaded 2-core machine
     while True:
         try:
@@ -58,9 +60,12 @@ def mlflow_server(tmp_path_factory):
     yield url
     os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers, nothing else
     try:
-        proc.wait(30)
+        proc.wait(15)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of its session is still there
+    proc.wait()
     log.close()
 
 
@@ -116,6 +121,16 @@ def test_train_and_evaluate_are_tracked(tmp_path, mlflow_server, ray_local):
     got = mlflow.artifacts.download_artifacts(run_id=ev.info.run_id, artifact_path="results.md",
                                               dst_path=str(tmp_path / "dl"), tracking_uri=mlflow_server)
     assert Path(got).read_text() == (run_dir / "reports" / "results.md").read_text()
+
+    # the teacher's tokens and cost (the mapping slim.teacher.stage._finish writes to teacher/cost.json), as metrics
+    cost = {"model": "gpt-4o-mini", "mode": "online", "users": 3, "ok": 2, "malformed": 1, "failed": 0,
+            "tokens_in": 1200, "tokens_out": 300, "cost_usd": 0.0042, "prices_usd_per_mtok": {"in": 0.15, "out": 0.6},
+            "this_run": {"rows": 1, "tokens_in": 400, "tokens_out": 100, "cost_usd": 0.0014}}
+    tracking.Tracker(cfgs["train"].tracking, str(run_dir)).teacher(cost)
+    (t,) = client.search_runs([exp.experiment_id], "tags.stage = 'teacher'")
+    assert t.data.params["model"] == "gpt-4o-mini" and t.data.params["price_usd_per_mtok.out"] == "0.6"
+    assert {k: t.data.metrics[k] for k in ("tokens_in", "tokens_out", "cost_usd", "this_run.tokens_in")} == {
+        "tokens_in": 1200, "tokens_out": 300, "cost_usd": 0.0042, "this_run.tokens_in": 400}
 
     # tracking off (no `tracking:`): the same stages in a copy of the run directory log nothing anywhere
     off = tmp_path / "off"
