@@ -68,7 +68,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     cores = os.cpu_count() or 1
     host = bind_host()
     _ray_init(f"start a local Ray cluster on {host}", address="local", num_cpus=n, resources={CORES: cores},
-              include_dashboard=False, log_to_driver=True, _node_ip_address=host, dashboard_host=host)
+              include_dashboard=False, log_to_driver=True, _node_ip_address=host, dashboard_host=host,
+              runtime_env={"worker_process_setup_hook": f"{__name__}.{worker_setup.__name__}"})
     console.quiet_ray()  # worker output reaches the driver, then the stage log (the console with --verbose)
     log.info("started a local Ray cluster with %d logical CPUs on %d cores, bound to %s", n, cores, host)
 
@@ -90,6 +91,25 @@ def bind_host() -> str:
         os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
         ray_constants.ENABLE_RAY_CLUSTER = False
     return host
+
+
+def worker_setup() -> None:
+    """Ray's worker_process_setup_hook on a private local cluster, run in every worker before its first task.
+
+    A Serve replica starts its inter-deployment gRPC server on "[::]:0", every interface, whatever the node's
+    address (ray.serve._private.replica, Ray 2.60; no setting changes it): the address it asks for is made the
+    bind host (the replica imports the helper after this runs). Other wildcard-free addresses pass unchanged."""
+    from ray._common import tls_utils
+
+    host = bind_host()
+    original = tls_utils.add_port_to_grpc_server
+
+    def on_bind_host(server, address: str):
+        if address.startswith(("[::]:", "0.0.0.0:")):
+            address = f"{host}:{address.rsplit(':', 1)[1]}"
+        return original(server, address)
+
+    tls_utils.add_port_to_grpc_server = on_bind_host
 
 
 def set_bind_host(value) -> None:
