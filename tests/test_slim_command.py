@@ -6,16 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 SLIM = Path(sys.executable).parent / "slim"  # the console script `make env` installs beside the venv's python
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-pytestmark = pytest.mark.skipif(not SLIM.exists(), reason=f"{SLIM} not installed: run `make env` (pip install -e .)")
-
 
 def run(*args: str) -> subprocess.CompletedProcess:
+    # not a skip when absent: `make env` installs the command (pyproject [project.scripts]), so its absence is a bug
+    assert args[0] != str(SLIM) or SLIM.exists(), f"{SLIM} not installed: `make env` (pip install -e .)"
     return subprocess.run([*args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
 
 
