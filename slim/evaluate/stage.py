@@ -37,6 +37,10 @@ class EvaluateConfig:
     protocols: tuple[Literal[EVAL_PROTOCOLS], ...] = EVAL_PROTOCOLS  # checked at load
     split: Literal[SPLITS] = "test"  # which held-out item is ranked: valid (the second last) or test (the last)
     block_users: int = 50_000  # users per Ray task when ranking (one block: ranked in the driver)
+    # torch threads of the driver's ranking (one block); 0 = one, as each block's Ray task gets one core: on a
+    # shared 2-core machine one thread per core made the ranking several times slower (bench/results/evaluate.md).
+    # On an idle machine set it to the cores the driver may use.
+    threads: int = 0
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
     # MLflow tracking of the report and plots (slim.runtime.tracking); the top-level `tracking:` unless set here
@@ -123,6 +127,9 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     if not force and rd.is_current(STAGE, conf, inputs):
         return rd.read_manifest(STAGE)
     t0 = time.time()
+    from slim.runtime.threads import torch_threads
+
+    torch_threads(cfg.threads)  # the driver ranks a single block itself (slim.recsys.blocks)
     d = D.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
     if len(d.seqs) > cfg.block_users:  # ranked in Ray tasks, block by block
         from slim.runtime.raycluster import init_ray

@@ -24,11 +24,10 @@ def cut(d: D.SeqData, ut: Optional[UserText], a: int, b: int) -> tuple:
 
 
 def _rank_block(model, block, split: str, protocols, max_len: int, top: int) -> dict:
-    import torch
-
     from slim.recsys.ranking import ranks
+    from slim.runtime.threads import torch_threads
 
-    torch.set_num_threads(1)  # one core per task (cores_request)
+    torch_threads()  # the core the task reserved (cores_request(1)), not one thread per core of the node
     d, ut = block
     return ranks(model, d, split, protocols, max_len, ut, top)
 

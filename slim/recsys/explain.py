@@ -147,6 +147,9 @@ class Explainer:
 
 def explain(run_dir: str | Path, user_id: int, k: int = 10, run: Optional[str] = None) -> dict:
     """For one user: top-k items with titles and scores, the history, and the rationale split into its steps."""
+    from slim.runtime.threads import torch_threads
+
+    torch_threads()  # one user's scores: one thread (a driver's default), not one per core of a shared machine
     return Explainer.load(run_dir, run).explain(user_id, k)
 
 

@@ -87,12 +87,13 @@ def _item_table(model):
 class Ranker:
     """The model and tables of one replica; `rank` scores a batch of queries in one encoder pass."""
 
-    def __init__(self, model_dir: str | Path, run_dir: str | Path, threads: int = 1, model=None, spec=None):
+    def __init__(self, model_dir: str | Path, run_dir: str | Path, threads: int = 0, model=None, spec=None):
         import torch
 
         from slim.recsys.checkpoint import load_model
+        from slim.runtime.threads import torch_threads
 
-        torch.set_num_threads(threads)
+        torch_threads(threads)  # serve.torch_threads; 0: the replica's CPUs (serve.replica_cpus), at least 1
         root = Path(run_dir)
         self.model_dir = Path(model_dir)
         self.model, self.spec = (model, spec) if model is not None else load_model(self.model_dir)

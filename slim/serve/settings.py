@@ -56,7 +56,7 @@ class ServeConfig:
     max_replicas: int = 0
     target_ongoing_requests: float = 8.0  # autoscaling: requests in flight per replica it aims at
     replica_cpus: float = 0.5  # fractional: on 2 cores whole CPUs per replica starve everything else
-    torch_threads: int = 1  # torch threads per replica for scoring
+    torch_threads: int = 0  # torch threads per replica for scoring; 0 = its CPUs (replica_cpus, floor, at least 1)
     # Batching: requests waiting at most batch_wait_timeout_s are scored in one forward pass of up to
     # max_batch_size (1 = no batching: each request is scored alone). max_ongoing_requests bounds the requests a
     # replica accepts at once and so the largest batch it can form; keep it >= max_batch_size.

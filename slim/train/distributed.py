@@ -75,6 +75,7 @@ def _loop(conf: dict) -> None:
     from slim.train.ingest import TRAIN, placeholder, shard_batches
     from slim.recsys.blocks import BlockRanker
     from slim.recsys.spec import build_model
+    from slim.runtime.threads import torch_threads
     from slim.train.loop import EarlyStop, train_epochs
 
     spec = conf["spec"]
@@ -82,7 +83,7 @@ def _loop(conf: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
     torch.manual_seed(spec.seed)  # same init on every rank
-    torch.set_num_threads(spec.threads)
+    torch_threads(spec.threads)  # train.threads_per_run, at most the cores this process may use
     text = None if conf["text"] is None else ray.get(conf["text"])  # item vectors: part of every rank's model
     model = build_model(spec, conf["num_items"], text).to(device)
     fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])

@@ -19,6 +19,7 @@ from slim.recsys import data as D
 from slim.recsys.ranking import evaluate
 from slim.recsys.spec import RunSpec, build_model
 from slim.recsys.usertext import UserText
+from slim.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
     """Train with early stopping on valid NDCG@10; returns the best model and its metrics record.
     progress(epoch record) is called after every epoch."""
     torch.manual_seed(spec.seed)
-    torch.set_num_threads(spec.threads)
+    torch_threads(spec.threads)  # train.threads_per_run, at most the cores this process may use
     gen = torch.Generator().manual_seed(spec.seed)  # the permutations and the negatives, in that order
     model = build_model(spec, d.num_items, item_text)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
