@@ -4,6 +4,8 @@ history control's text, as L2-normalised float16 vectors, in a Ray Data actor po
 
 from __future__ import annotations
 
+import os
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,11 +34,13 @@ class Encoder:
 
     def __init__(self, model_path: str, fields: tuple, max_seq_length: int, step3_share: float, threads: int,
                  device: str, item_vecs: str = "", ground_threshold: float = 0.6):
-        import torch
         from sentence_transformers import SentenceTransformer
 
-        if threads:
-            torch.set_num_threads(threads)
+        from slim.runtime.threads import torch_threads
+
+        # encode.threads; 0: the actor's CPUs (floor, at least 1), or every core in a driver (slim.recsys.itemtext).
+        # The same count gives the same vectors; another count may move a vector's last bits (see embed)
+        torch_threads(threads, driver=os.cpu_count() or 1)
         self.st = SentenceTransformer(model_path, device=device)
         if max_seq_length:
             self.st.max_seq_length = max_seq_length
@@ -48,8 +52,28 @@ class Encoder:
         if item_vecs:  # user batches: step-3 products matched to catalogue items (slim.text.grounding)
             from slim.text.grounding import Grounder
 
-            self.ground = Grounder(lambda t: self.st.encode(t, batch_size=len(t), normalize_embeddings=True),
-                                   item_vecs, ground_threshold)
+            self.ground = Grounder(self.embed, item_vecs, ground_threshold)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """[n, D] float32 unit vectors, each a function of its own text alone (for a given thread count).
+
+        Encoded in one batch, a text is padded to the longest text beside it, and its vector then moves in the
+        last bits with its batchmates: the padded matrix products round differently (the issue saw 6 of 150 user
+        vectors move by one float16 step on a rerun, as Ray Data cut its batches elsewhere). Texts of the same
+        length in word pieces are encoded together, so nothing is ever padded and the batch decides nothing (more,
+        smaller forward passes, but none spent on padding). The thread count still changes the summation order of some products
+        (~1e-7 in float32): the same encode.threads gives the same vectors (tests/test_encode_deterministic.py)."""
+        out = np.zeros((len(texts), self.dim), np.float32)
+        if not texts:
+            return out
+        lens = self.tok(list(texts), truncation=True, max_length=self.st.max_seq_length)["input_ids"]
+        same = defaultdict(list)  # length in word pieces -> the texts' positions
+        for i, ids in enumerate(lens):
+            same[len(ids)].append(i)
+        for idx in same.values():
+            out[idx] = self.st.encode([texts[i] for i in idx], batch_size=len(idx), normalize_embeddings=True,
+                                      convert_to_numpy=True)
+        return out
 
     def _texts(self, batch: dict, f: str) -> tuple[list[str], np.ndarray]:
         if f != C.RATIONALE:
@@ -77,9 +101,7 @@ class Encoder:
             emb = np.zeros((len(texts), self.dim), np.float16)  # [B, D]
             live = [i for i, t in enumerate(texts) if t.strip()]
             if live:
-                e = self.st.encode([texts[i] for i in live], batch_size=len(live), normalize_embeddings=True,
-                                   convert_to_numpy=True)  # [b, D] float32, unit norm
-                emb[live] = e.astype(np.float16)
+                emb[live] = self.embed([texts[i] for i in live]).astype(np.float16)  # [b, D] unit norm
             out[f"emb_{f}"], out[f"cut_{f}"] = emb, cut
             out[f"empty_{f}"] = np.array([not t.strip() for t in texts], dtype=bool)
         if self.ground is not None:
