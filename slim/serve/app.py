@@ -96,7 +96,11 @@ class RecommenderApp:
         return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
 
     @api.get("/healthz")
-    async def healthz(self) -> dict:
+    async def healthz(self, request: Request) -> dict:
+        """"ok" to anyone (a load balancer's probe); what is served, and the replica's pid, only with the token
+        when one is configured (an open app shows the same through its API anyway)."""
+        if not guard.authorized(request.headers):
+            return {"status": "ok"}
         r = self.ranker
         return {"status": "ok", "run": r.run_name, "backbone": r.spec.backbone, "variant": r.spec.variant,
                 "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
@@ -119,7 +123,7 @@ class RecommenderApp:
     async def item(self, item_id: int):
         r = self.ranker
         if not 1 <= item_id <= r.num_items:
-            raise S.FieldError("item_id", f"unknown item id {item_id} (ids are 1..{r.num_items})", 404)
+            raise S.FieldError("item_id", f"unknown item id {S.shown(item_id)} (ids are 1..{r.num_items})", 404)
         return {"item_id": item_id, "title": r.title(item_id), "text": r.texts[item_id - 1]}
 
     async def _write(self, q) -> tuple[Optional[dict], Optional[str]]:

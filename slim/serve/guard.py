@@ -3,6 +3,9 @@ one shape, `{"error": message, "field": where}` (slim/serve/app.py installs both
 
 from __future__ import annotations
 
+import json
+import sys
+from collections import deque
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -61,13 +64,9 @@ class Guard:
         return error(400, "host", f"host {host[:100]!r} is not in serve.allowed_hosts")
 
     def _auth(self, scope, headers: dict) -> Optional[JSONResponse]:
-        token: Optional[Secret] = limits()["token"]
         path, root = scope["path"], scope.get("root_path", "")
         path = (path[len(root):] if root and path.startswith(root) else path) or "/"
-        if token is None or path in OPEN_PATHS:
-            return None
-        scheme, _, presented = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.matches(presented.strip()):
+        if path in OPEN_PATHS or authorized(headers):
             return None
         return error(401, "authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
@@ -94,6 +93,16 @@ class Guard:
         return None, replay
 
 
+def authorized(headers) -> bool:
+    """True when no token is configured, or the request carries it (`Authorization: Bearer <token>`). `headers`:
+    lower-case names (a dict, or a request's headers)."""
+    token: Optional[Secret] = limits()["token"]
+    if token is None:
+        return True
+    scheme, _, presented = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token.matches(presented.strip())
+
+
 def _field(loc) -> str:
     """("body", "history", 0, "int") -> "history[0]": where the error is, without pydantic's union-member tags."""
     parts = [p for p in loc if p not in ("body", "query", "path", "int", "str")]
@@ -116,10 +125,37 @@ async def _http(request: Request, exc: StarletteHTTPException):
         return error(exc.status_code, "path" if exc.status_code in (404, 405) else "request", str(exc.detail),
                       getattr(exc, "headers", None))
     cause = exc.__cause__
+    if type(cause) is ValueError and "integer string conversion" in str(cause):
+        return _long_integer(await request.body())
     why = {UnicodeDecodeError: "not UTF-8 text", RecursionError: "JSON nested too deeply"}.get(type(cause))
     if why is None:
         why = type(cause).__name__ if cause is not None else str(exc.detail)
     return error(422, "body", f"not a JSON body: {why}")
+
+
+class _LongInt(str):
+    """A JSON integer with more digits than Python converts (sys.get_int_max_str_digits(), 4,300)."""
+
+
+def _long_integer(body: bytes) -> JSONResponse:
+    """A 422 naming the field of the first integer too long to convert (json.loads refuses it with a ValueError
+    that names no field): the body parsed again with such integers kept as text, and searched for them."""
+    most = sys.get_int_max_str_digits() or 4300
+    try:
+        doc = json.loads(body, parse_int=lambda s: _LongInt(s) if len(s.lstrip("-")) > most else int(s))
+    except (ValueError, RecursionError):
+        return error(422, "body", "not a JSON body: an integer too long to read")
+    todo = deque([(doc, ())])
+    while todo:  # breadth first, no recursion: the body may be deeply nested
+        v, loc = todo.popleft()
+        if isinstance(v, _LongInt):
+            return error(422, _field(loc), f"an integer of {len(v.lstrip('-')):,} digits ({v[:12]}...): over the "
+                         f"{most:,} digits a number may have")
+        if isinstance(v, dict):
+            todo.extend((x, (*loc, k)) for k, x in v.items())
+        elif isinstance(v, list):
+            todo.extend((x, (*loc, i)) for i, x in enumerate(v))
+    return error(422, "body", "not a JSON body: an integer too long to read")
 
 
 async def _bad_field(request: Request, exc: FieldError):

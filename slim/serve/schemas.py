@@ -15,6 +15,16 @@ from slim.serve.model import Query, Ranker
 from slim.serve.settings import MAX_K
 
 
+SHOWN_CHARS = 80  # the most of a client's value an error message echoes
+
+
+def shown(v, most: int = SHOWN_CHARS) -> str:
+    """A client's value as an error message echoes it: repr for text, cut at `most` characters with its length
+    said (an unknown 60 KB title is not sent back whole)."""
+    s = repr(v) if isinstance(v, str) else str(v)
+    return s if len(s) <= most else f"{s[:most]}... ({len(s):,} characters)"
+
+
 class FieldError(ValueError):
     """A request field is wrong; becomes a 4xx whose body names the field."""
 
@@ -111,12 +121,12 @@ def _item_id(r: Ranker, v, field: str) -> int:
     if isinstance(v, str):
         ids = r.by_title.get(v)
         if not ids:
-            raise FieldError(field, f"no item titled {v!r} (titles must match exactly; or send the item id)")
+            raise FieldError(field, f"no item titled {shown(v)} (titles must match exactly; or send the item id)")
         if len(ids) > 1:
-            raise FieldError(field, f"title {v!r} names several items {ids[:10]}: send the item id")
+            raise FieldError(field, f"title {shown(v)} names several items {ids[:10]}: send the item id")
         return ids[0]
     if not 1 <= v <= r.num_items:
-        raise FieldError(field, f"unknown item id {v} (ids are 1..{r.num_items})")
+        raise FieldError(field, f"unknown item id {shown(v)} (ids are 1..{r.num_items})")
     return v
 
 
@@ -126,7 +136,7 @@ def _history(r: Ranker, req, most: int) -> tuple[np.ndarray, Optional[int], int]
         raise FieldError("user_id", "send exactly one of user_id and history")
     if req.user_id is not None:
         if req.user_id not in r.users:
-            raise FieldError("user_id", f"unknown user {req.user_id}; send a history for a new user", 404)
+            raise FieldError("user_id", f"unknown user {shown(req.user_id)}; send a history for a new user", 404)
         return r.users[req.user_id], req.user_id, 0
     if not req.history:
         raise FieldError("history", "empty: send at least one item id or title")
