@@ -231,3 +231,15 @@ def test_scratch_and_bookkeeping_files_are_not_content(tmp_path, monkeypatch):
     assert rd.upstream("student") == before
     (out / "part-1.parquet").write_bytes(b"more rows")
     assert rd.upstream("student") != before
+
+
+def test_paths_stored_for_a_bucket_run_dir(s3, tmp_path):  # noqa: F811 (fixture)
+    """On a bucket run directory: its own objects relative to it, a local path (the merge kept off the bucket)
+    absolute, another bucket's URI as is; and back."""
+    uri, _ = s3
+    rd = RunDir(uri)
+    assert rd.stored(f"{uri}/{C.STUDENT_ADAPTER}") == C.STUDENT_ADAPTER
+    assert rd.stored(tmp_path / "merged") == str(tmp_path / "merged")
+    assert rd.stored("s3://elsewhere/run/distill/adapter") == "s3://elsewhere/run/distill/adapter"
+    assert str(rd.resolve(C.STUDENT_ADAPTER)) == f"{uri}/{C.STUDENT_ADAPTER}"
+    assert rd.resolve(str(tmp_path / "merged")) == tmp_path / "merged"

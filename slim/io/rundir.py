@@ -1,7 +1,8 @@
 """The run directory and its per-stage manifests.
 
-A manifest records the resolved config, fingerprints of the inputs, output files, row counts, timings and
-library versions. A stage is skipped when its manifest matches the current config and inputs; `force` reruns it.
+A manifest records the resolved config, fingerprints of the inputs, output files and their content digests, row
+counts, timings and library versions. A stage is skipped when its manifest matches the current config and inputs;
+`force` reruns it. Fingerprints are of content (file_fingerprint), so a copied or synced run directory stays current.
 Manifests are written last and atomically, so a stage killed mid-way has no manifest and resumes.
 """
 
@@ -59,8 +60,19 @@ def digest(path, recorded: dict | None = None) -> dict:
     content = cached.read_text() if cached.exists() else ""
     if not content:
         content = fingerprint([(rel, size, content_fingerprint(f)) for rel, size, _, f in rows])
-        atomic.write_text(cached, content)
+        _cache(cached, content)
     return {"stat": stat, "content": content, "old": old}
+
+
+def _cache(path: Path, content: str) -> None:
+    """Best effort (a cache): a file of this process's own, renamed into place; another process may be writing the
+    same entry, with the same content."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        tmp.write_text(content)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 # content fingerprint -> the old form (name, size, modification time) of the files last fingerprinted here with that
@@ -210,6 +222,8 @@ class RunDir:
         if storage.is_remote(p):
             root = str(self.root).rstrip("/")
             return str(p)[len(root) + 1:] if str(p).startswith(root + "/") else str(p)
+        if storage.is_remote(self.root):  # a local path (a merge kept off the bucket) is outside it
+            return os.path.abspath(p.expanduser())
         p, root = (Path(os.path.abspath(q.expanduser())) for q in (p, self.root))
         return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
 

@@ -2,8 +2,9 @@
 
 `validate(cfgs, wanted)` raises ConfigError for a combination of sections that cannot work. `plan(cfgs, wanted,
 force)` resolves models and input paths and says per stage whether it would run or be skipped, from the manifests
-already in the run directory; it starts no Ray and writes nothing. Everything a stage knows about itself (what it
-reads, fingerprints and needs) comes from its face (slim/runner/stages.py); only constraints between stages live here.
+already in the run directory; it starts no Ray and writes nothing there (content hashes of copied files are
+cached under SLIM_SCRATCH). Everything a stage knows about itself (what it reads, fingerprints and needs) comes from
+its face (slim/runner/stages.py); only constraints between stages live here.
 """
 
 from __future__ import annotations
