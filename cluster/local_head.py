@@ -2,7 +2,8 @@
 
   python cluster/local_head.py ports             # "NAME PORT FLAG" lines, every port a Ray head binds
   python cluster/local_head.py alive TEMP_DIR    # exit 0 when a process of the head using TEMP_DIR runs
-  python cluster/local_head.py stop TEMP_DIR     # end exactly the processes of that head
+  python cluster/local_head.py stop TEMP_DIR [PORT ...]  # end exactly the processes of that head; wait
+                                                         # until nothing listens on its ports
 
 A head is known by its --temp-dir, which start_local.sh makes for it alone: Ray's daemons and workers name it on
 their command line, and job drivers run in a copy of the working directory under it. `ray stop` instead ends every
@@ -28,6 +29,10 @@ PORTS = {
     "RUNTIME_ENV_AGENT_PORT": ("--runtime-env-agent-port", None),
     "CLIENT_PORT": ("--ray-client-server-port", 10001),
 }
+
+
+# stop: the longest wait for the head's ports to be free once its processes are gone (SIGTERM, 15 s, SIGKILL first)
+PORTS_FREE_WAIT_S = 30.0
 
 
 def is_free(port: int) -> bool:
@@ -81,11 +86,27 @@ def head_processes(temp_dir: str) -> list:
     return [p for p in {p.pid: p for p in procs}.values() if p.pid != me]
 
 
-def stop(temp_dir: str) -> int:
-    """SIGTERM, then SIGKILL after 15 s, to the head's processes and their children; -> how many there were."""
+def listening_on(ports: set[int]) -> list:
+    """Ray processes holding a listening socket on one of `ports` (the head's: they were free when it started)."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if "ray" in " ".join(p.info["cmdline"] or []) and any(
+                    c.status == psutil.CONN_LISTEN and c.laddr.port in ports for c in p.net_connections("tcp")):
+                procs.append(p)
+    return procs
+
+
+def stop(temp_dir: str, ports: set[int] = frozenset()) -> int:
+    """SIGTERM, then SIGKILL after 15 s, to the head's processes and their children; -> how many there were.
+    Also the processes listening on the head's `ports`: Ray's client server names neither the temp dir nor a
+    parent that survives `ray start`, and went on holding its port for ~45 s after the rest had stopped."""
     import psutil
 
     procs = head_processes(temp_dir)
+    procs += [p for p in listening_on(set(ports)) if p.pid not in {q.pid for q in procs} and p.pid != os.getpid()]
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
@@ -97,6 +118,18 @@ def stop(temp_dir: str) -> int:
     return len(procs)
 
 
+def wait_free(ports: set[int], timeout: float) -> list[int]:
+    """Poll until nothing listens on `ports` (at most `timeout` s); -> the ports still held."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        held = sorted(p for p in ports if not is_free(p))
+        if not held or time.monotonic() >= deadline:
+            return held
+        time.sleep(0.2)
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["ports"]:
         for name, port in choose(dict(os.environ)).items():
@@ -104,10 +137,17 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) == 2 and argv[0] == "alive":
         return 0 if head_processes(argv[1]) else 1
-    if len(argv) == 2 and argv[0] == "stop":
-        print(f"stopped {stop(argv[1])} process(es) of the Ray head in {argv[1]}")
+    if len(argv) >= 2 and argv[0] == "stop":
+        ports = {int(p) for p in argv[2:]}
+        n = stop(argv[1], ports)
+        held = wait_free(ports, PORTS_FREE_WAIT_S)
+        if held:
+            print(f"stopped {n} process(es) of the Ray head in {argv[1]}; ports {held} still in use after "
+                  f"{PORTS_FREE_WAIT_S:.0f} s", file=sys.stderr)
+            return 1
+        print(f"stopped {n} process(es) of the Ray head in {argv[1]}; its ports are free")
         return 0
-    print("usage: local_head.py ports | alive TEMP_DIR | stop TEMP_DIR", file=sys.stderr)
+    print("usage: local_head.py ports | alive TEMP_DIR | stop TEMP_DIR [PORT ...]", file=sys.stderr)
     return 2
 
 
