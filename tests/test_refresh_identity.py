@@ -170,9 +170,9 @@ def test_teacher_sample_is_stable_under_growth(added):
     rng = np.random.default_rng(11)
     n_users, n, seed = 20_000, 1_000, 2024
     lens = rng.geometric(0.08, n_users) + 4
-    raw = [f"user{k:07d}" for k in rng.permutation(10_000_000)[:n_users]]
     extra = int(added * n_users)
-    new_raw = [f"user{k:07d}" for k in 10_000_000 + np.arange(extra)]
+    ids = [f"user{k:07d}" for k in rng.permutation(10_000_000)[:n_users + extra]]
+    raw, new_raw = ids[:n_users], ids[n_users:]  # the new users' raw ids fall between the old ones
     new_lens = rng.geometric(0.08, extra) + 4
     # the next snapshot in raw-id order (as the data stage writes users.parquet)
     raw2 = raw + new_raw
@@ -183,6 +183,7 @@ def test_teacher_sample_is_stable_under_growth(added):
     b = {raw2[i] for i in select.stratified_sample(lens2, n, seed, keys=raw2)}
     assert len(a) == len(b) == n
     overlap = len(a & b) / n
+    print(f"+{added:.0%} users: the hashed sample keeps {overlap:.1%}")
     assert overlap >= 1 - 2 * added, overlap
 
     # the strata still hold: each history-length quintile bin gets its share of the sample (+-1 for rounding)
@@ -195,6 +196,7 @@ def test_teacher_sample_is_stable_under_growth(added):
     # the positional sampler it replaced keeps far less of the sample: a new user shifts every row after it
     old_a = {raw[i] for i in _positional_sample(lens, n, seed)}
     old_b = {raw2[i] for i in _positional_sample(lens2, n, seed)}
+    print(f"+{added:.0%} users: the positional sample keeps {len(old_a & old_b) / n:.1%}")
     assert len(old_a & old_b) / n < 1 - 2 * added
 
 
