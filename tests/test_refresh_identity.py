@@ -7,6 +7,7 @@ import gzip
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,6 +17,7 @@ from slim.data.sources import DataError
 from slim.io import columns as C
 from slim.runtime.config import ConfigError, load_raw, section
 from slim.teacher import select
+from tests.test_storage import s3, s3_endpoint  # noqa: F401  (fixtures: a moto S3 server, a fresh bucket)
 
 T0, DAY = 1_700_000_000, 86_400
 PINNED = [3931628386085181628, 5133832855037448800]  # select.key_hashes(["user1", "user2"], 2024)
@@ -90,6 +92,7 @@ def test_ids_survive_a_new_snapshot(tmp_path, ray_local):
     cand = pq.ParquetDataset(str(run / C.CANDIDATES_DIR)).read()
     drawn = np.concatenate([np.asarray(v) for v in cand.column(C.NEGATIVES).to_pylist()])
     assert items2["i950"] not in set(drawn.tolist()) and len(drawn) == cand.num_rows * 20
+    assert sorted(set(cand.column(C.USER_ID).to_pylist())) == sorted(users2.values())  # keyed by the carried ids
 
     # a third run on the same snapshot changes nothing: the map is carried onto itself
     prepare.run(DataConfig(run_dir=str(run), until=CUT2, **second), force=True)
@@ -115,6 +118,32 @@ def test_a_run_prepared_before_the_map_is_carried(tmp_path, ray_local):
     users2, items2, _ = _ids(run)
     assert all(users2[u] == i for u, i in users1.items()) and all(items2[r] == i for r, i in items1.items())
     assert users2["a000"] == max(users1.values()) + 1
+
+
+def test_ids_carried_on_a_bucket(s3, tmp_path, ray_local):
+    """The carry's reads and rewrites (previous map, users parts, map slices) on a bucket, as on local disk: the
+    stage's build in this process, over a bucket run directory holding the first snapshot."""
+    from slim.data import identity, sources, stream
+    from slim.io import storage
+
+    uri, _ = s3
+    local, cfg = tmp_path / "run", _write_source(tmp_path)
+    prepare.run(DataConfig(run_dir=str(local), until=CUT1, **cfg))
+    for f in (C.ITEMS_FILE, C.USER_IDS_FILE, C.USERS_FILE):
+        storage.upload(local / f, f"{uri}/{f}")
+    second = DataConfig(run_dir=uri, until=CUT2, **cfg)
+    problems = sources.Problems(second.on_bad_row)
+    built = stream.build(second, prepare._read(second, problems), problems, f"{uri}/data/.scratch", parallel=False,
+                         prev=identity.load(uri))
+    prepare.run(DataConfig(run_dir=str(local), until=CUT2, **cfg))  # the same refresh on local disk
+    users, items, _ = _ids(local)
+    parts = pa.concat_tables([storage.read_table(p) for p in built["parts"]])
+    id_map = pa.concat_tables([storage.read_table(p, columns=[C.RAW_USER_ID, C.USER_ID]) for p in built["ids"]])
+    assert dict(zip(parts.column(C.RAW_USER_ID).to_pylist(), parts.column(C.USER_ID).to_pylist())) == users
+    assert dict(zip(built["items"].column(C.RAW_ITEM_ID).to_pylist(),
+                    built["items"].column(C.ITEM_ID).to_pylist())) == items
+    assert id_map.column(C.RAW_USER_ID).to_pylist() == sorted(id_map.column(C.RAW_USER_ID).to_pylist())
+    assert built["new_users"] == 2 and built["ids"][0].startswith("s3://")
 
 
 def test_until_cuts_the_source(tmp_path, ray_local):
