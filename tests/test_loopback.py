@@ -132,6 +132,7 @@ def test_served_job_listens_on_loopback_only_and_stops_fast(trained_run, tmp_pat
         os.killpg(job.pid, signal.SIGINT)
         code = job.wait(timeout=60)
         took = time.monotonic() - t0
+        print(f"jobs/serve.py: exit {code} {took:.1f} s after Ctrl-C; {len(found)} listeners, all on loopback")
         # every process of the job gone within the bound
         while time.monotonic() - t0 < STOP_BOUND_S and any(psutil.pid_exists(p) for p in pids):
             time.sleep(0.2)

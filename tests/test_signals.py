@@ -80,6 +80,16 @@ def _stop_midway(cmd: list[str], run: Path, sig: int, group: bool, tmp: Path) ->
     return code, out.read_text(), took, [p for p in pids if _alive(p)]
 
 
+def _rerun(cmd: list[str]) -> subprocess.CompletedProcess:
+    """The same command again. Ray gives a starting raylet a fixed 30 s to see its agent, which other test sessions
+    on this 2-core machine can starve (load average 60-77 seen): the job tries 3 times, this once more."""
+    for _ in range(2):
+        r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+        if r.returncode != 3 or "timed out during startup" not in r.stderr:
+            break
+    return r
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -87,7 +97,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig, group, job", [(signal.SIGINT, True, "pipeline"), (signal.SIGTERM, False, "train")])
+@pytest.mark.parametrize("sig, group, job", [(signal.SIGINT, True, "pipeline"), (signal.SIGTERM, False, "train")],
+                         ids=["SIGINT-pipeline", "SIGTERM-train"])
 def test_stop_mid_train_then_rerun(prepared, tmp_path, sig, group, job):
     from slim.runtime.signals import STOP_BOUND_S
 
@@ -103,7 +114,7 @@ def test_stop_mid_train_then_rerun(prepared, tmp_path, sig, group, job):
     done = {n: (run / "models" / n / "metrics.json").read_bytes() for n in _done(run)}
     assert 1 <= len(done) < len(SEEDS) and not (run / "train" / "manifest.json").exists(), sorted(done)
 
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)  # the same command
+    r = _rerun(cmd)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     m = json.loads((run / "train" / "manifest.json").read_text())
     assert _done(run) == sorted(f"gru4rec-id-ce-s{s}" for s in SEEDS) and m["counts"]["runs"] == len(SEEDS)
@@ -123,7 +134,7 @@ def test_ray_that_cannot_be_joined_is_one_line(prepared):
     assert "RAY_ADDRESS" in lines[0]  # what to try
 
 
-def test_start_that_timed_out_is_retried_once_then_one_line(monkeypatch):
+def test_start_that_timed_out_is_retried_then_one_line(monkeypatch):
     """ray.init replaced by a stand-in raising Ray's start-up time-out (a loaded machine cannot be ordered here)."""
     import ray
 
@@ -143,7 +154,7 @@ def test_start_that_timed_out_is_retried_once_then_one_line(monkeypatch):
     with pytest.raises(RayStartError, match=r"could not start a local Ray cluster on 127\.0\.0\.1: The current node "
                        r"timed out during startup\..*; a busy machine can miss Ray's start-up deadline: rerun"):
         raycluster.init_ray(None, 4)
-    assert len(calls) == 2 and calls[0]["_node_ip_address"] == "127.0.0.1"
+    assert len(calls) == raycluster.START_ATTEMPTS == 3 and calls[0]["_node_ip_address"] == "127.0.0.1"
     calls.clear()
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw) or (_ for _ in ()).throw(ValueError("bad")))
     with pytest.raises(RayStartError, match="could not join the Ray cluster at 10.0.0.1:6379: bad; check"):

@@ -29,6 +29,9 @@ CORES = "slim_cores"
 
 # The address a private local cluster binds to (bind_host); the config's top-level `ray_host` sets it.
 RAY_HOST_ENV = "SLIM_RAY_HOST"
+# Tries of a local start that timed out ("The current node timed out during startup": Ray's fixed 30 s for the raylet
+# to register, missed twice in a row at a load average of 60-77 on 2 cores while other Ray jobs started)
+START_ATTEMPTS = 3
 
 
 def work_actor_env(extra: dict | None = None) -> dict:
@@ -140,15 +143,18 @@ def _ray_init(what: str, **kwargs) -> None:
     before = {p.pid for p in children()}
     try:
         with keep_handlers():  # ray.init replaces SIGTERM's handler with its own sys.exit
-            try:
-                ray.init(**kwargs)
-            except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception ("timed out during startup")
-                # Ray gives the raylet a fixed 30 s to register; a loaded machine can miss it: one more try
-                if kwargs.get("address") != "local" or "timed out during startup" not in str(e):
-                    raise
-                log.warning("Ray did not start in time (%s); trying once more", e)
-                _end_started(ray, before)
-                ray.init(**kwargs)
+            for attempt in range(1, START_ATTEMPTS + 1):
+                try:
+                    ray.init(**kwargs)
+                    break
+                except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception ("timed out during startup")
+                    # Ray gives the raylet a fixed 30 s to register; a loaded machine can miss it: try again
+                    if (kwargs.get("address") != "local" or "timed out during startup" not in str(e)
+                            or attempt == START_ATTEMPTS):
+                        raise
+                    log.warning("Ray did not start in time (%s); trying again (%d of %d)", e, attempt + 1,
+                                START_ATTEMPTS)
+                    _end_started(ray, before)
     except Exception as e:  # noqa: BLE001
         _end_started(ray, before)
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]

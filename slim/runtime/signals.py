@@ -93,6 +93,8 @@ def job_entry(main):
         except BaseException as e:
             # also a library's own error raised while it unwound from the signal (a Ray Train failure wrapping it)
             signum = _received["signum"] or (signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
+            if isinstance(e, SystemExit) and e.code == signal.SIGTERM:  # Ray's own handler, while ray.init runs
+                signum = signal.SIGTERM
             if signum is None:
                 raise
             stop(signum)
