@@ -258,7 +258,8 @@ def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool,
     built = run_tasks(B.build_users, [(f, alive, mu, p, item_ids, first[b], o)
                                       for b, (f, p, o) in enumerate(zip(files, picks, parts))], parallel)
     ids, new_users = carry_users(parts, prev or identity.Previous(), scratch, parallel)
-    return {"parts": parts, "ids": ids, "new_users": new_users, "items": items, "input_rows": sp.rows, "users": sum(n_users),
+    return {"parts": parts, "ids": ids, "new_users": new_users, "items": items, "input_rows": sp.rows,
+            "users": sum(n_users),
             "interactions": int(all_counts.sum()), "max_len": max(r["max_len"] for r in built),
             "buckets": len(files), "kcore_passes": passes,
             "timings": {"read_s": t_read - t0, "buckets_s": t_buckets - t_read, "kcore_s": t_core - t_buckets,

@@ -1,6 +1,6 @@
 """The `teacher` stage: rationales for a labelled subset of users from an OpenAI-compatible teacher.
 
-run(cfg): pick users (stratified, by a hash of the raw id and seed) -> build the paper's prompts -> skip users already done (rows in
+run(cfg): pick users (stratified, by a hash of raw id and seed) -> build the paper's prompts -> skip users done (rows in
 shards whose prompt and model match) -> dry-run estimate -> online (Ray Data + global rate limit) or Batch API
 -> compact shards to one row per user (every other paid row kept in archive/) -> cost.json, manifest.json.
 Rows are durable as their answers arrive (slim.teacher.shards); a killed job rerun with the same command sends
