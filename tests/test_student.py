@@ -84,6 +84,7 @@ def test_vllm_job_generates_with_the_adapter(run_dir, cache_dir, ray_local):
     assert list(failed[C.USER_ID]) == [LONG_USER] and failed[C.ERROR].str.len().iloc[0] > 0
     good = t[t[C.STATUS] != "failed"]
     assert (good[C.TOKENS_OUT] > 0).all() and (good[C.RATIONALE].str.len() > 0).all()
+    assert t[C.ROW_KEY].str.len().eq(16).all()  # the keys made it through the vLLM processor
     # the prompt is exactly the distillation text
     tok = AutoTokenizer.from_pretrained(llm_models.resolve(llm_models.SMOLLM2, cache_dir))
     users = pq.read_table(run_dir / C.USERS_FILE).to_pandas()

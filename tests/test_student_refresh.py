@@ -1,11 +1,11 @@
 """A student refresh costs what changed (issue 39, 3): rows are keyed by model, sampling and prompt text, so a new
 snapshot regenerates exactly the users whose prompt changed, generates the new ones, archives those gone (and gives
-a returning user its row back), and reuses every other row as it was; a sampling change regenerates all. The hf
-engine with the tiny real adapter, a few tokens per row."""
+a returning user its row back), and reuses every other row as it was; a sampling change regenerates all, and that
+refresh killed after a shard and restarted finishes it with no duplicate and no user missing. The hf engine with the
+tiny real adapter, a few tokens per row; distill.refresh=keep without training."""
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,12 +19,6 @@ from tests.student_data import write_run_data
 from tests.tiny_adapter import make_tiny_adapter
 
 N = 6
-
-
-def _dir(tmp_path_factory, cache_dir, name: str, n: int):
-    d = write_run_data(tmp_path_factory.mktemp(name), num_users=n, num_items=40, mean_len=6)
-    make_tiny_adapter(d / C.STUDENT_ADAPTER, cache_dir)
-    return d
 
 
 def _cfg(run_dir, cache_dir, **kw) -> StudentConfig:
@@ -67,12 +61,18 @@ def _refresh(m) -> tuple:
     return tuple(m.counts[k] for k in ("reused", "regenerated", "new", "restored", "dropped", "generated"))
 
 
-@pytest.fixture(scope="module")
+class Killed(Exception):
+    """Stands for a kill of the job right after a shard was written (the shards on disk are what a kill leaves)."""
+
+
+@pytest.fixture
 def run_dir(tmp_path_factory, cache_dir):
-    return _dir(tmp_path_factory, cache_dir, "refresh", N)
+    d = write_run_data(tmp_path_factory.mktemp("refresh"), num_users=N, num_items=40, mean_len=6)
+    make_tiny_adapter(d / C.STUDENT_ADAPTER, cache_dir)
+    return d
 
 
-def test_refresh_regenerates_exactly_what_changed(run_dir, cache_dir, ray_local):
+def test_refresh_regenerates_exactly_what_changed(run_dir, cache_dir, ray_local, monkeypatch):
     out, archive = run_dir / C.STUDENT_SHARDS, run_dir / C.STUDENT_ARCHIVE
     cfg = _cfg(run_dir, cache_dir)
     m = run(cfg)
@@ -105,23 +105,10 @@ def test_refresh_regenerates_exactly_what_changed(run_dir, cache_dir, ray_local)
     assert _refresh(m) == (N, 0, 0, 1, 0, 0)  # its archived row comes back, nothing generated
     assert _rows(out)[gone] == first[gone]
 
-    m = run(_cfg(run_dir, cache_dir, sampling=SamplingConfig(max_tokens=5)))  # another sampling setting
-    assert _refresh(m) == (0, N + 1, 0, 0, 0, N + 1)
-    assert m.extra["generation"]["sampling"]["max_tokens"] == 5
-    assert all(r[2] != first.get(u, now.get(u))[2] for u, r in _rows(out).items())
-
-
-
-class Killed(Exception):
-    """Stands for a kill of the job right after a shard was written (the shards on disk are what a kill leaves)."""
-
-
-def test_killed_refresh_restarted_finishes_it(tmp_path_factory, cache_dir, ray_local, monkeypatch):
-    d = _dir(tmp_path_factory, cache_dir, "refresh-kill", 4)
-    out, cfg = d / C.STUDENT_SHARDS, _cfg(d, cache_dir, shard_rows=1, batch_size=1)
-    run(cfg)
-    first = _rows(out)
-    _snapshot(d, "3 changed", append={0: 39, 1: 38, 2: 37})
+    # Another sampling setting changes every key. That refresh is killed after its first shard (shards of one row)
+    # and restarted: it finishes with every user once, the killed run's row kept, the counts the whole refresh's.
+    resample = _cfg(run_dir, cache_dir, sampling=SamplingConfig(max_tokens=5), shard_rows=1, batch_size=1)
+    before = _rows(out)
     real = G.write_shard
 
     def killed(folder, table):
@@ -130,18 +117,18 @@ def test_killed_refresh_restarted_finishes_it(tmp_path_factory, cache_dir, ray_l
 
     monkeypatch.setattr(G, "write_shard", killed)
     with pytest.raises(Killed):
-        run(cfg)
+        run(resample)
     monkeypatch.undo()
     assert not (out / C.MANIFEST).exists()
     cut = S.read_latest(out, schema=G.SCHEMA).to_pydict()
-    fresh = [u for u, w in zip(cut[C.USER_ID], cut[C.WRITTEN_AT]) if w > max(r[1] for r in first.values())]
-    assert len(fresh) == 1  # one regenerated row made it to a shard before the kill
-    m = run(cfg)
-    # the whole refresh counted, one row of it written by the killed run
-    assert _refresh(m) == (1, 3, 0, 0, 0, 2) and m.counts["superseded"] == 3
+    fresh = {u: w for u, w in zip(cut[C.USER_ID], cut[C.WRITTEN_AT]) if w > max(r[1] for r in before.values())}
+    assert len(fresh) == 1  # one row made it to a shard before the kill
+    m = run(resample)
+    assert _refresh(m) == (0, N + 1, 0, 0, 0, N) and m.counts["superseded"] == N + 1
+    assert m.extra["generation"]["sampling"]["max_tokens"] == 5
     rows = _rows(out)  # also: one row per user, no duplicate
-    assert sorted(rows) == [0, 1, 2, 3] and rows[3] == first[3]
-    assert rows[fresh[0]][1] == cut[C.WRITTEN_AT][cut[C.USER_ID].index(fresh[0])]  # not generated twice
+    assert sorted(rows) == sorted(before) and all(rows[u][2] != before[u][2] for u in rows)
+    assert all(rows[u][1] == w for u, w in fresh.items())  # not generated twice
 
 
 def test_distill_refresh_keep_keeps_the_adapter(tmp_path):
@@ -150,6 +137,7 @@ def test_distill_refresh_keep_keeps_the_adapter(tmp_path):
     import dataclasses
 
     from slim.distill import stage as D
+    from slim.distill.refresh import keep as kept
 
     rd = RunDir(tmp_path)
     (tmp_path / C.STUDENT_ADAPTER).mkdir(parents=True)
@@ -166,12 +154,12 @@ def test_distill_refresh_keep_keeps_the_adapter(tmp_path):
     rd.write_manifest(Manifest(D.STAGE, D.stage_config(retrain), old, outputs=[C.STUDENT_ADAPTER],
                                extra={"refresh": "trained", "trained_on": {"inputs": old, "created": 1.0}}))
     new = snapshot(2)
-    assert D.keep(retrain, rd, D.stage_config(retrain), new) is None  # retrain: a new snapshot trains
+    assert kept(retrain, rd, D.stage_config(retrain), new) is None  # retrain: a new snapshot trains
     m = D.run(keep)  # returns before Ray or a model is touched
     assert m.extra["refresh"] == "kept" and m.extra["trained_on"]["inputs"] == old
     assert rd.is_current(D.STAGE, D.stage_config(keep), dict(new))
     other = dataclasses.replace(keep, lr=1e-3)
-    assert D.keep(other, rd, D.stage_config(other), new) is None  # other settings: another adapter
+    assert kept(other, rd, D.stage_config(other), new) is None  # other settings: another adapter
     old_again = snapshot(1)  # only `refresh` changes on the snapshot it was trained on: relabelled, not retrained
-    m = D.keep(retrain, rd, D.stage_config(retrain), old_again)
+    m = kept(retrain, rd, D.stage_config(retrain), old_again)
     assert m is not None and m.extra["refresh"] == "trained" and rd.read_manifest(D.STAGE).config["refresh"] == "retrain"

@@ -197,6 +197,8 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
     scfg = stage_config(cfg)
     if not force and rd.is_current(STAGE, scfg, inputs):
         return rd.read_manifest(STAGE)
+    from slim.distill.refresh import keep
+
     kept = None if force else keep(cfg, rd, scfg, inputs)
     if kept is not None:
         return kept
@@ -233,29 +235,6 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
     rd.write_manifest(m)
     storage.remove_tree(ray_dir)  # the adapter and manifest are out; checkpoints are no longer needed
     print_summary(metrics, rd)
-    return m
-
-
-def keep(cfg: DistillConfig, rd: RunDir, scfg: dict, inputs: dict) -> Optional[Manifest]:
-    """The adapter already there, when training again would be for nothing but a new snapshot and distill.refresh is
-    keep (or it was trained on this very snapshot: only `refresh` changed). Its manifest then has this snapshot's
-    inputs and config (the stage is current) and says what it was trained on. None: train."""
-    prev = rd.read_manifest(STAGE)
-    if prev is None or not (rd.path(C.STUDENT_ADAPTER) / "adapter_config.json").exists():
-        return None
-    if fingerprint({**prev.config, "refresh": None}) != fingerprint({**scfg, "refresh": None}):
-        return None  # other settings: a different adapter
-    trained_on = prev.extra.get("trained_on") or {"inputs": prev.inputs, "created": prev.created}
-    same = fingerprint(trained_on["inputs"]) == fingerprint(inputs)
-    if cfg.refresh != "keep" and not same:
-        return None
-    m = dataclasses.replace(prev, config=scfg, inputs=inputs, created=time.time(), digests={},
-                            extra={**prev.extra, "refresh": "trained" if same else "kept", "trained_on": trained_on})
-    rd.write_manifest(m)
-    if not same:
-        say(f"distill: refresh=keep: the adapter trained on the snapshot of "
-            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(trained_on['created']))} UTC is kept, not retrained on "
-            "this one's teacher rows (distill.refresh=retrain trains on them)")
     return m
 
 
