@@ -27,10 +27,14 @@ def _batched(fn, texts: list, cuts: list) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def encoder():
+    import torch
+
     from slim.runtime.llm_models import minilm_path
     from slim.text.encoder import Encoder
 
-    return Encoder(minilm_path(), (C.TEXT,), 0, 0.75, 1, "cpu")  # the stage's defaults, one thread
+    before = torch.get_num_threads()
+    yield Encoder(minilm_path(), (C.TEXT,), 0, 0.75, 1, "cpu")  # the stage's defaults, one thread
+    torch.set_num_threads(before)  # the rest of the session as it was
 
 
 def test_same_texts_in_two_batchings_give_identical_vectors(encoder):
