@@ -78,12 +78,13 @@ def test_budget_refuses_what_does_not_fit():
 
 
 def test_config_without_teacher_section_reaches_no_api(tmp_path):
-    """configs/games_fusion.yaml has no teacher section: with a key in the environment, the teacher job and
-    --check stop with one line before any request (RAY_ADDRESS points nowhere: starting work would fail loudly)."""
+    """configs/games_fusion.yaml has no teacher section (and its `stages:` leave the teacher out): with a key in
+    the environment, the teacher job and a --check that names the teacher stop with one line before any request
+    (RAY_ADDRESS points nowhere: starting work would fail loudly)."""
     assert "teacher" not in __import__("yaml").safe_load((ROOT / "configs/games_fusion.yaml").read_text())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "OPENAI_API_KEY": "sk-test",
            "RAY_ADDRESS": "127.0.0.1:9"}
-    for args in (["jobs/teacher.py"], ["jobs/pipeline.py", "--check"]):
+    for args in (["jobs/teacher.py"], ["jobs/pipeline.py", "--check", "--stages", "data,teacher"]):
         r = subprocess.run([sys.executable, *args, "--config", "configs/games_fusion.yaml", f"run_dir={tmp_path}",
                             f"data.path={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         errors = [ln for ln in r.stderr.splitlines() if "error" in ln]
