@@ -131,3 +131,16 @@ def test_non_mapping_section_names_the_key(tmp_path, text, key):
     p.write_text(text)
     with pytest.raises(config.ConfigError, match=key):
         stages.load_all(config.load_raw(p))
+
+
+def test_unreadable_values_named_by_key_or_file(tmp_path):
+    """A value YAML cannot read (a date that is no date, an unclosed list) is a ConfigError naming the key or the
+    file, not a parser's traceback; a readable one still loads."""
+    for bad in ("data.until=2024-13-45", "train.seeds=[0, 1"):
+        with pytest.raises(config.ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
+            config.parse_overrides([bad])
+    assert str(config.parse_overrides(["data.until=2024-01-31"])["data"]["until"]) == "2024-01-31"
+    f = tmp_path / "bad.yaml"
+    f.write_text("data:\n  until: 2024-13-45\n")
+    with pytest.raises(config.ConfigError, match="bad.yaml: not valid YAML"):
+        config.load_raw(f)

@@ -132,7 +132,10 @@ def parse_overrides(pairs: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {pair!r}: {'.'.join(parts[:i + 1])} is set to a value, not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: a YAML date that is no date (2024-13-45)
+            raise ConfigError(f"{key.strip()}: cannot read the value {raw!r}: {str(e).splitlines()[0]}") from None
     return out
 
 
@@ -150,7 +153,10 @@ def load_raw(path: str | Path | None, overrides: list[str] = ()) -> dict:
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, ValueError) as e:
+            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
     return merge(data, parse_overrides(list(overrides)))
