@@ -1,7 +1,7 @@
 """The evaluate stage's driver-side ranking with torch's old thread count (one per core) against the new one
 (slim.runtime.threads: one, evaluate.threads = 0), on the same run directory, in alternating rounds.
 
-  PYTHONPATH=. .venv/bin/python bench/bench_evaluate.py --users 2000 --items 1500 --rounds 3
+  PYTHONPATH=. .venv/bin/python bench/bench_evaluate.py --users 800 --items 800 --rounds 3
 
 Issue 42 measured a forced evaluate of the demo run at 92 s with the driver ranking on two torch threads, 15 s with
 OMP_NUM_THREADS=1, on a shared 2-core machine. Here: a generated run directory (Zipf-ish histories of 5..40
@@ -82,8 +82,8 @@ def main() -> None:
 
     old = torch.get_num_threads()  # torch's default in this process, before anything sets it: one per core
     p = argparse.ArgumentParser()
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--items", type=int, default=1500)
+    p.add_argument("--users", type=int, default=800)
+    p.add_argument("--items", type=int, default=800)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--run-dir", default="/tmp/slim_bench_evaluate")
     p.add_argument("--out", default="bench/results/evaluate.md")
