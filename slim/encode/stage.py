@@ -55,8 +55,9 @@ class EncodeConfig:
     num_actors: int = 1  # encoder actors (Ray Data actor pool); each holds one copy of the model
     actor_cpus: float = 0.5  # fractional: whole-CPU actors starve the read tasks on 2 cores
     num_gpus_per_actor: float = 0.0  # GPUs per encoder actor; 0 = CPU
-    threads: int = 0  # torch threads per actor; 0 = Ray's OMP_NUM_THREADS, floor(actor_cpus) and at least 1. On
-    #                   a CPU node set it to the cores an actor may use (bench_encode.py: 2 threads = 0.93x plain)
+    threads: int = 0  # torch threads per actor; 0 = its CPUs, floor(actor_cpus) and at least 1. On a CPU node
+    #                   set it to the cores an actor may use (bench_encode.py: 2 threads = 0.93x plain); the same
+    #                   count gives the same vectors (slim.text.encoder.Encoder.embed)
     block_kib: int = 512  # Ray Data block target: an actor hands embeddings on once this many KiB are ready, so
     #                       the driver writes while the actor works and memory does not follow the shard size
     object_store_mib: int = 64  # object-store budget of the pipeline: reading runs this far ahead of the actors,
