@@ -143,7 +143,8 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
            "gains": R.gains(per_user(rk), cfg.protocols),
            "users_without_rationale": tm.extra.get("users_without_rationale", {}),
            "valid_protocol": tm.config.get("valid_protocol", "uni100"),
-           "rationale_positions": tm.config.get("rationale_positions", ["after_prefix"])}
+           "rationale_positions": tm.config.get("rationale_positions", ["after_prefix"]),
+           **({"search": tm.extra["search"]} if tm.extra.get("search") else {})}  # train.search's choice per group
     res.update(teacher_subset(recs, rk, uts, cfg.protocols))
     res["student_model"] = student_model(rd)
     bucket = P.popularity_buckets(np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1))

@@ -51,6 +51,7 @@ DISTILL_DIR = "distill"
 STUDENT_DIR = "student"
 ENCODE_DIR = "encode"
 TRAIN_DIR = "train"
+SEARCH_DIR = "train/search"  # train.search: <group>.json (the choice) and <group>/<trial key>.json (each trial)
 EVALUATE_DIR = "evaluate"
 STAGE_DIRS = (DATA_DIR, TEACHER_DIR, DISTILL_DIR, STUDENT_DIR, ENCODE_DIR, TRAIN_DIR, EVALUATE_DIR)
 USERS_FILE = "data/users.parquet"

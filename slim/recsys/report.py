@@ -145,3 +145,30 @@ def gains_table(rows: list, title: str) -> list[str]:
                      f"| {g['mean_a']:.2f} | {g['mean_b']:.2f} | {g['gain_pct']:+.1f} | {g['p_wilcoxon']:.2g} "
                      f"| {g['p_ttest']:.2g} |")
     return lines + [""]
+
+
+def search_table(s: dict | None) -> list[str]:
+    """train.search's choice per row group, with the budget and the fairness rule (the train manifest's search)."""
+    if not s:
+        return []
+    sp = s["space"]
+    lines = ["## Hyperparameter search", "",
+             f"Every row group had the same budget: the same {s['trials']} trials for every group (one list drawn "
+             f"from seed {s['seed']}), the same space and the same scheduler ({s['scheduler']}"
+             + (f", grace {s['grace_epochs']} epochs, reduction factor {s['reduction_factor']}"
+                if s["scheduler"] == "asha" else "")
+             + f", at most {s['max_epochs']} epochs), selected on validation NDCG@10 under `{s['valid_protocol']}`. "
+             f"Space: lr log-uniform {sp['lr'][0]:g}-{sp['lr'][1]:g}, hidden one of {list(sp['hidden'])}, the "
+             f"backbone's dropout uniform {sp['dropout'][0]:g}-{sp['dropout'][1]:g}, weight decay 0 in "
+             f"{sp['weight_decay_zero']:.0%} of the draws else log-uniform {sp['weight_decay'][0]:g}-"
+             f"{sp['weight_decay'][1]:g}, num_negatives (bce) one of {list(sp['num_negatives'])}. The `sum` "
+             "fusion's weight is tuned on validation after training, in every seed run. Every seed run of a row "
+             "trains the row's choice.", "",
+             "| row group | lr | hidden | dropout | weight decay | negatives | best trial valid NDCG@10 "
+             "| distinct trials | epochs trained |", "|---|---|---|---|---|---|---|---|---|"]
+    for g, c in sorted(s["groups"].items()):
+        hp = c["hp"]
+        cell = (lambda k: f"{hp[k]:g}" if k in hp else "–")
+        lines.append(f"| {g} | {cell('lr')} | {cell('hidden')} | {cell('dropout')} | {cell('weight_decay')} "
+                     f"| {cell('num_negatives')} | {c['score']:.2f} | {c['distinct']} | {c['trained_epochs']} |")
+    return lines + [""]

@@ -37,6 +37,7 @@ def markdown(res: dict, protocols) -> str:
                   + ("; cross-domain: distilled in another run directory" if sm.get("cross_domain") else "") + ").", ""]
     lines += ["## All users", ""] + R.table(res["rows"], order, res["chance"])
     lines += R.gains_table(res["gains"], "Gains with paired tests over users")
+    lines += R.search_table(res.get("search"))
     if res.get("teacher_rows"):
         lines += [f"## Users the teacher covered ({res['teacher_users']:,})", "",
                   "`slim_teacher` fuses the teacher's own rationales (no distillation); it is trained on all users "

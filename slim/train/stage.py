@@ -30,6 +30,7 @@ from slim.recsys.summary import scale_line
 from slim.io.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
 from slim.runtime.console import Progress, say
 from slim.runtime.tracking import Tracker, TrackingConfig
+from slim.train.search import SearchConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class TrainConfig:
     num_cpus: Optional[int] = None
     # MLflow tracking of every trained model (slim.runtime.tracking); the top-level `tracking:` unless set here
     tracking: TrackingConfig = TrackingConfig()
+    # a Ray Tune search per row group before the seed runs (slim.train.search): the same trials for every group
+    search: SearchConfig = SearchConfig()
 
 
 RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "strategy", "num_workers", "cpus_per_run", "threads_per_run",
@@ -94,9 +97,9 @@ RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "strategy", "num_workers",
 
 
 def stage_config(cfg: TrainConfig) -> dict:
-    # amp="none" is left out: run dirs trained before the setting existed stay current
+    # amp="none" and no search are left out: run dirs trained before the settings existed stay current
     return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in RUNTIME_KEYS and not (k == "amp" and v == "none")}
+            if k not in RUNTIME_KEYS and not (k == "amp" and v == "none") and not (k == "search" and not v["trials"])}
 
 
 def user_field(cfg: TrainConfig, variant: str) -> str:
@@ -212,6 +215,11 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     d = D.load(rd.root, cfg.max_users, cfg.subsample_seed)
     uts = user_texts(cfg, rd.root, d)
     all_specs = specs(cfg, {k: ut.vec.shape[1] for k, ut in uts.items()})
+    searched = {}
+    if cfg.search.trials:  # each group's seed runs take the group's best trial's hyperparameters
+        from slim.train.search import tuned
+
+        all_specs, searched = tuned(all_specs, d, text, uts, rd.root, lambda s: run_fingerprint(s, inputs, cfg), cfg)
     todo = []
     for s in all_specs:
         fp = run_fingerprint(s, inputs, cfg)
@@ -244,7 +252,8 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
                  timings={"total_s": total_s},
                  extra={"targets_per_s": {r["run"]: r["targets_per_s"] for r in recs},
                         "users_without_rationale": missing, "trained_targets": trained,
-                        "rows_per_s": trained / max(total_s, 1e-9), "driver_peak_rss_mb": peak_rss_mb()})
+                        "rows_per_s": trained / max(total_s, 1e-9), "driver_peak_rss_mb": peak_rss_mb(),
+                        **({"search": searched} if searched else {})})
     rd.write_manifest(m)
     _summary(recs, missing)
     say(scale_line(STAGE, trained, "training targets (all runs and epochs)", total_s))
@@ -288,6 +297,10 @@ def check(cfg: TrainConfig) -> None:
     """A constraint on the stage's own config: --check and every job say it before any stage runs, specs() again."""
     from slim.runtime.config import ConfigError
 
+    if cfg.search.trials:
+        from slim.train.search_plan import check as check_search
+
+        check_search(cfg)
     if cfg.use_gpu and cfg.strategy == "fanout":
         raise ConfigError("train.use_gpu=true needs train.strategy ddp or deepspeed: GPUs are used by Ray "
                           "Train runs, the fanout strategy trains on CPUs")
@@ -296,8 +309,13 @@ def check(cfg: TrainConfig) -> None:
 def resources(cfg: TrainConfig, problems: list) -> list[str]:
     from slim.runtime.preflight import model_line
 
-    return [model_line("train.text_encoder", cfg.text_encoder, "", problems)] if any(
+    lines = [model_line("train.text_encoder", cfg.text_encoder, "", problems)] if any(
         v != "id" for v in cfg.variants) else []
+    if cfg.search.trials:
+        from slim.train.search_plan import plan_lines
+
+        lines += plan_lines(cfg, specs(cfg), MODELS_DIR)
+    return lines
 
 
 def on_force(rd: RunDir) -> bool:

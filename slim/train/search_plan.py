@@ -1,0 +1,94 @@
+"""train.search's plan: its constraints and what `--check` says (trials, and the wall time estimated from the
+epoch rates an earlier run in the run directory measured)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from slim.io import columns as C
+from slim.io import storage
+from slim.train.search import group_of
+
+if TYPE_CHECKING:
+    from slim.train.stage import TrainConfig
+
+
+def check(cfg: "TrainConfig") -> None:
+    """train.search's own constraints (stage.check: --check and every job say them before any stage runs)."""
+    from slim.runtime.config import ConfigError
+
+    s, sp = cfg.search, cfg.search.space
+    if cfg.strategy != "fanout":
+        raise ConfigError(f"train.search runs each trial as one single-process Ray Tune trial (the fanout path); "
+                          f"train.strategy={cfg.strategy!r} is not searched yet: set train.strategy: fanout, or "
+                          f"train.search.trials: 0")
+    bad = [f"train.search.space.{k}: {why}" for k, ok, why in (
+        ("lr", 0 < sp.lr[0] <= sp.lr[1] if len(sp.lr) == 2 else False, "[low, high] with 0 < low <= high"),
+        ("weight_decay", 0 < sp.weight_decay[0] <= sp.weight_decay[1] if len(sp.weight_decay) == 2 else False,
+         "[low, high] with 0 < low <= high (weight_decay_zero draws the zeros)"),
+        ("dropout", 0 <= sp.dropout[0] <= sp.dropout[1] < 1 if len(sp.dropout) == 2 else False,
+         "[low, high] with 0 <= low <= high < 1"),
+        ("weight_decay_zero", 0 <= sp.weight_decay_zero <= 1, "a share in [0, 1]"),
+        ("hidden", bool(sp.hidden) and min(sp.hidden) > 0, "one or more sizes > 0"),
+        ("num_negatives", bool(sp.num_negatives) and min(sp.num_negatives) > 0, "one or more counts > 0"))
+        if not ok]
+    if s.trials < 0 or s.grace_epochs < 1 or s.reduction_factor < 2:
+        bad.append("train.search: trials >= 0, grace_epochs >= 1 and reduction_factor >= 2")
+    if bad:
+        raise ConfigError("; ".join(bad))
+
+
+def expected_epochs(cfg: "TrainConfig") -> float:
+    """Epochs a trial trains on average when ASHA keeps about 1 in reduction_factor at each rung (grace,
+    grace x rf, ...); every epoch up to train.epochs without a scheduler. Patience may end trials sooner."""
+    s, top = cfg.search, cfg.epochs
+    if s.scheduler != "asha":
+        return float(top)
+    at, keep, total = min(s.grace_epochs, top), 1.0, float(min(s.grace_epochs, top))
+    while at < top:
+        keep /= s.reduction_factor
+        nxt = min(at * s.reduction_factor, top)
+        total += keep * (nxt - at)
+        at = nxt
+    return total
+
+
+def epoch_seconds(root, models_dir: str) -> dict:
+    """Group -> measured seconds per epoch (training and validation) of the earlier runs (in models_dir) and trials
+    in root."""
+    got: dict = {}
+    base = storage.path(root)
+    for p in base.glob(f"{models_dir}/*/metrics.json") if (base / models_dir).exists() else []:
+        r = json.loads(p.read_text())
+        if r.get("epochs_run"):
+            s = r["train_seconds"] + sum(h.get("valid_s", 0.0) for h in r["history"])
+            got.setdefault(r["run"].rsplit("-s", 1)[0], []).append(s / r["epochs_run"])
+    for p in base.glob(f"{C.SEARCH_DIR}/*/*.json") if (base / C.SEARCH_DIR).exists() else []:
+        r = json.loads(p.read_text())
+        got.setdefault(p.parent.name, []).extend(h["seconds"] for h in r["history"])
+    return {g: float(np.mean(v)) for g, v in got.items() if v}
+
+
+def plan_lines(cfg: "TrainConfig", runs: list, models_dir: str) -> list[str]:
+    """--check: the number of trials and, from the epoch rates an earlier run measured, the search's wall time.
+    runs: the stage's run specs."""
+    from slim.runtime.console import duration
+
+    s = cfg.search
+    groups = sorted({group_of(x) for x in runs})
+    lines = [f"search: {len(groups)} group(s) x {s.trials} trials = {len(groups) * s.trials} trials, the same "
+             f"{s.trials} for every group ({s.scheduler}; then each group's best for {len(cfg.seeds)} seed(s))"]
+    rate = epoch_seconds(cfg.run_dir, models_dir)
+    if not rate:
+        return lines + [f"search: no earlier run in {cfg.run_dir} to time an epoch: no wall-time estimate"]
+    mean, per = float(np.mean(list(rate.values()))), expected_epochs(cfg)
+    at_once = max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_run))
+    total = sum(rate.get(g, mean) * per * s.trials for g in groups) / at_once
+    known = sum(g in rate for g in groups)
+    return lines + [f"search: ~{duration(total)} wall ({per:.1f} of at most {cfg.epochs} epochs per trial, "
+                    f"{mean:.1f}s per epoch measured in {cfg.run_dir} ({known} of {len(groups)} groups timed), "
+                    f"{at_once} trial(s) at a time)"]

@@ -1,0 +1,132 @@
+"""train.search (slim/train/search.py): a Ray Tune search per row group on a real local Ray cluster, tiny data.
+
+The data: users walk the item ids in order (tests/test_recsys.py), which a GRU4Rec learns in 3 epochs at a learning
+rate of a few 1e-2 but barely at the default 1e-3: the planted signal the search must find.
+"""
+
+import dataclasses
+import json
+
+import pytest
+
+from slim.io import columns as C
+from slim.runtime.config import ConfigError
+from slim.train import search as S
+from slim.train import search_plan as P
+from slim.train import stage as job
+from tests.test_recsys import _write_run
+
+SPACE = S.SearchSpace(lr=(1e-4, 1e-1), hidden=(8, 16), num_negatives=(1, 2))
+GROUPS = ("gru4rec-id-bce", "gru4rec-id-ce")
+
+
+def _cfg(root, **kw):
+    search = S.SearchConfig(trials=4, space=SPACE, grace_epochs=1, reduction_factor=2, seed=0)
+    return job.TrainConfig(run_dir=str(root), backbones=("gru4rec",), variants=("id",), losses=("bce", "ce"),
+                           seeds=(0, 1), hidden=16, max_len=10, epochs=3, patience=3, batch_size=64,
+                           valid_protocol="full", test_protocols=("full",), search=search, **kw)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("search")
+    _write_run(root, users=120)
+    cfg = _cfg(root)
+    return root, cfg, job.run(cfg)
+
+
+def _group(root, g):
+    return json.loads((root / C.SEARCH_DIR / f"{g}.json").read_text())
+
+
+def test_draws_are_fixed_by_the_seed_and_extend():
+    a = S.draw(SPACE, 8, 3)
+    assert a == S.draw(SPACE, 8, 3) and a != S.draw(SPACE, 8, 4)
+    assert S.draw(SPACE, 4, 3) == a[:4]  # a search extended to more trials keeps the first ones
+    assert all(1e-4 <= t["lr"] <= 1e-1 and t["hidden"] in (8, 16) and t["num_negatives"] in (1, 2) for t in a)
+
+
+def test_every_group_gets_the_same_trials_and_space(searched):
+    root, cfg, m = searched
+    drawn = S.draw(SPACE, 4, 0)
+    rows = {g: _group(root, g)["trials"] for g in GROUPS}
+    assert all(len(r) == 4 for r in rows.values())
+    for g, r in rows.items():  # each group trained the drawn list; ce has no negatives to sample
+        for t, row in zip(drawn, r):
+            want = {k: t[k] for k in ("lr", "hidden", "dropout", "weight_decay")}
+            assert row["hp"] == (want if g.endswith("-ce") else {**want, "num_negatives": t["num_negatives"]})
+    s = m.extra["search"]
+    assert s["trials"] == 4 and s["space"] == dataclasses.asdict(SPACE) and sorted(s["groups"]) == list(GROUPS)
+    # ASHA stopped some trials after their grace epoch, and no trial ran past train.epochs
+    epochs = [row["epochs"] for g in GROUPS for row in rows[g]]
+    assert max(epochs) <= 3 and min(epochs) == 1
+
+
+def test_planted_learning_rate_is_found_and_beats_the_default(searched):
+    from slim.recsys import data as D
+    from slim.recsys.checkpoint import read_checkpoint
+    from slim.recsys.spec import RunSpec
+    from slim.train.loop import fit
+
+    root, cfg, m = searched
+    best = _group(root, "gru4rec-id-bce")
+    assert best["hp"]["lr"] >= 1e-2, best["trials"]
+    # the default setting of train (lr 1e-3, hidden 16) on the same data, seed and epochs
+    spec = RunSpec("gru4rec", "id", 0, hidden=16, max_len=10, epochs=3, patience=3, batch_size=64,
+                   backbone_cfg=dataclasses.asdict(cfg.gru4rec))
+    _, default = fit(spec, D.load(root), None, "full", test_protocols=())
+    assert best["score"] > default["best_valid_ndcg10"] + 3.0, (best["score"], default["best_valid_ndcg10"])
+    # every seed run of the group trained with the chosen setting, and the report lists it
+    for seed in cfg.seeds:
+        out = root / "models" / f"gru4rec-id-bce-s{seed}"
+        saved = read_checkpoint(out)["spec"]
+        assert {k: saved[k] for k in ("lr", "hidden", "weight_decay", "num_negatives")} == {
+            k: best["hp"][k] for k in ("lr", "hidden", "weight_decay", "num_negatives")}
+        assert saved["backbone_cfg"]["dropout"] == best["hp"]["dropout"]
+    assert m.counts["trained_now"] == 4
+    from slim.evaluate import stage as evaluate
+
+    evaluate.run(evaluate.EvaluateConfig(run_dir=str(root), protocols=("full",)))
+    md = (root / "reports" / "results.md").read_text()
+    assert "## Hyperparameter search" in md and f"{best['hp']['lr']:g}" in md and "4 trials for every group" in md
+
+
+def test_killed_search_resumes_without_redoing_finished_trials(searched):
+    root, cfg, m = searched
+    folder = root / C.SEARCH_DIR / "gru4rec-id-bce"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+    choice = {g: _group(root, g)["hp"] for g in GROUPS}
+    gone = sorted(before)[:2]  # the trials a kill interrupted: no result file
+    for name in gone:
+        (folder / name).unlink()
+    (root / C.TRAIN_DIR / C.MANIFEST).unlink()  # the stage did not finish
+    m2 = job.run(cfg)
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+    assert sorted(after) == sorted(before)
+    assert sorted(n for n in after if after[n] != before[n]) == gone  # only those trained again
+    assert {g: _group(root, g)["hp"] for g in GROUPS} == choice
+    assert m2.counts["trained_now"] == 0  # the seed runs of an unchanged choice are done
+
+
+def test_check_counts_trials_and_estimates_wall_time(searched):
+    root, cfg, _ = searched
+    lines = P.plan_lines(cfg, job.specs(cfg), job.MODELS_DIR)
+    assert lines[0].startswith("search: 2 group(s) x 4 trials = 8 trials")
+    assert "s per epoch measured in" in lines[1] and "wall" in lines[1]
+    assert "no earlier run" in P.plan_lines(dataclasses.replace(cfg, run_dir=str(root / "elsewhere")), job.specs(cfg),
+                                       job.MODELS_DIR)[1]
+
+
+def test_asha_expected_epochs():
+    cfg = job.TrainConfig(epochs=20, search=S.SearchConfig(trials=1, grace_epochs=2, reduction_factor=3))
+    assert P.expected_epochs(cfg) == pytest.approx(2 + 4 / 3 + 12 / 9 + 2 / 27)  # rungs at 2, 6, 18, then 20
+    assert P.expected_epochs(dataclasses.replace(cfg, search=S.SearchConfig(trials=1, scheduler="none"))) == 20
+
+
+def test_search_refuses_ray_train_and_bad_spaces(tmp_path):
+    with pytest.raises(ConfigError, match="train.strategy='ddp' is not searched"):
+        job.check(dataclasses.replace(_cfg(tmp_path), strategy="ddp"))
+    job.check(dataclasses.replace(_cfg(tmp_path), strategy="ddp", search=S.SearchConfig()))  # no search: fine
+    bad = S.SearchConfig(trials=2, space=S.SearchSpace(lr=(1e-2, 1e-3)))
+    with pytest.raises(ConfigError, match=r"train.search.space.lr"):
+        job.check(dataclasses.replace(_cfg(tmp_path), search=bad))
