@@ -43,3 +43,9 @@ def speedup(before_s: float, after_s: float, what: str) -> str:
         return f"{what}: {after_s:.1f} s vs {before_s:.1f} s, x{r:.2f}: no difference beyond 5%"
     word = "faster" if r > 1 else "slower"
     return f"{what}: {after_s:.1f} s vs {before_s:.1f} s, x{r:.2f}: **{word}**"
+
+
+def within(value: float, limit: float, limit_text: str) -> str:
+    """A cost ratio against its ceiling (e.g. refresh / scratch against 1.5x the changed fraction): met or not."""
+    word = "met" if value <= limit else "not met"
+    return f"**{word}** ({value:.1%} vs {limit_text})"

@@ -46,3 +46,8 @@ def test_bench_serve_tables_compute_their_verdicts():
     # +5 ms of model -> bound 66.7 req/s = 0.67 of the floor: out of reach
     text = "\n".join(_bound_table(*_figures(100.0, 5.0)))
     assert "| 0.67 |" in text and "out of reach" in text
+
+
+def test_refresh_cost_verdict_on_both_sides_of_the_ceiling():
+    assert V.within(0.25, 0.30, "1.5 x 20.0% = 30.0%").startswith("**met** (25.0%")
+    assert V.within(0.31, 0.30, "1.5 x 20.0% = 30.0%").startswith("**not met** (31.0%")
