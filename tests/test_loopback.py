@@ -147,3 +147,23 @@ def test_served_job_listens_on_loopback_only_and_stops_fast(trained_run, tmp_pat
     assert took < 8, f"jobs/serve.py took {took:.1f} s to exit on Ctrl-C"  # 7-9 s before (serve.shutdown)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_ray_host_setting(tmp_path, monkeypatch, capsys):
+    """The config's top-level ray_host reaches the private cluster's bind address; a value that is not one address
+    of a machine is one config error naming the key, before any work."""
+    from slim.runner import cli
+    from slim.runtime import raycluster
+
+    monkeypatch.setenv(raycluster.RAY_HOST_ENV, "")  # restored (unset) after the test, whatever it sets
+    monkeypatch.delenv(raycluster.RAY_HOST_ENV)
+    assert raycluster.bind_host() == "127.0.0.1"  # the default
+    for bad, why in (("nonsense", "is not an IP address"), ("0.0.0.0", "is not one address")):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"ray_host": bad, "run_dir": str(tmp_path / "run")}))
+        assert cli.main_stage("train", ["--config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("config error: ray_host: ") and bad in err and why in err and "Traceback" not in err
+        assert not (tmp_path / "run").exists()
+    raycluster.set_bind_host("10.1.2.3")
+    assert os.environ[raycluster.RAY_HOST_ENV] == "10.1.2.3" and raycluster.bind_host() == "10.1.2.3"

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from slim.runtime import console
+from slim.runtime.raycluster import set_bind_host  # the config's top-level ray_host
 from slim.runtime.signals import job_entry  # SIGINT/SIGTERM and Ray start failures: one line, no traceback
 
 
@@ -118,6 +119,7 @@ def main_stage(stage: str, argv: list[str] | None = None) -> int:
         retry = getattr(args, "retry_failed", False)
         overrides = list(args.overrides) + ([f"{stage}.retry_failed=true"] if retry else [])
         raw = config.load_raw(args.config, overrides)
+        set_bind_host(raw.get("ray_host"))
         cfgs = stages.load_all(raw)
         check.validate(cfgs, [stage])
         stages.run(stage, cfgs[stage], force=_forced(args.force, stage))
@@ -249,6 +251,7 @@ def main_pipeline(argv: list[str] | None = None) -> int:
             print(f"runtime_env {args.runtime_env}: env_vars {', '.join(sorted(env)) or '(none)'}")
         retry = [f"{s}.retry_failed=true" for s in retry_list(args.retry_failed)]
         raw = config.load_raw(args.config, list(args.overrides) + retry)
+        set_bind_host(raw.get("ray_host"))
         only = stage_list(args.stages, "--stages")
         force = stage_list(args.force, "--force", (FORCE_ALL,))
         if args.check:

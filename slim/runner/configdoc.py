@@ -151,7 +151,8 @@ def render() -> str:
     hints = {}  # a top-level key's type, from the sections that declare it (`tracking`: train, evaluate, teacher)
     for name in reversed(stages.names()):
         hints.update(typing.get_type_hints(stages.REGISTRY[name]()[0]))
-    out += table([(k, type_name(hints[k]), "", "", doc) for k, doc in config.SHARED.items()]
+    # a key no section declares (ray_host: read by the job's entry) is an optional string
+    out += table([(k, type_name(hints.get(k, typing.Optional[str])), "", "", doc) for k, doc in config.SHARED.items()]
                  + [(k, "list[str]", "", ", ".join(stages.names()), doc) for k, doc in stages.PIPELINE_KEYS.items()])
     out += ["", "A section may repeat a top-level key to override it for that stage alone.", ""]
     for name in stages.names():

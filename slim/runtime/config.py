@@ -30,6 +30,9 @@ SHARED = {
                "(s3://, gs://, ...)",
     "ray_address": "a Ray cluster to join (also RAY_ADDRESS); null = start a private local one",
     "num_cpus": "CPUs of the private local Ray cluster; null = twice the cores, at least 4 (ignored when joining)",
+    "ray_host": "the address of this machine the private local Ray cluster binds every listener to (GCS, raylet, "
+                "agents, workers); null = $SLIM_RAY_HOST, else 127.0.0.1 (ignored when joining; Ray's auth is off: "
+                "another address only on a network you trust)",
     "tracking": "MLflow tracking of the train, evaluate and teacher stages (slim.runtime.tracking), off by default: "
                 "`tracking: {mlflow_uri: http://127.0.0.1:5000}`; its keys are the `train.tracking.*` keys below",
 }
