@@ -24,6 +24,7 @@ import yaml
 
 from slim.io import columns as C
 from tests.datagen import write_seqrec
+from tests.test_loopback import listeners, off_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = list(range(8))  # 8 training runs, 2 at a time (slim_cores=2): the stop lands with most still to do
@@ -205,9 +206,18 @@ def test_start_local_beside_another_ray(head, tmp_path):
                               "import ray; ray.init(); print('slim_cores', ray.cluster_resources()['slim_cores'])"],
                              cwd=ROOT, env={**env, "RAY_ADDRESS": url}, capture_output=True, text=True, timeout=300)
         assert job.returncode == 0 and "slim_cores 1.0" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+        # the head listens on the loopback only (issue 42), on its ports among others
+        procs = _helper().head_processes(st["RAY_TEMP_DIR"]) + _helper().listening_on(ports)  # + client server
+        found = listeners({p.pid for p in procs})
+        assert {int(st["RAY_PORT"]), int(st["CLIENT_PORT"])} <= {e[3] for e in found}, found
+        assert not off_loopback(found), off_loopback(found)
     finally:
+        t0 = time.monotonic()
         stop = stop_local(env)
+        print(f"stop_local.sh returned in {time.monotonic() - t0:.1f} s: {stop.stdout.strip()}")
     assert stop.returncode == 0, stop.stderr
+    # stop_local.sh returned once nothing listens on the head's ports (the client server's held its port ~45 s)
+    assert "its ports are free" in stop.stdout and all(_helper().is_free(p) for p in ports), stop.stdout
     assert not _helper().head_processes(st["RAY_TEMP_DIR"]) and not (tmp_path / "head.env").exists()
     assert not Path(st["RAY_TEMP_DIR"]).exists()
     # the other head still answers, and is the one start_local.sh made ready before this test
