@@ -6,6 +6,8 @@ rate of a few 1e-2 but barely at the default 1e-3: the planted signal the search
 
 import dataclasses
 import json
+import re
+import time
 
 import pytest
 
@@ -32,7 +34,9 @@ def searched(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("search")
     _write_run(root, users=120)
     cfg = _cfg(root)
-    return root, cfg, job.run(cfg)
+    t0 = time.monotonic()
+    m = job.run(cfg)
+    return root, dataclasses.replace(cfg, run_dir=str(root)), m, time.monotonic() - t0
 
 
 def _group(root, g):
@@ -47,7 +51,7 @@ def test_draws_are_fixed_by_the_seed_and_extend():
 
 
 def test_every_group_gets_the_same_trials_and_space(searched):
-    root, cfg, m = searched
+    root, cfg, m, _ = searched
     drawn = S.draw(SPACE, 4, 0)
     rows = {g: _group(root, g)["trials"] for g in GROUPS}
     assert all(len(r) == 4 for r in rows.values())
@@ -68,7 +72,7 @@ def test_planted_learning_rate_is_found_and_beats_the_default(searched):
     from slim.recsys.spec import RunSpec
     from slim.train.loop import fit
 
-    root, cfg, m = searched
+    root, cfg, m, _ = searched
     best = _group(root, "gru4rec-id-bce")
     assert best["hp"]["lr"] >= 1e-2, best["trials"]
     # the default setting of train (lr 1e-3, hidden 16) on the same data, seed and epochs
@@ -92,7 +96,7 @@ def test_planted_learning_rate_is_found_and_beats_the_default(searched):
 
 
 def test_killed_search_resumes_without_redoing_finished_trials(searched):
-    root, cfg, m = searched
+    root, cfg, m, _ = searched
     folder = root / C.SEARCH_DIR / "gru4rec-id-bce"
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
     choice = {g: _group(root, g)["hp"] for g in GROUPS}
@@ -109,10 +113,13 @@ def test_killed_search_resumes_without_redoing_finished_trials(searched):
 
 
 def test_check_counts_trials_and_estimates_wall_time(searched):
-    root, cfg, _ = searched
+    root, cfg, _, wall = searched
     lines = P.plan_lines(cfg, job.specs(cfg), job.MODELS_DIR)
     assert lines[0].startswith("search: 2 group(s) x 4 trials = 8 trials")
-    assert "s per epoch measured in" in lines[1] and "wall" in lines[1]
+    assert "s per epoch measured in" in lines[1] and "start-up per trial measured" in lines[1]
+    # the estimate is of the search's 8 trials: below what the search and the 4 seed runs took, not far below
+    mins, secs = map(int, re.search(r"~(\d+)m(\d+)s wall", lines[1]).groups())
+    assert wall / 5 < 60 * mins + secs < wall, (lines[1], wall)
     assert "no earlier run" in P.plan_lines(dataclasses.replace(cfg, run_dir=str(root / "elsewhere")), job.specs(cfg),
                                        job.MODELS_DIR)[1]
 

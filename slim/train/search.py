@@ -25,6 +25,7 @@ import logging
 import math
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -229,7 +230,10 @@ class _TrialFiles(_callback_base()):
     stopped by the scheduler); an errored trial gets none and is trained again by the next run."""
 
     def __init__(self, keys: list, runs: list, folder):
-        self.keys, self.runs, self.folder, self.history = keys, runs, folder, {}
+        self.keys, self.runs, self.folder, self.history, self.started = keys, runs, folder, {}, {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.history.setdefault(trial.trial_id, []).append(
@@ -243,5 +247,7 @@ class _TrialFiles(_callback_base()):
         spec = self.runs[i]
         atomic.write_json(self.folder / f"{self.keys[i]}.json", {
             "key": self.keys[i], "run": spec.name, "spec": dataclasses.asdict(spec),
-            "score": max(ok) if ok else -1.0, "epochs": len(h), "stopped": len(h) < spec.epochs, "history": h})
+            "score": max(ok) if ok else -1.0, "epochs": len(h), "stopped": len(h) < spec.epochs, "history": h,
+            # from start to end as the driver saw it: the epochs and the trial's start-up (--check's estimate)
+            "wall_s": time.monotonic() - self.started.get(trial.trial_id, time.monotonic())})
 

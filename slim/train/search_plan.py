@@ -67,10 +67,23 @@ def epoch_seconds(root, models_dir: str) -> dict:
         if r.get("epochs_run"):
             s = r["train_seconds"] + sum(h.get("valid_s", 0.0) for h in r["history"])
             got.setdefault(r["run"].rsplit("-s", 1)[0], []).append(s / r["epochs_run"])
-    for p in base.glob(f"{C.SEARCH_DIR}/*/*.json") if (base / C.SEARCH_DIR).exists() else []:
-        r = json.loads(p.read_text())
-        got.setdefault(p.parent.name, []).extend(h["seconds"] for h in r["history"])
+    for r in trial_files(root):
+        got.setdefault(r["group"], []).extend(h["seconds"] for h in r["history"])
     return {g: float(np.mean(v)) for g, v in got.items() if v}
+
+
+def trial_files(root) -> list:
+    """Every finished trial's record in root (train/search/<group>/<key>.json), its group added."""
+    base = storage.path(root)
+    return [{**json.loads(p.read_text()), "group": p.parent.name}
+            for p in (base.glob(f"{C.SEARCH_DIR}/*/*.json") if (base / C.SEARCH_DIR).exists() else [])]
+
+
+def startup_seconds(root) -> float:
+    """A trial's cost beyond its epochs (Tune starting it, the data reaching it, the last evaluation), the median
+    over the earlier trials in root; 0 without any."""
+    extra = [r["wall_s"] - sum(h["seconds"] for h in r["history"]) for r in trial_files(root) if "wall_s" in r]
+    return max(0.0, float(np.median(extra))) if extra else 0.0
 
 
 def plan_lines(cfg: "TrainConfig", runs: list, models_dir: str) -> list[str]:
@@ -87,8 +100,10 @@ def plan_lines(cfg: "TrainConfig", runs: list, models_dir: str) -> list[str]:
         return lines + [f"search: no earlier run in {cfg.run_dir} to time an epoch: no wall-time estimate"]
     mean, per = float(np.mean(list(rate.values()))), expected_epochs(cfg)
     at_once = max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_run))
-    total = sum(rate.get(g, mean) * per * s.trials for g in groups) / at_once
+    start = startup_seconds(cfg.run_dir)
+    total = sum((rate.get(g, mean) * per + start) * s.trials for g in groups) / at_once
     known = sum(g in rate for g in groups)
     return lines + [f"search: ~{duration(total)} wall ({per:.1f} of at most {cfg.epochs} epochs per trial, "
                     f"{mean:.1f}s per epoch measured in {cfg.run_dir} ({known} of {len(groups)} groups timed), "
-                    f"{at_once} trial(s) at a time)"]
+                    + (f"{start:.1f}s start-up per trial measured, " if start else "")
+                    + f"{at_once} trial(s) at a time)"]
