@@ -52,7 +52,7 @@ def chance_levels(d, split: str, protocols) -> dict:
     out = {}
     for p in protocols:
         if p.startswith("full"):
-            sizes = M.full_sizes(d.num_items, d.inputs(split), d.targets(split), exclude_history=(p == "full"))
+            sizes = M.full_sizes(d.num_present, d.inputs(split), d.targets(split), exclude_history=(p == "full"))
             out[p] = M.chance_mean(sizes)
         else:
             out[p] = M.chance(d.candidates.width((split, p)))

@@ -19,7 +19,7 @@ from slim.recsys.usertext import UserText
 
 def cut(d: D.SeqData, ut: Optional[UserText], a: int, b: int) -> tuple:
     """Users a..b-1 of d (and their rationale vectors) as a SeqData/UserText of their own."""
-    sub = D.SeqData(d.user_ids[a:b], d.seqs[a:b], d.num_items, d.candidates.subset(a, b))
+    sub = D.SeqData(d.user_ids[a:b], d.seqs[a:b], d.num_items, d.candidates.subset(a, b), d.absent)
     return sub, None if ut is None else UserText(ut.vec[a:b], ut.present[a:b], ut.cut, ut.field, ut.source)
 
 

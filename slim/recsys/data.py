@@ -6,7 +6,7 @@ test: input item_ids[:-1] -> test_item. Sequences are right-padded with 0 and ke
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,13 @@ class SeqData:
     seqs: list  # U arrays of int64 item ids (full history, chronological)
     num_items: int
     candidates: Candidates  # (split, protocol) -> [U, 1 + negatives] int64, target in column 0; or such a dict
+    # ids of items an earlier snapshot gave an id but the newest lacks (items.parquet `present` false): never ranked,
+    # recommended or drawn as a negative, so a refreshed run directory ranks what a fresh one would
+    absent: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def num_present(self) -> int:
+        return self.num_items - len(self.absent)
 
     def __post_init__(self):
         if isinstance(self.candidates, dict):  # built in memory
@@ -44,6 +51,7 @@ def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
             raise RecDataError(f"{p} not found: run the data stage first (jobs/data.py)")
     users = storage.read_table(up, columns=[C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM])
     num_items = storage.read_metadata(ip).num_rows
+    absent = absent_items(ip)
     n_cand, per_user = storage.dataset(cp).count_rows(), len(C.SPLITS) * len(C.PROTOCOLS)  # count: file footers
     if n_cand != per_user * users.num_rows:  # checked now, though each protocol is read only when ranked
         raise RecDataError(f"{cp}: {n_cand} rows for {users.num_rows} users in {up.name}, expected {per_user} "
@@ -67,7 +75,30 @@ def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
         if not np.array_equal(got, want):
             bad = np.flatnonzero(got != want)[0]
             raise RecDataError(f"{up}: user_id {uid[bad]}: {col} != {C.ITEM_IDS}[-{cut}]")
-    return SeqData(uid, seqs, num_items, Candidates(cp, uid))  # read per protocol when first ranked
+    return SeqData(uid, seqs, num_items, Candidates(cp, uid), absent)  # candidates: read when first ranked
+
+
+def absent_items(items_path) -> np.ndarray:
+    """Sorted ids of the items whose `present` is false in items.parquet (an earlier snapshot's, kept so ids stay
+    stable: slim.data.identity); empty for a table without the column (prepared before snapshots were carried)."""
+    if C.PRESENT not in storage.read_schema(items_path).names:
+        return np.zeros(0, dtype=np.int64)
+    t = storage.read_table(items_path, columns=[C.ITEM_ID, C.PRESENT])
+    present = t.column(C.PRESENT).to_numpy(zero_copy_only=False)
+    return np.sort(t.column(C.ITEM_ID).to_numpy()[~present]).astype(np.int64)
+
+
+def present_ids(num_items: int, absent: np.ndarray):
+    """[P] int64 torch tensor of the item ids 1..num_items not in `absent`, or None when every item is present
+    (callers then take their all-items path unchanged)."""
+    if not len(absent):
+        return None
+    import torch
+
+    keep = np.ones(num_items + 1, dtype=bool)
+    keep[0] = False
+    keep[np.asarray(absent, dtype=np.int64)] = False
+    return torch.from_numpy(np.flatnonzero(keep).astype(np.int64))
 
 
 def pad_right(seqs: list, max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -90,6 +90,7 @@ class Explainer:
     users: dict  # user_id -> item_ids
     vectors: dict  # user_id -> [1, Du] rationale vector, for a user-text model (users with a usable one)
     texts: dict  # user_id -> the stored rationale (rationales())
+    absent: Optional[np.ndarray] = None  # items gone from the newest snapshot: never recommended (recsys.data)
 
     @classmethod
     def load(cls, run_dir: str | Path, run: Optional[str] = None) -> "Explainer":
@@ -111,7 +112,10 @@ class Explainer:
             ut = UT.load(root, ids, np.array([len(users[u]) for u in ids]), spec.variant, spec.rationale_field)
             vectors = {int(u): ut.vec[i:i + 1] for i, u in enumerate(ids) if ut.present[i]}
         source = "teacher" if spec.variant == "slim_teacher" else "student"
-        return cls(root, rel, model, spec, titles, users, vectors, rationales(root, source))
+        from slim.recsys.data import absent_items
+
+        return cls(root, rel, model, spec, titles, users, vectors, rationales(root, source),
+                   absent_items(root / C.ITEMS_FILE))
 
     def user_vector(self, user_id: Optional[int]) -> Optional[np.ndarray]:
         """[1, Du] rationale vector of a known user for a user-text model, else None (the missing vector)."""
@@ -130,7 +134,7 @@ class Explainer:
             s = self.model.encode(torch.from_numpy(x), torch.from_numpy(lens),
                                   None if vec is None else torch.from_numpy(vec))
             sc = self.model.score_all(s).numpy()  # [1, N+1]
-        top = top_items(sc, [history if exclude_history else []], k)[0]
+        top = top_items(sc, [history if exclude_history else []], k, self.absent)[0]
         return [{"item_id": int(i), "title": self.titles.get(int(i)), "score": float(sc[0, i])} for i in top if i]
 
     def explain(self, user_id: int, k: int = 10) -> dict:

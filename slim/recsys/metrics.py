@@ -30,15 +30,19 @@ def _nan_up(s: np.ndarray) -> np.ndarray:
     return s
 
 
-def full_rank(scores: np.ndarray, targets: np.ndarray, exclude: list | None = None) -> np.ndarray:
+def full_rank(scores: np.ndarray, targets: np.ndarray, exclude: list | None = None,
+              absent: np.ndarray | None = None) -> np.ndarray:
     """0-based rank of `targets` among all items. scores: [B, N+1] (column 0 = padding, ignored);
-    `exclude[b]` lists items not to rank for user b (their history), except the target itself."""
+    `exclude[b]` lists items not to rank for user b (their history), except the target itself; `absent` lists
+    items not ranked for anyone (gone from the newest snapshot: recsys.data.SeqData.absent)."""
     raw = np.asarray(scores, dtype=np.float64)
     s = _nan_up(raw.copy())
     rows = np.arange(len(s))
     t = np.where(np.isnan(raw[rows, targets]), -np.inf, s[rows, targets])  # [B]; a NaN target ranks last
     ranked = np.ones(s.shape, dtype=bool)  # which items compete with the target
     ranked[:, 0] = False  # padding
+    if absent is not None and len(absent):
+        ranked[:, np.asarray(absent, dtype=np.int64)] = False
     if exclude is not None:
         for b, items in enumerate(exclude):
             ranked[b, np.asarray(items, dtype=np.int64)] = False

@@ -29,15 +29,19 @@ def top_k(ids: np.ndarray, sc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return ids[order], sc[order]
 
 
-def top_items(scores: np.ndarray, exclude: list, k: int) -> np.ndarray:
-    """[B, N+1] scores -> [B, k] best item ids per user by top_k: never padding, an excluded (history) item or a NaN
-    score; fewer than k only when fewer items are left (the row padded with 0)."""
+def top_items(scores: np.ndarray, exclude: list, k: int, absent: Optional[np.ndarray] = None) -> np.ndarray:
+    """[B, N+1] scores -> [B, k] best item ids per user by top_k: never padding, an excluded (history) item, an
+    absent item (gone from the newest snapshot) or a NaN score; fewer than k only when fewer items are left (the
+    row padded with 0)."""
     s = np.asarray(scores, dtype=np.float64)
     k = min(k, s.shape[1] - 1)
     out = np.zeros((len(s), k), dtype=np.int64)
+    base = np.ones(s.shape[1], dtype=bool)
+    base[0] = False
+    if absent is not None:
+        base[np.asarray(absent, dtype=np.int64)] = False
     for b in range(len(s)):
-        keep = np.ones(s.shape[1], dtype=bool)
-        keep[0] = False
+        keep = base.copy()
         keep[np.asarray(exclude[b], dtype=np.int64)] = False
         ids = np.flatnonzero(keep)
         got = top_k(ids, s[b, ids], k)[0]
@@ -67,7 +71,8 @@ def ranks(model, d: D.SeqData, split: str, protocols, max_len: int, ut: Optional
           top: int = 0) -> dict:
     """protocol -> 0-based rank of each user's target [U]; with top > 0 also "top": [U, top] item ids of the
     full ranking (history excluded). 'full' ranks every item minus the user's input history, 'full_keep' every
-    item (RecBole's default for sequential models); published tables use either."""
+    item (RecBole's default for sequential models); published tables use either. Neither ranks d.absent (items
+    an earlier snapshot numbered that the newest lacks), so a refreshed run directory ranks what a fresh one would."""
     inputs, tg, res = d.inputs(split), d.targets(split), {}
     text, use = (None, None) if ut is None else (ut.vec, ut.present)
     sl = (lambda a, i: None if a is None else a[i:i + 1024])
@@ -77,9 +82,10 @@ def ranks(model, d: D.SeqData, split: str, protocols, max_len: int, ut: Optional
         for i in range(0, len(inputs), 1024):  # chunks keep [U, N+1] small
             sc = scores(model, inputs[i:i + 1024], max_len, None, text=sl(text, i), use=sl(use, i))
             for p in fulls:
-                parts[p].append(full_rank(sc, tg[i:i + 1024], inputs[i:i + 1024] if p == "full" else None))
+                parts[p].append(full_rank(sc, tg[i:i + 1024], inputs[i:i + 1024] if p == "full" else None,
+                                          d.absent))
             if top:
-                parts["top"].append(top_items(sc, inputs[i:i + 1024], top))
+                parts["top"].append(top_items(sc, inputs[i:i + 1024], top, d.absent))
         res.update({p: np.concatenate(v) for p, v in parts.items()})
     for p in protocols:
         if not p.startswith("full"):

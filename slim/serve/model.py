@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from slim.io import columns as C
 from slim.recsys.explain import NoModelError, pick_run, rationales, titled  # noqa: F401 (re-exported)
+from slim.recsys.data import absent_items
 from slim.recsys.ranking import top_k
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ class Ranker:
         for i, t in enumerate(self.titles, start=1):
             self.by_title.setdefault(t, []).append(i)
         self.users = _users(root)
+        self.absent = absent_items(root / C.ITEMS_FILE)  # gone from the newest snapshot: never recommended
         self.popular = _popular(self.users, self.num_items)
+        self.popular = self.popular[~np.isin(self.popular, self.absent)]
         self.user_text_model = bool(getattr(self.spec, "rationale_field", ""))
         source = "teacher" if self.spec.variant == "slim_teacher" else "student"
         self.rationales = rationales(root, source)
@@ -177,6 +180,7 @@ class Ranker:
                 if q.candidates is None:
                     keep = np.ones(self.num_items + 1, dtype=bool)
                     keep[0] = False
+                    keep[self.absent] = False
                     if q.exclude_history:
                         keep[q.history] = False
                     ids, sc = np.flatnonzero(keep), every[full.index(i)][keep]

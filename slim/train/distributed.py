@@ -20,14 +20,14 @@ from slim.io import storage
 class _Step(nn.Module):
     """The loss as a module forward, so DDP/DeepSpeed see one forward per step (gradient sync hooks)."""
 
-    def __init__(self, model, spec):
+    def __init__(self, model, spec, present=None):
         super().__init__()
-        self.model, self.spec = model, spec
+        self.model, self.spec, self.present = model, spec, present  # present: recsys.data.present_ids
 
     def forward(self, x, y, lens, gen, text=None, use=None):
         from slim.train.loop import batch_loss
 
-        return batch_loss(self.model, self.spec, x, y, lens, gen, text, use)
+        return batch_loss(self.model, self.spec, x, y, lens, gen, text, use, present=self.present)
 
 
 def _wrap(step: _Step, spec, strategy: str):
@@ -72,6 +72,7 @@ def _loop(conf: dict) -> None:
     import torch.distributed as dist
 
     from slim.recsys.checkpoint import save_run
+    from slim.recsys.data import present_ids
     from slim.train.ingest import TRAIN, placeholder, shard_batches
     from slim.recsys.blocks import BlockRanker
     from slim.recsys.spec import build_model
@@ -86,7 +87,9 @@ def _loop(conf: dict) -> None:
     torch_threads(spec.threads)  # train.threads_per_run, at most the cores this process may use
     text = None if conf["text"] is None else ray.get(conf["text"])  # item vectors: part of every rank's model
     model = build_model(spec, conf["num_items"], text).to(device)
-    fwd, backward, opt_step = _wrap(_Step(model, spec), spec, conf["strategy"])
+    # items gone from the newest snapshot: never a negative (None: every item present, the draws as before)
+    present = None if conf["absent"] is None else present_ids(conf["num_items"], ray.get(conf["absent"]))
+    fwd, backward, opt_step = _wrap(_Step(model, spec, present), spec, conf["strategy"])
     fwd = on_device(fwd, device, conf["amp"])
     torch.manual_seed(spec.seed + 7919 * rank)  # the init was the same everywhere; dropout masks differ per rank
     idle = placeholder(model.per_position, spec.user_text_dim)
@@ -124,7 +127,8 @@ def loop_config(spec, d, text, ut, out, fp: str, cfg, rows: int, examples: int, 
     they are ranked: recsys.candidates)."""
     import ray
 
-    return {"spec": spec, "num_items": d.num_items, "text": None if text is None else ray.put(text),
+    return {"spec": spec, "num_items": d.num_items, "absent": ray.put(d.absent) if len(d.absent) else None,
+            "text": None if text is None else ray.put(text),
             "eval": ray.put((d, ut)), "rows": rows, "examples": examples, "out": str(out), "fp": fp,
             "strategy": cfg.strategy, "valid_protocol": cfg.valid_protocol,
             "test_protocols": tuple(cfg.test_protocols), "amp": cfg.amp, "trace": trace,

@@ -84,10 +84,13 @@ def batch_rows(spec: RunSpec, targets_per_row: Optional[float]) -> int:
     return max(1, round(spec.batch_size / max(targets_per_row, 1.0)))
 
 
-def batch_loss(model, spec: RunSpec, x, y, lens, gen: torch.Generator, text=None, use=None) -> tuple[torch.Tensor, int]:
-    """Loss of one batch and its number of next-item targets. text: [B, Du] rationales, use: like y (bool)."""
+def batch_loss(model, spec: RunSpec, x, y, lens, gen: torch.Generator, text=None, use=None,
+               present: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
+    """Loss of one batch and its number of next-item targets. text: [B, Du] rationales, use: like y (bool).
+    present: [P] the item ids of the newest snapshot (recsys.data.present_ids), None when every id is: absent items
+    are never a sampled negative (bce) and take no share of the softmax (ce)."""
     if isinstance(model, ScoreSum):  # late fusion: each member trains on its own loss, the sum only scores
-        parts = [batch_loss(m, spec, x, y, lens, gen) for m in model.members]
+        parts = [batch_loss(m, spec, x, y, lens, gen, present=present) for m in model.members]
         return sum(p[0] for p in parts), parts[0][1]
     if model.per_position:
         h = model.states(x, lens, text, use)  # [B, L, H]
@@ -100,15 +103,31 @@ def batch_loss(model, spec: RunSpec, x, y, lens, gen: torch.Generator, text=None
     if spec.loss == "ce":
         logits = model.score_all(s)  # [T, N+1]
         logits[:, 0] = float("-inf")
+        if present is not None:
+            keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+            keep[present.to(logits.device)] = True
+            logits = logits.masked_fill(~keep, float("-inf"))
         return F.cross_entropy(logits, tgt) + extra, len(tgt)
-    n = model.num_items
-    neg = torch.randint(1, n + 1, (len(tgt), spec.num_negatives), generator=gen).to(tgt.device)  # [T, K], CPU gen
-    neg = torch.where(neg == tgt[:, None], neg % n + 1, neg)  # never the target itself
+    neg = negatives(tgt, spec.num_negatives, model.num_items, gen, present)
     pos_s = model.score(s, tgt[:, None])  # [T, 1]
     neg_s = model.score(s, neg)  # [T, K]
     loss = F.binary_cross_entropy_with_logits(pos_s, torch.ones_like(pos_s)) + \
         F.binary_cross_entropy_with_logits(neg_s, torch.zeros_like(neg_s))
     return loss + extra, len(tgt)
+
+
+def negatives(tgt: torch.Tensor, k: int, n: int, gen: torch.Generator,
+              present: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[T, k] item ids drawn uniformly (CPU generator) over 1..n, or over `present` when given; never the target
+    itself (a draw that hits it takes the next id). With present None the draws are the ones before absent items
+    existed, so a run with every item present trains exactly as before."""
+    if present is None:
+        neg = torch.randint(1, n + 1, (len(tgt), k), generator=gen).to(tgt.device)
+        return torch.where(neg == tgt[:, None], neg % n + 1, neg)
+    pick = torch.randint(0, len(present), (len(tgt), k), generator=gen)  # as many draws as the plain path
+    ids = present.to(tgt.device)
+    neg = ids[pick.to(tgt.device)]
+    return torch.where(neg == tgt[:, None], ids[(pick.to(tgt.device) + 1) % len(ids)], neg)
 
 
 class EarlyStop:
@@ -242,6 +261,7 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
                       "seconds": time.perf_counter() - t0, "valid_s": t_val})
         return stop
 
-    n_targets, t_train = train_epochs(spec, model, batches, lambda *a: batch_loss(model, spec, *a),
+    present = D.present_ids(d.num_items, d.absent)  # None: every item present, the negatives as before
+    n_targets, t_train = train_epochs(spec, model, batches, lambda *a: batch_loss(model, spec, *a, present=present),
                                       lambda loss: loss.backward(), step, gen, end_epoch)
     return model, stopper.record(model, spec, d, test_protocols, n_targets, t_train, ut)
