@@ -3,10 +3,15 @@
 Outputs (slim/io/columns.py), float16 and L2-normalised: encode/items.npy [N+1, D] (row i = item_id i, row 0
 zeros) and encode/users_<field>.parquet (user_id, embedding list<float16>[D]) for the whole rationale and
 each step. An empty text (a failed or malformed rationale missing a step) gets a zero vector, counted in the
-manifest. The driver streams batches into the output files (a memmap for items, a ParquetWriter per field), and
-reading runs at most `object_store_mib` ahead of the actors, so memory is bounded by the batch size, the number of
-actors and that budget, not by the number of users. Files are written under temporary names and renamed at the
-end: a killed run leaves no partial output and simply reruns.
+manifest.
+
+Vectors are kept in stores keyed by the encoder settings and the exact text encoded (slim.encode.store): the
+actors encode only texts the store lacks (slim.encode.keyed), the driver writes the new vectors as shards every
+`shard_rows` rows, so a kill loses at most a shard and a rerun (a new snapshot, or the same command after a kill)
+encodes only new and changed texts; the manifest counts texts encoded and reused per source and field. The output
+files are then joined from the stores (no encoding), under temporary names, and renamed together at the end.
+Reading runs at most `object_store_mib` ahead of the actors, so memory is bounded by the batch size, the number of
+actors and that budget, plus 8 bytes per stored text in each actor and 8 per row and field in the driver's join.
 
 Truncation: the encoder sees at most `max_seq_length` word pieces (all-MiniLM-L6-v2: 256, [CLS]/[SEP]
 included). Steps are encoded separately, each cut at its head when longer. The whole rationale is cut head+tail
@@ -24,11 +29,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from slim.io import columns as C
 from slim.io import atomic
 from slim.io import storage
-from slim.text.encoder import Encoder, pool
+from slim.text.encoder import pool
 from slim.text.prompts import HISTORY_CUT
 from slim.io.rundir import Manifest, RunDir
 from slim.runtime.console import Progress, say
@@ -58,6 +65,7 @@ class EncodeConfig:
     threads: int = 0  # torch threads per actor; 0 = its CPUs, floor(actor_cpus) and at least 1. On a CPU node
     #                   set it to the cores an actor may use (bench_encode.py: 2 threads = 0.93x plain); the same
     #                   count gives the same vectors (slim.text.encoder.Encoder.embed)
+    shard_rows: int = 4096  # new vectors per store shard (slim.encode.store): the unit a kill can lose
     block_kib: int = 512  # Ray Data block target: an actor hands embeddings on once this many KiB are ready, so
     #                       the driver writes while the actor works and memory does not follow the shard size
     object_store_mib: int = 64  # object-store budget of the pipeline: reading runs this far ahead of the actors,
@@ -67,7 +75,7 @@ class EncodeConfig:
 
 
 RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "batch_size", "num_actors", "actor_cpus",
-                "num_gpus_per_actor", "threads", "block_kib", "object_store_mib")
+                "num_gpus_per_actor", "threads", "block_kib", "object_store_mib", "shard_rows")
 FIELDS = C.USER_EMB_FIELDS  # rationale, step1, step2, step3
 
 
@@ -75,32 +83,64 @@ def stage_config(cfg: EncodeConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
 
 
-def encode_items(cfg: EncodeConfig, rd: RunDir, out: Path) -> dict:
-    """items.parquet -> items.npy [N+1, D]; rows are written by item_id as batches arrive."""
+def encode_items(cfg: EncodeConfig, rd: RunDir, vkey: str) -> dict:
+    """items.parquet -> the items store (texts it lacks) -> items.npy [N+1, D] by item_id, under a temporary name."""
+    from slim.encode import store
+    from slim.encode.keyed import KeyedEncoder
+    from slim.encode.users import _emb_array
     from slim.runtime.raycluster import read_parquet
 
     n = storage.read_metadata(rd.path(C.ITEMS_FILE)).num_rows
     ds = read_parquet(str(rd.path(C.ITEMS_FILE)), [C.ITEM_ID, C.TEXT], cfg.block_kib, cfg.object_store_mib)
-    tmp, arr, seen, counts = atomic.tmp_path(rd.path(C.ITEM_EMB_FILE)), None, 0, {"item_truncated": 0, "item_empty": 0}
-    prog = Progress("encode (items)", n, "items")
-    for b in ds.map_batches(Encoder, **pool(cfg, (C.TEXT,))).iter_batches(batch_format="numpy", batch_size=None):
-        e = b[f"emb_{C.TEXT}"]  # [B, D]
-        if arr is None:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n + 1, e.shape[1]))
-            arr[0] = 0  # padding row
-        ids = b[C.ITEM_ID].astype(np.int64)
-        if ids.min() < 1 or ids.max() > n:
-            raise ValueError(f"{rd.path(C.ITEMS_FILE)}: item_id {ids.min()}..{ids.max()} outside 1..{n}")
-        arr[ids] = e
-        seen += len(ids)
-        prog.update(seen)
-        counts["item_truncated"] += int(b[f"cut_{C.TEXT}"].sum())
-        counts["item_empty"] += int(b[f"empty_{C.TEXT}"].sum())
+    folder = rd.path(C.ENCODE_STORE) / vkey / f"items_{C.TEXT}"
+    index = atomic.tmp_path(rd.path(f"{C.ENCODE_DIR}/items_index.parquet"))
+    ischema = pa.schema([(C.ITEM_ID, pa.int64()), (C.TEXT_HASH, pa.uint64())])
+    counts, dim = {"item_truncated": 0, "item_empty": 0, "item_encoded": 0}, 0
+    actors = pool(cfg, (C.TEXT,))
+    actors["fn_constructor_kwargs"]["known"] = {C.TEXT: store.known(folder)}
+    sink, seen, prog = store.Sink({C.TEXT: folder}, {}, index, ischema, cfg.shard_rows), 0, Progress("encode (items)", n, "items")
+    try:
+        for b in ds.map_batches(KeyedEncoder, **actors).iter_batches(batch_format="numpy", batch_size=None):
+            ids, new, dim = b[C.ITEM_ID].astype(np.int64), b[f"new_{C.TEXT}"], b[f"emb_{C.TEXT}"].shape[1]
+            if ids.min() < 1 or ids.max() > n:
+                raise ValueError(f"{rd.path(C.ITEMS_FILE)}: item_id {ids.min()}..{ids.max()} outside 1..{n}")
+            sink.add({C.ITEM_ID: ids, C.TEXT_HASH: b[f"hash_{C.TEXT}"]},
+                     {C.TEXT: pa.table({C.TEXT_HASH: pa.array(b[f"hash_{C.TEXT}"][new], pa.uint64()),
+                                        C.EMBEDDING: _emb_array(b[f"emb_{C.TEXT}"][new])})})
+            seen += len(ids)
+            prog.update(seen)
+            for k, name in (("cut", "item_truncated"), ("empty", "item_empty"), ("new", "item_encoded")):
+                counts[name] += int(b[f"{k}_{C.TEXT}"].sum())
+    except BaseException:
+        sink.close(flush=False)  # every shard written stays: the rerun encodes only the rest
+        raise
+    sink.close()
     if seen != n:
         raise ValueError(f"{rd.path(C.ITEMS_FILE)}: encoded {seen} items, expected {n}")
+    tmp = atomic.tmp_path(rd.path(C.ITEM_EMB_FILE))
+    _items_npy(folder, index, tmp, n, dim)
+    storage.remove_tree(index)
+    return {"items": n, **counts, "item_reused": n - counts["item_empty"] - counts["item_encoded"],
+            "_tmp": {str(tmp): str(rd.path(C.ITEM_EMB_FILE))}}
+
+
+def _items_npy(folder, index, tmp, n: int, dim: int) -> None:
+    """items.npy joined from the index and the store; an empty text's row, and row 0 (padding), zeros."""
+    from slim.encode import store
+
+    idx = pq.read_table(index)
+    ids, hashes = idx.column(C.ITEM_ID).to_numpy(), idx.column(C.TEXT_HASH).to_numpy()
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n + 1, dim))  # zeros
+
+    def emit(rows, t):
+        e = t.column(C.EMBEDDING).combine_chunks()
+        arr[rows] = e.values.to_numpy(zero_copy_only=False).reshape(len(rows), dim)
+
+    got = store.assemble(folder, ids, hashes, emit, store.VECTOR_SCHEMA)
+    if len(got["missing"]):
+        raise RuntimeError(f"{folder}: no vector for {len(got['missing'])} item(s); is another encode run writing?")
     arr.flush()
     del arr
-    return {"items": n, **counts, "_tmp": {str(tmp): str(rd.path(C.ITEM_EMB_FILE))}}
 
 
 # the stage behind each source (the same names for the two LLM stages)
@@ -116,11 +156,20 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     sc = stage_config(cfg)
     if not force and rd.is_current(STAGE, sc, inputs):
         return rd.read_manifest(STAGE)
+    from slim.encode import store
+    from slim.io.rundir import fingerprint
+
     out = rd.stage_dir(STAGE)
     rd.invalidate(STAGE)
+    atomic.clean_tmp(out)  # left by a kill mid-write; the stores' shards stay
+    if force:  # --force encodes every text again
+        storage.remove_tree(rd.path(C.ENCODE_STORE))
+    store.begin()
+    settings = store.vector_key(cfg)
+    vkey = fingerprint(settings)
     init_ray(cfg.ray_address, cfg.num_cpus)
     t0 = time.perf_counter()
-    items = encode_items(cfg, rd, out)
+    items = encode_items(cfg, rd, vkey)
     t1 = time.perf_counter()
     from slim.encode.users import SOURCE_FILES, encode_users, history_prompt, source_fields
     from slim.text.quality import describe
@@ -131,8 +180,9 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
         storage.upload(item_vecs, staged)
         item_vecs = str(staged)
     expected = {s: rd.read_manifest(SOURCE_STAGES[s]).counts.get("users", 0) for s in cfg.sources}
-    per_source = {s: encode_users(cfg, rd, out, s, item_vecs, expected[s]) for s in cfg.sources}
+    per_source = {s: encode_users(cfg, rd, s, item_vecs, expected[s], vkey) for s in cfg.sources}
     quality = {s: c.pop("_quality") for s, c in per_source.items()}
+    store.prune(rd.path(C.ENCODE_STORE), {vkey}.union(*(c.pop("_keys") for c in per_source.values())))
     t2 = time.perf_counter()
     tmps = items.pop("_tmp")
     for c in per_source.values():
@@ -148,16 +198,19 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
                  counts=counts, timings={"items_s": t1 - t0, "users_s": t2 - t1, "total_s": t2 - t0,
                                          "users_per_s": n_users / max(t2 - t1, 1e-9)},
                  extra={"truncation": __doc__.split("Truncation: ")[1].strip(), "quality": quality,
+                        "vectors": {**settings, "key": vkey},  # what keys the stores (slim.encode.store)
                         # the history control's text shows item_ids[:-history_cut], as every rationale prompt
                         **({"history_cut": HISTORY_CUT, "history_prompt": history_prompt(rd)}
                            if "history" in cfg.sources else {})})
     rd.write_manifest(m)
-    say(f"encode: {items['items']:,} items ({t1 - t0:.1f}s, truncated {items['item_truncated']:,}), "
-          f"{n_users:,} rationales x {len(FIELDS)} fields ({t2 - t1:.1f}s)")
+    say(f"encode: {items['items']:,} items ({t1 - t0:.1f}s, truncated {items['item_truncated']:,}; texts encoded "
+        f"{items['item_encoded']:,}, reused {items['item_reused']:,}), {n_users:,} rationales x {len(FIELDS)} fields "
+        f"({t2 - t1:.1f}s)")
     for s, c in per_source.items():
         fs = source_fields(s)
         say(f"  {s}: {c['users']:,} users; truncated " + ", ".join(f"{f} {c[f + '_truncated']:,}" for f in fs)
-              + "; empty " + ", ".join(f"{f} {c[f + '_empty']:,}" for f in fs))
+              + "; empty " + ", ".join(f"{f} {c[f + '_empty']:,}" for f in fs)
+              + "; texts encoded/reused " + ", ".join(f"{f} {c[f + '_encoded']:,}/{c[f + '_reused']:,}" for f in fs))
         if quality[s]:
             say("    quality: " + describe(quality[s]))
     return m

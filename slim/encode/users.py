@@ -1,6 +1,7 @@
-"""The user side of the encode stage: each rationale source (the student's, the teacher's) -> one vector file per
-field (slim.encode.stage's Encoder actors), the products of step 3 matched to catalogue items, and the quality measures of
-what was encoded (slim.text.quality), reported in the stage's summary and manifest."""
+"""The user side of the encode stage: each rationale source (the student's, the teacher's, the history control) ->
+one vector file per field, the products of step 3 matched to catalogue items, and the quality measures of what
+was encoded (slim.text.quality), reported in the stage's summary and manifest. Texts are encoded into the stores
+(slim.encode.store: only those not there yet, by slim.encode.keyed's actors) and the files joined from them."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from slim.io import atomic
 from slim.io import shards
 from slim.io import storage
 from slim.io import columns as C
-from slim.text.encoder import Encoder, pool
+from slim.text.encoder import pool
 from slim.io.rundir import RunDir
 from slim.runtime.console import Progress
 
@@ -98,48 +99,117 @@ def _emb_array(e: np.ndarray) -> pa.Array:
 
 GROUNDING_SCHEMA = pa.schema([(C.USER_ID, pa.int64()), ("products", pa.list_(pa.string())),
                               ("item_ids", pa.list_(pa.int64())), ("sims", pa.list_(pa.float32()))])
+VECTORS = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
 
 
-def encode_users(cfg: "EncodeConfig", rd: RunDir, out: Path, source: str, item_vecs: str, expected: int = 0) -> dict:
-    """One rationale source -> users_<field>.parquet (+ <source>_grounding.parquet), written as batches arrive,
-    with the quality measures of what was encoded (slim.text.quality). expected: its users (the progress line's total)."""
+def _stores(cfg: "EncodeConfig", rd: RunDir, source: str, vkey: str, item_vecs: str) -> dict:
+    """name -> store folder (slim.encode.store): one per field, and the grounding's, whose key adds the threshold
+    and the item vectors' content (a new catalogue text re-grounds every step 3)."""
+    from slim.io.rundir import content_fingerprint, fingerprint
+
+    root = rd.path(C.ENCODE_STORE)
+    out = {f: root / vkey / f"{source}_{f}" for f in source_fields(source)}
+    if cfg.ground_threshold > 0 and source != "history":
+        gkey = fingerprint({"vectors": vkey, "threshold": cfg.ground_threshold, "items": content_fingerprint(item_vecs)})
+        out["grounding"] = root / gkey / f"{source}_grounding"
+    return out
+
+
+def _new_rows(b: dict, fields: tuple, ground: bool) -> dict:
+    """One actor batch -> store name -> table of the texts it encoded (or grounded)."""
+    from slim.encode.store import GROUNDING_SCHEMA as G
+
+    new = {}
+    for f in fields:
+        m = b[f"new_{f}"]
+        new[f] = pa.table({C.TEXT_HASH: pa.array(b[f"hash_{f}"][m], pa.uint64()),
+                           C.EMBEDDING: _emb_array(b[f"emb_{f}"][m])})
+    if ground:
+        rows = np.flatnonzero(b["gnew"])
+        new["grounding"] = pa.table({
+            C.TEXT_HASH: pa.array(b["ghash"][rows], pa.uint64()), "products": [list(b["products"][i]) for i in rows],
+            "item_ids": [list(map(int, b["product_items"][i])) for i in rows],
+            "sims": [list(map(float, b["product_sims"][i])) for i in rows]}, G)
+    return new
+
+
+def encode_users(cfg: "EncodeConfig", rd: RunDir, source: str, item_vecs: str, expected: int, vkey: str) -> dict:
+    """One rationale source: texts the store lacks encoded into it (slim.encode.store), then users_<field>.parquet
+    (+ <source>_grounding.parquet) built from it, with the quality measures of what was encoded
+    (slim.text.quality). expected: its users (the progress line's total)."""
+    from slim.encode import store
+    from slim.encode.keyed import KeyedEncoder
     from slim.text.quality import Tally
 
     ds, fields = _dataset(cfg, rd, source), source_fields(source)
-    schema = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
-    finals = {f: rd.path(SOURCE_FILES[source].format(field=f)) for f in fields}
-    if cfg.ground_threshold > 0 and source != "history":
-        finals["grounding"] = rd.path(C.GROUNDING_FILE.format(source=source))
-    tmps = {f: atomic.tmp_path(p) for f, p in finals.items()}
-    writers = {f: pq.ParquetWriter(tmps[f], GROUNDING_SCHEMA if f == "grounding" else schema) for f in tmps}
-    counts = {"users": 0, **{f"{f}_truncated": 0 for f in fields}, **{f"{f}_empty": 0 for f in fields}}
+    stores = _stores(cfg, rd, source, vkey, item_vecs)
+    ground = "grounding" in stores
+    index = atomic.tmp_path(rd.path(f"{C.ENCODE_DIR}/{source}_index.parquet"))
+    ischema = pa.schema([(C.USER_ID, pa.int64())] + [(f"hash_{f}", pa.uint64()) for f in fields]
+                        + ([("ghash", pa.uint64())] if ground else []))
+    dim = 0
+    counts = {"users": 0, **{f"{f}_{k}": 0 for k in ("truncated", "empty", "encoded") for f in fields}}
     tally, prog = Tally(), Progress(f"encode ({source})", expected, "users")
+    actors = pool(cfg, fields, item_vecs if ground else "")
+    actors["fn_constructor_kwargs"].update(known={f: store.known(stores[f]) for f in fields},
+                                           ground_known=store.known(stores["grounding"]) if ground else None)
+    sink = store.Sink(stores, {}, index, ischema, cfg.shard_rows)
     try:
-        actors = pool(cfg, fields, item_vecs if "grounding" in writers else "")
-        for b in ds.map_batches(Encoder, **actors).iter_batches(batch_format="numpy", batch_size=None):
-            uid = pa.array(b[C.USER_ID].astype(np.int64))
+        for b in ds.map_batches(KeyedEncoder, **actors).iter_batches(batch_format="numpy", batch_size=None):
+            uid = b[C.USER_ID].astype(np.int64)
+            sink.add({C.USER_ID: uid, **{f"hash_{f}": b[f"hash_{f}"] for f in fields},
+                      **({"ghash": b["ghash"]} if ground else {})}, _new_rows(b, fields, ground))
             for f in fields:
-                writers[f].write_table(pa.table({C.USER_ID: uid, C.EMBEDDING: _emb_array(b[f"emb_{f}"])}, schema))
-                counts[f"{f}_truncated"] += int(b[f"cut_{f}"].sum())
-                counts[f"{f}_empty"] += int(b[f"empty_{f}"].sum())
-            if "grounding" in writers:
-                writers["grounding"].write_table(pa.table({
-                    C.USER_ID: uid, "products": [list(x) for x in b["products"]],
-                    "item_ids": [list(map(int, x)) for x in b["product_items"]],
-                    "sims": [list(map(float, x)) for x in b["product_sims"]]}, GROUNDING_SCHEMA))
+                dim = b[f"emb_{f}"].shape[1]
+                for k, name in (("cut", "truncated"), ("empty", "empty"), ("new", "encoded")):
+                    counts[f"{f}_{name}"] += int(b[f"{k}_{f}"].sum())
             if source != "history":  # rationale quality means nothing for a list of titles
                 tally.add([{C.RATIONALE: b[C.RATIONALE][i], C.STEP1: b[C.STEP1][i], C.STEP2: b[C.STEP2][i],
                             C.STEP3: b[C.STEP3][i], "ok": b[C.STATUS][i] == "ok"} for i in range(len(uid))])
             counts["users"] += len(uid)
             prog.update(counts["users"])
         prog.close()
-    finally:
-        for w in writers.values():
-            w.close()
+    except BaseException:
+        sink.close(flush=False)  # what is buffered is lost; every shard written stays for the rerun
+        raise
+    sink.close()
+    for f in fields:  # texts with a vector that this run did not encode: stored before, or shared with another user
+        counts[f"{f}_reused"] = counts["users"] - counts[f"{f}_empty"] - counts[f"{f}_encoded"]
+    tmps = _outputs(rd, source, stores, index, dim)
+    storage.remove_tree(index)
     quality = tally.result() if source != "history" else {}
-    if "grounding" in tmps:
-        quality.update(grounded(rd, tmps["grounding"]))
-    return {**counts, "_quality": quality, "_tmp": {str(tmps[f]): str(finals[f]) for f in tmps}}
+    if ground:
+        quality.update(grounded(rd, tmps["grounding"][0]))
+    return {**counts, "_quality": quality, "_tmp": {str(t): str(final) for t, final in tmps.values()},
+            "_keys": {p.parent.name for p in stores.values()}}
+
+
+def _outputs(rd: RunDir, source: str, stores: dict, index: Path, dim: int) -> dict:
+    """users_<field>.parquet and the grounding file, joined from the index and the stores (no encoding), under
+    temporary names. -> {store name: (tmp, final)}"""
+    from slim.encode import store
+
+    idx = pq.read_table(index)
+    ids = idx.column(C.USER_ID).to_numpy()
+    out = {}
+    for name, folder in stores.items():
+        final = rd.path(C.GROUNDING_FILE.format(source=source) if name == "grounding"
+                        else SOURCE_FILES[source].format(field=name))
+        tmp, schema = atomic.tmp_path(final), GROUNDING_SCHEMA if name == "grounding" else VECTORS
+        h = idx.column("ghash" if name == "grounding" else f"hash_{name}").to_numpy()
+        with pq.ParquetWriter(tmp, schema) as w:
+            def emit(u, t):
+                w.write_table(pa.table([pa.array(u, pa.int64()), *t.columns[1:]], schema=schema))
+            got = store.assemble(folder, ids, h, emit, store.GROUNDING_SCHEMA if name == "grounding"
+                                 else store.VECTOR_SCHEMA)
+            if len(got["missing"]):
+                raise RuntimeError(f"{folder}: no vector for {len(got['missing'])} {source} user(s), e.g. "
+                                   f"user_id {int(got['missing'][0])}; is another encode run writing there?")
+            if name != "grounding" and (h == 0).any():  # empty texts: zero vectors
+                zero = np.zeros((int((h == 0).sum()), dim), np.float16)
+                emit(ids[h == 0], pa.table({C.TEXT_HASH: pa.array(h[h == 0]), C.EMBEDDING: _emb_array(zero)}))
+        out[name] = (tmp, final)
+    return out
 
 
 def grounded(rd: RunDir, path: Path) -> dict:
