@@ -13,6 +13,7 @@ import pytest
 
 from slim.io import columns as C
 from slim.runtime.config import ConfigError
+from slim.runtime.tracking import TrackingConfig
 from slim.train import search as S
 from slim.train import search_plan as P
 from slim.train import stage as job
@@ -24,6 +25,7 @@ GROUPS = ("gru4rec-id-bce", "gru4rec-id-ce")
 
 def _cfg(root, **kw):
     search = S.SearchConfig(trials=4, space=SPACE, grace_epochs=1, reduction_factor=2, seed=0)
+    kw.setdefault("tracking", TrackingConfig(mlflow_uri=f"sqlite:///{root}/mlflow.db"))  # a real store, no server
     return job.TrainConfig(run_dir=str(root), backbones=("gru4rec",), variants=("id",), losses=("bce", "ce"),
                            seeds=(0, 1), hidden=16, max_len=10, epochs=3, patience=3, batch_size=64,
                            valid_protocol="full", test_protocols=("full",), search=search, **kw)
@@ -93,6 +95,27 @@ def test_planted_learning_rate_is_found_and_beats_the_default(searched):
     evaluate.run(evaluate.EvaluateConfig(run_dir=str(root), protocols=("full",)))
     md = (root / "reports" / "results.md").read_text()
     assert "## Hyperparameter search" in md and f"{best['hp']['lr']:g}" in md and "4 trials for every group" in md
+
+
+def test_trials_and_seed_runs_are_tracked_in_mlflow(searched):
+    from mlflow.tracking import MlflowClient
+
+    root, cfg, _, _ = searched
+    client = MlflowClient(tracking_uri=cfg.tracking.mlflow_uri)
+    exp = client.get_experiment_by_name(str(root))
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    trials = sorted(r.info.run_name for r in runs if r.data.tags.get("stage") == "search_trial")
+    assert trials == sorted(f"{g}-trial{i}" for g in GROUPS for i in range(4))
+    seeds = sorted(r.info.run_name for r in runs if r.data.tags.get("stage") == "train")
+    assert seeds == sorted(f"{g}-s{s}" for g in GROUPS for s in (0, 1))
+    best = _group(root, "gru4rec-id-bce")
+    run = next(r for r in runs if r.info.run_name == f"gru4rec-id-bce-trial{best['trial']}")
+    assert float(run.data.params["lr"]) == best["hp"]["lr"] and run.data.tags["search_key"] == best["trials"][
+        best["trial"]]["key"]
+    assert run.data.metrics["best_valid_ndcg10"] == pytest.approx(best["score"])
+    steps = client.get_metric_history(run.info.run_id, "valid_NDCG10")
+    assert max(m.value for m in steps) == pytest.approx(best["score"]) and len(steps) == best["trials"][
+        best["trial"]]["epochs"]
 
 
 def test_killed_search_resumes_without_redoing_finished_trials(searched):

@@ -120,9 +120,10 @@ class Tracker:
                              tags=[x for x in part if isinstance(x, RunTag)])
         return rid
 
-    def train_run(self, spec, rec: dict, model_dir) -> None:
+    def train_run(self, spec, rec: dict, model_dir, tags: Optional[dict] = None) -> None:
         """A trained model: spec -> params; loss and valid NDCG@10 per epoch (step = epoch); valid and test under
-        every protocol (valid.full.NDCG10, test.uni100.Hit10, ...); the model folder as the tag model_dir."""
+        every protocol (valid.full.NDCG10, test.uni100.Hit10, ...); the model folder as the tag model_dir.
+        tags: more of them (a train.search trial: stage=search_trial, its group and trial index)."""
         def log_it(client):
             params = {**flat(dataclasses.asdict(spec)), "valid_protocol": rec.get("valid_protocol", "")}
             metrics = []
@@ -134,7 +135,8 @@ class Tracker:
             metrics += [(k, rec[k], 0) for k in ("best_epoch", "epochs_run", "best_valid_ndcg10", "targets_per_s",
                                                  "train_seconds", "wall_seconds", "sum_weight") if k in rec]
             rid = self._run(client, rec.get("run", spec.name), params, metrics,
-                            {"stage": "train", "model_dir": str(model_dir), "fingerprint": rec.get("fingerprint", "")})
+                            {"stage": "train", "model_dir": str(model_dir), "fingerprint": rec.get("fingerprint", ""),
+                             **(tags or {})})
             client.set_terminated(rid, "FINISHED")
 
         self._guard(f"logging train run {spec.name}", log_it)

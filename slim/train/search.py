@@ -142,9 +142,11 @@ def search_group(group: str, spec, trials: list, d, text, uts: dict, root, run_f
     runs = [apply(spec, effective(spec, t), seed=cfg.search.seed) for t in trials]
     keys = [trial_key(r, run_fp, cfg) for r in runs]
     todo = {k: r for k, r in zip(keys, runs) if not (folder / f"{k}.json").exists()}
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a trial's index (coinciding trials: the first)
     say(f"train.search {group}: {len(todo)} of {len(set(keys))} distinct trial(s) to train")
     if todo:
-        run_trials(todo, folder, d, text, uts.get((spec.variant, spec.rationale_field)), cfg)
+        run_trials(todo, folder, d, text, uts.get((spec.variant, spec.rationale_field)), cfg,
+                   {k: f"{group}-trial{first[k]}" for k in todo})
     res = [json.loads((folder / f"{k}.json").read_text()) for k in keys]
     best = max(range(len(res)), key=lambda i: (res[i]["score"], -i))
     rows = [{"trial": i, "key": k, "hp": effective(spec, t), "score": r["score"], "epochs": r["epochs"]}
@@ -170,9 +172,10 @@ def _trial(config: dict, runs: list, d, text, ut, valid: str) -> None:
     fit(runs[config["i"]], d, text, valid, test_protocols=(), progress=report, ut=ut)
 
 
-def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig") -> None:
+def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig", names: dict) -> None:
     """Train the trials of todo (key -> spec) as one Tune experiment; each finished trial's file is written by the
-    driver as it ends (the Tune experiment itself is scratch: the result files are the search's state)."""
+    driver as it ends (the Tune experiment itself is scratch: the result files are the search's state), and the
+    trial is logged to MLflow under names[key] when tracking is on."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -197,7 +200,7 @@ def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig") -> None:
                            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=sched,
                                                        reuse_actors=True),
                            run_config=tune.RunConfig(name="search", storage_path=scratch, verbose=0,
-                                                     callbacks=[_TrialFiles(keys, runs, folder)]))
+                                                     callbacks=[_TrialFiles(keys, runs, folder, names, cfg)]))
         with contextlib.redirect_stdout(io.StringIO()) as said:  # Tune's boxes name the scratch folder: the log
             grid = tuner.fit()
         log.info("ray tune, %s:\n%s", folder.name, said.getvalue())
@@ -229,8 +232,11 @@ class _TrialFiles(_callback_base()):
     """In the driver: each trial's epochs as Tune reports them, and its result file once it ends (finished, or
     stopped by the scheduler); an errored trial gets none and is trained again by the next run."""
 
-    def __init__(self, keys: list, runs: list, folder):
+    def __init__(self, keys: list, runs: list, folder, names: dict, cfg: "TrainConfig"):
+        from slim.runtime.tracking import Tracker
+
         self.keys, self.runs, self.folder, self.history, self.started = keys, runs, folder, {}, {}
+        self.names, self.tracker, self.valid = names, Tracker(cfg.tracking, cfg.run_dir), cfg.valid_protocol
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.monotonic()
@@ -244,10 +250,15 @@ class _TrialFiles(_callback_base()):
         i = trial.config["i"]
         h = self.history.get(trial.trial_id, [])
         ok = [e[METRIC] for e in h if math.isfinite(e["loss"]) and math.isfinite(e[METRIC])]
-        spec = self.runs[i]
-        atomic.write_json(self.folder / f"{self.keys[i]}.json", {
-            "key": self.keys[i], "run": spec.name, "spec": dataclasses.asdict(spec),
+        spec, key = self.runs[i], self.keys[i]
+        rec = {
+            "key": key, "run": spec.name, "spec": dataclasses.asdict(spec),
             "score": max(ok) if ok else -1.0, "epochs": len(h), "stopped": len(h) < spec.epochs, "history": h,
             # from start to end as the driver saw it: the epochs and the trial's start-up (--check's estimate)
-            "wall_s": time.monotonic() - self.started.get(trial.trial_id, time.monotonic())})
+            "wall_s": time.monotonic() - self.started.get(trial.trial_id, time.monotonic())}
+        atomic.write_json(self.folder / f"{key}.json", rec)
+        track = {"run": self.names[key], "history": h, "best_valid_ndcg10": rec["score"], "epochs_run": len(h),
+                 "valid_protocol": self.valid, "wall_seconds": rec["wall_s"]}
+        self.tracker.train_run(spec, track, self.folder / f"{key}.json",
+                               tags={"stage": "search_trial", "search_key": key})
 
