@@ -78,6 +78,20 @@ def _select(ucode: np.ndarray, item: np.ndarray, alive: np.ndarray, min_user: in
     return ok & keep_u[ucode], cnt, keep_u
 
 
+def smallest_keys(where: str, alive: np.ndarray, min_user: int, seed: int, k: int) -> dict:
+    """The k kept users of a bucket whose raw ids hash smallest (slim.io.keyhash, "<seed>:<raw id>"): their hashes
+    and ranks among the kept users (the `picks` of _select), for the `max_users` sample."""
+    from slim.io.keyhash import key_hashes
+
+    t = read(where, ["ucode", "item", "user"])
+    ucode, item = t.column("ucode").to_numpy(), t.column("item").to_numpy()
+    _, _, keep_u = _select(ucode, item, alive, min_user, None)
+    first = np.searchsorted(ucode, np.flatnonzero(keep_u))  # each kept user's first row: its raw id
+    h = key_hashes(t.column("user").take(pa.array(first)).cast(pa.string()).to_pylist(), seed)
+    take = np.argsort(h, kind="stable")[:k]
+    return {"hash": h[take], "rank": take.astype(np.int64)}
+
+
 def core_pass(where: str, alive: np.ndarray, min_user: int, min_history: int) -> dict:
     """One pass of the k-core over a bucket: users are cut at `min_user` events on the `alive` items; returns how
     many events each item keeps, and the users left below `min_history` (their count and the first one's row)."""

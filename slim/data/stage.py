@@ -53,7 +53,8 @@ class DataConfig:
     min_user_interactions: int = 0  # k-core thresholds; 0/1 = no filter
     min_item_interactions: int = 0  # k-core: users per item; 0/1 = no filter
     min_history: int = 3  # leave-one-out needs >= 1 training item + valid + test
-    max_users: int = 0  # 0 = all; else a fixed-seed subsample (tiny runs)
+    # 0 = all; else the users whose raw ids hash smallest with `seed` (tiny runs; a newer snapshot keeps them)
+    max_users: int = 0
     # A snapshot: only interactions with timestamp <= until are read (epoch seconds or an ISO 8601 date / date-time,
     # naive = UTC, a date = its midnight); the filters above apply after the cut. null = the whole source.
     until: Optional[Union[int, str, datetime.date]] = None
@@ -110,6 +111,8 @@ def stage_config(cfg) -> dict:
         del out["until"]
     if cfg.source in JSONL_SEQUENCES:
         out["source"] = "amazon2018-games"
+    if cfg.max_users:  # the sample is drawn by raw-id hash now: a run drawn by position is not current
+        out["max_users_draw"] = "raw-id hash"
     return out
 
 

@@ -7,8 +7,8 @@ instead: slim.data.identity): user ids 0..U-1 follow the raw user ids' sorted or
 ranges of it, so a bucket's first id is the number of users in the buckets before it); item ids 1..N the sorted raw
 item ids that survive; sequences sort by (time, source row); the filters (items without text, the k-core, users
 too short to split) reach the same fixed point whatever order they run in, because it is the largest set meeting
-every threshold; `max_users` draws from `default_rng(seed)` over the surviving users' positions, which needs only
-their count.
+every threshold; `max_users` keeps the surviving users whose raw ids hash smallest (slim.io.keyhash), so a newer
+snapshot keeps (almost) the same sample.
 """
 
 from __future__ import annotations
@@ -168,15 +168,19 @@ def filter_core(cfg, files: list, text_ok: np.ndarray, problems: Problems, paral
     return alive, mu, passes
 
 
-def pick_users(cfg, per_bucket: list) -> list:
-    """Per bucket, the ranks of its users in the `max_users` sample (None: all), drawn as the in-memory stage drew
-    them: over the positions 0..U-1 of all surviving users."""
-    total = sum(per_bucket)
-    if not cfg.max_users or total <= cfg.max_users:
+def pick_users(cfg, files: list, alive: np.ndarray, mu: int, per_bucket: list, parallel: bool) -> list:
+    """Per bucket, the ranks of its users in the `max_users` sample (None: all): the surviving users whose raw ids
+    hash smallest ("<data.seed>:<raw id>", as the teacher draws), so a new snapshot keeps (almost) the same users;
+    each bucket sends at most max_users candidates. Ties (equal hashes) by raw id."""
+    k = cfg.max_users
+    if not k or sum(per_bucket) <= k:
         return [None] * len(per_bucket)
-    pick = np.sort(np.random.default_rng(cfg.seed).choice(total, cfg.max_users, replace=False))  # = over arange(total)
-    first = np.r_[0, np.cumsum(per_bucket)]
-    return [pick[(pick >= a) & (pick < b)] - a for a, b in zip(first[:-1], first[1:])]
+    got = run_tasks(B.smallest_keys, [(f, alive, mu, cfg.seed, k) for f in files], parallel)
+    h = np.concatenate([g["hash"] for g in got])
+    rank = np.concatenate([g["rank"] for g in got])
+    bucket = np.concatenate([np.full(len(g["rank"]), b) for b, g in enumerate(got)])
+    win = np.lexsort((rank, bucket, h))[:k]  # buckets are raw-id ranges, ranks raw-id order within one
+    return [np.sort(rank[win][bucket[win] == b]) for b in range(len(files))]
 
 
 def items_table(names: list, text: dict, all_counts: np.ndarray, train_counts: np.ndarray,
@@ -245,7 +249,7 @@ def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool,
     alive, mu, passes = filter_core(cfg, files, text_ok, problems, parallel)
     t_core = time.perf_counter()
     counted = run_tasks(B.item_counts, [(f, alive, mu, None) for f in files], parallel)
-    picks = pick_users(cfg, [r["users"] for r in counted])
+    picks = pick_users(cfg, files, alive, mu, [r["users"] for r in counted], parallel)
     if any(p is not None for p in picks):
         counted = run_tasks(B.item_counts, [(f, alive, mu, p) for f, p in zip(files, picks)], parallel)
     n_users = [r["users"] for r in counted]

@@ -49,16 +49,19 @@ def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
     for p in (up, ip, cp):
         if not p.exists():
             raise RecDataError(f"{p} not found: run the data stage first (jobs/data.py)")
-    users = storage.read_table(up, columns=[C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM])
+    cols = [C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM]
+    raw = C.RAW_USER_ID if C.RAW_USER_ID in storage.read_schema(up).names else C.USER_ID  # hand-made tables
+    users = storage.read_table(up, columns=cols + ([raw] if raw not in cols else []))
     num_items = storage.read_metadata(ip).num_rows
     absent = absent_items(ip)
     n_cand, per_user = storage.dataset(cp).count_rows(), len(C.SPLITS) * len(C.PROTOCOLS)  # count: file footers
     if n_cand != per_user * users.num_rows:  # checked now, though each protocol is read only when ranked
         raise RecDataError(f"{cp}: {n_cand} rows for {users.num_rows} users in {up.name}, expected {per_user} "
                            "per user: rerun the data stage")
-    if max_users and users.num_rows > max_users:  # fixed-seed subsample for reduced benchmarks
-        pick = np.sort(np.random.default_rng(seed).choice(users.num_rows, max_users, replace=False))
-        users = users.take(pick)
+    if max_users and users.num_rows > max_users:  # reduced benchmarks: the raw ids that hash smallest with `seed`,
+        from slim.io.keyhash import smallest  # so a newer snapshot keeps (almost) the same users
+
+        users = users.take(smallest(users.column(raw).cast("string").to_pylist(), seed, max_users))
     uid = users.column(C.USER_ID).to_numpy()
     lists = users.column(C.ITEM_IDS).combine_chunks()
     flat = lists.values.to_numpy().astype(np.int64)

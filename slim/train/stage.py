@@ -57,7 +57,7 @@ class TrainConfig:
     gru4rec: GRU4RecConfig = GRU4RecConfig()
     sasrec: SASRecConfig = SASRecConfig()
     srgnn: SRGNNConfig = SRGNNConfig()
-    max_users: int = 0  # 0 = all users; else a fixed-seed subsample (reduced benchmarks)
+    max_users: int = 0  # 0 = all users; else those whose raw ids hash smallest with subsample_seed (reduced benchmarks)
     subsample_seed: int = 0  # the seed of the max_users subsample
     # model selection (early stopping, the sum fusion's weight) on the validation target under this protocol: full
     # ranking, the headline, by default (a sampled protocol favours epochs that separate easy negatives by text)
@@ -159,9 +159,10 @@ def spec_fingerprint(d: dict, inputs: dict, conf: dict) -> str:
     elif not d["rationale_field"]:  # id_text / text: the item vectors, not the rationales
         inputs = {k: v for k, v in inputs.items() if k != C.ENCODE_DIR}
     amp = {"amp": conf["amp"]} if conf.get("amp", "none") != "none" else {}  # fp32 runs keep their fingerprint
+    draw = {"draw": "raw-id hash"} if conf["max_users"] else {}  # subsamples drawn by position are not current
     return fingerprint({"spec": d, "inputs": inputs, "max_users": conf["max_users"],
                         "subsample_seed": conf["subsample_seed"], "valid": conf["valid_protocol"],
-                        "test": list(conf["test_protocols"]), "encoder": conf["text_encoder"], **amp})
+                        "test": list(conf["test_protocols"]), "encoder": conf["text_encoder"], **amp, **draw})
 
 
 def refingerprint(root, runs: list, inputs: dict, conf: dict) -> int:
