@@ -188,7 +188,8 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     init_ray(cfg.ray_address, cfg.num_cpus)
     present = present_users(rd, cfg.max_users)
     todo = K.todo(cfg, rd, model_path, K.gen_key(gen), present, out)
-    say(f"student: {len(present):,} users, {len(todo):,} to generate (the others' rows are kept: same key)")
+    say(f"student: {len(present):,} users: {len(todo):,} to generate, {len(present) - len(todo):,} with a row whose key "
+        "holds (kept)")
     model_name = rd.stored(model_info["path"]) if model_info["kind"] != "base" else model_info["path"]
     made, tokens, t_first = _generate(cfg, rd, model_path, model_name, K.gen_key(gen), todo, out) if len(todo) \
         else (0, 0, None)
@@ -235,8 +236,9 @@ def _finish(rd, cfg, what, out, present, since, tally) -> Manifest:
     (sc, inputs, model_info, gen), (made, tokens, t0, t_first) = what, tally
     t_end = time.perf_counter()
     refresh = settle(out, rd.path(C.STUDENT_ARCHIVE), present, since, SCHEMA)
-    if refresh["missing"]:
-        log.warning("student: %d present user(s) have no row; the next run generates them", refresh["missing"])
+    if refresh["missing"]:  # the engine handed back fewer rows than it was given: no manifest, the refresh stays open
+        raise RuntimeError(f"student: {refresh['missing']:,} user(s) of {rd.path(C.USERS_FILE)} have no row after the "
+                           "run; rerun the same command to generate them")
     status = S.read_latest(out, columns=[C.USER_ID, C.STATUS])
     st = status.column(C.STATUS).to_pylist()
     counts = {"users": status.num_rows, **refresh, "generated": made,
