@@ -49,14 +49,19 @@ def _forced(value: str, stage: str) -> bool:
     return bool(names)
 
 
-def parse(argv: list[str] | None = None, description: str = "", retry_failed: bool = False) -> argparse.Namespace:
-    """retry_failed: offer --retry-failed (only stages whose config has `retry_failed` keep failed rows to redo)."""
+def parse(argv: list[str] | None = None, description: str = "", retry_failed: bool = False,
+          swap: bool = False) -> argparse.Namespace:
+    """retry_failed: offer --retry-failed (only stages whose config has `retry_failed` keep failed rows to redo);
+    swap: offer --swap (serve)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="YAML config (one section per stage)")
     add_force(p)
     if retry_failed:
         p.add_argument("--retry-failed", action="store_true",
                        help="redo only the rows that failed before, keep the rest")
+    if swap:
+        p.add_argument("--swap", action="store_true", help="put the run these settings pick into the app already "
+                       "serving at serve.host:serve.port, in place (no request dropped), and return (serve.swap)")
     add_verbose(p)
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.min_history=5 "
                    "(every key: docs/config.md)")
@@ -114,10 +119,12 @@ def main_stage(stage: str, argv: list[str] | None = None) -> int:
     from slim.runtime import config
     from slim.runner import stages
 
-    args = parse(argv, description=f"SLIM stage: {stage}", retry_failed=stage in retry_stages())
+    args = parse(argv, description=f"SLIM stage: {stage}", retry_failed=stage in retry_stages(),
+                 swap=stage == "serve")
     try:
         retry = getattr(args, "retry_failed", False)
         overrides = list(args.overrides) + ([f"{stage}.retry_failed=true"] if retry else [])
+        overrides += ["serve.swap=true"] if getattr(args, "swap", False) else []
         raw = config.load_raw(args.config, overrides)
         set_bind_host(raw.get("ray_host"))
         cfgs = stages.load_all(raw)

@@ -50,7 +50,9 @@ def submitted_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, private_job: bool = False) -> None:
+    """private_job: the address is another job's private local cluster (a serve swap joins one): join it with that
+    cluster's job runtime_env, so that actors started from here bind as its own do (worker_setup)."""
     import ray
 
     if ray.is_initialized():
@@ -62,7 +64,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # An existing cluster has its own resources: ray.init(num_cpus=...) raises when joining one.
         if num_cpus:
             log.info("num_cpus=%s ignored: joining the cluster at %s", num_cpus, address)
-        _ray_init(f"join the Ray cluster at {address}", address=address, log_to_driver=True)
+        extra = {"runtime_env": dict(LOCAL_JOB_ENV), "_node_ip_address": bind_host()} if private_job else {}
+        _ray_init(f"join the Ray cluster at {address}", address=address, log_to_driver=True, **extra)
         console.quiet_ray()
         console.say(f"joined Ray cluster at {address}: {ray.cluster_resources()}")
         return
@@ -72,7 +75,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     host = bind_host()
     _ray_init(f"start a local Ray cluster on {host}", address="local", num_cpus=n, resources={CORES: cores},
               include_dashboard=False, log_to_driver=True, _node_ip_address=host, dashboard_host=host,
-              runtime_env={"worker_process_setup_hook": f"{__name__}.{worker_setup.__name__}"})
+              runtime_env=dict(LOCAL_JOB_ENV))
     console.quiet_ray()  # worker output reaches the driver, then the stage log (the console with --verbose)
     log.info("started a local Ray cluster with %d logical CPUs on %d cores, bound to %s", n, cores, host)
 
@@ -113,6 +116,10 @@ def worker_setup() -> None:
         return original(server, address)
 
     tls_utils.add_port_to_grpc_server = on_bind_host
+
+
+# The job runtime_env of a private local cluster: every worker binds as worker_setup says
+LOCAL_JOB_ENV = {"worker_process_setup_hook": f"{__name__}.{worker_setup.__name__}"}
 
 
 def set_bind_host(value) -> None:

@@ -24,7 +24,8 @@ from slim.io import columns as C
 from slim.serve import guard, schemas as S
 from slim.serve.model import Ranker, pick_run
 from slim.serve.page import PAGE, swagger_asset, swagger_page
-from slim.serve.settings import STAGE, Secret, ServeConfig, check, from_dict, read_token
+from slim.serve.settings import STAGE, Secret, ServeConfig, from_dict, read_token
+from slim.serve.swap import model_label
 
 # /docs is this app's own route (below): Swagger UI from local assets where a package here ships them
 api = FastAPI(title="SLIM recommender", version=__version__, docs_url=None,
@@ -41,10 +42,11 @@ class RecommenderApp:
     def __init__(self, cfg: dict, model_dir: str, token: Optional[Secret], writer=None):
         self.cfg = from_dict(cfg)
         self.ranker = Ranker(model_dir, self.cfg.run_dir, self.cfg.torch_threads)
+        self.model = model_label(model_dir)  # named by every answer: which run, which weights
         self.writer = writer  # a handle to the RationaleWriter deployment, when serve.generate_rationales
         self.pending = 0  # requests waiting for or in a forward pass (queued in the batcher or computing)
         guard.limits().update(max_body_bytes=self.cfg.max_body_bytes, token=token,
-                              allowed_hosts=tuple(h.lower() for h in self.cfg.allowed_hosts))
+                              allowed_hosts=tuple(h.lower() for h in self.cfg.allowed_hosts), model=self.model)
         self._batched.set_max_batch_size(self.cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
 
@@ -102,7 +104,7 @@ class RecommenderApp:
         if not guard.authorized(request.headers):
             return {"status": "ok"}
         r = self.ranker
-        return {"status": "ok", "run": r.run_name, "backbone": r.spec.backbone, "variant": r.spec.variant,
+        return {"status": "ok", "run": r.run_name, "model": self.model, "backbone": r.spec.backbone, "variant": r.spec.variant,
                 "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
                 "max_batch_size": self.cfg.max_batch_size, "encoder_passes": r.passes,
                 "largest_batch": r.largest_batch, "auth": guard.limits()["token"] is not None,
@@ -167,7 +169,7 @@ class RecommenderApp:
         if gen is not None:
             rationale, source = {k: gen[k] for k in ("text", "steps", "status")}, "generated"
         fallback = r.user_text(q)[1]
-        return {"run": r.run_name, "user_id": q.user_id, "history": self._items(q.history[-most:]),
+        return {"run": r.run_name, "model": self.model, "user_id": q.user_id, "history": self._items(q.history[-most:]),
                 "rationale_used": r.user_text_model,
                 "history_cut": q.history_cut + max(len(q.history) - most, 0),
                 "items": self._items(ids, scores), "rationale": rationale,
@@ -183,7 +185,7 @@ class RecommenderApp:
         q = S.score_query(self.ranker, req, self.cfg.max_history_items, self.cfg.max_candidates)
         distinct, where = np.unique(q.candidates, return_inverse=True)
         ids, scores = await self._rank(dataclasses.replace(q, candidates=distinct))
-        return {"run": self.ranker.run_name, "history_cut": q.history_cut,
+        return {"run": self.ranker.run_name, "model": self.model, "history_cut": q.history_cut,
                 "scores": self._items(ids[where], scores[where])}
 
 
@@ -192,14 +194,14 @@ def build(cfg: ServeConfig):
     trained model or a missing token variable fails before any replica starts."""
     from slim.runtime.raycluster import work_actor_env
 
-    check(cfg)
     model_dir = pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)
     token = read_token(cfg)
     writer = _writer(cfg, model_dir)
     # Replicas do the work: at the driver's priority, not Ray's niceness 15 (see slim/runtime/raycluster.py).
     opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
             "logging_config": {"enable_access_log": cfg.access_log},
-            "ray_actor_options": {"num_cpus": cfg.replica_cpus, "runtime_env": work_actor_env()}}
+            "ray_actor_options": {"num_cpus": cfg.replica_cpus, "runtime_env": work_actor_env()},
+            "max_surge_percent": cfg.max_surge_percent}  # a redeploy (swap): new replicas beside the old
     if cfg.max_replicas:
         opts["autoscaling_config"] = {"min_replicas": cfg.num_replicas, "max_replicas": cfg.max_replicas,
                                       "target_ongoing_requests": cfg.target_ongoing_requests}
@@ -208,18 +210,31 @@ def build(cfg: ServeConfig):
     return RecommenderApp.options(**opts).bind(dataclasses.asdict(cfg), str(model_dir), token, writer)
 
 
+def writes_rationales(variant: str, field: str) -> bool:
+    """Whether a run's user text is a rationale (the train stage's user-text variants, less the no-LLM history
+    control): what serve.generate_rationales can write for a new user."""
+    from slim.models import USER_TEXT_VARIANTS
+    from slim.recsys.usertext import source
+
+    return variant in USER_TEXT_VARIANTS and source(variant, field) != "history"
+
+
 def _writer(cfg: ServeConfig, model_dir):
     """The RationaleWriter deployment for a user-text model when generation is on, else None (composed into the
     application through the ingress's init argument, which the replica receives as a handle)."""
     import json
 
+    from slim.recsys.checkpoint import METRICS
     from slim.recsys.usertext import FIELDS
     from slim.serve.writer import deployment
 
-    rec = json.loads((model_dir / "metrics.json").read_text())
-    if not cfg.generate_rationales or rec.get("variant") not in ("slim", "slim_teacher", "text_match"):
+    if not cfg.generate_rationales:
         return None
-    return deployment(cfg, FIELDS[rec["rationale_field"]])
+    rec = json.loads((model_dir / METRICS).read_text())
+    field = rec.get("rationale_field") or ""
+    if not writes_rationales(rec.get("variant", ""), field):
+        return None
+    return deployment(cfg, FIELDS[field])
 
 
 def build_app(args: dict):

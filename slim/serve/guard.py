@@ -37,7 +37,7 @@ class Guard:
     reached through someone else's DNS name cannot call the API); bodies over max_body_bytes get 413 (checked on the
     declared length and again on the bytes received, so a chunked upload cannot pass it), and when a token is
     configured, requests other than the page, health and schema need `Authorization: Bearer <token>` (401
-    otherwise)."""
+    otherwise). Answers to allowed requests name the model in X-Slim-Model."""
 
     def __init__(self, app):
         self.app = app
@@ -51,7 +51,7 @@ class Guard:
             refused, receive = await self._body(headers, receive)
         if refused is not None:
             return await refused(scope, receive, send)
-        return await self.app(scope, receive, send)
+        return await self.app(scope, receive, _named(send) if authorized(headers) else send)
 
     def _host(self, headers: dict) -> Optional[JSONResponse]:
         allowed = limits()["allowed_hosts"]
@@ -91,6 +91,19 @@ class Guard:
             return messages.pop(0) if messages else await receive()
 
         return None, replay
+
+
+def _named(send):
+    """`send` with the X-Slim-Model header (the replica's run and checkpoint) on the response: which model answered,
+    also while a swap moves the endpoint from one to another (shown only to those allowed to call the API)."""
+    model = limits()["model"].encode()
+
+    async def named(message):
+        if message["type"] == "http.response.start" and model:
+            message = {**message, "headers": [*message.get("headers", []), (b"x-slim-model", model)]}
+        await send(message)
+
+    return named
 
 
 def authorized(headers) -> bool:

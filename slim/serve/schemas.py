@@ -81,8 +81,13 @@ class Generation(BaseModel):
     seconds: float = Field(description="writing and encoding the rationale, in the writer deployment")
 
 
+MODEL = ("the model that answered: <run>@<checkpoint> (the first 16 hex digits of its weights' SHA-256), as in the "
+         "X-Slim-Model header; changes when a newly trained run is swapped in")
+
+
 class RecommendResponse(BaseModel):
     run: str
+    model: str = Field(description=MODEL)
     user_id: Optional[int]
     history: list[Item] = Field(description="the history used, oldest first (at most serve.max_history_items)")
     history_cut: int = Field(0, description="the oldest history items not shown in `history`: of a sent history, "
@@ -104,6 +109,7 @@ class RecommendResponse(BaseModel):
 
 class ScoreResponse(BaseModel):
     run: str
+    model: str = Field(description=MODEL)
     history_cut: int = Field(0, description="the oldest sent history items left out (serve.max_history_items)")
     scores: list[ScoredItem]
 

@@ -1,4 +1,4 @@
-"""The `serve:` config section and the stage entry point.
+"""The `serve:` config section (checked when made: __post_init__) and the token reader.
 
 `serve` is an on-demand stage: `jobs/pipeline.py` runs it only when named (`--stages ...,serve`), since it starts
 a server that runs until interrupted; `jobs/serve.py` starts it directly.
@@ -12,7 +12,8 @@ from typing import Optional
 STAGE = "serve"
 MAX_K = 1000  # the API's upper bound on k
 # A replica's request guard (slim/serve/app.py): body limit and token, set once by the replica at start.
-GUARD: dict = {"max_body_bytes": 65536, "token": None, "allowed_hosts": ()}
+# `model`: what every answer names in its X-Slim-Model header, <run>@<checkpoint> (slim/serve/swap.py, model_label).
+GUARD: dict = {"max_body_bytes": 65536, "token": None, "allowed_hosts": (), "model": ""}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class GeneratorConfig:
     cache_dir: str = "~/.cache/slim"  # the packaged base model's converted copy
     merge_dir: str = ""  # where base + adapter is merged once; "" = <cache_dir>/serve (never the run directory)
 
+    def __post_init__(self):
+        from slim.runtime.config import ConfigError
+
+        if self.timeout_s <= 0 or self.num_replicas < 1 or self.max_ongoing_requests < 1:
+            raise ConfigError("timeout_s must be > 0, num_replicas and max_ongoing_requests >= 1; got "
+                              f"{self.timeout_s}, {self.num_replicas}, {self.max_ongoing_requests}")
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -55,6 +63,10 @@ class ServeConfig:
     num_replicas: int = 1
     max_replicas: int = 0
     target_ongoing_requests: float = 8.0  # autoscaling: requests in flight per replica it aims at
+    # A swap (jobs/serve.py --swap) or any redeploy starts up to this percent of the replicas anew beside the old
+    # ones, which answer until the new ones are ready, then drain (Ray Serve's max_surge_percent). 0: the old ones
+    # stop first and requests wait for the new ones (for replicas that hold every free GPU).
+    max_surge_percent: int = 100
     replica_cpus: float = 0.5  # fractional: on 2 cores whole CPUs per replica starve everything else
     torch_threads: int = 0  # torch threads per replica for scoring; 0 = its CPUs (replica_cpus, floor, at least 1)
     # Batching: requests waiting at most batch_wait_timeout_s are scored in one forward pass of up to
@@ -82,34 +94,35 @@ class ServeConfig:
     # on demand with the run's student on vLLM (a second deployment), or (off) score with the learned missing vector.
     generate_rationales: bool = False
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # Set by `jobs/serve.py --swap`: update the app already answering at host:port in place with the run these
+    # settings pick, and return once it answers with it, instead of starting a server (slim/serve/swap.py).
+    swap: bool = False
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
+
+    def __post_init__(self):
+        """Values the types cannot express, checked once, when the config is made (slim.runtime.config.build names
+        the section: serve.<key>)."""
+        from slim.runtime.config import ConfigError
+
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                              f"({self.max_batch_size}), else no batch can fill")
+        if self.num_replicas < 1 or (self.max_replicas and self.max_replicas < self.num_replicas):
+            raise ConfigError("num_replicas must be >= 1 and max_replicas 0 or >= num_replicas")
+        if self.batch_wait_timeout_s < 0 or self.max_body_bytes < 1024:
+            raise ConfigError("batch_wait_timeout_s must be >= 0 and max_body_bytes >= 1024")
+        if self.max_history_items < 1 or self.max_candidates < 1 or self.request_timeout_s <= 0:
+            raise ConfigError("max_history_items and max_candidates must be >= 1, request_timeout_s > 0")
+        if not 0 <= self.max_surge_percent <= 100:
+            raise ConfigError(f"max_surge_percent: must be within 0..100, got {self.max_surge_percent}")
 
 
 def from_dict(d: dict) -> ServeConfig:
     """dataclasses.asdict(cfg) -> cfg again (the replica's copy; the nested section comes back as a dict)."""
     return ServeConfig(**{**d, "generator": GeneratorConfig(**d.get("generator", {}))})
-
-
-def check(cfg: ServeConfig) -> None:
-    """Values the dataclass types cannot express; the message names the key."""
-    from slim.runtime.config import ConfigError
-
-    if cfg.max_batch_size < 1:
-        raise ConfigError(f"serve.max_batch_size: must be >= 1, got {cfg.max_batch_size}")
-    if cfg.max_ongoing_requests < cfg.max_batch_size:
-        raise ConfigError(f"serve.max_ongoing_requests ({cfg.max_ongoing_requests}) must be >= "
-                          f"serve.max_batch_size ({cfg.max_batch_size}), else no batch can fill")
-    if cfg.num_replicas < 1 or (cfg.max_replicas and cfg.max_replicas < cfg.num_replicas):
-        raise ConfigError("serve.num_replicas must be >= 1 and serve.max_replicas 0 or >= num_replicas")
-    if cfg.batch_wait_timeout_s < 0 or cfg.max_body_bytes < 1024:
-        raise ConfigError("serve.batch_wait_timeout_s must be >= 0 and serve.max_body_bytes >= 1024")
-    if cfg.max_history_items < 1 or cfg.max_candidates < 1 or cfg.request_timeout_s <= 0:
-        raise ConfigError("serve.max_history_items and serve.max_candidates must be >= 1, "
-                          "serve.request_timeout_s > 0")
-    g = cfg.generator
-    if g.timeout_s <= 0 or g.num_replicas < 1 or g.max_ongoing_requests < 1:
-        raise ConfigError("serve.generator.timeout_s must be > 0, num_replicas and max_ongoing_requests >= 1")
 
 
 class Secret:
