@@ -135,7 +135,10 @@ def test_swap_under_a_steady_client_drops_nothing_and_answers_switch(two_runs, t
         except subprocess.TimeoutExpired:
             os.killpg(job.pid, signal.SIGKILL)
     got = client.got
-    print(f"swap: {len(got)} requests, swap command {t1 - t0:.1f} s")
+    sent = [g[0] for g in got]
+    gap = max(y - x for x, y in zip(sent, sent[1:]))
+    print(f"swap: {len(got)} requests, {sum(g[1] != 200 for g in got)} failed, swap command {t1 - t0:.1f} s, "
+          f"longest between two sends {gap:.2f} s")
     assert [g for g in got if g[1] != 200] == [], "every request answered 200 throughout the swap"
     assert all(g[2] == g[3] for g in got)  # the header names the model the body names
     names = [g[2] for g in got]
@@ -144,8 +147,6 @@ def test_swap_under_a_steady_client_drops_nothing_and_answers_switch(two_runs, t
     assert t0 < first_b < t1 + 1.0  # B answers by the time the swap returns, never before it started
     late = [m for t, _, m, _ in got if t > t1 + 1.0]
     assert late and set(late) == {b}  # once the swap returned, only B answers
-    sent = [g[0] for g in got]
-    gap = max(y - x for x, y in zip(sent, sent[1:]))
     assert gap < GAP_S, f"the endpoint did not answer for {gap:.1f} s"  # a restart left it silent ~19 s
     assert not (tmp_path / "scratch" / "serve" / f"127.0.0.1-{port}.json").exists()  # removed on stop
 

@@ -109,10 +109,13 @@ def model_label(model_dir) -> str:
 def swap(cfg: ServeConfig, where: dict, application, want: str) -> None:
     """Update the app cfg.app_name at cfg.route_prefix on the Ray `where` says (endpoint) in place to `application`
     (slim.serve.app.build(cfg)), whose answers name `want` (model_label); returns once the endpoint answers with it."""
+    import ray
     from ray import serve
 
     from slim.runtime.raycluster import init_ray
 
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address != where["ray_address"]:
+        ray.shutdown()  # a pipeline's own Ray (train ran on it): the endpoint runs on another
     init_ray(where["ray_address"], private_job=where["private"])
     before = _running(cfg, where)
     t0 = time.monotonic()
