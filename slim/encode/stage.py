@@ -98,7 +98,8 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, vkey: str) -> dict:
     counts, dim = {"item_truncated": 0, "item_empty": 0, "item_encoded": 0}, 0
     actors = pool(cfg, (C.TEXT,))
     actors["fn_constructor_kwargs"]["known"] = {C.TEXT: store.known(folder)}
-    sink, seen, prog = store.Sink({C.TEXT: folder}, {}, index, ischema, cfg.shard_rows), 0, Progress("encode (items)", n, "items")
+    sink, seen = store.Sink({C.TEXT: folder}, index, ischema, cfg.shard_rows), 0
+    prog = Progress("encode (items)", n, "items")
     try:
         for b in ds.map_batches(KeyedEncoder, **actors).iter_batches(batch_format="numpy", batch_size=None):
             ids, new, dim = b[C.ITEM_ID].astype(np.int64), b[f"new_{C.TEXT}"], b[f"emb_{C.TEXT}"].shape[1]

@@ -79,8 +79,8 @@ class Sink:
     """The driver's side of one source: new rows to their stores, a shard every shard_rows rows; every row's id and
     hashes to a local index file (read back by assemble)."""
 
-    def __init__(self, stores: dict, schemas: dict, index: Path, index_schema: pa.Schema, shard_rows: int):
-        self.stores, self.schemas, self.rows = stores, schemas, max(1, shard_rows)
+    def __init__(self, stores: dict, index: Path, index_schema: pa.Schema, shard_rows: int):
+        self.stores, self.rows = stores, max(1, shard_rows)
         self.buf = {n: [] for n in stores}
         self.index = pq.ParquetWriter(index, index_schema)
         self.index_schema = index_schema

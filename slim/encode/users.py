@@ -110,7 +110,8 @@ def _stores(cfg: "EncodeConfig", rd: RunDir, source: str, vkey: str, item_vecs: 
     root = rd.path(C.ENCODE_STORE)
     out = {f: root / vkey / f"{source}_{f}" for f in source_fields(source)}
     if cfg.ground_threshold > 0 and source != "history":
-        gkey = fingerprint({"vectors": vkey, "threshold": cfg.ground_threshold, "items": content_fingerprint(item_vecs)})
+        items = content_fingerprint(item_vecs)
+        gkey = fingerprint({"vectors": vkey, "threshold": cfg.ground_threshold, "items": items})
         out["grounding"] = root / gkey / f"{source}_grounding"
     return out
 
@@ -153,7 +154,7 @@ def encode_users(cfg: "EncodeConfig", rd: RunDir, source: str, item_vecs: str, e
     actors = pool(cfg, fields, item_vecs if ground else "")
     actors["fn_constructor_kwargs"].update(known={f: store.known(stores[f]) for f in fields},
                                            ground_known=store.known(stores["grounding"]) if ground else None)
-    sink = store.Sink(stores, {}, index, ischema, cfg.shard_rows)
+    sink = store.Sink(stores, index, ischema, cfg.shard_rows)
     try:
         for b in ds.map_batches(KeyedEncoder, **actors).iter_batches(batch_format="numpy", batch_size=None):
             uid = b[C.USER_ID].astype(np.int64)
