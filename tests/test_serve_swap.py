@@ -199,3 +199,29 @@ def test_swap_without_a_serving_job_is_a_clear_error(two_runs, tmp_path, monkeyp
     record_path(cfg).write_text(json.dumps({"ray_address": "127.0.0.1:1", "pid": os.getpid(), "private": True,
                                             "app": "slim", "route_prefix": "/"}))
     assert endpoint(cfg) == {"ray_address": "127.0.0.1:1", "private": True, "route_prefix": "/"}
+
+
+def test_serve_reads_the_student_and_encode_stages_through_their_public_functions(tmp_path):
+    """Issue 40: serve imports nothing of the student and encode packages but their public modules, and the writer
+    gets the configs the run recorded (derived keys dropped) with serve.generator's overrides on top."""
+    import re
+
+    from slim.io.rundir import Manifest, RunDir
+    from slim.serve.settings import GeneratorConfig
+    from slim.serve.writer import student_config
+
+    for path in (ROOT / "slim" / "serve").glob("*.py"):
+        for mod in re.findall(r"^\s*from (slim\.(?:student|encode)[\w.]*) import", path.read_text(), re.M):
+            assert mod in ("slim.student.public", "slim.encode.public"), (path.name, mod)
+    rd = RunDir(tmp_path)
+    rd.write_manifest(Manifest("student", {"base_model": "tiny-lm", "history_cut": 3,
+                                           "sampling": {"max_tokens": 200, "temperature": 0.0}}))
+    rd.write_manifest(Manifest("encode", {"model": "other-encoder", "max_seq_length": 128, "step3_share": 0.5,
+                                          "a_derived_key": 1}))
+    s = student_config(str(tmp_path), GeneratorConfig(max_tokens=99, dtype="bfloat16"))
+    assert (s.base_model, s.sampling.max_tokens, s.sampling.temperature, s.dtype) == ("tiny-lm", 99, 0.0, "bfloat16")
+    from slim.encode.public import recorded_config
+
+    e = recorded_config(str(tmp_path))
+    assert (e.model, e.max_seq_length, e.step3_share, e.run_dir) == ("other-encoder", 128, 0.5, str(tmp_path))
+    assert recorded_config(str(tmp_path / "none")).model == "all-MiniLM-L6-v2"  # no manifest: the defaults
