@@ -160,3 +160,21 @@ def test_search_refuses_ray_train_and_bad_spaces(tmp_path):
     bad = S.SearchConfig(trials=2, space=S.SearchSpace(lr=(1e-2, 1e-3)))
     with pytest.raises(ConfigError, match=r"train.search.space.lr"):
         job.check(dataclasses.replace(_cfg(tmp_path), search=bad))
+
+
+def test_resumed_asha_cuts_against_the_finished_trials():
+    """What a resumed search feeds ASHA (search._seen_by): a trial below the finished ones at a rung is stopped
+    there; with no finished trials fed, the first trial at a rung always goes on."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    def first_result(histories):
+        sched = ASHAScheduler(max_t=3, grace_period=1, reduction_factor=2)
+        S._seen_by(sched, histories)
+        return sched._brackets[0].on_result(SimpleNamespace(trial_id="new"), 1, 1.0)
+
+    finished = [[{S.METRIC: 5.0}, {S.METRIC: 6.0}], [{S.METRIC: 4.0}]]
+    assert first_result(finished) == TrialScheduler.STOP
+    assert first_result([]) == TrialScheduler.CONTINUE
+    assert first_result([[{S.METRIC: 0.5}]]) == TrialScheduler.CONTINUE  # better than the field: goes on

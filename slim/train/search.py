@@ -145,8 +145,9 @@ def search_group(group: str, spec, trials: list, d, text, uts: dict, root, run_f
     first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a trial's index (coinciding trials: the first)
     say(f"train.search {group}: {len(todo)} of {len(set(keys))} distinct trial(s) to train")
     if todo:
+        done = [json.loads((folder / f"{k}.json").read_text())["history"] for k in dict.fromkeys(keys) if k not in todo]
         run_trials(todo, folder, d, text, uts.get((spec.variant, spec.rationale_field)), cfg,
-                   {k: f"{group}-trial{first[k]}" for k in todo})
+                   {k: f"{group}-trial{first[k]}" for k in todo}, done)
     res = [json.loads((folder / f"{k}.json").read_text()) for k in keys]
     best = max(range(len(res)), key=lambda i: (res[i]["score"], -i))
     rows = [{"trial": i, "key": k, "hp": effective(spec, t), "score": r["score"], "epochs": r["epochs"]}
@@ -172,10 +173,11 @@ def _trial(config: dict, runs: list, d, text, ut, valid: str) -> None:
     fit(runs[config["i"]], d, text, valid, test_protocols=(), progress=report, ut=ut)
 
 
-def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig", names: dict) -> None:
+def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig", names: dict, finished: list) -> None:
     """Train the trials of todo (key -> spec) as one Tune experiment; each finished trial's file is written by the
     driver as it ends (the Tune experiment itself is scratch: the result files are the search's state), and the
-    trial is logged to MLflow under names[key] when tracking is on."""
+    trial is logged to MLflow under names[key] when tracking is on. finished: the epoch histories of the group's
+    trials done before (a resumed search)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -188,8 +190,7 @@ def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig", names: dict)
                            reduction_factor=s.reduction_factor)
              if s.scheduler == "asha" else FIFOScheduler())
     if s.scheduler == "asha":
-        _seen_by(sched, [json.loads(p.read_text())["history"] for p in folder.glob("*.json")]
-                 if folder.exists() else [])
+        _seen_by(sched, finished)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, runs=runs, d=d, text=text, ut=ut, valid=cfg.valid_protocol),
         {"cpu": cfg.cpus_per_run, **cores_request(cfg.threads_per_run)})
