@@ -20,7 +20,7 @@ from slim.io import storage
 from slim.io import columns as C
 from slim.data import buckets as B
 from slim.data import sequences as S
-from slim.data import identity, snapshot, sources, stream, tables
+from slim.data import identity, registry, snapshot, sources, stream
 from slim.io.rundir import Manifest, RunDir, file_fingerprint, peak_rss_mb
 from slim.runtime.console import say
 
@@ -29,9 +29,7 @@ log = logging.getLogger(__name__)
 STAGE = C.DATA_DIR  # data/manifest.json
 
 
-# One layout, two names: `amazon2018-games` was its first name (the SeqRecBenchmark Games export uses it).
-JSONL_SEQUENCES = ("jsonl-sequences", "amazon2018-games")
-SOURCES = ("jsonl-sequences", "amazon2018-games", "interactions-table", "amazon-raw", "ml-100k")
+SOURCES = tuple(registry.REGISTRY)  # data.source: every registered source (slim/data/registry.py)
 
 
 @dataclass(frozen=True)
@@ -80,37 +78,33 @@ class DataConfig:
             raise ConfigError(f"block_rows: {self.block_rows}, bucket_rows: {self.bucket_rows}: both must be >= 1")
         if self.num_negatives < 1:
             raise ConfigError(f"num_negatives: {self.num_negatives} must be at least 1")
-        if self.source == "interactions-table":
-            for key in ("interactions", "items", "user_column", "item_column"):
-                if not getattr(self, key):
-                    raise ConfigError(f"{key}: must be set for source interactions-table")
-            if not self.title_columns:
-                raise ConfigError("title_columns: name at least one items-table column for the item title")
+        src = registry.REGISTRY.get(self.source)
+        if src is None:
+            raise ConfigError(f"source: {self.source!r} is not one of {', '.join(SOURCES)}")
+        for key in src.required:
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: must be set for source {self.source}")
         # stored as epoch seconds: the fingerprint then says the same for 2024-01-31 and 1706659200
         object.__setattr__(self, "until", snapshot.until_seconds(self.until))
-        if self.until is not None and self.source == "interactions-table" and not self.time_column:
-            raise ConfigError("until: the interactions table has no timestamps (data.time_column is empty), "
-                              "so it cannot be cut at a time")
+        if src.validate is not None:
+            src.validate(self)
 
 
 CANDIDATE_BATCH = 1024  # users sampled (and written as one row group) at a time in a bucket's task
 RUNTIME_KEYS = ("ray_address", "num_cpus", "run_dir", "cache_dir", "block_rows", "bucket_rows")
-TABLE_KEYS = ("interactions", "items", "user_column", "item_column", "time_column", "title_columns",
-              "category_column", "brand_column")
 
 
 def stage_config(cfg) -> dict:
     """The part of a config that decides a stage's output (not where or how it runs). Fingerprinted so that runs
-    prepared before the table source and the `jsonl-sequences` name existed stay current: the table keys enter
-    only for that source, and both names of the jsonl layout count as its first name."""
-    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
-    if cfg.source != "interactions-table":
-        for k in TABLE_KEYS:
-            del out[k]
+    prepared before the registry, the table source and the `jsonl-sequences` name existed stay current: a source's
+    keys enter only for that source (but registry.ALWAYS_FINGERPRINTED), and an alias counts as its first name."""
+    src = registry.get(cfg.source)
+    skip = set(RUNTIME_KEYS) | registry.private_keys(cfg.source)
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     if cfg.until is None:  # runs prepared before the setting existed stay current
         del out["until"]
-    if cfg.source in JSONL_SEQUENCES:
-        out["source"] = "amazon2018-games"
+    if src.fingerprint_as:
+        out["source"] = src.fingerprint_as
     if cfg.max_users:  # the sample is drawn by raw-id hash now: a run drawn by position is not current
         out["max_users_draw"] = "raw-id hash"
     return out
@@ -118,10 +112,7 @@ def stage_config(cfg) -> dict:
 
 def input_paths(cfg: DataConfig) -> dict:
     """Config key -> the path or URL it names, for the configured source."""
-    if cfg.source in JSONL_SEQUENCES:
-        return {"path": cfg.path}
-    return {"interactions-table": {"interactions": cfg.interactions, "items": cfg.items},
-            "amazon-raw": {"reviews": cfg.reviews, "meta": cfg.meta}, "ml-100k": {}}[cfg.source]
+    return {k: getattr(cfg, k) for k in registry.get(cfg.source).inputs}
 
 
 def _inputs(cfg: DataConfig) -> dict:
@@ -135,16 +126,8 @@ def _inputs(cfg: DataConfig) -> dict:
 
 
 def _read(cfg: DataConfig, problems: sources.Problems) -> sources.Source:
-    """The configured source, cut at `data.until` when set."""
-    if cfg.source in JSONL_SEQUENCES:
-        src = sources.read_seqrec(cfg.path, cfg.cache_dir, problems, need_time=cfg.until is not None)
-    elif cfg.source == "interactions-table":
-        src = tables.read_tables(cfg, problems)
-    elif cfg.source == "amazon-raw":
-        src = sources.read_amazon_raw(cfg.reviews, cfg.meta, cfg.cache_dir, problems)
-    else:
-        src = sources.read_ml100k(cfg.cache_dir, problems)
-    return snapshot.cut(src, cfg.until)
+    """The configured source (slim/data/registry.py), cut at `data.until` when set."""
+    return snapshot.cut(registry.get(cfg.source).read(cfg, problems), cfg.until)
 
 
 def build_tables(cfg: DataConfig, source: sources.Source, problems: sources.Problems) -> tuple[pa.Table, pa.Table]:
@@ -281,7 +264,5 @@ def resources(cfg: DataConfig, problems: list) -> list[str]:
     from slim.runtime.preflight import path_line
 
     out = [path_line(f"data.{key}", p, problems) for key, p in input_paths(cfg).items()]
-    if cfg.source == "ml-100k":
-        cached = sorted((Path(cfg.cache_dir).expanduser() / "wheels").glob("recbole-1.2.1-*.whl"))
-        out.append(f"MovieLens-100K from {cached[0] if cached else 'recbole==1.2.1 (fetched with pip once)'}")
-    return out
+    describe = registry.get(cfg.source).describe
+    return out + (describe(cfg) if describe is not None else [])

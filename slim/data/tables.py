@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 
 from slim.data.sources import DataError, Problems, Source, chunked, fetch, iter_csv, parse_time
 
+# the DataConfig keys this source reads (slim.data.registry): fingerprinted only for source interactions-table
+KEYS = ("interactions", "items", "user_column", "item_column", "time_column", "title_columns", "category_column",
+        "brand_column")
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": "parquet", ".pq": "parquet"}
 
 
