@@ -121,3 +121,19 @@ def test_absent_item_gets_no_gradient(loss):
         loss_v, _ = batch_loss(m, spec, x, y, lens, torch.Generator().manual_seed(0), present=present)
         loss_v.backward()
         assert bool(m.items.id_emb.weight.grad[gone].abs().sum() > 0) is moved
+
+
+def test_serve_never_recommends_an_absent_item(runs):
+    """serve's full ranking (slim.serve.model.Ranker) and its popular list leave the absent item out too."""
+    from slim.serve.model import Query, Ranker
+
+    refreshed, fresh = runs
+    d = D.load(refreshed)
+    gone = int(d.absent[0])
+    a, _ = _models(refreshed, fresh, d, gone)
+    r = Ranker(refreshed / "models" / "planted", refreshed, model=a, spec=RunSpec("gru4rec", "id", 0, hidden=16))
+    queries = [Query(history=np.asarray(s[:-1], dtype=np.int64), k=10) for s in d.seqs]
+    tops = [ids for ids, _ in r.rank(queries)]
+    assert all(len(t) == 10 and gone not in t for t in tops) and gone not in r.popular
+    plain = D.SeqData(d.user_ids, d.seqs, d.num_items, d.candidates)  # what serve listed before the mask
+    assert (ranks(a, plain, "test", ("full",), 50, top=1)["top"][:, 0] == gone).mean() > 0.5
