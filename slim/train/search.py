@@ -201,7 +201,7 @@ def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig", names: dict,
                            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=sched,
                                                        reuse_actors=True),
                            run_config=tune.RunConfig(name="search", storage_path=scratch, verbose=0,
-                                                     callbacks=[_TrialFiles(keys, runs, folder, names, cfg)]))
+                                                     callbacks=[_trial_files(keys, runs, folder, names, cfg)]))
         with contextlib.redirect_stdout(io.StringIO()) as said:  # Tune's boxes name the scratch folder: the log
             grid = tuner.fit()
         log.info("ray tune, %s:\n%s", folder.name, said.getvalue())
@@ -223,15 +223,18 @@ def _seen_by(sched, histories: list) -> None:
                     recorded[f"finished-{n}"] = h[int(milestone) - 1][METRIC]
 
 
-def _callback_base():
+def _trial_files(*args) -> "_TrialFiles":
+    """_TrialFiles as a ray.tune Callback, the class made here: importing this module (the train stage, --check)
+    must not import Ray Tune."""
     from ray.tune import Callback
 
-    return Callback
+    return type("TrialFiles", (_TrialFiles, Callback), {})(*args)
 
 
-class _TrialFiles(_callback_base()):
+class _TrialFiles:
     """In the driver: each trial's epochs as Tune reports them, and its result file once it ends (finished, or
-    stopped by the scheduler); an errored trial gets none and is trained again by the next run."""
+    stopped by the scheduler); an errored trial gets none and is trained again by the next run. A mixin of Tune's
+    Callback (_trial_files)."""
 
     def __init__(self, keys: list, runs: list, folder, names: dict, cfg: "TrainConfig"):
         from slim.runtime.tracking import Tracker
