@@ -162,8 +162,10 @@ def test_fixed_seed_gives_identical_metrics(run_dir):
     assert a["test"] == b["test"] and drop(a["history"]) == drop(b["history"])
     assert a["history"] != c["history"]
     # measured with the fan-out loop before it was shared with Ray Train (commit 52b6aca): the same seed still
-    # trains the same weights (identical metrics.json there; approx only against another CPU's float rounding)
-    assert [h["loss"] for h in a["history"]] == pytest.approx([1.3770221360946742, 1.3457823568774807], rel=1e-9)
+    # trains the same weights (identical metrics.json there). Against another CPU's float rounding only approx: on
+    # this AMD EPYC host the second epoch's loss differs by 4.5e-9 relative, at the base commit too (2026-12-07);
+    # another seed moves it by percents
+    assert [h["loss"] for h in a["history"]] == pytest.approx([1.3770221360946742, 1.3457823568774807], rel=1e-7)
     assert [h["valid_ndcg10"] for h in a["history"]] == pytest.approx([11.128767869110956, 24.68720207563791],
                                                                        rel=1e-9)
 
