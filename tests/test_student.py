@@ -232,7 +232,7 @@ def test_retry_failed_redoes_only_failed_rows(run_dir, cache_dir, ray_local):
     row = {**before.loc[1].to_dict(), C.USER_ID: 1, C.STATUS: "failed", C.ERROR: "engine error (injected)"}
     S.write_shard(out, pa.Table.from_pylist([row], schema=SCHEMA))
     assert run(cfg).created == m.created  # without the flag: finished, skipped
-    assert parse(["--retry-failed"]).retry_failed
+    assert parse(["--retry-failed"], retry_failed=True).retry_failed  # the flag the student job offers
     m2 = run(_cfg(run_dir, cache_dir, max_users=4, retry_failed=True))
     t = _shards(run_dir).set_index(C.USER_ID)
     assert list(t.index) == list(range(4)) and len(S.read_shards(out, columns=[C.USER_ID])) == 4  # one row per user
