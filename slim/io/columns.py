@@ -75,6 +75,10 @@ USER_EMB_FIELDS = ("rationale", "step1", "step2", "step3")
 # products named in step 3 matched to catalogue items (encode stage): user_id, products, item_ids (0 = none), sims
 GROUNDING_FILE = "encode/{source}_grounding.parquet"
 EMBEDDING = "embedding"
+# the vector stores every output above is built from (slim.encode.store): <key>/<source>_<field>/ shards of
+# (text_hash, embedding), keyed by the encoder settings and the exact text encoded ("_": outside the fingerprint)
+ENCODE_STORE = "encode/_store"
+TEXT_HASH = "text_hash"  # uint64, blake2b of the text as encoded; 0 = an empty text (a zero vector)
 
 # teacher/ and student/ row shards
 TEACHER_SHARDS = "teacher/rationales"  # *.parquet, columns PROMPT..WASTED_USD above, one row per selected user
