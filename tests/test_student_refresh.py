@@ -72,6 +72,9 @@ def run_dir(tmp_path_factory, cache_dir):
     return d
 
 
+# slow: five student runs of the real hf engine (generation, a killed refresh and its restart): minutes on 2 idle
+# cores, 17 min loaded; `make test-slow` runs it
+@pytest.mark.slow
 def test_refresh_regenerates_exactly_what_changed(run_dir, cache_dir, ray_local, monkeypatch):
     out, archive = run_dir / C.STUDENT_SHARDS, run_dir / C.STUDENT_ARCHIVE
     cfg = _cfg(run_dir, cache_dir)
