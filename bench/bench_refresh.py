@@ -43,8 +43,8 @@ GOAL = 1.5  # a refresh costs at most GOAL x the changed fraction of the from-sc
 
 
 def pipeline(run_dir: Path, stages: str, extra: list[str], log: Path) -> None:
-    cmd = [sys.executable, "jobs/pipeline.py", "--config", "configs/ml100k.yaml", f"run_dir={run_dir}",
-           "--stages", stages, *GRID, *extra]
+    cmd = [sys.executable, "jobs/pipeline.py", "--config", "configs/ml100k.yaml", "--stages", stages,
+           f"run_dir={run_dir}", *GRID, *extra]  # overrides after the options: argparse takes them as one list
     print("$", " ".join(cmd[1:]), flush=True)
     with open(log, "a") as out:
         r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out)
