@@ -1,6 +1,9 @@
 """What a refresh costs against a run from scratch (issue 39): all of MovieLens-100K with the offline models.
 
-  PYTHONPATH=. .venv/bin/python bench/bench_refresh.py --root /root/slim-runs/refresh-ml100k --until 1998-03-31
+  PYTHONPATH=. .venv/bin/python bench/bench_refresh.py --root ~/slim-runs/refresh-ml100k --until 1998-03-31
+
+--root holds the run directories and the step records: a folder outside the work tree that outlives a session
+(hours of work; every step resumes).
 
 Three pipeline runs of configs/ml100k.yaml (the train grid cut to SASRec and GRU4Rec x id / id_text /
 history_text / slim, CE, three seeds, so that train is not most of the wall time):
@@ -168,6 +171,12 @@ def compare(a: dict, b: dict) -> list:
     return rows
 
 
+def _home(p: Path) -> str:
+    """A path as the results file names it: under the home folder as ~/..., so no machine's home is written."""
+    home = Path.home()
+    return f"~/{p.relative_to(home)}" if p.is_relative_to(home) else str(p)
+
+
 def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> str:
     ch = changed(root, root / "refresh")
     f = {"teacher": teacher_fraction(root / "refresh", ch), "student": ch["f_users"]}
@@ -175,7 +184,7 @@ def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> str:
     items = ch["items"]
     f["encode"] = (ch["f_users"] * max(0, enc - items) + ch["f_items"] * items) / max(1, enc)
     lines = [f"# Refresh vs from scratch: all of MovieLens-100K, snapshot cut at {a.until}", "",
-             f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_refresh.py --root {a.root} --until {a.until}`", "",
+             f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_refresh.py --root {_home(root)} --until {a.until}`", "",
              f"Machine: {os.cpu_count()} CPU cores; steps' wall: snapshot {snap['wall_s']:.0f} s, refresh "
              f"{ref['wall_s']:.0f} s, scratch {scr['wall_s']:.0f} s. Train grid: {' '.join(GRID)}.", "",
              "## What changed between the snapshots (measured on the data tables)", "",
@@ -213,11 +222,11 @@ def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default="/root/slim-runs/refresh-ml100k")
+    p.add_argument("--root", default="~/slim-runs/refresh-ml100k", help="outside the work tree; it resumes")
     p.add_argument("--until", default="1998-03-31")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "refresh.md"))
     a = p.parse_args()
-    root = Path(a.root)
+    root = Path(a.root).expanduser()
     (root / "record").mkdir(parents=True, exist_ok=True)
     snap = step(root, "snapshot", root / "refresh", "data,teacher,distill,student,encode", [f"data.until={a.until}"],
                 keep_data=True)
