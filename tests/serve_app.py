@@ -7,7 +7,6 @@ the encode stage's MiniLM; rationale generation off).
 """
 
 import os
-import socket
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 from slim.io import columns as C
 from slim.serve import ServeConfig
 from tests.test_recsys import N, _write_run
+from tests.ports import free_port
 
 TOKEN_ENV = "SLIM_TEST_SERVE_TOKEN"
 TOKEN = "t0k-" + os.urandom(12).hex()
@@ -91,12 +91,6 @@ def _slim_run(root: Path, d) -> tuple[str, np.ndarray]:
     return spec.name, vecs.astype(np.float32)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def running(root: Path):
     """The module's Serve instance over a run directory built in `root`: yields the dict the tests read; shuts
     Serve down when closed."""
@@ -109,7 +103,7 @@ def running(root: Path):
     _rationales(root)
     d, best = _train(root)
     slim_run, vecs = _slim_run(root, d)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = dict(run_dir=str(root), replica_cpus=0.25, max_batch_size=16, batch_wait_timeout_s=0.01,
                 max_ongoing_requests=32, max_body_bytes=4096, max_history_items=20, max_candidates=200)

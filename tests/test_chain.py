@@ -18,7 +18,8 @@ from slim.io import columns as C
 from slim.io import shards
 from slim.io import storage
 from slim.io.rundir import RunDir
-from tests.test_storage import SECRET, _boto, _free_port, aws_env, objects, s3_endpoint  # noqa: F401 (fixture)
+from tests.ports import free_port
+from tests.test_storage import SECRET, _boto, aws_env, objects, s3_endpoint  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS, TEACHER_USERS = 16, 6
@@ -79,7 +80,7 @@ def test_whole_chain_on_a_bucket_then_one_served_request(s3_endpoint, cache_dir,
     from slim.serve.app import build
 
     local = storage.download(uri, tmp_path / "run")
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build(ServeConfig(run_dir=str(local), variant="slim", replica_cpus=0.25)), name="chain",

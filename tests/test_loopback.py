@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STOPPED = "stopped by signal {}; rerun the same command to resume"
@@ -68,12 +69,6 @@ def test_the_check_finds_a_listener_off_the_loopback():
         assert [e[3] for e in off_loopback(found)] == [wild.getsockname()[1]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A run directory with one tiny trained model (seconds), what the serve job needs."""
@@ -106,7 +101,7 @@ def _wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout: float
 def test_served_job_listens_on_loopback_only_and_stops_fast(trained_run, tmp_path):
     from slim.runtime.signals import STOP_BOUND_S
 
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(yaml.safe_dump({"run_dir": str(trained_run), "num_cpus": 4,
                                    "serve": {"port": port, "replica_cpus": 0.25}}))

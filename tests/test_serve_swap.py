@@ -9,7 +9,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,16 +20,11 @@ import pytest
 import yaml
 
 from tests.test_loopback import listeners, off_loopback, tree
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bounds on a loaded 2-core machine (measured here: swap 21 s with Python's start, longest wait for an answer 0.5 s)
 START_S, SWAP_S, GAP_S = 240, 180, 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +95,7 @@ def test_swap_under_a_steady_client_drops_nothing_and_answers_switch(two_runs, t
 
     a, b = (model_label(two_runs / "models" / f"{bb}-id-bce-s0") for bb in ("gru4rec", "sasrec"))
     assert a != b and a.startswith("gru4rec-id-bce-s0@") and len(a.split("@")[1]) == 16
-    port, env = _free_port(), _env(tmp_path / "scratch")
+    port, env = free_port(), _env(tmp_path / "scratch")
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(yaml.safe_dump({"run_dir": str(two_runs), "num_cpus": 4,
                                    "serve": {"port": port, "replica_cpus": 0.25}}))
@@ -179,7 +173,7 @@ def test_swap_without_a_serving_job_is_a_clear_error(two_runs, tmp_path, monkeyp
     from slim.serve import ServeConfig
     from slim.serve.swap import SwapError, endpoint, record_path
 
-    port, env = _free_port(), _env(tmp_path / "scratch")
+    port, env = free_port(), _env(tmp_path / "scratch")
     cmd, kw = _job([f"run_dir={two_runs}", f"serve.port={port}", "--swap"], env, capture_output=True, text=True,
                    timeout=120)
     t0 = time.monotonic()

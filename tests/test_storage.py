@@ -22,21 +22,16 @@ from slim.io import shards
 from slim.io import storage
 from slim.io import columns as C
 from slim.io.rundir import Manifest, RunDir
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = f"test-secret-{uuid.uuid4().hex}"  # must never appear in anything the stages write
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """`python -m moto.server` on a free loopback port for this module."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ import pytest
 from slim.runner import stages
 from slim.runtime import tracking
 from tests.test_recsys import _write_run
+from tests.ports import free_port
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow (the dev extra) is not installed: run `make env`")
 
 # two runs, ID-only (no sentence encoder to load), three epochs each: a history of three points per run
 TRAIN = {"backbones": ["gru4rec", "sasrec"], "variants": ["id"], "seeds": [0], "hidden": 16, "max_len": 8,
          "epochs": 3, "patience": 3, "batch_size": 64, "lr": 5e-3}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
