@@ -86,14 +86,18 @@ def head_processes(temp_dir: str) -> list:
     return [p for p in {p.pid: p for p in procs}.values() if p.pid != me]
 
 
+CLIENT_SERVER = "ray.util.client.server"  # `python -m ray.util.client.server ...`: how Ray starts its client server
+
+
 def listening_on(ports: set[int]) -> list:
-    """Ray processes holding a listening socket on one of `ports` (the head's: they were free when it started)."""
+    """Ray client servers holding a listening socket on one of `ports` (the head's: they were free when it
+    started). Only those: another process that took a port since (a later head, any service) is not ours to stop."""
     import psutil
 
     procs = []
     for p in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if "ray" in " ".join(p.info["cmdline"] or []) and any(
+            if CLIENT_SERVER in (p.info["cmdline"] or []) and any(
                     c.status == psutil.CONN_LISTEN and c.laddr.port in ports for c in p.net_connections("tcp")):
                 procs.append(p)
     return procs

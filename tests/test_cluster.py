@@ -44,6 +44,23 @@ def _stop_head(temp_dir: str) -> None:
     _helper().stop(temp_dir)
 
 
+def test_stop_takes_only_rays_client_server_off_a_port(tmp_path):
+    """stop_local.sh frees the head's ports by stopping what listens there, but only Ray's client server: another
+    process that holds a port since (its command line even says "ray") is found by the same port and left alone."""
+    code = ("import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); "
+            "print(s.getsockname()[1], flush=True); time.sleep(60)")
+    for argv, ours in (([sys.executable, "-c", code, "/home/ray/array"], False),
+                       ([sys.executable, "-c", code, "-m", "ray.util.client.server"], True)):
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(p.stdout.readline())
+            found = {q.pid for q in _helper().listening_on({port})}
+            assert (p.pid in found) is ours, (argv[-1], found)
+        finally:
+            p.kill()
+            p.wait()
+
+
 def _helper():
     """cluster/local_head.py (the scripts' helper, not a package module)."""
     import importlib.util
