@@ -12,12 +12,11 @@ train, evaluate, explain and serve code read only what `Backbone` below names.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol
 
 import torch
 
 
-@runtime_checkable
 class Backbone(Protocol):
     """The attributes the training and ranking code read, with their shapes.
 
@@ -63,9 +62,9 @@ def check_backbone(name: str, cls: type, cfg_cls: type, hidden: int = 16, max_le
         fail("needs a class attribute per_position: bool")
     if not dataclasses.is_dataclass(cfg_cls):
         fail(f"its config class {cfg_cls.__name__} must be a dataclass with a default for every field")
+    if not issubclass(cls, torch.nn.Module) or cls.forward is torch.nn.Module.forward:
+        fail("must be a torch.nn.Module with its own forward(x, items, lengths)")  # Module's own only raises
     model = cls(hidden, cfg_cls(), max_len).eval()
-    if not isinstance(model, Backbone):
-        fail("does not provide forward(x, items, lengths)")
     x, items, lengths = _batch(50, hidden, max_len)
     with torch.no_grad():
         h = model(x, items, lengths)
