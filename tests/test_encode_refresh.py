@@ -124,14 +124,28 @@ def test_refresh_encodes_exactly_the_changed_texts(fresh, tmp_path):
     _same(refreshed, _outputs(d))
 
 
+def _fail_after_shards(monkeypatch, limit: int) -> None:
+    """The driver dies right after writing its `limit`-th store shard: the Sink (in this process: the test runs the
+    stage in-process) writes it, then raises, as a kill between two shards would leave the store."""
+    flush, written = store.Sink._flush, [0]
+
+    def failing(self, n):
+        wrote = bool(self.buf[n])
+        flush(self, n)
+        written[0] += wrote
+        if written[0] >= limit:
+            raise RuntimeError(f"injected failure after {written[0]} store shard(s)")
+
+    monkeypatch.setattr(store.Sink, "_flush", failing)
+
+
 def test_killed_encode_resumes_without_duplicates_or_gaps(fresh, tmp_path, monkeypatch):
     src, reference, first = fresh
     d = shutil.copytree(src, tmp_path / "run", ignore=shutil.ignore_patterns("encode"))
     total = {n: len(np.unique(h)) for n, h in _stored(src).items()}
-    monkeypatch.setenv(store.FAIL_AFTER_ENV, "2")  # the second store shard (how Ray Data cuts blocks decides which)
-    with pytest.raises(RuntimeError, match="injected failure"):
+    with monkeypatch.context() as mp, pytest.raises(RuntimeError, match="injected failure"):
+        _fail_after_shards(mp, 2)  # the second store shard (how Ray Data cuts blocks decides which)
         run(_cfg(d))
-    monkeypatch.delenv(store.FAIL_AFTER_ENV)
     assert RunDir(d).read_manifest("encode") is None and not (d / C.USER_EMB_FILE.format(field="step1")).exists()
     kept = {n: len(h) for n, h in _stored(d).items()}
     assert 0 < sum(kept.values()) < sum(total.values())  # a part is stored, the rest is not

@@ -165,7 +165,6 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     atomic.clean_tmp(out)  # left by a kill mid-write; the stores' shards stay
     if force:  # --force encodes every text again
         storage.remove_tree(rd.path(C.ENCODE_STORE))
-    store.begin()
     settings = store.vector_key(cfg)
     vkey = fingerprint(settings)
     init_ray(cfg.ray_address, cfg.num_cpus)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,6 @@ from slim.io import storage
 VECTOR_SCHEMA = pa.schema([(C.TEXT_HASH, pa.uint64()), (C.EMBEDDING, pa.list_(pa.float16()))])
 GROUNDING_SCHEMA = pa.schema([(C.TEXT_HASH, pa.uint64()), ("products", pa.list_(pa.string())),
                               ("item_ids", pa.list_(pa.int64())), ("sims", pa.list_(pa.float32()))])
-# test-only fault injection: the driver raises after writing this many store shards (tests/test_encode_refresh.py)
-FAIL_AFTER_ENV = "SLIM_TEST_ENCODE_FAIL_AFTER_SHARDS"
 
 
 def text_hashes(texts, empty_zero: bool = True) -> np.ndarray:
@@ -98,7 +95,6 @@ class Sink:
         if self.buf[n]:
             S.write_shard(self.stores[n], pa.concat_tables(self.buf[n]))
             self.buf[n] = []
-            _written()
 
     def close(self, flush: bool = True) -> None:
         try:
@@ -106,20 +102,6 @@ class Sink:
                 self._flush(n)
         finally:
             self.index.close()
-
-
-_SHARDS = {"n": 0}  # store shards this stage run wrote (the fault injection's count)
-
-
-def begin() -> None:
-    _SHARDS["n"] = 0
-
-
-def _written() -> None:
-    _SHARDS["n"] += 1
-    limit = os.environ.get(FAIL_AFTER_ENV)
-    if limit and _SHARDS["n"] >= int(limit):
-        raise RuntimeError(f"{FAIL_AFTER_ENV}={limit}: injected failure after {_SHARDS['n']} store shard(s)")
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
