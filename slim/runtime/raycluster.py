@@ -50,6 +50,11 @@ def submitted_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
+def local_cpus(num_cpus: int | None = None) -> int:
+    """The logical CPUs a private local cluster declares: more than the cores (see init_ray), unless configured."""
+    return num_cpus or max(4, 2 * (os.cpu_count() or 2))
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, private_job: bool = False) -> None:
     """private_job: the address is another job's private local cluster (a serve swap joins one): join it with that
     cluster's job runtime_env, so that actors started from here bind as its own do (worker_setup)."""
@@ -70,7 +75,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, private_jo
         console.say(f"joined Ray cluster at {address}: {ray.cluster_resources()}")
         return
     # More logical CPUs than cores: on 2 cores an actor pool holding whole CPUs starves the read tasks.
-    n = num_cpus or max(4, 2 * (os.cpu_count() or 2))
+    n = local_cpus(num_cpus)
     cores = os.cpu_count() or 1
     host = bind_host()
     _ray_init(f"start a local Ray cluster on {host}", address="local", num_cpus=n, resources={CORES: cores},

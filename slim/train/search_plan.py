@@ -90,6 +90,7 @@ def plan_lines(cfg: "TrainConfig", runs: list, models_dir: str) -> list[str]:
     """--check: the number of trials and, from the epoch rates an earlier run measured, the search's wall time.
     runs: the stage's run specs."""
     from slim.runtime.console import duration
+    from slim.runtime.raycluster import local_cpus
 
     s = cfg.search
     groups = sorted({group_of(x) for x in runs})
@@ -99,7 +100,10 @@ def plan_lines(cfg: "TrainConfig", runs: list, models_dir: str) -> list[str]:
     if not rate:
         return lines + [f"search: no earlier run in {cfg.run_dir} to time an epoch: no wall-time estimate"]
     mean, per = float(np.mean(list(rate.values()))), expected_epochs(cfg)
-    at_once = max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_run))
+    # as Tune places trials: each asks cpus_per_run CPUs and threads_per_run of the cores resource (one per core)
+    cores = os.cpu_count() or 1
+    cpus = local_cpus(cfg.num_cpus)  # a private cluster's; on a joined cluster set train.num_cpus
+    at_once = max(1, min(int(cpus // cfg.cpus_per_run), cores // max(1, cfg.threads_per_run)))
     start = startup_seconds(cfg.run_dir)
     total = sum((rate.get(g, mean) * per + start) * s.trials for g in groups) / at_once
     known = sum(g in rate for g in groups)
