@@ -50,8 +50,11 @@ def load(run_dir: str | Path, max_users: int = 0, seed: int = 0) -> SeqData:
         if not p.exists():
             raise RecDataError(f"{p} not found: run the data stage first (jobs/data.py)")
     cols = [C.USER_ID, C.ITEM_IDS, C.VALID_ITEM, C.TEST_ITEM]
-    raw = C.RAW_USER_ID if C.RAW_USER_ID in storage.read_schema(up).names else C.USER_ID  # hand-made tables
-    users = storage.read_table(up, columns=cols + ([raw] if raw not in cols else []))
+    raw = None
+    if max_users:  # the subsample draws by raw id: read that column only then
+        raw = C.RAW_USER_ID if C.RAW_USER_ID in storage.read_schema(up).names else C.USER_ID  # hand-made tables
+        cols += [raw] if raw not in cols else []
+    users = storage.read_table(up, columns=cols)
     num_items = storage.read_metadata(ip).num_rows
     absent = absent_items(ip)
     n_cand, per_user = storage.dataset(cp).count_rows(), len(C.SPLITS) * len(C.PROTOCOLS)  # count: file footers
