@@ -9,6 +9,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -192,7 +193,12 @@ def test_swap_without_a_serving_job_is_a_clear_error(two_runs, tmp_path, monkeyp
         endpoint(cfg)
     record_path(cfg).write_text(json.dumps({"ray_address": "127.0.0.1:1", "pid": os.getpid(), "private": True,
                                             "app": "slim", "route_prefix": "/"}))
-    assert endpoint(cfg) == {"ray_address": "127.0.0.1:1", "private": True, "route_prefix": "/"}
+    with pytest.raises(SwapError, match="is gone"):  # a live pid (reused after a kill) but nothing on the port
+        endpoint(cfg)
+    with socket.socket() as held:  # the endpoint's port answers: the record is trusted
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        assert endpoint(cfg) == {"ray_address": "127.0.0.1:1", "private": True, "route_prefix": "/"}
 
 
 def test_serve_reads_the_student_and_encode_stages_through_their_public_functions(tmp_path):

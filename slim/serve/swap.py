@@ -78,11 +78,21 @@ def endpoint(cfg: ServeConfig) -> dict:
         raise SwapError(f"no jobs/serve.py serves {where} on this machine ({p} not found): start one first "
                         "(without --swap), or name the cluster that runs the endpoint (RAY_ADDRESS / ray_address)"
                         ) from None
-    if not _alive(rec.get("pid")):
+    if not (_alive(rec.get("pid")) and _listening(cfg.host, cfg.port)):  # a reused pid alone is no endpoint
         raise SwapError(f"the jobs/serve.py that served {where} (pid {rec.get('pid')}) is gone: start one first "
                         "(without --swap)")
     return {"ray_address": rec["ray_address"], "private": bool(rec.get("private")),
             "route_prefix": rec.get("route_prefix") if rec.get("app") == cfg.app_name else None}
+
+
+def _listening(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _alive(pid) -> bool:
