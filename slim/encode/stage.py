@@ -158,7 +158,7 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     if not force and rd.is_current(STAGE, sc, inputs):
         return rd.read_manifest(STAGE)
     from slim.encode import store
-    from slim.io.rundir import fingerprint
+    from slim.io.rundir import content_fingerprint, fingerprint
 
     out = rd.stage_dir(STAGE)
     rd.invalidate(STAGE)
@@ -180,7 +180,9 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
         storage.upload(item_vecs, staged)
         item_vecs = str(staged)
     expected = {s: rd.read_manifest(SOURCE_STAGES[s]).counts.get("users", 0) for s in cfg.sources}
-    per_source = {s: encode_users(cfg, rd, s, item_vecs, expected[s], vkey) for s in cfg.sources}
+    grounds = cfg.ground_threshold > 0 and any(s != "history" for s in cfg.sources)
+    items_key = content_fingerprint(item_vecs) if grounds else ""  # the grounding stores' key: read once
+    per_source = {s: encode_users(cfg, rd, s, item_vecs, expected[s], vkey, items_key) for s in cfg.sources}
     quality = {s: c.pop("_quality") for s, c in per_source.items()}
     store.prune(rd.path(C.ENCODE_STORE), {vkey}.union(*(c.pop("_keys") for c in per_source.values())))
     t2 = time.perf_counter()

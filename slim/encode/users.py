@@ -102,16 +102,15 @@ GROUNDING_SCHEMA = pa.schema([(C.USER_ID, pa.int64()), ("products", pa.list_(pa.
 VECTORS = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
 
 
-def _stores(cfg: "EncodeConfig", rd: RunDir, source: str, vkey: str, item_vecs: str) -> dict:
+def _stores(cfg: "EncodeConfig", rd: RunDir, source: str, vkey: str, items_key: str) -> dict:
     """name -> store folder (slim.encode.store): one per field, and the grounding's, whose key adds the threshold
-    and the item vectors' content (a new catalogue text re-grounds every step 3)."""
-    from slim.io.rundir import content_fingerprint, fingerprint
+    and items_key, the item vectors' content fingerprint (a new catalogue text re-grounds every step 3)."""
+    from slim.io.rundir import fingerprint
 
     root = rd.path(C.ENCODE_STORE)
     out = {f: root / vkey / f"{source}_{f}" for f in source_fields(source)}
     if cfg.ground_threshold > 0 and source != "history":
-        items = content_fingerprint(item_vecs)
-        gkey = fingerprint({"vectors": vkey, "threshold": cfg.ground_threshold, "items": items})
+        gkey = fingerprint({"vectors": vkey, "threshold": cfg.ground_threshold, "items": items_key})
         out["grounding"] = root / gkey / f"{source}_grounding"
     return out
 
@@ -134,16 +133,18 @@ def _new_rows(b: dict, fields: tuple, ground: bool) -> dict:
     return new
 
 
-def encode_users(cfg: "EncodeConfig", rd: RunDir, source: str, item_vecs: str, expected: int, vkey: str) -> dict:
+def encode_users(cfg: "EncodeConfig", rd: RunDir, source: str, item_vecs: str, expected: int, vkey: str,
+                 items_key: str) -> dict:
     """One rationale source: texts the store lacks encoded into it (slim.encode.store), then users_<field>.parquet
     (+ <source>_grounding.parquet) built from it, with the quality measures of what was encoded
-    (slim.text.quality). expected: its users (the progress line's total)."""
+    (slim.text.quality). expected: its users (the progress line's total); items_key: item_vecs' content
+    fingerprint, computed once by the stage for every source (on a bucket, each would be a download)."""
     from slim.encode import store
     from slim.encode.keyed import KeyedEncoder
     from slim.text.quality import Tally
 
     ds, fields = _dataset(cfg, rd, source), source_fields(source)
-    stores = _stores(cfg, rd, source, vkey, item_vecs)
+    stores = _stores(cfg, rd, source, vkey, items_key)
     ground = "grounding" in stores
     index = atomic.tmp_path(rd.path(f"{C.ENCODE_DIR}/{source}_index.parquet"))
     ischema = pa.schema([(C.USER_ID, pa.int64())] + [(f"hash_{f}", pa.uint64()) for f in fields]
