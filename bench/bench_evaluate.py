@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,11 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/evaluate.md")
     a = p.parse_args()
     root = Path(a.run_dir)
-    if not (root / "train" / "manifest.json").exists():
+    made = root / "data" / "manifest.json"
+    sizes = json.loads(made.read_text())["config"] if made.exists() else {}
+    trained = (root / "train" / "manifest.json").exists()
+    if (sizes.get("users"), sizes.get("items")) != (a.users, a.items) or not trained:
+        shutil.rmtree(root, ignore_errors=True)  # made for other sizes (or half made): the figures must be these
         make_run(root, a.users, a.items)
         print(f"trained 4 runs in {train(root):.0f} s", flush=True)
     evaluate(root, 0)  # warm-up, not counted: the first run in a process pays imports and first-call costs

@@ -78,8 +78,9 @@ def step(root: Path, name: str, run_dir: Path, stages: str, extra: list[str], ke
     return m
 
 
-def _users(data_dir: Path) -> dict:
-    """raw user id -> the raw item ids of the prompt's prefix (item_ids[:-3]), the part a rationale is written from."""
+def _users(data_dir: Path) -> tuple[dict, dict]:
+    """-> (raw user id -> the raw item ids of the prompt's prefix (item_ids[:-3]), the part a rationale is written
+    from; raw item id -> its text)."""
     import pyarrow.parquet as pq
 
     from slim.io import columns as C
@@ -184,7 +185,8 @@ def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> str:
     items = ch["items"]
     f["encode"] = (ch["f_users"] * max(0, enc - items) + ch["f_items"] * items) / max(1, enc)
     lines = [f"# Refresh vs from scratch: all of MovieLens-100K, snapshot cut at {a.until}", "",
-             f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_refresh.py --root {_home(root)} --until {a.until}`", "",
+             "Command: `PYTHONPATH=. .venv/bin/python bench/bench_refresh.py "
+             f"--root {_home(root)} --until {a.until}`", "",
              f"Machine: {os.cpu_count()} CPU cores; steps' wall: snapshot {snap['wall_s']:.0f} s, refresh "
              f"{ref['wall_s']:.0f} s, scratch {scr['wall_s']:.0f} s. Train grid: {' '.join(GRID)}.", "",
              "## What changed between the snapshots (measured on the data tables)", "",
@@ -195,8 +197,8 @@ def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> str:
              f"- the teacher's sample: {f['teacher']:.1%} of its users new or changed",
              f"- encode's texts (users' share weighted by the texts per user, items by theirs): {f['encode']:.1%}", "",
              "## Cost per stage", "",
-             "| stage | refresh | from scratch | refresh / scratch | changed fraction | goal (<= 1.5x) | wall s refresh | "
-             "wall s scratch |", "|---|---|---|---:|---:|---|---:|---:|"]
+             "| stage | refresh | from scratch | refresh / scratch | changed fraction | goal (<= 1.5x) | "
+             "wall s refresh | wall s scratch |", "|---|---|---|---:|---:|---|---:|---:|"]
     for s in STAGES:
         if s not in ref["manifests"] or s not in scr["manifests"]:
             continue
@@ -212,7 +214,8 @@ def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> str:
             note = f" ({r['refresh']})" if s == "distill" else ""
             lines.append(f"| {s}{note} | | | | | | {r['wall_s']:.0f} | {c['wall_s']:.0f} |")
     lines += ["", "## Final metrics: test NDCG@10 (full ranking), refresh vs scratch, paired over shared users", "",
-              "| row | users | refresh | scratch | diff % | p (Wilcoxon) | p (t) |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| row | users | refresh | scratch | diff % | p (Wilcoxon) | p (t) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for g in compare(final_metrics(root / "refresh"), final_metrics(root / "scratch")):
         diff = 100 * (g["refresh"] - g["scratch"]) / max(g["scratch"], 1e-9)
         lines.append(f"| {g['row']} | {g['users']:,} | {g['refresh']:.2f} | {g['scratch']:.2f} | {diff:+.1f} | "

@@ -107,17 +107,16 @@ class Tracker:
 
     def _run(self, client, name: str, params: dict, metrics: list, tags: dict) -> str:
         """A finished MLflow run with these params, metrics [(key, value, step)] and tags -> its id."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         run = client.create_run(self._experiment, run_name=name, tags=tags)
         rid, now = run.info.run_id, int(time.time() * 1000)
-        items = ([Param(k, v) for k, v in params.items()] + [RunTag(k, str(v)) for k, v in tags.items()]
+        items = ([Param(k, v) for k, v in params.items()]  # the tags went with create_run
                  + [Metric(k, float(v), now, int(s)) for k, v, s in metrics if v is not None])
         for i in range(0, len(items), BATCH):
             part = items[i:i + BATCH]
             client.log_batch(rid, metrics=[x for x in part if isinstance(x, Metric)],
-                             params=[x for x in part if isinstance(x, Param)],
-                             tags=[x for x in part if isinstance(x, RunTag)])
+                             params=[x for x in part if isinstance(x, Param)])
         return rid
 
     def train_run(self, spec, rec: dict, model_dir, tags: Optional[dict] = None) -> None:

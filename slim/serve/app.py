@@ -104,7 +104,8 @@ class RecommenderApp:
         if not guard.authorized(request.headers):
             return {"status": "ok"}
         r = self.ranker
-        return {"status": "ok", "run": r.run_name, "model": self.model, "backbone": r.spec.backbone, "variant": r.spec.variant,
+        return {"status": "ok", "run": r.run_name, "model": self.model, "backbone": r.spec.backbone,
+                "variant": r.spec.variant,
                 "seed": r.spec.seed, "items": r.num_items, "users": len(r.users), "rationales": len(r.rationales),
                 "max_batch_size": self.cfg.max_batch_size, "encoder_passes": r.passes,
                 "largest_batch": r.largest_batch, "auth": guard.limits()["token"] is not None,
