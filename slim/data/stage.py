@@ -116,7 +116,9 @@ def input_paths(cfg: DataConfig) -> dict:
 
 
 def _inputs(cfg: DataConfig) -> dict:
-    """Input path -> fingerprint (a bucket URI's from its objects' names, sizes and upload times)."""
+    """Input path -> content fingerprint (slim.io.rundir.file_fingerprint): the first check on a machine reads every
+    byte of the inputs once (a bucket's are downloaded for it), later ones reuse the hash while names, sizes and
+    times hold."""
     local = [p for p in input_paths(cfg).values() if p and not p.startswith(("http://", "https://"))]
     paths = {p: storage.path(p) if storage.is_remote(p) else Path(p).expanduser() for p in local}
     for p, where in paths.items():
