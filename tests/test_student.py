@@ -205,12 +205,12 @@ def test_done_users_and_compaction_follow_the_latest_row(tmp_path):
     assert list(G.done_users(tmp_path, retry_failed=True)) == [0]
     S.write_shard(tmp_path, rows({1: "ok", 2: "malformed"}))  # the retries
     everyone = np.array([0, 1, 2])
-    assert settle(tmp_path, tmp_path / "_archive", everyone, 0, G.SCHEMA)["superseded"] == 3
+    assert settle(tmp_path, tmp_path / "_archive", everyone, everyone, 0, G.SCHEMA)["superseded"] == 3
     assert S.read_shards(tmp_path, columns=[C.USER_ID]).num_rows == 3  # one row per user left
     t = S.read_latest(tmp_path, schema=G.SCHEMA)
     assert t.column(C.RATIONALE).to_pylist() == ["0-ok", "1-ok", "2-malformed"]
     files = S.shard_files(tmp_path)
-    assert settle(tmp_path, tmp_path / "_archive", everyone, 0, G.SCHEMA)["superseded"] == 0
+    assert settle(tmp_path, tmp_path / "_archive", everyone, everyone, 0, G.SCHEMA)["superseded"] == 0
     assert S.shard_files(tmp_path) == files  # settled shards are left as they are
 
 

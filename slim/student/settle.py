@@ -44,8 +44,9 @@ def _winners(live) -> tuple[list, list, np.ndarray, np.ndarray, pa.Table]:
     return files, sizes, users, order, S.latest(meta)
 
 
-def settle(live, archive, present: np.ndarray, since: int, schema: pa.Schema) -> dict:
-    """Bring live/ to one row per present user (see the module docstring); returns the counts."""
+def settle(live, archive, present: np.ndarray, todo: np.ndarray, since: int, schema: pa.Schema) -> dict:
+    """Bring live/ to one row per present user (see the module docstring); returns the counts. `todo`: the users
+    this run had to generate; one of them without a row of this refresh counts as missing (never restored)."""
     files, sizes, users, order, win = _winners(live)
     rows, who = win.column(ROW).to_numpy(), S.user_ids(win)
     here, fresh = np.isin(who, present), order[rows] >= since
@@ -65,18 +66,38 @@ def settle(live, archive, present: np.ndarray, since: int, schema: pa.Schema) ->
         S.write_shard(live, t.filter(pa.array(k)))  # both written before the old shard goes
         S.write_shard(archive, t.filter(pa.array(m)), prefix="archive")
         f.unlink(missing_ok=True)
-    counts["restored"], counts["missing"] = restore(live, archive, np.setdiff1d(present, who[here]), schema)
+    lacking = np.setdiff1d(present, who[here])
+    stale = np.intersect1d(todo, who[here & ~fresh])  # to generate, yet its row predates the refresh
+    counts["restored"] = restore(live, archive, np.setdiff1d(lacking, todo), who[here], schema)
+    counts["missing"] = len(lacking) - counts["restored"] + len(stale)
     return counts
 
 
-def restore(live, archive, lacking: np.ndarray, schema: pa.Schema) -> tuple[int, int]:
-    """Present users without a live row: their archived row back into live/ (only users whose archived key matched
-    the current one reach here without a generation). -> (restored, still without a row)."""
-    if not len(lacking):
-        return 0, 0
-    old = S.read_shards(archive, schema=schema)
-    old = S.latest(old.append_column("__t", old.column(S.ORDER)))
-    old = old.filter(pc.is_in(old.column(C.USER_ID), pa.array(lacking, pa.int64())))
-    back = _stamped(old.drop_columns(["__t"]), old.column("__t").to_numpy())
-    S.write_shard(live, back.sort_by(C.USER_ID), prefix="restored")
-    return back.num_rows, len(lacking) - back.num_rows
+def restore(live, archive, wanted: np.ndarray, live_users: np.ndarray, schema: pa.Schema) -> int:
+    """The latest archived row of each `wanted` user (present, no live row, not to generate: its archived key
+    matched) back into live/; the archive then loses every row of a user with a live row, so it holds only users
+    who are away and does not grow by a copy per leave and return. Only archive shards holding such users are
+    read whole. -> rows restored."""
+    out = np.union1d(wanted, live_users)
+    back, rest = [], []
+    for f in S.shard_files(archive):
+        ids = S.user_ids(storage.read_table(f, columns=[C.USER_ID]))
+        leaving = np.isin(ids, out)
+        if not leaving.any():
+            continue
+        t = storage.read_table(f, schema=schema)
+        back.append(t.filter(pa.array(np.isin(ids, wanted))))
+        rest.append((f, t.filter(pa.array(~leaving))))
+    got = _latest_stamped(back, schema)
+    S.write_shard(live, got, prefix="restored")  # before the archive loses them: a kill leaves a copy, not none
+    for f, t in rest:
+        S.write_shard(archive, t, prefix="archive")
+        f.unlink(missing_ok=True)
+    return got.num_rows
+
+
+def _latest_stamped(parts: list, schema: pa.Schema) -> pa.Table:
+    """The latest row per user of archived rows, which carry their write time (settle stamps what it archives)."""
+    t = pa.concat_tables(parts) if parts else schema.empty_table()
+    t = S.latest(t.append_column(S.ORDER, pc.fill_null(t.column(C.WRITTEN_AT), 0)))
+    return t.sort_by(C.USER_ID)

@@ -193,7 +193,7 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     model_name = rd.stored(model_info["path"]) if model_info["kind"] != "base" else model_info["path"]
     made, tokens, t_first = _generate(cfg, rd, model_path, model_name, K.gen_key(gen), todo, out) if len(todo) \
         else (0, 0, None)
-    return _finish(rd, cfg, (sc, inputs, model_info, gen), out, present, since, (made, tokens, t0, t_first))
+    return _finish(rd, cfg, (sc, inputs, model_info, gen), out, (present, todo), since, (made, tokens, t0, t_first))
 
 
 def _generate(cfg, rd, model_path, model_name, gen_key, todo, out) -> tuple[int, int, Optional[float]]:
@@ -229,13 +229,13 @@ def merge_cache(rd: RunDir) -> Path:
     return storage.scratch("student-merged", storage.key_of(rd.root))
 
 
-def _finish(rd, cfg, what, out, present, since, tally) -> Manifest:
+def _finish(rd, cfg, what, out, users, since, tally) -> Manifest:
     """Settle the shards (slim.student.settle), then the manifest; the refresh is closed before it is written."""
     from slim.student.settle import settle
 
-    (sc, inputs, model_info, gen), (made, tokens, t0, t_first) = what, tally
+    (sc, inputs, model_info, gen), (made, tokens, t0, t_first), (present, todo) = what, tally, users
     t_end = time.perf_counter()
-    refresh = settle(out, rd.path(C.STUDENT_ARCHIVE), present, since, SCHEMA)
+    refresh = settle(out, rd.path(C.STUDENT_ARCHIVE), present, todo, since, SCHEMA)
     if refresh["missing"]:  # the engine handed back fewer rows than it was given: no manifest, the refresh stays open
         raise RuntimeError(f"student: {refresh['missing']:,} user(s) of {rd.path(C.USERS_FILE)} have no row after the "
                            "run; rerun the same command to generate them")
