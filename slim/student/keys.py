@@ -141,15 +141,16 @@ def builder_kwargs(cfg, rd, model_path: str, gen: str) -> dict:
             "prompt": dataclasses.asdict(cfg.prompt), "gen": gen}
 
 
-def todo(cfg, rd, model_path: str, gen: str, present: np.ndarray, live) -> np.ndarray:
+def todo(cfg, rd, model_path: str, gen: str, present: np.ndarray, live, keys_hold: bool = False) -> np.ndarray:
     """The users to generate (sorted): present users without a row, and, found by a tokenizer pass over the others
-    (their prompts rebuilt in an actor pool), those whose row key no longer holds."""
+    (their prompts rebuilt in an actor pool), those whose row key no longer holds. keys_hold: the manifest is
+    current (a --retry-failed run), so every stored key holds by construction and the pass is skipped."""
     import ray
 
     done = done_set(live, rd.path(C.STUDENT_ARCHIVE), cfg.retry_failed)
     check = np.intersect1d(present, done.users)
     out = [np.setdiff1d(present, check)]
-    if len(check):
+    if len(check) and not keys_hold:
         ds = users_stream(cfg, rd, check).map_batches(
             KeyCheck, batch_size=64, batch_format="numpy", num_cpus=0.25, compute=ray.data.ActorPoolStrategy(size=1),
             fn_constructor_kwargs={**builder_kwargs(cfg, rd, model_path, gen), "done_users": done.users,

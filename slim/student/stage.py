@@ -177,7 +177,8 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
             storage.remove_tree(old)  # a merge of an earlier adapter of this run directory
     inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR), "model": model_info.get("fingerprint", model_info["path"])}
     sc = stage_config(cfg)
-    if not force and rd.is_current(STAGE, sc, inputs):
+    retry = not force and rd.is_current(STAGE, sc, inputs)
+    if retry:
         m = rd.read_manifest(STAGE)
         if not (cfg.retry_failed and m.counts.get("failed", 0)):
             return m
@@ -187,7 +188,7 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     t0 = time.perf_counter()
     init_ray(cfg.ray_address, cfg.num_cpus)
     present = present_users(rd, cfg.max_users)
-    todo = K.todo(cfg, rd, model_path, K.gen_key(gen), present, out)
+    todo = K.todo(cfg, rd, model_path, K.gen_key(gen), present, out, keys_hold=retry)
     say(f"student: {len(present):,} users: {len(todo):,} to generate, {len(present) - len(todo):,} with a row whose key "
         "holds (kept)")
     model_name = rd.stored(model_info["path"]) if model_info["kind"] != "base" else model_info["path"]
