@@ -16,7 +16,8 @@ from slim.io import columns as C
 from slim.io.rundir import RunDir
 from slim.runtime.raycluster import work_actor_env
 from slim.student import engines
-from slim.student.stage import SamplingConfig, StudentConfig, done_users, run
+from slim.student.keys import done_set
+from slim.student.stage import SamplingConfig, StudentConfig, run
 from tests.student_data import write_run_data
 from tests.tiny_adapter import make_tiny_adapter
 
@@ -158,7 +159,7 @@ def test_hf_job_killed_then_rerun_has_no_duplicates(run_dir, cache_dir):
     log = proc.communicate()[0]
     before = {p.name for p in out.glob("part-*.parquet")}
     assert before, log[-3000:]
-    n_before = len(done_users(out))
+    n_before = len(done_set(out, Path(run_dir) / C.STUDENT_ARCHIVE, False).users)
     assert 0 < n_before < 10 and not (out / C.MANIFEST).exists()
     for _ in range(2):  # a second try only when Ray itself could not start (overloaded shared 2-core box)
         proc = _job(run_dir, cache_dir)
@@ -187,7 +188,7 @@ def test_vllm_job_on_gpu(run_dir, cache_dir, ray_local):
     assert (t.loc[t[C.STATUS] != "failed", C.TOKENS_OUT] > 0).all()
 
 
-def test_done_users_and_compaction_follow_the_latest_row(tmp_path):
+def test_done_set_and_compaction_follow_the_latest_row(tmp_path):
     """Fast check of the rule the job uses: the latest row of a user wins, wherever it is; compaction keeps it."""
     import pyarrow as pa
 
@@ -201,8 +202,8 @@ def test_done_users_and_compaction_follow_the_latest_row(tmp_path):
 
     S.write_shard(tmp_path, rows({0: "ok", 1: "ok", 2: "failed"}))
     S.write_shard(tmp_path, rows({1: "failed"}))  # a later failure of user 1
-    assert list(G.done_users(tmp_path)) == [0, 1, 2]
-    assert list(G.done_users(tmp_path, retry_failed=True)) == [0]
+    assert list(done_set(tmp_path, tmp_path / "_archive", False).users) == [0, 1, 2]
+    assert list(done_set(tmp_path, tmp_path / "_archive", True).users) == [0]
     S.write_shard(tmp_path, rows({1: "ok", 2: "malformed"}))  # the retries
     everyone = np.array([0, 1, 2])
     assert settle(tmp_path, tmp_path / "_archive", everyone, everyone, 0, G.SCHEMA)["superseded"] == 3

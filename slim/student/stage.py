@@ -112,14 +112,6 @@ def shards(out: Path) -> list[Path]:
     return S.shard_files(out)
 
 
-def done_users(out: Path, retry_failed: bool = False) -> np.ndarray:
-    """user_ids already written (sorted int64), less those whose latest row failed when retrying them."""
-    t = S.read_latest(out, columns=[C.USER_ID, C.STATUS])
-    if retry_failed and t.num_rows:
-        t = t.filter(pc.not_equal(t.column(C.STATUS), "failed"))
-    return np.unique(S.user_ids(t)) if t.num_rows else np.zeros(0, np.int64)
-
-
 def finalize(batch: pa.Table, model_name: str) -> pa.Table:
     """Engine output -> the rationale schema: steps parsed, status ok | malformed | failed; the row's key and its
     write time (a batch without keys, such as the serve app's, gets none)."""
