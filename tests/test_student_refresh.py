@@ -165,4 +165,5 @@ def test_distill_refresh_keep_keeps_the_adapter(tmp_path):
     assert kept(other, rd, D.stage_config(other), new) is None  # other settings: another adapter
     old_again = snapshot(1)  # only `refresh` changes on the snapshot it was trained on: relabelled, not retrained
     m = kept(retrain, rd, D.stage_config(retrain), old_again)
-    assert m is not None and m.extra["refresh"] == "trained" and rd.read_manifest(D.STAGE).config["refresh"] == "retrain"
+    assert m is not None and m.extra["refresh"] == "trained"
+    assert rd.read_manifest(D.STAGE).config["refresh"] == "retrain"

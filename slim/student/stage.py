@@ -181,9 +181,9 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
     init_ray(cfg.ray_address, cfg.num_cpus)
     present = present_users(rd, cfg.max_users)
     todo = K.todo(cfg, rd, model_path, K.gen_key(gen), present, out, keys_hold=retry)
-    say(f"student: {len(present):,} users: {len(todo):,} to generate, {len(present) - len(todo):,} with a row whose key "
-        "holds (kept)")
-    model_name = rd.stored(model_info["path"]) if model_info["kind"] != "base" else model_info["path"]
+    say(f"student: {len(present):,} users: {len(todo):,} to generate, {len(present) - len(todo):,} with a row whose "
+        "key holds (kept)")
+    model_name = stored_model(rd, model_info)["path"]
     made, tokens, t_first = _generate(cfg, rd, model_path, model_name, K.gen_key(gen), todo, out) if len(todo) \
         else (0, 0, None)
     return _finish(rd, cfg, (sc, inputs, model_info, gen), out, (present, todo), since, (made, tokens, t0, t_first))
@@ -238,7 +238,8 @@ def _finish(rd, cfg, what, out, users, since, tally) -> Manifest:
               **{s: st.count(s) for s in ("ok", "malformed", "failed")}, "new_tokens_out": tokens}
     m = Manifest(STAGE, sc, inputs, outputs=[C.STUDENT_SHARDS], counts=counts,
                  timings={"total_s": t_end - t0, "to_first_shard_s": (t_first or t_end) - t0,
-                          "rationales_per_s": made / max(t_end - t0, 1e-9), "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
+                          "rationales_per_s": made / max(t_end - t0, 1e-9),
+                          "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
                  extra={"model": stored_model(rd, model_info), "engine": cfg.engine, "generation": gen,
                         "gen_key": K.gen_key(gen), "quality": quality.of_shards(shards(out))})
     atomic.write_json(out / STATE_FILE, {"key": m.key(), "since": since, "open": False})
