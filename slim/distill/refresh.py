@@ -26,7 +26,7 @@ def keep(cfg, rd: RunDir, scfg: dict, inputs: dict) -> Optional[Manifest]:  # cf
     same = fingerprint(trained_on["inputs"]) == fingerprint(inputs)
     if cfg.refresh != "keep" and not same:
         return None
-    m = dataclasses.replace(prev, config=scfg, inputs=inputs, created=time.time(), digests={},
+    m = dataclasses.replace(prev, config=scfg, inputs=inputs, created=time.time(),
                             extra={**prev.extra, "refresh": "trained" if same else "kept", "trained_on": trained_on})
     rd.write_manifest(m)
     if not same:

@@ -231,7 +231,7 @@ def run(cfg: DistillConfig, force: bool = False) -> Manifest:
                  timings={"build_s": t_build - t0, "fit_s": t_fit - t_build, "total_s": time.perf_counter() - t0},
                  extra={"base_path": base_path, "val_loss_before": metrics["val_loss_before"],
                         "val_loss_after": metrics["val_loss_after"], "tokens_per_s": metrics["tokens_per_s"],
-                        "refresh": "trained", "trained_on": {"inputs": inputs, "created": time.time()}})
+                        "refresh": "trained"})  # trained on its own inputs (refresh.keep falls back to them)
     rd.write_manifest(m)
     storage.remove_tree(ray_dir)  # the adapter and manifest are out; checkpoints are no longer needed
     print_summary(metrics, rd)
