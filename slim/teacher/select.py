@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from slim.io import columns as C
-from slim.io.keyhash import key_hashes  # noqa: F401 (the teacher's name for it: tests pin its values)
+from slim.io.keyhash import key_hashes  # also the teacher's name for it: tests pin its values as select.key_hashes
 from slim.text import prompts
 
 
