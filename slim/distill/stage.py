@@ -22,7 +22,7 @@ from slim.io import atomic
 from slim.io import storage
 from slim.io import columns as C
 from slim.text.prompts import PromptConfig
-from slim.io.rundir import Manifest, RunDir, fingerprint
+from slim.io.rundir import Manifest, RunDir
 from slim.runtime.console import say
 
 log = logging.getLogger(__name__)
