@@ -3,7 +3,9 @@
 - a user's older rows (superseded by a retry or a regeneration) are deleted;
 - the row of a user no longer present (a new snapshot without them, a smaller max_users) moves to the archive
   (student/_archive), since users come back: a returning user whose prompt and model are unchanged gets that row
-  back without a generation (slim.student.keys.done_set lets them through; `restore` moves the row back);
+  back without a generation (slim.student.keys.done_set lets them through; `restore` moves the row back, and the
+  archive keeps only users who are away); a user the run had to generate (todo) never gets an older row back: without
+  a row of this refresh they count as missing, and the stage writes no manifest;
 - counts, against the start of the refresh (`since`, kept across a kill, so a killed refresh restarted counts what
   the whole refresh did): reused (a row written before it), regenerated (a new row for a user who had one), new
   (a user who had none), restored (from the archive), dropped (archived), superseded (older rows deleted).
