@@ -1,8 +1,10 @@
 """The encoder actor of the encode stage, keyed by text: every text is hashed as it will be encoded, and only
-texts that neither the store (slim.encode.store) nor this actor has seen are encoded; the others go back as a hash.
+texts the store (slim.encode.store) lacks are encoded, once per batch that holds them; the others go back as a hash.
 
-Each actor gets the sorted hashes already stored per field (8 bytes a text); a text new to the store is encoded
-once per actor, by the first batch that holds it, so a text many users share costs one forward pass.
+Each actor holds the sorted hashes already stored per field (a numpy uint64 array: 8 bytes a stored text) and
+nothing more: it remembers no batch, so a batch Ray Data runs again on the same actor yields its vectors again.
+A text new to the store that several batches hold is encoded by each of them; the driver's Sink keeps its first
+vector and drops the others, so the store holds each text once.
 """
 
 from __future__ import annotations
@@ -23,16 +25,13 @@ class KeyedEncoder(Encoder):
         super().__init__(**kw)
         self.known = {f: np.asarray(known.get(f, ()), np.uint64) for f in self.fields}
         self.ground_known = np.asarray(ground_known if ground_known is not None else (), np.uint64)
-        self.mine = {f: set() for f in (*self.fields, "ground")}
 
-    def _new(self, h: np.ndarray, stored: np.ndarray, mine: set) -> np.ndarray:
-        """Rows whose hash is neither stored nor seen here; of those sharing a hash, the first."""
-        new = (h != 0) & ~contains(stored, h)
-        for i in np.flatnonzero(new):
-            if int(h[i]) in mine:
-                new[i] = False
-            else:
-                mine.add(int(h[i]))
+    @staticmethod
+    def _new(h: np.ndarray, stored: np.ndarray) -> np.ndarray:
+        """Rows whose hash is not stored; of this batch's rows sharing a hash, the first."""
+        rows = np.flatnonzero((h != 0) & ~contains(stored, h))
+        new = np.zeros(len(h), bool)
+        new[rows[np.unique(h[rows], return_index=True)[1]]] = True
         return new
 
     def __call__(self, batch: dict) -> dict:
@@ -41,7 +40,7 @@ class KeyedEncoder(Encoder):
         for f in self.fields:
             texts, cut = self._texts(batch, f)
             h = text_hashes(texts)
-            new = self._new(h, self.known[f], self.mine[f])
+            new = self._new(h, self.known[f])
             emb = np.zeros((len(texts), self.dim), np.float16)  # [B, D]
             if new.any():
                 emb[new] = self.embed([texts[i] for i in np.flatnonzero(new)]).astype(np.float16)
@@ -50,7 +49,7 @@ class KeyedEncoder(Encoder):
         if self.ground is not None:
             step3 = [str(s or "") for s in batch[C.STEP3]]
             g = text_hashes(step3, empty_zero=False)
-            new = self._new(g, self.ground_known, self.mine["ground"])
+            new = self._new(g, self.ground_known)
             names, ids, sims = [[] for _ in step3], [[] for _ in step3], [[] for _ in step3]
             rows = np.flatnonzero(new)
             if len(rows):

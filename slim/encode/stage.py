@@ -11,7 +11,8 @@ actors encode only texts the store lacks (slim.encode.keyed), the driver writes 
 encodes only new and changed texts; the manifest counts texts encoded and reused per source and field. The output
 files are then joined from the stores (no encoding), under temporary names, and renamed together at the end.
 Reading runs at most `object_store_mib` ahead of the actors, so memory is bounded by the batch size, the number of
-actors and that budget, plus 8 bytes per stored text in each actor and 8 per row and field in the driver's join.
+actors and that budget, plus 8 bytes per stored text in each actor, 8 per text new to a store in the driver's
+Sink and 8 per row and field in the driver's join.
 
 Truncation: the encoder sees at most `max_seq_length` word pieces (all-MiniLM-L6-v2: 256, [CLS]/[SEP]
 included). Steps are encoded separately, each cut at its head when longer. The whole rationale is cut head+tail
@@ -105,12 +106,13 @@ def encode_items(cfg: EncodeConfig, rd: RunDir, vkey: str) -> dict:
             ids, new, dim = b[C.ITEM_ID].astype(np.int64), b[f"new_{C.TEXT}"], b[f"emb_{C.TEXT}"].shape[1]
             if ids.min() < 1 or ids.max() > n:
                 raise ValueError(f"{rd.path(C.ITEMS_FILE)}: item_id {ids.min()}..{ids.max()} outside 1..{n}")
-            sink.add({C.ITEM_ID: ids, C.TEXT_HASH: b[f"hash_{C.TEXT}"]},
-                     {C.TEXT: pa.table({C.TEXT_HASH: pa.array(b[f"hash_{C.TEXT}"][new], pa.uint64()),
-                                        C.EMBEDDING: _emb_array(b[f"emb_{C.TEXT}"][new])})})
+            kept = sink.add({C.ITEM_ID: ids, C.TEXT_HASH: b[f"hash_{C.TEXT}"]},
+                            {C.TEXT: pa.table({C.TEXT_HASH: pa.array(b[f"hash_{C.TEXT}"][new], pa.uint64()),
+                                               C.EMBEDDING: _emb_array(b[f"emb_{C.TEXT}"][new])})})
             seen += len(ids)
             prog.update(seen)
-            for k, name in (("cut", "item_truncated"), ("empty", "item_empty"), ("new", "item_encoded")):
+            counts["item_encoded"] += kept[C.TEXT]  # texts new to the store, once each (another batch's: dropped)
+            for k, name in (("cut", "item_truncated"), ("empty", "item_empty")):
                 counts[name] += int(b[f"{k}_{C.TEXT}"].sum())
     except BaseException:
         sink.close(flush=False)  # every shard written stays: the rerun encodes only the rest

@@ -74,26 +74,47 @@ def contains(sorted_hashes: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 class Sink:
     """The driver's side of one source: new rows to their stores, a shard every shard_rows rows; every row's id and
-    hashes to a local index file (read back by assemble)."""
+    hashes to a local index file (read back by assemble).
+
+    The actors remember no batch (slim.encode.keyed), so a text new to the store that two batches hold, or a batch
+    Ray Data ran twice, comes here twice: the Sink keeps the first vector of each text and drops the others, with
+    the sorted hashes it wrote this run per store (8 bytes a new text) and those still buffered."""
 
     def __init__(self, stores: dict, index: Path, index_schema: pa.Schema, shard_rows: int):
         self.stores, self.rows = stores, max(1, shard_rows)
         self.buf = {n: [] for n in stores}
+        self.written = {n: np.zeros(0, np.uint64) for n in stores}
         self.index = pq.ParquetWriter(index, index_schema)
         self.index_schema = index_schema
 
-    def add(self, index_cols: dict, new: dict) -> None:
-        """index_cols: one batch's id and hash columns; new: store name -> table of its new rows."""
+    def add(self, index_cols: dict, new: dict) -> dict:
+        """index_cols: one batch's id and hash columns; new: store name -> table of its new rows.
+        -> store name -> rows kept (texts new to the store, each counted once)."""
         self.index.write_table(pa.table(index_cols, self.index_schema))
+        kept = {}
         for n, t in new.items():
+            t = self._unseen(n, t)
+            kept[n] = t.num_rows
             if t.num_rows:
                 self.buf[n].append(t)
             if sum(x.num_rows for x in self.buf[n]) >= self.rows:
                 self._flush(n)
+        return kept
+
+    def _unseen(self, n: str, t: pa.Table) -> pa.Table:
+        """t's rows whose text is neither written nor buffered by this Sink; of rows sharing a text, the first."""
+        h = t.column(C.TEXT_HASH).to_numpy()
+        buffered = [x.column(C.TEXT_HASH).to_numpy() for x in self.buf[n]]
+        fresh = ~contains(self.written[n], h) & ~np.isin(h, np.concatenate(buffered) if buffered else h[:0])
+        rows = np.flatnonzero(fresh)
+        rows = np.sort(rows[np.unique(h[rows], return_index=True)[1]])
+        return t if len(rows) == len(h) else t.take(pa.array(rows, pa.int64()))
 
     def _flush(self, n: str) -> None:
         if self.buf[n]:
-            S.write_shard(self.stores[n], pa.concat_tables(self.buf[n]))
+            t = pa.concat_tables(self.buf[n])
+            S.write_shard(self.stores[n], t)
+            self.written[n] = np.union1d(self.written[n], t.column(C.TEXT_HASH).to_numpy())
             self.buf[n] = []
 
     def close(self, flush: bool = True) -> None:

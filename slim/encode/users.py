@@ -159,11 +159,12 @@ def encode_users(cfg: "EncodeConfig", rd: RunDir, source: str, item_vecs: str, e
     try:
         for b in ds.map_batches(KeyedEncoder, **actors).iter_batches(batch_format="numpy", batch_size=None):
             uid = b[C.USER_ID].astype(np.int64)
-            sink.add({C.USER_ID: uid, **{f"hash_{f}": b[f"hash_{f}"] for f in fields},
-                      **({"ghash": b["ghash"]} if ground else {})}, _new_rows(b, fields, ground))
+            kept = sink.add({C.USER_ID: uid, **{f"hash_{f}": b[f"hash_{f}"] for f in fields},
+                             **({"ghash": b["ghash"]} if ground else {})}, _new_rows(b, fields, ground))
             for f in fields:
                 dim = b[f"emb_{f}"].shape[1]
-                for k, name in (("cut", "truncated"), ("empty", "empty"), ("new", "encoded")):
+                counts[f"{f}_encoded"] += kept[f]  # texts new to the store, once each (another batch's: dropped)
+                for k, name in (("cut", "truncated"), ("empty", "empty")):
                     counts[f"{f}_{name}"] += int(b[f"{k}_{f}"].sum())
             if source != "history":  # rationale quality means nothing for a list of titles
                 tally.add([{C.RATIONALE: b[C.RATIONALE][i], C.STEP1: b[C.STEP1][i], C.STEP2: b[C.STEP2][i],
