@@ -61,8 +61,8 @@ class Encoder:
         last bits with its batchmates: the padded matrix products round differently (the issue saw 6 of 150 user
         vectors move by one float16 step on a rerun, as Ray Data cut its batches elsewhere). Texts of the same
         length in word pieces are encoded together, so nothing is ever padded and the batch decides nothing (more,
-        smaller forward passes, but none spent on padding). The thread count still changes the summation order of some products
-        (~1e-7 in float32): the same encode.threads gives the same vectors (tests/test_encode_deterministic.py)."""
+        smaller forward passes, but none spent on padding). The thread count still changes the summation order of
+        some products (~1e-7 in float32): the same encode.threads gives the same vectors (tests/test_encode_deterministic.py)."""
         out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:
             return out
