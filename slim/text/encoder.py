@@ -1,6 +1,6 @@
 """The sentence encoder shared by the encode stage and the serving app's rationale writer: item text, rationales
-(whole and per step, with the whole one cut head + tail so that step 3 survives; see slim.encode.stage's docstring) and the
-history control's text, as L2-normalised float16 vectors, in a Ray Data actor pool."""
+(whole and per step, with the whole one cut head + tail so that step 3 survives; see slim.encode.stage's docstring)
+and the history control's text, as L2-normalised float16 vectors, in a Ray Data actor pool."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ class Encoder:
         vectors move by one float16 step on a rerun, as Ray Data cut its batches elsewhere). Texts of the same
         length in word pieces are encoded together, so nothing is ever padded and the batch decides nothing (more,
         smaller forward passes, but none spent on padding). The thread count still changes the summation order of
-        some products (~1e-7 in float32): the same encode.threads gives the same vectors (tests/test_encode_deterministic.py)."""
+        some products (~1e-7 in float32): the same encode.threads gives the same vectors
+        (tests/test_encode_deterministic.py)."""
         out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:
             return out
