@@ -37,7 +37,7 @@ def make_run(root: Path, n_users: int, n_items: int, seed: int = 0) -> None:
 
     from slim.io import columns as C
     from slim.io.rundir import Manifest, RunDir
-    from tests.slimdata import candidates
+    from tests.slimdata import candidates, users_table
 
     rng = np.random.default_rng(seed)
     (root / C.CANDIDATES_DIR).mkdir(parents=True, exist_ok=True)
@@ -46,14 +46,7 @@ def make_run(root: Path, n_users: int, n_items: int, seed: int = 0) -> None:
     for _ in range(n_users):  # distinct items per user: the candidates are drawn outside the history
         seqs.append((rng.choice(n_items, size=rng.integers(5, 41), replace=False, p=pop / pop.sum()) + 1)
                     .astype(np.int32))
-    pq.write_table(pa.table({
-        C.USER_ID: pa.array(np.arange(n_users, dtype=np.int64)), C.RAW_USER_ID: [f"u{i}" for i in range(n_users)],
-        C.ITEM_IDS: pa.array([s.tolist() for s in seqs], pa.list_(pa.int32())),
-        C.TIMESTAMPS: pa.array([list(range(len(s))) for s in seqs], pa.list_(pa.int64())),
-        C.HISTORY_LEN: pa.array([len(s) for s in seqs], pa.int32()),
-        C.VALID_ITEM: pa.array([s[-2] for s in seqs], pa.int32()),
-        C.TEST_ITEM: pa.array([s[-1] for s in seqs], pa.int32()),
-    }), root / C.USERS_FILE)
+    pq.write_table(users_table(seqs), root / C.USERS_FILE)
     pq.write_table(pa.table({C.ITEM_ID: pa.array(np.arange(1, n_items + 1, dtype=np.int32)),
                              C.TEXT: [f"Game {i}" for i in range(1, n_items + 1)]}), root / C.ITEMS_FILE)
     pq.write_table(candidates(seqs, n_items, rng), root / C.CANDIDATES_DIR / "part-0.parquet")

@@ -91,6 +91,20 @@ def _rationales(rd: RunDir, user_cluster: np.ndarray) -> None:
         C.STATUS: ["ok"] * U}), rd.path(C.STUDENT_SHARDS) / "part-0.parquet")
 
 
+def users_table(seqs: list) -> pa.Table:
+    """data/users.parquet as the data stage writes it, for users 0..len(seqs)-1 (raw ids u0, u1, ...) whose item
+    sequences are `seqs`, timestamps 0, 1, ... in order."""
+    return pa.table({
+        C.USER_ID: pa.array(np.arange(len(seqs), dtype=np.int64)),
+        C.RAW_USER_ID: [f"u{i}" for i in range(len(seqs))],
+        C.ITEM_IDS: pa.array([s.tolist() for s in seqs], pa.list_(pa.int32())),
+        C.TIMESTAMPS: pa.array([list(range(len(s))) for s in seqs], pa.list_(pa.int64())),
+        C.HISTORY_LEN: pa.array([len(s) for s in seqs], pa.int32()),
+        C.VALID_ITEM: pa.array([s[-2] for s in seqs], pa.int32()),
+        C.TEST_ITEM: pa.array([s[-1] for s in seqs], pa.int32()),
+    })
+
+
 def candidates(seqs: list, num_items: int, rng) -> pa.Table:
     """candidates.parquet rows: per user, split and protocol, the target and 100 negatives outside the history."""
     rows = []

@@ -11,7 +11,7 @@ import pytest
 from slim.io import columns as C
 from slim.recsys import data as D
 from slim.recsys import itemtext as T
-from tests.slimdata import candidates
+from tests.slimdata import candidates, users_table
 
 U, N = 80, 130
 
@@ -27,15 +27,7 @@ def _write_run(root, seed=0, users=U, jump=0.0):
         steps = np.where(rng.random(n) < jump, rng.integers(1, N, n), 1) if jump else np.ones(n, np.int64)
         steps[0] = 0  # (no draw without jump: the other tests' data stay as they were)
         seqs.append(((start - 1 + np.cumsum(steps)) % N + 1).astype(np.int32))
-    pq.write_table(pa.table({
-        C.USER_ID: pa.array(np.arange(users, dtype=np.int64)),
-        C.RAW_USER_ID: [f"u{i}" for i in range(users)],
-        C.ITEM_IDS: pa.array([s.tolist() for s in seqs], pa.list_(pa.int32())),
-        C.TIMESTAMPS: pa.array([list(range(len(s))) for s in seqs], pa.list_(pa.int64())),
-        C.HISTORY_LEN: pa.array([len(s) for s in seqs], pa.int32()),
-        C.VALID_ITEM: pa.array([s[-2] for s in seqs], pa.int32()),
-        C.TEST_ITEM: pa.array([s[-1] for s in seqs], pa.int32()),
-    }), root / C.USERS_FILE)
+    pq.write_table(users_table(seqs), root / C.USERS_FILE)
     pq.write_table(pa.table({C.ITEM_ID: pa.array(np.arange(1, N + 1, dtype=np.int32)),
                              C.TEXT: [f"game {i} series {i // 10}" for i in range(1, N + 1)]}), root / C.ITEMS_FILE)
     pq.write_table(candidates(seqs, N, rng), root / C.CANDIDATES_DIR / "part-0.parquet")
