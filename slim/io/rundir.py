@@ -29,21 +29,34 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_fingerprint(path, recorded: dict | None = None) -> str:
+class Fingerprint(str):
+    """A fingerprint as manifests record it (this string), carrying `legacy`: the same files' fingerprint in the form
+    manifests recorded before content fingerprints (name, size, time), None when there is none. accept_old_forms
+    reads it, so a run directory made before content fingerprints stays current while its files have not moved.
+    Compares, hashes, pickles and serialises as the string."""
+
+    def __new__(cls, current: str, legacy: str | None = None):
+        fp = super().__new__(cls, current)
+        fp.legacy = legacy
+        return fp
+
+
+def file_fingerprint(path, recorded: dict | None = None) -> Fingerprint:
     """What a file or folder holds, not where or when it was written: its files' paths below it, sizes and content
-    hashes, so a copy (`cp -r`, a bucket sync, a restore) has the same fingerprint. Local or remote.
+    hashes, so a copy (`cp -r`, a bucket sync, a restore) has the same fingerprint. Local or remote; its `legacy`
+    is the old form (see Fingerprint).
 
     Hashing every byte on every check would cost minutes on big run directories, so a content hash is reused while
     the files' names, sizes and modification times are those it was computed on: from `recorded` (a manifest's
     entry, written once by the stage that produced the files: see RunDir.write_manifest) or from a local cache
-    (storage.scratch). A copy has new times, so it is hashed once; a file changed in place gets a new time too."""
+    (storage.scratch, pruned: _prune). A copy has new times, so it is hashed once; a file changed in place gets a
+    new time too."""
     d = digest(path, recorded)
-    _OLD_FORMS[d["content"]] = d["old"]
-    return d["content"]
+    return Fingerprint(d["content"], d["old"])
 
 
 def digest(path, recorded: dict | None = None) -> dict:
-    """{"stat": paths + sizes + times, "content": paths + sizes + hashes, "old": the old form} of a file or folder
+    """{"stat": paths + sizes + times, "content": paths + sizes + hashes, "old": the legacy form} of a file or folder
     (see file_fingerprint). Left out of a folder's: its manifest (it describes the files, after them), and what
     Parquet dataset readers skip too, names starting with "_" or "." at any depth: bookkeeping and scratch such as
     the student's shard state and its merged model (a cache the adapter, an input of its own, decides) and the
@@ -56,12 +69,52 @@ def digest(path, recorded: dict | None = None) -> dict:
     stat, old = fingerprint([r[:3] for r in rows]), _old_form(p, every, folder)
     if recorded and recorded.get("stat") == stat:
         return {"stat": stat, "content": recorded["content"], "old": old}
-    cached = storage.scratch("fingerprints") / storage.key_of(f"{_where(p)}|{stat}")
-    content = cached.read_text() if cached.exists() else ""
+    cached = storage.scratch(CACHE) / storage.key_of(f"{_where(p)}|{stat}")
+    content = _cached(cached)
     if not content:
         content = fingerprint([(rel, size, content_fingerprint(f)) for rel, size, _, f in rows])
         _cache(cached, content)
     return {"stat": stat, "content": content, "old": old}
+
+
+CACHE = "fingerprints"  # storage.scratch's folder of content hashes, one file per (path, names + sizes + times)
+CACHE_KEEP_DAYS = 30  # an entry not read or written for this long is removed (its files changed, moved or are gone)
+PRUNE_EVERY_S = 86400.0  # the cache folder is listed for that at most this often (a stamp file's time says when)
+_STAMP = ".pruned"
+
+
+def _cached(entry: Path) -> str:
+    """An entry's content hash, "" when there is none; a hit refreshes the entry's time, so one in use is kept."""
+    try:
+        content = entry.read_text()
+    except OSError:
+        return ""
+    try:
+        os.utime(entry)
+    except OSError:  # a cache shared read-only: still a hit
+        pass
+    return content
+
+
+def _prune(folder: Path) -> int:
+    """Remove the cache entries not used for CACHE_KEEP_DAYS; at most once per PRUNE_EVERY_S per machine, so a check
+    does not list the folder each time. Best effort: another process may prune at the same time. -> removed."""
+    now, stamp = time.time(), folder / _STAMP
+    try:
+        if now - stamp.stat().st_mtime < PRUNE_EVERY_S:
+            return 0
+    except OSError:  # never pruned here
+        pass
+    stamp.touch()
+    removed, cutoff = 0, now - CACHE_KEEP_DAYS * 86400
+    for e in os.scandir(folder):
+        try:
+            if e.name != _STAMP and e.stat().st_mtime < cutoff:  # a killed writer's .tmp- file too
+                os.unlink(e.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _cache(path: Path, content: str) -> None:
@@ -71,19 +124,14 @@ def _cache(path: Path, content: str) -> None:
     try:
         tmp.write_text(content)
         os.replace(tmp, path)
+        _prune(path.parent)
     except OSError:
         tmp.unlink(missing_ok=True)
 
 
-# content fingerprint -> the old form (name, size, modification time) of the files last fingerprinted here with that
-# content (the fingerprints a check compares are computed just before it), so that a run directory made before
-# content fingerprints stays current while its files have not moved (accept_old_forms)
-_OLD_FORMS: dict = {}
-
-
-def old_form(content: str) -> str | None:
-    """The old form of the files last fingerprinted here as `content` (see _OLD_FORMS)."""
-    return _OLD_FORMS.get(content)
+def old_form(fp: str) -> str | None:
+    """The old form of the files fingerprinted as `fp` (a Fingerprint's legacy; None for a plain string)."""
+    return getattr(fp, "legacy", None)
 
 
 def _old_form(p, rows: list, folder: bool) -> str:
@@ -177,12 +225,14 @@ class RunDir:
 
     def write_manifest(self, m: Manifest):
         """Atomic: a manifest exists only for a finished stage. It records its outputs' content fingerprints, hashed
-        once here, so that downstream checks read them instead of hashing the files again (file_fingerprint)."""
-        m.digests = {}
+        once here, so that downstream checks read them instead of hashing the files again (file_fingerprint), and
+        how long that took (timings.digest_s)."""
+        m.digests, t0 = {}, time.perf_counter()
         for o in m.outputs:
             if (self.root / o).exists():
                 d = digest(self.root / o)
                 m.digests[o] = {"stat": d["stat"], "content": d["content"]}
+        m.timings = {**m.timings, "digest_s": time.perf_counter() - t0}  # hashing every output: not free on big ones
         return atomic.write_json(self.manifest_path(m.stage), m.__dict__, sort_keys=True)
 
     def is_current(self, stage: str, config: dict, inputs: dict) -> bool:
@@ -197,11 +247,12 @@ class RunDir:
         inputs.update(held)
         return True
 
-    def upstream(self, stage: str) -> str:
+    def upstream(self, stage: str) -> Fingerprint:
         """Fingerprint of a finished upstream stage, for a downstream manifest's inputs: its key, its counts and
         its outputs' contents (file_fingerprint, from the digests its manifest recorded while the files are those it
         hashed). The key alone is not enough: a teacher rerun that retries failed rows, or a student `--force`,
-        keeps config and inputs (so the key) but rewrites the outputs."""
+        keeps config and inputs (so the key) but rewrites the outputs. Its `legacy`: the same from the outputs' old
+        forms (see Fingerprint)."""
         m = self.read_manifest(stage)
         if m is None:
             raise StageNotFinished(
@@ -211,9 +262,8 @@ class RunDir:
         for o in m.outputs:
             d = digest(self.root / o, m.digests.get(o)) if (self.root / o).exists() else None
             new[o], old[o] = (d["content"], d["old"]) if d else ("missing", "missing")
-        fp = fingerprint({"key": m.key(), "counts": m.counts, "outputs": new})
-        _OLD_FORMS[fp] = fingerprint({"key": m.key(), "counts": m.counts, "outputs": old})
-        return fp
+        return Fingerprint(fingerprint({"key": m.key(), "counts": m.counts, "outputs": new}),
+                           fingerprint({"key": m.key(), "counts": m.counts, "outputs": old}))
 
     def stored(self, p) -> str:
         """A path as a manifest stores it: relative to the run directory when inside it (so it means the same from
@@ -251,8 +301,9 @@ class RunDir:
 def accept_old_forms(recorded: dict, now: dict) -> dict:
     """`now` with each input whose recorded fingerprint is the old form (name, size, time) of the same files
     replaced by the recorded one: a run directory made before content fingerprints stays current, without
-    rerunning anything, while its files have not been copied or touched; a stage that reruns records the new form."""
-    return {k: recorded[k] if k in recorded and v != recorded[k] and recorded[k] == _OLD_FORMS.get(v) else v
+    rerunning anything, while its files have not been copied or touched; a stage that reruns records the new form.
+    The old form is each Fingerprint's `legacy` (file_fingerprint, RunDir.upstream); a plain string has none."""
+    return {k: recorded[k] if k in recorded and v != recorded[k] and recorded[k] == old_form(v) else v
             for k, v in now.items()}
 
 
