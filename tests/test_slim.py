@@ -9,20 +9,8 @@ import pytest
 from slim.recsys import data as D
 from slim.recsys import usertext as UT
 from tests import slimdata as G
-
-FAST = dict(backbones=("gru4rec",), seeds=(0,), hidden=32, max_len=12, epochs=12, patience=12, batch_size=64,
-            lr=5e-3, losses=("ce",), text_match_fields=("whole",), test_protocols=("uni100", "full"))
-
-
-def _train(root, variants):
-    from slim.train import stage as job
-
-    job.run(job.TrainConfig(run_dir=str(root), variants=variants, **FAST))
-    out = {}
-    for v in variants:
-        name = "text_match-whole-ce-s0" if v == "text_match" else f"gru4rec-{v}-ce-s0"
-        out[v] = json.loads((root / "models" / name / "metrics.json").read_text())["test"]["full"]["NDCG@10"]
-    return out
+from tests.slimdata import FAST
+from tests.slimdata import train as _train  # the settings and figures bench/planted_figures.py prints
 
 
 @pytest.fixture(scope="module")
