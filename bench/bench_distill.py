@@ -4,7 +4,7 @@ before and after, and a few student rationales beside the teacher's for the same
     PYTHONPATH=. .venv/bin/python bench/bench_distill.py [--users 120] [--steps 10] [--gpu]
 
 Teacher rationales: the run dir's teacher/rationales if --run-dir has them, else the templated three-step rationales
-of tests/teacher_rationales.py over ml-100k users (a named mock of the teacher: no teacher LLM output is used).
+of slim/testing/teacher_mock.py over ml-100k users (a named mock of the teacher: no teacher LLM output is used).
 Ratios are against the DDP run of the same session. --gpu runs DeepSpeed with bf16/nccl on every visible GPU.
 """
 
@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402
 from slim.io import columns as C  # noqa: E402
 from slim.distill import stage as D  # noqa: E402
 
@@ -30,13 +28,13 @@ def prepare_run_dir(a, tmp: Path) -> tuple[Path, str]:
         return Path(a.run_dir), f"teacher output in {a.run_dir}"
     from slim.data import DataConfig
     from slim.data import stage as prepare
-    from tests.teacher_rationales import write_teacher_shards
+    from slim.testing.teacher_mock import write_teacher_shards
 
     rd = tmp / "run"
     prepare.run(DataConfig(run_dir=str(rd), source="ml-100k", min_user_interactions=5, min_item_interactions=5,
                            max_users=a.users))
     write_teacher_shards(rd)  # 5 categories x 5 products, as the paper's teacher prompt asks
-    return rd, f"templated mock rationales (tests/teacher_rationales.py) for {a.users} ml-100k users"
+    return rd, f"templated mock rationales (slim/testing/teacher_mock.py) for {a.users} ml-100k users"
 
 
 def train(rd: Path, strategy: str, a, gpu: bool) -> dict:
@@ -48,10 +46,10 @@ def train(rd: Path, strategy: str, a, gpu: bool) -> dict:
     cfg = D.DistillConfig(run_dir=str(rd), strategy=strategy, num_workers=n, use_gpu=gpu, max_seq_len=a.max_seq_len,
                           batch_size=a.batch_size, lr=1e-3, max_steps=a.steps, val_fraction=0.15,
                           max_val_examples=16, checkpoint_every=10**6, seed=2024)
-    t0 = time.perf_counter()
-    D.run(cfg, force=True)
+    with harness.timed() as t:
+        D.run(cfg, force=True)
     m = json.loads((rd / D.TRAIN_METRICS).read_text())
-    m["wall_s"] = time.perf_counter() - t0
+    m["wall_s"] = t.s
     shutil.copytree(rd / C.STUDENT_ADAPTER, rd / f"adapter-{strategy}{'-gpu' if gpu else ''}", dirs_exist_ok=True)
     return m
 
@@ -83,14 +81,13 @@ def generate(rd: Path, adapter: Path, users: list[int], max_new: int) -> dict[in
     return out
 
 
-def report(runs: dict, src: str, samples: list, cmd: str, load: tuple) -> str:
+def report(runs: dict, src: str, samples: list) -> list[str]:
     base = next(iter(runs.values()))["tokens_per_s"]  # DDP on CPU; the only run with --gpu
-    lines = ["# Distillation benchmark", "", f"Command: `{cmd}`", "",
-             f"Teacher rationales: {src}. Base model SmolLM2-135M-Instruct (LoRA r=16 on q/k/v/o), "
+    lines = [f"Teacher rationales: {src}. Base model SmolLM2-135M-Instruct (LoRA r=16 on q/k/v/o), "
              f"{next(iter(runs.values()))['num_workers']} Ray Train workers; CPU: gloo, fp32, DeepSpeed ZeRO-2 with torch "
              "AdamW; GPU (--gpu): nccl, bf16.",
-             f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} — the cores are shared with other "
-             "jobs, so absolute figures are noisy; the ratio is from the same session.", "",
+             "Where the cores are shared with other jobs, absolute figures are noisy; the ratio is from the same "
+             "session.", "",
              "| strategy | workers | steps | tokens | train s | tokens/s | x DDP | val loss before | val loss after | "
              "train loss first -> last |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in runs.items():
@@ -106,7 +103,7 @@ def report(runs: dict, src: str, samples: list, cmd: str, load: tuple) -> str:
     for uid, teacher, student in samples:
         lines += [f"### user {uid}", "", "Teacher:", "", "```", teacher.strip(), "```", "", "Student:", "", "```",
                   student.strip(), "```", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -122,13 +119,10 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--out", default="bench/results/distill.md")
     a = p.parse_args()
-    cmd = "PYTHONPATH=. .venv/bin/python bench/bench_distill.py " + " ".join(sys.argv[1:])
-    from slim.runtime.raycluster import init_ray
-
-    init_ray()
-    load0 = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        rd, src = prepare_run_dir(a, Path(tmp))
+    machine = harness.Machine()
+    harness.ray()
+    with harness.scratch() as tmp:
+        rd, src = prepare_run_dir(a, tmp)
         strategies = ["deepspeed"] if a.gpu else ["ddp", "deepspeed"]
         runs = {s: train(rd, s, a, a.gpu) for s in strategies}
         for s, m in runs.items():
@@ -142,12 +136,9 @@ def main() -> None:
         teacher = dict(zip(teacher[C.USER_ID], teacher[C.RATIONALE]))
         student = generate(rd, rd / f"adapter-{last}{'-gpu' if a.gpu else ''}", val_users, a.max_new_tokens)
         samples = [(u, target_text(teacher[u]) or teacher[u], student[u]) for u in val_users]
-    md = report(runs, src, samples, cmd, (load0, os.getloadavg()[0]))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(md)
+    harness.write_results(a.out, "Distillation benchmark", report(runs, src, samples), harness.command(), machine)
     Path(a.out).with_suffix(".json").write_text(json.dumps(
         {s: {k: v for k, v in m.items() if k not in ("train", "val")} for s, m in runs.items()}, indent=2))
-    print(md)
 
 
 if __name__ == "__main__":

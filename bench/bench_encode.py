@@ -12,19 +12,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402
 from bench.memwatch import PeakMem  # noqa: E402
 from slim.io import columns as C  # noqa: E402
 from slim.io.rundir import Manifest, RunDir  # noqa: E402
-from tests.student_data import WORDS, write_run_data  # noqa: E402
+from slim.testing.rundata import WORDS, write_run_data  # noqa: E402
 
 
 def write_rationales(run_dir: Path, num_users: int, shard_rows: int = 5000, seed: int = 0) -> None:
@@ -50,9 +50,9 @@ def plain_encode(texts: list[str], batch_size: int) -> float:
     from slim.runtime.llm_models import minilm_path
 
     st = SentenceTransformer(minilm_path(), device="cpu")
-    t0 = time.perf_counter()
-    st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    return time.perf_counter() - t0
+    with harness.timed() as t:
+        st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    return t.s
 
 
 def main() -> None:
@@ -66,9 +66,9 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/encode.md")
     a = p.parse_args()
     from slim.encode.stage import EncodeConfig, run
-    from slim.runtime.raycluster import init_ray
 
-    init_ray(None, 6)
+    machine = harness.Machine()
+    harness.ray(6)
     rows = []
     for n in a.users:
         d = Path(a.root) / f"u{n}"
@@ -91,13 +91,10 @@ def main() -> None:
     job_tps = 4 * (rows[-1][0] - rows[0][0]) / (rows[-1][1] - rows[0][1])  # marginal: fixed costs cancel
     n_big, s_big = rows[-1][0], rows[-1][1]
     proj_h = s_big / n_big * 1_000_000 / 3600
+    cmd = harness.command(f"--users {' '.join(map(str, a.users))} --items {a.items} --batch-size {a.batch_size} "
+                          f"--threads {a.threads}")
     lines = [
-        "# Encode benchmark (all-MiniLM-L6-v2, CPU)", "",
-        f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_encode.py --users {' '.join(map(str, a.users))} "
-        f"--items {a.items} --batch-size {a.batch_size} --threads {a.threads}`", "",
-        f"Machine: {os.cpu_count()} CPU cores; one encoder actor (0.5 logical CPU, {a.threads} torch threads, as "
-        "plain encode "
-        "uses).", "",
+        f"One encoder actor (0.5 logical CPU, {a.threads} torch threads, as plain encode uses).", "",
         "| users | texts (4 fields + items) | job wall s | job texts/s | peak RSS MB (driver+Ray) | RSS before MB |",
         "|---:|---:|---:|---:|---:|---:|",
         *[f"| {n:,} | {4 * n + a.items:,} | {s:.1f} | {tps:.1f} | {pk:.0f} | {b:.0f} |" for n, s, tps, pk, b in rows],
@@ -109,8 +106,7 @@ def main() -> None:
         f"Projection to 1,000,000 users at the {n_big:,}-user rate: {proj_h:.1f} h on this machine with one actor. "
         "Memory over a 50,000-user slice: encode_scale.md.",
     ]
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write_results(a.out, "Encode benchmark (all-MiniLM-L6-v2, CPU)", lines, cmd, machine)
 
 
 if __name__ == "__main__":

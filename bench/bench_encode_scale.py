@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402
 from bench.bench_encode import write_rationales  # noqa: E402
 from bench.memwatch import PeakMem, peaks_by_fifth, plot_mem  # noqa: E402
 from slim.io import columns as C  # noqa: E402
@@ -74,12 +74,10 @@ def main() -> None:
     p.add_argument("--real", default="bench/results/encode.md", help="bench_encode.py's results (projection)")
     p.add_argument("--out", default="bench/results/encode_scale.md")
     a = p.parse_args()
-    import ray
-
     from slim.encode.stage import EncodeConfig, run
-    from slim.runtime.raycluster import init_ray
-    from tests.student_data import write_run_data
+    from slim.testing.rundata import write_run_data
 
+    machine = harness.Machine()
     d = Path(a.root)
     if not list((d / C.STUDENT_SHARDS).glob("part-*.parquet")):
         write_run_data(d, num_users=a.users, num_items=a.items, mean_len=10)
@@ -89,7 +87,7 @@ def main() -> None:
     log = logging.getLogger("slim.encode.stage")
     log.setLevel(logging.INFO)
     log.addHandler(done)
-    init_ray(None, 6)
+    ray = harness.ray(6)
     budget = {} if a.object_store_mib is None else {"object_store_mib": a.object_store_mib}
     cfg = EncodeConfig(run_dir=str(d), model=str(model), batch_size=a.batch_size, num_actors=1, actor_cpus=0.5,
                        **budget)
@@ -97,7 +95,7 @@ def main() -> None:
         m = run(cfg, force=True)
     ray.shutdown()
     assert m.counts["users"] == a.users, m.counts
-    report(a, cfg, m, mem)
+    report(a, cfg, m, mem, machine)
 
 
 def real_rate(md: Path) -> float | None:
@@ -106,7 +104,7 @@ def real_rate(md: Path) -> float | None:
     return float(rows[-1]) if rows else None
 
 
-def report(a, cfg, m, mem: PeakMem) -> None:
+def report(a, cfg, m, mem: PeakMem, machine: harness.Machine) -> None:
     n, t = a.users, m.timings
     users = [x for x in mem.samples if x[2] > 0]  # from the first users batch on (the items pass comes before)
     fifths = peaks_by_fifth(users, n)
@@ -117,16 +115,13 @@ def report(a, cfg, m, mem: PeakMem) -> None:
     lo, hi = (1, n / 5), (4 * n / 5, n + 1)
     texts = 4 * n + a.items
     rate = real_rate(Path(a.real))
+    cmd = harness.command(f"--users {n} --items {a.items} --batch-size {a.batch_size}" + (
+        "" if a.object_store_mib is None else f" --object-store-mib {a.object_store_mib}"))
     lines = [
-        "# Encode job at scale: memory over a 50,000-user slice", "",
-        f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_encode_scale.py --users {n} --items {a.items} "
-        f"--batch-size {a.batch_size}" + ("" if a.object_store_mib is None else f" --object-store-mib "
-                                          f"{a.object_store_mib}") + "`", "",
         f"Input: {n:,} generated rationales (whole + 3 steps, ~180 word pieces each) and {a.items:,} items. Encoder: a "
         "random 2-layer BERT with all-MiniLM-L6-v2's tokenizer (see the module docstring for why); one actor, "
         f"0.5 logical CPU; object-store budget {cfg.object_store_mib} MiB (0: Ray Data's default). "
-        f"{os.cpu_count()} CPU cores; "
-        "memory of the driver and every Ray process, sampled every 0.5 s: PSS summed (shared pages counted once) and "
+        "Memory of the driver and every Ray process, sampled every 0.5 s: PSS summed (shared pages counted once) and "
         "RSS summed (shared pages counted in every process that maps them; bench/memwatch.py).", "",
         f"- {texts:,} texts in {t['total_s']:.0f} s (items {t['items_s']:.0f} s, users {t['users_s']:.0f} s). Once "
         f"batches flow: {streaming:.0f} users/s ({4 * streaming:.0f} texts/s), the job's ceiling here with a near-free "
@@ -147,8 +142,7 @@ def report(a, cfg, m, mem: PeakMem) -> None:
         lines.append(f"- Projection for 1,000,000 users with all-MiniLM-L6-v2 at bench_encode.py's job rate "
                      f"({rate:.1f} texts/s, one actor): {4_000_000 / rate / 3600:,.0f} h here; the job's own ceiling "
                      f"above is {1_000_000 / streaming / 3600:.1f} h.")
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write_results(a.out, "Encode job at scale: memory over a 50,000-user slice", lines, cmd, machine)
 
 
 if __name__ == "__main__":

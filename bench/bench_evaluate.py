@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402
 from bench.verdicts import speedup  # noqa: E402
 
 
@@ -37,7 +36,7 @@ def make_run(root: Path, n_users: int, n_items: int, seed: int = 0) -> None:
 
     from slim.io import columns as C
     from slim.io.rundir import Manifest, RunDir
-    from tests.slimdata import candidates, users_table
+    from slim.testing.planted import candidates, users_table
 
     rng = np.random.default_rng(seed)
     (root / C.CANDIDATES_DIR).mkdir(parents=True, exist_ok=True)
@@ -56,11 +55,11 @@ def make_run(root: Path, n_users: int, n_items: int, seed: int = 0) -> None:
 def train(root: Path) -> float:
     from slim.train import stage as job
 
-    t0 = time.perf_counter()
-    job.run(job.TrainConfig(run_dir=str(root), backbones=("sasrec", "gru4rec"), variants=("id",), seeds=(0, 1),
-                            hidden=32, max_len=20, epochs=1, patience=1, batch_size=256, test_protocols=("uni100",),
-                            cpus_per_run=1.0))
-    return time.perf_counter() - t0
+    with harness.timed() as t:
+        job.run(job.TrainConfig(run_dir=str(root), backbones=("sasrec", "gru4rec"), variants=("id",), seeds=(0, 1),
+                                hidden=32, max_len=20, epochs=1, patience=1, batch_size=256,
+                                test_protocols=("uni100",), cpus_per_run=1.0))
+    return t.s
 
 
 def evaluate(root: Path, threads: int) -> tuple[dict, dict]:
@@ -91,7 +90,7 @@ def main() -> None:
         make_run(root, a.users, a.items)
         print(f"trained 4 runs in {train(root):.0f} s", flush=True)
     evaluate(root, 0)  # warm-up, not counted: the first run in a process pays imports and first-call costs
-    load0, runs, same = os.getloadavg(), {"old": [], "new": []}, True
+    machine, runs, same = harness.Machine(), {"old": [], "new": []}, True
     for r in range(a.rounds):
         order = (("old", old), ("new", 0)) if r % 2 == 0 else (("new", 0), ("old", old))
         got = {k: evaluate(root, n) for k, n in order}
@@ -101,18 +100,14 @@ def main() -> None:
         t_old, t_new = got["old"][0], got["new"][0]
         print(f"round {r}: rank {t_old['rank_s']:.1f} s with {old} threads, {t_new['rank_s']:.1f} s with 1; "
               f"total {t_old['total_s']:.1f} / {t_new['total_s']:.1f} s", flush=True)
-    write(a, runs, old, same, (load0, os.getloadavg()))
+    write(a, runs, old, same, machine)
 
 
-def write(a, runs: dict, old: int, same: bool, load: tuple) -> None:
+def write(a, runs: dict, old: int, same: bool, machine: harness.Machine) -> None:
     med = {k: {f: float(np.median([t[f] for t in v])) for f in ("rank_s", "total_s")} for k, v in runs.items()}
     lines = [
-        "# Evaluate: the driver's ranking with one torch thread per core (before) vs one (slim.runtime.threads)", "",
-        f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_evaluate.py --users {a.users} --items {a.items} "
-        f"--rounds {a.rounds}`", "",
-        f"Machine: {os.cpu_count()} CPU cores, shared: other work ran beside this benchmark (1/5/15-min load average "
-        f"{load[0][0]:.1f}/{load[0][1]:.1f}/{load[0][2]:.1f} at the start, {load[1][0]:.1f}/{load[1][1]:.1f}/"
-        f"{load[1][2]:.1f} at the end), the situation issue 42 measured. Run directory: {a.users:,} generated users, "
+        "Where other work runs beside this benchmark (the load average above), this is the situation issue 42 "
+        f"measured. Run directory: {a.users:,} generated users, "
         f"{a.items:,} items, four runs (sasrec, gru4rec; ID; two seeds) trained one epoch by the train stage. "
         f"`evaluate.run(force=True)` with evaluate.threads = {old} (torch's default here: one per core, what the "
         "driver ranked with before) and 0 (now: one thread), after one uncounted warm-up run, in alternating order "
@@ -126,8 +121,9 @@ def write(a, runs: dict, old: int, same: bool, load: tuple) -> None:
         + speedup(med["old"]["total_s"], med["new"]["total_s"], "the whole stage") + ".",
         f"Metrics of every run under the two settings: {'identical' if same else '**different**'}.", "",
     ]
-    Path(a.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    harness.write_results(
+        a.out, "Evaluate: the driver's ranking with one torch thread per core (before) vs one (slim.runtime.threads)",
+        lines, harness.command(f"--users {a.users} --items {a.items} --rounds {a.rounds}"), machine)
 
 
 if __name__ == "__main__":

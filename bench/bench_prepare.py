@@ -4,7 +4,7 @@ earlier commit run on the smallest input in the same session.
     .venv/bin/python bench/bench_prepare.py [--sizes 200000,1000000,5000000] [--items N] [--baseline 8e6c2ae]
         [--nodes 1,4,16]
 
-Each input is `tests.datagen.write_seqrec` (9 events per user on average; 5% as many items as users, at least
+Each input is `slim.testing.sources.write_seqrec` (9 events per user on average; 5% as many items as users, at least
 20,000, or `--items` for every size: the driver keeps per-item state by design, so a fixed item count shows what
 grows with users alone). Memory is the PSS of the driver and every process it started (Ray's included), sampled every 0.2 s: the
 peak of the sum, of the driver, and of the largest other process. The 50M-user projection is computed from the
@@ -18,18 +18,16 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402
+from bench.harness import ROOT  # noqa: E402
 from bench.memwatch import DRIVER, PeakMem  # noqa: E402
 from slim.data import DataConfig  # noqa: E402
-from slim.data import stage as prepare
-from slim.runtime.raycluster import init_ray  # noqa: E402
-from tests.datagen import write_seqrec  # noqa: E402
+from slim.data import stage as prepare  # noqa: E402
+from slim.testing.sources import write_seqrec  # noqa: E402
 
 BASELINE_RUN = """
 import json, sys, time
@@ -57,11 +55,9 @@ def measured(name: str, mem: PeakMem, wall: float, counts: dict, timings: dict, 
 
 
 def one(name: str, cfg: DataConfig) -> dict:
-    with PeakMem() as mem:
-        t0 = time.perf_counter()
+    with PeakMem() as mem, harness.timed() as t:
         m = prepare.run(cfg, force=True)
-        wall = time.perf_counter() - t0
-    return {**measured(name, mem, wall, m.counts, m.timings, m.extra["input_rows"]),
+    return {**measured(name, mem, t.s, m.counts, m.timings, m.extra["input_rows"]),
             "buckets": m.extra["buckets"], "passes": m.extra["kcore_passes"]}
 
 
@@ -71,14 +67,11 @@ def baseline(commit: str, src: Path, tmp: str, rows: int) -> dict:
     code.mkdir()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    with PeakMem() as mem:
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", BASELINE_RUN, f"{tmp}/base", str(src)], cwd=code, env=env,
-                             capture_output=True, text=True, check=True).stdout
-        wall = time.perf_counter() - t0
+    with PeakMem() as mem, harness.timed() as t:
+        out = subprocess.run([sys.executable, "-c", BASELINE_RUN, f"{tmp}/base", str(src)], cwd=code,
+                             env=harness.subprocess_env(code), capture_output=True, text=True, check=True).stdout
     res = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
-    return measured(f"{src.name} @{commit} (in memory)", mem, wall, res["counts"], res["timings"], rows)
+    return measured(f"{src.name} @{commit} (in memory)", mem, t.s, res["counts"], res["timings"], rows)
 
 
 def projection(r: dict, users: int, nodes: list, cores: int) -> list:
@@ -96,10 +89,10 @@ def generated(root: Path, users: int, items: int) -> Path:
     """The generated input for (users, items), written unless a finished one is there (`--inputs`: kept)."""
     src = root / f"gen{users}-{items}"
     if not (src / "done").exists():
-        t0 = time.perf_counter()
-        write_seqrec(src, users, items, seed=1)
+        with harness.timed() as t:
+            write_seqrec(src, users, items, seed=1)
         (src / "done").touch()
-        print(f"generated {users:,} users in {time.perf_counter() - t0:.0f}s", flush=True)
+        print(f"generated {users:,} users in {t.s:.0f}s", flush=True)
     return src
 
 
@@ -113,13 +106,13 @@ def main() -> None:
     p.add_argument("--node-cores", type=int, default=16)
     p.add_argument("--out", default="bench/results/prepare.md")
     a = p.parse_args()
-    rows, base = [], None
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+    rows, base, machine = [], None, harness.Machine()
+    with harness.scratch() as tmp:
         for k, n in enumerate(int(s) for s in a.sizes.split(",")):
             src = generated(Path(a.inputs or tmp), n, a.items or max(20_000, n // 20))
             if k == 0 and a.baseline:  # before this process starts Ray: the baseline's job starts its own
                 base = baseline(a.baseline, src, tmp, 0)
-            init_ray()  # started once, outside the timed runs
+            harness.ray()  # started once, outside the timed runs
             rows.append(one(f"generated-{n}", DataConfig(run_dir=f"{tmp}/run{n}", source="jsonl-sequences",
                                                          path=str(src))))
             if base and not base["input_rows"]:
@@ -127,10 +120,10 @@ def main() -> None:
             if not a.inputs:
                 prepare.storage.remove_tree(src)
             prepare.storage.remove_tree(f"{tmp}/run{n}")
-            write_report(a, rows, base)  # after every size: a bench stopped early keeps what it measured
+            write_report(a, rows, base, machine)  # after every size: a bench stopped early keeps what it measured
 
 
-def write_report(a, rows: list, base: dict | None) -> None:
+def write_report(a, rows: list, base: dict | None, machine: harness.Machine) -> None:
     first = rows[0]
     lines = ["| input | users | items | interactions | buckets | wall s | read s | buckets s | k-core s (passes) | users s | "
              "candidates s | rows/s | peak PSS MB (all) | driver PSS MB | largest other process PSS MB | "
@@ -153,16 +146,13 @@ def write_report(a, rows: list, base: dict | None) -> None:
                  f"{rows[-1]['input_rows'] / rows[-1]['read_s']:,.0f} rows/s, the rest spread over "
                  f"{a.node_cores}-core nodes at the rows per core-second measured here on {os.cpu_count()} cores): " +
                  ", ".join(f"{n} node(s) {h:.1f} h" for n, h in proj) + ".")
-    table = "\n".join(lines)
-    print(table)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(
-        f"# Data stage scaling\n\nCommand: `{' '.join(sys.argv)}`\n\n{table}\n\n"
+    harness.write_results(a.out, "Data stage scaling", lines + [
+        "",
         "PSS (proportional set size) splits each shared page among the processes mapping it, so the sum counts it "
         "once; the columns give the peak of the sum over the driver and every process it started (Ray's too), "
         "the driver's own peak, and the highest peak of any other single process (its title then). Sampled every "
         "0.2 s; x ratios are against the first row of the streaming stage. load: the machine's 1-minute load "
-        "average when the run ended (2 cores, shared with other work).\n")
+        "average when the run ended."], harness.command(), machine)
 
 
 if __name__ == "__main__":

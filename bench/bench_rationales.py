@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from slim.io import columns as C
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import harness  # noqa: E402
+from bench.harness import ROOT  # noqa: E402
+from slim.io import columns as C  # noqa: E402
+
 OPTIONS = {"free": (False, 1.0), "free+rep": (False, 1.1), "schema": (True, 1.0), "schema+rep": (True, 1.1)}
 FIELDS = {"whole": "rationale", "step1": "step1", "step2": "step2", "step3": "step3"}
 
@@ -52,8 +54,7 @@ def run_pipeline(run: Path, extra: list[str]) -> None:
            "--stages", "data,teacher,distill,student,encode,train,evaluate", "--retry-failed", "teacher,student",
            f"run_dir={run}", *extra]
     with open(run.parent / f"{run.name}.log", "a") as log:
-        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True, env=harness.subprocess_env())
 
 
 def manifest(run: Path, folder: str) -> dict:
@@ -93,7 +94,7 @@ def collect(run: Path) -> dict:
     return {"wall_s": sum(manifest(run, f).get("timings", {}).get("total_s", 0.0) for f in stages),
             "teacher": {**q["teacher"], "s_per_user": t["timings"]["generate_s"] / max(t["extra"]["this_run"]["rows"], 1),
                         "zero_shot": zero_shot(run, "teacher_")},
-            "student": {**q["student"], "s_per_user": st["timings"]["total_s"] / max(st["counts"]["new"], 1),
+            "student": {**q["student"], "s_per_user": st["timings"]["total_s"] / max(harness.rows_generated(st["counts"]), 1),
                         "zero_shot": zero_shot(run, ""), "trained": trained},
             "distill_s": manifest(run, C.DISTILL_DIR)["timings"]["total_s"],
             "chance_full": res["chance"]["full"]["NDCG@10"]}
@@ -131,7 +132,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/rationales.md")
     p.add_argument("--report-only", action="store_true", help="no runs: the table from every finished run dir")
     a = p.parse_args()
-    work, load0 = (ROOT / a.work).resolve(), os.getloadavg()[0]
+    work, machine = (ROOT / a.work).resolve(), harness.Machine()
     work.mkdir(parents=True, exist_ok=True)
     lines, wall = [], {}
     for ds in a.datasets:
@@ -145,16 +146,12 @@ def main() -> None:
                 rows[opt] = collect(run)
                 wall[(ds, opt)] = rows[opt]["wall_s"]
         lines += table(ds, rows) if rows else []
-    write(a, lines, wall, load0)
+    write(a, lines, wall, machine)
 
 
-def write(a, lines: list[str], wall: dict, load0: float) -> None:
-    cmd = "PYTHONPATH=. .venv/bin/python bench/bench_rationales.py " + " ".join(sys.argv[1:])
-    head = ["# Rationale quality: schema and repetition control, teacher and student", "", f"Command: `{cmd}`", "",
-            (f"Machine: {os.cpu_count()} CPU cores; this table was read from finished runs (--report-only), whose "
-             "load was not recorded. " if a.report_only else
-             f"Machine: {os.cpu_count()} CPU cores, load average {load0:.1f} at the start, "
-             f"{os.getloadavg()[0]:.1f} at the end (other work may run beside it). ")
+def write(a, lines: list[str], wall: dict, machine: harness.Machine) -> None:
+    head = [("This table was read from finished runs (--report-only): the machine line above is the report's, the "
+             "load the runs ran under was not recorded. " if a.report_only else "")
             + "Seconds per user are wall time. Models: SmolLM2-135M-"
             f"Instruct (teacher, and the distilled student), all-MiniLM-L6-v2. {a.users} users per dataset "
             f"(fixed-seed subsample), the teacher writes for {a.teacher_users} of them. Options: `schema` = "
@@ -165,8 +162,8 @@ def write(a, lines: list[str], wall: dict, load0: float) -> None:
             "(CE, seed 0), student rationales, all users.", "",
             "Pipeline time per run (s, the stages' own timings from their manifests): "
             + ", ".join(f"{d} {o} {w:.0f}" for (d, o), w in wall.items()), ""]
-    Path(a.out).write_text("\n".join(head + lines))
-    print("\n".join(lines))
+    harness.write_results(a.out, "Rationale quality: schema and repetition control, teacher and student", head + lines,
+                          harness.command(), machine)
 
 
 if __name__ == "__main__":

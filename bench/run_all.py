@@ -11,24 +11,25 @@ recommenders bench needs the Games run directory (`runs/games`, from ../shared),
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
+
+from bench import harness  # noqa: E402
+from bench.harness import ROOT  # noqa: E402
+
 NEEDS = {"recommenders": ROOT / "runs" / "games"}  # inputs a benchmark cannot generate itself
 
 
 def recorded_commands() -> dict[str, str]:
     out = {}
     for md in sorted((ROOT / "bench" / "results").glob("*.md")):
-        m = re.search(r"^Command: `([^`]+)`", md.read_text(), re.M)
-        if m:
-            out[md.stem] = m.group(1)
+        cmd = harness.recorded_command(md.read_text())
+        if cmd:
+            out[md.stem] = cmd
     return out
 
 
@@ -51,7 +52,7 @@ def main() -> int:
     unknown = set(a.only or []) - set(cmds)
     if unknown:
         raise SystemExit(f"no recorded command for {sorted(unknown)}; known: {sorted(cmds)}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = harness.subprocess_env()
     failed = []
     for name, cmd in cmds.items():
         if a.only and name not in a.only:
@@ -64,9 +65,9 @@ def main() -> int:
             print(f"== {name}: skipped, needs {NEEDS[name]}")
             continue
         print(f"== {name}: {' '.join(argv)}", flush=True)
-        t0 = time.perf_counter()
-        rc = subprocess.call(argv, cwd=ROOT, env=env)
-        print(f"== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+        with harness.timed() as t:
+            rc = subprocess.call(argv, cwd=ROOT, env=env)
+        print(f"== {name}: exit {rc} after {t.s:.0f} s", flush=True)
         if rc:
             failed.append(name)
     if failed:
