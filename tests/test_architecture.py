@@ -19,8 +19,9 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 
 def _copy(tmp: Path) -> Path:
     shutil.copytree(ROOT / "slim", tmp / "slim", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp / "tests").mkdir()
-    (tmp / "tests" / "__init__.py").write_text("")
+    for pkg in ("tests", "bench"):  # the contract's other root packages, empty
+        (tmp / pkg).mkdir()
+        (tmp / pkg / "__init__.py").write_text("")
     return tmp
 
 
