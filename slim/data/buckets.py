@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from slim.io import columns as C
 from slim.io import storage
+from slim.data import identity
 from slim.data import sequences as S
 
 
@@ -33,8 +34,8 @@ def write(table: pa.Table, where: str) -> None:
         w.write_table(table)
 
 
-def read(where: str, columns: list | None = None) -> pa.Table:
-    return storage.read_table(where, columns=columns)
+def read(where: str, columns: list | None = None, **kw) -> pa.Table:
+    return storage.read_table(where, columns=columns, **kw)
 
 
 def partition(chunk: str, bounds: list, out_dir: str, k: int) -> list:
@@ -104,25 +105,35 @@ def core_pass(where: str, alive: np.ndarray, min_user: int, min_history: int) ->
             "short": len(short), "first_short_row": first}
 
 
-def item_counts(where: str, alive: np.ndarray, min_user: int, picks) -> dict:
+def _raw_ids(t: pa.Table, ucode: np.ndarray, keep_u: np.ndarray) -> pa.Array:
+    """The raw ids of a bucket's kept users, in raw-id order (each kept user's first row)."""
+    first = np.searchsorted(ucode, np.flatnonzero(keep_u))
+    return t.column("user").take(pa.array(first)).cast(pa.string()).combine_chunks()
+
+
+def item_counts(where: str, alive: np.ndarray, min_user: int, picks, carry=None) -> dict:
     """Over the kept (and picked) users of a bucket: events per item, and per item in training prefixes (all but
-    each user's last two events: the popularity the items table reports)."""
-    t = read(where, ["ucode", "item"])
+    each user's last two events: the popularity the items table reports). carry: (previous user map, lo, hi) of a
+    refresh (slim.data.identity.ranges): also how many of those users the map does not hold ("new")."""
+    t = read(where, ["ucode", "item"] + (["user"] if carry else []), read_dictionary=["user"] if carry else None)
     ucode, item = t.column("ucode").to_numpy(), t.column("item").to_numpy()
     keep, cnt, keep_u = _select(ucode, item, alive, min_user, picks)
+    new = {"new": identity.count_new(_raw_ids(t, ucode, keep_u), *carry)} if carry else {}
     ends = np.cumsum(cnt[keep_u])
     kept = item[keep]
     train = np.ones(len(kept), dtype=bool)
     train[ends - 1] = False
     train[ends - 2] = False
     return {"all": np.bincount(kept, minlength=len(alive)), "train": np.bincount(kept[train], minlength=len(alive)),
-            "users": int(keep_u.sum())}
+            "users": int(keep_u.sum()), **new}
 
 
 def build_users(where: str, alive: np.ndarray, min_user: int, picks, item_ids: np.ndarray, first_id: int,
-                out: str) -> dict:
+                out: str, carry=None) -> dict:
     """A bucket's rows of users.parquet: user ids from `first_id` on in raw-id order, items mapped to their final
-    ids (`item_ids[code]`), the leave-one-out targets. Written to `out`; returns its user count and longest history."""
+    ids (`item_ids[code]`), the leave-one-out targets. Written to `out`; returns its user count and longest history.
+    carry: (previous user map, lo, hi, first new id, where to write the bucket's range of the new map) of a refresh:
+    the ids are carried instead (slim.data.identity.carried)."""
     t = read(where)
     ucode, item = t.column("ucode").to_numpy(), t.column("item").to_numpy()
     keep, cnt, keep_u = _select(ucode, item, alive, min_user, picks)
@@ -132,9 +143,16 @@ def build_users(where: str, alive: np.ndarray, min_user: int, picks, item_ids: n
     kept_rows = np.flatnonzero(keep)
     starts = kept_rows[offsets[:-1]] if len(lengths) else kept_rows[:0]
     ends = offsets[1:]
+    raw = t.column("user").take(pa.array(starts)).cast(pa.string()).combine_chunks()
+    if carry:
+        prev, lo, hi, first_new, map_out = carry
+        user_ids, ids_map = identity.carried(raw, prev, lo, hi, first_new)
+        write(ids_map, map_out)
+    else:
+        user_ids = np.arange(first_id, first_id + len(lengths), dtype=np.int64)
     users = pa.table({
-        C.USER_ID: pa.array(np.arange(first_id, first_id + len(lengths), dtype=np.int64)),
-        C.RAW_USER_ID: t.column("user").take(pa.array(starts)).cast(pa.string()),
+        C.USER_ID: pa.array(user_ids, pa.int64()),
+        C.RAW_USER_ID: raw,
         C.ITEM_IDS: S.list_array(ids, offsets, np.int32),
         C.TIMESTAMPS: S.list_array(t.column("time").to_numpy()[keep], offsets, np.int64),
         C.HISTORY_LEN: pa.array(lengths.astype(np.int32)),

@@ -11,7 +11,9 @@ every user and item of that snapshot keeps its int id, and ids are never reused:
   user ids may have holes (downstream looks users up by id, never by position).
 
 A fresh run directory gets what it always got: users 0..U-1 and items 1..N in raw-id order, all present.
-The user map is carried bucket by bucket (a bucket holds a range of raw ids), so no process holds it whole.
+The user map is carried bucket by bucket (a bucket holds a range of raw ids), so no process holds it whole: the
+bucket tasks that count and write the users (slim.data.buckets) carry their users' ids as they go, so no part of
+users.parquet is read again or rewritten for it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import pyarrow.dataset as ds
 
 from slim.io import columns as C
 from slim.io import storage
-from slim.data import buckets as B
 from slim.data.sources import DataError
 
 
@@ -88,14 +89,15 @@ def old_text(prev: Previous) -> dict:
             for r, t, c, b in zip(cols[C.RAW_ITEM_ID], cols[C.TITLE], cols[C.CATEGORY], cols[C.BRAND])}
 
 
-def ranges(parts: list) -> list:
-    """Per users part (bucket order = raw-id order): the raw-id range (lo, hi) it owns, lo <= id < hi, None =
-    unbounded. A part's range ends where the next non-empty part starts, so the ranges cover every string and each
-    entry of the previous map falls in exactly one (an empty part owns an empty range)."""
+def ranges(files: list, column: str) -> list:
+    """Per bucket file (bucket order = raw-id order, each sorted by `column`, the raw user id): the raw-id range
+    (lo, hi) it owns, lo <= id < hi, None = unbounded. A bucket's range ends where the next non-empty one starts, so
+    the ranges cover every string and each entry of the previous map falls in exactly one (an empty file owns an
+    empty range). Reads each file's first row only."""
     firsts = []
-    for p in parts:
-        raw = B.read(p, [C.RAW_USER_ID]).column(C.RAW_USER_ID)
-        firsts.append(raw[0].as_py() if len(raw) else None)
+    for f in files:
+        head = storage.dataset(f).head(1, columns=[column]).column(column)
+        firsts.append(head[0].as_py() if len(head) else None)
     his, nxt = [None] * len(firsts), None
     for b in range(len(firsts) - 1, -1, -1):
         his[b] = nxt
@@ -124,26 +126,20 @@ def _match(raw: pa.Array, old: pa.Table) -> np.ndarray:
     return pc.fill_null(idx, -1).to_numpy().astype(np.int64)
 
 
-def count_new(part: str, prev: str, lo, hi) -> int:
-    """Users of a part that the previous map does not hold."""
-    raw = B.read(part, [C.RAW_USER_ID]).column(C.RAW_USER_ID).combine_chunks()
+def count_new(raw: pa.Array, prev: str, lo, hi) -> int:
+    """How many of a bucket's raw user ids (its range lo..hi) the previous map does not hold."""
     return int((_match(raw, _previous(prev, lo, hi)) < 0).sum())
 
 
-def carry(part: str, prev: str, lo, hi, first_new: int, map_out: str) -> int:
-    """Rewrite a part's user ids: a user the previous map holds keeps its id, the new ones get first_new, +1, ...
-    in raw-id order. Writes the part's range of the new map (the previous entries, vanished users included, and
-    the new users) to `map_out`. Returns the number of new users."""
-    t = B.read(part)
-    raw = t.column(C.RAW_USER_ID).combine_chunks()
+def carried(raw: pa.Array, prev: str, lo, hi, first_new: int) -> tuple[np.ndarray, pa.Table]:
+    """A bucket's user ids (raw: its users' raw ids in raw-id order, range lo..hi): a user the previous map holds
+    keeps its id, the new ones get first_new, +1, ... in raw-id order. -> (ids, the bucket's range of the new map:
+    the previous entries, vanished users included, and the new users, sorted by raw id)."""
     old = _previous(prev, lo, hi)
     idx = _match(raw, old)
     new = idx < 0
     ids = np.empty(len(idx), np.int64)
     ids[~new] = old.column(C.USER_ID).to_numpy()[idx[~new]]
     ids[new] = first_new + np.arange(int(new.sum()), dtype=np.int64)
-    at = t.schema.get_field_index(C.USER_ID)
-    B.write(t.set_column(at, t.schema.field(at), pa.array(ids, pa.int64())), part)
     added = pa.table({C.RAW_USER_ID: raw.filter(pa.array(new)), C.USER_ID: pa.array(ids[new])}, MAP_SCHEMA)
-    B.write(pa.concat_tables([old, added]).sort_by(C.RAW_USER_ID), map_out)
-    return int(new.sum())
+    return ids, pa.concat_tables([old, added]).sort_by(C.RAW_USER_ID)

@@ -212,19 +212,12 @@ def items_table(names: list, text: dict, all_counts: np.ndarray, train_counts: n
     return table, item_ids
 
 
-def carry_users(parts: list, prev: identity.Previous, scratch: str, parallel: bool) -> tuple:
-    """The users parts' ids carried from the previous snapshot's map (rewritten in place); -> the new map's
-    slices in raw-id order, and how many users are new. Without a previous map the parts are the map (their ids
-    are the fresh ones)."""
-    if prev.users is None:
-        return parts, None
-    spans = identity.ranges(parts)
-    new = run_tasks(identity.count_new, [(p, prev.users, lo, hi) for p, (lo, hi) in zip(parts, spans)], parallel)
-    first = (prev.next_user + np.r_[0, np.cumsum(new)]).tolist()
-    out = [f"{scratch}/ids/b{b:05d}.parquet" for b in range(len(parts))]
-    run_tasks(identity.carry, [(p, prev.users, lo, hi, first[b], out[b])
-                               for b, (p, (lo, hi)) in enumerate(zip(parts, spans))], parallel)
-    return out, int(sum(new))
+def carrying(files: list, prev: identity.Previous | None) -> list:
+    """Per bucket: (previous user map, lo, hi), its raw-id range of a refresh (slim.data.identity), for the bucket
+    tasks that count and write users; None each without a previous map (the fresh ids are the map)."""
+    if prev is None or prev.users is None:
+        return [None] * len(files)
+    return [(prev.users, lo, hi) for lo, hi in identity.ranges(files, "user")]
 
 
 def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool, start=None,
@@ -248,10 +241,11 @@ def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool,
     t_buckets = time.perf_counter()
     alive, mu, passes = filter_core(cfg, files, text_ok, problems, parallel)
     t_core = time.perf_counter()
-    counted = run_tasks(B.item_counts, [(f, alive, mu, None) for f in files], parallel)
+    carry = carrying(files, prev)
+    counted = run_tasks(B.item_counts, [(f, alive, mu, None, c) for f, c in zip(files, carry)], parallel)
     picks = pick_users(cfg, files, alive, mu, [r["users"] for r in counted], parallel)
     if any(p is not None for p in picks):
-        counted = run_tasks(B.item_counts, [(f, alive, mu, p) for f, p in zip(files, picks)], parallel)
+        counted = run_tasks(B.item_counts, [(f, alive, mu, p, c) for f, p, c in zip(files, picks, carry)], parallel)
     n_users = [r["users"] for r in counted]
     if not sum(n_users):
         raise DataError("no users left after filtering; check the input and the k-core thresholds")
@@ -259,9 +253,14 @@ def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool,
     items, item_ids = items_table(names, text, all_counts, np.sum([r["train"] for r in counted], axis=0), prev)
     parts = [f"{scratch}/users/b{b:05d}.parquet" for b in range(len(files))]
     first = np.r_[0, np.cumsum(n_users)].tolist()
-    built = run_tasks(B.build_users, [(f, alive, mu, p, item_ids, first[b], o)
+    ids, new_users = parts, None  # fresh: the parts are the user map
+    if carry[0] is not None:  # a refresh: new users get ids after the largest ever given, in raw-id order
+        new = [r["new"] for r in counted]
+        first_new = (prev.next_user + np.r_[0, np.cumsum(new)]).tolist()
+        ids, new_users = [f"{scratch}/ids/b{b:05d}.parquet" for b in range(len(files))], int(sum(new))
+        carry = [(*c, first_new[b], ids[b]) for b, c in enumerate(carry)]
+    built = run_tasks(B.build_users, [(f, alive, mu, p, item_ids, first[b], o, carry[b])
                                       for b, (f, p, o) in enumerate(zip(files, picks, parts))], parallel)
-    ids, new_users = carry_users(parts, prev or identity.Previous(), scratch, parallel)
     return {"parts": parts, "ids": ids, "new_users": new_users, "items": items, "input_rows": sp.rows,
             "users": sum(n_users),
             "interactions": int(all_counts.sum()), "max_len": max(r["max_len"] for r in built),
