@@ -10,11 +10,12 @@ def recorded_config(run_dir: str):
     ConfigError naming the key."""
     import dataclasses
 
-    from slim.encode.stage import STAGE, EncodeConfig
+    from slim.encode.settings import EncodeConfig
+    from slim.io import columns as C
     from slim.io.rundir import RunDir
     from slim.runtime import config
 
-    m = RunDir(run_dir).read_manifest(STAGE)
+    m = RunDir(run_dir).read_manifest(C.ENCODE_DIR)
     names = {f.name for f in dataclasses.fields(EncodeConfig)}
     raw = {k: v for k, v in (m.config if m else {}).items() if k in names}
     return config.build(EncodeConfig, {**raw, "run_dir": run_dir}, "encode (encode/manifest.json)")

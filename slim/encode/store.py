@@ -18,7 +18,6 @@ encode folder's fingerprint and out of Parquet readers of encode/.
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slim.io import columns as C
-from slim.io import shards as S
+from slim.io import shards
 from slim.io import storage
 
 VECTOR_SCHEMA = pa.schema([(C.TEXT_HASH, pa.uint64()), (C.EMBEDDING, pa.list_(pa.float16()))])
@@ -47,21 +46,22 @@ def text_hashes(texts, empty_zero: bool = True) -> np.ndarray:
 
 def vector_key(cfg) -> dict:
     """Every setting that changes a vector: the encoder's content, its window, the step-3 share, the thread count
-    an actor computes with (slim.runtime.threads, as the actor resolves encode.threads = 0) and the device."""
+    an actor computes with (slim.runtime.threads.actor_threads, the rule slim.encode.actors gives the actors too)
+    and the device."""
     from slim.io.rundir import file_fingerprint
     from slim.runtime.llm_models import resolve_encoder
-    from slim.runtime.threads import usable_cores
+    from slim.runtime.threads import actor_threads
 
     path = resolve_encoder(cfg.model)
     model = file_fingerprint(path) if Path(path).expanduser().exists() else cfg.model  # a hub id: its name
-    threads = cfg.threads if cfg.threads > 0 else max(1, math.floor(cfg.actor_cpus))
     return {"model": model, "max_seq_length": cfg.max_seq_length, "step3_share": cfg.step3_share,
-            "threads": min(threads, usable_cores()), "device": "cuda" if cfg.num_gpus_per_actor else "cpu"}
+            "threads": actor_threads(cfg.threads, cfg.actor_cpus),
+            "device": "cuda" if cfg.num_gpus_per_actor else "cpu"}
 
 
 def known(folder) -> np.ndarray:
     """Sorted unique hashes already in a store (what the actors skip)."""
-    t = S.read_shards(folder, columns=[C.TEXT_HASH])
+    t = shards.read_shards(folder, columns=[C.TEXT_HASH])
     return np.unique(t.column(C.TEXT_HASH).to_numpy()) if t.num_rows else np.zeros(0, np.uint64)
 
 
@@ -113,7 +113,7 @@ class Sink:
     def _flush(self, n: str) -> None:
         if self.buf[n]:
             t = pa.concat_tables(self.buf[n])
-            S.write_shard(self.stores[n], t)
+            shards.write_shard(self.stores[n], t)
             self.written[n] = np.union1d(self.written[n], t.column(C.TEXT_HASH).to_numpy())
             self.buf[n] = []
 
@@ -140,7 +140,7 @@ def assemble(folder, ids: np.ndarray, hashes: np.ndarray, emit, schema: pa.Schem
     order = np.argsort(hashes, kind="stable")
     sh, done = hashes[order], hashes == 0
     dropped = 0
-    for f in S.shard_files(folder):
+    for f in shards.shard_files(folder):
         t = storage.read_table(f, schema=schema)
         h = t.column(C.TEXT_HASH).to_numpy()
         pos, which = _ranges(np.searchsorted(sh, h, "left"), np.searchsorted(sh, h, "right"))
@@ -156,7 +156,7 @@ def assemble(folder, ids: np.ndarray, hashes: np.ndarray, emit, schema: pa.Schem
         live[which] = True
         if live.sum() * 2 < len(h):  # mostly dead: keep only what this snapshot uses
             dropped += int(len(h) - live.sum())
-            S.write_shard(folder, t.filter(pa.array(live)))
+            shards.write_shard(folder, t.filter(pa.array(live)))
             f.unlink(missing_ok=True)
     return {"missing": ids[~done], "dropped": dropped}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -17,12 +16,10 @@ from slim.io import atomic
 from slim.io import shards
 from slim.io import storage
 from slim.io import columns as C
-from slim.text.encoder import pool
+from slim.encode.actors import pool
+from slim.encode.settings import EncodeConfig
 from slim.io.rundir import RunDir
 from slim.runtime.console import Progress
-
-if TYPE_CHECKING:  # the stage's config: only its fields are read here
-    from slim.encode.stage import EncodeConfig
 
 FIELDS = C.USER_EMB_FIELDS  # rationale, step1, step2, step3
 
@@ -69,7 +66,7 @@ def history_prompt(rd: RunDir) -> dict:
             "max_title_chars": int(got.get("max_title_chars", pc.max_title_chars))}
 
 
-def _dataset(cfg: "EncodeConfig", rd: RunDir, source: str):
+def _dataset(cfg: EncodeConfig, rd: RunDir, source: str):
     import ray
 
     from slim.runtime.raycluster import read_parquet
@@ -102,7 +99,7 @@ GROUNDING_SCHEMA = pa.schema([(C.USER_ID, pa.int64()), ("products", pa.list_(pa.
 VECTORS = pa.schema([(C.USER_ID, pa.int64()), (C.EMBEDDING, pa.list_(pa.float16()))])
 
 
-def _stores(cfg: "EncodeConfig", rd: RunDir, source: str, vkey: str, items_key: str) -> dict:
+def _stores(cfg: EncodeConfig, rd: RunDir, source: str, vkey: str, items_key: str) -> dict:
     """name -> store folder (slim.encode.store): one per field, and the grounding's, whose key adds the threshold
     and items_key, the item vectors' content fingerprint (a new catalogue text re-grounds every step 3)."""
     from slim.io.rundir import fingerprint
@@ -117,7 +114,7 @@ def _stores(cfg: "EncodeConfig", rd: RunDir, source: str, vkey: str, items_key: 
 
 def _new_rows(b: dict, fields: tuple, ground: bool) -> dict:
     """One actor batch -> store name -> table of the texts it encoded (or grounded)."""
-    from slim.encode.store import GROUNDING_SCHEMA as G
+    from slim.encode.store import GROUNDING_SCHEMA
 
     new = {}
     for f in fields:
@@ -129,11 +126,11 @@ def _new_rows(b: dict, fields: tuple, ground: bool) -> dict:
         new["grounding"] = pa.table({
             C.TEXT_HASH: pa.array(b["ghash"][rows], pa.uint64()), "products": [list(b["products"][i]) for i in rows],
             "item_ids": [list(map(int, b["product_items"][i])) for i in rows],
-            "sims": [list(map(float, b["product_sims"][i])) for i in rows]}, G)
+            "sims": [list(map(float, b["product_sims"][i])) for i in rows]}, GROUNDING_SCHEMA)
     return new
 
 
-def encode_users(cfg: "EncodeConfig", rd: RunDir, source: str, item_vecs: str, expected: int, vkey: str,
+def encode_users(cfg: EncodeConfig, rd: RunDir, source: str, item_vecs: str, expected: int, vkey: str,
                  items_key: str) -> dict:
     """One rationale source: texts the store lacks encoded into it (slim.encode.store), then users_<field>.parquet
     (+ <source>_grounding.parquet) built from it, with the quality measures of what was encoded

@@ -55,6 +55,14 @@ def thread_count(requested: int = 0, driver: int = 1) -> int:
     return min(n, usable_cores())
 
 
+def actor_threads(requested: int, cpus: float) -> int:
+    """An actor's torch threads, known before it starts: `requested` when positive, else the floor of the CPUs it
+    asks Ray for (at least 1: what assigned_cores finds inside it); never more than the cores here. Whoever sizes
+    an actor and whoever names its thread count (a key of what it computes) use this one rule, so they agree."""
+    n = requested if requested > 0 else max(1, math.floor(cpus))
+    return min(n, usable_cores())
+
+
 def torch_threads(requested: int = 0, driver: int = 1) -> int:
     """Set torch's intra-op threads (and, while torch still allows it, its inter-op threads) to `thread_count`;
     returns the count. Call it in the task, actor or driver that computes, before the work."""

@@ -1,19 +1,16 @@
 """The sentence encoder shared by the encode stage and the serving app's rationale writer: item text, rationales
 (whole and per step, with the whole one cut head + tail so that step 3 survives; see slim.encode.stage's docstring)
-and the history control's text, as L2-normalised float16 vectors, in a Ray Data actor pool."""
+and the history control's text, as L2-normalised float16 vectors. The encode stage runs it in a Ray Data actor
+pool (slim.encode.actors)."""
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from slim.io import columns as C
-
-if TYPE_CHECKING:  # the stage's config: only its fields are read here
-    from slim.encode.stage import EncodeConfig
 
 
 def fit_rationale(tok, s12: str, s3: str, budget: int, share: float) -> tuple[str, bool]:
@@ -118,20 +115,3 @@ def _objects(rows: list) -> np.ndarray:
     out[:] = [list(r) for r in rows]
     return out
 
-
-def pool(cfg: "EncodeConfig", fields: tuple, item_vecs: str = ""):
-    import ray
-
-    from slim.runtime.llm_models import resolve_encoder
-    from slim.runtime.raycluster import work_actor_env
-
-    return dict(
-        batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.actor_cpus,
-        num_gpus=cfg.num_gpus_per_actor or None, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        runtime_env=work_actor_env(),  # the encoder at the driver's priority: see slim.runtime.raycluster
-        fn_constructor_kwargs={"model_path": resolve_encoder(cfg.model), "fields": fields,
-                               "max_seq_length": cfg.max_seq_length, "step3_share": cfg.step3_share,
-                               "threads": cfg.threads, "device": "cuda" if cfg.num_gpus_per_actor else "cpu",
-                               "item_vecs": item_vecs if cfg.ground_threshold > 0 else "",
-                               "ground_threshold": cfg.ground_threshold},
-    )
