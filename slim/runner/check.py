@@ -125,7 +125,7 @@ def plan(cfgs: dict, wanted: list[str], force: list[str], chosen_by: str = "--st
                 problems.append(f"{name} reads the output of {up}, which has not finished in {rd.root} "
                                 f"(no {up}/{C.MANIFEST}) and is not in {chosen_by}")
         try:
-            why = _why_run(name, cfg, rd, running, name in force or "all" in force)
+            why = _why_run(name, cfg, rd, running, name in force)  # force: names (pipeline expands --force alone)
         except Exception as e:  # noqa: BLE001 - a missing input is a problem to list, not a crash of --check
             problems.append(f"{name}: {e}")
             why = f"cannot tell ({type(e).__name__})"

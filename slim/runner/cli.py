@@ -14,8 +14,7 @@ from slim.runtime.raycluster import set_bind_host  # the config's top-level ray_
 from slim.runtime.signals import job_entry  # SIGINT/SIGTERM and Ray start failures: one line, no traceback
 
 
-# --force alone: every stage the command runs (the value of a bare --force after _bare_force)
-FORCE_ALL = "all"
+from slim.runner.pipeline import FORCE_ALL  # --force alone: every stage the command runs (see _bare_force)
 
 
 def add_force(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,9 @@ from slim.runtime.console import say
 
 log = logging.getLogger(__name__)
 
+# --force alone: every stage the command runs (the value slim.runner.cli gives a bare --force)
+FORCE_ALL = "all"
+
 
 def stage_list(value: str, flag: str, extra: tuple[str, ...] = ()) -> list[str]:
     """'data,train' -> ['data', 'train']; an unknown name is a ConfigError listing the known ones."""
@@ -42,6 +45,11 @@ def selected(raw: dict, only: list[str] | None = None) -> tuple[list[str], str]:
 
 def prepare(raw: dict, only: list[str] | None = None) -> tuple[dict, list[str]]:
     """Every section loaded and checked, and the constraints between the stages to run: (configs, stages)."""
+    return _prepare(raw, only)[:2]
+
+
+def _prepare(raw: dict, only: list[str] | None = None) -> tuple[dict, list[str], str]:
+    """prepare, and who chose the stages (selected's second value): stages are selected once per command."""
     from slim.runner import check
 
     cfgs = stages.load_all(raw)
@@ -55,19 +63,19 @@ def prepare(raw: dict, only: list[str] | None = None) -> tuple[dict, list[str]]:
         raise config.ConfigError(f"{e} (jobs/pipeline.py runs every stage but serve unless the config's top-level "
                                  "`stages:` or --stages names fewer, e.g. stages: [data, encode, train, evaluate])"
                                  ) from None
-    return cfgs, wanted
+    return cfgs, wanted, chosen_by
 
 
 def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None) -> dict:
     """raw: the merged YAML mapping. only: stage names to run (default: all but the on-demand ones, in order)."""
     cfgs, wanted = prepare(raw, only)
-    stage_list(",".join(force or []), "--force", ("all",))
+    stage_list(",".join(force or []), "--force", (FORCE_ALL,))
     summary = {}
     todo = [s for s in stages.names() if s in wanted]
     for i, name in enumerate(todo, 1):
         t0, started = time.perf_counter(), time.time()
         say(f"[{i}/{len(todo)}] {name}")
-        m = stages.run(name, cfgs[name], force=bool(force and (name in force or "all" in force)))
+        m = stages.run(name, cfgs[name], force=bool(force and (name in force or FORCE_ALL in force)))
         fresh = not stages.skipped(m, started)
         summary[name] = {"seconds": time.perf_counter() - t0, "counts": getattr(m, "counts", {}), "fresh": fresh}
     print_summary(summary)
@@ -81,9 +89,9 @@ def dry_run(raw: dict, only: list[str] | None = None, force: list[str] | None = 
     """What `run` would do, from the manifests on disk; starts no Ray and writes nothing. 0 = fine, 2 = problems."""
     from slim.runner import check
 
-    cfgs, wanted = prepare(raw, only)
-    chosen_by = selected(raw, only)[1]
-    lines, problems = check.plan(cfgs, wanted, force or [], chosen_by or "runs only when named in --stages")
+    cfgs, wanted, chosen_by = _prepare(raw, only)
+    forced = stages.names() if FORCE_ALL in (force or []) else force or []  # check.plan takes stage names
+    lines, problems = check.plan(cfgs, wanted, forced, chosen_by or "runs only when named in --stages")
     print(f"config OK: {len(cfgs)} sections; stages to run: {', '.join(s for s in stages.names() if s in wanted)}"
           + (f" (from {chosen_by})" if chosen_by else " (every stage but serve)"))
     print("\n".join(lines))
