@@ -90,8 +90,12 @@ REGISTRY: dict[str, DataSource] = {
 
 
 def get(name: str) -> DataSource:
+    """The source registered as `name`; an unknown name is a ConfigError listing the registered ones (the one check
+    of data.source: DataConfig makes it when built)."""
     if name not in REGISTRY:
-        raise sources.DataError(f"data.source: {name!r} is not one of {', '.join(REGISTRY)}")
+        from slim.runtime.config import ConfigError
+
+        raise ConfigError(f"source: {name!r} is not one of {', '.join(map(repr, REGISTRY))}")
     return REGISTRY[name]
 
 
