@@ -39,10 +39,12 @@ ERRORS = {s: {"model": S.ErrorBody} for s in (400, 401, 404, 413, 422, 503)}
 @serve.deployment(name="recommender")
 @serve.ingress(api)
 class RecommenderApp:
-    def __init__(self, cfg: dict, model_dir: str, token: Optional[Secret], writer=None):
+    def __init__(self, cfg: dict, model_dir: str, token: Optional[Secret], writer=None, model: str = ""):
         self.cfg = from_dict(cfg)
         self.ranker = Ranker(model_dir, self.cfg.run_dir, self.cfg.torch_threads)
-        self.model = model_label(model_dir)  # named by every answer: which run, which weights
+        # named by every answer: which run, which weights; computed once by build (hashing the weights), not here
+        # in every replica
+        self.model = model or model_label(model_dir)
         self.writer = writer  # a handle to the RationaleWriter deployment, when serve.generate_rationales
         self.pending = 0  # requests waiting for or in a forward pass (queued in the batcher or computing)
         guard.limits().update(max_body_bytes=self.cfg.max_body_bytes, token=token,
@@ -101,7 +103,7 @@ class RecommenderApp:
     async def healthz(self, request: Request) -> dict:
         """"ok" to anyone (a load balancer's probe); what is served, and the replica's pid, only with the token
         when one is configured (an open app shows the same through its API anyway)."""
-        if not guard.authorized(request.headers):
+        if not guard.was_authorized(request):
             return {"status": "ok"}
         r = self.ranker
         return {"status": "ok", "run": r.run_name, "model": self.model, "backbone": r.spec.backbone,
@@ -193,11 +195,18 @@ class RecommenderApp:
 def build(cfg: ServeConfig):
     """The Application for `cfg`. Resolves the run and the token here, in the caller: a run directory without a
     trained model or a missing token variable fails before any replica starts."""
+    return labelled(cfg)[0]
+
+
+def labelled(cfg: ServeConfig) -> tuple:
+    """(the Application for `cfg` (build), the label its answers name: model_label of the run it serves). The run
+    is picked and its weights hashed once, here, for every replica and for a swap's wait."""
     from slim.runtime.raycluster import work_actor_env
 
     model_dir = pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed)
     token = read_token(cfg)
     writer = _writer(cfg, model_dir)
+    label = model_label(model_dir)  # after the checks above: a bad config fails before the weights are hashed
     # Replicas do the work: at the driver's priority, not Ray's niceness 15 (see slim/runtime/raycluster.py).
     opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
             "logging_config": {"enable_access_log": cfg.access_log},
@@ -208,7 +217,7 @@ def build(cfg: ServeConfig):
                                       "target_ongoing_requests": cfg.target_ongoing_requests}
     else:
         opts["num_replicas"] = cfg.num_replicas
-    return RecommenderApp.options(**opts).bind(dataclasses.asdict(cfg), str(model_dir), token, writer)
+    return RecommenderApp.options(**opts).bind(dataclasses.asdict(cfg), str(model_dir), token, writer, label), label
 
 
 def writes_rationales(variant: str, field: str) -> bool:
@@ -248,4 +257,4 @@ def build_app(args: dict):
     return build(config.section(raw, STAGE, ServeConfig))
 
 
-__all__ = ["api", "build", "build_app", "RecommenderApp"]
+__all__ = ["api", "build", "build_app", "labelled", "RecommenderApp"]

@@ -17,6 +17,12 @@ from slim.serve.schemas import FieldError
 from slim.serve.settings import Secret
 
 OPEN_PATHS = ("/", "/healthz", "/openapi.json", "/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css")
+AUTHORIZED = "slim.authorized"  # the ASGI scope key where the guard leaves whether the request carries the token
+
+
+def was_authorized(request: Request) -> bool:
+    """Whether the guard found the request's token good (or none configured): a route asks this, not the token."""
+    return bool(request.scope.get(AUTHORIZED, False))
 
 
 def limits() -> dict:
@@ -46,12 +52,13 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refused = self._host(headers) or self._auth(scope, headers)
+        scope[AUTHORIZED] = ok = authorized(headers)  # the token compared once per request; routes read this
+        refused = self._host(headers) or self._auth(scope, ok)
         if refused is None:
             refused, receive = await self._body(headers, receive)
         if refused is not None:
             return await refused(scope, receive, send)
-        return await self.app(scope, receive, _named(send) if authorized(headers) else send)
+        return await self.app(scope, receive, _named(send) if ok else send)
 
     def _host(self, headers: dict) -> Optional[JSONResponse]:
         allowed = limits()["allowed_hosts"]
@@ -63,10 +70,10 @@ class Guard:
             return None
         return error(400, "host", f"host {host[:100]!r} is not in serve.allowed_hosts")
 
-    def _auth(self, scope, headers: dict) -> Optional[JSONResponse]:
+    def _auth(self, scope, ok: bool) -> Optional[JSONResponse]:
         path, root = scope["path"], scope.get("root_path", "")
         path = (path[len(root):] if root and path.startswith(root) else path) or "/"
-        if path in OPEN_PATHS or authorized(headers):
+        if ok or path in OPEN_PATHS:
             return None
         return error(401, "authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 

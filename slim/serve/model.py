@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 from slim.io import columns as C
 from slim.recsys.explain import NoModelError, pick_run, rationales, titled  # noqa: F401 (re-exported)
 from slim.recsys.data import absent_items
+from slim.recsys.rankable import rankable
 from slim.recsys.ranking import top_k
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -107,9 +107,10 @@ class Ranker:
         for i, t in enumerate(self.titles, start=1):
             self.by_title.setdefault(t, []).append(i)
         self.users = _users(root)
-        self.absent = absent_items(root / C.ITEMS_FILE)  # gone from the newest snapshot: never recommended
+        # False for padding and items gone from the newest snapshot: never recommended, listed or ranked
+        self.rankable = rankable(self.num_items, absent_items(root / C.ITEMS_FILE))
         self.popular = _popular(self.users, self.num_items)
-        self.popular = self.popular[~np.isin(self.popular, self.absent)]
+        self.popular = self.popular[self.rankable[self.popular]]
         self.user_text_model = bool(getattr(self.spec, "rationale_field", ""))
         source = "teacher" if self.spec.variant == "slim_teacher" else "student"
         self.rationales = rationales(root, source)
@@ -166,8 +167,10 @@ class Ranker:
         return self.model.encode(x, lens, user_text=torch.from_numpy(vec), use=torch.from_numpy(use))
 
     def rank(self, queries: list) -> list:
-        """One (item ids, scores) per query: the top k, best first, ties by item id; k == 0: every candidate in
-        the given order (scoring, not ranking). Full rankings of a batch are one matrix product."""
+        """One (item ids, scores) per query: the top k, best first, ties by item id, never an item absent from
+        the newest snapshot (self.rankable), whether every item is ranked or only the query's candidates; k == 0:
+        every candidate in the given order (scoring what was asked, not recommending). Full rankings of a batch are
+        one matrix product."""
         import torch
 
         self.passes, self.largest_batch = self.passes + 1, max(self.largest_batch, len(queries))
@@ -178,14 +181,13 @@ class Ranker:
             out = []
             for i, q in enumerate(queries):
                 if q.candidates is None:
-                    keep = np.ones(self.num_items + 1, dtype=bool)
-                    keep[0] = False
-                    keep[self.absent] = False
+                    keep = self.rankable.copy()
                     if q.exclude_history:
                         keep[q.history] = False
                     ids, sc = np.flatnonzero(keep), every[full.index(i)][keep]
                 else:
-                    ids = q.candidates[~np.isin(q.candidates, q.history)] if q.exclude_history else q.candidates
+                    ids = q.candidates[self.rankable[q.candidates]] if q.k else q.candidates
+                    ids = ids[~np.isin(ids, q.history)] if q.exclude_history else ids
                     sc = self._scores(s[i], ids)
                 out.append(top_k(ids, sc, q.k) if q.k else (ids, sc))
         return out

@@ -30,14 +30,12 @@ def start(cfg: ServeConfig):
 def swap_in(cfg: ServeConfig) -> str:
     """serve.swap: the run cfg picks, into the app already serving at cfg.host:cfg.port, in place (slim/serve/swap.py);
     -> its label. The endpoint, the run and the token are found before any Ray work: errors come early."""
-    from slim.serve.swap import endpoint, model_label, swap
+    from slim.serve.swap import endpoint, swap
 
     where = endpoint(cfg)  # first: no endpoint is an error in a second, before the app's imports
-    from slim.serve.app import build
-    from slim.serve.model import pick_run
+    from slim.serve.app import labelled
 
-    application = build(cfg)
-    want = model_label(pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed))
+    application, want = labelled(cfg)  # the run picked and its weights hashed once
     swap(cfg, where, application, want)
     return want
 

@@ -107,7 +107,8 @@ def _alive(pid) -> bool:
 
 def model_label(model_dir) -> str:
     """`<run>@<checkpoint>`: the run's name and the first 16 hex digits of its weights' SHA-256 (a run retrained
-    under the same name gets a new label). Every answer names the model it came from so."""
+    under the same name gets a new label). Every answer names the model it came from so. Hashes the weights:
+    computed once per build (slim.serve.app.labelled), not per replica or poll."""
     from slim.io import storage
     from slim.io.rundir import content_fingerprint
     from slim.recsys.checkpoint import WEIGHTS
@@ -127,15 +128,16 @@ def swap(cfg: ServeConfig, where: dict, application, want: str) -> None:
     if ray.is_initialized() and ray.get_runtime_context().gcs_address != where["ray_address"]:
         ray.shutdown()  # a pipeline's own Ray (train ran on it): the endpoint runs on another
     init_ray(where["ray_address"], private_job=where["private"])
-    before = _running(cfg, where)
-    t0 = time.monotonic()
-    serve.run(application, name=cfg.app_name, route_prefix=cfg.route_prefix)  # returns once the app is RUNNING
-    _wait_for(cfg, want)
+    with _Probe(cfg) as served:
+        before = _running(cfg, where, served)
+        t0 = time.monotonic()
+        serve.run(application, name=cfg.app_name, route_prefix=cfg.route_prefix)  # returns once the app is RUNNING
+        _wait_for(cfg, want, served)
     say(f"serve: {cfg.app_name} at http://{cfg.host}:{cfg.port}{cfg.route_prefix} serves {want} "
         f"(was {before or 'unknown'}; swapped in {time.monotonic() - t0:.1f} s)")
 
 
-def _running(cfg: ServeConfig, where: dict) -> Optional[str]:
+def _running(cfg: ServeConfig, where: dict, served: "_Probe") -> Optional[str]:
     """The app must run, at the same route prefix where that is known (a swap keeps the route); -> the model it
     serves now, if it says."""
     from ray import serve
@@ -148,30 +150,44 @@ def _running(cfg: ServeConfig, where: dict) -> Optional[str]:
     if prefix is not None and prefix != cfg.route_prefix:
         raise SwapError(f"application {cfg.app_name!r} answers at {prefix}, not serve.route_prefix "
                         f"{cfg.route_prefix}: a swap keeps the route (set serve.route_prefix={prefix})")
-    return _served(cfg)
+    return served()
 
 
-def _served(cfg: ServeConfig) -> Optional[str]:
-    """The model the endpoint names in its answer to /healthz (the X-Slim-Model header), None when it does not."""
-    import httpx
+class _Probe:
+    """The model the endpoint names in its answer to /healthz (the X-Slim-Model header), None when it does not.
+    One HTTP client, its URL and headers made once for every poll of a swap (a context manager: closes it)."""
 
-    from slim.serve.settings import read_token
+    def __init__(self, cfg: ServeConfig):
+        import httpx
 
-    # the same variable the app read its token from (read_token has checked it is set)
-    headers = {"Authorization": f"Bearer {os.environ[cfg.auth_token_env]}"} if read_token(cfg) else {}
-    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/healthz"
-    try:
-        return httpx.get(url, headers=headers, timeout=10).headers.get("x-slim-model")
-    except httpx.HTTPError:
-        return None
+        from slim.serve.settings import read_token
+
+        # the same variable the app read its token from (read_token has checked it is set)
+        headers = {"Authorization": f"Bearer {os.environ[cfg.auth_token_env]}"} if read_token(cfg) else {}
+        self.url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/healthz"
+        self.client = httpx.Client(headers=headers, timeout=10)
+
+    def __call__(self) -> Optional[str]:
+        import httpx
+
+        try:
+            return self.client.get(self.url).headers.get("x-slim-model")
+        except httpx.HTTPError:
+            return None
+
+    def __enter__(self) -> "_Probe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
 
 
-def _wait_for(cfg: ServeConfig, want: str, in_a_row: int = 5) -> None:
+def _wait_for(cfg: ServeConfig, want: str, served: _Probe, in_a_row: int = 5) -> None:
     """Until the endpoint's answers name `want`, `in_a_row` times running: the old replicas stop taking requests
     once the new ones are ready, then drain."""
     deadline, seen = time.monotonic() + ANSWER_WAIT_S, 0
     while time.monotonic() < deadline and seen < in_a_row:
-        seen = seen + 1 if _served(cfg) == want else 0
+        seen = seen + 1 if served() == want else 0
         time.sleep(0.1)
     if seen < in_a_row:
         raise SwapError(f"Serve updated {cfg.app_name!r}, but http://{cfg.host}:{cfg.port}{cfg.route_prefix} did "
