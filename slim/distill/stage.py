@@ -121,20 +121,20 @@ def build_examples(cfg: DistillConfig, base_path: str, rd: RunDir) -> dict:
     """Tokenised train/val example files under distill/examples; returns the build report and sizes."""
     from transformers import AutoTokenizer
 
-    from slim.distill import examples as E
+    from slim.distill import examples
 
     tok = AutoTokenizer.from_pretrained(base_path)
-    df, report = E.build(rd.root, tok, cfg.prompt, cfg.max_seq_len, cfg.max_examples,
+    df, report = examples.build(rd.root, tok, cfg.prompt, cfg.max_seq_len, cfg.max_examples,
                          cfg.keep_unstructured, cfg.structured)
-    train, val = E.split(df, cfg.val_fraction, cfg.max_val_examples, cfg.seed)
+    train, val = examples.split(df, cfg.val_fraction, cfg.max_val_examples, cfg.seed)
     if len(train) < cfg.num_workers * cfg.batch_size:
         raise DistillError(f"{len(train)} training examples cannot fill a micro-batch of distill.batch_size="
                            f"{cfg.batch_size} on each of distill.num_workers={cfg.num_workers}")
-    E.write(train, rd.path(EXAMPLES_DIR) / "train.parquet")
-    E.write(val, rd.path(EXAMPLES_DIR) / "val.parquet")
+    examples.write(train, rd.path(EXAMPLES_DIR) / "train.parquet")
+    examples.write(val, rd.path(EXAMPLES_DIR) / "val.parquet")
     for p in report.problems[:5]:
         log.warning("distill: dropped user %s: %s", *p)
-    lens = train[E.INPUT_IDS].map(len)
+    lens = train[examples.INPUT_IDS].map(len)
     return {**report.as_dict(), "train_examples": len(train), "val_examples": len(val),
             "val_users": val[C.USER_ID].tolist(), "mean_tokens": float(lens.mean()), "max_tokens": int(lens.max())}
 
@@ -272,17 +272,14 @@ def print_summary(metrics: dict, rd: RunDir) -> None:
         say(line)
 
 
-# The stage's face (slim/runner/stages.py): --check, the planner and the manifests read only these.
+# The stage's face (slim/runner/face.py): --check, the planner and the manifests read only these; a member left
+# out takes the face's default (own_inputs: {}, every input is an upstream stage's output).
 CONFIG = DistillConfig
 WRITES = (STAGE,)
 
 
 def reads(cfg: DistillConfig) -> list[str]:
     return [C.DATA_DIR, C.TEACHER_DIR]
-
-
-def own_inputs(cfg: DistillConfig, root=None) -> dict:
-    return {}
 
 
 def resources(cfg: DistillConfig, problems: list) -> list[str]:

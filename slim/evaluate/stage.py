@@ -16,10 +16,10 @@ import numpy as np
 
 from slim.io import atomic
 from slim.io import columns as C
-from slim.recsys import metrics as M
+from slim.recsys import metrics
 from slim.io.columns import EVAL_PROTOCOLS, SPLITS
-from slim.evaluate import plots as P
-from slim.recsys import report as R
+from slim.evaluate import plots
+from slim.recsys import report
 from slim.runtime.console import say
 from slim.runtime.tracking import Tracker, TrackingConfig
 from slim.recsys.summary import scale_line
@@ -52,10 +52,10 @@ def chance_levels(d, split: str, protocols) -> dict:
     out = {}
     for p in protocols:
         if p.startswith("full"):
-            sizes = M.full_sizes(d.num_present, d.inputs(split), d.targets(split), exclude_history=(p == "full"))
-            out[p] = M.chance_mean(sizes)
+            sizes = metrics.full_sizes(d.num_present, d.inputs(split), d.targets(split), exclude_history=(p == "full"))
+            out[p] = metrics.chance_mean(sizes)
         else:
-            out[p] = M.chance(d.candidates.width((split, p)))
+            out[p] = metrics.chance(d.candidates.width((split, p)))
     return out
 
 
@@ -77,8 +77,8 @@ def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols, block_users: 
             k = (spec.variant, spec.rationale_field)
             ut = uts[k] if k in uts else uts.setdefault(k, UT.load(rd.root, d.user_ids, lens, *k))
         r = ranker.ranks(model, split, protocols, spec.max_len, ut, top=10)
-        rec["eval"] = {p: M.metrics_from_ranks(r[p]) for p in protocols}
-        key = (rec["loss"], R.row_key(rec))
+        rec["eval"] = {p: metrics.metrics_from_ranks(r[p]) for p in protocols}
+        key = (rec["loss"], report.row_key(rec))
         for p in protocols:
             rk[key][p].append(r[p])
         top[key].append(r["top"])
@@ -95,7 +95,7 @@ def per_user(rk: dict, mask: Optional[np.ndarray] = None) -> dict:
         if key.startswith("text_match"):
             continue
         bb, v = key.split("-", 1)
-        out[(loss, bb, v)] = {p: R.ndcg10(r).mean(0) if mask is None else R.ndcg10(r).mean(0)[mask]
+        out[(loss, bb, v)] = {p: report.ndcg10(r).mean(0) if mask is None else report.ndcg10(r).mean(0)[mask]
                               for p, r in ps.items()}
     return out
 
@@ -104,11 +104,11 @@ def subset_recs(recs: list, rk: dict, mask: np.ndarray, protocols) -> list:
     """Records re-scored on a subset of users (per seed, in the order rank_runs saw them)."""
     seen, out = defaultdict(int), []
     for rec in recs:
-        key = (rec["loss"], R.row_key(rec))
+        key = (rec["loss"], report.row_key(rec))
         i = seen[key]
         seen[key] += 1
         if rec["variant"] in ("id", "id_text", "slim", "slim_teacher", "history_text"):
-            out.append({**rec, "eval": {p: M.metrics_from_ranks(rk[key][p][i][mask]) for p in protocols}})
+            out.append({**rec, "eval": {p: metrics.metrics_from_ranks(rk[key][p][i][mask]) for p in protocols}})
     return out
 
 
@@ -118,7 +118,7 @@ def stage_config(cfg: EvaluateConfig) -> dict:
 
 
 def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
-    from slim.recsys import data as D
+    from slim.recsys import data
 
     rd = RunDir(cfg.run_dir)
     inputs = {C.TRAIN_DIR: rd.upstream(C.TRAIN_DIR)}
@@ -130,7 +130,7 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     from slim.runtime.threads import torch_threads
 
     torch_threads(cfg.threads)  # the driver ranks a single block itself (slim.recsys.blocks)
-    d = D.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
+    d = data.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
     if len(d.seqs) > cfg.block_users:  # ranked in Ray tasks, block by block
         from slim.runtime.raycluster import init_ray
 
@@ -139,15 +139,15 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Manifest:
     recs, rk, top, uts = rank_runs(rd, tm.outputs, d, cfg.split, cfg.protocols, cfg.block_users)
     t_rank = time.time() - t_rank
     res = {"users": len(d.seqs), "items": d.num_items, "split": cfg.split,
-           "chance": chance_levels(d, cfg.split, cfg.protocols), "rows": R.aggregate(recs, cfg.protocols),
-           "gains": R.gains(per_user(rk), cfg.protocols),
+           "chance": chance_levels(d, cfg.split, cfg.protocols), "rows": report.aggregate(recs, cfg.protocols),
+           "gains": report.gains(per_user(rk), cfg.protocols),
            "users_without_rationale": tm.extra.get("users_without_rationale", {}),
            "valid_protocol": tm.config.get("valid_protocol", "uni100"),
            "rationale_positions": tm.config.get("rationale_positions", ["after_prefix"]),
            **({"search": tm.extra["search"]} if tm.extra.get("search") else {})}  # train.search's choice per group
     res.update(teacher_subset(recs, rk, uts, cfg.protocols))
     res["student_model"] = student_model(rd)
-    bucket = P.popularity_buckets(np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1))
+    bucket = plots.popularity_buckets(np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1))
     res["popular_share"] = {}  # % of full-ranking top-10 in the most popular fifth of the items (popularity bias)
     for (loss, key), t in top.items():
         res["popular_share"].setdefault(loss, {})[key] = float(100 * (bucket[t] == 0).mean())
@@ -196,9 +196,9 @@ def teacher_subset(recs: list, rk: dict, uts: dict, protocols) -> dict:
     if not mask.any():
         return {"teacher_users": 0}
     sub = subset_recs(recs, rk, mask, protocols)
-    return {"teacher_users": int(mask.sum()), "teacher_rows": R.aggregate(sub, protocols),
-            "teacher_gains": [g for g in R.gains(per_user(rk, mask), protocols)
-                              if "slim" in {R.parse_variant(g["model"])[0], R.parse_variant(g["baseline"])[0]}
+    return {"teacher_users": int(mask.sum()), "teacher_rows": report.aggregate(sub, protocols),
+            "teacher_gains": [g for g in report.gains(per_user(rk, mask), protocols)
+                              if "slim" in {report.parse_variant(g["model"])[0], report.parse_variant(g["baseline"])[0]}
                               or g["model"].startswith("slim_teacher")]}
 
 
@@ -223,10 +223,10 @@ def write_plots(out: Path, d, rd: RunDir, res: dict, rk: dict, top: dict, cfg: E
     for loss, rows in res["rows"].items():
         for p in cfg.protocols:
             f = out / f"ndcg10_{p}_{loss}.png"
-            P.protocol_bars(f, {k: r[p]["NDCG@10"][:2] for k, r in rows.items()}, p, res["chance"][p]["NDCG@10"])
+            plots.protocol_bars(f, {k: r[p]["NDCG@10"][:2] for k, r in rows.items()}, p, res["chance"][p]["NDCG@10"])
             files.append(f.name)
     pop = np.bincount(np.concatenate(d.inputs("valid")), minlength=d.num_items + 1)  # training interactions per item
-    bucket, groups = P.popularity_buckets(pop), P.length_groups(np.array([len(s) for s in d.inputs(cfg.split)]))
+    bucket, groups = plots.popularity_buckets(pop), plots.length_groups(np.array([len(s) for s in d.inputs(cfg.split)]))
     tg, full = d.targets(cfg.split), HEADLINE if HEADLINE in cfg.protocols else None
     for loss in res["rows"]:
         keys = [k for (l, k) in rk if l == loss and not k.startswith("text_match")]
@@ -238,18 +238,19 @@ def write_plots(out: Path, d, rd: RunDir, res: dict, rk: dict, top: dict, cfg: E
             sparse = {bb: [("NDCG@10 (%)", {})] for bb in by_bb}
             for bb, ks in by_bb.items():
                 for k in ks:
-                    lt = P.long_tail(top[(loss, k)], rk[(loss, k)][full], tg, bucket)
+                    lt = plots.long_tail(top[(loss, k)], rk[(loss, k)][full], tg, bucket)
                     tail[bb][0][1][k.split("-", 1)[1]], tail[bb][1][1][k.split("-", 1)[1]] = lt["rec_share"], lt["hit10"]
-                    sparse[bb][0][1][k.split("-", 1)[1]] = P.by_group(R.ndcg10(rk[(loss, k)][full]).mean(0), groups)
-            labels = ["most popular"] + [f"group {g + 1}" for g in range(1, P.BUCKETS - 1)] + ["least popular"]
-            P.per_backbone(out / f"long_tail_{loss}.png", tail, labels, f"Long tail, full ranking, {loss}")
-            P.per_backbone(out / f"sparse_users_{loss}.png", sparse,
-                           ["shortest"] + [f"q{g + 1}" for g in range(1, P.BUCKETS - 1)] + ["longest"],
+                    sparse[bb][0][1][k.split("-", 1)[1]] = plots.by_group(report.ndcg10(rk[(loss, k)][full]).mean(0),
+                                                                          groups)
+            labels = ["most popular"] + [f"group {g + 1}" for g in range(1, plots.BUCKETS - 1)] + ["least popular"]
+            plots.per_backbone(out / f"long_tail_{loss}.png", tail, labels, f"Long tail, full ranking, {loss}")
+            plots.per_backbone(out / f"sparse_users_{loss}.png", sparse,
+                           ["shortest"] + [f"q{g + 1}" for g in range(1, plots.BUCKETS - 1)] + ["longest"],
                            f"Users by history length (quintiles), full ranking NDCG@10, {loss}")
             files += [f"long_tail_{loss}.png", f"sparse_users_{loss}.png"]
         tm_rows = {k: r for k, r in res["rows"][loss].items() if k.startswith("text_match")}
         if tm_rows:
-            P.per_backbone(out / f"text_match_steps_{loss}.png",
+            plots.per_backbone(out / f"text_match_steps_{loss}.png",
                            {"text matching": [("NDCG@10 (%)", {p: [r[p]["NDCG@10"][0] for r in tm_rows.values()]
                                                               for p in cfg.protocols})]},
                            [k[len("text_match ("):-1] for k in tm_rows], f"ID-agnostic text matching per rationale step, {loss}")
@@ -257,18 +258,11 @@ def write_plots(out: Path, d, rd: RunDir, res: dict, rk: dict, top: dict, cfg: E
     return files
 
 
-# The stage's face (slim/runner/stages.py): --check, the planner and the manifests read only these.
+# The stage's face (slim/runner/face.py): --check, the planner and the manifests read only these; a member left
+# out takes the face's default (own_inputs: {}, every input is an upstream stage's output; resources: none).
 CONFIG = EvaluateConfig
 WRITES = (STAGE, "reports")
 
 
 def reads(cfg: EvaluateConfig) -> list[str]:
     return [C.TRAIN_DIR]
-
-
-def own_inputs(cfg: EvaluateConfig, root=None) -> dict:
-    return {}
-
-
-def resources(cfg: EvaluateConfig, problems: list) -> list[str]:
-    return []

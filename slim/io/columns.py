@@ -38,12 +38,14 @@ ATTEMPTS = "attempts"
 ROW_ID = "row_id"  # str, unique per row written (the same row folded twice is one row)
 WRITTEN_AT = "written_at"  # int64 ns: when the row was written; the latest row of a user wins (slim.io.shards)
 PROMPT_HASH = "prompt_hash"  # str, student: hash of the exact prompt text sent (slim.student.keys)
-ROW_KEY = "row_key"  # str, student: hash of what decides the row (generation settings + prompt_hash); kept while it holds
+# str, student: hash of what decides the row (generation settings + prompt_hash); kept while it holds
+ROW_KEY = "row_key"
 BILLED = "billed_requests"  # int32, teacher: responses the provider billed for this row, usable or not
 UNPRICED = "unpriced_requests"  # int32, teacher: billed responses whose usage could not be read (priced at 0)
 WASTED_USD = "wasted_cost_usd"  # float64, teacher: part of cost_usd spent on responses the row does not keep
 
-# files in the run directory: one folder per stage, named after the stage (slim/runner/stages.py runs them in this order;
+# files in the run directory: one folder per stage, named after the stage; STAGE_DIRS, in pipeline order, is the one
+# list of the stages' names (slim/runner/stages.py derives its order and modules from it, adding the on-demand serve;
 # the train and evaluate stages also write models/ and reports/, their products)
 DATA_DIR = "data"
 TEACHER_DIR = "teacher"
@@ -54,6 +56,8 @@ TRAIN_DIR = "train"
 SEARCH_DIR = "train/search"  # train.search: <group>.json (the choice) and <group>/<trial key>.json (each trial)
 EVALUATE_DIR = "evaluate"
 STAGE_DIRS = (DATA_DIR, TEACHER_DIR, DISTILL_DIR, STUDENT_DIR, ENCODE_DIR, TRAIN_DIR, EVALUATE_DIR)
+MODELS_DIR = "models"  # train's product: one folder per trained run, models/<run>/ (slim.recsys.checkpoint)
+METRICS_FILE = "metrics.json"  # a trained run's metrics, models/<run>/metrics.json: written last (marks it done)
 USERS_FILE = "data/users.parquet"
 ITEMS_FILE = "data/items.parquet"
 USER_IDS_FILE = "data/user_ids.parquet"  # raw_user_id -> user_id of every user the run directory ever had

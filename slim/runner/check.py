@@ -4,7 +4,7 @@
 force)` resolves models and input paths and says per stage whether it would run or be skipped, from the manifests
 already in the run directory; it starts no Ray and writes nothing there (content hashes of copied files are
 cached under SLIM_SCRATCH). Everything a stage knows about itself (what it reads, fingerprints and needs) comes from
-its face (slim/runner/stages.py); only constraints between stages live here.
+its face (slim/runner/face.py); only constraints between stages live here.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ def validate(cfgs: dict, wanted: list[str]) -> None:
     from slim.runner import stages
 
     for name in (n for n in stages.names() if n in wanted and n in cfgs):
-        own = getattr(stages.face(name), "check", None)  # a constraint on the stage's own config
-        if own is not None:
-            own(cfgs[name])
+        stages.face(name).check(cfgs[name])  # a constraint on the stage's own config
     # constraints between stages
     data, sampled = cfgs.get("data"), []
     if "train" in wanted:
@@ -117,7 +115,7 @@ def plan(cfgs: dict, wanted: list[str], force: list[str], chosen_by: str = "--st
             lines.append(f"{name:9s} -         not selected ({chosen_by}): not checked, not run")
             continue
         if name in stages.ON_DEMAND:  # no manifest: it runs whenever named
-            lines.append(f"{name:9s} {'RUN':9s} {stages.face(name).plan_line(cfg, 'train' in wanted, problems)}")
+            lines.append(f"{name:9s} {'RUN':9s} {stages.face(name).plan_line(cfg, wanted, problems)}")
             continue
         rd = RunDir(cfg.run_dir)
         for up in depends(name, cfg):

@@ -1,59 +1,50 @@
 """The explicit stage registry, in pipeline order: name -> the stage's module, its face.
 
-Every stage module exposes the same small interface, and --check, the planner, the manifests and the "run X first"
-messages read only that (slim/runner/check.py has no per-stage branch):
-- CONFIG (its frozen config dataclass) and run(cfg, force) -> Manifest;
-- STAGE (its name, which is its run-directory folder) and WRITES (that folder and any product folder beside it);
-- reads(cfg) -> the upstream stages whose output it reads;
-- stage_config(cfg) and own_inputs(cfg, root): what its manifest fingerprints (config; files that are inputs);
-- resources(cfg, problems) -> what --check says about its models and input files;
-- optional: check(cfg) (a constraint on its own config, before any stage runs), plan_line (on-demand stages),
-  on_force(rd) (what --force clears beside its folder), closing(cfg) (lines said after it ran: evaluate's headline).
-Each entry imports its module only when used, so `import slim.runner.stages` stays light.
+Every stage module shows the same face (slim/runner/face.py: the StageFace Protocol, and the defaults for what a
+stage leaves out), and --check, the planner, the manifests and the "run X first" messages read only that
+(slim/runner/check.py has no per-stage branch): CONFIG, run, STAGE, WRITES; reads, stage_config, own_inputs,
+resources; check, plan_line (on-demand stages), on_force, closing.
+Each stage's module is imported only when used, so `import slim.runner.stages` stays light.
 """
 
 from __future__ import annotations
 
 import importlib
 import time
-from types import ModuleType
 from typing import Any, Callable
 
+from slim.io.columns import STAGE_DIRS
+from slim.runner.face import Face, StageFace
 
-# name -> its module. Every stage is the package of its name and shows its face in stage.py; a module is imported
-# only when its face is asked for, so `import slim.runner.stages` stays light.
-MODULES: dict[str, str] = {
-    "data": "slim.data.stage", "teacher": "slim.teacher.stage", "distill": "slim.distill.stage",
-    "student": "slim.student.stage", "encode": "slim.encode.stage", "train": "slim.train.stage",
-    "evaluate": "slim.evaluate.stage", "serve": "slim.serve.stage",
-}
+# Stages the pipeline runs only when named: `serve` starts a server that runs until interrupted (and writes no
+# run-directory folder).
+ON_DEMAND = ("serve",)
+
+# The pipeline's order: the stages' run-directory folders, which are their names (slim.io.columns.STAGE_DIRS, the one
+# list of stage names), then the on-demand ones. Every stage is the package of its name and shows its face in
+# stage.py. `.importlinter`'s layers, which cannot be derived, are checked against this (tests/test_stage_face.py).
+ORDER = (*STAGE_DIRS, *ON_DEMAND)
+
+# name -> its module, imported only when its face is asked for
+MODULES: dict[str, str] = {n: f"slim.{n}.stage" for n in ORDER}
 
 
 def closing(stage: str, cfg: Any) -> list[str]:
-    """What a finished stage says last on the console (its face's optional `closing`: evaluate's headline)."""
-    f = face(stage)
-    return f.closing(cfg) if hasattr(f, "closing") else []
+    """What a finished stage says last on the console (its face's `closing`: evaluate's headline)."""
+    return face(stage).closing(cfg)
 
 
-def face(stage: str) -> ModuleType:
-    """The stage's module: CONFIG, run, STAGE, WRITES, reads, stage_config, own_inputs, resources (see above)."""
-    return importlib.import_module(MODULES[stage])
+def face(stage: str) -> StageFace:
+    """The stage's module seen through the StageFace Protocol (its own members, else the defaults)."""
+    return Face(importlib.import_module(MODULES[stage]))
 
 
-# A stage writes its manifest in the run-directory folder of its name (slim.io.columns.STAGE_DIRS; serve writes none).
-# Run directories from before 0.2 used other folder names: slim.runner.migrate renames them, and every stage refuses them.
+# Run directories from before 0.2 used other folder names: slim.runner.migrate renames them, and every stage
+# refuses them.
 
 # name -> (config class, run function), from each face
 REGISTRY: dict[str, Callable[[], tuple[type, Callable]]] = {
     n: (lambda n=n: (face(n).CONFIG, face(n).run)) for n in MODULES}
-
-
-# The pipeline's order; a stage appears here once it is registered above.
-ORDER = ("data", "teacher", "distill", "student", "encode", "train", "evaluate", "serve")
-
-
-# Stages the pipeline runs only when named: `serve` starts a server that runs until interrupted.
-ON_DEMAND = ("serve",)
 
 
 # Top-level keys of the pipeline itself (no section reads them), and what they mean: docs/config.md lists them.
@@ -64,7 +55,7 @@ PIPELINE_KEYS = {
 
 
 def names() -> list[str]:
-    return [n for n in ORDER if n in REGISTRY] + [n for n in REGISTRY if n not in ORDER]
+    return list(ORDER)
 
 
 def default_names() -> list[str]:
@@ -120,7 +111,7 @@ def _drop_for_force(stage: str, cfg: Any) -> bool:
         return True
     rd = RunDir(cfg.run_dir)
     rd.invalidate(f.STAGE)
-    return f.on_force(rd) if hasattr(f, "on_force") else True
+    return f.on_force(rd)
 
 
 def load_all(raw: dict) -> dict[str, Any]:

@@ -87,31 +87,19 @@ def _user_error(e: Exception) -> bool:
     return isinstance(e, (NoModelError, StudentModelError))
 
 
-# The stage's face (slim/runner/stages.py). Serve runs only when named, writes nothing and has no manifest.
+# The stage's face (slim/runner/face.py). Serve runs only when named, writes nothing and has no manifest: it reads
+# no stage's output (a trained run, found by plan_line: the train stage's manifest is not needed to serve one) and
+# fingerprints nothing, so the face's defaults stand for reads, stage_config, own_inputs and resources.
 CONFIG = ServeConfig
 WRITES = ()
 
 
-def reads(cfg: ServeConfig) -> list[str]:
-    return []  # a trained run, found by plan_line (the train stage's manifest is not needed to serve one)
-
-
-def stage_config(cfg: ServeConfig) -> dict:
-    return {}  # nothing to fingerprint: serving writes nothing
-
-
-def own_inputs(cfg: ServeConfig, root=None) -> dict:
-    return {}
-
-
-def resources(cfg: ServeConfig, problems: list) -> list[str]:
-    return []
-
-
-def plan_line(cfg: ServeConfig, training: bool, problems: list) -> str:
-    """What --check says: the run it would serve, which must exist unless train runs first."""
+def plan_line(cfg: ServeConfig, wanted: list, problems: list) -> str:
+    """What --check says: the run it would serve, which must exist unless train runs first (is in `wanted`)."""
+    from slim.io import columns as C
     from slim.serve.model import NoModelError, pick_run
 
+    training = C.TRAIN_DIR in wanted
     what = "swaps {} into the app at http://{}:{}{}" if cfg.swap else "serves {} until interrupted"
     try:
         return what.format(pick_run(cfg.run_dir, cfg.backbone, cfg.variant, cfg.seed), cfg.host, cfg.port,

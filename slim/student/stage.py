@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 
 from slim.io import columns as C
 from slim.io import atomic
-from slim.student import keys as K
+from slim.student import keys as student_keys
 from slim.text import quality
 from slim.io import storage
-from slim.io import shards as S
+from slim.io import shards as io_shards
 from slim.text.prompts import HISTORY_CUT, PromptConfig
 from slim.io.rundir import Manifest, RunDir
 from slim.runtime.console import Progress, say
@@ -109,7 +109,7 @@ def present_users(rd: RunDir, max_users: int) -> np.ndarray:
 
 
 def shards(out: Path) -> list[Path]:
-    return S.shard_files(out)
+    return io_shards.shard_files(out)
 
 
 def finalize(batch: pa.Table, model_name: str) -> pa.Table:
@@ -134,7 +134,7 @@ def finalize(batch: pa.Table, model_name: str) -> pa.Table:
 
 
 def write_shard(out: Path, table: pa.Table) -> Path:
-    return S.write_shard(out, table)  # a shard appears whole or not at all
+    return io_shards.write_shard(out, table)  # a shard appears whole or not at all
 
 
 def _prepare_out(rd: RunDir, key: str, force: bool) -> tuple[Path, int]:
@@ -175,17 +175,17 @@ def run(cfg: StudentConfig, force: bool = False) -> Manifest:
         if not (cfg.retry_failed and m.counts.get("failed", 0)):
             return m
         log.info("student: retrying %d failed rows", m.counts["failed"])
-    gen = K.generation(cfg, model_info)
+    gen = student_keys.generation(cfg, model_info)
     out, since = _prepare_out(rd, Manifest(STAGE, sc, inputs).key(), force)
     t0 = time.perf_counter()
     init_ray(cfg.ray_address, cfg.num_cpus)
     present = present_users(rd, cfg.max_users)
-    todo = K.todo(cfg, rd, model_path, K.gen_key(gen), present, out, keys_hold=retry)
+    todo = student_keys.todo(cfg, rd, model_path, student_keys.gen_key(gen), present, out, keys_hold=retry)
     say(f"student: {len(present):,} users: {len(todo):,} to generate, {len(present) - len(todo):,} with a row whose "
         "key holds (kept)")
     model_name = stored_model(rd, model_info)["path"]
-    made, tokens, t_first = _generate(cfg, rd, model_path, model_name, K.gen_key(gen), todo, out) if len(todo) \
-        else (0, 0, None)
+    made, tokens, t_first = (_generate(cfg, rd, model_path, model_name, student_keys.gen_key(gen), todo, out)
+                             if len(todo) else (0, 0, None))
     return _finish(rd, cfg, (sc, inputs, model_info, gen), out, (present, todo), since, (made, tokens, t0, t_first))
 
 
@@ -196,9 +196,10 @@ def _generate(cfg, rd, model_path, model_name, gen_key, todo, out) -> tuple[int,
     from slim.student import engines
 
     engine = (engines.vllm_stage if cfg.engine == "vllm" else engines.hf_stage)(cfg, model_path)
-    ds = K.users_stream(cfg, rd, todo).map_batches(
-        K.PromptBuilder, batch_size=64, batch_format="numpy", num_cpus=0.25, compute=ray.data.ActorPoolStrategy(size=1),
-        fn_constructor_kwargs=K.builder_kwargs(cfg, rd, model_path, gen_key))
+    ds = student_keys.users_stream(cfg, rd, todo).map_batches(
+        student_keys.PromptBuilder, batch_size=64, batch_format="numpy", num_cpus=0.25,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        fn_constructor_kwargs=student_keys.builder_kwargs(cfg, rd, model_path, gen_key))
     made, tokens, t_first = 0, 0, None
     prog = Progress("student", len(todo), "users")
     for batch in engine(ds).iter_batches(batch_size=cfg.shard_rows, batch_format="pyarrow"):
@@ -232,7 +233,7 @@ def _finish(rd, cfg, what, out, users, since, tally) -> Manifest:
     if refresh["missing"]:  # the engine handed back fewer rows than it was given: no manifest, the refresh stays open
         raise RuntimeError(f"student: {refresh['missing']:,} user(s) of {rd.path(C.USERS_FILE)} have no row after the "
                            "run; rerun the same command to generate them")
-    status = S.read_latest(out, columns=[C.USER_ID, C.STATUS])
+    status = io_shards.read_latest(out, columns=[C.USER_ID, C.STATUS])
     st = status.column(C.STATUS).to_pylist()
     counts = {"users": status.num_rows, **refresh, "generated": made,
               **{s: st.count(s) for s in ("ok", "malformed", "failed")}, "new_tokens_out": tokens}
@@ -241,7 +242,7 @@ def _finish(rd, cfg, what, out, users, since, tally) -> Manifest:
                           "rationales_per_s": made / max(t_end - t0, 1e-9),
                           "tokens_per_s": tokens / max(t_end - t0, 1e-9)},
                  extra={"model": stored_model(rd, model_info), "engine": cfg.engine, "generation": gen,
-                        "gen_key": K.gen_key(gen), "quality": quality.of_shards(shards(out))})
+                        "gen_key": student_keys.gen_key(gen), "quality": quality.of_shards(shards(out))})
     atomic.write_json(out / STATE_FILE, {"key": m.key(), "since": since, "open": False})
     rd.write_manifest(m)
     say(f"student ({cfg.engine}): {counts['users']:,} users: {counts['reused']:,} reused, {counts['regenerated']:,} "
@@ -261,7 +262,8 @@ def stored_model(rd: RunDir, info: dict) -> dict:
     return {k: rd.stored(v) if k in keys else v for k, v in info.items()}
 
 
-# The stage's face (slim/runner/stages.py): --check, the planner and the manifests read only these.
+# The stage's face (slim/runner/face.py): --check, the planner and the manifests read only these; a member left
+# out takes the face's default.
 CONFIG = StudentConfig
 WRITES = (STAGE,)
 
@@ -277,10 +279,10 @@ def own_inputs(cfg: StudentConfig, root) -> dict:
     from slim.student.engines import is_adapter, is_model
 
     if cfg.adapter == "none":
-        from slim.runtime.llm_models import SMOLLM2
+        from slim.runtime.llm_models import SMOLLM2, converted_path
 
         base = cfg.base_model
-        return {"model": str(Path(cfg.cache_dir).expanduser() / "models" / SMOLLM2) if base == SMOLLM2 else base}
+        return {"model": str(converted_path(cfg.cache_dir)) if base == SMOLLM2 else base}
     auto = [storage.path(root) / C.STUDENT_MERGED, storage.path(root) / C.STUDENT_ADAPTER]
     for p in auto if cfg.adapter == "auto" else [storage.path(cfg.adapter).expanduser()]:
         if is_model(p) or is_adapter(p):

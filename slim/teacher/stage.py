@@ -32,7 +32,7 @@ from slim.io import atomic
 from slim.io import storage
 from slim.text.prompts import HISTORY_CUT, PromptConfig
 from slim.io.rundir import Manifest, RunDir
-from slim.teacher import client as K
+from slim.teacher import client
 from slim.teacher import budget, select, shards
 from slim.runtime.console import say
 from slim.runtime.tracking import Tracker, TrackingConfig
@@ -109,8 +109,8 @@ def stage_config(cfg: TeacherConfig) -> dict:
     return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k in OUTPUT_KEYS}, "history_cut": HISTORY_CUT}
 
 
-def settings(cfg: TeacherConfig) -> K.CallSettings:
-    return K.CallSettings(cfg.model, cfg.max_tokens, cfg.temperature, cfg.max_attempts, cfg.backoff_base_s,
+def settings(cfg: TeacherConfig) -> client.CallSettings:
+    return client.CallSettings(cfg.model, cfg.max_tokens, cfg.temperature, cfg.max_attempts, cfg.backoff_base_s,
                           cfg.backoff_max_s, cfg.price_in_per_mtok, cfg.price_out_per_mtok,
                           cfg.batch_discount if cfg.mode == "batch" else 1.0, dict(cfg.extra_body),
                           cfg.retry_after_max_s, response_format(cfg.structured))
@@ -137,13 +137,13 @@ def estimate(todo: list[dict], existing, cfg: TeacherConfig) -> dict:
     """Tokens and cost before spending: prompts at ~4 chars/token, answers at max_tokens (an upper bound) and,
     when earlier rows exist, at their mean length (the likely figure)."""
     s = settings(cfg)
-    tin = sum(K.estimate_tokens(r["messages"], 0) for r in todo)
+    tin = sum(client.estimate_tokens(r["messages"], 0) for r in todo)
     ok = existing.filter(pc.equal(existing.column(C.STATUS), "ok")) if existing.num_rows else existing
     typical = int(pc.mean(ok.column(C.TOKENS_OUT)).as_py()) if ok.num_rows else None
     out = {"users": len(todo), "tokens_in": tin, "tokens_out_max": len(todo) * cfg.max_tokens,
-           "cost_usd_max": K.cost(tin, len(todo) * cfg.max_tokens, s)}
+           "cost_usd_max": client.cost(tin, len(todo) * cfg.max_tokens, s)}
     if typical is not None:
-        out.update(tokens_out_typical=len(todo) * typical, cost_usd_typical=K.cost(tin, len(todo) * typical, s))
+        out.update(tokens_out_typical=len(todo) * typical, cost_usd_typical=client.cost(tin, len(todo) * typical, s))
     return out
 
 
@@ -205,8 +205,8 @@ def run(cfg: TeacherConfig, force: bool = False) -> Manifest:
     stats = _generate(cfg, rd, todo, prompts, stage_dir)
     t_gen = time.perf_counter()
     final = shards.compact(stage_dir, set(prompts))
-    if stats.get(K.UNSENT):  # paid rows are in the shards; the manifest is not written, a rerun sends the rest
-        raise budget.CeilingReached(budget.stop_message(cfg, _billed(stage_dir), stats[K.UNSENT], len(chosen)))
+    if stats.get(client.UNSENT):  # paid rows are in the shards; the manifest is not written, a rerun sends the rest
+        raise budget.CeilingReached(budget.stop_message(cfg, _billed(stage_dir), stats[client.UNSENT], len(chosen)))
     if final.num_rows != len(chosen):
         raise RuntimeError(f"teacher: {final.num_rows} rows for {len(chosen)} users in {stage_dir}; rerun to resume")
     return _finish(cfg, rd, inputs, final, stats, est, {"generate_s": t_gen - t0, "total_s": time.perf_counter() - t0})
@@ -296,17 +296,14 @@ def print_summary(m: Manifest, cost: dict) -> None:
         say("  quality: " + quality.describe(m.extra["quality"]))
 
 
-# The stage's face (slim/runner/stages.py): --check, the planner and the manifests read only these.
+# The stage's face (slim/runner/face.py): --check, the planner and the manifests read only these; a member left
+# out takes the face's default (own_inputs: {}, every input is an upstream stage's output).
 CONFIG = TeacherConfig
 WRITES = (STAGE,)
 
 
 def reads(cfg: TeacherConfig) -> list[str]:
     return [C.DATA_DIR]
-
-
-def own_inputs(cfg: TeacherConfig, root=None) -> dict:
-    return {}
 
 
 def check(cfg: TeacherConfig) -> None:
