@@ -7,12 +7,12 @@ import os
 import pickle
 import time
 
-from slim.io import rundir
+from slim.io import fpcache, rundir
 from slim.io.rundir import Fingerprint, Manifest, RunDir, accept_old_forms, file_fingerprint
 
 
 def _cache_dir(tmp_path):
-    return tmp_path / "scratch" / rundir.CACHE
+    return tmp_path / "scratch" / fpcache.FOLDER
 
 
 def test_cache_drops_entries_unused_for_the_keep_period(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_cache_drops_entries_unused_for_the_keep_period(tmp_path, monkeypatch):
     file_fingerprint(used), file_fingerprint(stale_file)
     entries = sorted(_cache_dir(tmp_path).iterdir())
     assert len([e for e in entries if not e.name.startswith(".")]) == 2
-    old = time.time() - (rundir.CACHE_KEEP_DAYS + 1) * 86400
+    old = time.time() - (fpcache.KEEP_DAYS + 1) * 86400
     for e in _cache_dir(tmp_path).iterdir():
         os.utime(e, (old, old))  # both entries, and the prune stamp, a month and more ago
     assert file_fingerprint(used) == file_fingerprint(used)  # a hit: refreshes its entry's time
@@ -39,7 +39,7 @@ def test_cache_drops_entries_unused_for_the_keep_period(tmp_path, monkeypatch):
     (tmp_path / "newer.bin").write_bytes(b"x")
     file_fingerprint(tmp_path / "newer.bin")
     assert len([e for e in _cache_dir(tmp_path).iterdir() if not e.name.startswith(".")]) == 3
-    assert rundir._prune(_cache_dir(tmp_path)) == 0  # stamped just now
+    assert fpcache.prune(_cache_dir(tmp_path)) == 0  # stamped just now
 
 
 def test_fingerprint_carries_its_old_form(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from typing import Any
 
 from slim import __version__
 from slim.io import atomic
+from slim.io import fpcache
 from slim.io import storage
 from slim.io.columns import MANIFEST, STAGE_DIRS
 
@@ -49,7 +50,7 @@ def file_fingerprint(path, recorded: dict | None = None) -> Fingerprint:
     Hashing every byte on every check would cost minutes on big run directories, so a content hash is reused while
     the files' names, sizes and modification times are those it was computed on: from `recorded` (a manifest's
     entry, written once by the stage that produced the files: see RunDir.write_manifest) or from a local cache
-    (storage.scratch, pruned: _prune). A copy has new times, so it is hashed once; a file changed in place gets a
+    (slim.io.fpcache, pruned). A copy has new times, so it is hashed once; a file changed in place gets a
     new time too."""
     d = digest(path, recorded)
     return Fingerprint(d["content"], d["old"])
@@ -69,64 +70,12 @@ def digest(path, recorded: dict | None = None) -> dict:
     stat, old = fingerprint([r[:3] for r in rows]), _old_form(p, every, folder)
     if recorded and recorded.get("stat") == stat:
         return {"stat": stat, "content": recorded["content"], "old": old}
-    cached = storage.scratch(CACHE) / storage.key_of(f"{_where(p)}|{stat}")
-    content = _cached(cached)
+    cached = fpcache.entry(_where(p), stat)
+    content = fpcache.lookup(cached)
     if not content:
         content = fingerprint([(rel, size, content_fingerprint(f)) for rel, size, _, f in rows])
-        _cache(cached, content)
+        fpcache.store(cached, content)
     return {"stat": stat, "content": content, "old": old}
-
-
-CACHE = "fingerprints"  # storage.scratch's folder of content hashes, one file per (path, names + sizes + times)
-CACHE_KEEP_DAYS = 30  # an entry not read or written for this long is removed (its files changed, moved or are gone)
-PRUNE_EVERY_S = 86400.0  # the cache folder is listed for that at most this often (a stamp file's time says when)
-_STAMP = ".pruned"
-
-
-def _cached(entry: Path) -> str:
-    """An entry's content hash, "" when there is none; a hit refreshes the entry's time, so one in use is kept."""
-    try:
-        content = entry.read_text()
-    except OSError:
-        return ""
-    try:
-        os.utime(entry)
-    except OSError:  # a cache shared read-only: still a hit
-        pass
-    return content
-
-
-def _prune(folder: Path) -> int:
-    """Remove the cache entries not used for CACHE_KEEP_DAYS; at most once per PRUNE_EVERY_S per machine, so a check
-    does not list the folder each time. Best effort: another process may prune at the same time. -> removed."""
-    now, stamp = time.time(), folder / _STAMP
-    try:
-        if now - stamp.stat().st_mtime < PRUNE_EVERY_S:
-            return 0
-    except OSError:  # never pruned here
-        pass
-    stamp.touch()
-    removed, cutoff = 0, now - CACHE_KEEP_DAYS * 86400
-    for e in os.scandir(folder):
-        try:
-            if e.name != _STAMP and e.stat().st_mtime < cutoff:  # a killed writer's .tmp- file too
-                os.unlink(e.path)
-                removed += 1
-        except OSError:
-            continue
-    return removed
-
-
-def _cache(path: Path, content: str) -> None:
-    """Best effort (a cache): a file of this process's own, renamed into place; another process may be writing the
-    same entry, with the same content."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        tmp.write_text(content)
-        os.replace(tmp, path)
-        _prune(path.parent)
-    except OSError:
-        tmp.unlink(missing_ok=True)
 
 
 def old_form(fp: str) -> str | None:
