@@ -58,7 +58,7 @@ def _train(root: Path):
     specs = (RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=6, patience=6, batch_size=32, lr=5e-3),
              RunSpec("gru4rec", "id", 0, hidden=16, max_len=10, epochs=1, batch_size=32, lr=1e-4))
     for spec in specs:
-        model, rec = fit(spec, d, None, test_protocols=("uni100",))
+        model, rec = fit(spec, d, None, "uni100", ("uni100",))
         save_run(root / "models" / spec.name, model, spec, d.num_items, rec, "test")
     return d, specs[0].name
 
@@ -86,7 +86,7 @@ def _slim_run(root: Path, d) -> tuple[str, np.ndarray]:
     text[0] = 0
     spec = RunSpec("gru4rec", "slim", 0, hidden=16, max_len=10, epochs=1, batch_size=32, lr=1e-4,
                    rationale_field="whole", user_text_dim=DU)
-    model, rec = fit(spec, d, text, test_protocols=("uni100",), ut=ut)
+    model, rec = fit(spec, d, text, "uni100", ("uni100",), ut=ut)
     save_run(root / "models" / spec.name, model, spec, d.num_items, rec, "test")
     return spec.name, vecs.astype(np.float32)
 

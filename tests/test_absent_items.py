@@ -50,9 +50,9 @@ def _models(refreshed, fresh, d: D.SeqData, gone: int):
     its vector along the users' mean state, long), and the same model on the fresh run's ids (item rows moved by raw
     id, the absent one left out)."""
     torch.manual_seed(0)
-    a = Recommender("gru4rec", d.num_items, 16).eval()
+    a = Recommender("gru4rec", d.num_items, 16, max_len=50).eval()
     raw_a, raw_b = _raw_items(refreshed), _raw_items(fresh)
-    b = Recommender("gru4rec", len(raw_b) - 1, 16).eval()
+    b = Recommender("gru4rec", len(raw_b) - 1, 16, max_len=50).eval()
     with torch.no_grad():
         x, lens = D.pad_right(d.inputs("test"), 50)
         s = a.encode(torch.from_numpy(x), torch.from_numpy(lens))
@@ -115,7 +115,7 @@ def test_absent_item_gets_no_gradient(loss):
     lens = torch.full((16,), 6)
     for present, moved in ((D.present_ids(n, np.array([gone])), False), (None, True)):
         torch.manual_seed(0)
-        m = Recommender("gru4rec", n, 8)
+        m = Recommender("gru4rec", n, 8, max_len=50)
         loss_v, _ = batch_loss(m, spec, x, y, lens, torch.Generator().manual_seed(0), present=present)
         loss_v.backward()
         assert bool(m.items.id_emb.weight.grad[gone].abs().sum() > 0) is moved

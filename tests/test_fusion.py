@@ -22,14 +22,14 @@ def _clustered_text(n=60, d=16, k=3, seed=0):
 
 def test_init_gives_the_id_table_the_texts_geometry():
     text, cl = _clustered_text()
-    m = Recommender("gru4rec", 60, 8, variant="id_text", item_text=text, text_fusion="init")
+    m = Recommender("gru4rec", 60, 8, variant="id_text", item_text=text, text_fusion="init", max_len=50)
     e = torch.nn.functional.normalize(m.items.id_emb.weight[1:].detach(), dim=-1)
     sim = (e @ e.T).numpy()
     same, other = sim[cl[:, None] == cl[None]].mean(), sim[cl[:, None] != cl[None]].mean()
     assert same > 0.8 and other < 0.2  # text neighbours start as ID neighbours
     assert m.items.text is None and m.items.fusion is None  # then it is an ID model: nothing of the text at scoring
     assert m.items.id_emb.weight[1:].std().item() == pytest.approx(0.02, rel=0.05)  # the ID init's scale
-    plain = Recommender("gru4rec", 60, 8, variant="id")
+    plain = Recommender("gru4rec", 60, 8, variant="id", max_len=50)
     pe = torch.nn.functional.normalize(plain.items.id_emb.weight[1:].detach(), dim=-1)
     psim = (pe @ pe.T).numpy()
     assert psim[cl[:, None] == cl[None]].mean() < 0.3  # a random table has no such structure
@@ -39,8 +39,10 @@ def test_init_gives_the_id_table_the_texts_geometry():
 def test_align_pulls_id_vectors_to_their_text():
     text, _ = _clustered_text(n=40)
     torch.manual_seed(0)
-    m = Recommender("gru4rec", 40, 8, variant="id_text", item_text=text, text_fusion="align", align_weight=1.0)
-    assert Recommender("gru4rec", 40, 8, variant="id_text", item_text=text).aux_loss(torch.arange(1, 41)) is None
+    m = Recommender("gru4rec", 40, 8, variant="id_text", item_text=text, text_fusion="align", align_weight=1.0,
+                    max_len=50)
+    plain = Recommender("gru4rec", 40, 8, variant="id_text", item_text=text, max_len=50)
+    assert plain.aux_loss(torch.arange(1, 41)) is None
     items = torch.arange(1, 41)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     first = float(m.aux_loss(items).detach())
@@ -68,7 +70,7 @@ def test_sum_tunes_its_weight_on_validation_and_reloads(tmp_path):
     spec = RunSpec("gru4rec", "id_text", 0, hidden=16, max_len=10, epochs=3, batch_size=32, lr=5e-3,
                    text_fusion="sum")
     assert spec.name == "gru4rec-id_text+sum-bce-s0"
-    model, rec = fit(spec, d, text, test_protocols=("uni100",))
+    model, rec = fit(spec, d, text, "uni100", ("uni100",))
     assert rec["sum_weight"] in SUM_WEIGHTS and rec["text_fusion"] == "sum"
     got = {}
     for w in SUM_WEIGHTS:

@@ -81,7 +81,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("loopback")
     _write_run(root)
     spec = RunSpec("gru4rec", "id", 0, hidden=16, max_len=10, epochs=1, batch_size=32)
-    model, rec = fit(spec, D.load(root), None, test_protocols=("uni100",))
+    model, rec = fit(spec, D.load(root), None, "uni100", ("uni100",))
     save_run(root / "models" / spec.name, model, spec, D.load(root).num_items, rec, "test")
     return root
 

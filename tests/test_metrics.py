@@ -70,7 +70,7 @@ def test_early_stopping_never_picks_a_diverged_epoch():
     from slim.train.loop import EarlyStop
 
     m = torch.nn.Linear(2, 2)
-    es = EarlyStop(patience=2)
+    es = EarlyStop(patience=2, valid_protocol="uni100")
     es.update(m, 0, 0.9, 10.0)
     best = {k: v.clone() for k, v in m.state_dict().items()}
     with torch.no_grad():

@@ -133,7 +133,7 @@ def test_overfits_tiny_batch(bb, loss):
 
 def test_unknown_backbone_and_variant():
     with pytest.raises(ValueError, match="backbone"):
-        Recommender("bert4rec", N, H)
+        Recommender("bert4rec", N, H, max_len=10)
     with pytest.raises(ValueError, match="variant"):
         build("sasrec", N, H, variant="image")
     with pytest.raises(ValueError, match="item-text"):

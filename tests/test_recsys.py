@@ -147,9 +147,9 @@ def test_fixed_seed_gives_identical_metrics(run_dir):
 
     d = D.load(run_dir)
     spec = RunSpec("sasrec", "id", 3, hidden=16, max_len=10, epochs=2, batch_size=32)
-    _, a = fit(spec, d, None, test_protocols=("uni100", "full"))
-    _, b = fit(spec, d, None, test_protocols=("uni100", "full"))
-    _, c = fit(replace(spec, seed=4), d, None, test_protocols=("uni100", "full"))
+    _, a = fit(spec, d, None, "uni100", ("uni100", "full"))
+    _, b = fit(spec, d, None, "uni100", ("uni100", "full"))
+    _, c = fit(replace(spec, seed=4), d, None, "uni100", ("uni100", "full"))
     drop = (lambda h: [{k: v for k, v in e.items() if k != "valid_s"} for e in h])  # valid_s: wall time
     assert a["test"] == b["test"] and drop(a["history"]) == drop(b["history"])
     assert a["history"] != c["history"]
@@ -271,7 +271,7 @@ def test_ray_train_over_shards_matches_fanout(sharded):
     d = D.load(root)
     # the same global batch (2 ranks x 32) and so the same number of optimizer steps
     spec = RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=EPOCHS, patience=EPOCHS, batch_size=64, lr=5e-3)
-    fan = [fit(replace(spec, seed=s), d, None, test_protocols=("uni100",))[1] for s in (0, 1, 2)]
+    fan = [fit(replace(spec, seed=s), d, None, "uni100", ("uni100",))[1] for s in (0, 1, 2)]
     assert rec["train_targets"] == fan[0]["train_targets"]  # every target once per epoch over the two ranks
     pop = _popularity_ndcg10(d)
     for split in ("valid", "test"):
@@ -371,7 +371,7 @@ def test_ray_train_deepspeed_two_workers(tmp_path, ray_local):
     d = D.load(tmp_path)
     ndcg, pop = rec["test"]["uni100"]["NDCG@10"], _popularity_ndcg10(d)
     spec = RunSpec("sasrec", "id", 0, hidden=16, max_len=10, epochs=6, patience=6, batch_size=64, lr=5e-3)
-    ref = [fit(replace(spec, seed=s), d, None, test_protocols=("uni100",))[1]["test"]["uni100"]["NDCG@10"]
+    ref = [fit(replace(spec, seed=s), d, None, "uni100", ("uni100",))[1]["test"]["uni100"]["NDCG@10"]
            for s in (0, 1)]
     assert ndcg > pop + 30 and min(ref) - TOL_SHARDS <= ndcg <= max(ref) + TOL_SHARDS, (ndcg, pop, ref)
     model, spec = load_model(out)
@@ -432,10 +432,10 @@ def test_workers_get_refs_not_the_users(ray_local):
         rng = np.random.default_rng(0)
         seqs = [rng.integers(1, N + 1, 20) for _ in range(users)]
         d = D.SeqData(np.arange(users), seqs, N, {("valid", "uni100"): rng.integers(1, N + 1, (users, 101))})
-        conf = loop_config(spec, d, None, None, "out", "fp", cfg, rows=8, examples=users)
-        assert all(not isinstance(v, (D.SeqData, np.ndarray, list)) for v in conf.values())
+        conf = loop_config(spec, d, None, None, "out", "fp", job.run_settings(cfg), rows=8, examples=users)
+        assert all(not isinstance(v, (D.SeqData, np.ndarray, list)) for v in vars(conf).values())
         sizes.append(len(pickle.dumps(conf)))
-        assert ray.get(conf["eval"])[0].seqs[-1].tolist() == seqs[-1].tolist()  # rank 0 gets the users back
+        assert ray.get(conf.users)[0].seqs[-1].tolist() == seqs[-1].tolist()  # rank 0 gets the users back
     assert sizes[1] - sizes[0] < 64 and sizes[1] < 4096, sizes
 
 

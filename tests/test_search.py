@@ -137,20 +137,20 @@ def test_killed_search_resumes_without_redoing_finished_trials(searched):
 
 def test_check_counts_trials_and_estimates_wall_time(searched):
     root, cfg, _, wall = searched
-    lines = P.plan_lines(cfg, job.specs(cfg), job.MODELS_DIR)
+    lines = P.plan_lines(cfg.search, job.run_settings(cfg), job.specs(cfg), job.MODELS_DIR)
     assert lines[0].startswith("search: 2 group(s) x 4 trials = 8 trials")
     assert "s per epoch measured in" in lines[1] and "start-up per trial measured" in lines[1]
     # the estimate is of the search's 8 trials: below what the search and the 4 seed runs took, not far below
     mins, secs = map(int, re.search(r"~(\d+)m(\d+)s wall", lines[1]).groups())
     assert wall / 5 < 60 * mins + secs < wall, (lines[1], wall)
-    assert "no earlier run" in P.plan_lines(dataclasses.replace(cfg, run_dir=str(root / "elsewhere")), job.specs(cfg),
-                                       job.MODELS_DIR)[1]
+    elsewhere = job.run_settings(dataclasses.replace(cfg, run_dir=str(root / "elsewhere")))
+    assert "no earlier run" in P.plan_lines(cfg.search, elsewhere, job.specs(cfg), job.MODELS_DIR)[1]
 
 
 def test_asha_expected_epochs():
-    cfg = job.TrainConfig(epochs=20, search=S.SearchConfig(trials=1, grace_epochs=2, reduction_factor=3))
-    assert P.expected_epochs(cfg) == pytest.approx(2 + 4 / 3 + 12 / 9 + 2 / 27)  # rungs at 2, 6, 18, then 20
-    assert P.expected_epochs(dataclasses.replace(cfg, search=S.SearchConfig(trials=1, scheduler="none"))) == 20
+    search = S.SearchConfig(trials=1, grace_epochs=2, reduction_factor=3)
+    assert P.expected_epochs(search, 20) == pytest.approx(2 + 4 / 3 + 12 / 9 + 2 / 27)  # rungs at 2, 6, 18, then 20
+    assert P.expected_epochs(S.SearchConfig(trials=1, scheduler="none"), 20) == 20
 
 
 def test_search_refuses_ray_train_and_bad_spaces(tmp_path):

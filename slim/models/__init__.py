@@ -31,7 +31,7 @@ class Recommender(nn.Module):
     """item representation -> backbone -> (optional user-text fusion) -> dot-product scores over items."""
 
     def __init__(self, backbone: str, num_items: int, hidden: int, backbone_cfg=None, variant: str = "id",
-                 item_text: Optional[np.ndarray] = None, user_text_dim: int = 0, max_len: int = 50,
+                 item_text: Optional[np.ndarray] = None, user_text_dim: int = 0, *, max_len: int,
                  text_fusion: str = "concat", align_weight: float = 0.0):
         super().__init__()
         if backbone not in REGISTRY:
@@ -91,8 +91,9 @@ class Recommender(nn.Module):
         return (self.items(cand) * s.unsqueeze(-2)).sum(-1)
 
 
-def build(backbone: str, num_items: int, hidden: int = 64, backbone_cfg=None, **kw) -> Recommender:
+def build(backbone: str, num_items: int, hidden: int, backbone_cfg=None, **kw) -> Recommender:
     return Recommender(backbone, num_items, hidden, backbone_cfg, **kw)
 
 
-__all__ = ["FUSIONS", "ScoreSum", "REGISTRY", "VARIANTS", "USER_TEXT_VARIANTS", "FUSED_USER_VARIANTS", "item_variant", "Recommender", "TextMatch", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]
+__all__ = ["FUSIONS", "ScoreSum", "REGISTRY", "VARIANTS", "USER_TEXT_VARIANTS", "FUSED_USER_VARIANTS", "item_variant",
+           "Recommender", "TextMatch", "build", "GRU4RecConfig", "SASRecConfig", "SRGNNConfig"]

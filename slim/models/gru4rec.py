@@ -17,7 +17,7 @@ class GRU4RecConfig:
 class GRU4Rec(nn.Module):
     per_position = True  # one state per position: every next-item target trains in one pass
 
-    def __init__(self, hidden: int, cfg: GRU4RecConfig = GRU4RecConfig(), max_len: int = 50):
+    def __init__(self, hidden: int, cfg: GRU4RecConfig, max_len: int):
         super().__init__()
         self.drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(hidden, hidden, num_layers=cfg.layers, batch_first=True)

@@ -62,7 +62,7 @@ class _Block(nn.Module):
 class SASRec(nn.Module):
     per_position = True
 
-    def __init__(self, hidden: int, cfg: SASRecConfig = SASRecConfig(), max_len: int = 50):
+    def __init__(self, hidden: int, cfg: SASRecConfig, max_len: int):
         super().__init__()
         if hidden % cfg.heads:
             raise ValueError(f"sasrec: hidden {hidden} is not divisible by heads {cfg.heads}")

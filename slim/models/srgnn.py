@@ -42,7 +42,7 @@ def session_graph(items: torch.Tensor, lengths: torch.Tensor):
 class SRGNN(nn.Module):
     per_position = False  # one readout per session: training expands prefixes
 
-    def __init__(self, hidden: int, cfg: SRGNNConfig = SRGNNConfig(), max_len: int = 50):
+    def __init__(self, hidden: int, cfg: SRGNNConfig, max_len: int):
         super().__init__()
         self.steps = cfg.steps
         self.w_in = nn.Linear(hidden, hidden)

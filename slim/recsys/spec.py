@@ -13,6 +13,8 @@ from slim.models import REGISTRY, Recommender, ScoreSum, TextMatch
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One run. The hyperparameters' defaults here are the train stage's too (TrainConfig reads them from here);
+    those of rationale_field .. positions are also what a run saved before the field existed had."""
     backbone: str
     variant: str
     seed: int

@@ -7,7 +7,7 @@ names them, so that a stage that was current stays current and nothing reruns:
 - every fingerprint that hashed a renamed manifest (a manifest's key includes its stage name, and each downstream
   manifest records its upstream's key), recomputed in pipeline order; the student's model fingerprint when the
   model lives in the run directory (a bucket's copy has new upload times); the student's shard-state key;
-- each finished train run's fingerprint, from the spec saved with its weights (slim.train.stage.refingerprint).
+- each finished train run's fingerprint, from the spec saved with its weights (slim.train.fingerprints.refingerprint).
 A fingerprint is carried over only where it matched before the move: a stage that was already stale stays stale.
 
 Resumable: what was read before anything moved is kept in `_migrate.json` at the top of the run directory until the
@@ -170,7 +170,7 @@ def _finish(rd: RunDir, plan: dict) -> dict:
 
             atomic.write_json(rd.root / C.STUDENT_DIR / STATE_FILE, {"key": m.key()})
         if old == "train" and plan["train_current"]:
-            from slim.train.stage import refingerprint
+            from slim.train.fingerprints import refingerprint
 
             runs = refingerprint(rd.root, m.outputs, m.inputs, m.config)
         rd.write_manifest(m)

@@ -8,7 +8,7 @@ data. `python jobs/migrate.py RUN_DIR` rewrites them first, in place, in pipelin
 - each input that was current is recomputed in the content form after its upstream was rewritten; one that was not
   is kept, so a stage that was stale stays stale;
 - what depends on a manifest's key follows it: the student's shard-state key, each finished train run's fingerprint
-  (slim.train.stage.refingerprint), the student's model fingerprint in its manifest.
+  (slim.train.fingerprints.refingerprint), the student's model fingerprint in its manifest.
 Idempotent: a second run finds nothing to rewrite.
 """
 
@@ -86,6 +86,6 @@ def _follow_key(rd: RunDir, m: Manifest, old_key: str, was_current: bool) -> Non
         if rec.get("key") == old_key:
             atomic.write_json(state, {**rec, "key": m.key()})
     if m.stage == C.TRAIN_DIR and was_current:
-        from slim.train.stage import refingerprint
+        from slim.train.fingerprints import refingerprint
 
         refingerprint(rd.root, m.outputs, m.inputs, m.config)

@@ -8,13 +8,16 @@ the best weights + metrics.json.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from slim.io import storage
+from slim.recsys.spec import RunSpec, build_model, example_kind
+from slim.train.settings import RunSettings
 
 
 class _Step(nn.Module):
@@ -65,7 +68,27 @@ def on_device(fwd, device: torch.device, amp: str):
     return forward
 
 
-def _loop(conf: dict) -> None:
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every Ray Train worker receives (`loop_config`): the spec and object refs, not the users."""
+    spec: RunSpec
+    num_items: int
+    absent: Any  # ObjectRef of the item ids gone from the newest snapshot, None when every item is present
+    text: Any  # ObjectRef of the item text vectors, None for an id run
+    users: Any  # ObjectRef of (SeqData, UserText or None): rank 0's evaluation only
+    rows: int  # training examples in each step of a rank (loop.batch_rows)
+    examples: int  # training examples of one epoch
+    out: str  # models/<run>/, where rank 0 saves
+    fp: str  # the run's fingerprint, in its metrics.json
+    strategy: str  # ddp | deepspeed
+    valid_protocol: str
+    test_protocols: tuple[str, ...]
+    amp: str  # bf16 | none
+    block_users: int  # rank 0 evaluates in Ray tasks of this many users each
+    trace: Optional[str]  # see ingest.shard_batches (tests)
+
+
+def _loop(loop_conf: dict) -> None:
     import ray
     import ray.train
     import ray.train.torch
@@ -75,86 +98,86 @@ def _loop(conf: dict) -> None:
     from slim.recsys.data import present_ids
     from slim.train.ingest import TRAIN, placeholder, shard_batches
     from slim.recsys.blocks import BlockRanker
-    from slim.recsys.spec import build_model
     from slim.runtime.threads import torch_threads
-    from slim.train.loop import EarlyStop, train_epochs
+    from slim.train.loop import EarlyStop, Hooks, train_epochs
 
-    spec = conf["spec"]
+    conf: WorkerConfig = loop_conf["worker"]  # Ray Train hands its train_loop_config over as a dict
+    spec = conf.spec
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
     torch.manual_seed(spec.seed)  # same init on every rank
     torch_threads(spec.threads)  # train.threads_per_run, at most the cores this process may use
-    text = None if conf["text"] is None else ray.get(conf["text"])  # item vectors: part of every rank's model
-    model = build_model(spec, conf["num_items"], text).to(device)
+    text = None if conf.text is None else ray.get(conf.text)  # item vectors: part of every rank's model
+    model = build_model(spec, conf.num_items, text).to(device)
     # items gone from the newest snapshot: never a negative (None: every item present, the draws as before)
-    present = None if conf["absent"] is None else present_ids(conf["num_items"], ray.get(conf["absent"]))
-    fwd, backward, opt_step = _wrap(_Step(model, spec, present), spec, conf["strategy"])
-    fwd = on_device(fwd, device, conf["amp"])
+    present = None if conf.absent is None else present_ids(conf.num_items, ray.get(conf.absent))
+    fwd, backward, opt_step = _wrap(_Step(model, spec, present), spec, conf.strategy)
+    fwd = on_device(fwd, device, conf.amp)
     torch.manual_seed(spec.seed + 7919 * rank)  # the init was the same everywhere; dropout masks differ per rank
     idle = placeholder(model.per_position, spec.user_text_dim)
-    batches = shard_batches(ray.train.get_dataset_shard(TRAIN), conf["rows"], device, idle, conf["trace"], rank)
+    batches = shard_batches(ray.train.get_dataset_shard(TRAIN), conf.rows, device, idle, conf.trace, rank)
     # the negatives: a generator per rank, else every rank draws the same negatives for its step's targets
     gen = torch.Generator().manual_seed(spec.seed + 7919 * rank)
-    stopper = EarlyStop(spec.patience, conf["valid_protocol"])
-    d, ut = ray.get(conf["eval"]) if rank == 0 else (None, None)  # the users, for rank 0's evaluation only
-    ranker = BlockRanker(d, conf["block_users"]) if rank == 0 else None  # in blocks on the cluster when they are many
+    stopper = EarlyStop(spec.patience, conf.valid_protocol)
+    d, ut = ray.get(conf.users) if rank == 0 else (None, None)  # the users, for rank 0's evaluation only
+    ranker = BlockRanker(d, conf.block_users) if rank == 0 else None  # in blocks on the cluster when they are many
 
     def end_epoch(epoch, loss, t0):
         stop = torch.zeros(1, device=device)  # nccl collectives take GPU tensors
         if rank == 0:  # rank 0's mean loss stands for the group's
             t_val = time.perf_counter()
-            val = ranker.evaluate(model, "valid", (conf["valid_protocol"],), spec.max_len, ut)[conf["valid_protocol"]]
+            val = ranker.evaluate(model, "valid", (conf.valid_protocol,), spec.max_len, ut)[conf.valid_protocol]
             stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"], time.perf_counter() - t_val))
         dist.broadcast(stop, src=0)
         ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
         return bool(stop.item())
 
-    n_targets, t_train = train_epochs(spec, model, batches, fwd, backward, opt_step, gen, end_epoch)
+    n_targets, t_train = train_epochs(spec, model, Hooks(batches, fwd, backward, opt_step, end_epoch), gen)
     group = torch.tensor([n_targets], device=device)
     dist.all_reduce(group)  # the targets of the whole group: ranks' shares differ in targets per window
     if rank == 0:
-        rec = stopper.record(model, spec, d, conf["test_protocols"], int(group.item()), t_train, ut, ranker.evaluate)
-        save_run(storage.path(conf["out"]), model, spec, conf["num_items"],
-                 {**rec, "strategy": conf["strategy"], "workers": world, "device": device.type,
-                  "amp": conf["amp"] if device.type == "cuda" else "none", "train_examples": conf["examples"]},
-                 conf["fp"])
+        rec = stopper.record(model, spec, d, conf.test_protocols, int(group.item()), t_train, ut, ranker.evaluate)
+        save_run(storage.path(conf.out), model, spec, conf.num_items,
+                 {**rec, "strategy": conf.strategy, "workers": world, "device": device.type,
+                  "amp": conf.amp if device.type == "cuda" else "none", "train_examples": conf.examples},
+                 conf.fp)
 
 
-def loop_config(spec, d, text, ut, out, fp: str, cfg, rows: int, examples: int, trace=None) -> dict:
+def loop_config(spec: RunSpec, d, text, ut, out, fp: str, shared: RunSettings, rows: int, examples: int,
+                trace=None) -> WorkerConfig:
     """What every worker receives: the spec and object refs, not the users: the training examples come as Ray Data
     shards; the users' sequences (d, ut) are fetched by rank 0 alone, which evaluates (candidates are read where
     they are ranked: recsys.candidates)."""
     import ray
 
-    return {"spec": spec, "num_items": d.num_items, "absent": ray.put(d.absent) if len(d.absent) else None,
-            "text": None if text is None else ray.put(text),
-            "eval": ray.put((d, ut)), "rows": rows, "examples": examples, "out": str(out), "fp": fp,
-            "strategy": cfg.strategy, "valid_protocol": cfg.valid_protocol,
-            "test_protocols": tuple(cfg.test_protocols), "amp": cfg.amp, "trace": trace,
-            "block_users": cfg.eval_block_users}
+    return WorkerConfig(spec=spec, num_items=d.num_items, absent=ray.put(d.absent) if len(d.absent) else None,
+                        text=None if text is None else ray.put(text), users=ray.put((d, ut)), rows=rows,
+                        examples=examples, out=str(out), fp=fp, strategy=shared.strategy,
+                        valid_protocol=shared.valid_protocol, test_protocols=tuple(shared.test_protocols),
+                        amp=shared.amp, block_users=shared.eval_block_users, trace=trace)
 
 
-def train_distributed(spec, d, text, ut, out: Path, fp: str, cfg, trace: Optional[str] = None) -> dict:
+def train_distributed(spec: RunSpec, d, text, ut, out: Path, fp: str, shared: RunSettings,
+                      trace: Optional[str] = None) -> dict:
     """One Ray Train run; -> {"examples", "targets"} of one epoch. trace: see ingest.shard_batches."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from slim.runtime.raycluster import init_ray
     from slim.train.ingest import TRAIN, NoDropSplit, epoch_shuffled, example_dataset
-    from slim.recsys.spec import example_kind
     from slim.train.loop import batch_rows
 
-    init_ray(cfg.ray_address, cfg.num_cpus)
+    init_ray(shared.ray_address, shared.num_cpus)
     where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
     kind = example_kind(spec)  # (per_position, text_only): what kind of examples it trains on
-    ds, n_ex, n_tg = example_dataset(kind, d, spec.max_len, ut, world=cfg.num_workers, positions=spec.positions)
+    ds, n_ex, n_tg = example_dataset(kind, d, spec.max_len, ut, world=shared.num_workers, positions=spec.positions)
     rows = batch_rows(spec, n_tg / max(1, n_ex) if kind[0] else None)
     trainer = TorchTrainer(
-        _loop, train_loop_config=loop_config(spec, d, text, ut, out, fp, cfg, rows, n_ex, trace),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_run}),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        _loop, train_loop_config={"worker": loop_config(spec, d, text, ut, out, fp, shared, rows, n_ex, trace)},
+        scaling_config=ScalingConfig(num_workers=shared.num_workers, use_gpu=shared.use_gpu,
+                                     resources_per_worker={"CPU": shared.cpus_per_run}),
+        torch_config=TorchConfig(backend="nccl" if shared.use_gpu else "gloo"),
         run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(where), storage_filesystem=fs),
         datasets={TRAIN: epoch_shuffled(ds, spec.seed)}, dataset_config=NoDropSplit(),
     )

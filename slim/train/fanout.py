@@ -7,15 +7,12 @@ import logging
 import time
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from slim.io import storage
 from slim.recsys.checkpoint import save_run
-from slim.train.progress import POLL_S, EpochBoard, close, drain, epoch_queue, report
 from slim.runtime.tracking import Tracker
-
-if TYPE_CHECKING:
-    from slim.train.stage import TrainConfig
+from slim.train.progress import POLL_S, EpochBoard, close, drain, epoch_queue, report
+from slim.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,32 +25,33 @@ def _progress(queue, r: dict) -> None:
           f"({r['seconds']:.1f}s, of which validation {r.get('valid_s', 0.0):.1f}s)", flush=True)
 
 
-def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, cfg: "TrainConfig", queue=None) -> dict:
+def _fit_and_save(spec, d, text, uts: dict, out: str, fp: str, shared: RunSettings, queue=None) -> dict:
     from slim.train.loop import fit
 
     t0 = time.time()
-    model, rec = fit(spec, d, text, cfg.valid_protocol, cfg.test_protocols, progress=partial(_progress, queue),
+    model, rec = fit(spec, d, text, shared.valid_protocol, shared.test_protocols, progress=partial(_progress, queue),
                      ut=uts.get((spec.variant, spec.rationale_field)))
     rec["wall_seconds"] = time.time() - t0
     return save_run(storage.path(out), model, spec, d.num_items, rec, fp)  # a bucket: straight from this task
 
 
-def fan_out(todo: list, d, text, uts: dict, models: Path, cfg: "TrainConfig") -> list:
+def fan_out(todo: list, d, text, uts: dict, models: Path, shared: RunSettings) -> list:
     """One Ray task per (spec, fingerprint) in todo, each writing models/<run>/; returns their metric records as
     they finish."""
     import ray
 
     from slim.runtime.raycluster import cores_request, init_ray
 
-    init_ray(cfg.ray_address, cfg.num_cpus)
+    init_ray(shared.ray_address, shared.num_cpus)
     # cores_request: at most cores // threads_per_run runs at once on the local cluster (it declares 2 x cores CPUs)
-    task = ray.remote(num_cpus=cfg.cpus_per_run, resources=cores_request(cfg.threads_per_run),
+    task = ray.remote(num_cpus=shared.cpus_per_run, resources=cores_request(shared.threads_per_run),
                       max_retries=1)(_fit_and_save)
     refs = [ray.put(x) for x in (d, text, uts)]  # shared once through the object store, not per task
     queue = epoch_queue()
-    pending = {task.remote(s, *refs, str(models / s.name), fp, cfg, queue): s for s, fp in todo}
+    pending = {task.remote(s, *refs, str(models / s.name), fp, shared, queue): s for s, fp in todo}
     out, t0 = [], time.time()
-    board, tracker = EpochBoard([s.name for s, _ in todo], cfg.epochs), Tracker(cfg.tracking, cfg.run_dir)
+    board = EpochBoard([s.name for s, _ in todo], shared.max_epochs)
+    tracker = Tracker(shared.tracking, shared.run_dir)
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)

@@ -14,7 +14,8 @@ whichever worker asks first, so which rank trains on which example (and so the e
 
 What still travels whole: the item-text table (part of every rank's model) to every worker, and the users'
 sequences to rank 0, which evaluates (in Ray tasks over blocks of users when they are many: recsys.blocks; each
-task reads its own users' candidates, recsys.candidates). The driver still holds SeqData (recsys.data.load) while it writes the user blocks.
+task reads its own users' candidates, recsys.candidates). The driver still holds SeqData (recsys.data.load) while
+it writes the user blocks.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from slim.models import Recommender, ScoreSum, TextMatch
 from slim.models.fusion import SUM_WEIGHTS
-from slim.recsys import data as D
+from slim.recsys import data as recdata
 from slim.recsys.ranking import evaluate
 from slim.recsys.spec import RunSpec, build_model
 from slim.recsys.usertext import UserText
@@ -48,13 +48,14 @@ def example_arrays(per_position: bool, text_only: bool, seqs: list, max_len: int
     (vec [U, Du], present [U]), text and use. text_only (the text matcher) keeps only targets where a rationale
     is fused (positions: after_prefix, one per user: item_ids[-3]; all: every target); per_position: windows for
     causal backbones, else prefixes."""
-    ex = (D.train_windows if per_position else D.train_prefixes)(seqs, max_len)
+    ex = (recdata.train_windows if per_position else recdata.train_prefixes)(seqs, max_len)
     w = (lambda a, fill=0: np.pad(a, ((0, 0), (0, max_len - a.shape[1])), constant_values=fill) if a.ndim == 2 else a)
     cols = {"x": w(ex.x), "y": w(ex.y), "lens": ex.lens, "user": ex.user,
             "pos": ex.tpos.max(axis=1) if ex.tpos.ndim == 2 else ex.tpos}
     if vec is None:
         return cols
-    after = D.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in seqs]), cut, positions)  # fused here
+    # where the rationale is fused
+    after = recdata.rationale_positions(ex.tpos, ex.user, np.array([len(s) for s in seqs]), cut, positions)
     have = present[ex.user]  # [E]
     cols.update(text=vec[ex.user], use=w(after & (have[:, None] if after.ndim == 2 else have), False))
     if text_only:  # no sequence model: it learns only from targets after the prefix
@@ -62,7 +63,7 @@ def example_arrays(per_position: bool, text_only: bool, seqs: list, max_len: int
     return cols
 
 
-def examples(model, d: D.SeqData, max_len: int, ut: Optional[UserText] = None,
+def examples(model, d: recdata.SeqData, max_len: int, ut: Optional[UserText] = None,
              positions: str = "after_prefix") -> Batches:
     """All of d's training examples as tensors (the fan-out path; Ray Train reads them in shards: recsys.ingest)."""
     c = example_arrays(model.per_position, isinstance(model, TextMatch), d.seqs, max_len,
@@ -132,9 +133,9 @@ def negatives(tgt: torch.Tensor, k: int, n: int, gen: torch.Generator,
 
 class EarlyStop:
     """Per-epoch history, the best weights by valid NDCG@10, and the stop decision; shared by `fit` and the Ray
-    Train loop so both write the same record."""
+    Train loop so both write the same record. valid_protocol: train.valid_protocol, given by the caller."""
 
-    def __init__(self, patience: int, valid_protocol: str = "uni100"):
+    def __init__(self, patience: int, valid_protocol: str):
         self.patience, self.best, self.best_state, self.bad, self.history = patience, -1.0, None, 0, []
         self.valid_protocol = valid_protocol
 
@@ -149,7 +150,7 @@ class EarlyStop:
             self.bad += 1
         return self.bad >= self.patience
 
-    def record(self, model, spec: RunSpec, d: D.SeqData, protocols, n_targets: int, t_train: float,
+    def record(self, model, spec: RunSpec, d: recdata.SeqData, protocols, n_targets: int, t_train: float,
                ut: Optional[UserText] = None, ev=None) -> dict:
         """Loads the best weights into `model`; its metrics record (valid and test on `protocols`).
         ev(model, split, protocols, max_len, ut): how to evaluate (default: `evaluate` on d in this process)."""
@@ -174,7 +175,7 @@ class EarlyStop:
 
 
 @torch.no_grad()
-def tune_sum(model: ScoreSum, d: D.SeqData, protocol: str, max_len: int) -> float:
+def tune_sum(model: ScoreSum, d: recdata.SeqData, protocol: str, max_len: int) -> float:
     """Late fusion's weight: the w of score_id + w * score_text with the best validation NDCG@10 (ties: smaller w)."""
     got = []
     for w in SUM_WEIGHTS:
@@ -200,40 +201,48 @@ def item_norms(model) -> dict:
     return out
 
 
-def train_epochs(spec: RunSpec, model, batches, forward, backward, step, gen: torch.Generator,
-                 end_epoch) -> tuple[int, float]:
-    """The epoch loop shared by `fit` (one process) and the Ray Train workers (slim.train.distributed).
-    batches(epoch) -> this process's steps of the epoch, each ((x, y, lens, text, use), weight); it is called
-    before any negative of the epoch is drawn, so a shared generator keeps its order. The loss is multiplied by
-    weight before backward: 1 in one process; a Ray Train rank's share of the step's targets times the world size
-    (DDP averages the ranks' gradients: so the step follows the mean over all its targets, as one process would);
-    0 for a placeholder batch, a step on no example that keeps the collectives in step once a rank's shard ran out.
-    forward(x, y, lens, gen, text, use) -> (loss, targets); backward(loss); step() updates and clears the
-    gradients; end_epoch(epoch, mean loss, start time) -> True to stop.
-    Returns (targets trained on by this process, training seconds)."""
+@dataclass(frozen=True)
+class Hooks:
+    """How one process trains an epoch, the part `fit` (one process) and a Ray Train worker
+    (slim.train.distributed) do differently; `train_epochs` is the loop they share."""
+    # epoch -> this process's steps of the epoch, each ((x, y, lens, text, use), weight); called before any
+    # negative of the epoch is drawn, so a shared generator keeps its order. The loss is multiplied by weight
+    # before backward: 1 in one process; a Ray Train rank's share of the step's targets times the world size (DDP
+    # averages the ranks' gradients: so the step follows the mean over all its targets, as one process would); 0
+    # for a placeholder batch, a step on no example that keeps the collectives in step once a rank's shard ran out
+    batches: Callable[[int], Iterable[tuple[tuple, float]]]
+    forward: Callable[..., tuple[torch.Tensor, int]]  # (x, y, lens, gen, text, use) -> (loss, targets)
+    backward: Callable[[torch.Tensor], None]  # (loss)
+    step: Callable[[], None]  # updates and clears the gradients
+    end_epoch: Callable[[int, float, float], bool]  # (epoch, mean loss, start time) -> True to stop
+
+
+def train_epochs(spec: RunSpec, model, hooks: Hooks, gen: torch.Generator) -> tuple[int, float]:
+    """The epoch loop shared by `fit` and the Ray Train workers, at most spec.epochs, until hooks.end_epoch says
+    stop. Returns (targets trained on by this process, training seconds)."""
     n_targets, t_train = 0, 0.0
     for epoch in range(spec.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
-        for batch, weight in batches(epoch):
-            loss, n = forward(*batch[:3], gen, *batch[3:])
+        for batch, weight in hooks.batches(epoch):
+            loss, n = hooks.forward(*batch[:3], gen, *batch[3:])
             n = n if weight else 0
-            backward(loss * weight)
-            step()
+            hooks.backward(loss * weight)
+            hooks.step()
             total += float(loss.detach()) * n
             count += n
         t_train += time.perf_counter() - t0
         n_targets += count
-        if end_epoch(epoch, total / max(1, count), t0):
+        if hooks.end_epoch(epoch, total / max(1, count), t0):
             break
     return n_targets, t_train
 
 
-def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, valid_protocol: str = "uni100",
-        test_protocols=("uni100", "pop100", "full"), progress=None,
-        ut: Optional[UserText] = None) -> tuple[Recommender, dict]:
-    """Train with early stopping on valid NDCG@10; returns the best model and its metrics record.
-    progress(epoch record) is called after every epoch."""
+def fit(spec: RunSpec, d: recdata.SeqData, item_text: Optional[np.ndarray], valid_protocol: str,
+        test_protocols: tuple, progress=None, ut: Optional[UserText] = None) -> tuple[Recommender, dict]:
+    """Train with early stopping on valid NDCG@10 under valid_protocol; returns the best model and its metrics
+    record (valid and test under test_protocols). The protocols are train.valid_protocol and train.test_protocols
+    (slim.train.settings.RunSettings), said once there. progress(epoch record) is called after every epoch."""
     torch.manual_seed(spec.seed)
     torch_threads(spec.threads)  # train.threads_per_run, at most the cores this process may use
     gen = torch.Generator().manual_seed(spec.seed)  # the permutations and the negatives, in that order
@@ -261,7 +270,8 @@ def fit(spec: RunSpec, d: D.SeqData, item_text: Optional[np.ndarray] = None, val
                       "seconds": time.perf_counter() - t0, "valid_s": t_val})
         return stop
 
-    present = D.present_ids(d.num_items, d.absent)  # None: every item present, the negatives as before
-    n_targets, t_train = train_epochs(spec, model, batches, lambda *a: batch_loss(model, spec, *a, present=present),
-                                      lambda loss: loss.backward(), step, gen, end_epoch)
+    present = recdata.present_ids(d.num_items, d.absent)  # None: every item present, the negatives as before
+    hooks = Hooks(batches, lambda *a: batch_loss(model, spec, *a, present=present), lambda loss: loss.backward(),
+                  step, end_epoch)
+    n_targets, t_train = train_epochs(spec, model, hooks, gen)
     return model, stopper.record(model, spec, d, test_protocols, n_targets, t_train, ut)

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -35,9 +35,7 @@ from slim.io import atomic, storage
 from slim.io import columns as C
 from slim.io.rundir import fingerprint
 from slim.runtime.console import say
-
-if TYPE_CHECKING:
-    from slim.train.stage import TrainConfig
+from slim.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -106,47 +104,46 @@ def apply(spec, hp: dict, seed=None):
     return dataclasses.replace(spec, **kw, **({} if seed is None else {"seed": seed}))
 
 
-def trial_key(spec, run_fp, cfg: "TrainConfig") -> str:
+def trial_key(spec, run_fp, s: SearchConfig) -> str:
     """What a trial's result depends on: its run's fingerprint (run_fp(spec): the train stage's) and the scheduler
     (which decides its epochs)."""
-    s = cfg.search
     return fingerprint({"run": run_fp(spec), "scheduler": s.scheduler,
                         "grace": s.grace_epochs, "rf": s.reduction_factor})[:16]
 
 
-def tuned(all_specs: list, d, text, uts: dict, root, run_fp, cfg: "TrainConfig") -> tuple[list, dict]:
+def tuned(all_specs: list, d, text, uts: dict, root, run_fp, s: SearchConfig,
+          shared: RunSettings) -> tuple[list, dict]:
     """Search every row group of all_specs -> (the specs with their group's chosen hyperparameters, the search's
     summary for the manifest and the report). run_fp(spec): a run's fingerprint (the stage's)."""
-    s = cfg.search
     trials = draw(s.space, s.trials, s.seed)
     groups: dict = {}
     for spec in all_specs:
         groups.setdefault(group_of(spec), spec)
     say(f"train.search: {len(groups)} group(s) x {s.trials} trials, the same {s.trials} for every group "
         f"({s.scheduler}, grace {s.grace_epochs} epochs)")
-    chosen = {g: search_group(g, spec, trials, d, text, uts, root, run_fp, cfg) for g, spec in groups.items()}
+    chosen = {g: search_group(g, spec, trials, d, text, uts, root, run_fp, s, shared) for g, spec in groups.items()}
     out = [apply(spec, chosen[group_of(spec)]["hp"]) for spec in all_specs]
     summary = {"trials": s.trials, "scheduler": s.scheduler, "grace_epochs": s.grace_epochs,
-               "reduction_factor": s.reduction_factor, "seed": s.seed, "max_epochs": cfg.epochs,
-               "valid_protocol": cfg.valid_protocol, "space": dataclasses.asdict(s.space),
+               "reduction_factor": s.reduction_factor, "seed": s.seed, "max_epochs": shared.max_epochs,
+               "valid_protocol": shared.valid_protocol, "space": dataclasses.asdict(s.space),
                "groups": {g: {k: c[k] for k in ("hp", "score", "trained_epochs", "distinct")}
                           for g, c in chosen.items()}}
     return out, summary
 
 
-def search_group(group: str, spec, trials: list, d, text, uts: dict, root, run_fp,
-                 cfg: "TrainConfig") -> dict:
+def search_group(group: str, spec, trials: list, d, text, uts: dict, root, run_fp, s: SearchConfig,
+                 shared: RunSettings) -> dict:
     """One group's search: the trials without a result file are trained (resume), then the best is chosen
     (the highest score; a tie goes to the earlier trial) and written to train/search/<group>.json."""
     folder = storage.path(root) / C.SEARCH_DIR / group
-    runs = [apply(spec, effective(spec, t), seed=cfg.search.seed) for t in trials]
-    keys = [trial_key(r, run_fp, cfg) for r in runs]
+    runs = [apply(spec, effective(spec, t), seed=s.seed) for t in trials]
+    keys = [trial_key(r, run_fp, s) for r in runs]
     todo = {k: r for k, r in zip(keys, runs) if not (folder / f"{k}.json").exists()}
     first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a trial's index (coinciding trials: the first)
     say(f"train.search {group}: {len(todo)} of {len(set(keys))} distinct trial(s) to train")
     if todo:
         done = [json.loads((folder / f"{k}.json").read_text())["history"] for k in dict.fromkeys(keys) if k not in todo]
-        run_trials(todo, folder, d, text, uts.get((spec.variant, spec.rationale_field)), cfg,
+        run_trials(todo, folder, d, text, uts.get((spec.variant, spec.rationale_field)), s, shared,
                    {k: f"{group}-trial{first[k]}" for k in todo}, done)
     res = [json.loads((folder / f"{k}.json").read_text()) for k in keys]
     best = max(range(len(res)), key=lambda i: (res[i]["score"], -i))
@@ -173,7 +170,8 @@ def _trial(config: dict, runs: list, d, text, ut, valid: str) -> None:
     fit(runs[config["i"]], d, text, valid, test_protocols=(), progress=report, ut=ut)
 
 
-def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig", names: dict, finished: list) -> None:
+def run_trials(todo: dict, folder, d, text, ut, s: SearchConfig, shared: RunSettings, names: dict,
+               finished: list) -> None:
     """Train the trials of todo (key -> spec) as one Tune experiment; each finished trial's file is written by the
     driver as it ends (the Tune experiment itself is scratch: the result files are the search's state), and the
     trial is logged to MLflow under names[key] when tracking is on. finished: the epoch histories of the group's
@@ -183,17 +181,16 @@ def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig", names: dict,
 
     from slim.runtime.raycluster import cores_request, init_ray
 
-    init_ray(cfg.ray_address, cfg.num_cpus)
+    init_ray(shared.ray_address, shared.num_cpus)
     keys, runs = list(todo), list(todo.values())
-    s = cfg.search
-    sched = (ASHAScheduler(max_t=cfg.epochs, grace_period=min(s.grace_epochs, cfg.epochs),
+    sched = (ASHAScheduler(max_t=shared.max_epochs, grace_period=min(s.grace_epochs, shared.max_epochs),
                            reduction_factor=s.reduction_factor)
              if s.scheduler == "asha" else FIFOScheduler())
     if s.scheduler == "asha":
         _seen_by(sched, finished)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, runs=runs, d=d, text=text, ut=ut, valid=cfg.valid_protocol),
-        {"cpu": cfg.cpus_per_run, **cores_request(cfg.threads_per_run)})
+        tune.with_parameters(_trial, runs=runs, d=d, text=text, ut=ut, valid=shared.valid_protocol),
+        {"cpu": shared.cpus_per_run, **cores_request(shared.threads_per_run)})
     scratch = tempfile.mkdtemp(prefix="slim-tune-")
     try:
         # reuse_actors: one trial after another in the same process, not a new one (torch imported again) each
@@ -201,7 +198,7 @@ def run_trials(todo: dict, folder, d, text, ut, cfg: "TrainConfig", names: dict,
                            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=sched,
                                                        reuse_actors=True),
                            run_config=tune.RunConfig(name="search", storage_path=scratch, verbose=0,
-                                                     callbacks=[_trial_files(keys, runs, folder, names, cfg)]))
+                                                     callbacks=[_trial_files(keys, runs, folder, names, shared)]))
         with contextlib.redirect_stdout(io.StringIO()) as said:  # Tune's boxes name the scratch folder: the log
             grid = tuner.fit()
         log.info("ray tune, %s:\n%s", folder.name, said.getvalue())
@@ -236,11 +233,12 @@ class _TrialFiles:
     stopped by the scheduler); an errored trial gets none and is trained again by the next run. A mixin of Tune's
     Callback (_trial_files)."""
 
-    def __init__(self, keys: list, runs: list, folder, names: dict, cfg: "TrainConfig"):
+    def __init__(self, keys: list, runs: list, folder, names: dict, shared: RunSettings):
         from slim.runtime.tracking import Tracker
 
         self.keys, self.runs, self.folder, self.history, self.started = keys, runs, folder, {}, {}
-        self.names, self.tracker, self.valid = names, Tracker(cfg.tracking, cfg.run_dir), cfg.valid_protocol
+        self.names, self.valid = names, shared.valid_protocol
+        self.tracker = Tracker(shared.tracking, shared.run_dir)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.monotonic()

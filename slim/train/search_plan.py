@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from slim.io import columns as C
 from slim.io import storage
-from slim.train.search import group_of
-
-if TYPE_CHECKING:
-    from slim.train.stage import TrainConfig
+from slim.train.search import SearchConfig, group_of
+from slim.train.settings import RunSettings
 
 
-def check(cfg: "TrainConfig") -> None:
+def check(s: SearchConfig, strategy: str) -> None:
     """train.search's own constraints (stage.check: --check and every job say them before any stage runs)."""
     from slim.runtime.config import ConfigError
 
-    s, sp = cfg.search, cfg.search.space
-    if cfg.strategy != "fanout":
+    sp = s.space
+    if strategy != "fanout":
         raise ConfigError(f"train.search runs each trial as one single-process Ray Tune trial (the fanout path); "
-                          f"train.strategy={cfg.strategy!r} is not searched yet: set train.strategy: fanout, or "
+                          f"train.strategy={strategy!r} is not searched yet: set train.strategy: fanout, or "
                           f"train.search.trials: 0")
     bad = [f"train.search.space.{k}: {why}" for k, ok, why in (
         ("lr", 0 < sp.lr[0] <= sp.lr[1] if len(sp.lr) == 2 else False, "[low, high] with 0 < low <= high"),
@@ -42,10 +39,9 @@ def check(cfg: "TrainConfig") -> None:
         raise ConfigError("; ".join(bad))
 
 
-def expected_epochs(cfg: "TrainConfig") -> float:
+def expected_epochs(s: SearchConfig, top: int) -> float:
     """Epochs a trial trains on average when ASHA keeps about 1 in reduction_factor at each rung (grace,
-    grace x rf, ...); every epoch up to train.epochs without a scheduler. Patience may end trials sooner."""
-    s, top = cfg.search, cfg.epochs
+    grace x rf, ...); every epoch up to top (train.epochs) without a scheduler. Patience may end trials sooner."""
     if s.scheduler != "asha":
         return float(top)
     at, keep, total = min(s.grace_epochs, top), 1.0, float(min(s.grace_epochs, top))
@@ -62,7 +58,7 @@ def epoch_seconds(root, models_dir: str) -> dict:
     in root."""
     got: dict = {}
     base = storage.path(root)
-    for p in base.glob(f"{models_dir}/*/metrics.json") if (base / models_dir).exists() else []:
+    for p in base.glob(f"{models_dir}/*/{C.METRICS_FILE}") if (base / models_dir).exists() else []:
         r = json.loads(p.read_text())
         if r.get("epochs_run"):
             s = r["train_seconds"] + sum(h.get("valid_s", 0.0) for h in r["history"])
@@ -86,28 +82,28 @@ def startup_seconds(root) -> float:
     return max(0.0, float(np.median(extra))) if extra else 0.0
 
 
-def plan_lines(cfg: "TrainConfig", runs: list, models_dir: str) -> list[str]:
+def plan_lines(s: SearchConfig, shared: RunSettings, runs: list, models_dir: str) -> list[str]:
     """--check: the number of trials and, from the epoch rates an earlier run measured, the search's wall time.
-    runs: the stage's run specs."""
+    runs: the stage's run specs (every seed: the seeds are counted from them)."""
     from slim.runtime.console import duration
     from slim.runtime.raycluster import local_cpus
 
-    s = cfg.search
     groups = sorted({group_of(x) for x in runs})
+    seeds = len({x.seed for x in runs})
     lines = [f"search: {len(groups)} group(s) x {s.trials} trials = {len(groups) * s.trials} trials, the same "
-             f"{s.trials} for every group ({s.scheduler}; then each group's best for {len(cfg.seeds)} seed(s))"]
-    rate = epoch_seconds(cfg.run_dir, models_dir)
+             f"{s.trials} for every group ({s.scheduler}; then each group's best for {seeds} seed(s))"]
+    rate = epoch_seconds(shared.run_dir, models_dir)
     if not rate:
-        return lines + [f"search: no earlier run in {cfg.run_dir} to time an epoch: no wall-time estimate"]
-    mean, per = float(np.mean(list(rate.values()))), expected_epochs(cfg)
+        return lines + [f"search: no earlier run in {shared.run_dir} to time an epoch: no wall-time estimate"]
+    mean, per = float(np.mean(list(rate.values()))), expected_epochs(s, shared.max_epochs)
     # as Tune places trials: each asks cpus_per_run CPUs and threads_per_run of the cores resource (one per core)
     cores = os.cpu_count() or 1
-    cpus = local_cpus(cfg.num_cpus)  # a private cluster's; on a joined cluster set train.num_cpus
-    at_once = max(1, min(int(cpus // cfg.cpus_per_run), cores // max(1, cfg.threads_per_run)))
-    start = startup_seconds(cfg.run_dir)
+    cpus = local_cpus(shared.num_cpus)  # a private cluster's; on a joined cluster set train.num_cpus
+    at_once = max(1, min(int(cpus // shared.cpus_per_run), cores // max(1, shared.threads_per_run)))
+    start = startup_seconds(shared.run_dir)
     total = sum((rate.get(g, mean) * per + start) * s.trials for g in groups) / at_once
     known = sum(g in rate for g in groups)
-    return lines + [f"search: ~{duration(total)} wall ({per:.1f} of at most {cfg.epochs} epochs per trial, "
-                    f"{mean:.1f}s per epoch measured in {cfg.run_dir} ({known} of {len(groups)} groups timed), "
+    return lines + [f"search: ~{duration(total)} wall ({per:.1f} of at most {shared.max_epochs} epochs per trial, "
+                    f"{mean:.1f}s per epoch measured in {shared.run_dir} ({known} of {len(groups)} groups timed), "
                     + (f"{start:.1f}s start-up per trial measured, " if start else "")
                     + f"{at_once} trial(s) at a time)"]

@@ -19,44 +19,43 @@ from typing import Literal, Optional
 import numpy as np
 
 from slim.io import columns as C
-from slim.io import storage
-from slim.io.columns import EVAL_PROTOCOLS
-from slim.models import REGISTRY as BACKBONES
-from slim.models import GRU4RecConfig, SASRecConfig, SRGNNConfig
-from slim.models.item_repr import FUSED_USER_VARIANTS, VARIANTS
-from slim.recsys.data import POSITIONS
-from slim.recsys.checkpoint import METRICS, is_done, read_checkpoint
-from slim.recsys.summary import scale_line
+from slim.io.columns import EVAL_PROTOCOLS, MODELS_DIR
 from slim.io.rundir import Manifest, RunDir, fingerprint, peak_rss_mb
+from slim.models import REGISTRY as BACKBONES
+from slim.models.item_repr import FUSED_USER_VARIANTS, VARIANTS
+from slim.recsys.checkpoint import METRICS, is_done
+from slim.recsys.data import POSITIONS
+from slim.recsys.spec import RunSpec
+from slim.recsys.summary import scale_line
 from slim.runtime.console import Progress, say
 from slim.runtime.tracking import Tracker, TrackingConfig
+from slim.train.fingerprints import spec_fingerprint
 from slim.train.search import SearchConfig
+from slim.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 STAGE = C.TRAIN_DIR
-MODELS_DIR = "models"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfigBase:
+    """The train stage's settings but the backbones' own sections: TrainConfig below adds those. A run's
+    hyperparameters default to RunSpec's (slim.recsys.spec): each default is said once, there."""
     run_dir: str = "runs/default"
     # Literal[<constant>]: the names are checked at load against the code that implements them
     backbones: tuple[Literal[tuple(BACKBONES)], ...] = ("gru4rec", "sasrec", "srgnn")
     variants: tuple[Literal[VARIANTS], ...] = ("id", "id_text")  # + slim, slim_teacher, text_match
     seeds: tuple[int, ...] = (0, 1, 2)  # one run per seed; the report gives mean ± std over them
-    hidden: int = 64  # ID embedding and sequence-state size of every backbone
-    max_len: int = 50  # most recent items a sequence model sees
-    epochs: int = 20  # at most; early stopping (patience) usually ends sooner
-    patience: int = 3  # epochs without a better valid NDCG@10 before stopping
-    batch_size: int = 256  # next-item targets per training batch (as a RecBole row is one target)
-    lr: float = 1e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam L2 penalty
+    hidden: int = RunSpec.hidden  # ID embedding and sequence-state size of every backbone
+    max_len: int = RunSpec.max_len  # most recent items a sequence model sees
+    epochs: int = RunSpec.epochs  # at most; early stopping (patience) usually ends sooner
+    patience: int = RunSpec.patience  # epochs without a better valid NDCG@10 before stopping
+    batch_size: int = RunSpec.batch_size  # next-item targets per training batch (as a RecBole row is one target)
+    lr: float = RunSpec.lr  # Adam learning rate
+    weight_decay: float = RunSpec.weight_decay  # Adam L2 penalty
     losses: tuple[Literal["bce", "ce"], ...] = ("bce",)  # bce = sampled negatives (the paper); ce = full softmax
-    num_negatives: int = 1  # bce: uniformly sampled negatives per target (the paper: 1)
-    gru4rec: GRU4RecConfig = GRU4RecConfig()
-    sasrec: SASRecConfig = SASRecConfig()
-    srgnn: SRGNNConfig = SRGNNConfig()
+    num_negatives: int = RunSpec.num_negatives  # bce: uniformly sampled negatives per target (the paper: 1)
     max_users: int = 0  # 0 = all users; else those whose raw ids hash smallest with subsample_seed (reduced benchmarks)
     subsample_seed: int = 0  # the seed of the max_users subsample
     # model selection (early stopping, the sum fusion's weight) on the validation target under this protocol: full
@@ -74,7 +73,7 @@ class TrainConfig:
     # How item text is used by id_text / slim / slim_teacher: one run per entry (slim.models.fusion); concat is the
     # paper's. sum (late fusion of an ID and a text-only model) applies to id_text only.
     text_fusions: tuple[Literal["concat", "init", "sum", "align"], ...] = ("concat",)
-    align_weight: float = 0.1  # text_fusions align: weight of the ID-to-text alignment loss
+    align_weight: float = RunSpec.align_weight  # text_fusions align: weight of the ID-to-text alignment loss
     # fanout: one single-process run per Ray task, many at once; ddp / deepspeed: a run on num_workers Ray Train
     # workers
     strategy: Literal["fanout", "ddp", "deepspeed"] = "fanout"
@@ -83,13 +82,22 @@ class TrainConfig:
     amp: Literal["bf16", "none"] = "none"  # bf16 autocast of the training forward on GPU workers; CPU stays fp32
     eval_block_users: int = 50_000  # ddp/deepspeed: rank 0 evaluates in Ray tasks of this many users each
     cpus_per_run: float = 1.0  # Ray CPUs per fanned-out run (fractional is fine)
-    threads_per_run: int = 1  # torch threads inside a run
+    threads_per_run: int = RunSpec.threads  # torch threads inside a run
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
     # MLflow tracking of every trained model (slim.runtime.tracking); the top-level `tracking:` unless set here
     tracking: TrackingConfig = TrackingConfig()
     # a Ray Tune search per row group before the seed runs (slim.train.search): the same trials for every group
     search: SearchConfig = SearchConfig()
+
+
+# One section per registered backbone (train.gru4rec.layers, train.sasrec.heads, ...), typed by the config class its
+# registry entry names, its defaults that class's: a new backbone is its module and its registry line, no field here.
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [(name, conf, dataclasses.field(default=conf())) for name, (_, conf) in BACKBONES.items()],
+    bases=(TrainConfigBase,), frozen=True)
+TrainConfig.__module__ = __name__  # pickled by name (Python 3.11's make_dataclass takes no module)
+TrainConfig.__doc__ = "The train stage's config: TrainConfigBase and a section per backbone of slim.models.REGISTRY."
 
 
 RUNTIME_KEYS = ("run_dir", "ray_address", "num_cpus", "strategy", "num_workers", "cpus_per_run", "threads_per_run",
@@ -100,6 +108,15 @@ def stage_config(cfg: TrainConfig) -> dict:
     # amp="none" and no search are left out: run dirs trained before the settings existed stay current
     return {k: v for k, v in dataclasses.asdict(cfg).items()
             if k not in RUNTIME_KEYS and not (k == "amp" and v == "none") and not (k == "search" and not v["trials"])}
+
+
+def run_settings(cfg: TrainConfig) -> RunSettings:
+    """What every run of the stage shares beyond its RunSpec: all the fan-out, Ray Train and the search read."""
+    return RunSettings(valid_protocol=cfg.valid_protocol, test_protocols=tuple(cfg.test_protocols),
+                       max_epochs=cfg.epochs, run_dir=cfg.run_dir, ray_address=cfg.ray_address,
+                       num_cpus=cfg.num_cpus, cpus_per_run=cfg.cpus_per_run, threads_per_run=cfg.threads_per_run,
+                       tracking=cfg.tracking, strategy=cfg.strategy, num_workers=cfg.num_workers,
+                       use_gpu=cfg.use_gpu, amp=cfg.amp, eval_block_users=cfg.eval_block_users)
 
 
 def user_field(cfg: TrainConfig, variant: str) -> str:
@@ -113,7 +130,6 @@ def user_field(cfg: TrainConfig, variant: str) -> str:
 def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
     """Every run of the stage. user_text_dims: (variant, field) -> user-text vector width (0 until known)."""
     from slim.models import REGISTRY, VARIANTS
-    from slim.recsys.spec import RunSpec
 
     for b in cfg.backbones:
         if b not in REGISTRY:
@@ -135,7 +151,8 @@ def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
                         for f in cfg.text_match_fields for at in cfg.rationale_positions for s in cfg.seeds]
                 continue
             field = user_field(cfg, v)
-            fusions = ("concat",) if v in ("id", "text") else [f for f in cfg.text_fusions if not (field and f == "sum")]
+            fusions = (("concat",) if v in ("id", "text")
+                       else [f for f in cfg.text_fusions if not (field and f == "sum")])
             out += [RunSpec(b, v, s, loss=loss, backbone_cfg=dataclasses.asdict(getattr(cfg, b)),
                             rationale_field=field, user_text_dim=dims.get((v, field), 0) if field else 0,
                             text_fusion=f, align_weight=cfg.align_weight, positions=at, **common)
@@ -145,82 +162,50 @@ def specs(cfg: TrainConfig, user_text_dims: Optional[dict] = None) -> list:
 
 
 def run_fingerprint(spec, inputs: dict, cfg: TrainConfig) -> str:
+    """A run's fingerprint (slim.train.fingerprints) under this config."""
     return spec_fingerprint(dataclasses.asdict(spec), inputs, stage_config(cfg))
-
-
-def spec_fingerprint(d: dict, inputs: dict, conf: dict) -> str:
-    """What a trained run depends on, from its spec as saved with its weights (d) and the stage's config as its
-    manifest records it (conf): `jobs/migrate.py` recomputes it for runs trained before a rename of their inputs."""
-    d = {k: v for k, v in d.items() if k != "threads"}
-    if d["positions"] == "after_prefix":  # the default before the setting existed: those runs stay current
-        d.pop("positions")
-    if d["variant"] == "id":  # an id run depends on no text: item text and rationales are left out
-        inputs = {k: v for k, v in inputs.items() if k not in ("item_text", C.ENCODE_DIR)}
-    elif not d["rationale_field"]:  # id_text / text: the item vectors, not the rationales
-        inputs = {k: v for k, v in inputs.items() if k != C.ENCODE_DIR}
-    amp = {"amp": conf["amp"]} if conf.get("amp", "none") != "none" else {}  # fp32 runs keep their fingerprint
-    draw = {"draw": "raw-id hash"} if conf["max_users"] else {}  # subsamples drawn by position are not current
-    return fingerprint({"spec": d, "inputs": inputs, "max_users": conf["max_users"],
-                        "subsample_seed": conf["subsample_seed"], "valid": conf["valid_protocol"],
-                        "test": list(conf["test_protocols"]), "encoder": conf["text_encoder"], **amp, **draw})
-
-
-def refingerprint(root, runs: list, inputs: dict, conf: dict) -> int:
-    """Finished runs whose inputs were renamed, not changed (slim.runner.migrate): each run's fingerprint recomputed from
-    the spec saved with its weights; weights and metrics stay. runs: the train manifest's outputs. -> runs done."""
-    from slim.io import atomic
-
-    done = 0
-    for rel in runs:
-        out = storage.path(root) / rel
-        if not (out / METRICS).exists():
-            continue
-        spec = read_checkpoint(out)["spec"]
-        rec = json.loads((out / METRICS).read_text())
-        atomic.write_json(out / METRICS, {**rec, "fingerprint": spec_fingerprint(spec, inputs, conf)})
-        done += 1
-    return done
 
 
 def user_texts(cfg: TrainConfig, root: Path, d) -> dict:
     """(variant, field) -> UserText for every run that reads rationales."""
-    from slim.recsys import usertext as UT
+    from slim.recsys import usertext
 
     lens = np.array([len(s) for s in d.seqs])
     want = {(v, user_field(cfg, v)) for v in cfg.variants if v in FUSED_USER_VARIANTS}
     want |= {("text_match", f) for f in cfg.text_match_fields} if "text_match" in cfg.variants else set()
     by_file = {}  # slim and text_match read the same student file for the same field: once
     for k in sorted(want):
-        path = UT.emb_path(root, *k)
+        path = usertext.emb_path(root, *k)
         if path not in by_file:
-            by_file[path] = UT.load(root, d.user_ids, lens, *k)
-    return {k: by_file[UT.emb_path(root, *k)] for k in sorted(want)}
+            by_file[path] = usertext.load(root, d.user_ids, lens, *k)
+    return {k: by_file[usertext.emb_path(root, *k)] for k in sorted(want)}
 
 
 def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     from slim.models import USER_TEXT_VARIANTS
-    from slim.recsys import data as D
-    from slim.recsys import itemtext as T
+    from slim.recsys import data as recdata
+    from slim.recsys import itemtext
 
     rd = RunDir(cfg.run_dir)
     inputs = {C.DATA_DIR: rd.upstream(C.DATA_DIR)}
     need_text = any(v != "id" for v in cfg.variants)
-    text = T.item_text(rd.root, cfg.text_encoder) if need_text else None
+    text = itemtext.item_text(rd.root, cfg.text_encoder) if need_text else None
     if need_text:
-        inputs["item_text"] = T.fingerprint(rd.root, cfg.text_encoder)
+        inputs["item_text"] = itemtext.fingerprint(rd.root, cfg.text_encoder)
     if any(v in USER_TEXT_VARIANTS for v in cfg.variants):
         inputs[C.ENCODE_DIR] = rd.upstream(C.ENCODE_DIR)  # the rationale vectors: a new student run retrains these
     if not force and rd.is_current(STAGE, stage_config(cfg), inputs):
         return rd.read_manifest(STAGE)
     t0 = time.time()
-    d = D.load(rd.root, cfg.max_users, cfg.subsample_seed)
+    d = recdata.load(rd.root, cfg.max_users, cfg.subsample_seed)
     uts = user_texts(cfg, rd.root, d)
     all_specs = specs(cfg, {k: ut.vec.shape[1] for k, ut in uts.items()})
-    searched = {}
+    searched, shared = {}, run_settings(cfg)
     if cfg.search.trials:  # each group's seed runs take the group's best trial's hyperparameters
         from slim.train.search import tuned
 
-        all_specs, searched = tuned(all_specs, d, text, uts, rd.root, lambda s: run_fingerprint(s, inputs, cfg), cfg)
+        all_specs, searched = tuned(all_specs, d, text, uts, rd.root, lambda s: run_fingerprint(s, inputs, cfg),
+                                    cfg.search, shared)
     todo = []
     for s in all_specs:
         fp = run_fingerprint(s, inputs, cfg)
@@ -231,14 +216,14 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
         if cfg.strategy == "fanout":
             from slim.train.fanout import fan_out
 
-            fan_out(todo, d, text, uts, rd.root / MODELS_DIR, cfg)
+            fan_out(todo, d, text, uts, rd.root / MODELS_DIR, shared)
         else:
             from slim.train.distributed import train_distributed
 
             prog, tracker = Progress("train", len(todo), "runs"), Tracker(cfg.tracking, cfg.run_dir)
             for i, (s, fp) in enumerate(todo, 1):
                 train_distributed(s, d, text, uts.get((s.variant, s.rationale_field)),
-                                  rd.root / MODELS_DIR / s.name, fp, cfg)
+                                  rd.root / MODELS_DIR / s.name, fp, shared)
                 tracker.train_run(s, json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()),
                                   rd.root / MODELS_DIR / s.name)
                 prog.update(i, f"last {s.name}")
@@ -289,9 +274,9 @@ def reads(cfg: TrainConfig) -> list[str]:
 
 
 def own_inputs(cfg: TrainConfig, root) -> dict:
-    from slim.recsys import itemtext as T
+    from slim.recsys import itemtext
 
-    return {"item_text": T.fingerprint(root, cfg.text_encoder)} if any(v != "id" for v in cfg.variants) else {}
+    return {"item_text": itemtext.fingerprint(root, cfg.text_encoder)} if any(v != "id" for v in cfg.variants) else {}
 
 
 def check(cfg: TrainConfig) -> None:
@@ -301,7 +286,7 @@ def check(cfg: TrainConfig) -> None:
     if cfg.search.trials:
         from slim.train.search_plan import check as check_search
 
-        check_search(cfg)
+        check_search(cfg.search, cfg.strategy)
     if cfg.use_gpu and cfg.strategy == "fanout":
         raise ConfigError("train.use_gpu=true needs train.strategy ddp or deepspeed: GPUs are used by Ray "
                           "Train runs, the fanout strategy trains on CPUs")
@@ -315,13 +300,13 @@ def resources(cfg: TrainConfig, problems: list) -> list[str]:
     if cfg.search.trials:
         from slim.train.search_plan import plan_lines
 
-        lines += plan_lines(cfg, specs(cfg), MODELS_DIR)
+        lines += plan_lines(cfg.search, run_settings(cfg), specs(cfg), MODELS_DIR)
     return lines
 
 
 def on_force(rd: RunDir) -> bool:
-    """--force (slim.runner.stages): every run's done marker goes, weights stay until retrained; the stage then runs as a
-    plain one, so a stopped forced train resumes with the plain command. -> the force flag to pass on."""
+    """--force (slim.runner.stages): every run's done marker goes, weights stay until retrained; the stage then runs as
+    a plain one, so a stopped forced train resumes with the plain command. -> the force flag to pass on."""
     models = rd.root / MODELS_DIR
     for p in models.glob(f"*/{METRICS}") if models.is_dir() else []:
         p.unlink(missing_ok=True)
