@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from slim.io import columns as C
+from slim.io import shards as io_shards
 from slim.text.prompts import PromptConfig
 from slim.teacher import client as K
 from slim.teacher import select, shards
@@ -92,8 +93,8 @@ def test_compaction_keeps_every_paid_row_and_latest_wins_by_write_time(tmp_path)
     final = shards.compact(tmp_path, {1})  # user 2 leaves the selection
     assert final.column(C.ROW_ID).to_pylist() == [late[C.ROW_ID]]
     assert shards.read_all(tmp_path).num_rows == 3  # nothing paid is dropped: two rows wait in archive/
-    assert len(shards.S.shard_files(main)) == 1 and len(shards.S.shard_files(tmp_path / shards.ARCHIVE)) == 1
-    assert shards.compact(tmp_path, {1}).num_rows == 1 and len(shards.S.shard_files(main)) == 1  # idempotent
+    assert len(io_shards.shard_files(main)) == 1 and len(io_shards.shard_files(tmp_path / shards.ARCHIVE)) == 1
+    assert shards.compact(tmp_path, {1}).num_rows == 1 and len(io_shards.shard_files(main)) == 1  # idempotent
     back = shards.compact(tmp_path, {1, 2})  # user 2 is selected again: their paid row comes back
     assert back.column(C.ROW_ID).to_pylist() == [late[C.ROW_ID], early[1][C.ROW_ID]]
     led = shards.ledger(shards.read_all(tmp_path), back)
@@ -113,7 +114,7 @@ def test_a_fold_killed_halfway_counts_each_row_once(tmp_path):
     log.f.close()  # the actor is gone: the next fold reads it again (same row ids) and deletes it
     assert shards.fold_logs(tmp_path) == 3 and not log.path.exists()
     assert shards.read_all(tmp_path).num_rows == 3 and shards.compact(tmp_path, {0, 1, 2}).num_rows == 3
-    assert shards.S.read_shards(tmp_path / shards.MAIN, columns=[C.USER_ID]).num_rows == 3
+    assert io_shards.read_shards(tmp_path / shards.MAIN, columns=[C.USER_ID]).num_rows == 3
 
 
 SCHEDULE = {"429": 6, "500": 7, "timeout": 11, "malformed": 9, "truncated": 13, "400": 19}
@@ -133,7 +134,7 @@ def test_faults_rate_limit_exactly_one_row_per_user_then_retry_failed(tmp_path, 
     with fault_server(tmp_path / "fs.log", SCHEDULE, latency_s=0.01, retry_after=0.5, timeout_sleep=1.2) as srv:
         m = job.run(_cfg(rd, srv.url))
         stats = json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())
-        final = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
+        final = io_shards.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
         rows = {r[C.USER_ID]: r for r in final.to_pylist()}
         assert len(rows) == final.num_rows == 40 == m.counts["users"]
         reqs = stats["requests"]
@@ -167,9 +168,9 @@ def test_faults_rate_limit_exactly_one_row_per_user_then_retry_failed(tmp_path, 
         stats2 = json.loads(__import__("urllib.request").request.urlopen(srv.url[:-3] + "/stats").read())
     again = {int(u) for _, u, _ in stats2["requests"][len(reqs):]}
     assert again == failed
-    final2 = shards.S.read_shards(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
+    final2 = io_shards.read_shards(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
     assert final2.num_rows == 40 and len(set(final2.column(C.USER_ID).to_pylist())) == 40
-    assert m2.counts["failed"] < len(failed) and len(shards.S.shard_files(rd.path(C.TEACHER_SHARDS))) == 1
+    assert m2.counts["failed"] < len(failed) and len(io_shards.shard_files(rd.path(C.TEACHER_SHARDS))) == 1
 
 
 def _assert_rate_and_retry_after(reqs):
@@ -197,7 +198,7 @@ def test_dry_run_spends_nothing(tmp_path, capsys):
     assert est["users"] == 20 and est["tokens_out_max"] == 2000 and est["tokens_in"] > 20 * 50
     assert est["cost_usd_max"] == pytest.approx((est["tokens_in"] + 2 * 2000) / 1e6)
     assert "to send" in capsys.readouterr().out and not rd.path("teacher/manifest.json").exists()
-    assert not shards.S.shard_files(rd.path(C.TEACHER_SHARDS))
+    assert not io_shards.shard_files(rd.path(C.TEACHER_SHARDS))
 
 
 def test_batch_api_mode_half_price_and_failed_rows(tmp_path):
@@ -205,7 +206,7 @@ def test_batch_api_mode_half_price_and_failed_rows(tmp_path):
     with fault_server(tmp_path / "fs.log", {"400": 7}) as srv:
         cfg = _cfg(rd, srv.url, mode="batch", num_users=20, batch_poll_s=0.05)
         m = job.run(cfg)
-    final = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+    final = io_shards.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
     assert len(final) == 20 and m.counts["failed"] == 2 and m.counts["ok"] == 18
     ok = [r for r in final if r[C.STATUS] == "ok"]
     assert all(r[C.COST_USD] == pytest.approx(0.5 * (r[C.TOKENS_IN] + 4 * r[C.TOKENS_OUT]) / 1e6) for r in ok)
@@ -219,7 +220,7 @@ def test_structured_mode_asks_for_the_schema_online_and_in_batch(tmp_path, ray_l
         for structured, sub in ((False, "free"), (True, "json")):
             rd2 = write_data_stage(tmp_path / sub, 12)
             m = job.run(_cfg(rd2, srv.url, mode=mode, num_users=6, structured=structured, batch_poll_s=0.05))
-            rows = shards.S.read_latest(rd2.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+            rows = io_shards.read_latest(rd2.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
             assert m.counts["ok"] == 6 and m.extra["quality"]["parse_rate"] == 100.0
             assert all(r[C.RATIONALE].startswith("{") == structured for r in rows)
             assert all(r[C.STEP3].startswith("Category A: Product A1") for r in rows if structured)
@@ -237,14 +238,14 @@ def test_few_shot_examples_are_sent_and_changing_them_asks_again(tmp_path, ray_l
     other = PromptConfig(teacher_examples=(Example("1. Zelda\n2. Metroid", "Step 1: Exploration games."),))
     with fault_server(tmp_path / "fs.log", {}) as srv:
         job.run(_cfg(rd, srv.url, num_users=6))
-        zero = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+        zero = io_shards.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
         assert sent(srv) == [2] * 6 and all(r[C.PROMPT].startswith("A user bought") for r in zero)
         for prompt, new in ((one, 6), (one, 0), (other, 6)):
             before = len(sent(srv))
             m = job.run(_cfg(rd, srv.url, num_users=6, prompt=prompt))
             assert len(sent(srv)) - before == new and m.counts["ok"] == 6
         assert sent(srv)[6:] == [4] * 12  # system, example question and answer, the user
-    rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+    rows = io_shards.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
     assert all("Exploration games" in r[C.PROMPT] for r in rows)
 
 

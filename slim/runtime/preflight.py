@@ -37,7 +37,7 @@ def model_line(key: str, model: str, cache_dir: str, problems: list) -> str:
     from slim.runtime import llm_models
 
     if model == llm_models.SMOLLM2:
-        out = Path(cache_dir).expanduser() / "models" / model
+        out = llm_models.converted_path(cache_dir)
         if (out / "config.json").exists():
             return f"{key}: {model} (converted at {out})"
         try:

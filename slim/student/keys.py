@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from slim.io import columns as C
-from slim.io import shards as S
+from slim.io import shards
 
 GEN_FIELDS = ("base_model", "engine", "dtype", "max_model_len", "engine_kwargs")
 KEY_SCHEMA = pa.schema([(C.USER_ID, pa.int64()), (C.STATUS, pa.string()), (C.ROW_KEY, pa.string())])
@@ -73,14 +73,14 @@ class Done:
 def done_set(live, archive, retry_failed: bool) -> Done:
     """The live shards' latest row per user (less failed ones when retrying them), and for users without a live row
     their latest archived row (a user who left and came back with the same prompt gets that row back)."""
-    now = S.read_latest(live, schema=KEY_SCHEMA)
-    old = S.read_latest(archive, schema=KEY_SCHEMA)
+    now = shards.read_latest(live, schema=KEY_SCHEMA)
+    old = shards.read_latest(archive, schema=KEY_SCHEMA)
     if old.num_rows and now.num_rows:
         old = old.filter(pc.invert(pc.is_in(old.column(C.USER_ID), now.column(C.USER_ID))))
     t = pa.concat_tables([now, old]).sort_by(C.USER_ID)
     if retry_failed and t.num_rows:
         t = t.filter(pc.not_equal(t.column(C.STATUS), "failed"))
-    return Done(S.user_ids(t) if t.num_rows else np.zeros(0, np.int64), key_ints(t.column(C.ROW_KEY).to_pylist()))
+    return Done(shards.user_ids(t) if t.num_rows else np.zeros(0, np.int64), key_ints(t.column(C.ROW_KEY).to_pylist()))
 
 
 def only(batch: dict, users: np.ndarray) -> dict:

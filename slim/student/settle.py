@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from slim.io import columns as C
-from slim.io import shards as S
+from slim.io import shards
 from slim.io import storage
 
 ROW = "__row"  # position of a row across the live shards, in shard_files order
@@ -36,21 +36,21 @@ def _stamped(t: pa.Table, when: np.ndarray) -> pa.Table:
 
 def _winners(live) -> tuple[list, list, np.ndarray, np.ndarray, pa.Table]:
     """(shard files, their row counts, every row's user, every row's write time, the latest row per user)."""
-    files = S.shard_files(live)
+    files = shards.shard_files(live)
     sizes = [storage.read_metadata(f).num_rows for f in files]
-    meta = S.read_shards(live, schema=pa.schema([(C.USER_ID, pa.int64())]))
+    meta = shards.read_shards(live, schema=pa.schema([(C.USER_ID, pa.int64())]))
     if meta.num_rows != sum(sizes):
         raise RuntimeError(f"{live}: shards changed while the student stage settled them; is another run writing?")
-    users, order = S.user_ids(meta), meta.column(S.ORDER).to_numpy()
+    users, order = shards.user_ids(meta), meta.column(shards.ORDER).to_numpy()
     meta = meta.append_column(ROW, pa.array(np.arange(meta.num_rows), pa.int64()))
-    return files, sizes, users, order, S.latest(meta)
+    return files, sizes, users, order, shards.latest(meta)
 
 
 def settle(live, archive, present: np.ndarray, todo: np.ndarray, since: int, schema: pa.Schema) -> dict:
     """Bring live/ to one row per present user (see the module docstring); returns the counts. `todo`: the users
     this run had to generate; one of them without a row of this refresh counts as missing (never restored)."""
     files, sizes, users, order, win = _winners(live)
-    rows, who = win.column(ROW).to_numpy(), S.user_ids(win)
+    rows, who = win.column(ROW).to_numpy(), shards.user_ids(win)
     here, fresh = np.isin(who, present), order[rows] >= since
     had = np.isin(who, users[order < since])
     counts = {"reused": int((here & ~fresh).sum()), "regenerated": int((here & fresh & had).sum()),
@@ -65,8 +65,8 @@ def settle(live, archive, present: np.ndarray, todo: np.ndarray, since: int, sch
         if k.all():
             continue
         t = _stamped(storage.read_table(f, schema=schema), when)
-        S.write_shard(live, t.filter(pa.array(k)))  # both written before the old shard goes
-        S.write_shard(archive, t.filter(pa.array(m)), prefix="archive")
+        shards.write_shard(live, t.filter(pa.array(k)))  # both written before the old shard goes
+        shards.write_shard(archive, t.filter(pa.array(m)), prefix="archive")
         f.unlink(missing_ok=True)
     lacking = np.setdiff1d(present, who[here])
     stale = np.intersect1d(todo, who[here & ~fresh])  # to generate, yet its row predates the refresh
@@ -82,8 +82,8 @@ def restore(live, archive, wanted: np.ndarray, live_users: np.ndarray, schema: p
     read whole. -> rows restored."""
     out = np.union1d(wanted, live_users)
     back, rest = [], []
-    for f in S.shard_files(archive):
-        ids = S.user_ids(storage.read_table(f, columns=[C.USER_ID]))
+    for f in shards.shard_files(archive):
+        ids = shards.user_ids(storage.read_table(f, columns=[C.USER_ID]))
         leaving = np.isin(ids, out)
         if not leaving.any():
             continue
@@ -91,9 +91,9 @@ def restore(live, archive, wanted: np.ndarray, live_users: np.ndarray, schema: p
         back.append(t.filter(pa.array(np.isin(ids, wanted))))
         rest.append((f, t.filter(pa.array(~leaving))))
     got = _latest_stamped(back, schema)
-    S.write_shard(live, got, prefix="restored")  # before the archive loses them: a kill leaves a copy, not none
+    shards.write_shard(live, got, prefix="restored")  # before the archive loses them: a kill leaves a copy, not none
     for f, t in rest:
-        S.write_shard(archive, t, prefix="archive")
+        shards.write_shard(archive, t, prefix="archive")
         f.unlink(missing_ok=True)
     return got.num_rows
 
@@ -101,5 +101,5 @@ def restore(live, archive, wanted: np.ndarray, live_users: np.ndarray, schema: p
 def _latest_stamped(parts: list, schema: pa.Schema) -> pa.Table:
     """The latest row per user of archived rows, which carry their write time (settle stamps what it archives)."""
     t = pa.concat_tables(parts) if parts else schema.empty_table()
-    t = S.latest(t.append_column(S.ORDER, pc.fill_null(t.column(C.WRITTEN_AT), 0)))
+    t = shards.latest(t.append_column(shards.ORDER, pc.fill_null(t.column(C.WRITTEN_AT), 0)))
     return t.sort_by(C.USER_ID)

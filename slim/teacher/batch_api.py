@@ -14,7 +14,7 @@ from pathlib import Path
 from slim.io import columns as C
 from slim.io import atomic
 from slim.io import storage
-from slim.teacher import client as K
+from slim.teacher import client as teacher_client
 from slim.teacher import shards
 from slim.teacher.worker import api_key
 
@@ -24,13 +24,13 @@ MAX_REQUESTS = 50_000  # the provider's per-batch limit
 DONE = ("completed", "failed", "expired", "cancelled")
 
 
-def _submit(client, settings: K.CallSettings, todo: list[dict], work: Path) -> dict:
+def _submit(client, settings: teacher_client.CallSettings, todo: list[dict], work: Path) -> dict:
     jsonl = work / "batch_input.jsonl"
     if storage.is_remote(jsonl):  # only uploaded to the provider: a local file is enough
         jsonl = storage.scratch("batch", storage.key_of(work)) / "batch_input.jsonl"
     with open(jsonl, "w") as f:
         for r in todo:
-            body = {"messages": r["messages"], **K.request_fields(settings, flat=True)}
+            body = {"messages": r["messages"], **teacher_client.request_fields(settings, flat=True)}
             f.write(json.dumps({"custom_id": str(r[C.USER_ID]), "method": "POST", "url": "/v1/chat/completions",
                                 "body": body}) + "\n")
     with open(jsonl, "rb") as f:
@@ -54,7 +54,7 @@ def _poll(client, batch_id: str, poll_s: float, max_wait_s: float):
         time.sleep(poll_s)
 
 
-def _rows(client, b, users: list[int], prompts: dict[int, str], s: K.CallSettings) -> list[dict]:
+def _rows(client, b, users: list[int], prompts: dict[int, str], s: teacher_client.CallSettings) -> list[dict]:
     rows: dict[int, dict] = {}
     for fid in (b.output_file_id, b.error_file_id):
         if not fid:
@@ -68,17 +68,18 @@ def _rows(client, b, users: list[int], prompts: dict[int, str], s: K.CallSetting
             body = resp.get("body") or {}
             if resp.get("status_code") == 200 and body.get("choices"):
                 ch, usage = body["choices"][0], body.get("usage") or {}
-                rows[uid] = K.row_from_answer(uid, prompt, ch["message"].get("content") or "", ch.get("finish_reason"),
-                                              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), s, 1)
+                rows[uid] = teacher_client.row_from_answer(uid, prompt, ch["message"].get("content") or "",
+                                                           ch.get("finish_reason"), usage.get("prompt_tokens", 0),
+                                                           usage.get("completion_tokens", 0), s, 1)
             else:
                 err = (body.get("error") or {}).get("message") or rec.get("error") or "no response"
-                rows[uid] = K.failed_row(uid, prompt, f"HTTP {resp.get('status_code')}: {err}", s, 1)
+                rows[uid] = teacher_client.failed_row(uid, prompt, f"HTTP {resp.get('status_code')}: {err}", s, 1)
     for uid in users:  # a user the provider never answered (expired, cancelled) is a failed row, not a lost one
-        rows.setdefault(uid, K.failed_row(uid, prompts.get(uid, ""), f"batch {b.status}: no result", s, 1))
+        rows.setdefault(uid, teacher_client.failed_row(uid, prompts.get(uid, ""), f"batch {b.status}: no result", s, 1))
     return [rows[u] for u in users]
 
 
-def run_batch(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], prompts: dict[int, str],
+def run_batch(cfg, settings: teacher_client.CallSettings, base_url: str, todo: list[dict], prompts: dict[int, str],
               shard_dir: str, work: Path) -> dict:
     """Submit `todo` as one batch (after collecting any batch a killed run left), write its rows as a shard."""
     import openai

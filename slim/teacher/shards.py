@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from slim.io import columns as C
 from slim.io import atomic
 from slim.io import storage
-from slim.io import shards as S
+from slim.io import shards
 
 SCHEMA = pa.schema([
     (C.USER_ID, pa.int64()), (C.PROMPT, pa.string()), (C.RATIONALE, pa.string()),
@@ -43,7 +43,7 @@ def to_table(rows: list[dict]) -> pa.Table:
 
 
 def write_shard(shard_dir: str | Path, rows: list[dict], prefix: str = "part") -> Path | None:
-    return S.write_shard(shard_dir, to_table(rows), prefix)
+    return shards.write_shard(shard_dir, to_table(rows), prefix)
 
 
 class RowLog:
@@ -122,13 +122,13 @@ def recover(stage_dir: str | Path) -> int:
 
 
 def read_all(stage_dir: str | Path) -> pa.Table:
-    """Every paid row once (deduplicated by row_id), with its write time in S.ORDER."""
+    """Every paid row once (deduplicated by row_id), with its write time in shards.ORDER."""
     d = storage.path(stage_dir)
-    t = S.read_shards(d / MAIN, d / ARCHIVE, schema=SCHEMA)
+    t = shards.read_shards(d / MAIN, d / ARCHIVE, schema=SCHEMA)
     if t.num_rows == 0:
         return t
     ids = t.column(C.ROW_ID).to_pylist()
-    order = t.column(S.ORDER).to_pylist()
+    order = t.column(shards.ORDER).to_pylist()
     # Rows written before row ids existed get one here (unique within this read; compaction then stores it).
     ids = [rid if rid is not None else f"legacy-{order[i]}-{i}" for i, rid in enumerate(ids)]
     first = {}
@@ -140,7 +140,7 @@ def read_all(stage_dir: str | Path) -> pa.Table:
 
 def read_latest(stage_dir: str | Path) -> pa.Table:
     """One row per user over every paid row, in rationales/ and archive/ alike."""
-    return S.latest(read_all(stage_dir))
+    return shards.latest(read_all(stage_dir))
 
 
 def compact(stage_dir: str | Path, keep_users: set[int]) -> pa.Table:
@@ -150,18 +150,18 @@ def compact(stage_dir: str | Path, keep_users: set[int]) -> pa.Table:
     row_ids, which `read_all` folds back into one."""
     d = storage.path(stage_dir)
     folded = fold_logs(d)
-    old = S.shard_files(d / MAIN, d / ARCHIVE)
+    old = shards.shard_files(d / MAIN, d / ARCHIVE)
     everything = read_all(d)
-    final = S.latest(everything)
+    final = shards.latest(everything)
     selected = pc.is_in(final.column(C.USER_ID), pa.array(sorted(keep_users), pa.int64()))
     final = final.filter(selected).sort_by(C.USER_ID)
     kept_ids = pa.array(final.column(C.ROW_ID).to_pylist(), pa.string())
     rest = everything.filter(pc.invert(pc.is_in(everything.column(C.ROW_ID), kept_ids)))
-    rest = rest.sort_by([(S.ORDER, "ascending")]).drop_columns([S.ORDER])
+    rest = rest.sort_by([(shards.ORDER, "ascending")]).drop_columns([shards.ORDER])
     if not folded and _same(d, final, everything):
         return final  # already compact: nothing new, nothing to move
-    S.write_shard(d / ARCHIVE, rest, prefix="archive")
-    S.write_shard(d / MAIN, final, prefix="compact")
+    shards.write_shard(d / ARCHIVE, rest, prefix="archive")
+    shards.write_shard(d / MAIN, final, prefix="compact")
     for f in old:
         f.unlink(missing_ok=True)
     return final
@@ -169,10 +169,10 @@ def compact(stage_dir: str | Path, keep_users: set[int]) -> pa.Table:
 
 def _same(d, final: pa.Table, everything: pa.Table) -> bool:
     """Its rationales/ is one shard holding exactly `final`, archive/ at most one, and no duplicates anywhere."""
-    if len(S.shard_files(d / MAIN)) != 1 or len(S.shard_files(d / ARCHIVE)) > 1:
+    if len(shards.shard_files(d / MAIN)) != 1 or len(shards.shard_files(d / ARCHIVE)) > 1:
         return False
-    raw = S.read_shards(d / MAIN, d / ARCHIVE, columns=[C.USER_ID]).num_rows
-    main_ids = S.read_shards(d / MAIN, schema=SCHEMA).column(C.ROW_ID).to_pylist()
+    raw = shards.read_shards(d / MAIN, d / ARCHIVE, columns=[C.USER_ID]).num_rows
+    main_ids = shards.read_shards(d / MAIN, schema=SCHEMA).column(C.ROW_ID).to_pylist()
     return raw == everything.num_rows and None not in main_ids and set(main_ids) == set(final.column(C.ROW_ID).to_pylist())
 
 

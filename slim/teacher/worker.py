@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from slim.io import columns as C
-from slim.teacher import client as K
+from slim.teacher import client
 from slim.teacher import shards
 from slim.runtime.console import Progress
 
@@ -51,7 +51,7 @@ class Secret:
 class TeacherWorker:
     """A Ray Data callable class: one batch of prompts in, each row logged as it finishes, a summary out."""
 
-    def __init__(self, settings: K.CallSettings, base_url: str, key: Secret, limiter, stage_dir: str,
+    def __init__(self, settings: client.CallSettings, base_url: str, key: Secret, limiter, stage_dir: str,
                  threads: int, timeout_s: float, budget=None):
         from slim.teacher.budget import BudgetHandle
 
@@ -82,11 +82,11 @@ class TeacherWorker:
         try:
             messages = json.loads(messages_json)
         except ValueError as e:  # never expected (the driver wrote it); a failed row all the same
-            row = K.failed_row(int(uid), str(prompt), f"internal error: messages: {e}", self.s, 0)
+            row = client.failed_row(int(uid), str(prompt), f"internal error: messages: {e}", self.s, 0)
         else:
-            row = K.call(self.client, int(uid), str(prompt), messages, self.s, self._reserve, self._adjust,
+            row = client.call(self.client, int(uid), str(prompt), messages, self.s, self._reserve, self._adjust,
                          self._pause, self.rng, budget=self.budget)
-        if row[C.STATUS] != K.UNSENT:  # an unsent row cost nothing and is not done: the next run sends it
+        if row[C.STATUS] != client.UNSENT:  # an unsent row cost nothing and is not done: the next run sends it
             self.log.append(row)  # durable before the batch (or anything else) is done
         return row
 
@@ -95,7 +95,7 @@ class TeacherWorker:
         return {k: [r[k] for r in rows] for k in SUMMARY}
 
 
-def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], stage_dir: str,
+def run_online(cfg, settings: client.CallSettings, base_url: str, todo: list[dict], stage_dir: str,
                billed_usd: float = 0.0) -> dict:
     """Process `todo` rows on Ray Data; returns counts of this run's rows by status (`unsent`: kept back by
     teacher.max_cost_usd), tokens and cost. billed_usd: what the run directory was billed before this run."""
@@ -123,7 +123,7 @@ def run_online(cfg, settings: K.CallSettings, base_url: str, todo: list[dict], s
                                "limiter": limiter, "stage_dir": stage_dir, "threads": cfg.threads_per_actor,
                                "timeout_s": cfg.request_timeout_s, "budget": budget},
     )
-    stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, K.UNSENT: 0, "tokens_in": 0, "tokens_out": 0,
+    stats = {"rows": 0, "ok": 0, "malformed": 0, "failed": 0, client.UNSENT: 0, "tokens_in": 0, "tokens_out": 0,
              "cost_usd": 0.0, "attempts": 0, "billed_requests": 0}
     prog = Progress("teacher", len(items), "users")
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
