@@ -31,7 +31,16 @@ of the wrong type and names outside the allowed values stop a job before any wor
 
 
 def comments(cls: type) -> dict[str, str]:
-    """field name -> its comment (own line and block above), from the class's source."""
+    """field name -> its comment (own line and block above), from the source of the class and of the dataclasses it
+    extends (slim.train.stage.TrainConfig is made by make_dataclass on TrainConfigBase: the fields' comments are
+    there)."""
+    out: dict[str, str] = {}
+    for c in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        out.update({k: v for k, v in _own_comments(c).items() if v or k not in out})
+    return out
+
+
+def _own_comments(cls: type) -> dict[str, str]:
     try:
         src = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
