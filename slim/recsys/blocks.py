@@ -13,13 +13,13 @@ from typing import Optional
 
 import numpy as np
 
-from slim.recsys import data as D
+from slim.recsys import data as recdata
 from slim.recsys.usertext import UserText
 
 
-def cut(d: D.SeqData, ut: Optional[UserText], a: int, b: int) -> tuple:
+def cut(d: recdata.SeqData, ut: Optional[UserText], a: int, b: int) -> tuple:
     """Users a..b-1 of d (and their rationale vectors) as a SeqData/UserText of their own."""
-    sub = D.SeqData(d.user_ids[a:b], d.seqs[a:b], d.num_items, d.candidates.subset(a, b), d.absent)
+    sub = recdata.SeqData(d.user_ids[a:b], d.seqs[a:b], d.num_items, d.candidates.subset(a, b), d.absent)
     return sub, None if ut is None else UserText(ut.vec[a:b], ut.present[a:b], ut.cut, ut.field, ut.source)
 
 
@@ -35,7 +35,7 @@ def _rank_block(model, block, split: str, protocols, max_len: int, top: int) -> 
 class BlockRanker:
     """ranks(model, ...) over d's users in blocks; the blocks are put in the object store on first use."""
 
-    def __init__(self, d: D.SeqData, block_users: int = 50_000):
+    def __init__(self, d: recdata.SeqData, block_users: int = 50_000):
         self.d, self.block_users, self._refs = d, max(1, block_users), {}
         self.bounds = [(a, min(a + self.block_users, len(d.seqs))) for a in range(0, len(d.seqs), self.block_users)]
 
@@ -64,7 +64,7 @@ class BlockRanker:
 
     def evaluate(self, model, split: str, protocols, max_len: int, ut: Optional[UserText] = None) -> dict:
         """train.evaluate: protocol -> metrics (percent)."""
-        from slim.recsys import metrics as M
+        from slim.recsys import metrics
 
         r = self.ranks(model, split, protocols, max_len, ut)
-        return {p: M.metrics_from_ranks(r[p]) for p in protocols}
+        return {p: metrics.metrics_from_ranks(r[p]) for p in protocols}

@@ -13,7 +13,9 @@ from typing import Optional
 
 import numpy as np
 
-WEIGHTS, METRICS = "model.pt", "metrics.json"
+from slim.io.columns import METRICS_FILE as METRICS
+
+WEIGHTS = "model.pt"
 
 
 def is_done(out: Path, fp: str) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 
 from slim.io import columns as C
 from slim.io import storage
+from slim.recsys.checkpoint import WEIGHTS
 
 RATIONALE_COLS = (C.RATIONALE, C.STEP1, C.STEP2, C.STEP3, C.STATUS)
 
@@ -27,12 +28,12 @@ class NoModelError(RuntimeError):
 
 def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: Optional[int] = None) -> Path:
     """models/<run>/ with the best valid NDCG@10 among finished runs matching the filters."""
-    root = storage.path(run_dir) / "models"
+    root = storage.path(run_dir) / C.MODELS_DIR
     want = {"backbone": backbone, "variant": variant, "seed": seed}
     found = []
     for m in sorted(root.glob("*/metrics.json")):
         rec = json.loads(m.read_text())
-        if (m.parent / "model.pt").exists() and all(v in ("", None) or rec.get(k) == v for k, v in want.items()):
+        if (m.parent / WEIGHTS).exists() and all(v in ("", None) or rec.get(k) == v for k, v in want.items()):
             found.append((rec.get("best_valid_ndcg10", float("-inf")), m.parent.name, m.parent))
     if not found:
         asked = ", ".join(f"{k}={v}" for k, v in want.items() if v not in ("", None)) or "any run"
@@ -43,8 +44,8 @@ def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: O
 
 
 def rationales(run_dir: str | Path, source: str = "student") -> dict:
-    """user_id -> {text, steps, status, products}: the stored rationales of `source` ("student" or "teacher"), one per user by
-    the shards' own latest-row rule (slim.io.shards); {} when that stage has not run."""
+    """user_id -> {text, steps, status, products}: the stored rationales of `source` ("student" or "teacher"), one
+    per user by the shards' own latest-row rule (slim.io.shards); {} when that stage has not run."""
     from slim.io import shards
 
     folder = storage.path(run_dir) / (C.STUDENT_SHARDS if source == "student" else C.TEACHER_SHARDS)
@@ -106,10 +107,10 @@ class Explainer:
         users = dict(zip(t.column(C.USER_ID).to_pylist(), t.column(C.ITEM_IDS).to_pylist()))
         vectors = {}
         if spec.rationale_field:  # read once here, not per call
-            from slim.recsys import usertext as UT
+            from slim.recsys import usertext
 
             ids = np.array(list(users), dtype=np.int64)
-            ut = UT.load(root, ids, np.array([len(users[u]) for u in ids]), spec.variant, spec.rationale_field)
+            ut = usertext.load(root, ids, np.array([len(users[u]) for u in ids]), spec.variant, spec.rationale_field)
             vectors = {int(u): ut.vec[i:i + 1] for i, u in enumerate(ids) if ut.present[i]}
         source = "teacher" if spec.variant == "slim_teacher" else "student"
         from slim.recsys.data import absent_items
@@ -126,9 +127,9 @@ class Explainer:
         import torch
 
         from slim.recsys.ranking import top_items
-        from slim.recsys import data as D
+        from slim.recsys import data as recdata
 
-        x, lens = D.pad_right([np.asarray(history, dtype=np.int64)], self.spec.max_len)
+        x, lens = recdata.pad_right([np.asarray(history, dtype=np.int64)], self.spec.max_len)
         vec = self.user_vector(user_id)
         with torch.no_grad():
             s = self.model.encode(torch.from_numpy(x), torch.from_numpy(lens),

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from slim.recsys import data as D
+from slim.recsys import data as recdata
 from slim.recsys.metrics import full_rank, metrics_from_ranks, target_rank
 from slim.recsys.usertext import UserText
 
@@ -57,7 +57,7 @@ def scores(model, seqs: list, max_len: int, cand: Optional[np.ndarray], bs: int 
     dev = next(model.parameters()).device  # a Ray Train worker's GPU, else the CPU (where .to/.cpu are no-ops)
     out = []
     for i in range(0, len(seqs), bs):
-        x, lens = D.pad_right(seqs[i:i + bs], max_len)
+        x, lens = recdata.pad_right(seqs[i:i + bs], max_len)
         # torch.tensor copies: the object store's arrays are read-only
         t = None if text is None else torch.tensor(text[i:i + bs], device=dev)
         u = None if use is None else torch.tensor(use[i:i + bs], device=dev)
@@ -67,7 +67,7 @@ def scores(model, seqs: list, max_len: int, cand: Optional[np.ndarray], bs: int 
     return np.concatenate(out)
 
 
-def ranks(model, d: D.SeqData, split: str, protocols, max_len: int, ut: Optional[UserText] = None,
+def ranks(model, d: recdata.SeqData, split: str, protocols, max_len: int, ut: Optional[UserText] = None,
           top: int = 0) -> dict:
     """protocol -> 0-based rank of each user's target [U]; with top > 0 also "top": [U, top] item ids of the
     full ranking (history excluded). 'full' ranks every item minus the user's input history, 'full_keep' every
@@ -93,7 +93,7 @@ def ranks(model, d: D.SeqData, split: str, protocols, max_len: int, ut: Optional
     return res
 
 
-def evaluate(model, d: D.SeqData, split: str, protocols, max_len: int, ut: Optional[UserText] = None) -> dict:
+def evaluate(model, d: recdata.SeqData, split: str, protocols, max_len: int, ut: Optional[UserText] = None) -> dict:
     """protocol -> metrics (percent)."""
     r = ranks(model, d, split, protocols, max_len, ut)
     return {p: metrics_from_ranks(r[p]) for p in protocols}

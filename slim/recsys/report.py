@@ -55,7 +55,8 @@ def ndcg10(ranks: np.ndarray) -> np.ndarray:
 
 
 def aggregate(recs: list, protocols) -> dict:
-    """Records (one per run, each with eval[protocol][metric]) -> {loss: {row: {protocol: {metric: [mean, std, n]}}}}."""
+    """Records (one per run, each with eval[protocol][metric]) ->
+    {loss: {row: {protocol: {metric: [mean, std, n]}}}}."""
     groups = defaultdict(list)
     for r in recs:
         groups[(r["loss"], row_key(r))].append(r)
@@ -114,7 +115,8 @@ def table(agg: dict, protocols, chance: dict) -> list[str]:
     lines = []
     for p in protocols:
         ch = chance[p]
-        lines += [f"### {p}", "", "| model | seeds | " + " | ".join(f"{loss} {m}" for loss in losses for m in SHOWN) + " |",
+        heads = " | ".join(f"{loss} {m}" for loss in losses for m in SHOWN)
+        lines += [f"### {p}", "", "| model | seeds | " + heads + " |",
                   "|---|---|" + "---|" * (len(SHOWN) * len(losses))]
         for k in keys:
             cells = [(_cell(agg[loss][k], p, m) if k in agg[loss] else "–") for loss in losses for m in SHOWN]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slim.recsys import report as R
+from slim.recsys import report
 from slim.io.rundir import peak_rss_mb
 
 
@@ -35,23 +35,23 @@ def markdown(res: dict, protocols) -> str:
     if sm:
         lines += [f"Rationales (`slim`, `text_match`) written by the student `{sm.get('path')}` ({sm.get('kind')}"
                   + ("; cross-domain: distilled in another run directory" if sm.get("cross_domain") else "") + ").", ""]
-    lines += ["## All users", ""] + R.table(res["rows"], order, res["chance"])
-    lines += R.gains_table(res["gains"], "Gains with paired tests over users")
-    lines += R.search_table(res.get("search"))
+    lines += ["## All users", ""] + report.table(res["rows"], order, res["chance"])
+    lines += report.gains_table(res["gains"], "Gains with paired tests over users")
+    lines += report.search_table(res.get("search"))
     if res.get("teacher_rows"):
         lines += [f"## Users the teacher covered ({res['teacher_users']:,})", "",
                   "`slim_teacher` fuses the teacher's own rationales (no distillation); it is trained on all users "
                   "with the learned missing vector for the others, so it is compared here, on the covered users "
                   "only, with `slim` and `id_text` ranked for the same users.", ""]
-        lines += R.table(res["teacher_rows"], order, res["chance"])
-        lines += R.gains_table(res["teacher_gains"], "Gains on the teacher's users")
+        lines += report.table(res["teacher_rows"], order, res["chance"])
+        lines += report.gains_table(res["teacher_gains"], "Gains on the teacher's users")
     if res.get("users_without_rationale"):
         lines += ["Users without a usable rationale (failed or empty row, or nothing before the held-out items), "
-                  "given the learned missing vector: " + ", ".join(f"{k}: {v:,}"
-                                                                  for k, v in res["users_without_rationale"].items()), ""]
+                  "given the learned missing vector: "
+                  + ", ".join(f"{k}: {v:,}" for k, v in res["users_without_rationale"].items()), ""]
     if res.get("popular_share"):
         losses = sorted(res["popular_share"])
-        keys = sorted({k for v in res["popular_share"].values() for k in v}, key=R._order)
+        keys = sorted({k for v in res["popular_share"].values() for k in v}, key=report._order)
         lines += ["## Popularity bias", "", "Share (%) of the full-ranking top-10 (history excluded) that falls in the "
                   "most popular fifth of the items, mean over seeds; the long-tail plot has every group.", "",
                   "| model | " + " | ".join(losses) + " |", "|---|" + "---|" * len(losses)]
@@ -76,7 +76,7 @@ def headline(res: dict, report_path: str) -> list[str]:
             if (bb, v) not in best or row[p]["NDCG@10"][0] > best[(bb, v)][0]:
                 best[(bb, v)] = (row[p]["NDCG@10"][0], loss)
     bbs = sorted({b for b, _ in best} - {"text_match"})
-    variants = sorted({v for b, v in best if b != "text_match"}, key=lambda v: R._order(f"x-{v}"))
+    variants = sorted({v for b, v in best if b != "text_match"}, key=lambda v: report._order(f"x-{v}"))
     width = max([len(v) for v in variants] + [14])
     lines = [f"headline: {p} NDCG@10 (%), mean over seeds, the better of the losses; chance "
              f"{res['chance'][p]['NDCG@10']:.2f}; {res['users']:,} users, {res['items']:,} items",
@@ -89,8 +89,8 @@ def headline(res: dict, report_path: str) -> list[str]:
         lines.append("text_match (no IDs): " + ", ".join(tm))
     vs: dict[tuple, list[str]] = {}
     for g in res.get("gains", []):
-        if g["protocol"] == p and R.parse_variant(g["model"])[0] == "slim" \
-                and R.parse_variant(g["baseline"])[0] in ("id_text", "history_text"):
+        if g["protocol"] == p and report.parse_variant(g["model"])[0] == "slim" \
+                and report.parse_variant(g["baseline"])[0] in ("id_text", "history_text"):
             vs.setdefault((g["backbone"], g["loss"], g["model"]), []).append(
                 f"vs {g['baseline']} {g['gain_pct']:+.1f}% (p {g['p_wilcoxon']:.2g})")
     lines += [f"{bb} {loss} {model}: " + ", ".join(parts) for (bb, loss, model), parts in sorted(vs.items())]
