@@ -213,21 +213,7 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
             todo.append((s, fp))
     say(f"train: {len(todo)} of {len(all_specs)} runs to do ({cfg.strategy})")
     if todo:
-        if cfg.strategy == "fanout":
-            from slim.train.fanout import fan_out
-
-            fan_out(todo, d, text, uts, rd.root / MODELS_DIR, shared)
-        else:
-            from slim.train.distributed import train_distributed
-
-            prog, tracker = Progress("train", len(todo), "runs"), Tracker(cfg.tracking, cfg.run_dir)
-            for i, (s, fp) in enumerate(todo, 1):
-                train_distributed(s, d, text, uts.get((s.variant, s.rationale_field)),
-                                  rd.root / MODELS_DIR / s.name, fp, shared)
-                tracker.train_run(s, json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()),
-                                  rd.root / MODELS_DIR / s.name)
-                prog.update(i, f"last {s.name}")
-            prog.close()
+        _train(todo, d, text, uts, rd.root / MODELS_DIR, shared)
     recs = [json.loads((rd.root / MODELS_DIR / s.name / METRICS).read_text()) for s in all_specs]
     missing = {f"{v}/{f}": int((~ut.present).sum()) for (v, f), ut in uts.items()}
     now = {s.name for s, _ in todo}
@@ -244,6 +230,24 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     _summary(recs, missing)
     say(scale_line(STAGE, trained, "training targets (all runs and epochs)", total_s))
     return m
+
+
+def _train(todo: list, d, text, uts: dict, models: Path, shared: RunSettings) -> None:
+    """The runs of todo ((spec, fingerprint) pairs), each written to models/<run>/: fanned out as Ray tasks, or one
+    Ray Train run after another."""
+    if shared.strategy == "fanout":
+        from slim.train.fanout import fan_out
+
+        fan_out(todo, d, text, uts, models, shared)
+        return
+    from slim.train.distributed import train_distributed
+
+    prog, tracker = Progress("train", len(todo), "runs"), Tracker(shared.tracking, shared.run_dir)
+    for i, (s, fp) in enumerate(todo, 1):
+        train_distributed(s, d, text, uts.get((s.variant, s.rationale_field)), models / s.name, fp, shared)
+        tracker.train_run(s, json.loads((models / s.name / METRICS).read_text()), models / s.name)
+        prog.update(i, f"last {s.name}")
+    prog.close()
 
 
 def _summary(recs: list, missing: dict) -> None:
