@@ -39,7 +39,8 @@ def write_rationales(run_dir: Path, num_users: int, shard_rows: int = 5000, seed
         s3 = [f"Under each: {a}" for a in w(90)]
         text = [f"Step 1: {a}\nStep 2: {b}\nStep 3: {c}" for a, b, c in zip(s1, s2, s3)]
         pq.write_table(pa.table({C.USER_ID: pa.array(np.arange(start, start + n, dtype=np.int64)),
-                                 C.RATIONALE: text, C.STEP1: s1, C.STEP2: s2, C.STEP3: s3}),
+                                 C.RATIONALE: text, C.STEP1: s1, C.STEP2: s2, C.STEP3: s3,
+                                 C.STATUS: ["ok"] * n}),  # the encode stage reads a row's status
                        out / f"part-bench-{start // shard_rows:06d}.parquet")
     RunDir(run_dir).write_manifest(Manifest(C.STUDENT_DIR, {"generated": num_users}))
 
