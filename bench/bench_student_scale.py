@@ -22,9 +22,11 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
-from bench import harness  # noqa: E402  (sets VLLM_CPU_KVCACHE_SPACE before vLLM is imported)
+from bench import harness  # noqa: E402
 from bench.memwatch import PeakMem, peaks_by_fifth, plot_mem  # noqa: E402
 from slim.io import columns as C  # noqa: E402
+
+harness.env_defaults(harness.VLLM_CPU)  # before vLLM is imported
 
 
 def make_tiny_llama(out: Path, cache_dir: str = "~/.cache/slim") -> Path:

@@ -3,7 +3,8 @@
 A script starts with the repository on sys.path (run as `python bench/x.py`, its own folder is first there) and
 imports this module; importing it sets the environment the benchmarks run under, unless already set: the Makefile's
 and tests/conftest.py's defaults (no token on a private Ray cluster, no model hub at run time, tokenizers without
-their own thread pool) and vLLM's CPU KV cache at 1 GiB (the student benches; read when vLLM starts an engine).
+their own thread pool). `env_defaults(VLLM_CPU)`: vLLM's CPU KV cache at 1 GiB for an engine a bench starts itself,
+as the student stage gives its engines (student.kv_cache_gib); before vLLM is imported.
 
 - `ray(num_cpus)`: a private local Ray cluster on 127.0.0.1 (slim.runtime.raycluster.init_ray), once per process.
 - `scratch()`: a temporary folder under $BENCH_TMP (else the system's), removed at the end.
@@ -34,13 +35,19 @@ from pathlib import Path
 from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                "VLLM_CPU_KVCACHE_SPACE": "1"}
+ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+VLLM_CPU = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 COMMAND = "Command: `{}`"  # bench/run_all.py finds a results file's command by this line
 PYTHON = ".venv/bin/python"
 
-for _k, _v in ENV_DEFAULTS.items():
-    os.environ.setdefault(_k, _v)
+
+def env_defaults(extra: dict | None = None) -> None:
+    """ENV_DEFAULTS and `extra` in this process's environment, where not already set."""
+    for k, v in {**ENV_DEFAULTS, **(extra or {})}.items():
+        os.environ.setdefault(k, v)
+
+
+env_defaults()
 
 
 def ray(num_cpus: int | None = None):

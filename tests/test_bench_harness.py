@@ -53,7 +53,7 @@ def test_machine_notes_name_this_checkout_and_the_load_now():
     assert re.search(r"UTC\.$", m.line())
 
 
-def test_timed_and_rows_generated():
+def test_timed_env_and_rows_generated(monkeypatch):
     with harness.timed() as t:
         time.sleep(0.05)
     assert 0.05 <= t.s < 30  # generous: a loaded 2-core machine
@@ -61,6 +61,11 @@ def test_timed_and_rows_generated():
     assert harness.rows_generated({"new": 5, "users": 5}) == 5  # a manifest from before the refresh counts
     assert harness.subprocess_env(None, X_BENCH="1").get("PYTHONPATH") == os.environ.get("PYTHONPATH")
     assert harness.subprocess_env(X_BENCH="1")["PYTHONPATH"] == str(ROOT)
+    monkeypatch.setenv("X_BENCH_SET", "mine")
+    monkeypatch.delenv("X_BENCH_UNSET", raising=False)
+    harness.env_defaults({"X_BENCH_SET": "1", "X_BENCH_UNSET": "2"})  # a default never overrides what is set
+    assert (os.environ["X_BENCH_SET"], os.environ["X_BENCH_UNSET"]) == ("mine", "2")
+    monkeypatch.delenv("X_BENCH_UNSET")
 
 
 def test_the_import_checker_finds_each_form_of_importing_the_tests(tmp_path):
