@@ -135,9 +135,9 @@ def test_unknown_backbone_and_variant():
     with pytest.raises(ValueError, match="backbone"):
         Recommender("bert4rec", N, H, max_len=10)
     with pytest.raises(ValueError, match="variant"):
-        build("sasrec", N, H, variant="image")
+        build("sasrec", N, H, variant="image", max_len=10)
     with pytest.raises(ValueError, match="item-text"):
-        build("sasrec", N, H, variant="id_text")
+        build("sasrec", N, H, variant="id_text", max_len=10)
 
 
 def test_user_text_fusion_plugs_in():
