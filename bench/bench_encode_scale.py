@@ -52,16 +52,17 @@ def make_tiny_encoder(out: Path) -> Path:
 
 
 class UsersDone(logging.Handler):
-    """Progress from the encode stage's own per-batch log line ("encode: N users in Ts")."""
+    """Progress from the encode stage's own progress line ("encode (student): 1,920/50,000 users, ..."), logged to
+    slim.progress as often as SLIM_PROGRESS_EVERY_S allows (set to every half second below)."""
 
     def __init__(self):
         super().__init__(logging.INFO)
         self.n = 0
 
     def emit(self, record):
-        m = re.match(r"encode: (\d+) users", record.getMessage())
+        m = re.match(r"encode \(\w+\): ([\d,]+)/[\d,]+ users", record.getMessage())
         if m:
-            self.n = int(m.group(1))
+            self.n = int(m.group(1).replace(",", ""))
 
 
 def main() -> None:
@@ -84,7 +85,8 @@ def main() -> None:
         write_rationales(d, a.users)
     model = make_tiny_encoder(d / "tiny-encoder")
     done = UsersDone()
-    log = logging.getLogger("slim.encode.stage")
+    harness.env_defaults({"SLIM_PROGRESS_EVERY_S": "0.5"})  # a point of the memory curve every half second
+    log = logging.getLogger("slim.progress")
     log.setLevel(logging.INFO)
     log.addHandler(done)
     ray = harness.ray(6)
