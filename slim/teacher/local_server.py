@@ -1,7 +1,8 @@
 """Start, wait for and stop an OpenAI-compatible server: vLLM over a local model (the offline teacher) or the
 fault-injecting test double. Both listen on 127.0.0.1 unless given a host: the offline teacher binds to the node's
 address when its callers may run on other nodes of a cluster (TeacherConfig.local_server_host). The server runs in
-its own process group so stopping it ends every process it spawned, and nothing else.
+its own process group so stopping it ends every process it spawned, and nothing else; it is tethered to the
+process that started it (slim.runtime.tether), so a job killed with SIGKILL does not leave it running.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from slim.runtime.tether import tethered
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,8 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+        # tethered: the server ends with this process even when it is killed outright (no handler runs then)
+        self.proc = subprocess.Popen(tethered(self.cmd), stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
         self._wait_ready()
         return self
