@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,9 +50,15 @@ def pipeline(run_dir: Path, stages: str, extra: list[str], log: Path) -> None:
            f"run_dir={run_dir}", *GRID, *extra]  # overrides after the options: argparse takes them as one list
     print("$", " ".join(cmd[1:]), flush=True)
     with open(log, "a") as out:
-        r = subprocess.run(cmd, cwd=ROOT, env=harness.subprocess_env(), stdout=out, stderr=out)
-    if r.returncode:
-        raise SystemExit(f"step failed (exit {r.returncode}): see {log}; rerun the same command to resume")
+        child = subprocess.Popen(cmd, cwd=ROOT, env=harness.subprocess_env(), stdout=out, stderr=out)
+        try:
+            rc = child.wait()
+        except KeyboardInterrupt:  # let the job stop itself (its own servers and Ray), not subprocess.run's SIGKILL
+            child.send_signal(signal.SIGINT)
+            child.wait(timeout=120)
+            raise
+    if rc:
+        raise SystemExit(f"step failed (exit {rc}): see {log}; rerun the same command to resume")
 
 
 def manifests(run_dir: Path) -> dict:
