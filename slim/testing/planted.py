@@ -65,7 +65,7 @@ def _data(rd: RunDir, seqs: list, rng) -> None:
                              C.TEXT: [f"item {i}" for i in range(1, N + 1)],
                              C.POPULARITY: pa.array(pop.astype(np.int64))}), rd.path(C.ITEMS_FILE))
     pq.write_table(candidates(seqs, N, rng), rd.path(C.CANDIDATES_DIR) / "part-0.parquet")
-    rd.write_manifest(Manifest("data", {"generated": True}, outputs=[C.USERS_FILE, C.ITEMS_FILE]))
+    rd.write_manifest(Manifest(C.DATA_DIR, {"generated": True}, outputs=[C.USERS_FILE, C.ITEMS_FILE]))
 
 
 def _embeddings(rd: RunDir, item_vec: np.ndarray, user_vec: np.ndarray) -> None:
@@ -85,7 +85,7 @@ def _embeddings(rd: RunDir, item_vec: np.ndarray, user_vec: np.ndarray) -> None:
     for stage in ("student", "teacher"):  # the stages that wrote the rationales, from item_ids[:-3]
         rd.write_manifest(Manifest(stage, {"history_cut": 3}))
     # the encode stage's vectors are used by train only when its manifest names train.text_encoder
-    rd.write_manifest(Manifest("encode", {"model": "all-MiniLM-L6-v2"}, outputs=[C.ITEM_EMB_FILE] + files))
+    rd.write_manifest(Manifest(C.ENCODE_DIR, {"model": "all-MiniLM-L6-v2"}, outputs=[C.ITEM_EMB_FILE] + files))
 
 
 def _rationales(rd: RunDir, user_cluster: np.ndarray) -> None:
@@ -99,8 +99,8 @@ def _rationales(rd: RunDir, user_cluster: np.ndarray) -> None:
 
 
 def users_table(seqs: list) -> pa.Table:
-    """data/users.parquet as the data stage writes it, for users 0..len(seqs)-1 (raw ids u0, u1, ...) whose item
-    sequences are `seqs`, timestamps 0, 1, ... in order."""
+    """The data stage's users table (C.USERS_FILE) as it writes it, for users 0..len(seqs)-1 (raw ids u0, u1,
+    ...) whose item sequences are `seqs`, timestamps 0, 1, ... in order."""
     return pa.table({
         C.USER_ID: pa.array(np.arange(len(seqs), dtype=np.int64)),
         C.RAW_USER_ID: [f"u{i}" for i in range(len(seqs))],

@@ -58,7 +58,7 @@ def write_run_data(run_dir: str | Path, num_users: int, num_items: int = 50, mea
                 lens[long_user - start] = 24
             w.write_table(pa.table({C.USER_ID: ids, C.ITEM_IDS: pa.array(lists, pa.list_(pa.int32())),
                                     C.HISTORY_LEN: pa.array(lens)}, schema))
-    RunDir(root).write_manifest(Manifest("data", {"generated": True, "users": num_users, "seed": seed}))
+    RunDir(root).write_manifest(Manifest(C.DATA_DIR, {"generated": True, "users": num_users, "seed": seed}))
     return root
 
 BRANDS = ("Nintendo", "Sony", "Sega", "")
@@ -90,8 +90,8 @@ def write_data_stage(root: Path, num_users: int, num_items: int = 60, seed: int 
         C.POPULARITY: pa.array(np.ones(num_items, dtype=np.int64)),
     })
     rd = RunDir(root)
-    d = rd.stage_dir("data")
+    d = rd.stage_dir(C.DATA_DIR)
     pq.write_table(users, d / "users.parquet")
     pq.write_table(items, d / "items.parquet")
-    rd.write_manifest(Manifest("data", {"generated": num_users, "seed": seed}, counts={"users": num_users}))
+    rd.write_manifest(Manifest(C.DATA_DIR, {"generated": num_users, "seed": seed}, counts={"users": num_users}))
     return rd

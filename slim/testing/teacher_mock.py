@@ -73,6 +73,6 @@ def write_teacher_shards(run_dir: str | Path, n_users: int = 0, n_cats: int = 5,
         part = rows[s * per:(s + 1) * per]
         if part:
             io_shards.write_shard(out, pa.Table.from_pylist(part))
-    RunDir(run_dir).write_manifest(Manifest("teacher", {"mock": "templated rationales (slim/testing/teacher_mock.py)"},
-                                            counts={"rows": len(rows)}))
+    mock = {"mock": "templated rationales (slim/testing/teacher_mock.py)"}
+    RunDir(run_dir).write_manifest(Manifest(C.TEACHER_DIR, mock, counts={"rows": len(rows)}))
     return expect
