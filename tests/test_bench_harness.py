@@ -13,7 +13,7 @@ from pathlib import Path
 from bench import harness, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_MODULES = {p.stem for p in (ROOT / "tests").glob("*.py")} | {"tests"}
+TEST_MODULES = {p.stem for p in (ROOT / "tests").rglob("*.py")} | {"tests"}
 
 
 def test_results_file_from_measurements_has_the_machine_notes_and_the_command(tmp_path, monkeypatch):
@@ -72,7 +72,7 @@ def test_the_import_checker_finds_each_form_of_importing_the_tests(tmp_path):
     """The checker below finds a bench file that imports the tests, in every form: by package, by a module of
     tests/ put on sys.path, or by putting tests/ on sys.path; and passes one that does not."""
     bad = {"a.py": "from tests.slimdata import write\n", "b.py": "import tests.datagen as g\n",
-           "c.py": "def f():\n    from teacherdata import write_data_stage\n",
+           "c.py": "def f():\n    from serve_app import start\n",
            "d.py": "import sys\nsys.path.insert(0, str(ROOT / 'tests'))\n"}
     for name, src in bad.items():
         (tmp_path / name).write_text(src)
