@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,3 +83,25 @@ def test_tether_refuses_a_parent_that_is_already_gone():
     r = subprocess.run([sys.executable, "-m", "slim.runtime.tether", str(dead.pid), "--", "sleep", "30"], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "already gone" in r.stderr
+
+
+def _grab_sigint():
+    """What Ray Train v2's fit() does on the main thread: install its own SIGINT handler and keep it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *a: None)
+    return "fitted"
+
+
+def test_a_fit_off_the_main_thread_leaves_the_jobs_sigint_handler():
+    from slim.runtime import signals
+
+    previous = signals.install()
+    try:
+        assert signals.off_main_thread(_grab_sigint) == "fitted"
+        assert signal.getsignal(signal.SIGINT) is signals._raise  # still ours: Ctrl-C stops the job
+        _grab_sigint()  # the control: called on the main thread, the handler is taken
+        assert signal.getsignal(signal.SIGINT) is not signals._raise
+        with pytest.raises(ZeroDivisionError):  # an error in the call reaches the caller
+            signals.off_main_thread(lambda: 1 / 0)
+    finally:
+        signals.restore(previous)

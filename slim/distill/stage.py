@@ -24,6 +24,7 @@ from slim.io import columns as C
 from slim.text.prompts import PromptConfig
 from slim.io.rundir import Manifest, RunDir
 from slim.runtime.console import say
+from slim.runtime.signals import off_main_thread
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def fit(cfg: DistillConfig, conf: dict, ray_dir, name: str):
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=0)),
     )
-    return trainer.fit()
+    return off_main_thread(trainer.fit)  # fit() on the main thread would take SIGINT from the job for good
 
 
 def _publish(src: Path, dst: Path) -> None:

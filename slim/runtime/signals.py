@@ -166,3 +166,25 @@ def end_processes(procs: list) -> int:
 def _quiet_shutdown(ray) -> None:
     with contextlib.suppress(Exception):
         ray.shutdown()
+
+
+def off_main_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on a helper thread while the main thread waits for it. Ray Train v2's `fit()`, called
+    on the main thread, replaces the SIGINT handler with its own (it aborts the training run and returns) and never
+    puts ours back: a job past its distill stage ignored Ctrl-C. Off the main thread it installs none; a signal
+    still reaches the main thread, raises `Stopped` there, and the job's stop ends the processes fit started."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, name=f"slim-{getattr(fn, '__name__', 'call')}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)  # short waits: the main thread runs the signal handler between them
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

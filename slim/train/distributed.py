@@ -18,6 +18,7 @@ from torch import nn
 from slim.io import storage
 from slim.recsys.spec import RunSpec, build_model, example_kind
 from slim.train.settings import RunSettings
+from slim.runtime.signals import off_main_thread
 
 
 class _Step(nn.Module):
@@ -181,5 +182,5 @@ def train_distributed(spec: RunSpec, d, text, ut, out: Path, fp: str, shared: Ru
         run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(where), storage_filesystem=fs),
         datasets={TRAIN: epoch_shuffled(ds, spec.seed)}, dataset_config=NoDropSplit(),
     )
-    trainer.fit()
+    off_main_thread(trainer.fit)  # fit() on the main thread would take SIGINT from the job for good
     return {"examples": n_ex, "targets": n_tg}
