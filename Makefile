@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) jobs/pipeline.py --config configs/tiny.yaml
 
-# tests/test_serve.py renders the serve page in Debian's headless chromium: installed here when absent and apt can
+# tests/serve/test_serve.py renders the serve page in Debian's headless chromium: installed here when absent and apt can
 # (root); otherwise that one test skips and says why.
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

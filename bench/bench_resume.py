@@ -25,8 +25,8 @@ from slim.testing.rundata import write_data_stage  # noqa: E402
 
 OTHER_STAGES = """\
 | data | the whole stage run (outputs are renamed into place at the end; a rerun starts over) | not measured: read from the code (`slim/data/stage.py`, `slim.io.atomic`) |
-| distill | the steps since the last checkpoint (`distill.checkpoint_every`, default 50) | `tests/test_distill.py::test_two_workers_resume_after_kill[ddp]`: SIGKILL after the first checkpoint, the rerun resumes from it (2 sessions, steps 1-4 once each); passed for this change, steps lost not measured |
-| student | rows not yet in a shard: up to `student.shard_rows` plus what the pipeline holds (regenerated, not paid) | `tests/test_student.py::test_hf_job_killed_then_rerun_has_no_duplicates`: SIGKILL after the first shard, the rerun keeps those shards and writes every user once; passed for this change, rows lost not measured |
+| distill | the steps since the last checkpoint (`distill.checkpoint_every`, default 50) | `tests/stages/test_distill.py::test_two_workers_resume_after_kill[ddp]`: SIGKILL after the first checkpoint, the rerun resumes from it (2 sessions, steps 1-4 once each); passed for this change, steps lost not measured |
+| student | rows not yet in a shard: up to `student.shard_rows` plus what the pipeline holds (regenerated, not paid) | `tests/stages/test_student.py::test_hf_job_killed_then_rerun_has_no_duplicates`: SIGKILL after the first shard, the rerun keeps those shards and writes every user once; passed for this change, rows lost not measured |
 | encode | the whole stage run (all outputs renamed together at the end) | not measured: read from the code (`slim/encode/stage.py`) |
 | train | not checked here (slim/recsys is being rewritten) | - |
 """

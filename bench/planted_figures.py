@@ -1,4 +1,4 @@
-"""The planted-signal figures of tests/test_slim.py, printed, for a before/after comparison of a refactor
+"""The planted-signal figures of tests/stages/test_slim.py, printed, for a before/after comparison of a refactor
 (issue 28: "the same planted-signal figures before and after"). Run it at two commits and diff the outputs:
 
   PYTHONPATH=. .venv/bin/python bench/planted_figures.py > /tmp/after.txt

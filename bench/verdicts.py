@@ -1,5 +1,5 @@
 """The benchmarks' verdict sentences, computed from the figures they summarise (pure functions, tested in
-tests/test_bench_verdicts.py): a results file never says "out of reach" beside a table that shows the goal met."""
+tests/runner/test_bench_verdicts.py): a results file never says "out of reach" beside a table that shows the goal met."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def cache_dir(tmp_path_factory):
     return d
 
 
-# The serve tests' Serve instance, shared by every module that asks for it (tests/serve_app.py). Session-scoped so
+# The serve tests' Serve instance, shared by every module that asks for it (tests/support/serve_app.py). Session-scoped so
 # that two modules share one, and shut down right after the last test that uses it, so that the tests after them
 # run without it (pytest would otherwise keep it until the session ends).
 _SERVE = {"last": None, "close": lambda: None}
@@ -49,8 +49,8 @@ def pytest_runtest_teardown(item, nextitem):
 
 @pytest.fixture(scope="session")
 def serve_app(tmp_path_factory, ray_local):
-    """One Serve instance with the `open`, `auth` and `slim` apps over a trained run directory (tests/serve_app.py)."""
-    from tests.serve_app import running
+    """One Serve instance with the `open`, `auth` and `slim` apps over a trained run directory (tests/support/serve_app.py)."""
+    from tests.support.serve_app import running
 
     apps = running(tmp_path_factory.mktemp("serve"))
     app = next(apps)

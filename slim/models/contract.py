@@ -6,7 +6,7 @@ table. Adding one is a module beside `gru4rec.py` plus one line in `REGISTRY` (n
 train, evaluate, explain and serve code read only what `Backbone` below names.
 
 `check_backbone` verifies a registered class by running it on a small batch (shapes, causality, the optional
-`last`); `tests/test_backbone_contract.py` runs it over every registered backbone.
+`last`); `tests/stages/test_backbone_contract.py` runs it over every registered backbone.
 """
 
 from __future__ import annotations

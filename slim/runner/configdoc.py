@@ -4,7 +4,7 @@ Every key of every section (nested sections as `section.sub.key`) with its type,
 line of meaning. The meaning is the field's `metadata["doc"]` if it has one, else the comment beside it: a comment
 on the field's own line, and the comment block right above it. A block above one field also describes the fields
 right after it that it names and that have no comment of their own (`# Replicas: ... num_replicas and
-max_replicas ...`). tests/test_configdoc.py fails when docs/config.md differs from what this prints.
+max_replicas ...`). tests/runner/test_configdoc.py fails when docs/config.md differs from what this prints.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Union
 HEADER = """# Config reference
 
 Generated from the config dataclasses by `python -m slim.runner.configdoc > docs/config.md`; do not edit by hand
-(`tests/test_configdoc.py` fails when this file is out of date). A config file has the top-level keys below and
+(`tests/runner/test_configdoc.py` fails when this file is out of date). A config file has the top-level keys below and
 one section per stage; any key can be overridden on the command line as `section.key=value`. Unknown keys, values
 of the wrong type and names outside the allowed values stop a job before any work, naming the key.
 """

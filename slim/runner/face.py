@@ -3,7 +3,7 @@ written once as a Protocol, with the defaults a stage gets for the members it le
 
 A stage module (slim/<stage>/stage.py) must define the REQUIRED members and may define the others; what it leaves
 out means "nothing here" (Defaults). `conformance(module)` lists how a module departs from the Protocol (a required
-member missing, a member of the wrong kind, a function whose parameters differ): tests/test_stage_face.py runs it
+member missing, a member of the wrong kind, a function whose parameters differ): tests/runner/test_stage_face.py runs it
 over every registered stage. `Face` is a module seen through the Protocol, its own members first.
 """
 

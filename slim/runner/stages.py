@@ -22,7 +22,7 @@ ON_DEMAND = ("serve",)
 
 # The pipeline's order: the stages' run-directory folders, which are their names (slim.io.columns.STAGE_DIRS, the one
 # list of stage names), then the on-demand ones. Every stage is the package of its name and shows its face in
-# stage.py. `.importlinter`'s layers, which cannot be derived, are checked against this (tests/test_stage_face.py).
+# stage.py. `.importlinter`'s layers, which cannot be derived, are checked against this (tests/runner/test_stage_face.py).
 ORDER = (*STAGE_DIRS, *ON_DEMAND)
 
 # name -> its module, imported only when its face is asked for

@@ -93,7 +93,7 @@ def bind_host() -> str:
     dashboard to their own hosts; by default it turns 127.0.0.1 into the machine's network address
     (services.resolve_ip_for_localhost) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0, its single-machine mode.
     That mode is set here both in this process (Ray read the variable when it was imported) and in the
-    environment the daemons inherit. Seen with psutil (tests/test_loopback.py): without it, the GCS, raylet and
+    environment the daemons inherit. Seen with psutil (tests/cluster/test_loopback.py): without it, the GCS, raylet and
     workers listened on `::` and the dashboard agent on the external address."""
     host = _checked_host(os.environ.get(RAY_HOST_ENV) or "127.0.0.1", RAY_HOST_ENV)
     if ipaddress.ip_address(host).is_loopback:

@@ -26,7 +26,7 @@ import time
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as a shell reports it
 RAY_START_EXIT = 3
 # Seconds each stopped process gets to exit on SIGTERM before SIGKILL; the whole stop stays under STOP_BOUND_S
-# (ray.shutdown's own wait included), measured in tests/test_signals.py.
+# (ray.shutdown's own wait included), measured in tests/runner/test_signals.py.
 TERM_GRACE_S = 3.0
 STOP_BOUND_S = 15.0
 

@@ -2,11 +2,11 @@
 (a contract in .importlinter names its only importers: tests and bench).
 
 It lives here, not in tests/ or bench/, because both use it and neither should import the other (bench/ imports
-nothing from tests/: tests/test_bench_harness.py checks it): a module of the package is importable from either, and
+nothing from tests/: tests/runner/test_bench_harness.py checks it): a module of the package is importable from either, and
 the library never imports it.
 - fault_api: an OpenAI-compatible server that injects faults on a schedule (not a model); chaos: the teacher job
   killed at random points against it.
-- planted: a run directory with a planted rationale signal and the train settings that find it (tests/test_slim.py,
+- planted: a run directory with a planted rationale signal and the train settings that find it (tests/stages/test_slim.py,
   bench/planted_figures.py).
 - rundata: a finished data stage written directly; sources: raw inputs in the source formats; teacher_mock: templated
   teacher rationales (a named mock); adapter: a tiny real LoRA adapter.

@@ -1,6 +1,6 @@
 """The teacher job killed with SIGKILL at random points and restarted, against the fault-injecting server.
 
-Used by tests/test_teacher_chaos.py (assertions) and bench/bench_resume.py (the measured figures). Each run is the
+Used by tests/stages/test_teacher_chaos.py (assertions) and bench/bench_resume.py (the measured figures). Each run is the
 real job script in its own process group, joined to an existing Ray cluster the way `ray job submit` drivers are.
 """
 

@@ -1,5 +1,5 @@
 """A generated run directory with a planted rationale signal, and the train settings that find it: for the SLIM
-tests (tests/test_slim.py) and bench/planted_figures.py, which prints the same figures for a before/after comparison.
+tests (tests/stages/test_slim.py) and bench/planted_figures.py, which prints the same figures for a before/after comparison.
 
 Items fall in K clusters; an item's text vector is its cluster's centroid plus noise. Each user has a cluster:
 the last three items (the last training target, the validation and the test target) come from it, everything

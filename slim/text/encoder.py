@@ -60,7 +60,7 @@ class Encoder:
         length in word pieces are encoded together, so nothing is ever padded and the batch decides nothing (more,
         smaller forward passes, but none spent on padding). The thread count still changes the summation order of
         some products (~1e-7 in float32): the same encode.threads gives the same vectors
-        (tests/test_encode_deterministic.py)."""
+        (tests/stages/test_encode_deterministic.py)."""
         out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:
             return out
