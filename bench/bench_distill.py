@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python b
 
 from bench import harness  # noqa: E402
 from slim.io import columns as C  # noqa: E402
-from slim.distill import stage as D  # noqa: E402
+from slim.distill import stage as distill_stage  # noqa: E402
 
 
 def prepare_run_dir(a, tmp: Path) -> tuple[Path, str]:
@@ -43,12 +43,13 @@ def train(rd: Path, strategy: str, a, gpu: bool) -> dict:
         import torch
 
         n = torch.cuda.device_count()
-    cfg = D.DistillConfig(run_dir=str(rd), strategy=strategy, num_workers=n, use_gpu=gpu, max_seq_len=a.max_seq_len,
-                          batch_size=a.batch_size, lr=1e-3, max_steps=a.steps, val_fraction=0.15,
-                          max_val_examples=16, checkpoint_every=10**6, seed=2024)
+    cfg = distill_stage.DistillConfig(run_dir=str(rd), strategy=strategy, num_workers=n, use_gpu=gpu,
+                                      max_seq_len=a.max_seq_len, batch_size=a.batch_size, lr=1e-3,
+                                      max_steps=a.steps, val_fraction=0.15, max_val_examples=16,
+                                      checkpoint_every=10**6, seed=2024)
     with harness.timed() as t:
-        D.run(cfg, force=True)
-    m = json.loads((rd / D.TRAIN_METRICS).read_text())
+        distill_stage.run(cfg, force=True)
+    m = json.loads((rd / distill_stage.TRAIN_METRICS).read_text())
     m["wall_s"] = t.s
     shutil.copytree(rd / C.STUDENT_ADAPTER, rd / f"adapter-{strategy}{'-gpu' if gpu else ''}", dirs_exist_ok=True)
     return m

@@ -20,9 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
 from bench import harness  # noqa: E402
-from slim.recsys import data as D  # noqa: E402
-from slim.recsys import itemtext as T  # noqa: E402
-from slim.recsys import metrics as M  # noqa: E402
+from slim.recsys import data as recdata  # noqa: E402
+from slim.recsys import itemtext  # noqa: E402
+from slim.recsys import metrics  # noqa: E402
 from slim.recsys.spec import RunSpec  # noqa: E402
 from slim.train.loop import fit  # noqa: E402
 
@@ -31,7 +31,7 @@ PAPER = {"gru4rec": (17.61, 27.33), "sasrec": (22.73, 27.46), "srgnn": (16.45, 2
 SHOWN = ("NDCG@10", "Hit@10", "Hit@20")
 
 
-def write_atomic_files(d: D.SeqData, work: Path) -> None:
+def write_atomic_files(d: recdata.SeqData, work: Path) -> None:
     """RecBole input: one interaction per (user, item) with timestamp = position, so its TO + LS split is ours;
     an .item file lists every item so RecBole's item ids cover our candidates."""
     work.joinpath("rb").mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def done(work: Path) -> set:
 
 def report(work: Path, args, n_users: int, n_items: int) -> list[str]:
     rows = [json.loads(l) for l in (work / "runs.jsonl").read_text().splitlines()]
-    ch = M.chance_for("uni100", n_items)
+    ch = metrics.chance_for("uni100", n_items)
     g: dict = {}
     for r in rows:
         g.setdefault((r["backbone"], r["variant"], r["impl"]), []).append(r)
@@ -132,8 +132,8 @@ def main() -> int:
     if not (run / "data").exists():
         os.symlink(Path(args.data).resolve() / "data", run / "data")
     __import__("torch").set_num_threads(1)
-    d = D.load(run, args.users, 0)
-    text = T.item_text(run) if any(v != "id" for v in args.variants) else None
+    d = recdata.load(run, args.users, 0)
+    text = itemtext.item_text(run) if any(v != "id" for v in args.variants) else None
     write_atomic_files(d, work / "rb_root")
     for seed in args.seeds:  # seed outer: a cut-short bench still has every backbone
         for bb in args.backbones:

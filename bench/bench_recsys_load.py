@@ -25,9 +25,9 @@ from bench.harness import ROOT  # noqa: E402
 
 PROBE = """
 import json, resource, sys, time
-from slim.recsys import data as D
+from slim.recsys import data as recdata
 t0 = time.perf_counter()
-d = D.load(sys.argv[1])
+d = recdata.load(sys.argv[1])
 key, block = ("valid", "uni100"), int(sys.argv[2])
 c = d.candidates[key][:block] if isinstance(d.candidates, dict) else d.candidates.subset(0, block)[key]
 print("RESULT " + json.dumps({"users": len(d.seqs), "block": list(c.shape), "wall_s": time.perf_counter() - t0,

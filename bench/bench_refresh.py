@@ -154,11 +154,11 @@ def final_metrics(run_dir: Path) -> dict:
     from slim.evaluate.stage import per_user, rank_runs
     from slim.io import columns as C
     from slim.io.rundir import RunDir
-    from slim.recsys import data as D
+    from slim.recsys import data as recdata
 
     rd = RunDir(str(run_dir))
     tm = rd.read_manifest(C.TRAIN_DIR)
-    d = D.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
+    d = recdata.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
     _, rk, _, _ = rank_runs(rd, tm.outputs, d, "test", ("full",))
     u = pq.read_table(run_dir / "data" / "users.parquet", columns=[C.USER_ID, C.RAW_USER_ID]).to_pydict()
     raw = dict(zip(u[C.USER_ID], u[C.RAW_USER_ID]))

@@ -63,10 +63,10 @@ def one_round(a, gcs: str, r: int) -> dict:
 
 def _users(run_dir: Path) -> list:
     from slim.io import columns as C
-    from slim.io import shards as S
+    from slim.io import shards as io_shards
     from slim.teacher import shards
 
-    return S.read_shards(run_dir / C.TEACHER_SHARDS, schema=shards.SCHEMA).column(C.USER_ID).to_pylist()
+    return io_shards.read_shards(run_dir / C.TEACHER_SHARDS, schema=shards.SCHEMA).column(C.USER_ID).to_pylist()
 
 
 def write(a, rounds: list, seconds: float, machine: harness.Machine) -> None:

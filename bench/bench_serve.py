@@ -66,21 +66,22 @@ def in_process(root: Path, bodies: list, requests: int) -> dict:
     """Seconds per call of the served code in this process, per batch size in BATCHES: each parsed request turned
     into a Query (serve's own validation) and one Ranker.rank over the batch (encode, score every item, drop the
     history, top 10), one torch thread as a replica (serve.torch_threads). No HTTP, no Serve."""
-    from slim.serve import ServeConfig, schemas as S
+    from slim.serve import ServeConfig, schemas
     from slim.serve.model import Ranker
 
     cfg = ServeConfig(run_dir=str(root))
     ranker = Ranker(next((root / "models").glob("sasrec-id*")), root, cfg.torch_threads)
-    reqs = [S.RecommendRequest(**b) for b in bodies]  # the bodies the load generator sends
+    reqs = [schemas.RecommendRequest(**b) for b in bodies]  # the bodies the load generator sends
     for r in reqs[:3]:  # warm, as the load generator warms the replica
-        ranker.rank([S.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates)])
+        ranker.rank([schemas.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates)])
     out = {}
     for batch in BATCHES:
         out[batch] = []
         for i in range(max(20, requests // batch)):
             part = [reqs[(i * batch + j) % len(reqs)] for j in range(batch)]
             with harness.timed() as t:
-                ranker.rank([S.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates) for r in part])
+                ranker.rank([schemas.recommend_query(ranker, r, cfg.max_history_items, cfg.max_candidates)
+                             for r in part])
             out[batch].append(t.s)
     return {b: np.array(v) for b, v in out.items()}
 
@@ -151,7 +152,7 @@ def floor_app(access_log: bool):
     from fastapi import FastAPI
     from ray import serve
 
-    from slim.serve import guard, schemas as S
+    from slim.serve import guard, schemas
 
     api = FastAPI()
     guard.install(api)
@@ -161,7 +162,7 @@ def floor_app(access_log: bool):
     @serve.ingress(api)
     class Floor:
         @api.post("/recommend")
-        async def recommend(self, req: S.RecommendRequest) -> dict:
+        async def recommend(self, req: schemas.RecommendRequest) -> dict:
             return {"items": []}
 
         @api.get("/healthz")

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from slim.io import columns as C
 from slim.io import storage
 from slim.data import identity
-from slim.data import sequences as S
+from slim.data import sequences
 
 
 def writer(where: str, schema: pa.Schema) -> pq.ParquetWriter:
@@ -153,8 +153,8 @@ def build_users(where: str, alive: np.ndarray, min_user: int, picks, item_ids: n
     users = pa.table({
         C.USER_ID: pa.array(user_ids, pa.int64()),
         C.RAW_USER_ID: raw,
-        C.ITEM_IDS: S.list_array(ids, offsets, np.int32),
-        C.TIMESTAMPS: S.list_array(t.column("time").to_numpy()[keep], offsets, np.int64),
+        C.ITEM_IDS: sequences.list_array(ids, offsets, np.int32),
+        C.TIMESTAMPS: sequences.list_array(t.column("time").to_numpy()[keep], offsets, np.int64),
         C.HISTORY_LEN: pa.array(lengths.astype(np.int32)),
         C.VALID_ITEM: pa.array(ids[ends - 2]),
         C.TEST_ITEM: pa.array(ids[ends - 1]),
@@ -178,7 +178,7 @@ def candidates(users: str, out: str, seed: int, num_items: int, n: int, cdf: np.
         lists = part.column(C.ITEM_IDS).combine_chunks()
         flat, off = lists.flatten().to_numpy(), lists.offsets.to_numpy() - lists.offsets[0].as_py()
         seqs = [flat[off[i]:off[i + 1]] for i in range(len(lists))]
-        got = S.candidates_batch({C.USER_ID: part.column(C.USER_ID).to_numpy(), C.ITEM_IDS: seqs},
+        got = sequences.candidates_batch({C.USER_ID: part.column(C.USER_ID).to_numpy(), C.ITEM_IDS: seqs},
                                  seed, num_items, n, cdf, uni_cdf)
         table = pa.table({C.USER_ID: got[C.USER_ID], C.SPLIT: got[C.SPLIT], C.PROTOCOL: got[C.PROTOCOL],
                           C.TARGET: got[C.TARGET], C.NEGATIVES: ArrowTensorArray.from_numpy(got[C.NEGATIVES])})

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from slim.io import atomic
 from slim.io import storage
 from slim.io import columns as C
-from slim.data import buckets as B
-from slim.data import sequences as S
+from slim.data import buckets
+from slim.data import sequences
 from slim.data import identity, registry, snapshot, sources, stream
 from slim.io.rundir import Manifest, RunDir, file_fingerprint, peak_rss_mb
 from slim.runtime.console import say
@@ -140,9 +140,9 @@ def write_candidates(cfg: DataConfig, parts: list, max_len: int, items: pa.Table
     n_items = items.num_rows
     present = items.column(C.PRESENT).to_numpy(zero_copy_only=False)
     pop = items.column(C.POPULARITY).to_numpy().astype(np.float64) + 1.0  # +1: unseen items stay drawable
-    cdf, uni = S.weights_cdf(pop * present), None
+    cdf, uni = sequences.weights_cdf(pop * present), None
     if not present.all():  # an earlier snapshot's item that this one lacks is never a candidate
-        uni = S.weights_cdf(present.astype(np.float64))
+        uni = sequences.weights_cdf(present.astype(np.float64))
     if int(present.sum()) - max_len < cfg.num_negatives:
         raise sources.DataError(f"only {int(present.sum())} items: too few to draw {cfg.num_negatives} negatives "
                                 "per user")
@@ -150,7 +150,7 @@ def write_candidates(cfg: DataConfig, parts: list, max_len: int, items: pa.Table
     def sample(where: str) -> int:
         args = [(p, f"{where}/part-b{k:05d}.parquet", cfg.seed, n_items, cfg.num_negatives, cdf, CANDIDATE_BATCH,
                  uni) for k, p in enumerate(parts)]
-        return sum(stream.run_tasks(B.candidates, args, parallel=True))
+        return sum(stream.run_tasks(buckets.candidates, args, parallel=True))
 
     if storage.is_remote(out_dir):
         # Workers on any node write their files straight to the bucket (no rename there): the folder counts once
@@ -168,7 +168,7 @@ def write_users(parts: list, dest, columns: list | None = None) -> None:
         writer = None
         for p in parts:
             t = storage.read_table(p, columns=columns)
-            writer = writer or B.writer(str(tmp), t.schema)
+            writer = writer or buckets.writer(str(tmp), t.schema)
             writer.write_table(t)
         writer.close()
 

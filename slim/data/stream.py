@@ -24,9 +24,9 @@ import pyarrow as pa
 
 from slim.io import columns as C
 from slim.io import storage
-from slim.data import buckets as B
+from slim.data import buckets
 from slim.data import identity
-from slim.data import sequences as S
+from slim.data import sequences
 from slim.data.sources import DataError, Problems, Source
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def spill(source: Source, scratch: str, block_rows: int) -> Spilled:
                       "time": pa.array(np.asarray(times, dtype=np.int64)),
                       "row": pa.array(np.arange(sp.rows, sp.rows + n, dtype=np.int64))})
         sp.chunks.append(f"{scratch}/raw/c{k:06d}.parquet")
-        B.write(t, sp.chunks[-1])
+        buckets.write(t, sp.chunks[-1])
         take = rng.choice(n, min(n, max(1, int(SAMPLE_PER_CHUNK * rate))), replace=False)
         sp.sample.extend(users[i] for i in take)
         if len(sp.sample) > SAMPLE_CAP:
@@ -124,13 +124,14 @@ def make_buckets(sp: Spilled, scratch: str, bucket_rows: int, parallel: bool) ->
     n = max(1, math.ceil(sp.rows / bucket_rows))
     sample = sorted(sp.sample)
     bounds = sorted({sample[len(sample) * j // n] for j in range(1, n)}) if sample else []
-    written = run_tasks(B.partition, [(c, bounds, f"{scratch}/parts", k) for k, c in enumerate(sp.chunks)], parallel)
+    written = run_tasks(buckets.partition, [(c, bounds, f"{scratch}/parts", k) for k, c in enumerate(sp.chunks)],
+                        parallel)
     pieces = {}
     for k, bs in enumerate(written):
         for b in bs:
             pieces.setdefault(b, []).append(f"{scratch}/parts/b{b:05d}/c{k:06d}.parquet")
     out = [f"{scratch}/sorted/b{b:05d}.parquet" for b in sorted(pieces)]
-    run_tasks(B.sort_bucket, [(pieces[b], o) for b, o in zip(sorted(pieces), out)], parallel)
+    run_tasks(buckets.sort_bucket, [(pieces[b], o) for b, o in zip(sorted(pieces), out)], parallel)
     for d in ("raw", "parts"):  # only the sorted buckets are read from here on
         storage.remove_tree(f"{scratch}/{d}")
     return out
@@ -141,14 +142,14 @@ def k_core(files: list, alive: np.ndarray, min_user: int, min_item: int, min_his
     items at `min_item` kept events. Returns (alive items, passes, users, users below min_history, first such id)."""
     passes = 0
     while True:
-        res = run_tasks(B.core_pass, [(f, alive, min_user, min_history) for f in files], parallel)
+        res = run_tasks(buckets.core_pass, [(f, alive, min_user, min_history) for f in files], parallel)
         passes += 1
         counts = np.sum([r["item_counts"] for r in res], axis=0) if res else np.zeros(len(alive), np.int64)
         new = alive & (counts >= min_item)
         if np.array_equal(new, alive):
             short = sum(r["short"] for r in res)
             at = next(((f, r["first_short_row"]) for f, r in zip(files, res) if r["short"]), None)
-            first = B.read(at[0], ["user"]).column("user")[at[1]].as_py() if at else None
+            first = buckets.read(at[0], ["user"]).column("user")[at[1]].as_py() if at else None
             return alive, passes, sum(r["users"] for r in res), short, first
         alive = new
 
@@ -175,7 +176,7 @@ def pick_users(cfg, files: list, alive: np.ndarray, mu: int, per_bucket: list, p
     k = cfg.max_users
     if not k or sum(per_bucket) <= k:
         return [None] * len(per_bucket)
-    got = run_tasks(B.smallest_keys, [(f, alive, mu, cfg.seed, k) for f in files], parallel)
+    got = run_tasks(buckets.smallest_keys, [(f, alive, mu, cfg.seed, k) for f in files], parallel)
     h = np.concatenate([g["hash"] for g in got])
     rank = np.concatenate([g["rank"] for g in got])
     bucket = np.concatenate([np.full(len(g["rank"]), b) for b, g in enumerate(got)])
@@ -205,7 +206,7 @@ def items_table(names: list, text: dict, all_counts: np.ndarray, train_counts: n
         C.TITLE: [m["title"] for m in meta],
         C.CATEGORY: [m["category"] for m in meta],
         C.BRAND: [m["brand"] for m in meta],
-        C.TEXT: [S.item_text(m["title"], m["category"], m["brand"]) for m in meta],
+        C.TEXT: [sequences.item_text(m["title"], m["category"], m["brand"]) for m in meta],
         C.POPULARITY: pa.array(pop),
         C.PRESENT: pa.array(present, pa.bool_()),
     })
@@ -242,10 +243,11 @@ def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool,
     alive, mu, passes = filter_core(cfg, files, text_ok, problems, parallel)
     t_core = time.perf_counter()
     carry = carrying(files, prev)
-    counted = run_tasks(B.item_counts, [(f, alive, mu, None, c) for f, c in zip(files, carry)], parallel)
+    counted = run_tasks(buckets.item_counts, [(f, alive, mu, None, c) for f, c in zip(files, carry)], parallel)
     picks = pick_users(cfg, files, alive, mu, [r["users"] for r in counted], parallel)
     if any(p is not None for p in picks):
-        counted = run_tasks(B.item_counts, [(f, alive, mu, p, c) for f, p, c in zip(files, picks, carry)], parallel)
+        counted = run_tasks(buckets.item_counts, [(f, alive, mu, p, c) for f, p, c in zip(files, picks, carry)],
+                            parallel)
     n_users = [r["users"] for r in counted]
     if not sum(n_users):
         raise DataError("no users left after filtering; check the input and the k-core thresholds")
@@ -259,7 +261,7 @@ def build(cfg, source: Source, problems: Problems, scratch: str, parallel: bool,
         first_new = (prev.next_user + np.r_[0, np.cumsum(new)]).tolist()
         ids, new_users = [f"{scratch}/ids/b{b:05d}.parquet" for b in range(len(files))], int(sum(new))
         carry = [(*c, first_new[b], ids[b]) for b, c in enumerate(carry)]
-    built = run_tasks(B.build_users, [(f, alive, mu, p, item_ids, first[b], o, carry[b])
+    built = run_tasks(buckets.build_users, [(f, alive, mu, p, item_ids, first[b], o, carry[b])
                                       for b, (f, p, o) in enumerate(zip(files, picks, parts))], parallel)
     return {"parts": parts, "ids": ids, "new_users": new_users, "items": items, "input_rows": sp.rows,
             "users": sum(n_users),

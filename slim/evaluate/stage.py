@@ -62,7 +62,7 @@ def chance_levels(d, split: str, protocols) -> dict:
 def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols, block_users: int = 50_000) -> tuple:
     """Every run -> its record with eval metrics; (loss, row) -> {protocol: [S, U] ranks}; (loss, row) -> [S, U, 10];
     (variant, field) -> the UserText read for the rationale runs."""
-    from slim.recsys import usertext as UT
+    from slim.recsys import usertext
     from slim.recsys.blocks import BlockRanker
     from slim.recsys.checkpoint import METRICS, load_model
 
@@ -75,7 +75,7 @@ def rank_runs(rd: RunDir, outputs: list, d, split: str, protocols, block_users: 
         ut = None
         if spec.rationale_field:
             k = (spec.variant, spec.rationale_field)
-            ut = uts[k] if k in uts else uts.setdefault(k, UT.load(rd.root, d.user_ids, lens, *k))
+            ut = uts[k] if k in uts else uts.setdefault(k, usertext.load(rd.root, d.user_ids, lens, *k))
         r = ranker.ranks(model, split, protocols, spec.max_len, ut, top=10)
         rec["eval"] = {p: metrics.metrics_from_ranks(r[p]) for p in protocols}
         key = (rec["loss"], report.row_key(rec))

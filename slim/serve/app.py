@@ -21,7 +21,7 @@ from ray import serve
 
 from slim import __version__
 from slim.io import columns as C
-from slim.serve import guard, schemas as S
+from slim.serve import guard, schemas
 from slim.serve.model import Ranker, pick_run
 from slim.serve.page import PAGE, swagger_asset, swagger_page
 from slim.serve.settings import STAGE, Secret, ServeConfig, from_dict, read_token
@@ -33,7 +33,7 @@ api = FastAPI(title="SLIM recommender", version=__version__, docs_url=None,
 guard.install(api)
 
 
-ERRORS = {s: {"model": S.ErrorBody} for s in (400, 401, 404, 413, 422, 503)}
+ERRORS = {s: {"model": schemas.ErrorBody} for s in (400, 401, 404, 413, 422, 503)}
 
 
 @serve.deployment(name="recommender")
@@ -65,7 +65,7 @@ class RecommenderApp:
         try:
             return await asyncio.wait_for(self._forward(q), t)
         except asyncio.TimeoutError:
-            raise S.FieldError("request", f"not ranked within {t:g} s (serve.request_timeout_s): the replica is "
+            raise schemas.FieldError("request", f"not ranked within {t:g} s (serve.request_timeout_s): the replica is "
                                "overloaded, retry later", 503) from None
         finally:
             self.pending -= 1
@@ -96,7 +96,7 @@ class RecommenderApp:
     async def docs_asset(self, name: str):
         path = swagger_asset(name)
         if path is None:
-            raise S.FieldError("name", f"no such asset {name[:40]!r}", 404)
+            raise schemas.FieldError("name", f"no such asset {name[:40]!r}", 404)
         return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
 
     @api.get("/healthz")
@@ -114,7 +114,7 @@ class RecommenderApp:
                 "generate_rationales": self.writer is not None,
                 "pid": os.getpid()}
 
-    @api.get("/items", response_model=list[S.Item], responses=ERRORS)
+    @api.get("/items", response_model=list[schemas.Item], responses=ERRORS)
     async def search(self, q: str = Q("", max_length=200), limit: int = Q(20, ge=1, le=100)):
         """Items whose title contains q (case-insensitive), by id, for picking a history; without q, the most
         popular (most interactions in the users' histories) first."""
@@ -124,11 +124,12 @@ class RecommenderApp:
         hits = [i for i, t in enumerate(r.titles, start=1) if q in t.lower()][:limit]
         return self._items(hits)
 
-    @api.get("/items/{item_id}", response_model=S.ItemDetail, responses=ERRORS)
+    @api.get("/items/{item_id}", response_model=schemas.ItemDetail, responses=ERRORS)
     async def item(self, item_id: int):
         r = self.ranker
         if not 1 <= item_id <= r.num_items:
-            raise S.FieldError("item_id", f"unknown item id {S.shown(item_id)} (ids are 1..{r.num_items})", 404)
+            raise schemas.FieldError("item_id", f"unknown item id {schemas.shown(item_id)} (ids are 1..{r.num_items})",
+                                     404)
         return {"item_id": item_id, "title": r.title(item_id), "text": r.texts[item_id - 1]}
 
     async def _write(self, q) -> tuple[Optional[dict], Optional[str]]:
@@ -158,10 +159,10 @@ class RecommenderApp:
             return gen, f"the generated rationale has no text for the model's field ({field})"
         return gen, None
 
-    @api.post("/recommend", response_model=S.RecommendResponse, responses=ERRORS)
-    async def recommend(self, req: S.RecommendRequest):
+    @api.post("/recommend", response_model=schemas.RecommendResponse, responses=ERRORS)
+    async def recommend(self, req: schemas.RecommendRequest):
         r, most = self.ranker, self.cfg.max_history_items
-        q = S.recommend_query(r, req, most, self.cfg.max_candidates)
+        q = schemas.recommend_query(r, req, most, self.cfg.max_candidates)
         gen, why = None, None
         if q.user_id is None and r.user_text_model:  # a new user: no stored rationale to read
             gen, why = await self._write(q)
@@ -180,12 +181,12 @@ class RecommenderApp:
                 "generation": {k: gen[k] for k in ("model", "tokens", "seconds")} if gen else None,
                 "fallback": f"{fallback}; {why}" if fallback and why else fallback}
 
-    @api.post("/score", response_model=S.ScoreResponse, responses=ERRORS)
-    async def score(self, req: S.ScoreRequest):
+    @api.post("/score", response_model=schemas.ScoreResponse, responses=ERRORS)
+    async def score(self, req: schemas.ScoreRequest):
         """One row per candidate sent, in their order; a repeated candidate is scored once and every copy of it
         gets that score (scored twice, the copies sat at different rows of one matrix product and could differ in
         the last bits)."""
-        q = S.score_query(self.ranker, req, self.cfg.max_history_items, self.cfg.max_candidates)
+        q = schemas.score_query(self.ranker, req, self.cfg.max_history_items, self.cfg.max_candidates)
         distinct, where = np.unique(q.candidates, return_inverse=True)
         ids, scores = await self._rank(dataclasses.replace(q, candidates=distinct))
         return {"run": self.ranker.run_name, "model": self.model, "history_cut": q.history_cut,

@@ -69,10 +69,10 @@ def _popular(users: dict, num_items: int) -> np.ndarray:
 
 def _user_vectors(root: Path, users: dict, spec) -> tuple[np.ndarray, dict]:
     """(rationale vectors [U, D], user_id -> row) of the users with a usable rationale, for a user-text model."""
-    from slim.recsys import usertext as UT
+    from slim.recsys import usertext
 
     ids = np.array(sorted(users), dtype=np.int64)
-    ut = UT.load(root, ids, np.array([len(users[u]) for u in ids]), spec.variant, spec.rationale_field)
+    ut = usertext.load(root, ids, np.array([len(users[u]) for u in ids]), spec.variant, spec.rationale_field)
     keep = np.flatnonzero(ut.present)
     return ut.vec[keep], {int(u): i for i, u in enumerate(ids[keep].tolist())}
 
