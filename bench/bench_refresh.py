@@ -55,7 +55,11 @@ def pipeline(run_dir: Path, stages: str, extra: list[str], log: Path) -> None:
             rc = child.wait()
         except KeyboardInterrupt:  # let the job stop itself (its own servers and Ray), not subprocess.run's SIGKILL
             child.send_signal(signal.SIGINT)
-            child.wait(timeout=120)
+            try:
+                child.wait(timeout=120)
+            except subprocess.TimeoutExpired:  # a stop that hangs: end it rather than leave it running
+                child.kill()
+                child.wait()
             raise
     if rc:
         raise SystemExit(f"step failed (exit {rc}): see {log}; rerun the same command to resume")

@@ -23,13 +23,15 @@ def entry(where: str, stat: str) -> Path:
 
 
 def lookup(path: Path) -> str:
-    """An entry's content hash, "" when there is none; a hit refreshes the entry's time, so one in use is kept."""
+    """An entry's content hash, "" when there is none. A hit refreshes the entry's time when it is older than
+    PRUNE_EVERY_S (so one in use is kept, with one metadata write a day at most, not one per --check)."""
     try:
         content = path.read_text()
     except OSError:
         return ""
     try:
-        os.utime(path)
+        if time.time() - path.stat().st_mtime > PRUNE_EVERY_S:
+            os.utime(path)
     except OSError:  # a cache shared read-only: still a hit
         pass
     return content

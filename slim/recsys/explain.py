@@ -31,7 +31,7 @@ def pick_run(run_dir: str | Path, backbone: str = "", variant: str = "", seed: O
     root = storage.path(run_dir) / C.MODELS_DIR
     want = {"backbone": backbone, "variant": variant, "seed": seed}
     found = []
-    for m in sorted(root.glob("*/metrics.json")):
+    for m in sorted(root.glob(f"*/{C.METRICS_FILE}")):
         rec = json.loads(m.read_text())
         if (m.parent / WEIGHTS).exists() and all(v in ("", None) or rec.get(k) == v for k, v in want.items()):
             found.append((rec.get("best_valid_ndcg10", float("-inf")), m.parent.name, m.parent))

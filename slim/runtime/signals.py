@@ -172,7 +172,9 @@ def off_main_thread(fn, *args, **kwargs):
     """fn(*args, **kwargs) on a helper thread while the main thread waits for it. Ray Train v2's `fit()`, called
     on the main thread, replaces the SIGINT handler with its own (it aborts the training run and returns) and never
     puts ours back: a job past its distill stage ignored Ctrl-C. Off the main thread it installs none; a signal
-    still reaches the main thread, raises `Stopped` there, and the job's stop ends the processes fit started."""
+    still reaches the main thread, raises `Stopped` there, and the job's stop ends the processes fit started.
+    The helper thread is not stopped: a caller that catches `Stopped` and goes on (not `job_entry`, which exits)
+    leaves fn running until Ray is shut down."""
     box: dict = {}
 
     def target():

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -44,6 +45,9 @@ class ServerProcess:
         return f"http://{host}:{self.port}/v1"
 
     def start(self) -> "ServerProcess":
+        if threading.current_thread() is not threading.main_thread():  # the tether is tied to the forking thread
+            log.warning("server started off the main thread: it is stopped when thread %s ends",
+                        threading.current_thread().name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         # tethered: the server ends with this process even when it is killed outright (no handler runs then)

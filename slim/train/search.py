@@ -35,6 +35,7 @@ from slim.io import atomic, storage
 from slim.io import columns as C
 from slim.io.rundir import fingerprint
 from slim.runtime.console import say
+from slim.runtime.signals import off_main_thread
 from slim.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def run_trials(todo: dict, folder, d, text, ut, s: SearchConfig, shared: RunSett
                            run_config=tune.RunConfig(name="search", storage_path=scratch, verbose=0,
                                                      callbacks=[_trial_files(keys, runs, folder, names, shared)]))
         with contextlib.redirect_stdout(io.StringIO()) as said:  # Tune's boxes name the scratch folder: the log
-            grid = tuner.fit()
+            grid = off_main_thread(tuner.fit)  # Tune's fit() takes SIGINT (and SIGUSR1) on the main thread
         log.info("ray tune, %s:\n%s", folder.name, said.getvalue())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

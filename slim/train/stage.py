@@ -266,7 +266,7 @@ def _summary(recs: list, missing: dict) -> None:
               + ", ".join(f"{k} {v:,}" for k, v in missing.items()))
 
 
-# The stage's face (slim/runner/stages.py): --check, the planner and the manifests read only these.
+# The stage's face (slim/runner/face.py): --check, the planner and the manifests read only these.
 CONFIG = TrainConfig
 WRITES = (STAGE, MODELS_DIR)
 

@@ -2,6 +2,7 @@
 The server here is the fault-injecting OpenAI test double, started through the same ServerProcess as vLLM; the
 control is the same server started without the tether, which a killed parent leaves running."""
 
+import ast
 import os
 import signal
 import subprocess
@@ -105,3 +106,21 @@ def test_a_fit_off_the_main_thread_leaves_the_jobs_sigint_handler():
             signals.off_main_thread(lambda: 1 / 0)
     finally:
         signals.restore(previous)
+
+
+def _direct_fits(src: str) -> list[int]:
+    """Lines that call a Ray Train trainer's or a Tune tuner's fit() directly (on whatever thread runs them)."""
+    return [n.lineno for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute) and n.func.attr == "fit"
+            and isinstance(n.func.value, ast.Name) and n.func.value.id in ("trainer", "tuner")]
+
+
+def test_every_ray_fit_in_the_library_runs_off_the_main_thread():
+    assert _direct_fits("def f(trainer):\n    return trainer.fit()\n") == [2]  # the check finds a direct call
+    assert _direct_fits("def f(trainer):\n    return off_main_thread(trainer.fit)\n") == []
+    files = {p: p.read_text() for p in (ROOT / "slim").rglob("*.py")}
+    direct = {str(p.relative_to(ROOT)): lines for p, src in files.items() if (lines := _direct_fits(src))}
+    assert direct == {}, f"call these through slim.runtime.signals.off_main_thread: {direct}"
+    wrapped = sum(src.count("off_main_thread(trainer.fit)") + src.count("off_main_thread(tuner.fit)")
+                  for src in files.values())
+    assert wrapped >= 3  # distill, the train stage's Ray Train path, the search

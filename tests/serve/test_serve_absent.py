@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slim.recsys import data as D
+from slim.recsys import data as recdata
 from slim.recsys.rankable import rankable
 from slim.recsys.spec import RunSpec
 from slim.serve.model import Query, Ranker
@@ -19,7 +19,7 @@ def test_rankable_marks_padding_and_absent_items():
 
 def test_explicit_absent_candidates_are_not_recommended(runs):
     refreshed, fresh = runs
-    d = D.load(refreshed)
+    d = recdata.load(refreshed)
     gone = int(np.flatnonzero(_raw_items(refreshed) == GONE)[0])
     planted, _ = _models(refreshed, fresh, d, gone)  # `gone` scores above every other item for most users
     r = Ranker(refreshed / "models" / "planted", refreshed, model=planted, spec=RunSpec("gru4rec", "id", 0))
