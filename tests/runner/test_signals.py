@@ -150,6 +150,9 @@ def test_start_that_timed_out_is_retried_then_one_line(monkeypatch):
 
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    # the stand-in starts nothing: the clean-up after a failed start must not shut down the session's Ray, which
+    # tests after this one use (tests/runner/test_threads.py came after it once the tests moved into folders)
+    monkeypatch.setattr(ray, "shutdown", lambda *a, **k: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(RayStartError, match=r"could not start a local Ray cluster on 127\.0\.0\.1: The current node "
                        r"timed out during startup\..*; a busy machine can miss Ray's start-up deadline: rerun"):

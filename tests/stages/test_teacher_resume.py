@@ -80,7 +80,7 @@ def test_kill_halfway_then_rerun_completes_without_duplicates_and_never_leaks_th
         r = subprocess.run([*cmd, str(cfg)], cwd=ROOT, env=env, capture_output=True, timeout=500)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         stats = json.loads(urllib.request.urlopen(srv.url[:-3] + "/stats").read())
-    final = shards.S.read_shards(shard_dir, schema=shards.SCHEMA)
+    final = shards.shards.read_shards(shard_dir, schema=shards.SCHEMA)
     users = final.column(C.USER_ID).to_pylist()
     assert len(users) == len(set(users)) == 48 and set(final.column(C.STATUS).to_pylist()) == {"ok"}
     resent = {int(u) for _, u, _ in stats["requests"][n_before:]}

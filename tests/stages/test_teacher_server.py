@@ -41,7 +41,7 @@ def test_real_server_rationales_parsed_into_steps(tmp_path, vllm_teacher, ray_lo
                             num_actors=1, threads_per_actor=4, batch_size=2, request_timeout_s=300,
                             extra_body={"structured_outputs": {"regex": _STEPS_REGEX}})
     m = job.run(cfg)
-    rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+    rows = shards.shards.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
     assert len(rows) == 4 and m.counts["failed"] == 0
     for r in rows:
         assert r[C.MODEL] == llm_models.SMOLLM2
@@ -65,7 +65,7 @@ def test_structured_answers_through_response_format(tmp_path, vllm_teacher, ray_
                             num_actors=1, threads_per_actor=2, batch_size=2, request_timeout_s=600,
                             structured=True, extra_body={"repetition_penalty": 1.1})
     m = job.run(cfg)
-    rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
+    rows = shards.shards.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA).to_pylist()
     assert len(rows) == 2 and m.counts["ok"] == 2, [r[C.ERROR] for r in rows]
     for r in rows:
         obj = json.loads(r[C.RATIONALE])
@@ -83,7 +83,7 @@ def test_tiny_config_job_starts_and_stops_its_own_server(tmp_path, cache_dir):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())["teacher"]
-    rows = shards.S.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
+    rows = shards.shards.read_latest(rd.path(C.TEACHER_SHARDS), schema=shards.SCHEMA)
     assert rows.num_rows == cfg["num_users"] and "teacher:" in r.stdout
     log = (rd.root / "logs" / "teacher.log").read_text()  # the stage log (slim.runtime.console): INFO lines go there
     assert "server ready" in log and (rd.root / "teacher" / "server.log").exists()
