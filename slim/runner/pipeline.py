@@ -27,6 +27,19 @@ def stage_list(value: str, flag: str, extra: tuple[str, ...] = ()) -> list[str]:
     return names
 
 
+def forced_names(force: list[str] | None, wanted: list[str]) -> list[str]:
+    """The stages --force names, FORCE_ALL expanded to the stages this command runs; a forced stage the command
+    does not run is a ConfigError (it was silently ignored: `--stages data --force train` forced nothing)."""
+    names = stage_list(",".join(force or []), "--force", (FORCE_ALL,))
+    if FORCE_ALL in names:
+        return list(wanted)
+    idle = [s for s in names if s not in wanted]
+    if idle:
+        raise config.ConfigError(f"--force {','.join(idle)}: not among the stages this command runs "
+                                 f"({', '.join(wanted)}); add it to --stages or leave it out of --force")
+    return names
+
+
 def selected(raw: dict, only: list[str] | None = None) -> tuple[list[str], str]:
     """The stages to run and who chose them: --stages, else the config's top-level `stages:` (a list, or
     `stages=a,b` on the command line), else every stage but the on-demand ones."""
@@ -69,13 +82,13 @@ def _prepare(raw: dict, only: list[str] | None = None) -> tuple[dict, list[str],
 def run(raw: dict, only: list[str] | None = None, force: list[str] | None = None) -> dict:
     """raw: the merged YAML mapping. only: stage names to run (default: all but the on-demand ones, in order)."""
     cfgs, wanted = prepare(raw, only)
-    stage_list(",".join(force or []), "--force", (FORCE_ALL,))
+    forced = forced_names(force, wanted)
     summary = {}
     todo = [s for s in stages.names() if s in wanted]
     for i, name in enumerate(todo, 1):
         t0, started = time.perf_counter(), time.time()
         say(f"[{i}/{len(todo)}] {name}")
-        m = stages.run(name, cfgs[name], force=bool(force and (name in force or FORCE_ALL in force)))
+        m = stages.run(name, cfgs[name], force=name in forced)
         fresh = not stages.skipped(m, started)
         summary[name] = {"seconds": time.perf_counter() - t0, "counts": getattr(m, "counts", {}), "fresh": fresh}
     print_summary(summary)
@@ -90,7 +103,7 @@ def dry_run(raw: dict, only: list[str] | None = None, force: list[str] | None = 
     from slim.runner import check
 
     cfgs, wanted, chosen_by = _prepare(raw, only)
-    forced = stages.names() if FORCE_ALL in (force or []) else force or []  # check.plan takes stage names
+    forced = forced_names(force, wanted)  # check.plan takes stage names
     lines, problems = check.plan(cfgs, wanted, forced, chosen_by or "runs only when named in --stages")
     print(f"config OK: {len(cfgs)} sections; stages to run: {', '.join(s for s in stages.names() if s in wanted)}"
           + (f" (from {chosen_by})" if chosen_by else " (every stage but serve)"))

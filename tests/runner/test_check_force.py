@@ -33,3 +33,17 @@ def test_check_force_all_and_named(tmp_path, monkeypatch, capsys):
     rows = _rows(capsys)
     assert not any("--force" in rows[s] for s in wanted), rows
     assert cli.FORCE_ALL == pipeline.FORCE_ALL == "all"
+
+
+def test_a_forced_stage_the_command_does_not_run_is_an_error(tmp_path):
+    raw = config.load_raw(TINY, [f"run_dir={tmp_path / 'run'}"])
+    for go in (pipeline.dry_run, pipeline.run):
+        try:
+            go(raw, ["data"], ["train"])
+        except config.ConfigError as e:
+            assert "--force train: not among the stages this command runs (data)" in str(e)
+        else:
+            raise AssertionError(f"{go.__name__}: --stages data --force train was accepted")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    assert pipeline.forced_names(["data"], ["data"]) == ["data"]  # the same force for a stage that runs is fine
+    assert pipeline.forced_names([pipeline.FORCE_ALL], ["data", "train"]) == ["data", "train"]

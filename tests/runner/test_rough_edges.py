@@ -83,8 +83,10 @@ def test_one_force_grammar_in_every_job(tmp_path, capsys, ray_local):
     assert forced([*base, "--stages", "data", "--force"], job="pipeline")  # was a usage error
     assert forced([*base, "--stages", "data", "--force", "data"], job="pipeline")
     assert forced([*base, "--stages", "data", "--force=all"], job="pipeline")
-    assert not forced([*base, "--stages", "data", "--force", "train"], job="pipeline")  # not a stage it runs
     capsys.readouterr()
+    assert cli.main_pipeline([*base, "--stages", "data", "--force", "train"]) == 2  # not a stage it runs: refused
+    assert "--force train: not among the stages this command runs (data)" in capsys.readouterr().err
+    assert _created(run) == last  # nothing rerun
     assert cli.main_stage("data", [*base, "--force", "train"]) == 2
     assert "--force train: jobs/data.py runs data only" in capsys.readouterr().err
     assert cli.main_stage("data", [*base, "--force", "dta"]) == 2
