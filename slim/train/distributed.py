@@ -20,6 +20,9 @@ from slim.recsys.spec import RunSpec, build_model, example_kind
 from slim.train.settings import RunSettings
 from slim.runtime.signals import off_main_thread
 
+# the key of each epoch report that names the run's placement group: a stopped search trial's is released (release)
+PLACEMENT = "placement_group"
+
 
 class _Step(nn.Module):
     """The loss as a module forward, so DDP/DeepSpeed see one forward per step (gradient sync hooks)."""
@@ -79,7 +82,7 @@ class WorkerConfig:
     users: Any  # ObjectRef of (SeqData, UserText or None): rank 0's evaluation only
     rows: int  # training examples in each step of a rank (loop.batch_rows)
     examples: int  # training examples of one epoch
-    out: str  # models/<run>/, where rank 0 saves
+    out: Optional[str]  # models/<run>/, where rank 0 saves; None: no model saved (a search trial)
     fp: str  # the run's fingerprint, in its metrics.json
     strategy: str  # ddp | deepspeed
     valid_protocol: str
@@ -123,6 +126,8 @@ def _loop(loop_conf: dict) -> None:
     stopper = EarlyStop(spec.patience, conf.valid_protocol)
     d, ut = ray.get(conf.users) if rank == 0 else (None, None)  # the users, for rank 0's evaluation only
     ranker = BlockRanker(d, conf.block_users) if rank == 0 else None  # in blocks on the cluster when they are many
+    pg = ray.util.get_current_placement_group()  # the workers' group: a stopped search trial's is released by it
+    group_id = pg.id.hex() if pg is not None else ""
 
     def end_epoch(epoch, loss, t0):
         stop = torch.zeros(1, device=device)  # nccl collectives take GPU tensors
@@ -131,13 +136,15 @@ def _loop(loop_conf: dict) -> None:
             val = ranker.evaluate(model, "valid", (conf.valid_protocol,), spec.max_len, ut)[conf.valid_protocol]
             stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"], time.perf_counter() - t_val))
         dist.broadcast(stop, src=0)
-        ray.train.report({"epoch": epoch, "valid_ndcg10": stopper.history[-1]["valid_ndcg10"] if rank == 0 else 0.0})
+        last = stopper.history[-1] if rank == 0 else {}  # rank 0's report is the one a search trial reads
+        ray.train.report({"epoch": epoch, "valid_ndcg10": last.get("valid_ndcg10", 0.0), "loss": last.get("loss", 0.0),
+                          "seconds": time.perf_counter() - t0, PLACEMENT: group_id})
         return bool(stop.item())
 
     n_targets, t_train = train_epochs(spec, model, Hooks(batches, fwd, backward, opt_step, end_epoch), gen)
     group = torch.tensor([n_targets], device=device)
     dist.all_reduce(group)  # the targets of the whole group: ranks' shares differ in targets per window
-    if rank == 0:
+    if rank == 0 and conf.out is not None:
         rec = stopper.record(model, spec, d, conf.test_protocols, int(group.item()), t_train, ut, ranker.evaluate)
         save_run(storage.path(conf.out), model, spec, conf.num_items,
                  {**rec, "strategy": conf.strategy, "workers": world, "device": device.type,
@@ -154,33 +161,57 @@ def loop_config(spec: RunSpec, d, text, ut, out, fp: str, shared: RunSettings, r
 
     return WorkerConfig(spec=spec, num_items=d.num_items, absent=ray.put(d.absent) if len(d.absent) else None,
                         text=None if text is None else ray.put(text), users=ray.put((d, ut)), rows=rows,
-                        examples=examples, out=str(out), fp=fp, strategy=shared.strategy,
+                        examples=examples, out=None if out is None else str(out), fp=fp, strategy=shared.strategy,
                         valid_protocol=shared.valid_protocol, test_protocols=tuple(shared.test_protocols),
                         amp=shared.amp, block_users=shared.eval_block_users, trace=trace)
 
 
-def train_distributed(spec: RunSpec, d, text, ut, out: Path, fp: str, shared: RunSettings,
-                      trace: Optional[str] = None) -> dict:
-    """One Ray Train run; -> {"examples", "targets"} of one epoch. trace: see ingest.shard_batches."""
+def examples(spec: RunSpec, d, ut, shared: RunSettings) -> tuple:
+    """The run's training examples, a materialized Ray Dataset -> (dataset, examples, targets of one epoch). Built
+    where the run is started, or once for every trial of a search group (the trials differ in nothing it reads)."""
+    from slim.train.ingest import example_dataset
+
+    return example_dataset(example_kind(spec), d, spec.max_len, ut, world=shared.num_workers,
+                           positions=spec.positions)
+
+
+def train_distributed(spec: RunSpec, d, text, ut, out: Path | str, fp: str, shared: RunSettings,
+                      trace: Optional[str] = None, save: bool = True, callbacks: tuple = (),
+                      data: Optional[tuple] = None) -> dict:
+    """One Ray Train run, named after out's folder, with Ray Train's own files beside it (out/../_ray); -> {"examples",
+    "targets"} of one epoch. save=False: no model and no test evaluation at the end (a search trial, whose
+    callbacks take the epochs' reports). data: `examples(...)` built before, else here. trace: see
+    ingest.shard_batches."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from slim.runtime.raycluster import init_ray
-    from slim.train.ingest import TRAIN, NoDropSplit, epoch_shuffled, example_dataset
+    from slim.train.ingest import TRAIN, NoDropSplit, epoch_shuffled
     from slim.train.loop import batch_rows
 
     init_ray(shared.ray_address, shared.num_cpus)
     where, fs = storage.ray_paths(storage.path(out).parent.resolve() / "_ray")  # a bucket: Ray Train uploads
-    kind = example_kind(spec)  # (per_position, text_only): what kind of examples it trains on
-    ds, n_ex, n_tg = example_dataset(kind, d, spec.max_len, ut, world=shared.num_workers, positions=spec.positions)
-    rows = batch_rows(spec, n_tg / max(1, n_ex) if kind[0] else None)
+    ds, n_ex, n_tg = data or examples(spec, d, ut, shared)
+    rows = batch_rows(spec, n_tg / max(1, n_ex) if example_kind(spec)[0] else None)  # [0]: per-position examples
     trainer = TorchTrainer(
-        _loop, train_loop_config={"worker": loop_config(spec, d, text, ut, out, fp, shared, rows, n_ex, trace)},
+        _loop, train_loop_config={"worker": loop_config(spec, d, text, ut, out if save else None, fp, shared, rows,
+                                                        n_ex, trace)},
         scaling_config=ScalingConfig(num_workers=shared.num_workers, use_gpu=shared.use_gpu,
                                      resources_per_worker={"CPU": shared.cpus_per_run}),
         torch_config=TorchConfig(backend="nccl" if shared.use_gpu else "gloo"),
-        run_config=RunConfig(name=f"train-{spec.name}", storage_path=str(where), storage_filesystem=fs),
+        run_config=RunConfig(name=f"train-{storage.path(out).name}", storage_path=str(where), storage_filesystem=fs,
+                             callbacks=list(callbacks)),
         datasets={TRAIN: epoch_shuffled(ds, spec.seed)}, dataset_config=NoDropSplit(),
     )
     off_main_thread(trainer.fit)  # fit() on the main thread would take SIGINT from the job for good
     return {"examples": n_ex, "targets": n_tg}
+
+
+def release(group_hex: str) -> None:
+    """Remove a finished search trial's Ray Train placement group (its id as rank 0 reported it): the CPUs (GPUs) of a
+    stopped trial's workers, held until the job ends otherwise. A group already removed is left as it is."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    if group_hex:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_hex))))

@@ -6,9 +6,10 @@ group trains that same list, under the same scheduler, whatever its backbone or 
 have is left out of its trial (num_negatives under ce, the hidden size of text_match, dropout of a backbone without
 one): two trials that then train the same model share one training.
 
-Each trial is one single-process run of the normal loop (slim.train.loop.fit) in a Tune trial that holds
-`cpus_per_run` CPUs and its cores (slim.runtime.raycluster.CORES); it reports validation NDCG@10 under
-`train.valid_protocol` after every epoch, and ASHA stops the unpromising ones. A trial's score is its best epoch's.
+Each trial is one run on the stage's own path (slim.train.trials): a single-process run of the normal loop in a Tune
+trial (train.strategy fanout), or one Ray Train run started from a Tune trial (ddp, deepspeed); it reports
+validation NDCG@10 under `train.valid_protocol` after every epoch, and ASHA stops the unpromising ones. A trial's
+score is its best epoch's.
 The driver writes each finished trial to train/search/<group>/<key>.json (key: the fingerprint of what the trial
 trains on), so a killed search restarted with the same command trains only the trials without a file; the group's
 choice goes to train/search/<group>.json and into that group's seed runs. The `sum` fusion's weight is not part of
@@ -37,10 +38,10 @@ from slim.io.rundir import fingerprint
 from slim.runtime.console import say
 from slim.runtime.signals import off_main_thread
 from slim.train.settings import RunSettings
+from slim.train.trials import METRIC
 
 log = logging.getLogger(__name__)
 
-METRIC = "valid_ndcg10"
 
 
 @dataclass(frozen=True)
@@ -159,28 +160,17 @@ def search_group(group: str, spec, trials: list, d, text, uts: dict, root, run_f
     return out
 
 
-def _trial(config: dict, runs: list, d, text, ut, valid: str) -> None:
-    """A Tune trial (a function trainable): one training run reporting its validation NDCG@10 every epoch."""
-    from ray import tune
-
-    from slim.train.loop import fit
-
-    def report(r: dict) -> None:
-        tune.report({METRIC: r["valid_ndcg10"], "loss": r["loss"], "seconds": r["seconds"]})
-
-    fit(runs[config["i"]], d, text, valid, test_protocols=(), progress=report, ut=ut)
-
-
 def run_trials(todo: dict, folder, d, text, ut, s: SearchConfig, shared: RunSettings, names: dict,
                finished: list) -> None:
-    """Train the trials of todo (key -> spec) as one Tune experiment; each finished trial's file is written by the
-    driver as it ends (the Tune experiment itself is scratch: the result files are the search's state), and the
-    trial is logged to MLflow under names[key] when tracking is on. finished: the epoch histories of the group's
-    trials done before (a resumed search)."""
+    """Train the trials of todo (key -> spec) as one Tune experiment, on the fanout or the Ray Train path
+    (slim.train.trials); each finished trial's file is written by the driver as it ends (the Tune experiment itself
+    is scratch: the result files are the search's state), and the trial is logged to MLflow under names[key] when
+    tracking is on. finished: the epoch histories of the group's trials done before (a resumed search)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from slim.runtime.raycluster import cores_request, init_ray
+    from slim.runtime.raycluster import init_ray
+    from slim.train.trials import placement
 
     init_ray(shared.ray_address, shared.num_cpus)
     keys, runs = list(todo), list(todo.values())
@@ -189,15 +179,17 @@ def run_trials(todo: dict, folder, d, text, ut, s: SearchConfig, shared: RunSett
              if s.scheduler == "asha" else FIFOScheduler())
     if s.scheduler == "asha":
         _seen_by(sched, finished)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, runs=runs, d=d, text=text, ut=ut, valid=shared.valid_protocol),
-        {"cpu": shared.cpus_per_run, **cores_request(shared.threads_per_run)})
+    runs_dir = folder / "_trials"  # the Ray Train path's files; a killed search's are stale
+    storage.remove_tree(runs_dir)
+    place = placement(runs, d, text, ut, shared, str(runs_dir))
     scratch = tempfile.mkdtemp(prefix="slim-tune-")
     try:
-        # reuse_actors: one trial after another in the same process, not a new one (torch imported again) each
-        tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(len(runs))))},
+        # reuse_actors (fanout): one trial after another in the same process, not a new one (torch imported again)
+        tuner = tune.Tuner(tune.with_resources(place.trainable, place.resources),
+                           param_space={"i": tune.grid_search(list(range(len(runs))))},
                            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=sched,
-                                                       reuse_actors=True),
+                                                       reuse_actors=place.reuse_actors,
+                                                       max_concurrent_trials=place.at_once or None),
                            run_config=tune.RunConfig(name="search", storage_path=scratch, verbose=0,
                                                      callbacks=[_trial_files(keys, runs, folder, names, shared)]))
         with contextlib.redirect_stdout(io.StringIO()) as said:  # Tune's boxes name the scratch folder: the log
@@ -205,6 +197,7 @@ def run_trials(todo: dict, folder, d, text, ut, s: SearchConfig, shared: RunSett
         log.info("ray tune, %s:\n%s", folder.name, said.getvalue())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        storage.remove_tree(runs_dir)
     if grid.errors:
         raise RuntimeError(f"train.search: {len(grid.errors)} trial(s) of {folder.name} failed; the first: "
                            f"{grid.errors[0]}")
@@ -238,6 +231,10 @@ class _TrialFiles:
         from slim.runtime.tracking import Tracker
 
         self.keys, self.runs, self.folder, self.history, self.started = keys, runs, folder, {}, {}
+        from slim.train.distributed import PLACEMENT, release  # torch: not at the stage's import (--check)
+
+        self.groups: dict = {}  # trial id -> its Ray Train run's placement group (the Ray Train path)
+        self.placement, self.release = PLACEMENT, release
         self.names, self.valid = names, shared.valid_protocol
         self.tracker = Tracker(shared.tracking, shared.run_dir)
 
@@ -245,11 +242,16 @@ class _TrialFiles:
         self.started[trial.trial_id] = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.groups[trial.trial_id] = result.get(self.placement, "")  # the Ray Train path's (distributed.release)
         self.history.setdefault(trial.trial_id, []).append(
             {"epoch": len(self.history.get(trial.trial_id, [])), METRIC: result[METRIC], "loss": result["loss"],
              "seconds": result["seconds"]})
 
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.release(self.groups.pop(trial.trial_id, ""))
+
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.release(self.groups.pop(trial.trial_id, ""))  # a stopped trial's workers: their CPUs go back now
         i = trial.config["i"]
         h = self.history.get(trial.trial_id, [])
         ok = [e[METRIC] for e in h if math.isfinite(e["loss"]) and math.isfinite(e[METRIC])]

@@ -12,17 +12,14 @@ from slim.io import columns as C
 from slim.io import storage
 from slim.train.search import SearchConfig, group_of
 from slim.train.settings import RunSettings
+from slim.train.trials import at_once as trials_at_once
 
 
-def check(s: SearchConfig, strategy: str) -> None:
+def check(s: SearchConfig) -> None:
     """train.search's own constraints (stage.check: --check and every job say them before any stage runs)."""
     from slim.runtime.config import ConfigError
 
     sp = s.space
-    if strategy != "fanout":
-        raise ConfigError(f"train.search runs each trial as one single-process Ray Tune trial (the fanout path); "
-                          f"train.strategy={strategy!r} is not searched yet: set train.strategy: fanout, or "
-                          f"train.search.trials: 0")
     bad = [f"train.search.space.{k}: {why}" for k, ok, why in (
         ("lr", 0 < sp.lr[0] <= sp.lr[1] if len(sp.lr) == 2 else False, "[low, high] with 0 < low <= high"),
         ("weight_decay", 0 < sp.weight_decay[0] <= sp.weight_decay[1] if len(sp.weight_decay) == 2 else False,
@@ -96,10 +93,8 @@ def plan_lines(s: SearchConfig, shared: RunSettings, runs: list, models_dir: str
     if not rate:
         return lines + [f"search: no earlier run in {shared.run_dir} to time an epoch: no wall-time estimate"]
     mean, per = float(np.mean(list(rate.values()))), expected_epochs(s, shared.max_epochs)
-    # as Tune places trials: each asks cpus_per_run CPUs and threads_per_run of the cores resource (one per core)
-    cores = os.cpu_count() or 1
-    cpus = local_cpus(shared.num_cpus)  # a private cluster's; on a joined cluster set train.num_cpus
-    at_once = max(1, min(int(cpus // shared.cpus_per_run), cores // max(1, shared.threads_per_run)))
+    # as Tune places trials (slim.train.trials); a private cluster's CPUs: on a joined cluster set train.num_cpus
+    at_once = trials_at_once(shared, local_cpus(shared.num_cpus), os.cpu_count() or 1)
     start = startup_seconds(shared.run_dir)
     total = sum((rate.get(g, mean) * per + start) * s.trials for g in groups) / at_once
     known = sum(g in rate for g in groups)

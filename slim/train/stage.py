@@ -290,7 +290,7 @@ def check(cfg: TrainConfig) -> None:
     if cfg.search.trials:
         from slim.train.search_plan import check as check_search
 
-        check_search(cfg.search, cfg.strategy)
+        check_search(cfg.search)
     if cfg.use_gpu and cfg.strategy == "fanout":
         raise ConfigError("train.use_gpu=true needs train.strategy ddp or deepspeed: GPUs are used by Ray "
                           "Train runs, the fanout strategy trains on CPUs")
