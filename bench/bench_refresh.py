@@ -23,69 +23,32 @@ paired test over the users they share (aligned by raw user id).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py`: the repository first
 
 from bench import harness  # noqa: E402
+from bench import steps  # noqa: E402
 from bench.harness import ROOT  # noqa: E402
+from bench.steps import STAGES, compare, final_metrics  # noqa: E402
 from bench.verdicts import within  # noqa: E402
 
 GRID = ["train.backbones=[sasrec,gru4rec]", "train.variants=[id,id_text,history_text,slim]", "train.losses=[ce]",
         "train.seeds=[0,1,2]", "train.rationale_positions=[after_prefix]", "evaluate.protocols=[uni100,full]"]
 LLM_STAGES = ("teacher", "student")
-STAGES = ("data", "teacher", "distill", "student", "encode", "train", "evaluate")
+CONFIG = "configs/ml100k.yaml"
 GOAL = 1.5  # a refresh costs at most GOAL x the changed fraction of the from-scratch cost
 
 
-def pipeline(run_dir: Path, stages: str, extra: list[str], log: Path) -> None:
-    cmd = [sys.executable, "jobs/pipeline.py", "--config", "configs/ml100k.yaml", "--stages", stages,
-           f"run_dir={run_dir}", *GRID, *extra]  # overrides after the options: argparse takes them as one list
-    print("$", " ".join(cmd[1:]), flush=True)
-    with open(log, "a") as out:
-        child = subprocess.Popen(cmd, cwd=ROOT, env=harness.subprocess_env(), stdout=out, stderr=out)
-        try:
-            rc = child.wait()
-        except KeyboardInterrupt:  # let the job stop itself (its own servers and Ray), not subprocess.run's SIGKILL
-            child.send_signal(signal.SIGINT)
-            try:
-                child.wait(timeout=120)
-            except subprocess.TimeoutExpired:  # a stop that hangs: end it rather than leave it running
-                child.kill()
-                child.wait()
-            raise
-    if rc:
-        raise SystemExit(f"step failed (exit {rc}): see {log}; rerun the same command to resume")
-
-
-def manifests(run_dir: Path) -> dict:
-    out = {}
-    for s in STAGES:
-        p = run_dir / s / "manifest.json"
-        if p.exists():
-            out[s] = json.loads(p.read_text())
-    return out
-
-
 def step(root: Path, name: str, run_dir: Path, stages: str, extra: list[str], keep_data: bool = False) -> dict:
-    """Run one step unless its record exists; -> {stage: manifest} as it ended."""
-    rec = root / "record" / f"{name}.json"
-    if rec.exists():
-        return json.loads(rec.read_text())
-    with harness.timed() as t:
-        pipeline(run_dir, stages, extra, root / "record" / f"{name}.log")
-    m = {"manifests": manifests(run_dir), "wall_s": t.s, "extra": extra}
-    if keep_data:  # the refresh overwrites data/: keep the snapshot's tables to measure what changed
+    """One resumable pipeline step (bench.steps.step) of configs/ml100k.yaml with the bench's train grid."""
+
+    def keep() -> None:  # the refresh overwrites data/: keep the snapshot's tables to measure what changed
         shutil.copytree(run_dir / "data", root / "record" / f"{name}_data", dirs_exist_ok=True)
-    rec.write_text(json.dumps(m, indent=1))
-    return m
+
+    return steps.step(root, name, CONFIG, run_dir, stages, [*GRID, *extra], before_record=keep if keep_data else None)
 
 
 def _users(data_dir: Path) -> tuple[dict, dict]:
@@ -151,43 +114,6 @@ def cost(stage: str, m: dict, before: dict | None) -> dict:
     return out
 
 
-def final_metrics(run_dir: Path) -> dict:
-    """(loss, backbone, variant) -> {raw user id: seed-averaged full-ranking NDCG@10 on test}, ranked anew here."""
-    import pyarrow.parquet as pq
-
-    from slim.evaluate.stage import per_user, rank_runs
-    from slim.io import columns as C
-    from slim.io.rundir import RunDir
-    from slim.recsys import data as recdata
-
-    rd = RunDir(str(run_dir))
-    tm = rd.read_manifest(C.TRAIN_DIR)
-    d = recdata.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
-    _, rk, _, _ = rank_runs(rd, tm.outputs, d, "test", ("full",))
-    u = pq.read_table(run_dir / "data" / "users.parquet", columns=[C.USER_ID, C.RAW_USER_ID]).to_pydict()
-    raw = dict(zip(u[C.USER_ID], u[C.RAW_USER_ID]))
-    keys = [raw[i] for i in d.user_ids]
-    return {k: dict(zip(keys, v["full"])) for k, v in per_user(rk).items()}
-
-
-def compare(a: dict, b: dict) -> list:
-    from slim.recsys.report import paired
-
-    rows = []
-    for key in sorted(set(a) & set(b)):
-        users = sorted(set(a[key]) & set(b[key]))
-        x, y = np.array([a[key][u] for u in users]), np.array([b[key][u] for u in users])
-        rows.append({"row": "-".join(key[1:]) + f" ({key[0]})", "users": len(users), "refresh": float(x.mean()),
-                     "scratch": float(y.mean()), **paired(x, y)})
-    return rows
-
-
-def _home(p: Path) -> str:
-    """A path as the results file names it: under the home folder as ~/..., so no machine's home is written."""
-    home = Path.home()
-    return f"~/{p.relative_to(home)}" if p.is_relative_to(home) else str(p)
-
-
 def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> list[str]:
     ch = changed(root, root / "refresh")
     f = {"teacher": teacher_fraction(root / "refresh", ch), "student": ch["f_users"]}
@@ -225,8 +151,8 @@ def report(a, root: Path, snap: dict, ref: dict, scr: dict) -> list[str]:
               "| row | users | refresh | scratch | diff % | p (Wilcoxon) | p (t) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for g in compare(final_metrics(root / "refresh"), final_metrics(root / "scratch")):
-        diff = 100 * (g["refresh"] - g["scratch"]) / max(g["scratch"], 1e-9)
-        lines.append(f"| {g['row']} | {g['users']:,} | {g['refresh']:.2f} | {g['scratch']:.2f} | {diff:+.1f} | "
+        diff = 100 * (g["a"] - g["b"]) / max(g["b"], 1e-9)
+        lines.append(f"| {g['row']} | {g['users']:,} | {g['a']:.2f} | {g['b']:.2f} | {diff:+.1f} | "
                      f"{g['p_wilcoxon']:.2g} | {g['p_ttest']:.2g} |")
     return lines
 
@@ -245,7 +171,7 @@ def main() -> None:
     scr = step(root, "scratch", root / "scratch", ",".join(STAGES), [])
     harness.write_results(a.out, f"Refresh vs from scratch: all of MovieLens-100K, snapshot cut at {a.until}",
                           report(a, root, snap, ref, scr),
-                          harness.command(f"--root {_home(root)} --until {a.until}"), machine)
+                          harness.command(f"--root {steps.home(root)} --until {a.until}"), machine)
 
 
 if __name__ == "__main__":
