@@ -115,17 +115,11 @@ def questions(p: dict, pu: dict) -> list[str]:
     lines = ["| question | backbone (loss) | untuned: a vs b, diff %, p | tuned: a vs b, diff %, p | same answer |",
              "|---|---|---|---|---|"]
     for va, vb, q in p["questions"]:
-        for (loss, bb, v) in sorted(k for k in pu["tuned"] if k[2] == va):
-            said = []
-            for t in ("untuned", "tuned"):
-                x = {kk[1:]: vv for kk, vv in pu[t].items() if kk[0] == loss}
-                if (bb, va) not in x or (bb, vb) not in x:
-                    said.append(None)
-                    continue
-                g = steps.compare({("a",): x[(bb, va)]}, {("a",): x[(bb, vb)]})[0]
-                said.append(g)
-            if None in said:
+        for loss, bb, _ in sorted(k for k in pu["tuned"] if k[2] == va):
+            a, b = (loss, bb, va), (loss, bb, vb)
+            if not all(a in pu[t] and b in pu[t] for t in ("untuned", "tuned")):
                 continue
+            said = [steps.compare({a: pu[t][a]}, {a: pu[t][b]})[0] for t in ("untuned", "tuned")]
             cell = [f"{g['a']:.2f} vs {g['b']:.2f}, {g['gain_pct']:+.1f}%, p {g['p_wilcoxon']:.2g}" for g in said]
             verdict = [(g["gain_pct"] > 0, g["p_wilcoxon"] < 0.05) for g in said]
             lines.append(f"| {q} | {bb} ({loss}) | {cell[0]} | {cell[1]} | "

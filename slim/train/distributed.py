@@ -17,11 +17,8 @@ from torch import nn
 
 from slim.io import storage
 from slim.recsys.spec import RunSpec, build_model, example_kind
-from slim.train.settings import RunSettings
+from slim.train.settings import METRIC, PLACEMENT, RunSettings
 from slim.runtime.signals import off_main_thread
-
-# the key of each epoch report that names the run's placement group: a stopped search trial's is released (release)
-PLACEMENT = "placement_group"
 
 
 class _Step(nn.Module):
@@ -126,7 +123,7 @@ def _loop(loop_conf: dict) -> None:
     stopper = EarlyStop(spec.patience, conf.valid_protocol)
     d, ut = ray.get(conf.users) if rank == 0 else (None, None)  # the users, for rank 0's evaluation only
     ranker = BlockRanker(d, conf.block_users) if rank == 0 else None  # in blocks on the cluster when they are many
-    pg = ray.util.get_current_placement_group()  # the workers' group: a stopped search trial's is released by it
+    pg = ray.util.get_current_placement_group()  # the workers' group: a stopped search trial's is released (trials)
     group_id = pg.id.hex() if pg is not None else ""
 
     def end_epoch(epoch, loss, t0):
@@ -137,7 +134,7 @@ def _loop(loop_conf: dict) -> None:
             stop[0] = float(stopper.update(model, epoch, loss, val["NDCG@10"], time.perf_counter() - t_val))
         dist.broadcast(stop, src=0)
         last = stopper.history[-1] if rank == 0 else {}  # rank 0's report is the one a search trial reads
-        ray.train.report({"epoch": epoch, "valid_ndcg10": last.get("valid_ndcg10", 0.0), "loss": last.get("loss", 0.0),
+        ray.train.report({"epoch": epoch, METRIC: last.get(METRIC, 0.0), "loss": last.get("loss", 0.0),
                           "seconds": time.perf_counter() - t0, PLACEMENT: group_id})
         return bool(stop.item())
 
@@ -206,12 +203,3 @@ def train_distributed(spec: RunSpec, d, text, ut, out: Path | str, fp: str, shar
     off_main_thread(trainer.fit)  # fit() on the main thread would take SIGINT from the job for good
     return {"examples": n_ex, "targets": n_tg}
 
-
-def release(group_hex: str) -> None:
-    """Remove a finished search trial's Ray Train placement group (its id as rank 0 reported it): the CPUs (GPUs) of a
-    stopped trial's workers, held until the job ends otherwise. A group already removed is left as it is."""
-    import ray
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    if group_hex:
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_hex))))

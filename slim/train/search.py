@@ -37,8 +37,8 @@ from slim.io import columns as C
 from slim.io.rundir import fingerprint
 from slim.runtime.console import say
 from slim.runtime.signals import off_main_thread
-from slim.train.settings import RunSettings
-from slim.train.trials import METRIC
+from slim.train.settings import METRIC, PLACEMENT, RunSettings
+from slim.train.trials import release
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +231,7 @@ class _TrialFiles:
         from slim.runtime.tracking import Tracker
 
         self.keys, self.runs, self.folder, self.history, self.started = keys, runs, folder, {}, {}
-        from slim.train.distributed import PLACEMENT, release  # torch: not at the stage's import (--check)
-
         self.groups: dict = {}  # trial id -> its Ray Train run's placement group (the Ray Train path)
-        self.placement, self.release = PLACEMENT, release
         self.names, self.valid = names, shared.valid_protocol
         self.tracker = Tracker(shared.tracking, shared.run_dir)
 
@@ -242,16 +239,16 @@ class _TrialFiles:
         self.started[trial.trial_id] = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.groups[trial.trial_id] = result.get(self.placement, "")  # the Ray Train path's (distributed.release)
+        self.groups[trial.trial_id] = result.get(PLACEMENT, "")  # the Ray Train path's (trials.release)
         self.history.setdefault(trial.trial_id, []).append(
             {"epoch": len(self.history.get(trial.trial_id, [])), METRIC: result[METRIC], "loss": result["loss"],
              "seconds": result["seconds"]})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.release(self.groups.pop(trial.trial_id, ""))
+        release(self.groups.pop(trial.trial_id, ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.release(self.groups.pop(trial.trial_id, ""))  # a stopped trial's workers: their CPUs go back now
+        release(self.groups.pop(trial.trial_id, ""))  # a stopped trial's workers: their CPUs go back now
         i = trial.config["i"]
         h = self.history.get(trial.trial_id, [])
         ok = [e[METRIC] for e in h if math.isfinite(e["loss"]) and math.isfinite(e[METRIC])]

@@ -11,6 +11,12 @@ from typing import Optional
 from slim.runtime.tracking import TrackingConfig
 
 
+# What a run reports after each epoch to a search (slim.train.trials), by key: its validation NDCG@10 (the
+# epoch records' own key, and ASHA's metric) and, on the Ray Train path, its workers' placement group.
+METRIC = "valid_ndcg10"
+PLACEMENT = "placement_group"
+
+
 @dataclass(frozen=True)
 class RunSettings:
     valid_protocol: str  # early stopping and the sum fusion's weight on valid NDCG@10 under this protocol

@@ -200,13 +200,14 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     d = recdata.load(rd.root, cfg.max_users, cfg.subsample_seed)
     uts = user_texts(cfg, rd.root, d)
     all_specs = specs(cfg, {k: ut.vec.shape[1] for k, ut in uts.items()})
-    searched, shared, t_search = {}, run_settings(cfg), time.time()
+    searched, shared, timings = {}, run_settings(cfg), {}
     if cfg.search.trials:  # each group's seed runs take the group's best trial's hyperparameters
         from slim.train.search import tuned
 
+        t_search = time.time()
         all_specs, searched = tuned(all_specs, d, text, uts, rd.root, lambda s: run_fingerprint(s, inputs, cfg),
                                     cfg.search, shared)
-    t_search = time.time() - t_search  # the search's wall (this run's share of it: a resumed search's remainder)
+        timings["search_s"] = time.time() - t_search  # this run's share: a resumed search's remainder
     todo = []
     for s in all_specs:
         fp = run_fingerprint(s, inputs, cfg)
@@ -222,7 +223,7 @@ def run(cfg: TrainConfig, force: bool = False) -> Manifest:
     total_s = time.time() - t0
     m = Manifest(STAGE, stage_config(cfg), inputs, outputs=[f"{MODELS_DIR}/{s.name}" for s in all_specs],
                  counts={"runs": len(all_specs), "trained_now": len(todo), "users": len(d.seqs)},
-                 timings={"total_s": total_s, **({"search_s": t_search} if cfg.search.trials else {})},
+                 timings={"total_s": total_s, **timings},
                  extra={"targets_per_s": {r["run"]: r["targets_per_s"] for r in recs},
                         "users_without_rationale": missing, "trained_targets": trained,
                         "rows_per_s": trained / max(total_s, 1e-9), "driver_peak_rss_mb": peak_rss_mb(),

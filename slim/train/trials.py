@@ -11,7 +11,7 @@ ASHA sees it. A trial ASHA stops ends its Tune actor and with it the Ray Train c
 reuse_actors on this path: a function trial's thread cannot be stopped, only its process). The workers' placement
 group outlives them: Ray removes a group when its creator and the job are both gone, and Ray Train's own cleaner
 asks the dashboard's state API, which a private cluster does not start. So each report names the group and the
-search's driver releases it when the trial ends (distributed.release); on a normal end the run has removed it already.
+search's driver releases it when the trial ends (`release`); on a normal end the run has removed it already.
 A trial saves no model and runs no test evaluation: its score is its best epoch's validation NDCG@10, as on the
 fanout path.
 """
@@ -21,10 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from slim.train.settings import RunSettings
-
-# the metric every trial reports after each epoch, and ASHA's
-METRIC = "valid_ndcg10"
+from slim.train.settings import METRIC, RunSettings
 
 
 @dataclass(frozen=True)
@@ -99,3 +96,12 @@ def train_trial(config: dict, runs: list, d, text, ut, shared: RunSettings, scra
     train_distributed(runs[i], d, text, ut, f"{scratch}/trial{i}", "", shared, save=False,
                       callbacks=[TuneReportCallback()], data=data)
 
+
+def release(group_hex: str) -> None:
+    """Remove a finished search trial's Ray Train placement group (its id as rank 0 reported it): the CPUs (GPUs) of a
+    stopped trial's workers, held until the job ends otherwise. A group already removed is left as it is."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    if group_hex:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_hex))))
