@@ -160,7 +160,7 @@ def test_search_refuses_bad_spaces(tmp_path):
         job.check(dataclasses.replace(_cfg(tmp_path), search=bad))
 
 
-@pytest.mark.slow  # three Ray Train runs: 324 s on this 2-core machine under a benchmark's load
+@pytest.mark.slow  # three Ray Train runs: 155 s on this idle 2-core machine (324 s under a benchmark's load)
 def test_search_on_the_ray_train_path_stops_trials_and_gives_their_cpus_back(tmp_path, ray_local):
     """strategy=ddp: each trial is a 2-worker Ray Train run. Search seed 10 draws a good learning rate (0.074) then a
     poor one (0.00026): rank 0's epoch reports reach ASHA, which stops the second trial after its grace epoch; the
