@@ -14,8 +14,7 @@ import numpy as np
 
 from bench import harness
 from bench.harness import ROOT
-
-STAGES = ("data", "teacher", "distill", "student", "encode", "train", "evaluate")
+from slim.io.columns import MANIFEST, STAGE_DIRS as STAGES
 
 
 def pipeline(config: str, run_dir: Path, stages: str, overrides: list[str], log: Path) -> None:
@@ -44,7 +43,7 @@ def manifests(run_dir: Path) -> dict:
     """{stage: manifest} of the stages run_dir holds."""
     out = {}
     for s in STAGES:
-        p = run_dir / s / "manifest.json"
+        p = run_dir / s / MANIFEST
         if p.exists():
             out[s] = json.loads(p.read_text())
     return out
@@ -82,7 +81,7 @@ def final_metrics(run_dir: Path, protocol: str = "full") -> dict:
     tm = rd.read_manifest(C.TRAIN_DIR)
     d = recdata.load(rd.root, tm.config["max_users"], tm.config["subsample_seed"])
     _, rk, _, _ = rank_runs(rd, tm.outputs, d, "test", (protocol,))
-    u = pq.read_table(run_dir / "data" / "users.parquet", columns=[C.USER_ID, C.RAW_USER_ID]).to_pydict()
+    u = pq.read_table(run_dir / C.USERS_FILE, columns=[C.USER_ID, C.RAW_USER_ID]).to_pydict()
     raw = dict(zip(u[C.USER_ID], u[C.RAW_USER_ID]))
     keys = [raw[i] for i in d.user_ids]
     return {k: dict(zip(keys, v[protocol])) for k, v in per_user(rk).items()}
